@@ -1,0 +1,59 @@
+# tensorcompress — every target is self-sufficient on a fresh machine: it creates .venv and installs what it
+# needs (idempotently; a no-op when pyproject.toml has not changed since the last install).
+#
+#   make test   ruff, the unit tests, then the notebooks under nbval
+#   make tour   execute every notebook in level order, render HTML to build/html/, print a timing table
+#   make lab    JupyterLab on notebooks/
+#
+# Torch: CPU machines get the CPU wheel; set TORCH_SPEC / TORCH_INDEX to choose another build (see README).
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+TORCH_SPEC  ?= torch==2.13.0
+TORCH_INDEX ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,https://download.pytorch.org/whl/cpu)
+NBVAL_FLAGS ?= --nbval --nbval-current-env --nbval-sanitize-with notebooks/nbval_sanitize.cfg
+export MPLBACKEND := Agg
+export TQDM_DISABLE := 1
+export PYTHONHASHSEED := 0
+
+.PHONY: install test unit notebooks-test lint tour lab notebooks bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@# Torch first, so that the range in pyproject.toml is already met and pip never pulls a CUDA build by
+	@# accident: a wheel already on this machine (no network), else the CPU index (or PyPI where a GPU is present).
+	@$(BIN)/python -c "import torch" 2>/dev/null || \
+	  $(BIN)/python -m pip install -q --no-index "$(TORCH_SPEC)" 2>/dev/null || \
+	  $(BIN)/python -m pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX) --extra-index-url https://pypi.org/simple)
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	@touch $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest tests/
+
+notebooks-test: $(STAMP)
+	$(BIN)/python -m pytest $(NBVAL_FLAGS) notebooks/
+
+test: lint unit notebooks-test
+
+tour: $(STAMP)
+	$(BIN)/python -m tensorcompress.tour notebooks/ --html build/html
+
+notebooks: $(STAMP)
+	$(BIN)/python -m tensorcompress.tour notebooks/ --in-place
+
+bench: $(STAMP)
+	@for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks/
+
+clean:
+	rm -rf build .pytest_cache .ruff_cache .hypothesis

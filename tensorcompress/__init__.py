@@ -1,0 +1,40 @@
+"""tensorcompress: compressing deep networks — a tested reference library behind a graded notebook series.
+
+``import tensorcompress as tc`` gives the whole public API:
+
+* tensor algebra (:mod:`tensorcompress.tensor`): ``unfold``, ``fold``, ``mode_dot``, ``multi_mode_dot``,
+  ``khatri_rao``, ``kronecker``, ``relative_error``;
+* decompositions (:mod:`tensorcompress.decompositions`): CP, Tucker and tensor-train;
+* factorised layers (:mod:`tensorcompress.layers`) and ``factorize``;
+* the workbench: :mod:`tensorcompress.data`, :mod:`tensorcompress.models`, :mod:`tensorcompress.train`,
+  :mod:`tensorcompress.metrics`;
+* ``available_devices``.
+"""
+
+from . import data, decompositions, layers, metrics, models, train
+from .decompositions import *  # noqa: F403
+from .devices import available_devices
+from .layers import *  # noqa: F403
+from .metrics import *  # noqa: F403
+from .tensor import fold, khatri_rao, kronecker, mode_dot, multi_mode_dot, relative_error, unfold
+from .train import *  # noqa: F403
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "available_devices",
+    "fold",
+    "khatri_rao",
+    "kronecker",
+    "mode_dot",
+    "multi_mode_dot",
+    "relative_error",
+    "unfold",
+    "data",
+    "decompositions",
+    "layers",
+    "metrics",
+    "models",
+    "train",
+]
+__all__ += decompositions.__all__ + layers.__all__ + metrics.__all__ + train.__all__

@@ -1,0 +1,91 @@
+"""Argument checks shared by the whole library.
+
+Every public function validates its input with these helpers so that bad input fails early with a message that
+names the argument, the value received and what is allowed, instead of a silent NaN deep inside a solver.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+__all__ = [
+    "check_tensor",
+    "check_finite",
+    "check_mode",
+    "check_positive_int",
+    "check_matrices",
+]
+
+
+def check_tensor(x: object, name: str = "x", *, min_ndim: int = 0, floating: bool = False) -> torch.Tensor:
+    """Return ``x`` if it is a ``torch.Tensor`` meeting the requirements, else raise.
+
+    Raises
+    ------
+    TypeError
+        If ``x`` is not a tensor, or ``floating`` is asked for and its dtype is not a floating point type.
+    ValueError
+        If ``x`` has fewer than ``min_ndim`` dimensions.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.ndim < min_ndim:
+        raise ValueError(
+            f"{name} must have at least {min_ndim} dimensions, got a tensor of shape {tuple(x.shape)} "
+            f"({x.ndim} dimensions)"
+        )
+    if floating and not x.is_floating_point():
+        raise TypeError(f"{name} must have a floating point dtype (float32 or float64), got {x.dtype}")
+    return x
+
+
+def check_finite(x: torch.Tensor, name: str = "x") -> torch.Tensor:
+    """Raise ``ValueError`` if ``x`` holds NaN or Inf entries."""
+    if x.is_floating_point() or x.is_complex():
+        if not bool(torch.isfinite(x).all()):
+            n_bad = int((~torch.isfinite(x)).sum())
+            raise ValueError(f"{name} must be finite, but {n_bad} of its {x.numel()} entries are NaN or Inf")
+    return x
+
+
+def check_mode(mode: object, ndim: int, name: str = "mode") -> int:
+    """Return ``mode`` as a non-negative int in ``[0, ndim)``; negative values count from the end."""
+    if isinstance(mode, bool) or not isinstance(mode, int):
+        raise TypeError(f"{name} must be an int, got {type(mode).__name__} ({mode!r})")
+    if not -ndim <= mode < ndim:
+        raise ValueError(f"{name}={mode} is out of range for a tensor of order {ndim}: allowed 0..{ndim - 1}")
+    return mode % ndim
+
+
+def check_positive_int(value: object, name: str, *, minimum: int = 1) -> int:
+    """Return ``value`` if it is an int ``>= minimum`` (bool excluded), else raise."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def check_matrices(matrices: object, name: str = "matrices", *, allow_vectors: bool = False) -> list[torch.Tensor]:
+    """Return ``matrices`` as a non-empty list of 2-D (or 1-D if allowed) tensors on one device with one dtype."""
+    if isinstance(matrices, torch.Tensor) or not isinstance(matrices, Sequence):
+        raise TypeError(f"{name} must be a list or tuple of torch.Tensor, got {type(matrices).__name__}")
+    if len(matrices) == 0:
+        raise ValueError(f"{name} must not be empty")
+    out = []
+    for i, m in enumerate(matrices):
+        check_tensor(m, f"{name}[{i}]")
+        allowed = (1, 2) if allow_vectors else (2,)
+        if m.ndim not in allowed:
+            what = "a matrix or a vector" if allow_vectors else "a matrix"
+            raise ValueError(f"{name}[{i}] must be {what}, got shape {tuple(m.shape)}")
+        out.append(m)
+    first = out[0]
+    for i, m in enumerate(out[1:], start=1):
+        if m.device != first.device:
+            raise ValueError(f"{name}[{i}] is on {m.device} but {name}[0] is on {first.device}: use one device")
+        if m.dtype != first.dtype:
+            raise TypeError(f"{name}[{i}] has dtype {m.dtype} but {name}[0] has {first.dtype}: use one dtype")
+    return out
