@@ -33,8 +33,8 @@ def check_tensor(x: object, name: str = "x", *, min_ndim: int = 0, floating: boo
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.ndim < min_ndim:
         raise ValueError(
-            f"{name} must have at least {min_ndim} dimensions, got a tensor of shape {tuple(x.shape)} "
-            f"({x.ndim} dimensions)"
+            f"{name} must have at least {min_ndim} dimension{'' if min_ndim == 1 else 's'}, got a tensor of shape "
+            f"{tuple(x.shape)} ({x.ndim} dimension{'' if x.ndim == 1 else 's'})"
         )
     if floating and not x.is_floating_point():
         raise TypeError(f"{name} must have a floating point dtype (float32 or float64), got {x.dtype}")

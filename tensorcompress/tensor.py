@@ -215,19 +215,19 @@ def khatri_rao(matrices: Sequence[torch.Tensor], skip: int | None = None) -> tor
         Matrix of shape ``(prod I_k, R)``.
     """
     mats = check_matrices(matrices, "matrices")
+    rank = mats[0].shape[1]
+    for k, m in enumerate(mats):
+        if m.shape[1] != rank:
+            raise ValueError(
+                f"all matrices must have the same number of columns: matrices[0] has {rank}, matrices[{k}] has "
+                f"{m.shape[1]} (shape {tuple(m.shape)})"
+            )
     if skip is not None:
         if isinstance(skip, bool) or not isinstance(skip, int) or not 0 <= skip < len(mats):
             raise ValueError(f"skip={skip!r} is out of range: allowed None or an int in 0..{len(mats) - 1}")
         mats = [m for k, m in enumerate(mats) if k != skip]
         if not mats:
             raise ValueError("matrices must hold at least one matrix besides the skipped one")
-    rank = mats[0].shape[1]
-    for m in mats:
-        if m.shape[1] != rank:
-            raise ValueError(
-                f"all matrices must have the same number of columns: matrices[0] has {rank}, "
-                f"a later one has shape {tuple(m.shape)}"
-            )
     res = mats[0]
     for m in mats[1:]:
         res = (res[:, None, :] * m[None, :, :]).reshape(-1, rank)
