@@ -1,0 +1,66 @@
+"""The tour runner on two tiny generated notebooks: one that passes, one that raises."""
+
+from __future__ import annotations
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+from tensorcompress import tour
+
+
+def _write(path, *sources, title="A title"):
+    nb = new_notebook(cells=[new_markdown_cell(f"# {title}")] + [new_code_cell(s) for s in sources])
+    nbformat.write(nb, path)
+
+
+def test_tour_runs_in_order_renders_html_and_fails_on_error(tmp_path, capsys):
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    (folder / "data.txt").write_text("42")
+    # 02 reads a file next to it (working directory = the notebook's folder) and checks the kernel's environment
+    _write(folder / "02_ok.ipynb", "import os\nvalue = int(open('data.txt').read())\nprint(value + 1)",
+           "assert os.environ['MPLBACKEND'] == 'Agg'", title="Passes")
+    _write(folder / "01_bad.ipynb", "raise ValueError('boom')", title="Raises")
+    _write(folder / "notes.ipynb", "raise RuntimeError('not NN_*: never run')")
+    html = tmp_path / "html"
+
+    status = tour.main([str(folder), "--html", str(html), "--timeout", "60"])
+
+    assert status == 1  # one notebook failed...
+    out = capsys.readouterr().out
+    table = out[out.index("notebook"):].splitlines()
+    assert table[2].split()[:3][::2] == ["01_bad.ipynb", "FAILED"]  # ...in level order,
+    assert "ValueError: boom" in table[2]
+    assert table[3].split() == ["02_ok.ipynb", table[3].split()[1], "ok"]  # ...and the failure did not stop the rest
+    assert "1/2 ok" in table[4]
+    assert "notes.ipynb" not in out
+    index = (html / "index.html").read_text()
+    assert 'href="02_ok.html"' in index and 'href="01_bad.html"' in index and "Passes" in index
+    assert "43" in (html / "02_ok.html").read_text()
+    assert "boom" in (html / "01_bad.html").read_text()  # the failing notebook's HTML shows the error
+
+
+def test_in_place_stores_outputs_only_for_clean_runs(tmp_path):
+    _write(tmp_path / "01_ok.ipynb", "print(6 * 7)", "1 + 1")
+    _write(tmp_path / "02_bad.ipynb", "print('partial')", "1 / 0")
+    bad_before = (tmp_path / "02_bad.ipynb").read_text()
+
+    assert tour.main([str(tmp_path), "--in-place"]) == 1
+
+    nb = nbformat.read(tmp_path / "01_ok.ipynb", as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert [c["execution_count"] for c in code] == [1, 2]
+    assert code[0]["outputs"][0]["text"] == "42\n"
+    assert code[1]["outputs"][0]["data"]["text/plain"] == "2"
+    assert "execution" not in code[0]["metadata"]  # no timestamps in stored notebooks
+    assert (tmp_path / "02_bad.ipynb").read_text() == bad_before  # a failure never overwrites the stored notebook
+
+
+def test_no_notebooks_is_a_usage_error(tmp_path, capsys):
+    try:
+        tour.main([str(tmp_path)])
+    except SystemExit as exc:
+        assert exc.code == 2
+    else:
+        raise AssertionError("expected a usage error")
+    assert "no notebooks" in capsys.readouterr().err
