@@ -25,9 +25,12 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@# Torch first, so that the range in pyproject.toml is already met and pip never pulls a CUDA build by
-	@# accident: a wheel already on this machine (no network), else the CPU index (or PyPI where a GPU is present).
+	@# accident. In this order: a torch already in $(VENV) is kept (e.g. a CUDA build a GPU user put there); else a
+	@# wheel already on this machine (pip's find-links), its own dependencies then from the package index; else the
+	@# CPU index (or, where nvidia-smi exists, PyPI's default build).
 	@$(BIN)/python -c "import torch" 2>/dev/null || \
-	  $(BIN)/python -m pip install -q --no-index "$(TORCH_SPEC)" 2>/dev/null || \
+	  { $(BIN)/python -m pip install -q --no-index --no-deps "$(TORCH_SPEC)" 2>/dev/null && \
+	    $(BIN)/python -m pip install -q "$(TORCH_SPEC)"; } || \
 	  $(BIN)/python -m pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX) --extra-index-url https://pypi.org/simple)
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	@touch $(STAMP)
