@@ -14,7 +14,9 @@ STAMP  := $(VENV)/.installed
 TORCH_SPEC  ?= torch==2.13.0
 TORCH_INDEX ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,https://download.pytorch.org/whl/cpu)
 NBVAL_FLAGS ?= --nbval --nbval-current-env --nbval-sanitize-with notebooks/nbval_sanitize.cfg
-export MPLBACKEND := Agg
+# Plots: headless Agg for the unit tests; notebook kernels get matplotlib's inline back-end (Agg there would drop
+# every figure from the stored outputs and the HTML), whatever MPLBACKEND the calling shell has.
+INLINE := MPLBACKEND=module://matplotlib_inline.backend_inline
 export TQDM_DISABLE := 1
 export PYTHONHASHSEED := 0
 
@@ -39,26 +41,26 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 unit: $(STAMP)
-	$(BIN)/python -m pytest tests/
+	MPLBACKEND=Agg $(BIN)/python -m pytest tests/
 
 # No notebook to test is an error said in words, not pytest's bare exit status 5 ("no tests collected").
 notebooks-test: $(STAMP)
 	@ls notebooks/[0-9][0-9]_*.ipynb >/dev/null 2>&1 || { echo "error: no notebooks/NN_*.ipynb to test" >&2; exit 1; }
-	$(BIN)/python -m pytest $(NBVAL_FLAGS) notebooks/
+	$(INLINE) $(BIN)/python -m pytest $(NBVAL_FLAGS) notebooks/
 
 test: lint unit notebooks-test
 
 tour: $(STAMP)
-	$(BIN)/python -m tensorcompress.tour notebooks/ --html build/html
+	$(INLINE) $(BIN)/python -m tensorcompress.tour notebooks/ --html build/html
 
 notebooks: $(STAMP)
-	$(BIN)/python -m tensorcompress.tour notebooks/ --in-place
+	$(INLINE) $(BIN)/python -m tensorcompress.tour notebooks/ --in-place
 
 bench: $(STAMP)
 	@for f in benchmarks/*.py; do [ -e "$$f" ] || continue; echo "== $$f"; $(BIN)/python $$f || exit 1; done
 
 lab: $(STAMP)
-	$(BIN)/jupyter lab notebooks/
+	$(INLINE) $(BIN)/jupyter lab notebooks/
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache .hypothesis

@@ -34,8 +34,8 @@ __all__ = ["NotebookResult", "find_notebooks", "run_notebook", "write_index", "m
 
 PATTERN = "[0-9][0-9]_*.ipynb"
 _KERNEL_NAME = "tensorcompress-current-python"
-# Deterministic, headless kernels: no plot windows, no progress bars, stable hashing.
-_KERNEL_ENV = {"MPLBACKEND": "Agg", "TQDM_DISABLE": "1", "PYTHONHASHSEED": "0"}
+# Deterministic kernels: figures inline (an inherited MPLBACKEND=Agg would drop them), no progress bars, stable hashing.
+_KERNEL_ENV = {"MPLBACKEND": "module://matplotlib_inline.backend_inline", "TQDM_DISABLE": "1", "PYTHONHASHSEED": "0"}
 
 
 class _CurrentPythonSpecs(KernelSpecManager):

@@ -17,9 +17,9 @@ def test_tour_runs_in_order_renders_html_and_fails_on_error(tmp_path, capsys):
     folder = tmp_path / "nbs"
     folder.mkdir()
     (folder / "data.txt").write_text("42")
-    # 02 reads a file next to it (working directory = the notebook's folder) and checks the kernel's environment
-    _write(folder / "02_ok.ipynb", "import os\nvalue = int(open('data.txt').read())\nprint(value + 1)",
-           "assert os.environ['MPLBACKEND'] == 'Agg'", title="Passes")
+    # 02 reads a file next to it (working directory = the notebook's folder) and draws a figure
+    _write(folder / "02_ok.ipynb", "value = int(open('data.txt').read())\nprint(value + 1)",
+           "import matplotlib.pyplot as plt\nplt.plot([1, 2]);\nplt.show()", title="Passes")
     _write(folder / "01_bad.ipynb", "raise ValueError('boom')", title="Raises")
     _write(folder / "notes.ipynb", "raise RuntimeError('not NN_*: never run')")
     html = tmp_path / "html"
@@ -36,7 +36,8 @@ def test_tour_runs_in_order_renders_html_and_fails_on_error(tmp_path, capsys):
     assert "notes.ipynb" not in out
     index = (html / "index.html").read_text()
     assert 'href="02_ok.html"' in index and 'href="01_bad.html"' in index and "Passes" in index
-    assert "43" in (html / "02_ok.html").read_text()
+    page = (html / "02_ok.html").read_text()
+    assert "43" in page and "data:image/png;base64" in page  # outputs and figures (inline back-end) are rendered
     assert "boom" in (html / "01_bad.html").read_text()  # the failing notebook's HTML shows the error
 
 
