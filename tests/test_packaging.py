@@ -83,3 +83,10 @@ def test_public_names_resolve():
     for name in ["unfold", "fold", "mode_dot", "multi_mode_dot", "khatri_rao", "kronecker", "relative_error",
                  "available_devices"]:
         assert name in tc.__all__ and callable(getattr(tc, name))
+
+
+def test_readme_python_examples_run(capsys):
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    assert blocks, "README.md has no python example"
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {})  # its own asserts check the results
