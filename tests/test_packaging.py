@@ -85,7 +85,7 @@ def test_public_names_resolve():
         assert name in tc.__all__ and callable(getattr(tc, name))
 
 
-def test_readme_python_examples_run(capsys):
+def test_readme_python_examples_run():
     blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
     assert blocks, "README.md has no python example"
     for block in blocks:
