@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ._validation import check_matrices, check_mode, check_tensor
+from ._validation import check_finite, check_matrices, check_mode, check_tensor
 
 __all__ = [
     "unfold",
@@ -273,6 +273,11 @@ def relative_error(x: torch.Tensor, approx: object) -> torch.Tensor:
     -------
     torch.Tensor
         0-dim tensor on ``x``'s device with ``x``'s dtype (use ``float(...)`` for a Python number).
+
+    Raises
+    ------
+    ValueError
+        If the shapes differ, ``x`` is all zeros, or either holds NaN or Inf.
     """
     check_tensor(x, "x")
     if not isinstance(approx, torch.Tensor) and hasattr(approx, "to_tensor"):
@@ -280,6 +285,8 @@ def relative_error(x: torch.Tensor, approx: object) -> torch.Tensor:
     check_tensor(approx, "approx")
     if approx.shape != x.shape:
         raise ValueError(f"approx has shape {tuple(approx.shape)} but x has shape {tuple(x.shape)}")
+    check_finite(x, "x")
+    check_finite(approx, "approx")  # a diverged approximation fails loudly instead of returning NaN
     norm = torch.linalg.vector_norm(x)
     if norm == 0:
         raise ValueError("x is all zeros: the relative error is undefined")

@@ -421,6 +421,13 @@ def test_relative_error_zero_reference():
         tc.relative_error(torch.zeros(3), torch.ones(3))
 
 
+def test_relative_error_non_finite():
+    with pytest.raises(ValueError, match=r"approx must be finite, but 1 of its 3 entries are NaN or Inf"):
+        tc.relative_error(torch.ones(3), torch.tensor([1.0, float("nan"), 1.0]))
+    with pytest.raises(ValueError, match=r"x must be finite, but 2 of its 3 entries are NaN or Inf"):
+        tc.relative_error(torch.tensor([float("inf"), 1.0, float("-inf")]), torch.ones(3))
+
+
 def test_relative_error_mismatched_shapes():
     with pytest.raises(ValueError, match=r"approx has shape \(3, 2\) but x has shape \(2, 3\)"):
         tc.relative_error(torch.ones(2, 3), torch.ones(3, 2))
