@@ -1,0 +1,177 @@
+r"""Seeded random tensors of known CP, Tucker or TT rank, optionally with Gaussian noise at an exact level.
+
+Each generator returns a :class:`SyntheticTensor` ``(tensor, decomposition)`` named tuple: ``tensor`` is the
+(possibly noisy) dense tensor and ``decomposition`` the noise-free ground truth (a
+:class:`~tensorcompress.CPTensor`, :class:`~tensorcompress.TuckerTensor` or :class:`~tensorcompress.TTTensor`), so
+``x, truth = random_cp((10, 10, 10), 3, snr_db=20, seed=0)``.
+
+Noise is scaled exactly, not in expectation: with signal :math:`X` and noise :math:`N`,
+
+.. math:: \text{noise} = \frac{\|N\|_F}{\|X\|_F}, \qquad
+          \text{SNR}_\text{dB} = 10 \log_{10} \frac{\|X\|_F^2}{\|N\|_F^2} = -20 \log_{10}(\text{noise}).
+
+All random numbers are drawn in float64 on the CPU from a generator seeded with ``seed`` and then moved, so a seed
+gives the same tensor (up to rounding to ``dtype``) on every device.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+
+from .._validation import check_positive_int
+from ..decompositions._common import check_tol, generator, parse_ranks
+from ..decompositions.cp import CPTensor
+from ..decompositions.tt import TTTensor, _parse_max_rank
+from ..decompositions.tucker import TuckerTensor
+
+__all__ = ["SyntheticTensor", "random_cp", "random_tucker", "random_tt", "add_noise"]
+
+
+class SyntheticTensor(NamedTuple):
+    """A generated tensor and the decomposition it was built from (noise-free)."""
+
+    tensor: torch.Tensor
+    decomposition: CPTensor | TuckerTensor | TTTensor
+
+
+def _check_shape(shape: object) -> tuple[int, ...]:
+    if isinstance(shape, torch.Size):
+        shape = tuple(shape)
+    if isinstance(shape, int) or not isinstance(shape, Sequence) or len(shape) < 2:
+        raise TypeError(f"shape must be a sequence of at least 2 positive ints, got {shape!r}")
+    return tuple(check_positive_int(s, f"shape[{k}]") for k, s in enumerate(shape))
+
+
+def _check_dtype(dtype: object) -> torch.dtype:
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating point torch.dtype (e.g. torch.float32), got {dtype!r}")
+    return dtype
+
+
+def _noise_level(noise: object, snr_db: object) -> float:
+    noise = check_tol(noise, "noise")
+    if snr_db is not None:
+        if noise:
+            raise ValueError(f"give noise or snr_db, not both (got noise={noise}, snr_db={snr_db!r})")
+        if isinstance(snr_db, bool) or not isinstance(snr_db, int | float) or not math.isfinite(snr_db):
+            raise TypeError(f"snr_db must be a finite real number or None, got {snr_db!r}")
+        return 10 ** (-snr_db / 20)
+    return noise
+
+
+def add_noise(
+    x: torch.Tensor, *, noise: float = 0.0, snr_db: float | None = None, seed: int | None = None
+) -> torch.Tensor:
+    r"""``x`` plus Gaussian noise scaled so that :math:`\|N\|/\|X\|` = ``noise`` exactly (or the SNR is ``snr_db``
+    dB exactly). Returns a new tensor; ``x`` is not modified."""
+    level = _noise_level(noise, snr_db)
+    if level == 0:
+        return x.clone()
+    gen = generator(seed)
+    n = torch.randn(tuple(x.shape), generator=gen, dtype=torch.float64)
+    n = n * (level * float(torch.linalg.vector_norm(x.double())) / float(torch.linalg.vector_norm(n)))
+    return x + n.to(device=x.device, dtype=x.dtype)
+
+
+def _finish(truth, noise, snr_db, gen_seed, dtype, device) -> SyntheticTensor:
+    level = _noise_level(noise, snr_db)
+    full = truth.to_tensor()
+    if level:
+        full = add_noise(full, noise=level, seed=gen_seed)
+    return SyntheticTensor(full.to(device=device, dtype=dtype), truth.to(device=device, dtype=dtype))
+
+
+def random_cp(
+    shape: Sequence[int],
+    rank: int,
+    *,
+    noise: float = 0.0,
+    snr_db: float | None = None,
+    seed: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> SyntheticTensor:
+    r"""A tensor of CP rank (at most, generically exactly) ``rank``: standard normal factors, unit weights.
+
+    Parameters
+    ----------
+    shape : sequence of int
+        At least two positive sizes.
+    rank : int
+        Number of rank-one components.
+    noise, snr_db : float
+        Relative noise :math:`\|N\|/\|X\|` or signal-to-noise ratio in dB (give at most one).
+    seed : int, optional
+        Seed of the factors and of the noise.
+    dtype, device
+        Of the returned tensors.
+    """
+    shape = _check_shape(shape)
+    check_positive_int(rank, "rank")
+    dtype = _check_dtype(dtype)
+    _noise_level(noise, snr_db)
+    gen = generator(seed)
+    factors = [torch.randn(s, rank, generator=gen, dtype=torch.float64) for s in shape]
+    truth = CPTensor(torch.ones(rank, dtype=torch.float64), factors)
+    noise_seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+    return _finish(truth, noise, snr_db, noise_seed, dtype, device)
+
+
+def random_tucker(
+    shape: Sequence[int],
+    ranks: int | Sequence[int],
+    *,
+    noise: float = 0.0,
+    snr_db: float | None = None,
+    seed: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> SyntheticTensor:
+    r"""A tensor of multilinear rank ``ranks``: standard normal core, orthonormal factors (QR of normal matrices).
+
+    ``ranks`` is an int (every mode) or one rank per mode, ``1 <= R_n <= I_n``; other arguments as
+    :func:`random_cp`.
+    """
+    shape = _check_shape(shape)
+    ranks = parse_ranks(ranks, shape)
+    dtype = _check_dtype(dtype)
+    _noise_level(noise, snr_db)
+    gen = generator(seed)
+    core = torch.randn(tuple(ranks), generator=gen, dtype=torch.float64)
+    factors = [torch.linalg.qr(torch.randn(s, r, generator=gen, dtype=torch.float64)).Q
+               for s, r in zip(shape, ranks, strict=True)]
+    noise_seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+    return _finish(TuckerTensor(core, factors), noise, snr_db, noise_seed, dtype, device)
+
+
+def random_tt(
+    shape: Sequence[int],
+    ranks: int | Sequence[int],
+    *,
+    noise: float = 0.0,
+    snr_db: float | None = None,
+    seed: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> SyntheticTensor:
+    r"""A tensor of TT ranks ``ranks``: standard normal cores scaled by :math:`1/\sqrt{r_{k-1} I_k}`.
+
+    ``ranks`` is an int (capped at what each unfolding allows) or the ``d - 1`` inner ranks, each at most
+    :math:`\min(\prod_{j \le k} I_j, \prod_{j > k} I_j)`; other arguments as :func:`random_cp`.
+    """
+    shape = _check_shape(shape)
+    inner = _parse_max_rank(ranks, shape, strict=True)
+    if inner is None:
+        raise TypeError("ranks must be an int or a sequence of d - 1 ints, got None")
+    dtype = _check_dtype(dtype)
+    _noise_level(noise, snr_db)
+    gen = generator(seed)
+    full_ranks = [1, *inner, 1]
+    cores = [torch.randn(full_ranks[k], s, full_ranks[k + 1], generator=gen, dtype=torch.float64)
+             / math.sqrt(full_ranks[k] * s) for k, s in enumerate(shape)]
+    noise_seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+    return _finish(TTTensor(cores), noise, snr_db, noise_seed, dtype, device)

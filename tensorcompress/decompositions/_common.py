@@ -1,0 +1,130 @@
+"""Helpers shared by the decompositions: input checks, rank parsing, rank selection, seeded generators, and the
+small base class every result (CPTensor, TuckerTensor, TTTensor, TTMatrix) derives from."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from .._validation import check_finite, check_positive_int, check_tensor
+
+__all__: list[str] = []
+
+
+def check_input(x: object, name: str = "x", *, min_ndim: int = 2) -> torch.Tensor:
+    """A floating point, finite tensor of order ``>= min_ndim`` (the input to every decomposition)."""
+    check_tensor(x, name, min_ndim=min_ndim, floating=True)
+    check_finite(x, name)
+    return x
+
+
+def check_tol(value: object, name: str, *, allow_none: bool = False, positive: bool = False) -> float | None:
+    """A real number ``>= 0`` (``> 0`` if ``positive``), or ``None`` if allowed."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise TypeError(f"{name} must be a finite real number{' or None' if allow_none else ''}, got {value!r}")
+    if value < 0 or (positive and value == 0):
+        raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'}, got {value}")
+    return float(value)
+
+
+def parse_ranks(ranks: object, shape: Sequence[int], name: str = "ranks") -> list[int]:
+    """One rank per mode, ``1 <= R_n <= I_n``; an int means the same rank for every mode."""
+    n = len(shape)
+    if isinstance(ranks, int) and not isinstance(ranks, bool):
+        ranks = [ranks] * n
+    elif isinstance(ranks, torch.Size):
+        ranks = list(ranks)
+    if not isinstance(ranks, Sequence) or isinstance(ranks, str):
+        raise TypeError(f"{name} must be an int or a sequence of {n} ints, got {type(ranks).__name__} ({ranks!r})")
+    if len(ranks) != n:
+        raise ValueError(f"{name} must hold one rank per mode ({n} for shape {tuple(shape)}), got {len(ranks)}: "
+                         f"{list(ranks)}")
+    out = []
+    for k, (r, size) in enumerate(zip(ranks, shape, strict=True)):
+        check_positive_int(r, f"{name}[{k}]")
+        if r > size:
+            raise ValueError(f"{name}[{k}]={r} exceeds the size {size} of mode {k} (shape {tuple(shape)}): "
+                             f"allowed 1..{size}")
+        out.append(int(r))
+    return out
+
+
+def rank_for_tail(sq_values: torch.Tensor, budget: float) -> int:
+    r"""Smallest ``r >= 1`` with :math:`\sum_{i > r} s_i \le` ``budget`` for non-increasing ``sq_values`` ``s_i``
+    (squared singular values)."""
+    # tails[r] = sum_{i >= r} s_i (0-based), tails[len] = 0
+    tails = torch.flip(torch.cumsum(torch.flip(sq_values, [0]), 0), [0])
+    ok = (tails <= budget).nonzero()
+    r = int(ok[0]) if ok.numel() else len(sq_values)
+    return max(r, 1)
+
+
+def generator(seed: int | None) -> torch.Generator:
+    """A CPU generator: seeded if ``seed`` is given; random numbers are drawn on the CPU, then moved, so a seed
+    gives the same numbers on every device."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise TypeError(f"seed must be an int or None, got {type(seed).__name__} ({seed!r})")
+    g = torch.Generator()
+    if seed is None:
+        g.seed()
+    else:
+        g.manual_seed(seed)
+    return g
+
+
+def randn(shape: Sequence[int], gen: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+    """Standard normal numbers drawn in float64 on the CPU, returned with ``like``'s dtype and device."""
+    return torch.randn(tuple(shape), generator=gen, dtype=torch.float64).to(device=like.device, dtype=like.dtype)
+
+
+def leading_eigvecs(gram: torch.Tensor, rank: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues (descending, clamped at 0) and eigenvectors of a symmetric PSD matrix, the leading ``rank``
+    eigenvectors if ``rank`` is given. For ``gram = Y Yᵀ`` these are the squared singular values and left singular
+    vectors of ``Y``."""
+    vals, vecs = torch.linalg.eigh(gram)
+    vals = torch.flip(vals, [0]).clamp_min(0)
+    vecs = torch.flip(vecs, [1])
+    if rank is not None:
+        vecs = vecs[:, :rank]
+    return vals, vecs
+
+
+class Factorized:
+    """Common behaviour of the result classes: ``shape``, ``dtype``, ``device``, ``to``, ``repr``.
+
+    Subclasses define ``_tensors()`` (every stored tensor, in order), ``_rebuild(tensors)``, ``shape``, ``n_params``
+    and ``_rank_repr()``.
+    """
+
+    def _tensors(self) -> list[torch.Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _rebuild(self, tensors: list[torch.Tensor]):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _rank_repr(self) -> str:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._tensors()[0].dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._tensors()[0].device
+
+    def to(self, *args, **kwargs):
+        """A copy with every tensor passed through ``torch.Tensor.to(*args, **kwargs)`` (device and/or dtype)."""
+        return self._rebuild([t.to(*args, **kwargs) for t in self._tensors()])
+
+    def clone(self):
+        """A deep copy (every tensor cloned)."""
+        return self._rebuild([t.clone() for t in self._tensors()])
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(shape={tuple(self.shape)}, {self._rank_repr()}, n_params={self.n_params}, "
+                f"dtype={self.dtype}, device={self.device})")

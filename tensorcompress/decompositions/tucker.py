@@ -1,0 +1,264 @@
+r"""Tucker decomposition: (sequentially truncated) HOSVD and higher-order orthogonal iteration (HOOI).
+
+.. math:: \hat X = G \times_1 A_1 \times_2 A_2 \cdots \times_N A_N, \qquad G \in \mathbb R^{R_1\times\cdots\times R_N},
+          A_n \in \mathbb R^{I_n \times R_n},\ A_n^\top A_n = I,
+
+stored with :math:`\prod_n R_n + \sum_n I_n R_n` numbers. De Lathauwer, De Moor & Vandewalle (2000), "A multilinear
+singular value decomposition" and "On the best rank-(R1,...,RN) approximation of higher-order tensors", SIAM J.
+Matrix Anal. Appl. 21(4); Vannieuwenhoven, Vandebril & Meerbergen (2012), "A new truncation strategy for the higher-
+order singular value decomposition", SIAM J. Sci. Comput. 34(2).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from .._validation import check_matrices, check_positive_int, check_tensor
+from ..tensor import mode_dot, multi_mode_dot
+from ._common import Factorized, check_input, check_tol, generator, leading_eigvecs, parse_ranks, randn, rank_for_tail
+
+__all__ = ["TuckerTensor", "hosvd", "tucker", "tucker_to_tensor"]
+
+
+class TuckerTensor(Factorized):
+    r"""A tensor in Tucker format :math:`G \times_1 A_1 \cdots \times_N A_N`.
+
+    Parameters
+    ----------
+    core : torch.Tensor
+        Core tensor of shape ``(R_1, ..., R_N)``.
+    factors : sequence of torch.Tensor
+        Factor matrices of shape ``(I_n, R_n)`` (orthonormal columns when produced by :func:`hosvd`/:func:`tucker`).
+
+    Attributes
+    ----------
+    shape, rank (= ranks) : tuple of int
+        ``(I_1..I_N)`` and ``(R_1..R_N)``.
+    n_params : int
+        :math:`\prod_n R_n + \sum_n I_n R_n`.
+    """
+
+    def __init__(self, core: torch.Tensor, factors: Sequence[torch.Tensor]):
+        check_tensor(core, "core")
+        factors = check_matrices(factors, "factors")
+        if core.ndim != len(factors):
+            raise ValueError(f"core has order {core.ndim} (shape {tuple(core.shape)}) but {len(factors)} factors "
+                             f"were given: give one factor per mode")
+        for k, f in enumerate(factors):
+            if f.shape[1] != core.shape[k]:
+                raise ValueError(f"factors[{k}] has {f.shape[1]} columns (shape {tuple(f.shape)}) but mode {k} of "
+                                 f"the core has size {core.shape[k]}")
+            if f.device != core.device or f.dtype != core.dtype:
+                raise ValueError(f"factors[{k}] is {f.dtype} on {f.device} but core is {core.dtype} on "
+                                 f"{core.device}: use one dtype and device")
+        self.core = core
+        self.factors = list(factors)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(f.shape[0] for f in self.factors)
+
+    @property
+    def ranks(self) -> tuple[int, ...]:
+        return tuple(self.core.shape)
+
+    rank = ranks
+
+    @property
+    def n_params(self) -> int:
+        return self.core.numel() + sum(f.numel() for f in self.factors)
+
+    def _tensors(self) -> list[torch.Tensor]:
+        return [self.core, *self.factors]
+
+    def _rebuild(self, tensors: list[torch.Tensor]) -> TuckerTensor:
+        return TuckerTensor(tensors[0], tensors[1:])
+
+    def _rank_repr(self) -> str:
+        return f"ranks={self.ranks}"
+
+    def __iter__(self):  # allows ``core, factors = tucker``
+        return iter((self.core, self.factors))
+
+    def to_tensor(self) -> torch.Tensor:
+        r"""The full tensor :math:`G \times_1 A_1 \cdots \times_N A_N`."""
+        return tucker_to_tensor(self)
+
+    def to_tensorly(self):
+        """TensorLy's ``TuckerTensor((core, factors))`` holding these (torch) tensors."""
+        import tensorly as tl
+
+        with tl.backend_context("pytorch"):
+            return tl.tucker_tensor.TuckerTensor((self.core, list(self.factors)))
+
+    @classmethod
+    def from_tensorly(cls, obj) -> TuckerTensor:
+        """From TensorLy's ``TuckerTensor`` (or a ``(core, factors)`` pair) of torch tensors or NumPy arrays."""
+        core, factors = obj
+        return cls(torch.as_tensor(core), [torch.as_tensor(f) for f in factors])
+
+
+def tucker_to_tensor(tucker: TuckerTensor) -> torch.Tensor:
+    r"""Full tensor :math:`G \times_1 A_1 \cdots \times_N A_N`."""
+    if not isinstance(tucker, TuckerTensor):
+        raise TypeError(f"tucker must be a TuckerTensor, got {type(tucker).__name__}")
+    return multi_mode_dot(tucker.core, tucker.factors)
+
+
+def _check_ranks_eps(x: torch.Tensor, ranks: object, eps: object) -> tuple[list[int] | None, float | None]:
+    if ranks is not None and eps is not None:
+        raise ValueError(f"give ranks or eps, not both (got ranks={ranks!r}, eps={eps!r})")
+    eps = check_tol(eps, "eps", allow_none=True)
+    if ranks is None:
+        return None, eps
+    return parse_ranks(ranks, x.shape), None
+
+
+def _gram(y: torch.Tensor, mode: int) -> torch.Tensor:
+    r""":math:`Y_{(n)} Y_{(n)}^\top` without copying ``y`` when ``mode`` is the first or the last."""
+    shape = y.shape
+    if mode == 0:
+        m = y.reshape(shape[0], -1)
+        return m @ m.mT
+    if mode == y.ndim - 1:
+        m = y.reshape(-1, shape[-1])
+        return m.mT @ m
+    m = y.reshape(math.prod(shape[:mode]), shape[mode], -1)
+    return torch.tensordot(m, m, dims=([0, 2], [0, 2]))
+
+
+def hosvd(x: torch.Tensor, ranks: int | Sequence[int] | None = None, *, eps: float | None = None) -> TuckerTensor:
+    r"""Sequentially truncated higher-order SVD (ST-HOSVD).
+
+    For :math:`n = 1..N`: :math:`A_n` = the leading :math:`R_n` left singular vectors of the unfolding
+    :math:`G_{(n)}` of the current core, then :math:`G \leftarrow G \times_n A_n^\top` (Vannieuwenhoven et al.
+    2012). The singular vectors come from the eigenvectors of the small Gram matrix :math:`G_{(n)} G_{(n)}^\top`.
+    The error satisfies the HOSVD bound of De Lathauwer et al. (2000)
+
+    .. math:: \|X - \hat X\|^2 = \sum_n \sum_{i > R_n} \sigma_i(G^{(n-1)}_{(n)})^2
+              \le \sum_n \sum_{i > R_n} \sigma_i(X_{(n)})^2 \le N \|X - X_{\text{best}}\|^2 .
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        Floating point tensor of order ``N >= 2``, finite.
+    ranks : int or sequence of int, optional
+        Multilinear ranks, ``1 <= R_n <= I_n`` (an int: the same for every mode).
+    eps : float, optional
+        Relative accuracy: each mode gets the smallest rank whose discarded energy is
+        :math:`\le \epsilon^2 \|X\|^2 / N`, so :math:`\|X - \hat X\| \le \epsilon \|X\|` (as Tensor Toolbox's
+        ``hosvd(X, tol)``). Give ``ranks`` or ``eps``, not both; neither keeps full ranks (exact).
+
+    Returns
+    -------
+    TuckerTensor
+        Orthonormal factors and the core :math:`X \times_1 A_1^\top \cdots \times_N A_N^\top`.
+    """
+    check_input(x, "x")
+    ranks, eps = _check_ranks_eps(x, ranks, eps)
+    if ranks is None and eps is None:
+        ranks = list(x.shape)
+    budget = None if eps is None else eps**2 * float(torch.linalg.vector_norm(x)) ** 2 / x.ndim
+    core = x
+    factors = []
+    for n in range(x.ndim):
+        vals, vecs = leading_eigvecs(_gram(core, n))
+        r = ranks[n] if ranks is not None else rank_for_tail(vals, budget)
+        factor = vecs[:, :r]
+        factors.append(factor)
+        core = mode_dot(core, factor.mT, n)
+    return TuckerTensor(core, factors)
+
+
+def _project(y: torch.Tensor, factors: Sequence[torch.Tensor], modes: Sequence[int]) -> torch.Tensor:
+    r""":math:`Y \times_{k \in \text{modes}} A_k^\top` (``y`` itself for no modes)."""
+    if not modes:
+        return y
+    return multi_mode_dot(y, [factors[k] for k in modes], modes=modes, transpose=True)
+
+
+def _init_tucker(x: torch.Tensor, ranks: list[int], init: object, seed: int | None) -> list[torch.Tensor]:
+    if isinstance(init, TuckerTensor):
+        if init.shape != tuple(x.shape) or list(init.ranks) != ranks:
+            raise ValueError(f"init has shape {init.shape} and ranks {init.ranks} but x has shape "
+                             f"{tuple(x.shape)} and ranks={ranks}")
+        if init.device != x.device or init.dtype != x.dtype:
+            raise ValueError(f"init is {init.dtype} on {init.device} but x is {x.dtype} on {x.device}: "
+                             f"use init.to(x.device, x.dtype)")
+        return [torch.linalg.qr(f).Q for f in init.factors]
+    if not isinstance(init, str) or init not in ("hosvd", "random"):
+        raise ValueError(f"init must be 'hosvd', 'random' or a TuckerTensor, got {init!r}")
+    if init == "random":
+        gen = generator(seed)
+        return [torch.linalg.qr(randn((s, r), gen, x)).Q for s, r in zip(x.shape, ranks, strict=True)]
+    # classical (not sequentially truncated) HOSVD factors, as De Lathauwer et al. (2000) and TensorLy
+    return [leading_eigvecs(_gram(x, n), r)[1] for n, r in enumerate(ranks)]
+
+
+def tucker(
+    x: torch.Tensor,
+    ranks: int | Sequence[int],
+    *,
+    n_iter_max: int = 100,
+    tol: float = 1e-8,
+    init: str | TuckerTensor = "hosvd",
+    seed: int | None = None,
+    return_errors: bool = False,
+) -> TuckerTensor | tuple[TuckerTensor, list[float]]:
+    r"""Tucker decomposition by higher-order orthogonal iteration (HOOI, De Lathauwer et al. 2000).
+
+    Each sweep sets, for :math:`n = 1..N`, :math:`A_n` = the leading :math:`R_n` left singular vectors of
+    :math:`Y_{(n)}`, :math:`Y = X \times_{k \ne n} A_k^\top`, computed as eigenvectors of the small Gram matrix
+    :math:`Y_{(n)} Y_{(n)}^\top`. The projections share work across modes (a dimension tree): :math:`X` projected on
+    the right half of the modes serves every left mode and vice versa, two passes over :math:`X` per sweep. With
+    orthonormal factors :math:`\|X - \hat X\|^2 = \|X\|^2 - \|G\|^2`, so the error costs nothing.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        Floating point tensor of order ``N >= 2``, finite. Not modified.
+    ranks : int or sequence of int
+        Multilinear ranks ``1 <= R_n <= I_n``.
+    n_iter_max : int
+        Maximum number of sweeps (``>= 1``).
+    tol : float
+        Stop when the relative error changes by less than ``tol``; ``0`` runs all sweeps.
+    init : {'hosvd', 'random'} or TuckerTensor
+        Starting factors: 'hosvd' the leading left singular vectors of each unfolding :math:`X_{(n)}` (the truncated
+        HOSVD, as TensorLy's ``init='svd'``); 'random' random orthonormal ones; a TuckerTensor's factors
+        (re-orthonormalised by QR, the input is never modified).
+    seed : int, optional
+        Seed for ``init='random'``.
+    return_errors : bool
+        Also return the relative error after each sweep.
+    """
+    check_input(x, "x")
+    ranks = parse_ranks(ranks, x.shape)
+    check_positive_int(n_iter_max, "n_iter_max")
+    tol = check_tol(tol, "tol")
+    factors = _init_tucker(x, ranks, init, seed)
+    n_modes = x.ndim
+    norm_x2 = float(torch.linalg.vector_norm(x)) ** 2
+    if norm_x2 == 0:
+        raise ValueError("x is all zeros: the relative error is undefined")
+    h = max(1, n_modes // 2)
+    left, right = list(range(h)), list(range(h, n_modes))
+    errors: list[float] = []
+    core = None
+    for _ in range(n_iter_max):
+        for half, other in ((left, right), (right, left)):
+            part = _project(x, factors, other)
+            for n in half:
+                y = _project(part, factors, [k for k in half if k != n])
+                _, factors[n] = leading_eigvecs(_gram(y, n), ranks[n])
+        core = mode_dot(y, factors[n_modes - 1].mT, n_modes - 1)
+        err2 = max(norm_x2 - float(torch.linalg.vector_norm(core)) ** 2, 0.0)
+        errors.append(math.sqrt(err2 / norm_x2))
+        if tol and len(errors) > 1 and abs(errors[-2] - errors[-1]) < tol:
+            break
+    result = TuckerTensor(core, factors)
+    return (result, errors) if return_errors else result
+
