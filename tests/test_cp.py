@@ -1,0 +1,213 @@
+"""CP-ALS and CPTensor: exact recovery, parity with TensorLy's parafac, the dimension-tree MTTKRP against the explicit
+Khatri–Rao formula, the cheap fit against the dense error, devices and dtypes, bad input."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import tensorly as tl
+import torch
+from conftest import tolerance
+from hypothesis import given
+from hypothesis import strategies as st
+from tensorly.decomposition import parafac
+
+import tensorcompress as tc
+from tensorcompress.data.synthetic import random_cp
+from tensorcompress.decompositions.cp import _contract_left, _contract_right, _mttkrp_from_partial, _split
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one thread avoids the cost of waking (and, on a busy machine, oversubscribing) a thread pool."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _randn(shape, seed, device="cpu", dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(tuple(shape), generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
+
+
+shapes = st.lists(st.integers(2, 5), min_size=2, max_size=5)
+
+
+@given(shape=shapes, rank=st.integers(1, 4), seed=st.integers(0, 2**16))
+def test_dimension_tree_mttkrp_equals_khatri_rao_formula(shape, rank, seed):
+    """Every MTTKRP from the two partial contractions equals X_(n) (⊙_{k≠n} A_k), the Khatri–Rao product formed."""
+    x = _randn(shape, seed)
+    factors = [_randn((s, rank), seed + 1 + k) for k, s in enumerate(shape)]
+    h = _split(shape)
+    t_left, t_right = _contract_right(x, factors, h), _contract_left(x, factors, h)
+    for n in range(len(shape)):
+        expected = tc.unfold(x, n) @ tc.khatri_rao(factors, skip=n)
+        if n < h:
+            got = _mttkrp_from_partial(t_left, factors, list(range(h)), n)
+        else:
+            got = _mttkrp_from_partial(t_right, factors, list(range(h, len(shape))), n)
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_exact_recovery_float64(device):
+    x, truth = random_cp((8, 9, 10), 3, seed=0, dtype=torch.float64, device=device)
+    cp = tc.cp_als(x, 3, n_iter_max=150, tol=0)
+    assert float(tc.relative_error(x, cp)) < 1e-8
+    assert cp.weights.device.type == device.type and cp.factors[0].dtype == torch.float64
+
+
+@pytest.mark.parametrize("shape,rank,seed", [((10, 11, 12), 4, 1), ((6, 7, 8, 5), 3, 2), ((30, 25), 5, 3),
+                                             ((9, 10, 11), 6, 4)])
+def test_error_no_worse_than_tensorly(shape, rank, seed):
+    """Same tensor, rank, SVD init and number of sweeps: error <= 1.001 x TensorLy's + 1e-12."""
+    x = random_cp(shape, rank, noise=0.2, seed=seed, dtype=torch.float64).tensor
+    cp = tc.cp_als(x, rank, n_iter_max=40, tol=0)
+    with tl.backend_context("pytorch"):
+        ref = tl.cp_to_tensor(parafac(x, rank, n_iter_max=40, tol=0, init="svd"))
+    ours, theirs = float(tc.relative_error(x, cp)), float(tc.relative_error(x, ref))
+    assert ours <= 1.001 * theirs + 1e-12, (ours, theirs)
+
+
+@given(shape=st.lists(st.integers(2, 6), min_size=2, max_size=4), rank=st.integers(1, 4), seed=st.integers(0, 999))
+def test_fit_is_monotone_and_equals_dense_error(shape, rank, seed):
+    """ALS never increases the error; the cheap fit from norms and the last MTTKRP equals the dense error."""
+    x = _randn(shape, seed)
+    cp, errors = tc.cp_als(x, rank, n_iter_max=15, tol=0, return_errors=True)
+    assert len(errors) == 15
+    assert all(b <= a + 1e-7 for a, b in zip(errors, errors[1:], strict=False)), errors
+    assert math.isclose(errors[-1], float(tc.relative_error(x, cp)), rel_tol=1e-6, abs_tol=1e-6)
+    norms = [torch.linalg.vector_norm(f, dim=0) for f in cp.factors]
+    for nrm in norms:  # unit-norm columns, the scale in the weights
+        torch.testing.assert_close(nrm, torch.ones_like(nrm))
+
+
+def test_float32_agrees_with_float64(device, dtype):
+    x64 = random_cp((8, 9, 10), 3, noise=0.05, seed=5, dtype=torch.float64).tensor
+    ref = float(tc.relative_error(x64, tc.cp_als(x64, 3, n_iter_max=60, tol=0)))
+    x = x64.to(device=device, dtype=dtype)
+    cp = tc.cp_als(x, 3, n_iter_max=60, tol=0)
+    assert cp.dtype == dtype and cp.device.type == device.type
+    err = float(tc.relative_error(x64, cp.to("cpu", torch.float64)))
+    assert abs(err - ref) <= 100 * tolerance(dtype), (err, ref)
+
+
+def test_random_init_is_seeded_and_tol_stops_early():
+    x = random_cp((7, 8, 9), 3, noise=0.1, seed=6, dtype=torch.float64).tensor
+    a, ea = tc.cp_als(x, 3, init="random", seed=3, n_iter_max=20, tol=0, return_errors=True)
+    b, eb = tc.cp_als(x, 3, init="random", seed=3, n_iter_max=20, tol=0, return_errors=True)
+    assert ea == eb
+    torch.testing.assert_close(a.to_tensor(), b.to_tensor(), rtol=0, atol=0)
+    _, short = tc.cp_als(x, 3, n_iter_max=200, tol=1e-3, return_errors=True)
+    assert 1 < len(short) < 200 and abs(short[-1] - short[-2]) < 1e-3
+
+
+def test_init_cptensor_not_mutated_and_input_not_mutated():
+    x = random_cp((6, 7, 8), 2, noise=0.1, seed=7, dtype=torch.float64).tensor
+    x_before = x.clone()
+    init = tc.cp_als(x, 2, n_iter_max=3, tol=0)
+    init_before = init.clone()
+    cp, errors = tc.cp_als(x, 2, init=init, n_iter_max=10, tol=0, return_errors=True)
+    torch.testing.assert_close(x, x_before, rtol=0, atol=0)
+    torch.testing.assert_close(init.weights, init_before.weights, rtol=0, atol=0)
+    for f, g in zip(init.factors, init_before.factors, strict=True):
+        torch.testing.assert_close(f, g, rtol=0, atol=0)
+    assert errors[-1] <= float(tc.relative_error(x, init)) + 1e-12  # continuing from init can only improve
+
+
+def test_l2_reg_shrinks_the_solution():
+    x = random_cp((6, 7, 8), 2, seed=8, dtype=torch.float64).tensor
+    plain = tc.cp_als(x, 2, n_iter_max=20, tol=0)
+    ridge = tc.cp_als(x, 2, n_iter_max=20, tol=0, l2_reg=float(torch.linalg.vector_norm(x)) ** 2)
+    assert float(ridge.norm()) < 0.9 * float(plain.norm())
+
+
+def test_rank_above_mode_size_and_rank_deficient_solve():
+    """Rank larger than a mode (SVD init pads with random columns) and collinear factors (singular V)."""
+    x = random_cp((3, 4, 5), 2, seed=9, dtype=torch.float64).tensor
+    cp, errors = tc.cp_als(x, 6, n_iter_max=30, tol=0, seed=0, return_errors=True)
+    assert all(math.isfinite(e) for e in errors) and errors[-1] < 1e-3
+    ones = torch.ones(4, 3, dtype=torch.float64)
+    y = tc.CPTensor(torch.ones(3, dtype=torch.float64), [ones[:, :3][:3] * 0 + 1, ones, ones[:, :3]]).to_tensor()
+    cp = tc.cp_als(y, 3, n_iter_max=5, tol=0)  # every Gram matrix is singular: the least-squares fallback
+    assert float(tc.relative_error(y, cp)) < 1e-8
+
+
+# --- CPTensor -------------------------------------------------------------------------------------------------------
+
+
+def test_cptensor_matches_tensorly_and_round_trips(device, dtype):
+    g = torch.Generator().manual_seed(0)
+    weights = torch.rand(3, generator=g, dtype=torch.float64)
+    factors = [torch.randn(s, 3, generator=g, dtype=torch.float64) for s in (4, 5, 6)]
+    cp = tc.CPTensor(weights, factors).to(device=device, dtype=dtype)
+    with tl.backend_context("numpy"):
+        ref = tl.cp_to_tensor((weights.numpy(), [f.numpy() for f in factors]))
+    torch.testing.assert_close(cp.to_tensor().cpu().double(), torch.as_tensor(ref), rtol=tolerance(dtype),
+                               atol=tolerance(dtype))
+    assert cp.shape == (4, 5, 6) and cp.rank == 3 and cp.n_params == 3 + 3 * 15
+    assert "CPTensor(shape=(4, 5, 6), rank=3, n_params=48" in repr(cp) and str(dtype) in repr(cp)
+    torch.testing.assert_close(cp.norm(), torch.linalg.vector_norm(cp.to_tensor()), rtol=tolerance(dtype), atol=0)
+    tly = cp.to_tensorly()
+    assert isinstance(tly, tl.cp_tensor.CPTensor)
+    back = tc.CPTensor.from_tensorly(tly)
+    torch.testing.assert_close(back.to_tensor(), cp.to_tensor(), rtol=0, atol=0)
+    with tl.backend_context("numpy"):
+        from_np = tc.CPTensor.from_tensorly(tl.cp_tensor.CPTensor((weights.numpy(), [f.numpy() for f in factors])))
+    torch.testing.assert_close(from_np.to_tensor(), torch.as_tensor(ref))
+    w, fs = cp  # unpacks like TensorLy's
+    assert w is cp.weights and fs == cp.factors
+    normed = cp.normalize()
+    torch.testing.assert_close(normed.to_tensor(), cp.to_tensor(), rtol=tolerance(dtype), atol=tolerance(dtype))
+
+
+# --- bad input ------------------------------------------------------------------------------------------------------
+
+X = torch.ones(3, 4, 5)
+
+
+@pytest.mark.parametrize(
+    "kwargs,exc,match",
+    [
+        (dict(x=X, rank=0), ValueError, r"rank must be >= 1, got 0"),
+        (dict(x=X, rank=2.0), TypeError, r"rank must be an int, got float"),
+        (dict(x=torch.ones(3, 4, dtype=torch.int64), rank=1), TypeError, r"x must have a floating point dtype"),
+        (dict(x=torch.ones(5), rank=1), ValueError, r"x must have at least 2 dimensions"),
+        (dict(x=torch.tensor([[1.0, float("nan")]]), rank=1), ValueError, r"x must be finite.*1 of its 2"),
+        (dict(x=torch.tensor([[1.0, float("inf")]]), rank=1), ValueError, r"x must be finite"),
+        (dict(x=np.ones((3, 4)), rank=1), TypeError, r"x must be a torch.Tensor, got ndarray"),
+        (dict(x=X, rank=2, init="hosvd"), ValueError, r"init must be 'svd', 'random' or a CPTensor, got 'hosvd'"),
+        (dict(x=X, rank=2, init=3), ValueError, r"init must be 'svd', 'random' or a CPTensor, got 3"),
+        (dict(x=X, rank=2, tol=-1.0), ValueError, r"tol must be >= 0, got -1.0"),
+        (dict(x=X, rank=2, n_iter_max=0), ValueError, r"n_iter_max must be >= 1, got 0"),
+        (dict(x=X, rank=2, l2_reg=float("nan")), TypeError, r"l2_reg must be a finite real number"),
+        (dict(x=X, rank=2, seed="a"), TypeError, r"seed must be an int or None, got str"),
+        (dict(x=torch.zeros(3, 4), rank=1), ValueError, r"x is all zeros"),
+    ],
+)
+def test_cp_als_bad_input(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        tc.cp_als(**kwargs)
+
+
+def test_cp_als_bad_init_cptensor():
+    init = tc.CPTensor(torch.ones(2), [torch.ones(3, 2), torch.ones(4, 2), torch.ones(5, 2)])
+    with pytest.raises(ValueError, match=r"init has rank 2 but rank=3"):
+        tc.cp_als(X, 3, init=init)
+    with pytest.raises(ValueError, match=r"init has shape \(3, 4, 5\) but x has shape \(3, 4, 6\)"):
+        tc.cp_als(torch.ones(3, 4, 6), 2, init=init)
+    with pytest.raises(ValueError, match=r"init is torch.float32 on cpu but x is torch.float64"):
+        tc.cp_als(X.double(), 2, init=init)
+
+
+def test_cptensor_bad_construction():
+    with pytest.raises(ValueError, match=r"weights must be a vector"):
+        tc.CPTensor(torch.ones(2, 2), [torch.ones(3, 2)])
+    with pytest.raises(ValueError, match=r"factors\[1\] has 3 columns .* weights has length 2"):
+        tc.CPTensor(torch.ones(2), [torch.ones(3, 2), torch.ones(4, 3)])
+    with pytest.raises(TypeError, match=r"factors must be a list or tuple of torch.Tensor"):
+        tc.CPTensor(torch.ones(2), torch.ones(3, 2))
+    with pytest.raises(TypeError, match=r"cp must be a CPTensor, got Tensor"):
+        tc.cp_to_tensor(torch.ones(2))
