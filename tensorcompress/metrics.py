@@ -1,3 +1,308 @@
-"""Placeholder: filled in by its issue."""
+"""Honest measurements of a network: parameters, bytes on disk, FLOPs, latency, and a report comparing models.
 
-__all__: list[str] = []
+What each number is, and what it is not:
+
+* :func:`count_parameters` — entries of the parameter tensors; ``nonzero=True`` counts the non-zero entries of
+  the *effective* weights (a ``torch.nn.utils.prune`` mask applied). A masked or pruned weight is **not** a
+  smaller model: the dense tensor (and the mask) are still stored and multiplied.
+* :func:`model_size_bytes` — exactly the bytes ``torch.save(model.state_dict())`` writes: dtype, buffers, masks
+  and pickling overhead included. Parameter count × 4 is only an estimate of it.
+* :func:`flops` — floating point operations counted by :class:`torch.utils.flop_counter.FlopCounterMode` for one
+  forward pass on the given input (a multiply-add counts 2): the work the dense kernels *do*, zeros included.
+* :func:`latency` — wall-clock time of a forward pass measured by :mod:`torch.utils.benchmark` (median and
+  inter-quartile range). FLOPs are not latency: memory traffic, kernel launch overhead, layer shapes and threads
+  decide the time.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from ._validation import check_positive_int, check_tensor
+
+__all__ = [
+    "count_parameters",
+    "model_size_bytes",
+    "flops",
+    "latency",
+    "Latency",
+    "compression_report",
+    "CompressionReport",
+    "ReportRow",
+]
+
+
+def _check_module(model: object, name: str = "model") -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{name} must be a torch.nn.Module, got {type(model).__name__}")
+    return model
+
+
+def _effective_tensors(model: nn.Module) -> list[torch.Tensor]:
+    """The tensors the forward pass uses: ``weight`` (mask applied) for pruned ``weight_orig``, parametrised values."""
+    out: list[torch.Tensor] = []
+    for module in model.modules():
+        if isinstance(module, parametrize.ParametrizationList):
+            continue  # handled through the parent's property
+        if parametrize.is_parametrized(module):
+            for pname in module.parametrizations:
+                out.append(getattr(module, pname))
+        for pname, p in module._parameters.items():
+            if p is None:
+                continue
+            if pname.endswith("_orig") and isinstance(getattr(module, pname[: -len("_orig")], None), torch.Tensor):
+                out.append(getattr(module, pname[: -len("_orig")]))  # torch.nn.utils.prune: weight = weight_orig * mask
+            else:
+                out.append(p)
+    return out
+
+
+def count_parameters(model: nn.Module, nonzero: bool = False) -> int:
+    """Number of parameter entries of ``model`` (shared parameters counted once).
+
+    Parameters
+    ----------
+    model : nn.Module
+    nonzero : bool
+        Count only non-zero entries of the effective weights: for a module pruned with ``torch.nn.utils.prune`` the
+        masked ``weight`` replaces ``weight_orig``; for a ``torch.nn.utils.parametrize`` parametrisation the
+        computed tensor replaces the original. This measures sparsity, not size: see :func:`model_size_bytes`.
+
+    Examples
+    --------
+    ``nn.Linear(10, 5)`` has :math:`10\\cdot5 + 5 = 55` parameters.
+    """
+    _check_module(model)
+    if not nonzero:
+        return sum(p.numel() for p in model.parameters())
+    with torch.no_grad():
+        return sum(int(torch.count_nonzero(t)) for t in _effective_tensors(model))
+
+
+def model_size_bytes(model: nn.Module) -> int:
+    """Bytes written by ``torch.save(model.state_dict())`` (into memory; the same count as on disk).
+
+    Counts parameters *and* buffers (BatchNorm statistics, pruning masks) at their stored dtype, plus the zip/pickle
+    container. A pruned model whose zeros are stored densely is not smaller; only a different storage format is.
+    """
+    _check_module(model)
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    return buf.getbuffer().nbytes
+
+
+def flops(model: nn.Module, example_input: torch.Tensor) -> int:
+    """Total floating point operations of one forward pass of ``model`` on ``example_input``.
+
+    Counted by :class:`torch.utils.flop_counter.FlopCounterMode` (a multiply-accumulate is 2 FLOPs; matrix
+    products and convolutions are counted, element-wise operations such as ReLU, bias additions and pooling are
+    not). The count is for the whole batch in ``example_input``: divide by the batch size for FLOPs per sample.
+    ``nn.Linear(10, 5)`` on a batch of one costs :math:`2\\cdot10\\cdot5 = 100` FLOPs. Runs in eval mode under
+    ``torch.no_grad`` and restores the model's mode.
+    """
+    _check_module(model)
+    check_tensor(example_input, "example_input")
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    try:
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), counter:
+            model(example_input)
+    finally:
+        model.train(was_training)
+    return int(counter.get_total_flops())
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Forward-pass time in seconds: ``median`` and inter-quartile range ``iqr`` over ``runs`` timed blocks."""
+
+    median: float
+    iqr: float
+    runs: int
+    device: str
+    threads: int
+
+    def __str__(self) -> str:
+        return f"{self.median * 1e3:.3f} ms ± {self.iqr * 1e3:.3f} ms (IQR, {self.runs} runs, {self.device})"
+
+
+def latency(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    *,
+    device: torch.device | str = "cpu",
+    threads: int = 1,
+    min_run_time: float = 0.2,
+) -> Latency:
+    """Median wall-clock time of ``model(example_input)`` under ``torch.inference_mode`` on ``device``.
+
+    Measured with :meth:`torch.utils.benchmark.Timer.blocked_autorange` (which synchronises CUDA), on a deep copy
+    of the model in eval mode (``model`` itself is not moved or changed), with ``threads`` CPU threads.
+    Machine-dependent: print it in notebooks only in cells marked ``# NBVAL_IGNORE_OUTPUT``.
+    """
+    _check_module(model)
+    check_tensor(example_input, "example_input")
+    check_positive_int(threads, "threads")
+    from torch.utils import benchmark
+
+    device = torch.device(device)
+    m = copy.deepcopy(model).to(device).eval()
+    x = example_input.to(device)
+
+    def forward() -> None:
+        with torch.inference_mode():
+            m(x)
+
+    forward()  # warm-up
+    timer = benchmark.Timer(stmt="forward()", globals={"forward": forward}, num_threads=threads)
+    meas = timer.blocked_autorange(min_run_time=min_run_time)
+    return Latency(median=float(meas.median), iqr=float(meas.iqr), runs=len(meas.times), device=str(device),
+                   threads=threads)
+
+
+@dataclass(frozen=True)
+class ReportRow:
+    """One model in a :class:`CompressionReport`. Ratios are original ÷ this model (``> 1`` = smaller/faster)."""
+
+    name: str
+    accuracy: float
+    delta_accuracy: float
+    params: int
+    nonzero_params: int
+    bytes: int
+    flops: int
+    latency_s: float | None
+    compression_ratio: float
+    flops_ratio: float
+    speedup: float | None
+
+
+@dataclass(frozen=True)
+class CompressionReport:
+    """Rows comparing compressed models with the original; ``str(report)`` is a text table, :meth:`plot` draws it."""
+
+    rows: tuple[ReportRow, ...]
+
+    def to_dict(self) -> list[dict]:
+        return [asdict(r) for r in self.rows]
+
+    def __str__(self) -> str:
+        header = ["model", "accuracy", "Δacc", "params", "nonzero", "bytes", "FLOPs", "latency ms", "size ×",
+                  "FLOPs ×", "speed-up ×"]
+        lines = []
+        for r in self.rows:
+            lines.append([
+                r.name,
+                f"{100 * r.accuracy:.2f}%",
+                f"{100 * r.delta_accuracy:+.2f}",
+                f"{r.params:,}",
+                f"{r.nonzero_params:,}",
+                f"{r.bytes:,}",
+                f"{r.flops:,}",
+                "-" if r.latency_s is None else f"{1e3 * r.latency_s:.3f}",
+                f"{r.compression_ratio:.2f}",
+                f"{r.flops_ratio:.2f}",
+                "-" if r.speedup is None else f"{r.speedup:.2f}",
+            ])
+        widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
+
+        def fmt(cells: list[str]) -> str:
+            pairs = enumerate(zip(cells, widths, strict=True))
+            return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in pairs)
+
+        return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, lines)])
+
+    def __repr__(self) -> str:
+        return str(self)
+
+    def plot(self, ax=None):
+        """Accuracy against bytes on disk (log scale), one labelled point per model; returns the axes."""
+        import matplotlib.pyplot as plt
+
+        if ax is None:
+            _, ax = plt.subplots(figsize=(5, 3.5))
+        for r in self.rows:
+            ax.scatter(r.bytes, 100 * r.accuracy)
+            ax.annotate(r.name, (r.bytes, 100 * r.accuracy), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.set_xscale("log")
+        ax.set_xlabel("bytes on disk (torch.save of the state_dict)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(True, alpha=0.3)
+        return ax
+
+
+def compression_report(
+    original: nn.Module,
+    compressed: nn.Module | Mapping[str, nn.Module],
+    test_data,
+    *,
+    example_input: torch.Tensor | None = None,
+    device: torch.device | str = "cpu",
+    measure_latency: bool = True,
+    threads: int = 1,
+) -> CompressionReport:
+    """Compare ``original`` with one or more compressed models on the same held-out ``test_data``.
+
+    Each row: test accuracy and its change from the original, parameters (all and non-zero), bytes on disk
+    (:func:`model_size_bytes`), FLOPs of one forward pass on ``example_input`` (:func:`flops`), latency
+    (:func:`latency`, optional) and the ratios original ÷ model. No model is changed (evaluation and timing use deep
+    copies on ``device``).
+
+    Parameters
+    ----------
+    original : nn.Module
+    compressed : nn.Module or mapping name → nn.Module
+        A single model is named ``"compressed"``.
+    test_data : Dataset
+        Yields ``(inputs, targets)``.
+    example_input : torch.Tensor, optional
+        Input for FLOPs and latency; default: the first sample of ``test_data`` as a batch of one.
+    """
+    from .train import evaluate
+
+    _check_module(original, "original")
+    models = {"compressed": compressed} if isinstance(compressed, nn.Module) else dict(compressed)
+    if not models:
+        raise ValueError("compressed must hold at least one model, got an empty mapping")
+    for k, m in models.items():
+        _check_module(m, f"compressed[{k!r}]")
+    if example_input is None:
+        example_input = test_data[0][0].unsqueeze(0)
+    device = torch.device(device)
+
+    def measure(name: str, model: nn.Module) -> dict:
+        m = copy.deepcopy(model).to(device).eval()
+        x = example_input.to(device)
+        return {
+            "name": name,
+            "accuracy": evaluate(m, test_data, device=device).accuracy,
+            "params": count_parameters(m),
+            "nonzero_params": count_parameters(m, nonzero=True),
+            "bytes": model_size_bytes(m),
+            "flops": flops(m, x),
+            "latency_s": latency(m, x, device=device, threads=threads).median if measure_latency else None,
+        }
+
+    base = measure("original", original)
+    results = [base] + [measure(k, m) for k, m in models.items()]
+    rows = []
+    for r in results:
+        rows.append(ReportRow(
+            **r,
+            delta_accuracy=r["accuracy"] - base["accuracy"],
+            compression_ratio=base["bytes"] / r["bytes"],
+            flops_ratio=base["flops"] / r["flops"] if r["flops"] else math.inf,
+            speedup=None if r["latency_s"] is None else base["latency_s"] / r["latency_s"],
+        ))
+    return CompressionReport(rows=tuple(rows))

@@ -1,0 +1,88 @@
+"""The stored baselines: checkpoints in the repository's ``data/`` with a manifest of SHA-256 and training settings.
+
+``python -m tensorcompress.baselines`` writes them; :func:`pretrained` loads one, checks its hash and returns it in
+eval mode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..data._cache import repo_data_dir
+from .lenet import LeNet5, LeNet300100
+from .smallcnn import SmallCNN
+
+__all__ = ["pretrained", "ARCHITECTURES", "sha256_file"]
+
+#: name → constructor of the untrained network the checkpoint was trained from.
+ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {
+    "lenet300100": lambda: LeNet300100(in_features=784, num_classes=10),
+    "lenet5": lambda: LeNet5(in_channels=1, num_classes=10, input_size=28),
+    "smallcnn": lambda: SmallCNN(in_channels=1, num_classes=10, input_size=8),
+}
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def pretrained(name: str, *, root: str | Path | None = None, device: torch.device | str = "cpu") -> nn.Module:
+    """A trained baseline network, in eval mode.
+
+    ===============  =============================  =========================================
+    name             network                        trained on
+    ===============  =============================  =========================================
+    ``lenet300100``  :class:`LeNet300100`           MNIST sample (:func:`~tensorcompress.data.load_mnist_sample`)
+    ``lenet5``       :class:`LeNet5`                MNIST sample
+    ``smallcnn``     :class:`SmallCNN` (8×8 input)  digits (:func:`~tensorcompress.data.load_digits`)
+    ===============  =============================  =========================================
+
+    The test accuracy, seed and training settings are in ``manifest.json`` next to the checkpoints.
+
+    Parameters
+    ----------
+    name : str
+        One of the names above.
+    root : str or Path, optional
+        Folder holding ``manifest.json`` and the ``.pt`` files (default: the repository's ``data/``).
+    device : torch.device or str
+        Where the returned model lives.
+
+    Raises
+    ------
+    ValueError
+        On an unknown name, a checkpoint missing from the manifest, or a SHA-256 mismatch (a corrupted or
+        replaced file).
+    FileNotFoundError
+        If the manifest or the checkpoint file is missing.
+    """
+    if name not in ARCHITECTURES:
+        raise ValueError(f"name must be one of {sorted(ARCHITECTURES)}, got {name!r}")
+    root = Path(root) if root is not None else repo_data_dir()
+    manifest_path = root / "manifest.json"
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"no manifest.json in {root}: run `python -m tensorcompress.baselines` to create it")
+    manifest = json.loads(manifest_path.read_text())
+    if name not in manifest:
+        raise ValueError(f"{manifest_path} has no entry {name!r} (it has {sorted(manifest)})")
+    entry = manifest[name]
+    path = root / entry["file"]
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} listed in {manifest_path} is missing")
+    digest = sha256_file(path)
+    if digest != entry["sha256"]:
+        raise ValueError(
+            f"SHA-256 mismatch for {path}: the file hashes to {digest} but {manifest_path} records "
+            f"{entry['sha256']}; the checkpoint is corrupted or was replaced: "
+            "rerun `python -m tensorcompress.baselines`"
+        )
+    model = ARCHITECTURES[name]()
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model.to(device).eval()
