@@ -1,0 +1,180 @@
+"""TT-SVD, TT rounding, TT arithmetic and TTTensor: exact recovery, the TT-SVD accuracy guarantee, parity with
+TensorLy's tensor_train, arithmetic / inner product / norm against the dense results, devices and dtypes, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorly as tl
+import torch
+from conftest import tolerance
+from hypothesis import given
+from hypothesis import strategies as st
+from tensorly.decomposition import tensor_train
+
+import tensorcompress as tc
+from tensorcompress.data.synthetic import random_tt
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one thread avoids the cost of waking (and, on a busy machine, oversubscribing) a thread pool."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _randn(shape, seed, device="cpu", dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(tuple(shape), generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
+
+
+shapes = st.lists(st.integers(2, 5), min_size=2, max_size=5)
+
+
+def test_exact_recovery_float64(device):
+    x, truth = random_tt((4, 5, 6, 3), (2, 3, 2), seed=0, dtype=torch.float64, device=device)
+    for tt in (tc.tt_svd(x), tc.tt_svd(x, max_rank=(2, 3, 2)), tc.tt_svd(x, eps=1e-10)):
+        assert float(tc.relative_error(x, tt)) < 1e-8
+        assert tt.cores[0].device.type == device.type
+    assert tc.tt_svd(x, eps=1e-8).ranks == (1, 2, 3, 2, 1)  # eps finds the true TT ranks
+
+
+@given(shape=shapes, eps=st.floats(0.0, 0.9), seed=st.integers(0, 999))
+def test_tt_svd_meets_eps(shape, eps, seed):
+    x = _randn(shape, seed)
+    tt = tc.tt_svd(x, eps=eps)
+    assert float(tc.relative_error(x, tt)) <= eps * (1 + 1e-9) + 1e-12
+    rounded = tc.tt_round(tc.tt_svd(x), eps=eps)  # rounding the exact TT meets the same guarantee
+    assert float(tc.relative_error(x, rounded)) <= eps * (1 + 1e-9) + 1e-12
+
+
+@given(shape=shapes, max_rank=st.integers(1, 6), seed=st.integers(0, 999))
+def test_error_no_worse_than_tensorly(shape, max_rank, seed):
+    """Fixed ranks: TT-SVD error <= 1.001 x TensorLy's tensor_train + 1e-12, on the same tensor and ranks."""
+    x = _randn(shape, seed)
+    tt = tc.tt_svd(x, max_rank=max_rank)
+    with tl.backend_context("numpy"):
+        ref = tl.tt_to_tensor(tensor_train(x.numpy(), [1] + list(tt.ranks[1:-1]) + [1]))
+    theirs = float(tc.relative_error(x, torch.as_tensor(ref)))
+    assert float(tc.relative_error(x, tt)) <= 1.001 * theirs + 1e-12
+    assert all(r <= max_rank for r in tt.ranks)
+
+
+@given(shape=shapes, seed=st.integers(0, 999), rank=st.integers(1, 3))
+def test_arithmetic_inner_norm_match_dense(shape, seed, rank):
+    a = random_tt(shape, rank, seed=seed, dtype=torch.float64).decomposition
+    b = random_tt(shape, rank + 1, seed=seed + 1, dtype=torch.float64).decomposition
+    da, db = a.to_tensor(), b.to_tensor()
+    close = dict(rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close((a + b).to_tensor(), da + db, **close)
+    torch.testing.assert_close((a - b).to_tensor(), da - db, **close)
+    torch.testing.assert_close((2.5 * a).to_tensor(), 2.5 * da, **close)
+    torch.testing.assert_close((a * -3).to_tensor(), -3 * da, **close)
+    torch.testing.assert_close((-a).to_tensor(), -da, **close)
+    torch.testing.assert_close(a.inner(b), (da * db).sum(), **close)
+    torch.testing.assert_close(tc.tt_inner(b, a), (da * db).sum(), **close)
+    torch.testing.assert_close(a.norm(), torch.linalg.vector_norm(da), **close)
+    torch.testing.assert_close((a - b).norm(), torch.linalg.vector_norm(da - db), **close)
+    s = a + b
+    assert s.ranks[1:-1] == tuple(ra + rb for ra, rb in zip(a.ranks[1:-1], b.ranks[1:-1], strict=True))
+
+
+@given(shape=shapes, seed=st.integers(0, 999), rank=st.integers(1, 3))
+def test_round_of_a_plus_a_returns_to_a(shape, seed, rank):
+    a = tc.tt_round(random_tt(shape, rank, seed=seed, dtype=torch.float64).decomposition)  # minimal ranks
+    r = tc.tt_round(a + a, eps=1e-10)
+    assert r.ranks == a.ranks
+    torch.testing.assert_close(r.to_tensor(), 2 * a.to_tensor(), rtol=1e-9, atol=1e-12)
+    assert tc.tt_round(a + a).ranks == a.ranks  # default eps: numerically zero directions only
+    capped = tc.tt_round(a + a, max_rank=1)
+    assert max(capped.ranks) == 1
+
+
+def test_device_and_dtype_agree(device, dtype):
+    x64 = random_tt((5, 6, 4, 3), 3, noise=0.05, seed=5, dtype=torch.float64).tensor
+    x = x64.to(device=device, dtype=dtype)
+    ref = tc.tt_svd(x64, max_rank=3)
+    got = tc.tt_svd(x, max_rank=3)
+    assert got.dtype == dtype and got.device.type == device.type and got.ranks == ref.ranks
+    torch.testing.assert_close(got.to_tensor().cpu().double(), ref.to_tensor(), rtol=10 * tolerance(dtype),
+                               atol=10 * tolerance(dtype))
+    r64, r = tc.tt_round(ref, eps=0.1), tc.tt_round(got, eps=0.1)
+    assert r.ranks == r64.ranks
+    torch.testing.assert_close(r.to_tensor().cpu().double(), r64.to_tensor(), rtol=10 * tolerance(dtype),
+                               atol=10 * tolerance(dtype))
+    torch.testing.assert_close(got.norm().cpu().double(), ref.norm(), rtol=10 * tolerance(dtype), atol=0)
+
+
+def test_no_mutation_and_tensorly_round_trip(device, dtype):
+    x = _randn((4, 5, 6), 1, device, dtype)
+    x_before = x.clone()
+    tt = tc.tt_svd(x, max_rank=3)
+    torch.testing.assert_close(x, x_before, rtol=0, atol=0)
+    cores_before = [c.clone() for c in tt.cores]
+    tc.tt_round(tt, eps=0.5)
+    tt.norm()
+    _ = tt + tt
+    for c, d in zip(tt.cores, cores_before, strict=True):
+        torch.testing.assert_close(c, d, rtol=0, atol=0)
+    tly = tt.to_tensorly()
+    assert isinstance(tly, tl.tt_tensor.TTTensor)
+    with tl.backend_context("pytorch"):
+        torch.testing.assert_close(tl.tt_to_tensor(tly), tt.to_tensor())
+    torch.testing.assert_close(tc.TTTensor.from_tensorly(tly).to_tensor(), tt.to_tensor(), rtol=0, atol=0)
+    assert tt.shape == (4, 5, 6) and tt.ranks == tt.rank == (1, 3, 3, 1) and tt.n_params == 12 + 45 + 18
+    assert repr(tt).startswith("TTTensor(shape=(4, 5, 6), ranks=(1, 3, 3, 1), n_params=75")
+
+
+def test_max_rank_int_is_capped_and_sequence_is_exact():
+    x = _randn((2, 3, 4), 0)
+    assert tc.tt_svd(x, max_rank=100).ranks == (1, 2, 4, 1)
+    assert tc.tt_svd(x, max_rank=[2, 1]).ranks == (1, 2, 1, 1)
+
+
+X = torch.ones(3, 4, 5)
+
+
+@pytest.mark.parametrize(
+    "kwargs,exc,match",
+    [
+        (dict(x=X, max_rank=0), ValueError, r"max_rank must be >= 1, got 0"),
+        (dict(x=X, max_rank=[2]), ValueError, r"max_rank must hold d - 1 = 2 ranks for shape \(3, 4, 5\), got 1"),
+        (dict(x=X, max_rank=[4, 2]), ValueError, r"max_rank\[0\]=4 exceeds what the unfolding allows .* 1\.\.3"),
+        (dict(x=X, max_rank=[2, 0]), ValueError, r"max_rank\[1\] must be >= 1, got 0"),
+        (dict(x=X, max_rank="3"), TypeError, r"max_rank must be an int or a sequence of 2 ints, got str"),
+        (dict(x=X, eps=0.1, max_rank=2), ValueError, r"give eps or max_rank, not both"),
+        (dict(x=X, eps=-1), ValueError, r"eps must be >= 0, got -1"),
+        (dict(x=torch.ones(5)), ValueError, r"x must have at least 2 dimensions"),
+        (dict(x=torch.ones(3, 4, dtype=torch.int64)), TypeError, r"floating point dtype"),
+        (dict(x=torch.tensor([[float("nan"), 1.0]])), ValueError, r"x must be finite"),
+        (dict(x=np.ones((3, 4))), TypeError, r"x must be a torch.Tensor"),
+    ],
+)
+def test_tt_svd_bad_input(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        tc.tt_svd(**kwargs)
+
+
+def test_tt_round_arithmetic_and_construction_bad_input():
+    a = tc.tt_svd(_randn((3, 4, 5), 0), max_rank=2)
+    b = tc.tt_svd(_randn((3, 4, 6), 0), max_rank=2)
+    with pytest.raises(TypeError, match=r"tt must be a TTTensor, got Tensor"):
+        tc.tt_round(X)
+    with pytest.raises(ValueError, match=r"give eps or max_rank, not both"):
+        tc.tt_round(a, eps=0.1, max_rank=2)
+    with pytest.raises(ValueError, match=r"\+ needs equal shapes, got \(3, 4, 5\) and \(3, 4, 6\)"):
+        _ = a + b
+    with pytest.raises(ValueError, match=r"needs one dtype and device"):
+        _ = a + a.to(torch.float32)
+    with pytest.raises(TypeError, match=r"unsupported operand"):
+        _ = a * [1.0]
+    with pytest.raises(TypeError, match=r"tt_inner needs two TTTensors, got Tensor"):
+        tc.tt_inner(a, X)
+    with pytest.raises(ValueError, match=r"the boundary ranks must be 1"):
+        tc.TTTensor([torch.ones(2, 3, 1)])
+    with pytest.raises(ValueError, match=r"cores\[0\] ends with rank 2 but cores\[1\] starts with rank 3"):
+        tc.TTTensor([torch.ones(1, 3, 2), torch.ones(3, 3, 1)])
+    with pytest.raises(ValueError, match=r"cores\[1\] must have 3 dimensions"):
+        tc.TTTensor([torch.ones(1, 3, 2), torch.ones(2, 3)])
