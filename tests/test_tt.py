@@ -169,7 +169,7 @@ def test_tt_round_arithmetic_and_construction_bad_input():
     with pytest.raises(ValueError, match=r"needs one dtype and device"):
         _ = a + a.to(torch.float32)
     with pytest.raises(TypeError, match=r"unsupported operand"):
-        _ = a * [1.0]
+        _ = a * None
     with pytest.raises(TypeError, match=r"tt_inner needs two TTTensors, got Tensor"):
         tc.tt_inner(a, X)
     with pytest.raises(ValueError, match=r"the boundary ranks must be 1"):
