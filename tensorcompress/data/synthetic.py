@@ -164,7 +164,7 @@ def random_tt(
     :math:`\min(\prod_{j \le k} I_j, \prod_{j > k} I_j)`; other arguments as :func:`random_cp`.
     """
     shape = _check_shape(shape)
-    inner = _parse_max_rank(ranks, shape, strict=True)
+    inner = _parse_max_rank(ranks, shape, strict=True, name="ranks")
     if inner is None:
         raise TypeError("ranks must be an int or a sequence of d - 1 ints, got None")
     dtype = _check_dtype(dtype)

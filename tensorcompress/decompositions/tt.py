@@ -219,26 +219,28 @@ def _tt_rank_caps(shape: Sequence[int]) -> list[int]:
     return [min(math.prod(shape[: k + 1]), math.prod(shape[k + 1:])) for k in range(len(shape) - 1)]
 
 
-def _parse_max_rank(max_rank: object, shape: Sequence[int], *, strict: bool) -> list[int] | None:
+def _parse_max_rank(
+    max_rank: object, shape: Sequence[int], *, strict: bool, name: str = "max_rank"
+) -> list[int] | None:
     """``max_rank`` as ``d - 1`` inner ranks: an int is capped at what the unfoldings allow; a sequence must hold
     ``d - 1`` ints within those limits when ``strict``."""
     if max_rank is None:
         return None
     caps = _tt_rank_caps(shape)
     if isinstance(max_rank, int) and not isinstance(max_rank, bool):
-        check_positive_int(max_rank, "max_rank")
+        check_positive_int(max_rank, name)
         return [min(max_rank, c) for c in caps]
     if not isinstance(max_rank, Sequence) or isinstance(max_rank, str):
-        raise TypeError(f"max_rank must be an int or a sequence of {len(caps)} ints, got "
+        raise TypeError(f"{name} must be an int or a sequence of {len(caps)} ints, got "
                         f"{type(max_rank).__name__} ({max_rank!r})")
     if len(max_rank) != len(caps):
-        raise ValueError(f"max_rank must hold d - 1 = {len(caps)} ranks for shape {tuple(shape)}, got "
+        raise ValueError(f"{name} must hold d - 1 = {len(caps)} ranks for shape {tuple(shape)}, got "
                          f"{len(max_rank)}: {list(max_rank)}")
     out = []
     for k, (r, cap) in enumerate(zip(max_rank, caps, strict=True)):
-        check_positive_int(r, f"max_rank[{k}]")
+        check_positive_int(r, f"{name}[{k}]")
         if strict and r > cap:
-            raise ValueError(f"max_rank[{k}]={r} exceeds what the unfolding allows for shape {tuple(shape)}: "
+            raise ValueError(f"{name}[{k}]={r} exceeds what the unfolding allows for shape {tuple(shape)}: "
                              f"allowed 1..{cap} = min(prod(shape[:{k + 1}]), prod(shape[{k + 1}:]))")
         out.append(min(r, cap))
     return out

@@ -1,0 +1,122 @@
+"""TT-matrix: TT-SVD of a matrix, conversion to matrix/tensor against TensorLy's TTMatrix, the core-by-core
+matrix-vector product against the dense product (values and gradients), devices and dtypes, bad input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import tensorly as tl
+import torch
+from conftest import tolerance
+from hypothesis import given
+from hypothesis import strategies as st
+
+import tensorcompress as tc
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one thread avoids the cost of waking (and, on a busy machine, oversubscribing) a thread pool."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _randn(shape, seed, device="cpu", dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(tuple(shape), generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
+
+
+modes = st.lists(st.tuples(st.integers(1, 4), st.integers(1, 4)), min_size=1, max_size=4)
+
+
+@given(pairs=modes, seed=st.integers(0, 999), eps=st.floats(0.0, 0.8))
+def test_tt_matrix_svd_and_tensorly_agree(pairs, seed, eps):
+    rows, cols = tuple(p[0] for p in pairs), tuple(p[1] for p in pairs)
+    w = _randn((math.prod(rows), math.prod(cols)), seed)
+    exact = tc.tt_matrix_svd(w, rows, cols)
+    torch.testing.assert_close(exact.to_matrix(), w, rtol=1e-10, atol=1e-10)
+    approx = tc.tt_matrix_svd(w, rows, cols, eps=eps)
+    assert float(torch.linalg.vector_norm(approx.to_matrix() - w)) <= eps * float(torch.linalg.vector_norm(w)) * (
+        1 + 1e-9) + 1e-12
+    # TensorLy reads the same cores as the same matrix and the same (m_1..m_d, n_1..n_d) tensor
+    with tl.backend_context("pytorch"):
+        ref = tl.tt_matrix.TTMatrix([c for c in approx.cores])
+        torch.testing.assert_close(approx.to_matrix(), ref.to_matrix())
+        torch.testing.assert_close(approx.to_tensor(), ref.to_tensor())
+    assert approx.to_tensor().shape == rows + cols
+    assert approx.n_params == sum(c.numel() for c in approx.cores)
+
+
+@given(pairs=modes, seed=st.integers(0, 999), batch=st.integers(1, 3), rank=st.integers(1, 3))
+def test_matvec_equals_dense_product_and_gradients(pairs, seed, batch, rank):
+    rows, cols = tuple(p[0] for p in pairs), tuple(p[1] for p in pairs)
+    w = _randn((math.prod(rows), math.prod(cols)), seed)
+    tt = tc.tt_matrix_svd(w, rows, cols, max_rank=rank)
+    dense = tt.to_matrix()
+    x = _randn((batch, math.prod(cols)), seed + 1)
+    torch.testing.assert_close(tt.matvec(x), x @ dense.mT, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(tc.tt_matrix_vector_product(tt, x[0]), dense @ x[0], rtol=1e-10, atol=1e-10)
+    cores = [c.clone().requires_grad_(True) for c in tt.cores]
+    xg = x.clone().requires_grad_(True)
+    tc.TTMatrix(cores).matvec(xg).square().sum().backward()
+    cores2 = [c.clone().requires_grad_(True) for c in tt.cores]
+    xg2 = x.clone().requires_grad_(True)
+    (xg2 @ tc.TTMatrix(cores2).to_matrix().mT).square().sum().backward()
+    torch.testing.assert_close(xg.grad, xg2.grad, rtol=1e-9, atol=1e-9)
+    for a, b in zip(cores, cores2, strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-9, atol=1e-9)
+
+
+def test_device_dtype_and_round_trip(device, dtype):
+    w64 = _randn((12, 20), 0)
+    ref = tc.tt_matrix_svd(w64, (3, 4), (4, 5), max_rank=4)
+    tt = tc.tt_matrix_svd(w64.to(device=device, dtype=dtype), (3, 4), (4, 5), max_rank=4)
+    assert tt.dtype == dtype and tt.device.type == device.type and tt.ranks == (1, 4, 1)
+    torch.testing.assert_close(tt.to_matrix().cpu().double(), ref.to_matrix(), rtol=10 * tolerance(dtype),
+                               atol=10 * tolerance(dtype))
+    x = _randn((3, 20), 1, device, dtype)
+    y = tt.matvec(x)
+    assert y.dtype == dtype and y.device.type == device.type and y.shape == (3, 12)
+    back = tc.TTMatrix.from_tensorly(tt.to_tensorly())
+    torch.testing.assert_close(back.to_matrix(), tt.to_matrix(), rtol=0, atol=0)
+    assert isinstance(tt.to_tensorly(), tl.tt_matrix.TTMatrix)
+    assert tt.shape == (12, 20) and tt.row_modes == (3, 4) and tt.col_modes == (4, 5)
+    assert tt.tensorized_shape == (3, 4, 4, 5) and tt.n_params == 3 * 4 * 4 + 4 * 4 * 5
+    assert repr(tt).startswith("TTMatrix(shape=(12, 20), row_modes=(3, 4), col_modes=(4, 5), ranks=(1, 4, 1)")
+    assert tt.to(torch.float64).dtype == torch.float64
+
+
+W = torch.ones(6, 8)
+
+
+@pytest.mark.parametrize(
+    "args,kwargs,exc,match",
+    [
+        ((W, (2, 3), (2, 2)), {}, ValueError, r"matrix has shape \(6, 8\) but row_modes \(2, 3\) and col_modes"),
+        ((W, (2, 3), (8,)), {}, ValueError, r"row_modes and col_modes must have the same length"),
+        ((W, 6, (8,)), {}, TypeError, r"row_modes must be a non-empty sequence of ints, got 6"),
+        ((W, (2, 0), (2, 4)), {}, ValueError, r"row_modes\[1\] must be >= 1, got 0"),
+        ((torch.ones(6, 8, 1), (6,), (8,)), {}, ValueError, r"matrix must be 2-D"),
+        ((W.long(), (6,), (8,)), {}, TypeError, r"floating point dtype"),
+        ((W, (2, 3), (2, 4)), dict(eps=0.1, max_rank=2), ValueError, r"give eps or max_rank, not both"),
+        ((W, (2, 3), (2, 4)), dict(max_rank=[5]), ValueError, r"max_rank\[0\]=5 exceeds what the unfolding allows"),
+    ],
+)
+def test_tt_matrix_svd_bad_input(args, kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        tc.tt_matrix_svd(*args, **kwargs)
+
+
+def test_matvec_bad_input():
+    tt = tc.tt_matrix_svd(W, (2, 3), (2, 4))
+    with pytest.raises(ValueError, match=r"x must have shape \(8,\) or \(B, 8\) .* got \(3, 7\)"):
+        tt.matvec(torch.ones(3, 7))
+    with pytest.raises(ValueError, match=r"x is torch.float64 on cpu but the TT-matrix is torch.float32"):
+        tt.matvec(torch.ones(8, dtype=torch.float64))
+    with pytest.raises(TypeError, match=r"tt_matrix must be a TTMatrix, got Tensor"):
+        tc.tt_matrix_vector_product(W, torch.ones(8))
+    with pytest.raises(ValueError, match=r"cores\[0\] must have 4 dimensions"):
+        tc.TTMatrix([torch.ones(1, 2, 1)])
