@@ -1,5 +1,7 @@
 """Train the series' baseline networks and store them: ``python -m tensorcompress.baselines [names...]``.
 
+``--check`` retrains and compares the test accuracy with the manifest instead (exit status 1 on a difference).
+
 Writes ``data/{name}.pt`` (the ``state_dict``) and ``data/manifest.json`` (SHA-256, test accuracy, seed, training
 settings, split sizes, torch version, training time) for each name in :data:`BASELINES`. Training runs on the CPU
 with one thread so that a rerun with the same seed reproduces the stored weights and accuracy on the same machine;
@@ -98,10 +100,25 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", default=list(BASELINES), help=f"subset of {list(BASELINES)}")
     parser.add_argument("--out", type=Path, default=repo_data_dir(), help="folder for the checkpoints (data/)")
+    parser.add_argument("--check", action="store_true",
+                        help="retrain and compare the test accuracy with the manifest in --out; write nothing")
     args = parser.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
+    unknown = sorted(set(args.names) - set(BASELINES))
+    if unknown:
+        parser.error(f"unknown baseline(s) {unknown}: choose from {list(BASELINES)}")
     manifest_path = args.out / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    if args.check:
+        failed = 0
+        for name in args.names:
+            _, record = train_baseline(name, progress=True)
+            stored = manifest.get(name, {}).get("test_accuracy")
+            same = stored == record["test_accuracy"]
+            failed += not same
+            print(f"{name}: retrained {100 * record['test_accuracy']:.2f}%, stored "
+                  f"{'-' if stored is None else f'{100 * stored:.2f}%'}: {'reproduced' if same else 'DIFFERENT'}")
+        return 1 if failed else 0
+    args.out.mkdir(parents=True, exist_ok=True)
     for name in args.names:
         model, record = train_baseline(name, progress=True)
         path = args.out / f"{name}.pt"

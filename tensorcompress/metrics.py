@@ -88,7 +88,11 @@ def count_parameters(model: nn.Module, nonzero: bool = False) -> int:
 
 
 def model_size_bytes(model: nn.Module) -> int:
-    """Bytes written by ``torch.save(model.state_dict())`` (into memory; the same count as on disk).
+    """Bytes written by ``torch.save(model.state_dict())`` into an in-memory buffer.
+
+    A file holds the same bytes up to the zip records' folder name, which ``torch.save`` takes from the file's stem
+    (``archive`` for a buffer), so a file named ``archive.pt`` has exactly this size and others differ by a few
+    dozen bytes of names and alignment padding.
 
     Counts parameters *and* buffers (BatchNorm statistics, pruning masks) at their stored dtype, plus the zip/pickle
     container. A pruned model whose zeros are stored densely is not smaller; only a different storage format is.

@@ -326,7 +326,7 @@ def fit(
                 out = model(x)
                 loss = nn.functional.cross_entropy(out, y) if loss_fn is None else loss_fn(out, y, x)
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f"training loss became {float(loss)} at epoch {epoch}, step "
+                    raise FloatingPointError(f"training loss became {float(loss.detach())} at epoch {epoch}, step "
                                              f"{state.step + 1}: lower lr (now {lr})")
                 state.outputs, state.loss = out, loss
                 loss.backward()

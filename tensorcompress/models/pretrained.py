@@ -18,7 +18,7 @@ from ..data._cache import repo_data_dir
 from .lenet import LeNet5, LeNet300100
 from .smallcnn import SmallCNN
 
-__all__ = ["pretrained", "ARCHITECTURES", "sha256_file"]
+__all__ = ["pretrained", "manifest", "ARCHITECTURES", "sha256_file"]
 
 #: name → constructor of the untrained network the checkpoint was trained from.
 ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {
@@ -31,6 +31,18 @@ ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {
 def sha256_file(path: str | Path) -> str:
     """Hex SHA-256 of a file's bytes."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def manifest(*, root: str | Path | None = None) -> dict[str, dict]:
+    """The baselines' manifest: name → file, SHA-256, bytes, test accuracy, seed and training settings.
+
+    Read from ``root/manifest.json`` (default: the repository's ``data/``).
+    """
+    root = Path(root) if root is not None else repo_data_dir()
+    path = root / "manifest.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no manifest.json in {root}: run `python -m tensorcompress.baselines` to create it")
+    return json.loads(path.read_text())
 
 
 def pretrained(name: str, *, root: str | Path | None = None, device: torch.device | str = "cpu") -> nn.Module:
@@ -67,12 +79,10 @@ def pretrained(name: str, *, root: str | Path | None = None, device: torch.devic
         raise ValueError(f"name must be one of {sorted(ARCHITECTURES)}, got {name!r}")
     root = Path(root) if root is not None else repo_data_dir()
     manifest_path = root / "manifest.json"
-    if not manifest_path.is_file():
-        raise FileNotFoundError(f"no manifest.json in {root}: run `python -m tensorcompress.baselines` to create it")
-    manifest = json.loads(manifest_path.read_text())
-    if name not in manifest:
-        raise ValueError(f"{manifest_path} has no entry {name!r} (it has {sorted(manifest)})")
-    entry = manifest[name]
+    entries = manifest(root=root)
+    if name not in entries:
+        raise ValueError(f"{manifest_path} has no entry {name!r} (it has {sorted(entries)})")
+    entry = entries[name]
     path = root / entry["file"]
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} listed in {manifest_path} is missing")

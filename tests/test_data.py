@@ -1,0 +1,201 @@
+"""tensorcompress.data: fixed stratified splits, normalisation, caching, IDX reading, the sample image."""
+
+from __future__ import annotations
+
+import gzip
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+import tensorcompress as tc
+from tensorcompress.data import _cache
+
+
+def _check_split(train, test, n_train, n_test, size):
+    for ds, n in ((train, n_train), (test, n_test)):
+        assert isinstance(ds, TensorDataset)
+        x, y = ds.tensors
+        assert x.shape == (n, 1, size, size) and x.dtype == torch.float32
+        assert y.shape == (n,) and y.dtype == torch.int64
+        assert set(y.unique().tolist()) == set(range(10))
+
+
+def test_digits_split_sizes_stratification_and_normalisation():
+    train, test = tc.data.load_digits()
+    _check_split(train, test, 1437, 360, 8)
+    x = train.tensors[0]
+    assert abs(float(x.mean())) < 1e-5 and abs(float(x.std(unbiased=False)) - 1) < 1e-5
+    # stratified: each class keeps its share of the 1,797 images in the test split (within one image)
+    from sklearn.datasets import load_digits
+
+    counts = np.bincount(load_digits().target)
+    assert np.all(np.abs(np.bincount(test.tensors[1].numpy()) - counts * 360 / 1797) <= 1)
+
+
+def test_digits_test_split_uses_train_statistics_and_same_images():
+    raw_train, raw_test = tc.data.load_digits(normalize=False)
+    train, test = tc.data.load_digits()
+    mean, std = raw_train.tensors[0].mean(), raw_train.tensors[0].std(unbiased=False)
+    torch.testing.assert_close(test.tensors[0], (raw_test.tensors[0] - mean) / std, rtol=1e-5, atol=1e-5)
+    assert torch.equal(test.tensors[1], raw_test.tensors[1])
+    # the split partitions scikit-learn's 1,797 images
+    from sklearn.datasets import load_digits
+
+    src = torch.from_numpy(load_digits().images.reshape(-1, 64).astype(np.float32))
+    both = torch.cat([raw_train.tensors[0], raw_test.tensors[0]]).reshape(-1, 64)
+    assert torch.equal(torch.sort(both.sum(1)).values, torch.sort(src.sum(1)).values)
+
+
+def test_mnist_sample_split():
+    train, test = tc.data.load_mnist_sample()
+    _check_split(train, test, 4000, 1000, 28)
+    assert torch.equal(test.tensors[1].bincount(), torch.full((10,), 100))
+    assert torch.equal(train.tensors[1].bincount(), torch.full((10,), 400))
+    # train and test are disjoint sets of distinct images
+    rows = torch.cat([train.tensors[0], test.tensors[0]]).reshape(5000, -1)
+    assert torch.unique(rows, dim=0).shape[0] == 5000
+
+
+def test_splits_are_fixed_and_seeded():
+    a, _ = tc.data.load_digits(seed=0)
+    b, _ = tc.data.load_digits(seed=0)
+    c, _ = tc.data.load_digits(seed=1)
+    assert torch.equal(a.tensors[0], b.tensors[0]) and torch.equal(a.tensors[1], b.tensors[1])
+    assert not torch.equal(a.tensors[1], c.tensors[1])
+
+
+def test_cache_written_and_fallback_when_repo_data_unwritable(tmp_path, monkeypatch):
+    assert (_cache.cache_dir() / "digits_seed0_test360_norm.npz").exists()
+    monkeypatch.setattr(_cache, "repo_data_dir", lambda: tmp_path / "does_not_exist")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert _cache.cache_dir() == tmp_path / "xdg" / "tensorcompress"
+    assert _cache.cache_dir().is_dir()
+
+
+def test_split_rejects_wrong_shape():
+    with pytest.raises(ValueError, match="images must be N x C x H x W"):
+        tc.data.datasets.split_and_normalize(np.zeros((10, 8, 8)), np.zeros(10), test_size=2, seed=0)
+
+
+# ---------------------------------------------------------------- IDX files
+
+
+def _idx_bytes(array: np.ndarray) -> bytes:
+    header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, dtype=">i4").tobytes()
+    return header + array.astype(np.uint8).tobytes()
+
+
+def _write_mnist(folder, rng, *, gz: bool, n_train=6, n_test=4):
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28)),
+        "train-labels-idx1-ubyte": rng.integers(0, 10, n_train),
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 28, 28)),
+        "t10k-labels-idx1-ubyte": rng.integers(0, 10, n_test),
+    }
+    for name, a in arrays.items():
+        if gz:
+            with gzip.open(folder / (name + ".gz"), "wb") as f:
+                f.write(_idx_bytes(a))
+        else:
+            (folder / name).write_bytes(_idx_bytes(a))
+    return arrays
+
+
+@pytest.mark.parametrize("gz", [False, True], ids=["plain", "gzip"])
+def test_read_idx_roundtrip(tmp_path, gz):
+    a = np.random.default_rng(0).integers(0, 256, (3, 5, 7))
+    path = tmp_path / ("a.idx.gz" if gz else "a.idx")
+    if gz:
+        with gzip.open(path, "wb") as f:
+            f.write(_idx_bytes(a))
+    else:
+        path.write_bytes(_idx_bytes(a))
+    out = tc.data.read_idx(path)
+    assert out.shape == (3, 5, 7) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out, a)
+
+
+def test_read_idx_bad_files(tmp_path):
+    bad = tmp_path / "bad"
+    bad.write_bytes(b"\x01\x02\x08\x01" + b"\x00" * 8)
+    with pytest.raises(ValueError, match="not an IDX file: bad magic number"):
+        tc.data.read_idx(bad)
+    short = tmp_path / "short"
+    short.write_bytes(_idx_bytes(np.zeros((4, 2)))[:-3])
+    with pytest.raises(ValueError, match=r"header states shape \(4, 2\) \(8 bytes\) but 5 bytes follow"):
+        tc.data.read_idx(short)
+
+
+@pytest.mark.parametrize("layout", ["flat", "torchvision"])
+@pytest.mark.parametrize("gz", [False, True], ids=["plain", "gzip"])
+def test_load_mnist_from_idx(tmp_path, layout, gz):
+    folder = tmp_path if layout == "flat" else tmp_path / "MNIST" / "raw"
+    arrays = _write_mnist(folder, np.random.default_rng(1), gz=gz)
+    raw_train, raw_test = tc.data.load_mnist(tmp_path, normalize=False)
+    assert raw_train.tensors[0].shape == (6, 1, 28, 28) and raw_test.tensors[0].shape == (4, 1, 28, 28)
+    np.testing.assert_array_equal(raw_train.tensors[0][:, 0].numpy(), arrays["train-images-idx3-ubyte"])
+    np.testing.assert_array_equal(raw_test.tensors[1].numpy(), arrays["t10k-labels-idx1-ubyte"])
+    train, test = tc.data.load_mnist(tmp_path)
+    x = arrays["train-images-idx3-ubyte"].astype(np.float32)
+    expected = (arrays["t10k-images-idx3-ubyte"].astype(np.float32) - x.mean()) / x.std()
+    np.testing.assert_allclose(test.tensors[0][:, 0].numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_load_fashion_mnist_layout(tmp_path):
+    _write_mnist(tmp_path / "FashionMNIST" / "raw", np.random.default_rng(2), gz=True)
+    train, test = tc.data.load_fashion_mnist(tmp_path)
+    assert len(train) == 6 and len(test) == 4
+
+
+def test_load_mnist_missing_files_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"train-images-idx3-ubyte\[\.gz\] not found in .*t10k-labels"):
+        tc.data.load_mnist(tmp_path)
+    _write_mnist(tmp_path, np.random.default_rng(3), gz=False)
+    (tmp_path / "t10k-labels-idx1-ubyte").unlink()
+    with pytest.raises(FileNotFoundError, match=r"t10k-labels-idx1-ubyte\[\.gz\] not found in " + str(tmp_path)):
+        tc.data.load_mnist(tmp_path)
+
+
+def test_load_mnist_mismatched_counts(tmp_path):
+    _write_mnist(tmp_path, np.random.default_rng(4), gz=False)
+    (tmp_path / "train-labels-idx1-ubyte").write_bytes(_idx_bytes(np.zeros(5)))
+    msg = r"must hold N x H x W images and N labels, got shapes \(6, 28, 28\) and \(5,\)"
+    with pytest.raises(ValueError, match=msg):
+        tc.data.load_mnist(tmp_path)
+
+
+# ---------------------------------------------------------------- augmentation and the sample image
+
+
+def test_shift_augment_against_roll():
+    x = torch.zeros(2, 1, 6, 6)
+    x[:, :, 2:4, 2:4] = torch.arange(8.0).reshape(2, 1, 2, 2) + 1  # zero border: a shift equals a roll
+    aug = tc.data.shift_augment(TensorDataset(x, torch.tensor([3, 7])))
+    xa, ya = aug.tensors
+    assert xa.shape == (10, 1, 6, 6) and ya.tolist() == [3, 7] * 5
+    for k, (dy, dx) in enumerate([(0, 0), (1, 0), (-1, 0), (0, 1), (0, -1)]):
+        assert torch.equal(xa[2 * k : 2 * k + 2], torch.roll(x, (dy, dx), dims=(2, 3)))
+    with pytest.raises(ValueError, match="must be smaller than the image size"):
+        tc.data.shift_augment(TensorDataset(x, torch.tensor([3, 7])), shifts=[(6, 0)])
+    with pytest.raises(TypeError, match="TensorDataset of N x C x H x W"):
+        tc.data.shift_augment(TensorDataset(x.flatten(1), torch.tensor([3, 7])))
+
+
+def test_sample_image_matches_pil(device, dtype):
+    from matplotlib.cbook import get_sample_data
+    from PIL import Image
+
+    img = tc.data.sample_image(dtype=dtype, device=device)
+    assert img.shape == (600, 512, 3) and img.dtype == dtype and img.device.type == torch.device(device).type
+    with get_sample_data("grace_hopper.jpg") as f:
+        ref = np.asarray(Image.open(f).convert("RGB"), dtype=np.float64) / 255
+    np.testing.assert_allclose(img.cpu().double().numpy(), ref, atol=1e-6)
+    assert 0 <= float(img.min()) and float(img.max()) <= 1
+
+
+def test_sample_image_rejects_integer_dtype():
+    with pytest.raises(TypeError, match="dtype must be a floating point torch.dtype, got torch.uint8"):
+        tc.data.sample_image(dtype=torch.uint8)

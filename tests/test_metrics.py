@@ -1,0 +1,147 @@
+"""tensorcompress.metrics on tiny models with hand-computed answers."""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import matplotlib
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import parametrize, prune
+from torch.utils.data import TensorDataset
+
+import tensorcompress as tc
+
+matplotlib.use("Agg")
+
+
+def test_count_parameters_linear():
+    assert tc.count_parameters(nn.Linear(10, 5)) == 10 * 5 + 5 == 55
+    shared = nn.Linear(4, 4)
+    assert tc.count_parameters(nn.Sequential(shared, shared)) == 20  # shared parameters counted once
+    lin = nn.Linear(3, 2)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[1.0, 0.0, 2.0], [0.0, 0.0, 3.0]]))
+        lin.bias.zero_()
+    assert tc.count_parameters(lin, nonzero=True) == 3
+
+
+def test_count_parameters_after_torch_prune():
+    torch.manual_seed(0)
+    lin = nn.Linear(10, 5)
+    prune.l1_unstructured(lin, "weight", amount=0.4)  # 20 of 50 weights masked
+    assert tc.count_parameters(lin) == 55  # weight_orig is still a dense parameter
+    assert tc.count_parameters(lin, nonzero=True) == int((lin.weight != 0).sum()) + 5 == 35
+    size_pruned = tc.model_size_bytes(lin)
+    assert size_pruned > tc.model_size_bytes(nn.Linear(10, 5))  # a mask is stored too: not smaller
+
+
+def test_count_parameters_with_parametrization():
+    class ZeroFirstRow(nn.Module):
+        def forward(self, w):
+            return torch.cat([torch.zeros_like(w[:1]), w[1:]])
+
+    torch.manual_seed(0)
+    lin = nn.Linear(4, 3)
+    parametrize.register_parametrization(lin, "weight", ZeroFirstRow())
+    assert tc.count_parameters(lin) == 15
+    assert tc.count_parameters(lin, nonzero=True) == 15 - 4
+
+
+def test_model_size_bytes_is_torch_save_length(tmp_path):
+    for model in (nn.Linear(10, 5), tc.models.SmallCNN(input_size=8), nn.Linear(10, 5).double()):
+        path = tmp_path / "archive.pt"  # torch.save names the zip records after the file stem; BytesIO: "archive"
+        torch.save(model.state_dict(), path)
+        assert tc.model_size_bytes(model) == path.stat().st_size
+    small, big = nn.Linear(100, 100), nn.Linear(100, 100).double()
+    assert tc.model_size_bytes(big) - tc.model_size_bytes(small) == pytest.approx(4 * 10_100, rel=0.05)
+
+
+def test_flops_hand_computed(device, dtype):
+    lin = nn.Linear(10, 5).to(device=device, dtype=dtype)
+    assert tc.flops(lin, torch.zeros(1, 10, device=device, dtype=dtype)) == 2 * 10 * 5 == 100
+    assert tc.flops(lin, torch.zeros(3, 10, device=device, dtype=dtype)) == 300
+    conv = nn.Conv2d(3, 8, 3).to(device=device, dtype=dtype)  # 10x10 -> 8x8 outputs, each 3*3*3 MACs
+    assert tc.flops(conv, torch.zeros(1, 3, 10, 10, device=device, dtype=dtype)) == 2 * 8 * 8 * 8 * 3 * 3 * 3
+
+
+def test_flops_lenet300100_closed_form_and_mode_restored():
+    m = tc.models.LeNet300100().train()
+    assert tc.flops(m, torch.zeros(1, 1, 28, 28)) == 2 * (784 * 300 + 300 * 100 + 100 * 10)
+    assert m.training
+
+
+def test_latency_measures_without_changing_the_model():
+    m = nn.Linear(10, 5).train()
+    before = copy.deepcopy(m.state_dict())
+    lat = tc.latency(m, torch.zeros(1, 10), min_run_time=0.02)
+    assert isinstance(lat, tc.Latency) and lat.median > 0 and lat.iqr >= 0 and lat.runs >= 1
+    assert lat.device == "cpu" and lat.threads == 1 and "ms" in str(lat)
+    assert m.training and all(torch.equal(v, m.state_dict()[k]) for k, v in before.items())
+    with pytest.raises(ValueError, match="threads must be >= 1, got 0"):
+        tc.latency(m, torch.zeros(1, 10), threads=0)
+    with pytest.raises(TypeError, match="example_input must be a torch.Tensor, got list"):
+        tc.latency(m, [0.0] * 10)
+
+
+def test_latency_on_device(device):
+    lat = tc.latency(nn.Linear(10, 5), torch.zeros(1, 10), device=device, min_run_time=0.02)
+    assert lat.median > 0 and lat.device == str(torch.device(device))
+
+
+def _digits_like():
+    torch.manual_seed(0)
+    x = torch.randn(40, 1, 8, 8)
+    return TensorDataset(x, torch.arange(40) % 10)
+
+
+def test_compression_report_rows_and_ratios():
+    test = _digits_like()
+    torch.manual_seed(0)
+    original = tc.models.SmallCNN(input_size=8).train()
+    small = tc.models.SmallCNN(input_size=8, channels=(8, 16))
+    state = copy.deepcopy(original.state_dict())
+    report = tc.compression_report(original, {"narrow": small}, test, measure_latency=False)
+    assert original.training and all(torch.equal(v, original.state_dict()[k]) for k, v in state.items())
+    assert [r.name for r in report.rows] == ["original", "narrow"]
+    base, row = report.rows
+    assert base.delta_accuracy == 0 and base.compression_ratio == 1 and base.speedup is None
+    assert row.accuracy == tc.evaluate(small, test).accuracy
+    assert row.delta_accuracy == pytest.approx(row.accuracy - tc.evaluate(original, test).accuracy)
+    assert row.params == tc.count_parameters(small) and row.bytes == tc.model_size_bytes(small)
+    assert row.compression_ratio == pytest.approx(tc.model_size_bytes(original) / tc.model_size_bytes(small))
+    x = test[0][0].unsqueeze(0)
+    assert row.flops_ratio == pytest.approx(tc.flops(original, x) / tc.flops(small, x))
+    text = str(report)
+    assert text.splitlines()[0].split()[:3] == ["model", "accuracy", "Δacc"] and "narrow" in text
+    assert report.to_dict()[1]["bytes"] == row.bytes
+    ax = report.plot()
+    assert ax.get_xscale() == "log" and len(ax.collections) == 2
+
+
+def test_compression_report_latency_and_single_model():
+    lin = nn.Linear(64, 10)
+    data = TensorDataset(torch.randn(10, 64), torch.arange(10))
+    report = tc.compression_report(lin, nn.Linear(64, 10), data)
+    assert [r.name for r in report.rows] == ["original", "compressed"]
+    assert report.rows[0].speedup == 1 and report.rows[1].latency_s > 0
+
+
+def test_metrics_bad_input():
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module, got Tensor"):
+        tc.count_parameters(torch.zeros(3))
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module, got dict"):
+        tc.model_size_bytes({})
+    with pytest.raises(ValueError, match="compressed must hold at least one model"):
+        tc.compression_report(nn.Linear(2, 2), {}, _digits_like())
+    with pytest.raises(TypeError, match=r"compressed\['x'\] must be a torch.nn.Module, got int"):
+        tc.compression_report(nn.Linear(2, 2), {"x": 3}, _digits_like())
+
+
+def test_model_size_bytes_counts_buffers():
+    bn = nn.BatchNorm1d(100)  # 200 parameters, 201 buffer entries (running mean/var, num_batches_tracked)
+    buf = io.BytesIO()
+    torch.save({k: v for k, v in bn.state_dict().items() if k in ("weight", "bias")}, buf)
+    assert tc.model_size_bytes(bn) > buf.getbuffer().nbytes + 4 * 200

@@ -1,0 +1,128 @@
+"""tensorcompress.models: architectures (parameter counts in closed form, shapes, bad input) and pretrained()."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+import tensorcompress as tc
+from tensorcompress.data._cache import repo_data_dir
+
+
+def _n_params(m):
+    return sum(p.numel() for p in m.parameters())
+
+
+def test_lenet300100_architecture():
+    m = tc.models.LeNet300100()
+    assert _n_params(m) == (784 * 300 + 300) + (300 * 100 + 100) + (100 * 10 + 10) == 266_610
+    assert m(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
+    assert m(torch.zeros(3, 784)).shape == (3, 10)  # flattens itself
+    m2 = tc.models.LeNet300100(in_features=64, num_classes=4)
+    assert m2(torch.zeros(2, 1, 8, 8)).shape == (2, 4)
+
+
+def test_lenet5_is_the_caffe_variant():
+    m = tc.models.LeNet5()
+    assert (m.conv1.out_channels, m.conv1.kernel_size) == (20, (5, 5))
+    assert (m.conv2.out_channels, m.conv2.kernel_size) == (50, (5, 5))
+    assert (m.fc1.in_features, m.fc1.out_features, m.fc2.out_features) == (800, 500, 10)
+    assert _n_params(m) == (20 * 25 + 20) + (50 * 20 * 25 + 50) + (800 * 500 + 500) + (500 * 10 + 10) == 431_080
+    assert m(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    m3 = tc.models.LeNet5(in_channels=3, num_classes=7, input_size=32)  # 32 -> 28 -> 14 -> 10 -> 5
+    assert m3.fc1.in_features == 50 * 5 * 5 and m3(torch.zeros(1, 3, 32, 32)).shape == (1, 7)
+
+
+@pytest.mark.parametrize("size", [8, 28])
+def test_smallcnn_sizes(size):
+    m = tc.models.SmallCNN(input_size=size)
+    conv = 1 * 32 * 9 + 32 * 32 * 9 + 32 * 64 * 9 + 64 * 64 * 9
+    assert _n_params(m) == conv + 2 * (32 + 32 + 64 + 64) + (64 * 10 + 10) == 65_834
+    assert m(torch.zeros(2, 1, size, size)).shape == (2, 10)
+    assert sum(isinstance(x, torch.nn.BatchNorm2d) for x in m.modules()) == 4
+    assert tc.models.SmallCNN(in_channels=3, num_classes=5, input_size=size, channels=(8, 16))(
+        torch.zeros(1, 3, size, size)
+    ).shape == (1, 5)
+
+
+def test_models_follow_device_and_dtype(device, dtype):
+    for m, x in [
+        (tc.models.LeNet300100(), torch.zeros(2, 1, 28, 28)),
+        (tc.models.LeNet5(), torch.zeros(2, 1, 28, 28)),
+        (tc.models.SmallCNN(input_size=8), torch.zeros(2, 1, 8, 8)),
+    ]:
+        out = m.to(device=device, dtype=dtype)(x.to(device=device, dtype=dtype))
+        assert out.dtype == dtype and out.device.type == torch.device(device).type
+
+
+def test_wrong_input_shapes():
+    msg = r"LeNet300100 expects 784 input features per sample, got input of shape \(2, 64\)"
+    with pytest.raises(ValueError, match=msg):
+        tc.models.LeNet300100()(torch.zeros(2, 1, 8, 8))
+    with pytest.raises(ValueError, match=r"LeNet5 expects input of shape N x 1 x 28 x 28, got \(2, 1, 32, 32\)"):
+        tc.models.LeNet5()(torch.zeros(2, 1, 32, 32))
+    with pytest.raises(ValueError, match=r"SmallCNN expects input of shape N x 1 x 8 x 8, got \(2, 3, 8, 8\)"):
+        tc.models.SmallCNN(input_size=8)(torch.zeros(2, 3, 8, 8))
+
+
+def test_bad_constructor_arguments():
+    with pytest.raises(ValueError, match="input_size must be >= 16 for LeNet5"):
+        tc.models.LeNet5(input_size=8)
+    with pytest.raises(ValueError, match="num_classes must be >= 2, got 1"):
+        tc.models.LeNet300100(num_classes=1)
+    with pytest.raises(TypeError, match=r"in_channels must be an int, got float \(1.0\)"):
+        tc.models.SmallCNN(in_channels=1.0)
+    with pytest.raises(ValueError, match=r"channels must be a pair \(c1, c2\), got \(8,\)"):
+        tc.models.SmallCNN(channels=(8,))
+
+
+# ---------------------------------------------------------------- pretrained
+
+
+def _manifest():
+    return json.loads((repo_data_dir() / "manifest.json").read_text())
+
+
+@pytest.mark.parametrize("name", ["lenet300100", "lenet5", "smallcnn"])
+def test_pretrained_loads_in_eval_mode_with_stored_accuracy(name):
+    entry = _manifest()[name]
+    model = tc.models.pretrained(name)
+    assert not model.training and all(not m.training for m in model.modules())
+    load = {"mnist_sample": tc.data.load_mnist_sample, "digits": tc.data.load_digits}[entry["dataset"]]
+    _, test = load()
+    assert tc.evaluate(model, test).accuracy == entry["test_accuracy"]
+
+
+def test_pretrained_device(device):
+    model = tc.models.pretrained("smallcnn", device=device)
+    assert next(model.parameters()).device.type == torch.device(device).type
+
+
+def test_pretrained_unknown_name():
+    with pytest.raises(ValueError, match=r"name must be one of \['lenet300100', 'lenet5', 'smallcnn'\], got 'resnet'"):
+        tc.models.pretrained("resnet")
+
+
+def test_pretrained_hash_mismatch(tmp_path):
+    shutil.copy(repo_data_dir() / "manifest.json", tmp_path)
+    shutil.copy(repo_data_dir() / "smallcnn.pt", tmp_path)
+    assert not tc.models.pretrained("smallcnn", root=tmp_path).training  # the intact copy loads
+    data = bytearray((tmp_path / "smallcnn.pt").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (tmp_path / "smallcnn.pt").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"SHA-256 mismatch for .*smallcnn.pt: the file hashes to [0-9a-f]{64}"):
+        tc.models.pretrained("smallcnn", root=tmp_path)
+
+
+def test_pretrained_missing_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no manifest.json in"):
+        tc.models.pretrained("lenet5", root=tmp_path)
+    shutil.copy(repo_data_dir() / "manifest.json", tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"checkpoint .*lenet5.pt listed in .*manifest.json is missing"):
+        tc.models.pretrained("lenet5", root=tmp_path)
+    (tmp_path / "manifest.json").write_text("{}")
+    with pytest.raises(ValueError, match="has no entry 'lenet5'"):
+        tc.models.pretrained("lenet5", root=tmp_path)
