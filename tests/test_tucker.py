@@ -175,3 +175,14 @@ def test_bad_init_and_construction():
         tc.TuckerTensor(torch.ones(2, 2), [torch.ones(3, 2)] * 3)
     with pytest.raises(ValueError, match=r"factors\[0\] has 3 columns .* mode 0 of the core has size 2"):
         tc.TuckerTensor(torch.ones(2, 2), [torch.ones(3, 3), torch.ones(3, 2)])
+
+
+@given(shape=st.lists(st.integers(1, 5), min_size=1, max_size=5), data=st.data(), seed=st.integers(0, 999))
+def test_project_equals_mode_dot(shape, data, seed):
+    """The copy-free n-mode product used in the HOSVD/HOOI loops equals tensorcompress.mode_dot."""
+    from tensorcompress.decompositions._common import project
+
+    mode = data.draw(st.integers(0, len(shape) - 1))
+    x = _randn(shape, seed)
+    m = _randn((shape[mode], data.draw(st.integers(1, 4))), seed + 1)
+    torch.testing.assert_close(project(x, m, mode), tc.mode_dot(x, m.mT, mode), rtol=1e-12, atol=1e-12)

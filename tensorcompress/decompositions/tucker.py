@@ -17,8 +17,18 @@ from collections.abc import Sequence
 import torch
 
 from .._validation import check_matrices, check_positive_int, check_tensor
-from ..tensor import mode_dot, multi_mode_dot
-from ._common import Factorized, check_input, check_tol, generator, leading_eigvecs, parse_ranks, randn, rank_for_tail
+from ..tensor import multi_mode_dot
+from ._common import (
+    Factorized,
+    check_input,
+    check_tol,
+    generator,
+    leading_eigvecs,
+    parse_ranks,
+    project,
+    randn,
+    rank_for_tail,
+)
 
 __all__ = ["TuckerTensor", "hosvd", "tucker", "tucker_to_tensor"]
 
@@ -169,15 +179,16 @@ def hosvd(x: torch.Tensor, ranks: int | Sequence[int] | None = None, *, eps: flo
         r = ranks[n] if ranks is not None else rank_for_tail(vals, budget)
         factor = vecs[:, :r]
         factors.append(factor)
-        core = mode_dot(core, factor.mT, n)
+        core = project(core, factor, n)
     return TuckerTensor(core, factors)
 
 
 def _project(y: torch.Tensor, factors: Sequence[torch.Tensor], modes: Sequence[int]) -> torch.Tensor:
-    r""":math:`Y \times_{k \in \text{modes}} A_k^\top` (``y`` itself for no modes)."""
-    if not modes:
-        return y
-    return multi_mode_dot(y, [factors[k] for k in modes], modes=modes, transpose=True)
+    r""":math:`Y \times_{k \in \text{modes}} A_k^\top` (``y`` itself for no modes), the mode shrinking ``y`` most
+    first."""
+    for k in sorted(modes, key=lambda k: factors[k].shape[1] / y.shape[k]):
+        y = project(y, factors[k], k)
+    return y
 
 
 def _init_tucker(x: torch.Tensor, ranks: list[int], init: object, seed: int | None) -> list[torch.Tensor]:
@@ -254,7 +265,7 @@ def tucker(
             for n in half:
                 y = _project(part, factors, [k for k in half if k != n])
                 _, factors[n] = leading_eigvecs(_gram(y, n), ranks[n])
-        core = mode_dot(y, factors[n_modes - 1].mT, n_modes - 1)
+        core = project(y, factors[n_modes - 1], n_modes - 1)
         err2 = max(norm_x2 - float(torch.linalg.vector_norm(core)) ** 2, 0.0)
         errors.append(math.sqrt(err2 / norm_x2))
         if tol and len(errors) > 1 and abs(errors[-2] - errors[-1]) < tol:
