@@ -1,0 +1,169 @@
+r"""Tensor-train (TT-matrix) fully connected layer (Novikov et al. 2015).
+
+The weight :math:`W \in \mathbb R^{M \times N}`, :math:`M = \prod_k m_k` (``out_modes``), :math:`N = \prod_k n_k`
+(``in_modes``), is a TT-matrix
+
+.. math:: W[(i_1..i_d), (j_1..j_d)] = G_1[:, i_1, j_1, :] \cdots G_d[:, i_d, j_d, :], \qquad
+          G_k \in \mathbb R^{r_{k-1} \times m_k \times n_k \times r_k},\ r_0 = r_d = 1,
+
+with :math:`\sum_k r_{k-1} m_k n_k r_k` parameters. The forward pass :math:`y = W x + b` contracts the cores with the
+input one at a time (:func:`tensorcompress.tt_matrix_vector_product`), never forming :math:`W`.
+Novikov, Podoprikhin, Osokin & Vetrov (2015), "Tensorizing neural networks", NIPS.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ..decompositions import TTMatrix, tt_matrix_svd, tt_matrix_vector_product
+from ._common import check_linear, check_rank
+
+__all__ = ["TTLinear", "factor_dimension"]
+
+
+def _check_modes(modes: object, name: str) -> tuple[int, ...]:
+    if isinstance(modes, (str, int)) or not isinstance(modes, Sequence) or len(modes) == 0:
+        raise TypeError(f"{name} must be a non-empty sequence of positive ints, got {modes!r}")
+    return tuple(check_rank(m, f"{name}[{k}]") for k, m in enumerate(modes))
+
+
+def factor_dimension(n: int, d: int) -> tuple[int, ...]:
+    r"""Split ``n`` into ``d`` integer factors as equal as possible (descending), e.g. ``784 -> (14, 8, 7)``,
+    ``300 -> (10, 6, 5)``: prime factors, largest first, each multiplied into the currently smallest factor
+    (padding with 1s when ``n`` has fewer than ``d`` prime factors)."""
+    check_rank(n, "n")
+    check_rank(d, "d")
+    primes, m, p = [], n, 2
+    while p * p <= m:
+        while m % p == 0:
+            primes.append(p)
+            m //= p
+        p += 1
+    if m > 1:
+        primes.append(m)
+    out = [1] * d
+    for q in sorted(primes, reverse=True):
+        out[out.index(min(out))] *= q
+    return tuple(sorted(out, reverse=True))
+
+
+def _inner_ranks(ranks: object, d: int, name: str = "ranks") -> list[int]:
+    if isinstance(ranks, int) and not isinstance(ranks, bool):
+        return [check_rank(ranks, name)] * (d - 1)
+    if isinstance(ranks, str) or not isinstance(ranks, Sequence):
+        raise TypeError(f"{name} must be an int or a sequence of ints, got {ranks!r}")
+    ranks = list(ranks)
+    if len(ranks) == d + 1 and ranks[0] == 1 and ranks[-1] == 1:
+        ranks = ranks[1:-1]
+    if len(ranks) != d - 1:
+        raise ValueError(f"{name} must hold d - 1 = {d - 1} inner ranks (or d + 1 with 1 at both ends), got {ranks}")
+    return [check_rank(r, f"{name}[{k}]") for k, r in enumerate(ranks)]
+
+
+class TTLinear(nn.Module):
+    r"""``y = W x + b`` with :math:`W` in TT-matrix format (see the module docstring).
+
+    Parameters
+    ----------
+    in_modes, out_modes : sequence of int
+        :math:`(n_1..n_d)` with product ``in_features`` and :math:`(m_1..m_d)` with product ``out_features`` (same
+        length ``d``; pad with 1s).
+    ranks : int or sequence of int
+        The ``d - 1`` inner TT ranks (an int: all equal; ``d + 1`` values with 1 at both ends also accepted).
+    bias : bool
+    device, dtype : optional
+
+    Attributes
+    ----------
+    cores : nn.ParameterList
+        :math:`G_k` of shape ``(r_{k-1}, m_k, n_k, r_k)``; random normal at construction, scaled so that the
+        entries of :math:`W` have variance ``1 / in_features``.
+    n_params : int
+        :math:`\sum_k r_{k-1} m_k n_k r_k` (+ ``out_features``).
+    """
+
+    def __init__(self, in_modes: Sequence[int], out_modes: Sequence[int], ranks: int | Sequence[int], bias: bool = True,
+                 *, device=None, dtype=None):
+        super().__init__()
+        in_modes, out_modes = _check_modes(in_modes, "in_modes"), _check_modes(out_modes, "out_modes")
+        if len(in_modes) != len(out_modes):
+            raise ValueError(f"in_modes and out_modes must have the same length, got {in_modes} and {out_modes}")
+        d = len(in_modes)
+        inner = _inner_ranks(ranks, d)
+        self.in_modes, self.out_modes, self.ranks = in_modes, out_modes, (1, *inner, 1)
+        self.in_features, self.out_features = math.prod(in_modes), math.prod(out_modes)
+        std = (1.0 / self.in_features / math.prod(inner)) ** (0.5 / d)
+        self.cores = nn.ParameterList(
+            nn.Parameter(torch.randn(self.ranks[k], out_modes[k], in_modes[k], self.ranks[k + 1], device=device,
+                                     dtype=dtype) * std)
+            for k in range(d))
+        self.bias = nn.Parameter(torch.zeros(self.out_features, device=device, dtype=dtype)) if bias else None
+
+    def tt_matrix(self) -> TTMatrix:
+        """The weight as a :class:`tensorcompress.TTMatrix` (sharing the parameters; differentiable)."""
+        return TTMatrix(list(self.cores))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"x must have {self.in_features} features in its last dimension, got shape "
+                             f"{tuple(x.shape)}")
+        lead = x.shape[:-1]
+        y = tt_matrix_vector_product(self.tt_matrix(), x.reshape(-1, self.in_features))
+        y = y.reshape(*lead, self.out_features)
+        return y if self.bias is None else y + self.bias
+
+    @property
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, in_modes: Sequence[int], out_modes: Sequence[int],
+                    ranks: int | Sequence[int] | None = None, eps: float | None = None) -> TTLinear:
+        r"""TT-SVD of ``linear.weight`` (:func:`tensorcompress.tt_matrix_svd`, row modes ``out_modes``, column modes
+        ``in_modes``).
+
+        Parameters
+        ----------
+        linear : nn.Linear
+            Not modified; its device, dtype and bias are kept.
+        ranks : int or sequence of int, optional
+            Maximum inner TT ranks (capped at what the unfoldings allow).
+        eps : float, optional
+            Relative accuracy :math:`\|W - \hat W\|_F \le \epsilon \|W\|_F` instead of ``ranks``. Neither: exact.
+        """
+        check_linear(linear)
+        in_modes, out_modes = _check_modes(in_modes, "in_modes"), _check_modes(out_modes, "out_modes")
+        if math.prod(in_modes) != linear.in_features or math.prod(out_modes) != linear.out_features:
+            raise ValueError(f"in_modes {in_modes} and out_modes {out_modes} multiply to ({math.prod(in_modes)}, "
+                             f"{math.prod(out_modes)}) but linear has in_features={linear.in_features}, "
+                             f"out_features={linear.out_features}")
+        if ranks is not None and not isinstance(ranks, int):
+            ranks = _inner_ranks(ranks, len(in_modes))
+        w = linear.weight.detach()
+        tt = tt_matrix_svd(w, out_modes, in_modes, eps=eps, max_rank=ranks)
+        layer = cls(in_modes, out_modes, list(tt.ranks), bias=linear.bias is not None, device=w.device,
+                    dtype=w.dtype)
+        with torch.no_grad():
+            for p, c in zip(layer.cores, tt.cores, strict=True):
+                p.copy_(c)
+            if linear.bias is not None:
+                layer.bias.copy_(linear.bias)
+        return layer
+
+    def to_dense(self) -> nn.Linear:
+        """The equivalent ``nn.Linear`` (forms :math:`W`)."""
+        w = self.cores[0]
+        dense = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device=w.device,
+                          dtype=w.dtype)
+        with torch.no_grad():
+            dense.weight.copy_(self.tt_matrix().to_matrix())
+            if self.bias is not None:
+                dense.bias.copy_(self.bias)
+        return dense
+
+    def extra_repr(self) -> str:
+        return f"in_modes={self.in_modes}, out_modes={self.out_modes}, ranks={self.ranks}"

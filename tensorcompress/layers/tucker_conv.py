@@ -1,0 +1,148 @@
+r"""Tucker-2 convolution (Kim et al. 2016): 1×1 → k_h×k_w core → 1×1.
+
+A Tucker decomposition of the kernel :math:`W \in \mathbb R^{T \times S \times k_h \times k_w}` on the two channel
+modes only,
+
+.. math:: W = G \times_1 U^{(T)} \times_2 U^{(S)}, \qquad G \in \mathbb R^{R_T \times R_S \times k_h \times k_w},
+
+is a 1×1 convolution reducing :math:`S` input channels to :math:`R_S` (:math:`U^{(S)\top}`), a full
+:math:`k_h \times k_w` convolution :math:`R_S \to R_T` with kernel :math:`G` (carrying the stride, padding, dilation)
+and a 1×1 convolution :math:`R_T \to T` (:math:`U^{(T)}`, with the bias): :math:`S R_S + R_T R_S k_h k_w + R_T T`
+parameters. ``ranks = (R_T, R_S)`` is in the weight's mode order (output channels first). The factors come from the
+HOSVD of the kernel with the spatial modes kept at full rank (their orthogonal factors absorbed into the core).
+Kim, Park, Yoo, Choi, Yang & Shin (2016), "Compression of deep convolutional neural networks for fast and low power
+mobile applications", ICLR; ranks by VBMF (:func:`evbmf`) on the mode-1 and mode-2 unfoldings, as they did.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ..decompositions import hosvd
+from ..tensor import mode_dot, multi_mode_dot, unfold
+from ._common import check_conv2d, check_energy, check_rank, conv_padding, rank_for_energy
+from .cp_conv import _pair
+from .vbmf import evbmf
+
+__all__ = ["TuckerConv2d", "tucker2_ranks"]
+
+
+def tucker2_ranks(weight: torch.Tensor, ranks: object = None, *, energy: float | None = None) -> tuple[int, int]:
+    r"""``(R_T, R_S)`` for a conv kernel: given (checked), ``"vbmf"`` (EVBMF rank of the mode-0 and mode-1
+    unfoldings, at least 1), or by ``energy`` (smallest ranks keeping that fraction of each unfolding's
+    :math:`\sum \sigma_i^2`)."""
+    t, s = weight.shape[:2]
+    if (ranks is None) == (energy is None):
+        raise ValueError(f"give exactly one of ranks or energy, got ranks={ranks!r}, energy={energy!r}")
+    if energy is not None:
+        check_energy(energy)
+        return tuple(rank_for_energy(torch.linalg.svdvals(unfold(weight, n)), energy) for n in (0, 1))
+    if isinstance(ranks, str):
+        if ranks != "vbmf":
+            raise ValueError(f"ranks must be (r_out, r_in), 'vbmf', or None with energy=..., got {ranks!r}")
+        return tuple(max(evbmf(unfold(weight, n)).rank, 1) for n in (0, 1))
+    if not isinstance(ranks, Sequence) or len(ranks) != 2:
+        raise TypeError(f"ranks must be a pair (r_out, r_in), 'vbmf', or None with energy=..., got {ranks!r}")
+    return check_rank(ranks[0], "ranks[0] (r_out)", t), check_rank(ranks[1], "ranks[1] (r_in)", s)
+
+
+class TuckerConv2d(nn.Module):
+    r"""A convolution with a Tucker-2 kernel as three convolutions (see the module docstring).
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+    kernel_size, stride, padding, dilation : int or (int, int)
+        As ``nn.Conv2d`` (integer zero padding).
+    ranks : (int, int)
+        ``(R_T, R_S)``: output-side and input-side ranks.
+    bias : bool
+    device, dtype : optional
+
+    Attributes
+    ----------
+    first, core, last : nn.Conv2d
+        Weights :math:`U^{(S)\top}` (R_S, S, 1, 1), :math:`G` (R_T, R_S, k_h, k_w), :math:`U^{(T)}` (T, R_T, 1, 1).
+    n_params : int
+        :math:`S R_S + R_T R_S k_h k_w + R_T T` (+ :math:`T`).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | Sequence[int],
+                 ranks: Sequence[int], *, stride: int | Sequence[int] = 1, padding: int | Sequence[int] = 0,
+                 dilation: int | Sequence[int] = 1, bias: bool = True, device=None, dtype=None):
+        super().__init__()
+        check_rank(in_channels, "in_channels")
+        check_rank(out_channels, "out_channels")
+        if isinstance(ranks, str) or not isinstance(ranks, Sequence) or len(ranks) != 2:
+            raise TypeError(f"ranks must be a pair (r_out, r_in), got {ranks!r}")
+        r_out, r_in = check_rank(ranks[0], "ranks[0] (r_out)"), check_rank(ranks[1], "ranks[1] (r_in)")
+        kw_ = {"device": device, "dtype": dtype}
+        self.in_channels, self.out_channels, self.ranks = in_channels, out_channels, (r_out, r_in)
+        self.kernel_size = _pair(kernel_size, "kernel_size")
+        self.stride, self.padding = _pair(stride, "stride"), _pair(padding, "padding")
+        self.dilation = _pair(dilation, "dilation")
+        self.first = nn.Conv2d(in_channels, r_in, 1, bias=False, **kw_)
+        self.core = nn.Conv2d(r_in, r_out, self.kernel_size, stride=self.stride, padding=self.padding,
+                              dilation=self.dilation, bias=False, **kw_)
+        self.last = nn.Conv2d(r_out, out_channels, 1, bias=bias, **kw_)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.last(self.core(self.first(x)))
+
+    @property
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, ranks: Sequence[int] | str | None = None, *,
+                  energy: float | None = None) -> TuckerConv2d:
+        r"""Tucker-2 decomposition of ``conv.weight`` (HOSVD, spatial modes at full rank) as a :class:`TuckerConv2d`.
+
+        Parameters
+        ----------
+        conv : nn.Conv2d
+            ``groups=1``, ``padding_mode='zeros'``; not modified. Device, dtype, stride, padding, dilation and bias
+            are kept.
+        ranks : (int, int) or "vbmf", optional
+            ``(R_T, R_S)`` with ``1 <= R_T <= T``, ``1 <= R_S <= S`` (``(T, S)`` reproduces ``conv``), or
+            ``"vbmf"``: chosen by :func:`evbmf` on the mode-0 and mode-1 unfoldings (Kim et al. 2016).
+        energy : float, optional
+            Instead of ``ranks``: per mode, the smallest rank keeping this fraction of the unfolding's energy.
+        """
+        check_conv2d(conv)
+        w = conv.weight.detach()
+        r_out, r_in = tucker2_ranks(w, ranks, energy=energy)
+        kh, kw = w.shape[2:]
+        tk = hosvd(w, ranks=[r_out, r_in, kh, kw])
+        core = multi_mode_dot(tk.core, tk.factors[2:], modes=[2, 3])  # absorb the (square, orthogonal) spatial ones
+        layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, (r_out, r_in), stride=conv.stride,
+                    padding=conv_padding(conv), dilation=conv.dilation, bias=conv.bias is not None,
+                    device=w.device, dtype=w.dtype)
+        with torch.no_grad():
+            layer.first.weight.copy_(tk.factors[1].T.reshape(layer.first.weight.shape))
+            layer.core.weight.copy_(core)
+            layer.last.weight.copy_(tk.factors[0].reshape(layer.last.weight.shape))
+            if conv.bias is not None:
+                layer.last.bias.copy_(conv.bias)
+        return layer
+
+    def to_dense(self) -> nn.Conv2d:
+        r"""The equivalent ``nn.Conv2d`` with kernel :math:`G \times_1 U^{(T)} \times_2 U^{(S)}`."""
+        g = self.core.weight
+        u_t = self.last.weight.reshape(self.out_channels, self.ranks[0])
+        u_s = self.first.weight.reshape(self.ranks[1], self.in_channels).T
+        dense = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, stride=self.stride,
+                          padding=self.padding, dilation=self.dilation, bias=self.last.bias is not None,
+                          device=g.device, dtype=g.dtype)
+        with torch.no_grad():
+            dense.weight.copy_(mode_dot(mode_dot(g, u_t, 0), u_s, 1))
+            if self.last.bias is not None:
+                dense.bias.copy_(self.last.bias)
+        return dense
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, ranks={self.ranks}, "
+                f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}")
