@@ -1,26 +1,33 @@
 """Benchmark: tensorcompress decompositions against TensorLy (numpy and pytorch back-ends), same tensors, CPU.
 
-Run ``python benchmarks/decompositions.py`` (about 2-3 minutes on 2 cores) or ``--quick`` (smaller tensors, one
-repeat). Times are wall-clock ``time.perf_counter`` medians over ``--repeats`` runs (each run a full decomposition,
-after one untimed warm-up on a small tensor); errors are ``||X - X_hat|| / ||X||`` computed from the dense
-reconstruction in float64. Every method gets the same tensor, rank, initialisation kind and iteration count
-(``tol=0`` so iteration counts match).
+Run ``python benchmarks/decompositions.py`` (about 2-3 minutes on 2 quiet cores) or ``--quick`` (smaller tensors,
+one repeat). Times are wall-clock ``time.perf_counter`` medians over ``--repeats`` runs (each run a full
+decomposition; the three methods interleaved in every repeat so a busy machine slows them alike; one untimed warm-up
+on a small tensor first). Errors are ``||X - X_hat|| / ||X||`` from the dense reconstruction in float64. Every
+method gets the same tensor, rank, initialisation kind and iteration count (``tol=0`` so iteration counts match).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import sys
 import time
 
-import numpy as np
-import tensorly as tl
-import torch
-from tensorly.decomposition import parafac, tensor_train
-from tensorly.decomposition import tucker as tl_tucker
+if "--threads" in sys.argv:  # must reach NumPy's BLAS before it is imported
+    _n = sys.argv[sys.argv.index("--threads") + 1]
+    for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[_var] = _n
 
-import tensorcompress as tc
-from tensorcompress.data.synthetic import random_cp, random_tt, random_tucker
+import numpy as np  # noqa: E402
+import tensorly as tl  # noqa: E402
+import torch  # noqa: E402
+from tensorly.decomposition import parafac, tensor_train  # noqa: E402
+from tensorly.decomposition import tucker as tl_tucker  # noqa: E402
+
+import tensorcompress as tc  # noqa: E402
+from tensorcompress.data.synthetic import random_cp, random_tt, random_tucker  # noqa: E402
 
 
 def timed(fn, repeats: int) -> tuple[float, object]:
@@ -39,16 +46,36 @@ def rel_err(x: torch.Tensor, approx) -> float:
 
 
 def run_peers(x: torch.Tensor, ours, peer, to_dense, repeats: int) -> list[tuple[str, float, float]]:
-    """Time ``ours(x)`` and ``peer(x_backend)`` on both TensorLy back-ends; return (name, seconds, error) rows."""
-    rows = []
-    t, res = timed(lambda: ours(x), repeats)
-    rows.append(("tensorcompress", t, rel_err(x, res.to_tensor())))
-    for backend in ("numpy", "pytorch"):
+    """Time ``ours(x)`` and ``peer(x)`` on TensorLy's numpy and pytorch back-ends, the three interleaved in each
+    repeat (so a busy machine slows them alike); return (name, median seconds, error) rows."""
+    x_np = x.numpy()
+
+    def peer_on(backend: str):
         tl.set_backend(backend)
-        xb = x.numpy() if backend == "numpy" else x
-        t, res = timed(lambda xb=xb: peer(xb), repeats)
-        rows.append((f"tensorly ({backend})", t, rel_err(x, to_dense(res))))
-    tl.set_backend("pytorch")
+        try:
+            return peer(x_np if backend == "numpy" else x)
+        finally:
+            tl.set_backend("pytorch")
+
+    methods = [("tensorcompress", lambda: ours(x), lambda r: r.to_tensor()),
+               ("tensorly (numpy)", lambda: peer_on("numpy"), to_dense),
+               ("tensorly (pytorch)", lambda: peer_on("pytorch"), to_dense)]
+    times: dict[str, list[float]] = {name: [] for name, _, _ in methods}
+    results = {}
+    for _ in range(repeats):
+        for name, fn, _ in methods:
+            t, results[name] = timed(fn, 1)
+            times[name].append(t)
+    rows = []
+    for name, _, dense in methods:
+        res = results[name]
+        if name == "tensorly (numpy)":
+            tl.set_backend("numpy")
+            approx = dense(res)
+            tl.set_backend("pytorch")
+        else:
+            approx = dense(res)
+        rows.append((name, statistics.median(times[name]), rel_err(x, approx)))
     return rows
 
 
@@ -69,7 +96,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller tensors, one repeat")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per method (median reported)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads for torch and NumPy's BLAS (default: the libraries' defaults)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -211,3 +211,10 @@ def test_cptensor_bad_construction():
         tc.CPTensor(torch.ones(2), torch.ones(3, 2))
     with pytest.raises(TypeError, match=r"cp must be a CPTensor, got Tensor"):
         tc.cp_to_tensor(torch.ones(2))
+
+
+def test_no_autograd_graph_from_a_parameter():
+    """Decomposing a trainable weight records no graph (the algorithms are not meant to be differentiated)."""
+    w = torch.nn.Parameter(random_cp((4, 5, 6), 2, seed=0).tensor)
+    for result in (tc.cp_als(w, 2, n_iter_max=3), tc.hosvd(w, 2), tc.tucker(w, 2, n_iter_max=2), tc.tt_svd(w)):
+        assert not any(t.requires_grad for t in result._tensors())

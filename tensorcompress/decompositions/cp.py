@@ -234,6 +234,7 @@ def _init_factors(x: torch.Tensor, rank: int, init: object, seed: int | None) ->
     return factors
 
 
+@torch.no_grad()
 def cp_als(
     x: torch.Tensor,
     rank: int,

@@ -260,6 +260,7 @@ def _choose_rank(s: torch.Tensor, k: int, ranks: list[int] | None, delta2: float
     return s.shape[0]
 
 
+@torch.no_grad()
 def tt_svd(x: torch.Tensor, *, eps: float | None = None, max_rank: int | Sequence[int] | None = None) -> TTTensor:
     r"""TT-SVD (Oseledets 2011, Alg. 1): sequential truncated SVDs of the reshaped remainder.
 

@@ -140,6 +140,7 @@ def _gram(y: torch.Tensor, mode: int) -> torch.Tensor:
     return torch.tensordot(m, m, dims=([0, 2], [0, 2]))
 
 
+@torch.no_grad()
 def hosvd(x: torch.Tensor, ranks: int | Sequence[int] | None = None, *, eps: float | None = None) -> TuckerTensor:
     r"""Sequentially truncated higher-order SVD (ST-HOSVD).
 
@@ -209,6 +210,7 @@ def _init_tucker(x: torch.Tensor, ranks: list[int], init: object, seed: int | No
     return [leading_eigvecs(_gram(x, n), r)[1] for n, r in enumerate(ranks)]
 
 
+@torch.no_grad()
 def tucker(
     x: torch.Tensor,
     ranks: int | Sequence[int],
