@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -303,7 +304,9 @@ def fit(
     state = FitState(model=model, optimizer=opt, epochs=epochs)
     was_training = model.training
 
-    from tqdm.auto import tqdm
+    with warnings.catch_warnings():  # tqdm.auto warns at import when Jupyter lacks ipywidgets, then falls back to text
+        warnings.simplefilter("ignore")
+        from tqdm.auto import tqdm
 
     bar = tqdm(range(1, epochs + 1), desc="fit", unit="epoch", disable=not _progress_enabled(progress))
     for cb in callbacks:
