@@ -7,6 +7,8 @@ import gzip
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from torch.utils.data import TensorDataset
 
 import tensorcompress as tc
@@ -199,3 +201,16 @@ def test_sample_image_matches_pil(device, dtype):
 def test_sample_image_rejects_integer_dtype():
     with pytest.raises(TypeError, match="dtype must be a floating point torch.dtype, got torch.uint8"):
         tc.data.sample_image(dtype=torch.uint8)
+
+
+@given(shape=st.lists(st.integers(1, 5), min_size=1, max_size=3), code=st.sampled_from([0x08, 0x0C, 0x0D]),
+       gz=st.booleans())
+def test_read_idx_property(tmp_path, shape, code, gz):
+    dtype = {0x08: np.dtype(np.uint8), 0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4")}[code]
+    a = np.random.default_rng(0).integers(0, 200, shape).astype(dtype)
+    raw = bytes([0, 0, code, len(shape)]) + np.asarray(shape, dtype=">i4").tobytes() + a.tobytes()
+    path = tmp_path / ("p.gz" if gz else "p")
+    path.write_bytes(gzip.compress(raw) if gz else raw)
+    out = tc.data.read_idx(path)
+    assert out.shape == tuple(shape) and out.dtype.isnative
+    np.testing.assert_array_equal(out, a)

@@ -8,6 +8,8 @@ import io
 import matplotlib
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from torch import nn
 from torch.nn.utils import parametrize, prune
 from torch.utils.data import TensorDataset
@@ -145,3 +147,34 @@ def test_model_size_bytes_counts_buffers():
     buf = io.BytesIO()
     torch.save({k: v for k, v in bn.state_dict().items() if k in ("weight", "bias")}, buf)
     assert tc.model_size_bytes(bn) > buf.getbuffer().nbytes + 4 * 200
+
+
+# ---------------------------------------------------------------- properties over layer shapes
+
+@given(n=st.integers(1, 12), m=st.integers(1, 12), batch=st.integers(1, 4), bias=st.booleans())
+def test_linear_counts_property(n, m, batch, bias):
+    lin = nn.Linear(n, m, bias=bias)
+    assert tc.count_parameters(lin) == n * m + (m if bias else 0)
+    assert tc.flops(lin, torch.zeros(batch, n)) == 2 * batch * n * m
+    buf = io.BytesIO()
+    torch.save(lin.state_dict(), buf)
+    assert tc.model_size_bytes(lin) == len(buf.getvalue())
+
+
+@given(c_in=st.integers(1, 4), c_out=st.integers(1, 4), k=st.integers(1, 3), size=st.integers(3, 7),
+       stride=st.integers(1, 2), padding=st.integers(0, 1))
+def test_conv_flops_property(c_in, c_out, k, size, stride, padding):
+    conv = nn.Conv2d(c_in, c_out, k, stride=stride, padding=padding)
+    out = (size + 2 * padding - k) // stride + 1
+    assert tc.count_parameters(conv) == c_out * c_in * k * k + c_out
+    assert tc.flops(conv, torch.zeros(1, c_in, size, size)) == 2 * c_out * out * out * c_in * k * k
+
+
+@given(amount=st.floats(0.0, 1.0), seed=st.integers(0, 100))
+def test_nonzero_count_matches_torch_prune_property(amount, seed):
+    torch.manual_seed(seed)
+    lin = nn.Linear(8, 6)
+    prune.random_unstructured(lin, "weight", amount=amount)
+    expected = int(torch.count_nonzero(lin.weight_orig * lin.weight_mask)) + int(torch.count_nonzero(lin.bias))
+    assert tc.count_parameters(lin, nonzero=True) == expected
+    assert tc.count_parameters(lin) == 54
