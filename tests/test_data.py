@@ -76,6 +76,15 @@ def test_cache_written_and_fallback_when_repo_data_unwritable(tmp_path, monkeypa
     assert _cache.cache_dir().is_dir()
 
 
+def test_cache_roundtrip(tmp_path, monkeypatch):
+    monkeypatch.setattr(tc.data.datasets, "cache_dir", lambda: tmp_path)
+    first = tc.data.load_digits(seed=3)
+    assert [p.name for p in tmp_path.iterdir()] == ["digits_seed3_test360_norm.npz"]
+    second = tc.data.load_digits(seed=3)  # from the cache
+    for a, b in zip(first, second, strict=True):
+        assert all(torch.equal(u, v) for u, v in zip(a.tensors, b.tensors, strict=True))
+
+
 def test_split_rejects_wrong_shape():
     with pytest.raises(ValueError, match="images must be N x C x H x W"):
         tc.data.datasets.split_and_normalize(np.zeros((10, 8, 8)), np.zeros(10), test_size=2, seed=0)

@@ -12,6 +12,7 @@ Nothing is downloaded.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -74,7 +75,7 @@ def _cached(name: str, build, *, test_size, seed: int, normalize: bool) -> tuple
     images, labels = build()
     train, test = split_and_normalize(images, labels, test_size=test_size, seed=seed, normalize=normalize)
     try:
-        tmp = path.with_suffix(".tmp.npz")
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")  # atomic: concurrent loaders never see half a file
         np.savez(
             tmp,
             x_train=train.tensors[0].numpy(),
