@@ -16,7 +16,13 @@ from tensorly.decomposition import parafac
 
 import tensorcompress as tc
 from tensorcompress.data.synthetic import random_cp
-from tensorcompress.decompositions.cp import _contract_left, _contract_right, _mttkrp_from_partial, _split
+from tensorcompress.decompositions.cp import (
+    _contract_left,
+    _contract_right,
+    _min_norm_solve,
+    _mttkrp_from_partial,
+    _split,
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -77,7 +83,7 @@ def test_fit_is_monotone_and_equals_dense_error(shape, rank, seed):
     x = _randn(shape, seed)
     cp, errors = tc.cp_als(x, rank, n_iter_max=15, tol=0, return_errors=True)
     assert len(errors) == 15
-    assert all(b <= a + 1e-7 for a, b in zip(errors, errors[1:], strict=False)), errors
+    assert all(b <= a + 1e-6 for a, b in zip(errors, errors[1:], strict=False)), errors
     assert math.isclose(errors[-1], float(tc.relative_error(x, cp)), rel_tol=1e-6, abs_tol=1e-6)
     norms = [torch.linalg.vector_norm(f, dim=0) for f in cp.factors]
     for nrm in norms:  # unit-norm columns, the scale in the weights
@@ -218,3 +224,13 @@ def test_no_autograd_graph_from_a_parameter():
     w = torch.nn.Parameter(random_cp((4, 5, 6), 2, seed=0).tensor)
     for result in (tc.cp_als(w, 2, n_iter_max=3), tc.hosvd(w, 2), tc.tucker(w, 2, n_iter_max=2), tc.tt_svd(w)):
         assert not any(t.requires_grad for t in result._tensors())
+
+
+@given(rank=st.integers(1, 5), deficiency=st.integers(0, 3), seed=st.integers(0, 999))
+def test_min_norm_solve_equals_lstsq(rank, deficiency, seed):
+    """The singular-V fallback used on CUDA equals LAPACK's minimum-norm least squares (gelsd)."""
+    b = _randn((max(rank - deficiency, 1), rank), seed)
+    gram = b.mT @ b
+    mttkrp = _randn((4, rank), seed + 1)
+    expected = torch.linalg.lstsq(gram, mttkrp.mT, driver="gelsd").solution.mT
+    torch.testing.assert_close(_min_norm_solve(gram, mttkrp), expected, rtol=1e-7, atol=1e-7)

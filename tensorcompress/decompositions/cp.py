@@ -194,8 +194,18 @@ def _solve_normal(gram: torch.Tensor, mttkrp: torch.Tensor, l2_reg: float) -> to
     chol, info = torch.linalg.cholesky_ex(gram)
     if int(info) == 0:
         return torch.cholesky_solve(mttkrp.mT, chol).mT
-    driver = "gelsd" if gram.device.type == "cpu" else None
-    return torch.linalg.lstsq(gram, mttkrp.mT, driver=driver).solution.mT
+    if gram.device.type == "cpu":
+        return torch.linalg.lstsq(gram, mttkrp.mT, driver="gelsd").solution.mT
+    return _min_norm_solve(gram, mttkrp)  # CUDA's lstsq (gels) needs full rank
+
+
+def _min_norm_solve(gram: torch.Tensor, mttkrp: torch.Tensor) -> torch.Tensor:
+    """Minimum-norm least-squares solution of ``A V = M`` for a singular symmetric PSD ``V``, from its
+    eigendecomposition (eigenvalues below ``R * eps * max`` treated as zero)."""
+    vals, vecs = torch.linalg.eigh(gram)
+    keep = vals > vals.max() * gram.shape[0] * torch.finfo(gram.dtype).eps
+    inv = torch.where(keep, 1 / torch.where(keep, vals, torch.ones_like(vals)), torch.zeros_like(vals))
+    return ((mttkrp @ vecs) * inv) @ vecs.mT
 
 
 def _init_factors(x: torch.Tensor, rank: int, init: object, seed: int | None) -> list[torch.Tensor]:
