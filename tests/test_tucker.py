@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorly as tl
 import torch
+from conftest import randn as _randn
 from conftest import tolerance
 from hypothesis import given
 from hypothesis import strategies as st
@@ -14,20 +15,6 @@ from tensorly.decomposition import tucker as tl_tucker
 
 import tensorcompress as tc
 from tensorcompress.data.synthetic import random_tucker
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread avoids the cost of waking (and, on a busy machine, oversubscribing) a thread pool."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _randn(shape, seed, device="cpu", dtype=torch.float64):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(tuple(shape), generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
 
 
 def _tail_bound(x: torch.Tensor, ranks) -> float:
