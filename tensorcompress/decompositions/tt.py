@@ -43,7 +43,38 @@ def _check_cores(cores: object, name: str, ndim: int, what: str) -> list[torch.T
     return cores
 
 
-class TTTensor(Factorized):
+class CoreTrain(Factorized):
+    """What TTTensor and TTMatrix share: a train of cores ``(r_{k-1}, ..., r_k)`` with ``r_0 = r_d = 1``."""
+
+    cores: list[torch.Tensor]
+
+    @property
+    def ranks(self) -> tuple[int, ...]:
+        return (1,) + tuple(c.shape[-1] for c in self.cores)
+
+    @property
+    def rank(self) -> tuple[int, ...]:
+        """Alias of :attr:`ranks`."""
+        return self.ranks
+
+    @property
+    def n_params(self) -> int:
+        return sum(c.numel() for c in self.cores)
+
+    def _tensors(self) -> list[torch.Tensor]:
+        return list(self.cores)
+
+    def __len__(self) -> int:
+        return len(self.cores)
+
+    def __getitem__(self, k: int) -> torch.Tensor:
+        return self.cores[k]
+
+    def __iter__(self):
+        return iter(self.cores)
+
+
+class TTTensor(CoreTrain):
     r"""A tensor in TT format.
 
     Parameters
@@ -71,33 +102,11 @@ class TTTensor(Factorized):
     def shape(self) -> tuple[int, ...]:
         return tuple(c.shape[1] for c in self.cores)
 
-    @property
-    def ranks(self) -> tuple[int, ...]:
-        return (1,) + tuple(c.shape[-1] for c in self.cores)
-
-    rank = ranks
-
-    @property
-    def n_params(self) -> int:
-        return sum(c.numel() for c in self.cores)
-
-    def _tensors(self) -> list[torch.Tensor]:
-        return list(self.cores)
-
     def _rebuild(self, tensors: list[torch.Tensor]) -> TTTensor:
         return TTTensor(tensors)
 
     def _rank_repr(self) -> str:
         return f"ranks={self.ranks}"
-
-    def __len__(self) -> int:
-        return len(self.cores)
-
-    def __getitem__(self, k: int) -> torch.Tensor:
-        return self.cores[k]
-
-    def __iter__(self):
-        return iter(self.cores)
 
     def to_tensor(self) -> torch.Tensor:
         """The full tensor (contracting the cores left to right)."""

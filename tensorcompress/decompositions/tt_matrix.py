@@ -19,8 +19,8 @@ from collections.abc import Sequence
 import torch
 
 from .._validation import check_positive_int, check_tensor
-from ._common import Factorized, check_input
-from .tt import _check_cores, tt_svd
+from ._common import check_input
+from .tt import CoreTrain, _check_cores, tt_svd
 
 __all__ = ["TTMatrix", "tt_matrix_svd", "tt_matrix_vector_product"]
 
@@ -31,7 +31,7 @@ def _check_modes(modes: object, name: str) -> tuple[int, ...]:
     return tuple(check_positive_int(m, f"{name}[{k}]") for k, m in enumerate(modes))
 
 
-class TTMatrix(Factorized):
+class TTMatrix(CoreTrain):
     r"""A matrix in TT-matrix format.
 
     Parameters
@@ -72,33 +72,11 @@ class TTMatrix(Factorized):
     def shape(self) -> tuple[int, int]:
         return math.prod(self.row_modes), math.prod(self.col_modes)
 
-    @property
-    def ranks(self) -> tuple[int, ...]:
-        return (1,) + tuple(c.shape[-1] for c in self.cores)
-
-    rank = ranks
-
-    @property
-    def n_params(self) -> int:
-        return sum(c.numel() for c in self.cores)
-
-    def _tensors(self) -> list[torch.Tensor]:
-        return list(self.cores)
-
     def _rebuild(self, tensors: list[torch.Tensor]) -> TTMatrix:
         return TTMatrix(tensors)
 
     def _rank_repr(self) -> str:
         return f"row_modes={self.row_modes}, col_modes={self.col_modes}, ranks={self.ranks}"
-
-    def __len__(self) -> int:
-        return len(self.cores)
-
-    def __getitem__(self, k: int) -> torch.Tensor:
-        return self.cores[k]
-
-    def __iter__(self):
-        return iter(self.cores)
 
     def to_tensor(self) -> torch.Tensor:
         """The tensor of shape ``(m_1, ..., m_d, n_1, ..., n_d)`` (as TensorLy's ``TTMatrix.to_tensor``)."""
