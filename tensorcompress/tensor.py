@@ -137,7 +137,17 @@ def mode_dot(x: torch.Tensor, matrix_or_vector: torch.Tensor, mode: int) -> torc
         )
     if m.ndim == 1:
         return torch.tensordot(x, m, dims=([mode], [0]))
-    return torch.movedim(torch.tensordot(m, x, dims=([1], [mode])), 0, mode)
+    # View x as (before, I_n, after) and multiply by one (batched) GEMM: no permuted copy of x, which matters in the
+    # hot loops of HOSVD/HOOI where x is the whole tensor.
+    shape = x.shape
+    after = math.prod(shape[mode + 1:])
+    if after == 1:
+        out = x.reshape(-1, size) @ m.mT
+    elif mode == 0:
+        out = m @ x.reshape(size, after)
+    else:
+        out = torch.matmul(m, x.reshape(-1, size, after))
+    return out.reshape(*shape[:mode], m.shape[0], *shape[mode + 1:])
 
 
 def multi_mode_dot(

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import torch
 
 from .._validation import check_finite, check_positive_int, check_tensor
+from ..tensor import mode_dot
 
 __all__: list[str] = []
 
@@ -94,20 +95,9 @@ def leading_eigvecs(gram: torch.Tensor, rank: int | None = None) -> tuple[torch.
 
 
 def project(x: torch.Tensor, matrix: torch.Tensor, mode: int) -> torch.Tensor:
-    r"""n-mode product :math:`X \times_n M^\top` with ``matrix`` :math:`M` of shape ``(I_n, J)``, without the
-    permuted copy of ``x`` a generic ``tensordot`` makes: ``x`` is viewed as ``(a, I_n, b)`` and multiplied by a
-    (batched) GEMM. Equals ``tensorcompress.mode_dot(x, matrix.mT, mode)`` (tested); used in the hot loops of
-    HOSVD/HOOI, where ``x`` is the whole tensor."""
-    shape = x.shape
-    size = shape[mode]
-    after = math.prod(shape[mode + 1:])
-    if after == 1:
-        out = x.reshape(-1, size) @ matrix
-    elif mode == 0:
-        out = matrix.mT @ x.reshape(size, after)
-    else:
-        out = torch.matmul(matrix.mT, x.reshape(-1, size, after))
-    return out.reshape(*shape[:mode], matrix.shape[1], *shape[mode + 1:])
+    r"""n-mode product :math:`X \times_n M^\top` with ``matrix`` :math:`M` of shape ``(I_n, J)``: projection onto
+    a factor's columns, as HOSVD/HOOI need it (``tensorcompress.mode_dot`` does the copy-free batched GEMM)."""
+    return mode_dot(x, matrix.mT, mode)
 
 
 class Factorized:
