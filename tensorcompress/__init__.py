@@ -8,10 +8,11 @@
 * factorised layers (:mod:`tensorcompress.layers`) and ``factorize``;
 * the workbench: :mod:`tensorcompress.data`, :mod:`tensorcompress.models`, :mod:`tensorcompress.train`,
   :mod:`tensorcompress.metrics`;
+* model surgery shared by every whole-model transform (:mod:`tensorcompress.surgery`);
 * ``available_devices``.
 """
 
-from . import data, decompositions, layers, metrics, models, train
+from . import data, decompositions, layers, metrics, models, surgery, train
 from .decompositions import *  # noqa: F403
 from .devices import available_devices
 from .layers import *  # noqa: F403
@@ -35,6 +36,7 @@ __all__ = [
     "layers",
     "metrics",
     "models",
+    "surgery",
     "train",
 ]
 __all__ += decompositions.__all__ + layers.__all__ + metrics.__all__ + train.__all__

@@ -1,0 +1,80 @@
+"""Model surgery: selection by patterns, ties kept, flags and mode carried, the input model untouched."""
+
+import pytest
+import torch
+from torch import nn
+
+from tensorcompress import surgery
+
+
+def _net():
+    return nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Sequential(nn.Linear(6, 4), nn.Linear(4, 3)))
+
+
+def test_select_patterns_and_order():
+    net = _net()
+    names = [s.name for s in surgery.select(net, nn.Linear)]
+    assert names == ["0", "2.0", "2.1"]
+    assert [s.name for s in surgery.select(net, nn.Linear, include="2.*")] == ["2.0", "2.1"]
+    assert [s.name for s in surgery.select(net, nn.Linear, exclude=["0", "2.1"])] == ["2.0"]
+
+
+def test_select_unmatched_include_is_an_error():
+    with pytest.raises(ValueError, match=r"include pattern\(s\) \['conv9'\] match no Linear module"):
+        surgery.select(_net(), nn.Linear, include=["0", "conv9"])
+    with pytest.raises(TypeError, match="include must be a str or a sequence of str"):
+        surgery.select(_net(), nn.Linear, include=3)
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        surgery.select("net", nn.Linear)
+
+
+def test_select_exact_type_skips_subclasses():
+    class MyLinear(nn.Linear):
+        pass
+
+    net = nn.Sequential(nn.Linear(3, 3), MyLinear(3, 3))
+    assert [s.name for s in surgery.select(net, nn.Linear)] == ["0"]
+    assert [s.name for s in surgery.select(net, nn.Linear, exact_type=False)] == ["0", "1"]
+
+
+def test_shared_module_selected_once_and_replaced_everywhere():
+    shared = nn.Linear(5, 5)
+    net = nn.Sequential(shared, nn.ReLU(), shared)
+    chosen = surgery.select(net, nn.Linear)
+    assert len(chosen) == 1 and chosen[0].names == ("0", "2")
+    new, report = surgery.transform(net, nn.Linear, lambda s: (nn.Linear(5, 5, bias=False), {"why": "test"}))
+    assert new[0] is new[2] and new[0] is not shared
+    assert report[0].aliases == ("2",) and report[0].params_before == 30 and report[0].params_after == 25
+    assert report[0].detail == {"why": "test"}
+    assert net[0] is shared and net[2] is shared  # input untouched
+
+
+def test_tied_weight_refused_unless_allowed():
+    net = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+    net[1].weight = net[0].weight
+    assert surgery.tied_parameters(net, net[0]) == ["1.weight"]
+    with pytest.raises(ValueError, match="shares parameters with"):
+        surgery.transform(net, nn.Linear, lambda s: (nn.Identity(), {}), include="0")
+    new, _ = surgery.transform(net, nn.Linear, lambda s: (nn.Identity(), {}), include="0", allow_tied=True)
+    assert isinstance(new[0], nn.Identity)
+
+
+def test_replace_carries_mode_and_requires_grad():
+    net = _net().eval()
+    net[0].weight.requires_grad_(False)
+
+    def build(sel):
+        new = nn.Linear(sel.module.in_features, sel.module.out_features)
+        new.train()
+        return new, {}
+
+    new, _ = surgery.transform(net, nn.Linear, build, include="0")
+    assert not new[0].training
+    assert not new[0].weight.requires_grad and new[0].bias.requires_grad
+    assert net[0] is not new[0] and torch.equal(net[2][0].weight, new[2][0].weight)
+
+
+def test_layer_change_compression():
+    row = surgery.LayerChange("a", "Linear", "Identity", 10, 0)
+    assert row.compression == float("inf")
+    assert surgery.LayerChange("a", "Linear", "X", 10, 5).compression == 2.0
