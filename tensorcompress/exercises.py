@@ -1,0 +1,99 @@
+r"""Checks for the notebooks' exercises: a learner gets what was expected, what they gave, and a hint.
+
+The convention (README, "Contributing"): an exercise is a Markdown cell headed ``### Exercise N.k: title``, a code
+cell whose solution sits between ``### BEGIN SOLUTION`` and ``### END SOLUTION`` (the student version replaces it by
+``raise NotImplementedError("exercise N.k")``), and a check cell calling these functions; checks only a teacher
+should see sit between ``### BEGIN HIDDEN TESTS`` and ``### END HIDDEN TESTS``.
+
+Each check raises :class:`ExerciseError` (an ``AssertionError``, so nbval and ``assert``-minded readers see a
+failure) with a message naming the exercise, the expected value, the value received and a hint; it returns
+``True`` on success so a notebook can ``assert`` it.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+
+__all__ = ["ExerciseError", "check_close", "check_equal", "check_shape", "check_true"]
+
+
+class ExerciseError(AssertionError):
+    """An exercise check failed; the message says what was expected, what was received and a hint."""
+
+
+def _fail(exercise: str, what: str, hint: str | None) -> None:
+    msg = f"Exercise {exercise}: {what}"
+    if hint:
+        msg += f"\n  Hint: {hint}"
+    raise ExerciseError(msg)
+
+
+def _summary(x) -> str:
+    if isinstance(x, torch.Tensor):
+        if x.numel() <= 8:
+            return f"tensor {x.detach().cpu().tolist()} (shape {tuple(x.shape)}, {x.dtype})"
+        return f"a tensor of shape {tuple(x.shape)} and dtype {x.dtype}"
+    return repr(x)
+
+
+def check_shape(exercise: str, actual, shape, *, hint: str | None = None) -> bool:
+    """``actual`` must be a tensor of the given shape."""
+    if not isinstance(actual, torch.Tensor):
+        _fail(exercise, f"expected a torch.Tensor of shape {tuple(shape)}, got {type(actual).__name__}", hint)
+    if tuple(actual.shape) != tuple(shape):
+        _fail(exercise, f"expected shape {tuple(shape)}, got {tuple(actual.shape)}", hint)
+    return True
+
+
+def check_close(exercise: str, actual, expected, *, rtol: float = 1e-6, atol: float = 0.0,
+                hint: str | None = None) -> bool:
+    """``actual`` must equal ``expected`` within ``|a − e| ≤ atol + rtol·|e|`` elementwise (tensors or numbers).
+
+    A missing answer (``None``), a wrong type, a wrong shape, or NaN fail with their own message.
+    """
+    if actual is None:
+        _fail(exercise, "got None: the solution cell returned nothing", hint)
+    if isinstance(expected, torch.Tensor):
+        if not isinstance(actual, torch.Tensor):
+            _fail(exercise, f"expected {_summary(expected)}, got {type(actual).__name__}", hint)
+        check_shape(exercise, actual, expected.shape, hint=hint)
+        a = actual.detach().to("cpu", torch.float64) if not actual.is_complex() else actual.detach().cpu()
+        e = expected.detach().to("cpu", torch.float64) if not expected.is_complex() else expected.detach().cpu()
+        if not bool(torch.isfinite(a).all()):
+            _fail(exercise, f"your result holds NaN or Inf ({int((~torch.isfinite(a)).sum())} entries)", hint)
+        err = (a - e).abs()
+        bound = atol + rtol * e.abs()
+        if bool((err > bound).any()):
+            worst = int(torch.argmax(err - bound))
+            idx = tuple(int(i) for i in torch.unravel_index(torch.tensor(worst), e.shape)) if e.ndim else ()
+            _fail(exercise, f"values differ: at index {idx} expected {e.reshape(-1)[worst].item():.6g}, got "
+                            f"{a.reshape(-1)[worst].item():.6g}; max |difference| {err.max().item():.3g} "
+                            f"(tolerance rtol={rtol:g}, atol={atol:g})", hint)
+        return True
+    if not isinstance(actual, numbers.Number) and not (isinstance(actual, torch.Tensor) and actual.numel() == 1):
+        _fail(exercise, f"expected a number close to {expected!r}, got {_summary(actual)}", hint)
+    a, e = float(actual), float(expected)
+    if a != a or abs(a - e) > atol + rtol * abs(e):
+        _fail(exercise, f"expected {e:.6g}, got {a:.6g} (tolerance rtol={rtol:g}, atol={atol:g})", hint)
+    return True
+
+
+def check_equal(exercise: str, actual, expected, *, hint: str | None = None) -> bool:
+    """``actual == expected`` exactly (ints, tuples, strings; tensors with ``torch.equal``)."""
+    if isinstance(expected, torch.Tensor):
+        ok = isinstance(actual, torch.Tensor) and actual.shape == expected.shape and torch.equal(
+            actual.detach().cpu(), expected.detach().cpu())
+    else:
+        ok = actual == expected
+    if not ok:
+        _fail(exercise, f"expected {_summary(expected)}, got {_summary(actual)}", hint)
+    return True
+
+
+def check_true(exercise: str, condition: bool, message: str, *, hint: str | None = None) -> bool:
+    """A free-form check: ``condition`` must hold; ``message`` says what was expected and what was found."""
+    if not bool(condition):
+        _fail(exercise, message, hint)
+    return True
