@@ -16,6 +16,8 @@ __all__ = [
     "check_mode",
     "check_positive_int",
     "check_matrices",
+    "check_dims",
+    "compute_dtype",
 ]
 
 
@@ -89,3 +91,32 @@ def check_matrices(matrices: object, name: str = "matrices", *, allow_vectors: b
         if m.dtype != first.dtype:
             raise TypeError(f"{name}[{i}] has dtype {m.dtype} but {name}[0] has {first.dtype}: use one dtype")
     return out
+
+
+def check_dims(dims: object, name: str) -> tuple[int, ...]:
+    """Return ``dims`` (a non-empty sequence of ints ``>= 1``: TT modes, a shape) as a tuple, else raise."""
+    if isinstance(dims, (str, bytes, int)) or not isinstance(dims, Sequence) or len(dims) == 0:
+        raise TypeError(f"{name} must be a non-empty sequence of positive ints, got {dims!r}")
+    return tuple(check_positive_int(m, f"{name}[{k}]") for k, m in enumerate(dims))
+
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def compute_dtype(x: torch.Tensor, name: str = "x") -> torch.dtype:
+    """The dtype the library computes in for a floating tensor ``x`` — the one rule for every decomposition and
+    every ``from_linear`` / ``from_conv``.
+
+    float32 and float64 compute in their own dtype. float16 and bfloat16 compute in float32 (LAPACK has no half
+    precision kernels, and half precision would lose the digits an SVD needs); the caller casts its result back to
+    ``x.dtype``. Integer, bool and complex tensors are refused with a ``TypeError``; a tensor with a size-0
+    dimension with a ``ValueError``.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must have a floating point dtype (float16, bfloat16, float32 or float64), "
+                        f"got {x.dtype}")
+    if x.numel() == 0:
+        raise ValueError(f"{name} must not be empty, got shape {tuple(x.shape)}")
+    return torch.float32 if x.dtype in _HALF else x.dtype

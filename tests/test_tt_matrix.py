@@ -83,7 +83,7 @@ W = torch.ones(6, 8)
     [
         ((W, (2, 3), (2, 2)), {}, ValueError, r"matrix has shape \(6, 8\) but row_modes \(2, 3\) and col_modes"),
         ((W, (2, 3), (8,)), {}, ValueError, r"row_modes and col_modes must have the same length"),
-        ((W, 6, (8,)), {}, TypeError, r"row_modes must be a non-empty sequence of ints, got 6"),
+        ((W, 6, (8,)), {}, TypeError, r"row_modes must be a non-empty sequence of positive ints, got 6"),
         ((W, (2, 0), (2, 4)), {}, ValueError, r"row_modes\[1\] must be >= 1, got 0"),
         ((torch.ones(6, 8, 1), (6,), (8,)), {}, ValueError, r"matrix must be 2-D"),
         ((W.long(), (6,), (8,)), {}, TypeError, r"floating point dtype"),

@@ -18,17 +18,11 @@ from collections.abc import Sequence
 
 import torch
 
-from .._validation import check_positive_int, check_tensor
+from .._validation import check_dims, check_tensor
 from ._common import check_input
 from .tt import CoreTrain, _check_cores, tt_svd
 
 __all__ = ["TTMatrix", "tt_matrix_svd", "tt_matrix_vector_product"]
-
-
-def _check_modes(modes: object, name: str) -> tuple[int, ...]:
-    if isinstance(modes, int) or not isinstance(modes, Sequence) or len(modes) == 0:
-        raise TypeError(f"{name} must be a non-empty sequence of ints, got {modes!r}")
-    return tuple(check_positive_int(m, f"{name}[{k}]") for k, m in enumerate(modes))
 
 
 class TTMatrix(CoreTrain):
@@ -164,8 +158,8 @@ def tt_matrix_svd(
     check_input(matrix, "matrix")
     if matrix.ndim != 2:
         raise ValueError(f"matrix must be 2-D, got shape {tuple(matrix.shape)}")
-    row_modes = _check_modes(row_modes, "row_modes")
-    col_modes = _check_modes(col_modes, "col_modes")
+    row_modes = check_dims(row_modes, "row_modes")
+    col_modes = check_dims(col_modes, "col_modes")
     if len(row_modes) != len(col_modes):
         raise ValueError(f"row_modes and col_modes must have the same length, got {row_modes} and {col_modes}")
     if tuple(matrix.shape) != (math.prod(row_modes), math.prod(col_modes)):

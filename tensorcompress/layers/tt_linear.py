@@ -19,16 +19,11 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .._validation import check_dims
 from ..decompositions import TTMatrix, tt_matrix_svd, tt_matrix_vector_product
 from ._common import check_linear, check_rank
 
 __all__ = ["TTLinear", "factor_dimension"]
-
-
-def _check_modes(modes: object, name: str) -> tuple[int, ...]:
-    if isinstance(modes, (str, int)) or not isinstance(modes, Sequence) or len(modes) == 0:
-        raise TypeError(f"{name} must be a non-empty sequence of positive ints, got {modes!r}")
-    return tuple(check_rank(m, f"{name}[{k}]") for k, m in enumerate(modes))
 
 
 def factor_dimension(n: int, d: int) -> tuple[int, ...]:
@@ -89,7 +84,7 @@ class TTLinear(nn.Module):
     def __init__(self, in_modes: Sequence[int], out_modes: Sequence[int], ranks: int | Sequence[int], bias: bool = True,
                  *, device=None, dtype=None):
         super().__init__()
-        in_modes, out_modes = _check_modes(in_modes, "in_modes"), _check_modes(out_modes, "out_modes")
+        in_modes, out_modes = check_dims(in_modes, "in_modes"), check_dims(out_modes, "out_modes")
         if len(in_modes) != len(out_modes):
             raise ValueError(f"in_modes and out_modes must have the same length, got {in_modes} and {out_modes}")
         d = len(in_modes)
@@ -136,7 +131,7 @@ class TTLinear(nn.Module):
             Relative accuracy :math:`\|W - \hat W\|_F \le \epsilon \|W\|_F` instead of ``ranks``. Neither: exact.
         """
         check_linear(linear)
-        in_modes, out_modes = _check_modes(in_modes, "in_modes"), _check_modes(out_modes, "out_modes")
+        in_modes, out_modes = check_dims(in_modes, "in_modes"), check_dims(out_modes, "out_modes")
         if math.prod(in_modes) != linear.in_features or math.prod(out_modes) != linear.out_features:
             raise ValueError(f"in_modes {in_modes} and out_modes {out_modes} multiply to ({math.prod(in_modes)}, "
                              f"{math.prod(out_modes)}) but linear has in_features={linear.in_features}, "
