@@ -8,6 +8,10 @@ should see sit between ``### BEGIN HIDDEN TESTS`` and ``### END HIDDEN TESTS``.
 Each check raises :class:`ExerciseError` (an ``AssertionError``, so nbval and ``assert``-minded readers see a
 failure) with a message naming the exercise, the expected value, the value received and a hint; it returns
 ``True`` on success so a notebook can ``assert`` it.
+
+A check cell defines ``check_N_k(candidate)`` running every check on the reader's function and calls it; its hidden
+tests call :func:`must_fail` with plausible wrong answers (a transpose, an off-by-one rank), so the test suite proves
+that the check can fail.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import numbers
 
 import torch
 
-__all__ = ["ExerciseError", "check_close", "check_equal", "check_shape", "check_true"]
+__all__ = ["ExerciseError", "check_close", "check_equal", "check_shape", "check_true", "must_fail"]
 
 
 class ExerciseError(AssertionError):
@@ -96,4 +100,22 @@ def check_true(exercise: str, condition: bool, message: str, *, hint: str | None
     """A free-form check: ``condition`` must hold; ``message`` says what was expected and what was found."""
     if not bool(condition):
         _fail(exercise, message, hint)
+    return True
+
+
+def must_fail(check, *wrong_answers) -> bool:
+    """Assert that ``check(answer)`` raises :class:`ExerciseError` for every one of ``wrong_answers``.
+
+    Used in an exercise's hidden tests to prove its check rejects plausible mistakes; a check that accepts one of
+    them raises ``AssertionError`` naming it.
+    """
+    if not wrong_answers:
+        raise ValueError("must_fail needs at least one wrong answer")
+    for i, wrong in enumerate(wrong_answers):
+        try:
+            check(wrong)
+        except ExerciseError:
+            continue
+        raise AssertionError(f"the check accepted wrong answer #{i} ({getattr(wrong, '__name__', repr(wrong))}); "
+                             f"it must reject it")
     return True

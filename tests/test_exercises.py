@@ -32,3 +32,14 @@ def test_check_equal_shape_true():
         ex.check_shape("2.2", [1, 2], (2,))
     with pytest.raises(ex.ExerciseError, match="rank too high"):
         ex.check_true("2.3", False, "rank too high")
+
+
+def test_must_fail():
+    def check(fn):
+        return ex.check_close("3.1", fn(2.0), 4.0)
+
+    assert ex.must_fail(check, lambda x: x + 1, lambda x: x * 3)
+    with pytest.raises(AssertionError, match="accepted wrong answer #1"):
+        ex.must_fail(check, lambda x: x + 1, lambda x: x * x)
+    with pytest.raises(ValueError, match="at least one"):
+        ex.must_fail(check)
