@@ -78,3 +78,47 @@ def test_layer_change_compression():
     row = surgery.LayerChange("a", "Linear", "Identity", 10, 0)
     assert row.compression == float("inf")
     assert surgery.LayerChange("a", "Linear", "X", 10, 5).compression == 2.0
+
+
+def test_replace_maps_flags_to_counterparts():
+    # a factorised layer has new parameter names: its factors stand for the old weight, its bias for the old bias
+    old = nn.Linear(4, 3)
+    old.weight.requires_grad_(False)
+    new = nn.Sequential(nn.Linear(4, 2, bias=False), nn.Linear(2, 3))
+    holder = nn.Sequential(old)
+    surgery.replace(holder, "0", new, old=old)
+    flags = {n: p.requires_grad for n, p in holder[0].named_parameters()}
+    assert flags == {"0.weight": False, "1.weight": False, "1.bias": True}
+    with pytest.raises(ValueError, match="at least one module name"):
+        surgery.replace(holder, [], new)
+
+
+def test_transform_checks_ties_before_building_and_row_type():
+    net = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4))
+    net[2].weight = net[1].weight
+    built = []
+
+    def build(sel):
+        built.append(sel.name)
+        return nn.Identity(), {}
+
+    with pytest.raises(ValueError, match="module '1' shares parameters with"):
+        surgery.transform(net, nn.Linear, build)
+    assert built == []  # refused before any work
+
+    class Row(surgery.LayerChange):
+        pass
+
+    _, report = surgery.transform(net, nn.Linear, build, include="0", row_type=Row)
+    assert type(report[0]) is Row
+    with pytest.raises(TypeError, match="row_type must be LayerChange or a subclass"):
+        surgery.transform(net, nn.Linear, build, include="0", row_type=dict)
+    with pytest.raises(TypeError, match="build must return"):
+        surgery.transform(net, nn.Linear, lambda s: ("x", {}), include="0")
+
+
+def test_layer_change_prints_one_line():
+    row = surgery.LayerChange("conv2", "Conv2d", "CPConv2d", 25050, 2530, {"rank": 31})
+    assert str(row) == "conv2: Conv2d -> CPConv2d, 25050 -> 2530 parameters, rank 31"
+    row = surgery.LayerChange("a", "Linear", "QLinear", 10, 10, {"bits": 4, "scheme": "int"}, aliases=("b",))
+    assert str(row) == "a = b: Linear -> QLinear, 10 -> 10 parameters, bits 4, scheme int"
