@@ -212,6 +212,7 @@ def test_half_precision_decomposed_in_float32(half):
         for p, q in zip(layer.parameters(), expected.parameters(), strict=True):
             assert torch.equal(p, q)
         assert layer(x).dtype == half
+    assert tc.layers.tucker2_ranks(conv.weight.detach(), energy=0.8) == tc.layers.tucker2_ranks(ref.weight, energy=0.8)
 
 
 def test_bad_kernels_get_clear_errors():

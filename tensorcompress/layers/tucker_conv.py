@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .._validation import compute_dtype
 from ..decompositions import hosvd
 from ..tensor import mode_dot, multi_mode_dot, unfold
 from ._common import (
@@ -44,6 +45,7 @@ def tucker2_ranks(weight: torch.Tensor, rank: object = None, *, energy: float | 
     unfoldings, at least 1), or by ``energy`` (smallest ranks keeping that fraction of each unfolding's
     :math:`\sum \sigma_i^2`). ``ranks=`` is the older name of ``rank=``."""
     ranks = rank_argument(rank, ranks)
+    weight = weight.to(compute_dtype(weight, "weight"))  # float16 / bfloat16: the SVDs run in float32
     t, s = weight.shape[:2]
     if (ranks is None) == (energy is None):
         raise ValueError(f"give exactly one of rank or energy, got rank={ranks!r}, energy={energy!r}")
