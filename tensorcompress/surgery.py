@@ -134,8 +134,9 @@ def select(model: nn.Module, types: type | tuple[type, ...], *, include: Pattern
         unused = [p for p in inc if not any(fnmatch.fnmatchcase(n, p) for n in every)]
         if unused:
             kinds = "/".join(t.__name__ for t in types)
+            shown = f"{every}" if len(every) <= 20 else f"{every[:20]}[:20] of {len(every)}"
             raise ValueError(f"include pattern(s) {unused} match no {kinds} module of the model; "
-                             f"candidates are {every}")
+                             f"candidates are {shown}")
     chosen = []
     for key, ns in names.items():
         if (inc is None or any(_matches(n, inc) for n in ns)) and not any(_matches(n, exc) for n in ns):

@@ -22,6 +22,9 @@ def test_select_patterns_and_order():
 def test_select_unmatched_include_is_an_error():
     with pytest.raises(ValueError, match=r"include pattern\(s\) \['conv9'\] match no Linear module"):
         surgery.select(_net(), nn.Linear, include=["0", "conv9"])
+    big = nn.Sequential(*[nn.Linear(2, 2) for _ in range(30)])
+    with pytest.raises(ValueError, match=r"candidates are \['0', .*, '19'\]\[:20\] of 30$"):
+        surgery.select(big, nn.Linear, include="x")
     with pytest.raises(TypeError, match="include must be a str or a sequence of str"):
         surgery.select(_net(), nn.Linear, include=3)
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
