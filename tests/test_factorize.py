@@ -125,6 +125,18 @@ def test_errors():
         tc.factorize(model, "cp", energy=0.9)
     with pytest.raises(TypeError, match="model must be a torch.nn.Module, got str"):
         tc.factorize("net", "svd", rank=2)
+    with pytest.raises(ValueError, match="rank for method='tucker' must be a pair"):
+        tc.factorize(model, "tucker", rank=(2, 2, 2))
+    with pytest.raises(ValueError, match=r"rank\[1\] \(r_in\)=0 is out of range"):
+        tc.factorize(model, "tucker", rank=(2, 0))
+    with pytest.raises(ValueError, match="must be an int, a pair .* or 'vbmf', got 'evbmf'"):
+        tc.factorize(model, "tucker", rank="evbmf")
+
+
+def test_tucker_pair_capped_as_documented():
+    # "capped at what each layer allows": conv 0 has 3 input channels, conv 2.0 has 16 (and 24 outputs)
+    _, rep = tc.factorize(net(), "tucker", rank=(20, 8))
+    assert [r.rank for r in rep] == [(16, 3), (20, 8)]
 
 
 def test_rows_are_layer_changes_and_print_one_line():

@@ -19,6 +19,7 @@ Every rank is at least 1 and at most what the layer allows, so the kept fraction
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from torch import nn
@@ -93,8 +94,18 @@ def _check_options(method: str, rank, ratio, energy, tt_order) -> None:
             raise ValueError("energy is not defined for method='cp' (CP has no nested ranks): use rank or ratio")
     if rank is not None and method in ("svd", "cp", "tt"):
         check_rank(rank, "rank")
-    if method == "tucker" and isinstance(rank, int) and not isinstance(rank, bool):
-        check_rank(rank, "rank")
+    if method == "tucker" and rank is not None:
+        if isinstance(rank, str):
+            if rank != "vbmf":
+                raise ValueError(f"rank for method='tucker' must be an int, a pair (r_out, r_in) or 'vbmf', got "
+                                 f"{rank!r}")
+        elif isinstance(rank, Sequence):
+            if len(rank) != 2:
+                raise ValueError(f"rank for method='tucker' must be a pair (r_out, r_in), got {rank!r}")
+            check_rank(rank[0], "rank[0] (r_out)")
+            check_rank(rank[1], "rank[1] (r_in)")
+        else:
+            check_rank(rank, "rank")
     check_rank(tt_order, "tt_order")
 
 
@@ -113,10 +124,12 @@ def _builder(method: str, rank, ratio, energy, tt_order: int, n_iter_max: int):
         elif method == "tucker":
             if ratio is not None:
                 r = _ratio_rank(method, layer, ratio, tt_order)
+            elif rank is None or isinstance(rank, str):
+                r = rank  # energy=... or "vbmf"
             elif isinstance(rank, int):
                 r = (min(rank, layer.out_channels), min(rank, layer.in_channels))
             else:
-                r = rank
+                r = (min(rank[0], layer.out_channels), min(rank[1], layer.in_channels))
             new = TuckerConv2d.from_conv(layer, r, energy=energy if r is None else None)
         else:
             in_modes, out_modes = tt_modes(layer.in_features, tt_order), tt_modes(layer.out_features, tt_order)
