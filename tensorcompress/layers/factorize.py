@@ -109,35 +109,36 @@ def _check_options(method: str, rank, ratio, energy, tt_order) -> None:
     check_rank(tt_order, "tt_order")
 
 
+def _layer_rank(method: str, layer: nn.Module, rank, ratio, tt_order: int):
+    """The rank for one layer: solved from ``ratio``, or ``rank`` capped at the layer (``None`` with ``energy``)."""
+    if ratio is not None:
+        return _ratio_rank(method, layer, ratio, tt_order)
+    if rank is None or isinstance(rank, str):
+        return rank  # energy=... or "vbmf"
+    if method == "svd":
+        return min(rank, *layer.weight.shape)
+    if method == "tucker":
+        r_out, r_in = (rank, rank) if isinstance(rank, int) else rank
+        return (min(r_out, layer.out_channels), min(r_in, layer.in_channels))
+    return rank  # "cp" and "tt": from_conv / the TT-SVD cap it
+
+
 def _builder(method: str, rank, ratio, energy, tt_order: int, n_iter_max: int):
     """The callback :func:`tensorcompress.surgery.transform` calls for each selected layer."""
 
     def build(sel: Selected) -> tuple[nn.Module, dict]:
         layer = sel.module
+        r = _layer_rank(method, layer, rank, ratio, tt_order)
         if method == "svd":
-            r = min(rank, *layer.weight.shape) if rank is not None else (
-                _ratio_rank(method, layer, ratio, tt_order) if ratio is not None else None)
             new = LowRankLinear.from_linear(layer, r, energy=energy if r is None else None)
         elif method == "cp":
-            r = rank if rank is not None else _ratio_rank(method, layer, ratio, tt_order)
             new = CPConv2d.from_conv(layer, r, n_iter_max=n_iter_max)
         elif method == "tucker":
-            if ratio is not None:
-                r = _ratio_rank(method, layer, ratio, tt_order)
-            elif rank is None or isinstance(rank, str):
-                r = rank  # energy=... or "vbmf"
-            elif isinstance(rank, int):
-                r = (min(rank, layer.out_channels), min(rank, layer.in_channels))
-            else:
-                r = (min(rank[0], layer.out_channels), min(rank[1], layer.in_channels))
             new = TuckerConv2d.from_conv(layer, r, energy=energy if r is None else None)
         else:
-            in_modes, out_modes = tt_modes(layer.in_features, tt_order), tt_modes(layer.out_features, tt_order)
-            if energy is not None:
-                new = TTLinear.from_linear(layer, in_modes, out_modes, eps=math.sqrt(max(1 - energy, 0.0)) or None)
-            else:
-                r = rank if rank is not None else _ratio_rank(method, layer, ratio, tt_order)
-                new = TTLinear.from_linear(layer, in_modes, out_modes, rank=r)
+            eps = (math.sqrt(max(1 - energy, 0.0)) or None) if r is None else None
+            new = TTLinear.from_linear(layer, tt_modes(layer.in_features, tt_order),
+                                       tt_modes(layer.out_features, tt_order), rank=r, eps=eps)
         return new, {"rank": new.rank}
 
     return build
