@@ -2,6 +2,8 @@
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from torch import nn
 
 from tensorcompress import surgery
@@ -125,3 +127,34 @@ def test_layer_change_prints_one_line():
     assert str(row) == "conv2: Conv2d -> CPConv2d, 25050 -> 2530 parameters, rank 31"
     row = surgery.LayerChange("a", "Linear", "QLinear", 10, 10, {"bits": 4, "scheme": "int"}, aliases=("b",))
     assert str(row) == "a = b: Linear -> QLinear, 10 -> 10 parameters, bits 4, scheme int"
+
+
+@given(plan=st.lists(st.tuples(st.sampled_from(["linear", "relu", "shared", "block"]), st.integers(0, 3)),
+                     min_size=1, max_size=8))
+def test_transform_keeps_the_sharing_pattern(plan):
+    # any mix of plain, shared and nested layers: every name of a Linear ends at a replacement, modules shared
+    # before are shared after (and only those), each shared module is reported once, the input is untouched
+    pool = [nn.Linear(3, 3) for _ in range(4)]
+    layers = []
+    for kind, k in plan:
+        if kind == "linear":
+            layers.append(nn.Linear(3, 3))
+        elif kind == "relu":
+            layers.append(nn.ReLU())
+        elif kind == "shared":
+            layers.append(pool[k])
+        else:
+            layers.append(nn.Sequential(pool[k], nn.ReLU(), nn.Linear(3, 3)))
+    net = nn.Sequential(*layers)
+    before = {n: m for n, m in net.named_modules(remove_duplicate=False) if type(m) is nn.Linear}
+    new, report = surgery.transform(net, nn.Linear, lambda s: (nn.Linear(3, 3, bias=False), {}))
+    after = {n: new.get_submodule(n) for n in before}
+    assert all(type(m) is nn.Linear and m.bias is None for m in after.values())
+    for a in before:
+        for b in before:
+            assert (before[a] is before[b]) == (after[a] is after[b])
+    assert sorted(n for r in report for n in (r.name, *r.aliases)) == sorted(before)
+    assert len(report) == len({id(m) for m in before.values()})
+    assert all(m.bias is not None for m in before.values())
+    x = torch.randn(2, 3)
+    assert new(x).shape == net(x).shape
