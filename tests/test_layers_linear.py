@@ -240,3 +240,19 @@ def test_rank_has_one_name():
         tc.TTLinear((3, 4), (5, 2), 2, ranks=2)
     with pytest.raises(TypeError, match="TTLinear needs rank="):
         tc.TTLinear((3, 4), (5, 2))
+
+
+@pytest.mark.parametrize("scale", [1e-25, 1.0, 1e20])
+def test_energy_rank_at_extreme_scales(scale):
+    # a graded spectrum (sigma_i = 2^-i) at scales where sigma^2 under- or overflows float32: the same rank
+    g = torch.Generator().manual_seed(0)
+    u, _ = torch.linalg.qr(torch.randn(24, 16, generator=g, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(16, 16, generator=g, dtype=torch.float64))
+    sigma = 2.0 ** -torch.arange(16, dtype=torch.float64)
+    lin = nn.Linear(16, 24, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_((u * sigma) @ v.T * scale)
+    s2 = sigma**2
+    for energy in (0.5, 0.9, 0.999):
+        expected = int((torch.cumsum(s2, 0) < energy * s2.sum()).sum()) + 1
+        assert tc.LowRankLinear.from_linear(lin, energy=energy).rank == expected
