@@ -12,11 +12,17 @@ with the input model untouched. This module is the one place that does the three
   shared block) is selected **once**, with all its names, so that a transform replaces it once and every name then
   points at the one replacement (the tie is kept). An ``include`` pattern that matches no candidate is an error: a
   typo must not give a silent no-op.
-* :func:`replace` — put a new module at every name of an old one, carrying the old one's train/eval mode and the
-  ``requires_grad`` flags of parameters the new module keeps under the same name.
-* :class:`LayerChange` — one report row of one type, which ``compression_report`` and the leaderboard can read.
+* :func:`replace` — put a new module at every name of an old one, carrying the old one's train/eval mode and its
+  ``requires_grad`` flags: a new parameter takes the flag of the old one of the same name, else of the same last
+  name component (``second.bias`` for ``bias``), else of the old ``weight`` (the factors of a factorised weight).
+* :func:`tied_parameters` — parameters of a module also registered in another module (a tied embedding and output
+  layer); :func:`transform` refuses to replace such a module, since the replacement would untie them.
+* :class:`LayerChange` — one report row of one type (subclass it to add properties, as
+  :class:`tensorcompress.FactorizedLayer` adds ``rank``), which ``compression_report`` and the leaderboard can
+  read; ``print(row)`` gives one line, e.g. ``conv2: Conv2d -> CPConv2d, 25050 -> 2530 parameters, rank 31``.
 
-:func:`transform` ties them together: deep-copy, select, build each replacement with a callback, replace, report.
+:func:`transform` ties them together: deep-copy, select, refuse tied weights, build each replacement with a callback,
+replace, report.
 """
 
 from __future__ import annotations
