@@ -9,8 +9,12 @@ Usage (what ``make tour`` and ``make notebooks`` call)::
 Notebooks are the files ``NN_*.ipynb`` of each folder given, run in name order (the number is the level order).
 Each runs in a fresh kernel of the current Python (the one running this module, so ``.venv`` when called from the
 Makefile) with the notebook's folder as working directory. A failing notebook does not stop the tour: the rest still
-run, the table marks it ``FAILED``, its HTML shows the error, and the exit status is 1. With ``--in-place`` only
-notebooks that ran cleanly are written back, so a failure never replaces good stored outputs.
+run, the table marks it ``FAILED`` (a cell raised, the kernel died, or the file is not a readable notebook) or
+``TIMEOUT`` (a cell ran longer than ``--timeout`` seconds), its HTML shows the error, and the exit status is 1. With
+``--in-place`` only notebooks that ran cleanly are written back, so a failure never replaces good stored outputs.
+
+The kernel manager is an ``AsyncKernelManager``, as nbclient's own default: a blocking ``KernelManager`` handed to
+``NotebookClient`` gets a blocking client whose waits block the event loop, and ``timeout`` was then never enforced.
 """
 
 from __future__ import annotations
@@ -26,9 +30,11 @@ from pathlib import Path
 import ipykernel.kernelspec
 import nbformat
 from jupyter_client.kernelspec import KernelSpecManager
-from jupyter_client.manager import KernelManager
+from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError
+
+from ._validation import check_positive_int
 
 __all__ = ["NotebookResult", "find_notebooks", "run_notebook", "write_index", "main"]
 
@@ -97,15 +103,22 @@ def run_notebook(
     path : Path
         The notebook.
     timeout : int
-        Seconds allowed per cell.
+        Seconds allowed per cell (a positive int); a cell that runs longer stops the notebook with ``TIMEOUT``.
     html_dir : Path, optional
         Folder for ``<name>.html`` (written also when the notebook fails, showing the error).
     in_place : bool
         Write the executed notebook back to ``path`` (only if every cell ran).
     """
-    nb = nbformat.read(path, as_version=4)
+    check_positive_int(timeout, "timeout")
+    try:
+        nb = nbformat.read(path, as_version=4)
+    except Exception as exc:  # not JSON, not a notebook, unreadable file: report it, go on with the next notebook
+        if html_dir is not None:
+            (html_dir / f"{path.stem}.html").unlink(missing_ok=True)  # no stale page from an earlier run
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return NotebookResult(path, path.stem, 0.0, "FAILED", f"unreadable notebook: {type(exc).__name__}: {reason}")
     title = _title(nb, path.stem)
-    km = KernelManager(kernel_name=_KERNEL_NAME, kernel_spec_manager=_CurrentPythonSpecs())
+    km = AsyncKernelManager(kernel_name=_KERNEL_NAME, kernel_spec_manager=_CurrentPythonSpecs())
     client = NotebookClient(
         nb,
         km=km,
@@ -135,10 +148,18 @@ def run_notebook(
     return NotebookResult(path, title, seconds, status, error)
 
 
+def _index_link(r: NotebookResult, html_dir: Path) -> str:
+    """The notebook's name, linked to its page where one was rendered (an unreadable notebook has none)."""
+    name = html.escape(r.path.name)
+    if not (html_dir / f"{r.path.stem}.html").is_file():
+        return name
+    return f'<a href="{html.escape(r.path.stem)}.html">{name}</a>'
+
+
 def write_index(results: list[NotebookResult], html_dir: Path) -> Path:
     """Write ``html_dir/index.html``: one row per notebook (link, title, seconds, status)."""
     rows = "\n".join(
-        f'<tr><td><a href="{html.escape(r.path.stem)}.html">{html.escape(r.path.name)}</a></td>'
+        f"<tr><td>{_index_link(r, html_dir)}</td>"
         f"<td>{html.escape(r.title)}</td><td>{r.seconds:.1f}</td>"
         f'<td class="{"ok" if r.ok else "bad"}">{html.escape(r.status)}</td><td>{html.escape(r.error)}</td></tr>'
         for r in results
@@ -180,8 +201,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="folders of notebooks and/or notebook files (default: notebooks)")
     parser.add_argument("--html", type=Path, metavar="DIR", help="render each notebook to DIR/<name>.html + index.html")
     parser.add_argument("--in-place", action="store_true", help="store the outputs in the notebooks themselves")
-    parser.add_argument("--timeout", type=int, default=600, metavar="S", help="seconds allowed per cell (default 600)")
+    parser.add_argument("--timeout", type=int, default=600, metavar="S",
+                        help="seconds allowed per cell, a positive int (default 600)")
     args = parser.parse_args(argv)
+    if args.timeout <= 0:
+        parser.error(f"--timeout must be a positive number of seconds per cell, got {args.timeout}")
     try:
         notebooks = find_notebooks(args.paths)
     except FileNotFoundError as exc:
