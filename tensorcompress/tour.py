@@ -150,7 +150,7 @@ def run_notebook(
     except Exception as exc:  # not JSON, not a notebook, unreadable file: report it, go on with the next notebook
         if html_dir is not None:
             (html_dir / f"{path.stem}.html").unlink(missing_ok=True)  # no stale page from an earlier run
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        reason = (str(exc).strip().splitlines() or [""])[0]
         return NotebookResult(path, path.stem, 0.0, "FAILED", f"unreadable notebook: {type(exc).__name__}: {reason}")
     title = _title(nb, path.stem)
     km = AsyncKernelManager(kernel_name=_KERNEL_NAME, kernel_spec_manager=_CurrentPythonSpecs())
