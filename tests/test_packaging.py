@@ -113,11 +113,12 @@ def wheel(tmp_path_factory):
     for name in ["pyproject.toml", "README.md"]:
         shutil.copy(ROOT / name, src)
     shutil.copytree(ROOT / "tensorcompress", src / "tensorcompress", ignore=shutil.ignore_patterns("__pycache__"))
-    subprocess.run(
+    done = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation", "--no-index", "-q",
          "-w", str(tmp / "dist")],
-        check=True, capture_output=True, timeout=300,
+        capture_output=True, text=True, timeout=300,
     )
+    assert done.returncode == 0, f"pip wheel failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
     (path,) = (tmp / "dist").glob("tensorcompress-*.whl")
     return path
 
