@@ -3,7 +3,7 @@
 #
 #   make test   ruff, the unit tests, then the notebooks under nbval
 #   make tour   execute every notebook in level order, render HTML to build/html/, print a timing table
-#   make lab    JupyterLab on notebooks/
+#   make lab    JupyterLab on notebooks/ (as root too, and without a display)
 #
 # Torch: CPU machines get the CPU wheel; set TORCH_SPEC / TORCH_INDEX to choose another build (see README).
 
@@ -59,8 +59,11 @@ notebooks: $(STAMP)
 bench: $(STAMP)
 	@for f in benchmarks/*.py; do [ -e "$$f" ] || continue; echo "== $$f"; $(BIN)/python $$f || exit 1; done
 
+# Through tensorcompress.lab, which adds --allow-root for root (containers) and --no-browser where there is no
+# display, and gives kernels the inline back-end (tests/test_lab.py starts it and asks the server over loopback).
+# LAB_ARGS: further JupyterLab options, e.g. make lab LAB_ARGS="--port=8890 --ip=0.0.0.0".
 lab: $(STAMP)
-	$(INLINE) $(BIN)/jupyter lab notebooks/
+	$(BIN)/python -m tensorcompress.lab notebooks/ $(LAB_ARGS)
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache .hypothesis

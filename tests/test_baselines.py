@@ -4,6 +4,10 @@ A full retrain of LeNet-5 takes about four minutes and LeNet-300-100 about 15-30
 baseline (SmallCNN on digits, about 8 s) is retrained here in full with its stored recipe; the other two are checked
 through their hash and re-measured accuracy. ``python -m tensorcompress.baselines --check`` retrains all three and
 compares (run by hand; on this project's machine it reproduced all three accuracies exactly).
+
+Green on any machine: what is retrained is compared by test accuracy within ``baselines.ACCURACY_TOLERANCE`` (one
+percentage point), never by weights — another CPU sums in another order and the weights drift apart (0.02 for SmallCNN
+on an AMD EPYC) while the accuracy stays; what is not retrained (the shipped files) is compared by SHA-256.
 """
 
 from __future__ import annotations
@@ -16,8 +20,7 @@ import torch
 
 import tensorcompress as tc
 from tensorcompress import baselines
-from tensorcompress.data._cache import repo_data_dir
-from tensorcompress.models.pretrained import sha256_file
+from tensorcompress.models.pretrained import CHECKPOINT_DIR, sha256_file
 
 TARGETS = {"lenet300100": 0.95, "lenet5": 0.975, "smallcnn": 0.97}
 TEST_SIZES = {"lenet300100": 1000, "lenet5": 1000, "smallcnn": 360}
@@ -25,13 +28,13 @@ TEST_SIZES = {"lenet300100": 1000, "lenet5": 1000, "smallcnn": 360}
 
 @pytest.fixture(scope="module")
 def manifest():
-    return json.loads((repo_data_dir() / "manifest.json").read_text())
+    return json.loads((CHECKPOINT_DIR / "manifest.json").read_text())
 
 
 @pytest.mark.parametrize("name", sorted(TARGETS))
 def test_manifest_entry_and_checkpoint(manifest, name):
     entry = manifest[name]
-    path = repo_data_dir() / entry["file"]
+    path = CHECKPOINT_DIR / entry["file"]
     assert path.stat().st_size == entry["bytes"] < 2 * 1024 * 1024
     assert sha256_file(path) == entry["sha256"]
     assert entry["test_accuracy"] >= TARGETS[name]
@@ -45,12 +48,9 @@ def test_manifest_entry_and_checkpoint(manifest, name):
 
 @pytest.mark.parametrize("name", ["smallcnn"])
 def test_retraining_reproduces_stored_accuracy(manifest, name):
-    model, record = baselines.train_baseline(name)
-    assert record["test_accuracy"] == manifest[name]["test_accuracy"]
-    stored = tc.models.pretrained(name)
-    diff = max(float((a - b).abs().max()) for a, b in zip(model.state_dict().values(), stored.state_dict().values(),
-                                                          strict=True) if a.is_floating_point())
-    assert diff < 1e-4
+    _, record = baselines.train_baseline(name)
+    assert record["test_accuracy"] >= TARGETS[name]
+    assert abs(record["test_accuracy"] - manifest[name]["test_accuracy"]) <= baselines.ACCURACY_TOLERANCE
 
 
 def test_script_writes_loadable_checkpoint(tmp_path, monkeypatch):
@@ -69,14 +69,40 @@ def test_script_check_mode(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(baselines.BASELINES, "smallcnn", quick)
     assert baselines.main(["smallcnn", "--out", str(tmp_path)]) == 0
     assert baselines.main(["smallcnn", "--out", str(tmp_path), "--check"]) == 0
-    assert "smallcnn: retrained" in capsys.readouterr().out
-    manifest = json.loads((tmp_path / "manifest.json").read_text())
-    manifest["smallcnn"]["test_accuracy"] = 0.5
-    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    out = capsys.readouterr().out
+    assert "smallcnn: retrained" in out and "reproduced" in out and "SHA-256 as stored" in out
+    manifest_path = tmp_path / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    stored = manifest["smallcnn"]["test_accuracy"]
+
+    # one test image either way (another CPU's summation order) is within tolerance, not a failure
+    manifest["smallcnn"]["test_accuracy"] = stored + 1 / 360
+    manifest_path.write_text(json.dumps(manifest))
+    assert baselines.main(["smallcnn", "--out", str(tmp_path), "--check"]) == 0
+    assert "reproduced" in capsys.readouterr().out
+    # five points off is a real difference
+    manifest["smallcnn"]["test_accuracy"] = stored - 0.05
+    manifest_path.write_text(json.dumps(manifest))
     assert baselines.main(["smallcnn", "--out", str(tmp_path), "--check"]) == 1
     assert "DIFFERENT" in capsys.readouterr().out
+    # ... and so is the tolerance the user asks for
+    manifest["smallcnn"]["test_accuracy"] = stored + 1 / 360
+    manifest_path.write_text(json.dumps(manifest))
+    assert baselines.main(["smallcnn", "--out", str(tmp_path), "--check", "--tolerance", "0.001"]) == 1
+    assert "DIFFERENT" in capsys.readouterr().out
+    # the shipped file is compared by its hash: a changed byte fails even when the accuracy is reproduced
+    manifest["smallcnn"]["test_accuracy"] = stored
+    manifest_path.write_text(json.dumps(manifest))
+    with open(tmp_path / "smallcnn.pt", "ab") as f:
+        f.write(b"\0")
+    assert baselines.main(["smallcnn", "--out", str(tmp_path), "--check"]) == 1
+    assert "reproduced" in (out := capsys.readouterr().out) and "SHA-256 of" in out and "DIFFERS" in out
+
     with pytest.raises(SystemExit):
         baselines.main(["vgg", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        baselines.main(["smallcnn", "--out", str(tmp_path), "--check", "--tolerance", "-0.1"])
+    assert "--tolerance must be in [0, 1)" in capsys.readouterr().err
 
 
 def test_train_baseline_unknown_name():

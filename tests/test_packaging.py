@@ -1,14 +1,23 @@
-"""Packaging: environment.yml and pyproject.toml describe one environment; the public API resolves."""
+"""Packaging: environment.yml and pyproject.toml describe one environment; the public API resolves; the wheel carries
+the pretrained baselines and a non-editable install loads them."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import shutil
+import subprocess
+import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
+import pytest
 import yaml
 
 import tensorcompress as tc
+from tensorcompress.models.pretrained import CHECKPOINT_DIR, sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
 CONDA_TO_PIP = {"pytorch": "torch"}  # conda package names that differ from the PyPI ones
@@ -90,3 +99,68 @@ def test_readme_python_examples_run():
     assert blocks, "README.md has no python example"
     for block in blocks:
         exec(compile(block, "README.md", "exec"), {})  # its own asserts check the results
+
+
+# ---------------------------------------------------------------- the wheel carries the pretrained baselines
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory):
+    """Build the wheel as ``pip install .`` would (offline, no build isolation) from a copy of the source tree."""
+    tmp = tmp_path_factory.mktemp("wheel")
+    src = tmp / "src"
+    src.mkdir()
+    for name in ["pyproject.toml", "README.md"]:
+        shutil.copy(ROOT / name, src)
+    shutil.copytree(ROOT / "tensorcompress", src / "tensorcompress", ignore=shutil.ignore_patterns("__pycache__"))
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation", "--no-index", "-q",
+         "-w", str(tmp / "dist")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, f"pip wheel failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+    (path,) = (tmp / "dist").glob("tensorcompress-*.whl")
+    return path
+
+
+def test_checkpoints_are_shipped_once_inside_the_package():
+    names = {e["file"] for e in json.loads((CHECKPOINT_DIR / "manifest.json").read_text()).values()}
+    assert CHECKPOINT_DIR.parent == ROOT / "tensorcompress" / "models"
+    assert names == {p.name for p in CHECKPOINT_DIR.glob("*.pt")} == {"lenet300100.pt", "lenet5.pt", "smallcnn.pt"}
+    # data/ is for data caches only: no second copy of the 3 MB of checkpoints
+    assert not list((ROOT / "data").glob("*.pt")) and not (ROOT / "data" / "manifest.json").exists()
+
+
+def test_wheel_contains_checkpoints_and_manifest(wheel):
+    with zipfile.ZipFile(wheel) as zf:
+        members = set(zf.namelist())
+        shipped = {n for n in members if n.startswith("tensorcompress/models/checkpoints/")}
+        manifest = json.loads(zf.read("tensorcompress/models/checkpoints/manifest.json"))
+        for entry in manifest.values():
+            data = zf.read(f"tensorcompress/models/checkpoints/{entry['file']}")
+            assert len(data) == entry["bytes"] and data == (CHECKPOINT_DIR / entry["file"]).read_bytes()
+    assert shipped == {f"tensorcompress/models/checkpoints/{n}" for n in
+                       ["manifest.json", "lenet300100.pt", "lenet5.pt", "smallcnn.pt"]}
+    assert manifest == json.loads((CHECKPOINT_DIR / "manifest.json").read_text())
+    assert sha256_file(CHECKPOINT_DIR / "lenet5.pt") == manifest["lenet5"]["sha256"]
+
+
+def test_installed_wheel_loads_pretrained_without_the_source_tree(wheel, tmp_path):
+    # A pure-Python wheel installs by unpacking (what `pip install --target` does, minus the bookkeeping); the
+    # subprocess runs outside the source tree with only the unpacked wheel on PYTHONPATH (ahead of any editable
+    # install of the shared environment), and checks that it imported that copy.
+    site = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as zf:
+        zf.extractall(site)
+    code = (
+        "import pathlib, sys, tensorcompress as tc\n"
+        "here = pathlib.Path(tc.__file__).resolve()\n"
+        "assert here.is_relative_to(pathlib.Path(sys.argv[1]).resolve()), here\n"
+        "m = tc.models.pretrained('lenet5')\n"
+        "print(type(m).__name__, m.training, tc.models.pretrained('smallcnn').training)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    out = subprocess.run([sys.executable, "-c", code, str(site)], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["LeNet5", "False", "False"]

@@ -1,8 +1,11 @@
-"""The tour runner on two tiny generated notebooks: one that passes, one that raises."""
+"""The tour runner on tiny generated notebooks: passing, raising, too slow, unreadable; and its usage errors."""
 
 from __future__ import annotations
 
+import time
+
 import nbformat
+import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from tensorcompress import tour
@@ -65,3 +68,62 @@ def test_no_notebooks_is_a_usage_error(tmp_path, capsys):
     else:
         raise AssertionError("expected a usage error")
     assert "no notebooks" in capsys.readouterr().err
+
+
+def _rows(out):
+    """The table's notebook rows, by notebook name."""
+    lines = out[out.index("notebook"):].splitlines()[2:-1]
+    return {line.split()[0]: line for line in lines}
+
+
+def test_timeout_is_enforced(tmp_path, capsys):
+    _write(tmp_path / "01_slow.ipynb", "import time\ntime.sleep(120)", "print('never')", title="Slow")
+    _write(tmp_path / "02_ok.ipynb", "print(6 * 7)", title="Fine")
+
+    start = time.perf_counter()
+    status = tour.main([str(tmp_path), "--html", str(tmp_path / "html"), "--timeout", "2"])
+    elapsed = time.perf_counter() - start
+
+    assert status == 1
+    assert elapsed < 100  # the 120 s cell was stopped (kernel start-ups on a loaded machine take the rest)
+    out = capsys.readouterr().out
+    rows = _rows(out)
+    assert rows["01_slow.ipynb"].split()[2] == "TIMEOUT" and "after 2 seconds" in rows["01_slow.ipynb"]
+    assert float(rows["01_slow.ipynb"].split()[1]) < 60
+    assert rows["02_ok.ipynb"].split()[2] == "ok"  # the tour went on
+    assert "1/2 ok" in out
+    assert 'href="01_slow.html"' in (tmp_path / "html" / "index.html").read_text()
+
+
+def test_unreadable_notebook_is_reported_and_the_tour_goes_on(tmp_path, capsys):
+    (tmp_path / "01_broken.ipynb").write_text("{not json")
+    _write(tmp_path / "02_ok.ipynb", "print(6 * 7)", title="Fine")
+    html = tmp_path / "html"
+    html.mkdir()
+    (html / "01_broken.html").write_text("stale page of an earlier run")
+
+    assert tour.main([str(tmp_path), "--html", str(html)]) == 1
+
+    out = capsys.readouterr().out
+    rows = _rows(out)
+    assert rows["01_broken.ipynb"].split()[2] == "FAILED"
+    assert "unreadable notebook: NotJSONError" in rows["01_broken.ipynb"]
+    assert rows["02_ok.ipynb"].split()[2] == "ok" and "1/2 ok" in out
+    index = (html / "index.html").read_text()
+    assert not (html / "01_broken.html").exists() and 'href="01_broken.html"' not in index
+    assert "01_broken.ipynb" in index and "NotJSONError" in index and 'href="02_ok.html"' in index
+
+
+@pytest.mark.parametrize("timeout", ["-5", "0"])
+def test_non_positive_timeout_is_a_usage_error(tmp_path, capsys, timeout):
+    _write(tmp_path / "01_ok.ipynb", "1")
+    with pytest.raises(SystemExit) as exc:
+        tour.main([str(tmp_path), "--timeout", timeout])
+    assert exc.value.code == 2
+    assert f"--timeout must be a positive number of seconds per cell, got {timeout}" in capsys.readouterr().err
+
+
+def test_run_notebook_rejects_a_negative_timeout(tmp_path):
+    _write(tmp_path / "01_ok.ipynb", "1")
+    with pytest.raises(ValueError, match="timeout must be >= 1, got -1"):
+        tour.run_notebook(tmp_path / "01_ok.ipynb", timeout=-1)

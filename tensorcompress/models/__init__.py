@@ -3,7 +3,7 @@
 * :class:`LeNet300100` — fully connected 784–300–100–10 (Han et al. 2015);
 * :class:`LeNet5` — Caffe's LeNet-5, 20–50–500 (Han et al. 2015, 2016);
 * :class:`SmallCNN` — a small VGG-style network with BatchNorm;
-* :func:`pretrained` — the trained baselines stored in ``data/`` (hash-checked); :func:`manifest` — their records.
+* :func:`pretrained` — the trained baselines shipped in the package (hash-checked); :func:`manifest` — their records.
 """
 
 from .lenet import LeNet5, LeNet300100

@@ -1,5 +1,7 @@
-"""The stored baselines: checkpoints in the repository's ``data/`` with a manifest of SHA-256 and training settings.
+"""The stored baselines: checkpoints shipped inside the package with a manifest of SHA-256 and training settings.
 
+They live in ``tensorcompress/models/checkpoints/`` (:data:`CHECKPOINT_DIR`), so that a plain ``pip install .`` or a
+wheel carries them (package data); the repository's top-level ``data/`` holds only the git-ignored data caches.
 ``python -m tensorcompress.baselines`` writes them; :func:`pretrained` loads one, checks its hash and returns it in
 eval mode.
 """
@@ -14,11 +16,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..data._cache import repo_data_dir
 from .lenet import LeNet5, LeNet300100
 from .smallcnn import SmallCNN
 
-__all__ = ["pretrained", "manifest", "ARCHITECTURES", "sha256_file"]
+__all__ = ["pretrained", "manifest", "ARCHITECTURES", "CHECKPOINT_DIR", "sha256_file"]
+
+#: The folder of the shipped checkpoints and their ``manifest.json`` (package data, installed with the package).
+CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 
 #: name → constructor of the untrained network the checkpoint was trained from.
 ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {
@@ -36,9 +40,9 @@ def sha256_file(path: str | Path) -> str:
 def manifest(*, root: str | Path | None = None) -> dict[str, dict]:
     """The baselines' manifest: name → file, SHA-256, bytes, test accuracy, seed and training settings.
 
-    Read from ``root/manifest.json`` (default: the repository's ``data/``).
+    Read from ``root/manifest.json`` (default: :data:`CHECKPOINT_DIR`, the checkpoints shipped with the package).
     """
-    root = Path(root) if root is not None else repo_data_dir()
+    root = Path(root) if root is not None else CHECKPOINT_DIR
     path = root / "manifest.json"
     if not path.is_file():
         raise FileNotFoundError(f"no manifest.json in {root}: run `python -m tensorcompress.baselines` to create it")
@@ -63,7 +67,8 @@ def pretrained(name: str, *, root: str | Path | None = None, device: torch.devic
     name : str
         One of the names above.
     root : str or Path, optional
-        Folder holding ``manifest.json`` and the ``.pt`` files (default: the repository's ``data/``).
+        Folder holding ``manifest.json`` and the ``.pt`` files (default: :data:`CHECKPOINT_DIR`, shipped with the
+        package).
     device : torch.device or str
         Where the returned model lives.
 
@@ -77,7 +82,7 @@ def pretrained(name: str, *, root: str | Path | None = None, device: torch.devic
     """
     if name not in ARCHITECTURES:
         raise ValueError(f"name must be one of {sorted(ARCHITECTURES)}, got {name!r}")
-    root = Path(root) if root is not None else repo_data_dir()
+    root = Path(root) if root is not None else CHECKPOINT_DIR
     manifest_path = root / "manifest.json"
     entries = manifest(root=root)
     if name not in entries:
