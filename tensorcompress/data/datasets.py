@@ -45,8 +45,8 @@ def train_statistics(x: np.ndarray, source: str) -> tuple[float, float]:
         raise ValueError(f"{source}: the training images hold NaN or Inf pixels (mean {mean}, std {std})")
     if std == 0 or x.min() == x.max():  # min == max is exact where a rounded float32 mean leaves std ~1e-6
         raise ValueError(
-            f"{source}: the training images are constant (every pixel = {x.flat[0]:g}), so their standard deviation is 0 "
-            "and normalising would divide by zero; pass normalize=False to keep the raw values"
+            f"{source}: the training images are constant (every pixel = {x.flat[0]:g}), so their standard deviation "
+            "is 0 and normalising would divide by zero; pass normalize=False to keep the raw values"
         )
     return mean, std
 
