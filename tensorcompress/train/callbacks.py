@@ -115,13 +115,13 @@ class Hooks:
         for k, cb in enumerate(callbacks or ()):
             methods = {name: getattr(cb, name, None) for name in HOOKS}
             methods = {name: m for name, m in methods.items() if callable(m)}
-            if not methods:
-                raise TypeError(f"callbacks[{k}] must have at least one of the methods {', '.join(HOOKS)} "
-                                f"(see tc.Callback), got {type(cb).__name__}")
             unknown = sorted(a for a in dir(type(cb)) if a.startswith("on_") and a not in HOOKS)
             if unknown:
                 raise TypeError(f"callbacks[{k}] ({type(cb).__name__}) has method(s) {unknown} that fit never "
                                 f"calls; the hooks are {', '.join(HOOKS)}")
+            if not methods:
+                raise TypeError(f"callbacks[{k}] must have at least one of the methods {', '.join(HOOKS)} "
+                                f"(see tc.Callback), got {type(cb).__name__}")
             for name, m in methods.items():
                 self._table[name].append(m)
 
