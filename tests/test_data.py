@@ -69,6 +69,7 @@ def test_splits_are_fixed_and_seeded():
 
 
 def test_cache_written_and_fallback_when_repo_data_unwritable(tmp_path, monkeypatch):
+    tc.data.load_digits()  # writes the cache if no earlier test did (the test must not depend on the order)
     assert (_cache.cache_dir() / "digits_seed0_test360_norm.npz").exists()
     monkeypatch.setattr(_cache, "repo_data_dir", lambda: tmp_path / "does_not_exist")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
