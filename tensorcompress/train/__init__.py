@@ -24,7 +24,8 @@ Reproducibility: two CPU runs from the same initial weights with the same argume
 the same machine and thread count (the model's *initial* weights are the caller's: seed before building it). Another
 CPU, BLAS or thread count sums in another order: compare accuracies within a tolerance, never weights bit for bit.
 
-Past one machine: under ``torchrun`` the same call trains data-parallel (:mod:`~tensorcompress.train.distributed`).
+Past one machine: under ``torchrun`` the same call trains data-parallel (:mod:`~tensorcompress.train.distributed`);
+the process group it initialises there stays up for the rest of the script (re-initialising one is unsafe).
 """
 
 from .callbacks import HOOKS as HOOKS  # reachable as tc.train.NAME, kept out of the top-level namespace

@@ -15,9 +15,7 @@ processes and any uneven last batch (exact in real arithmetic; in floating point
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -63,21 +61,20 @@ class ProcessGroup:
             dist.barrier()
 
 
-@contextlib.contextmanager
-def process_group(device: torch.device) -> Iterator[ProcessGroup]:
+def process_group(device: torch.device) -> ProcessGroup:
     """The default process group if one is initialised; else, under ``torchrun`` (``WORLD_SIZE`` > 1 in the
-    environment), one initialised here (gloo on the CPU, NCCL on CUDA) and destroyed on exit; else training alone."""
+    environment), one initialised here (gloo on the CPU, NCCL on CUDA); else training alone.
+
+    A group initialised here stays up for the rest of the process, for later calls and the script's own collectives
+    (``torch.distributed.destroy_process_group()`` ends it): destroying and re-initialising the default group in one
+    process reuses the rendezvous store's keys, and gloo then connects to the stale addresses of the old group.
+    """
     if dist.is_available() and dist.is_initialized():
-        yield ProcessGroup(dist.get_rank(), dist.get_world_size())
-        return
+        return ProcessGroup(dist.get_rank(), dist.get_world_size())
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        yield ProcessGroup()
-        return
+        return ProcessGroup()
     if not dist.is_available():
         raise RuntimeError("WORLD_SIZE > 1 asks for distributed training, but this torch build has no "
                            "torch.distributed")
     dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    try:
-        yield ProcessGroup(dist.get_rank(), dist.get_world_size())
-    finally:
-        dist.destroy_process_group()
+    return ProcessGroup(dist.get_rank(), dist.get_world_size())

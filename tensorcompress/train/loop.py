@@ -380,6 +380,26 @@ def _check_fit_arguments(model, epochs, batch_size, lr, weight_decay) -> None:
         raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
 
 
+def _begin(run: _Run, scheduler):
+    """``on_train_begin``, then what depends on the parameters it may add: the optimizer's param groups, the
+    scheduler (it records each group's initial lr) and the DistributedDataParallel wrapper. Returns the scheduler."""
+    state = run.state
+    before = {id(p) for p in state.model.parameters()}
+    run.hooks("on_train_begin", state)
+    state.model.to(state.device)  # parameters a callback added
+    _add_new_parameters(state.optimizer, state.model, before)
+    run.forward = _wrap(state.model, state.device, run.group)
+    return _make_scheduler(scheduler, state.optimizer, state.epochs)
+
+
+def _test_metrics(run: _Run, test: Data) -> dict[str, float]:
+    """``test_accuracy`` and ``test_loss`` after an epoch (over all processes' shards), in eval mode."""
+    model = run.state.model
+    with _mode(model, False):
+        ev = _to_evaluation(_evaluate_sums(model, test, run.state.device, 1000, run.group))
+    return {"test_accuracy": ev.accuracy, "test_loss": ev.loss}
+
+
 def _progress_bar(epochs: int, progress: bool, group: ProcessGroup):
     with warnings.catch_warnings():  # tqdm.auto warns at import when Jupyter lacks ipywidgets, then falls back to text
         warnings.simplefilter("ignore")
@@ -441,6 +461,8 @@ def fit(
     loss is scaled so that each step equals one step of a single process on the whole batch
     (:mod:`~tensorcompress.train.distributed`); the history's losses and accuracies are over all processes; only
     rank 0 shows progress and writes ``checkpoint``. All processes must call :func:`fit` with the same arguments.
+    Under ``torchrun`` without a process group, :func:`fit` initialises the default one (gloo on the CPU, NCCL on
+    CUDA) and leaves it up for the rest of the script.
     BatchNorm statistics stay per process (use ``nn.SyncBatchNorm`` to share them).
 
     Parameters
@@ -491,7 +513,8 @@ def fit(
     device = torch.device(device) if device is not None else _model_device(model)
     seeding = set_seed(seed) if seed is not None else contextlib.nullcontext()
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    with seeding, process_group(device) as group, _mode(model, True):
+    group = process_group(device)
+    with seeding, _mode(model, True):
         model.to(device)
         opt = _make_optimizer(optimizer, model, lr, weight_decay)
         state = FitState(model=model, optimizer=opt, epochs=epochs, device=device, rank=group.rank,
@@ -499,12 +522,7 @@ def fit(
         run = _Run(state, model, hooks, loss_fn, _model_dtype(model), group, lr)
         bar = _progress_bar(epochs, progress, group)
         try:
-            before = {id(p) for p in model.parameters()}
-            hooks("on_train_begin", state)
-            model.to(device)  # parameters a callback added
-            _add_new_parameters(opt, model, before)
-            sched = _make_scheduler(scheduler, opt, epochs)
-            run.forward = _wrap(model, device, group)
+            sched = _begin(run, scheduler)
             for epoch in bar:
                 state.epoch = epoch
                 model.train()
@@ -513,9 +531,7 @@ def fit(
                 if sched is not None:
                     sched.step()
                 if test is not None:
-                    with _mode(model, False):
-                        ev = _to_evaluation(_evaluate_sums(model, test, device, 1000, group))
-                    record["test_accuracy"], record["test_loss"] = ev.accuracy, ev.loss
+                    record.update(_test_metrics(run, test))
                 state.history.append(record)
                 bar.set_postfix({k: round(v, 4) for k, v in record.items() if k != "epoch"})
                 hooks("on_epoch_end", state)
