@@ -218,6 +218,8 @@ def evaluate(
     Runs in eval mode under ``torch.no_grad``; the model is left as it was: its train/eval mode (of every submodule)
     is restored, and if ``device`` is not where it lives, it is moved there for the evaluation and moved back.
     Inputs are cast to the model's dtype. A model may return ``(logits, features...)`` or a dict with ``"logits"``.
+    No communication between processes: under ``torchrun`` each process that calls it evaluates all of ``data``
+    (rank 0 alone may call it); :func:`fit`'s ``test`` metrics are the sharded, summed ones.
 
     Parameters
     ----------
