@@ -28,6 +28,9 @@ from tensorcompress.train.distributed import ProcessGroup
 
 ROOT = Path(__file__).resolve().parents[1]
 
+needs_distributed = pytest.mark.skipif(not torch.distributed.is_available(),
+                                       reason="this torch build has no torch.distributed")
+
 # Everything both the workers and the single-process reference build: data, model, fit's arguments.
 SETUP = textwrap.dedent('''
     import torch
@@ -119,6 +122,7 @@ def _initial():
     return namespace["setup"]()[0]
 
 
+@needs_distributed
 def test_two_processes_end_with_equal_weights_equal_to_one_process(two_processes):
     _, (r0, r1) = two_processes
     for key in ("state", "again"):
@@ -137,6 +141,7 @@ def test_two_processes_end_with_equal_weights_equal_to_one_process(two_processes
                 assert got[k] == pytest.approx(v, rel=1e-10, abs=1e-12), k
 
 
+@needs_distributed
 def test_rank_zero_alone_logs_and_saves(two_processes):
     out, (r0, r1) = two_processes
     assert r0["seen"] == (0, 2, True, True) and r1["seen"] == (1, 2, False, False)
