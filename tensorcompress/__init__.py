@@ -10,10 +10,11 @@
   :mod:`tensorcompress.metrics`;
 * model surgery shared by every whole-model transform (:mod:`tensorcompress.surgery`);
 * checks for the notebooks' exercises (:mod:`tensorcompress.exercises`);
+* mean ± std of an experiment over seeds (:mod:`tensorcompress.experiments`);
 * ``available_devices``.
 """
 
-from . import data, decompositions, exercises, layers, metrics, models, surgery, train
+from . import data, decompositions, exercises, experiments, layers, metrics, models, surgery, train
 from .decompositions import *  # noqa: F403
 from .devices import available_devices
 from .layers import *  # noqa: F403
@@ -35,6 +36,7 @@ __all__ = [
     "data",
     "decompositions",
     "exercises",
+    "experiments",
     "layers",
     "metrics",
     "models",

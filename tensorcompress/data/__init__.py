@@ -13,6 +13,7 @@ from .augment import shift_augment
 from .datasets import load_digits, load_mnist_sample
 from .idx import load_fashion_mnist, load_mnist, read_idx
 from .image import sample_image
+from .splits import train_val_split
 
 __all__ = [
     "load_digits",
@@ -23,4 +24,5 @@ __all__ = [
     "sample_image",
     "shift_augment",
     "synthetic",
+    "train_val_split",
 ]
