@@ -1,9 +1,21 @@
 """Quantization: uniform (affine and symmetric) quantizers bit-exact with PyTorch's fake-quant kernels.
 
 * :mod:`~tensorcompress.quantization.uniform` — :class:`QParams`, :func:`qparams`, :func:`quantize`,
-  :func:`dequantize`, :func:`fake_quantize`.
+  :func:`dequantize`, :func:`fake_quantize`;
+* :mod:`~tensorcompress.quantization.observers` — ranges from data: min-max, moving average, percentile, MSE.
 """
 
+from .observers import (
+    OBSERVERS,
+    MinMaxObserver,
+    MovingAverageMinMaxObserver,
+    MSEObserver,
+    Observer,
+    PercentileObserver,
+    make_observer,
+)
 from .uniform import QParams, dequantize, fake_quantize, integer_dtype, qparams, qrange, quantize
 
-__all__ = ["QParams", "qparams", "qrange", "quantize", "dequantize", "fake_quantize", "integer_dtype"]
+__all__ = ["QParams", "qparams", "qrange", "quantize", "dequantize", "fake_quantize", "integer_dtype",
+           "Observer", "MinMaxObserver", "MovingAverageMinMaxObserver", "PercentileObserver", "MSEObserver",
+           "OBSERVERS", "make_observer"]
