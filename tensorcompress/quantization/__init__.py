@@ -2,9 +2,11 @@
 
 * :mod:`~tensorcompress.quantization.uniform` — :class:`QParams`, :func:`qparams`, :func:`quantize`,
   :func:`dequantize`, :func:`fake_quantize`;
-* :mod:`~tensorcompress.quantization.observers` — ranges from data: min-max, moving average, percentile, MSE.
+* :mod:`~tensorcompress.quantization.observers` — ranges from data: min-max, moving average, percentile, MSE;
+* :mod:`~tensorcompress.quantization.nonuniform` — power-of-two, binary, ternary and k-means (shared) weights.
 """
 
+from .nonuniform import binarize, centroid_gradient, kmeans_quantize, log2_quantize, ternarize
 from .observers import (
     OBSERVERS,
     MinMaxObserver,
@@ -18,4 +20,5 @@ from .uniform import QParams, dequantize, fake_quantize, integer_dtype, qparams,
 
 __all__ = ["QParams", "qparams", "qrange", "quantize", "dequantize", "fake_quantize", "integer_dtype",
            "Observer", "MinMaxObserver", "MovingAverageMinMaxObserver", "PercentileObserver", "MSEObserver",
-           "OBSERVERS", "make_observer"]
+           "OBSERVERS", "make_observer",
+           "log2_quantize", "binarize", "ternarize", "kmeans_quantize", "centroid_gradient"]
