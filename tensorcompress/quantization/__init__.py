@@ -3,9 +3,19 @@
 * :mod:`~tensorcompress.quantization.uniform` — :class:`QParams`, :func:`qparams`, :func:`quantize`,
   :func:`dequantize`, :func:`fake_quantize`;
 * :mod:`~tensorcompress.quantization.observers` — ranges from data: min-max, moving average, percentile, MSE;
-* :mod:`~tensorcompress.quantization.nonuniform` — power-of-two, binary, ternary and k-means (shared) weights.
+* :mod:`~tensorcompress.quantization.nonuniform` — power-of-two, binary, ternary and k-means (shared) weights;
+* :mod:`~tensorcompress.quantization.model` — :func:`quantize_model` (PTQ, QAT, LSQ) and :func:`calibrate`.
 """
 
+from .model import (
+    ActivationQuantizer,
+    QuantizedLayer,
+    WeightQuantizer,
+    calibrate,
+    lsq_fake_quantize,
+    quantize_model,
+    quantizers,
+)
 from .nonuniform import binarize, centroid_gradient, kmeans_quantize, log2_quantize, ternarize
 from .observers import (
     OBSERVERS,
@@ -21,4 +31,6 @@ from .uniform import QParams, dequantize, fake_quantize, integer_dtype, qparams,
 __all__ = ["QParams", "qparams", "qrange", "quantize", "dequantize", "fake_quantize", "integer_dtype",
            "Observer", "MinMaxObserver", "MovingAverageMinMaxObserver", "PercentileObserver", "MSEObserver",
            "OBSERVERS", "make_observer",
-           "log2_quantize", "binarize", "ternarize", "kmeans_quantize", "centroid_gradient"]
+           "log2_quantize", "binarize", "ternarize", "kmeans_quantize", "centroid_gradient",
+           "quantize_model", "calibrate", "quantizers", "lsq_fake_quantize", "ActivationQuantizer",
+           "WeightQuantizer", "QuantizedLayer"]

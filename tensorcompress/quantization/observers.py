@@ -185,17 +185,18 @@ class MSEObserver(_MeanOfBatches):
 
     def _batch_range(self, rows):
         lo, hi = torch.aminmax(rows, dim=1)
-        best = torch.full_like(lo, float("inf"))
-        best_lo, best_hi = lo.clone(), hi.clone()
-        for k in range(1, self.n_grid + 1):
-            a = k / self.n_grid
-            qp = qparams(a * lo, a * hi, bits=self.bits, symmetric=self.symmetric, signed=self.signed,
+        alphas = torch.arange(1, self.n_grid + 1, dtype=torch.float32, device=rows.device) / self.n_grid
+        errs = []
+        # candidates in chunks: one qparams/fake-quantize call per chunk, memory ~ chunk × the batch
+        for a in alphas.split(10):
+            lo_c, hi_c = (a[:, None] * lo).reshape(-1), (a[:, None] * hi).reshape(-1)
+            qp = qparams(lo_c, hi_c, bits=self.bits, symmetric=self.symmetric, signed=self.signed,
                          narrow_range=self.narrow_range, axis=0)
-            err = (fake_quantize_unchecked(rows, qp) - rows).pow(2).mean(dim=1)
-            better = err < best
-            best = torch.where(better, err, best)
-            best_lo, best_hi = torch.where(better, a * lo, best_lo), torch.where(better, a * hi, best_hi)
-        return best_lo, best_hi
+            x = rows.unsqueeze(0).expand(a.numel(), -1, -1).reshape(-1, rows.shape[1])
+            errs.append((fake_quantize_unchecked(x, qp) - x).pow(2).mean(dim=1).reshape(a.numel(), -1))
+        best = torch.cat(errs).argmin(dim=0)  # first (smallest) alpha among equal errors
+        a = alphas[best]
+        return a * lo, a * hi
 
 
 OBSERVERS = {
