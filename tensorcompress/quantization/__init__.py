@@ -4,9 +4,12 @@
   :func:`dequantize`, :func:`fake_quantize`;
 * :mod:`~tensorcompress.quantization.observers` — ranges from data: min-max, moving average, percentile, MSE;
 * :mod:`~tensorcompress.quantization.nonuniform` — power-of-two, binary, ternary and k-means (shared) weights;
-* :mod:`~tensorcompress.quantization.model` — :func:`quantize_model` (PTQ, QAT, LSQ) and :func:`calibrate`.
+* :mod:`~tensorcompress.quantization.model` — :func:`quantize_model` (PTQ, QAT, LSQ) and :func:`calibrate`;
+* :mod:`~tensorcompress.quantization.integer` — integer-only inference: :func:`quantize_multiplier`,
+  :func:`to_integer`.
 """
 
+from .integer import IntegerLayer, quantize_multiplier, requantize, to_integer
 from .model import (
     ActivationQuantizer,
     QuantizedLayer,
@@ -33,4 +36,5 @@ __all__ = ["QParams", "qparams", "qrange", "quantize", "dequantize", "fake_quant
            "OBSERVERS", "make_observer",
            "log2_quantize", "binarize", "ternarize", "kmeans_quantize", "centroid_gradient",
            "quantize_model", "calibrate", "quantizers", "lsq_fake_quantize", "ActivationQuantizer",
-           "WeightQuantizer", "QuantizedLayer"]
+           "WeightQuantizer", "QuantizedLayer",
+           "quantize_multiplier", "requantize", "to_integer", "IntegerLayer"]
