@@ -157,3 +157,18 @@ def test_quantize_model_bad_input():
         Q.quantize_model(_net(), weight_bits=None, act_bits=None)
     with pytest.raises(ValueError, match="no activation quantizers"):
         Q.calibrate(Q.quantize_model(_net(), act_bits=None)[0], _data())
+
+
+def test_weight_qparams_follow_in_place_updates():
+    """The cached weight parameters are recomputed after an in-place change (an optimizer step, load_state_dict)."""
+    qm, _ = Q.quantize_model(_net(), act_bits=None)
+    orig = qm[3].layer.parametrizations.weight.original
+    before = qm[3].layer.weight.clone()
+    with torch.no_grad():
+        orig.mul_(3.0)
+    after = qm[3].layer.weight
+    assert torch.allclose(after, 3 * before, rtol=1e-6)  # scale followed: same codes, 3x the step
+    w = orig.detach()
+    ref = torch.fake_quantize_per_channel_affine(w, (w.abs().amax(1) / 127).float(),
+                                                 torch.zeros(5, dtype=torch.int32), 0, -127, 127)
+    assert torch.equal(after, ref)

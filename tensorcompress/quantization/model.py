@@ -149,8 +149,10 @@ class ActivationQuantizer(nn.Module):
 
 class WeightQuantizer(nn.Module):
     """Parametrization fake-quantizing a weight: symmetric, narrow-range signed codes, per output channel (axis 0)
-    or per tensor. The observer re-reads the weight at each forward (QAT follows the weights); with
-    ``learnable=True`` (LSQ) the scale is a parameter initialised from the observer on ``weight``."""
+    or per tensor. The observer re-reads the weight whenever it has changed (QAT follows the weights; the
+    parameters are cached on the tensor's storage and version counter, which every in-place update such as an
+    optimizer step bumps); with ``learnable=True`` (LSQ) the scale is a parameter initialised from the observer on
+    ``weight``."""
 
     def __init__(self, weight: torch.Tensor, *, bits: int, per_channel: bool, observer: str,
                  learnable: bool = False):
@@ -168,9 +170,15 @@ class WeightQuantizer(nn.Module):
         return f"qmin={self.qmin}, qmax={self.qmax}, axis={self.observer.axis}, learnable={self.learnable}"
 
     def _observe(self, w: torch.Tensor) -> QParams:
+        key = (w.data_ptr(), w._version, w.device, w.dtype, tuple(w.shape))
+        cached = getattr(self, "_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
         self.observer.reset()
         self.observer.update(w)
-        return self.observer.qparams()
+        qp = self.observer.qparams()
+        self._cache = (key, qp)
+        return qp
 
     def qparams(self, w: torch.Tensor) -> QParams:
         """The parameters used for weight ``w`` (the un-quantized original)."""
