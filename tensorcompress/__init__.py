@@ -11,10 +11,12 @@
 * model surgery shared by every whole-model transform (:mod:`tensorcompress.surgery`);
 * checks for the notebooks' exercises (:mod:`tensorcompress.exercises`);
 * mean ± std of an experiment over seeds (:mod:`tensorcompress.experiments`);
+* quantization: uniform and non-uniform quantizers, observers, fake-quantized and integer-only models
+  (:mod:`tensorcompress.quantization`);
 * ``available_devices``.
 """
 
-from . import data, decompositions, exercises, experiments, layers, metrics, models, surgery, train
+from . import data, decompositions, exercises, experiments, layers, metrics, models, quantization, surgery, train
 from .decompositions import *  # noqa: F403
 from .devices import available_devices
 from .layers import *  # noqa: F403
@@ -40,6 +42,7 @@ __all__ = [
     "layers",
     "metrics",
     "models",
+    "quantization",
     "surgery",
     "train",
 ]

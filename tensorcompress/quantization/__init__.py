@@ -1,0 +1,40 @@
+"""Quantization: uniform (affine and symmetric) quantizers bit-exact with PyTorch's fake-quant kernels.
+
+* :mod:`~tensorcompress.quantization.uniform` — :class:`QParams`, :func:`qparams`, :func:`quantize`,
+  :func:`dequantize`, :func:`fake_quantize`;
+* :mod:`~tensorcompress.quantization.observers` — ranges from data: min-max, moving average, percentile, MSE;
+* :mod:`~tensorcompress.quantization.nonuniform` — power-of-two, binary, ternary and k-means (shared) weights;
+* :mod:`~tensorcompress.quantization.model` — :func:`quantize_model` (PTQ, QAT, LSQ) and :func:`calibrate`;
+* :mod:`~tensorcompress.quantization.integer` — integer-only inference: :func:`quantize_multiplier`,
+  :func:`to_integer`.
+"""
+
+from .integer import IntegerLayer, quantize_multiplier, requantize, to_integer
+from .model import (
+    ActivationQuantizer,
+    QuantizedLayer,
+    WeightQuantizer,
+    calibrate,
+    lsq_fake_quantize,
+    quantize_model,
+    quantizers,
+)
+from .nonuniform import binarize, centroid_gradient, kmeans_quantize, log2_quantize, ternarize
+from .observers import (
+    OBSERVERS,
+    MinMaxObserver,
+    MovingAverageMinMaxObserver,
+    MSEObserver,
+    Observer,
+    PercentileObserver,
+    make_observer,
+)
+from .uniform import QParams, dequantize, fake_quantize, integer_dtype, qparams, qrange, quantize
+
+__all__ = ["QParams", "qparams", "qrange", "quantize", "dequantize", "fake_quantize", "integer_dtype",
+           "Observer", "MinMaxObserver", "MovingAverageMinMaxObserver", "PercentileObserver", "MSEObserver",
+           "OBSERVERS", "make_observer",
+           "log2_quantize", "binarize", "ternarize", "kmeans_quantize", "centroid_gradient",
+           "quantize_model", "calibrate", "quantizers", "lsq_fake_quantize", "ActivationQuantizer",
+           "WeightQuantizer", "QuantizedLayer",
+           "quantize_multiplier", "requantize", "to_integer", "IntegerLayer"]

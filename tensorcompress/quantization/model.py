@@ -1,0 +1,336 @@
+r"""Whole-model fake quantization: post-training quantization (PTQ), quantization-aware training (QAT) and LSQ.
+
+:func:`quantize_model` returns a copy of a network in which every selected ``nn.Conv2d`` / ``nn.Linear`` computes
+with fake-quantized weights and inputs, where a deployed int8 model (Jacob et al. 2018) holds integers:
+
+* **weights** — a ``torch.nn.utils.parametrize`` parametrization (``layer.parametrizations.weight``), symmetric
+  signed codes in :math:`[-(2^{b-1}-1), 2^{b-1}-1]` (``[-127, 127]`` at 8 bits, so the integer kernels never see
+  -128), one scale per output channel (``per_channel=True``) or per tensor, recomputed from the current weights at
+  each forward so that QAT follows them;
+* **activations** — an :class:`ActivationQuantizer` module on the *input* of each quantized layer (affine unsigned
+  codes). A ReLU or max-pool between two layers commutes with the monotone quantizer, so this is the same as
+  quantizing after the ReLU as a fused int8 conv-ReLU does. The network's output (the logits) stays float.
+
+Both live in the model (``state_dict`` included). The workflow:
+
+1. ``qmodel, report = quantize_model(model, weight_bits=8, act_bits=8)`` — the input model is untouched;
+2. :func:`calibrate` ``(qmodel, data)`` runs a few batches with the activation observers recording, then freezes
+   each activation scale and zero point (PTQ ends here);
+3. QAT: train ``qmodel`` with ``tc.fit``; gradients pass the rounding by the straight-through estimator.
+
+``method="lsq"`` (Esser et al. 2019, "Learned step size quantization") makes every step size a parameter trained
+with the network: with :math:`v = x/s`,
+
+.. math:: \frac{\partial \hat x}{\partial s} = \begin{cases} \operatorname{round}(v) - v & q_{\min} \le v \le
+          q_{\max} \\ q_{\min} & v < q_{\min} \\ q_{\max} & v > q_{\max}, \end{cases}
+
+(zero point 0) and the gradient of :math:`s` multiplied by :math:`g = 1/\sqrt{N\,Q_P}` (:math:`N` the number of
+weights of the layer, or of activation features per sample; :math:`Q_P = q_{\max}`) so that steps and weights learn
+at comparable rates. PyTorch's ``_fake_quantize_learnable_per_tensor_affine`` computes the same gradient.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from .. import surgery
+from .._validation import check_positive_int
+from .observers import OBSERVERS, Observer, make_observer
+from .uniform import QParams, check_bits, fake_quantize_unchecked, qrange
+
+__all__ = ["ActivationQuantizer", "WeightQuantizer", "QuantizedLayer", "quantize_model", "calibrate",
+           "lsq_fake_quantize", "quantizers"]
+
+METHODS = ("ptq", "lsq")
+
+
+def _view(t: torch.Tensor, x: torch.Tensor, axis: int | None) -> torch.Tensor:
+    if axis is None:
+        return t
+    shape = [1] * x.ndim
+    shape[axis] = -1
+    return t.reshape(shape)
+
+
+class _LSQ(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, scale, zero_point, qmin, qmax, axis, grad_factor):
+        s = _view(scale.to(torch.float32), x, axis)
+        inv = 1.0 / s
+        z = _view(zero_point.to(torch.float32), x, axis)
+        work = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+        q = torch.round(x.to(work) * inv.to(work)) + z.to(work)
+        out = ((q.clamp(qmin, qmax) - z.to(work)) * s.to(work)).to(x.dtype)
+        ctx.save_for_backward(x, out, q, inv, z)
+        ctx.qrange, ctx.axis, ctx.grad_factor = (qmin, qmax), axis, grad_factor
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, out, q, inv, z = ctx.saved_tensors
+        qmin, qmax = ctx.qrange
+        below, above = q < qmin, q > qmax
+        inside = ~(below | above)
+        # PyTorch's learnable fake-quant: (x̂ - x)/s inside, qmin - Z below, qmax - Z above
+        d_scale = torch.where(below, qmin - z, torch.where(above, qmax - z, (out - x) * inv)) * grad
+        dims = [d for d in range(x.ndim) if ctx.axis is None or d != ctx.axis % x.ndim]
+        d_scale = (d_scale.sum(dim=dims) * ctx.grad_factor).reshape(-1 if ctx.axis is not None else ())
+        return grad * inside, d_scale.to(torch.float32), None, None, None, None, None
+
+
+def lsq_fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int, *,
+                      axis: int | None = None, grad_factor: float = 1.0) -> torch.Tensor:
+    """Fake quantization with a learnable ``scale`` (0-d, or 1-d along ``axis``): the forward of
+    :func:`~tensorcompress.quantization.fake_quantize`, LSQ's gradient for ``scale`` times ``grad_factor``, the
+    straight-through estimator for ``x``; ``zero_point`` is not learned."""
+    return _LSQ.apply(x, scale, zero_point, qmin, qmax, axis, float(grad_factor))
+
+
+class ActivationQuantizer(nn.Module):
+    """Fake quantizer of activations: records ranges while calibrating, then quantizes with frozen parameters.
+
+    ``scale`` and ``zero_point`` (buffers, or ``scale`` a parameter with ``learnable=True`` for LSQ) hold the frozen
+    quantization parameters and ``calibrated`` says whether they are set. While ``observing`` (inside
+    :func:`calibrate`) the input passes unchanged and feeds the observer.
+    """
+
+    def __init__(self, observer: Observer, *, learnable: bool = False):
+        super().__init__()
+        self.observer = observer
+        self.learnable = learnable
+        self.qmin, self.qmax = qrange(observer.bits, signed=observer.signed, narrow_range=observer.narrow_range)
+        shape = () if observer.axis is None else (0,)
+        if learnable:
+            self.scale = nn.Parameter(torch.ones(shape))
+        else:
+            self.register_buffer("scale", torch.ones(shape))
+        self.register_buffer("zero_point", torch.zeros(shape, dtype=torch.int32))
+        self.register_buffer("calibrated", torch.tensor(False))
+        self.observing = False
+
+    def extra_repr(self) -> str:
+        return f"qmin={self.qmin}, qmax={self.qmax}, learnable={self.learnable}"
+
+    @torch.no_grad()
+    def freeze(self) -> None:
+        """Take the observer's current range as the quantization parameters."""
+        qp = self.observer.qparams()
+        if self.learnable:
+            self.scale.data = qp.scale.to(self.scale.device)
+        else:
+            self.scale = qp.scale.to(self.scale.device)
+        self.zero_point = qp.zero_point.to(self.zero_point.device)
+        self.calibrated.fill_(True)
+
+    def qparams(self) -> QParams:
+        """The frozen parameters as :class:`~tensorcompress.quantization.QParams`."""
+        return QParams(self.scale.detach(), self.zero_point, self.qmin, self.qmax, self.observer.axis)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.observing:
+            self.observer.update(x)
+            return x
+        if not bool(self.calibrated):
+            raise RuntimeError("activation quantizer is not calibrated: run tc.quantization.calibrate(model, data) "
+                               "before using the quantized model")
+        if self.learnable:
+            n = x[0].numel() if x.ndim > 1 else x.numel()
+            g = 1.0 / math.sqrt(n * self.qmax)
+            return lsq_fake_quantize(x, self.scale, self.zero_point, self.qmin, self.qmax, grad_factor=g)
+        return fake_quantize_unchecked(x, self.qparams())
+
+
+class WeightQuantizer(nn.Module):
+    """Parametrization fake-quantizing a weight: symmetric, narrow-range signed codes, per output channel (axis 0)
+    or per tensor. The observer re-reads the weight whenever it has changed (QAT follows the weights; the
+    parameters are cached on the tensor's storage and version counter, which every in-place update such as an
+    optimizer step bumps); with ``learnable=True`` (LSQ) the scale is a parameter initialised from the observer on
+    ``weight``."""
+
+    def __init__(self, weight: torch.Tensor, *, bits: int, per_channel: bool, observer: str,
+                 learnable: bool = False):
+        super().__init__()
+        self.observer = make_observer(observer, bits=bits, symmetric=True, narrow_range=bits >= 2,
+                                      axis=0 if per_channel else None)
+        self.qmin, self.qmax = qrange(bits, signed=True, narrow_range=bits >= 2)
+        self.learnable = learnable
+        if learnable:
+            qp = self._observe(weight.detach())
+            self.scale = nn.Parameter(qp.scale.clone())
+            self.grad_factor = 1.0 / math.sqrt(weight.numel() / qp.scale.numel() * max(self.qmax, 1))
+
+    def extra_repr(self) -> str:
+        return f"qmin={self.qmin}, qmax={self.qmax}, axis={self.observer.axis}, learnable={self.learnable}"
+
+    def _observe(self, w: torch.Tensor) -> QParams:
+        key = (w.data_ptr(), w._version, w.device, w.dtype, tuple(w.shape))
+        cached = getattr(self, "_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        self.observer.reset()
+        self.observer.update(w)
+        qp = self.observer.qparams()
+        self._cache = (key, qp)
+        return qp
+
+    def qparams(self, w: torch.Tensor) -> QParams:
+        """The parameters used for weight ``w`` (the un-quantized original)."""
+        if self.learnable:
+            zp = torch.zeros_like(self.scale, dtype=torch.int32)
+            return QParams(self.scale.detach(), zp, self.qmin, self.qmax, self.observer.axis)
+        return self._observe(w.detach())
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        if self.learnable:
+            zp = torch.zeros_like(self.scale, dtype=torch.int32)
+            return lsq_fake_quantize(w, self.scale, zp, self.qmin, self.qmax, axis=self.observer.axis,
+                                     grad_factor=self.grad_factor)
+        return fake_quantize_unchecked(w, self._observe(w))
+
+
+class QuantizedLayer(nn.Module):
+    """A ``Conv2d`` / ``Linear`` (``layer``, its weight parametrized by a :class:`WeightQuantizer`) behind an
+    :class:`ActivationQuantizer` on its input (``input_quantizer``, ``None`` for weight-only quantization)."""
+
+    def __init__(self, layer: nn.Module, input_quantizer: ActivationQuantizer | None):
+        super().__init__()
+        self.layer = layer
+        self.input_quantizer = input_quantizer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_quantizer is not None:
+            x = self.input_quantizer(x)
+        return self.layer(x)
+
+
+def _check_optional_bits(bits: object, name: str) -> int | None:
+    return None if bits is None else check_bits(bits, name)
+
+
+def quantize_model(model: nn.Module, *, weight_bits: int | None = 8, act_bits: int | None = 8,
+                   per_channel: bool = True, observer: str = "minmax", method: str = "ptq", include=None,
+                   exclude=None) -> tuple[nn.Module, list[surgery.LayerChange]]:
+    """A fake-quantized copy of ``model``: every selected ``nn.Conv2d`` / ``nn.Linear`` becomes a
+    :class:`QuantizedLayer`.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Left untouched.
+    weight_bits, act_bits : int or None
+        Code widths (1 to 16); ``None`` leaves weights or activations in floating point.
+    per_channel : bool
+        One weight scale per output channel (default) or one per tensor.
+    observer : {"minmax", "moving_average", "percentile", "mse"}
+        How ranges are estimated, for the weights (re-run at every forward) and the activations (during
+        :func:`calibrate`).
+    method : {"ptq", "lsq"}
+        ``"ptq"``: observers set the ranges (train the result with ``tc.fit`` for QAT). ``"lsq"``: learnable step
+        sizes, initialised by the observers.
+    include, exclude : str or sequence of str, optional
+        ``fnmatch`` patterns on layer names (:func:`tensorcompress.surgery.select`).
+
+    Returns
+    -------
+    (nn.Module, list of LayerChange)
+        The model (activation quantizers still to be calibrated) and one report row per layer.
+    """
+    weight_bits = _check_optional_bits(weight_bits, "weight_bits")
+    act_bits = _check_optional_bits(act_bits, "act_bits")
+    if weight_bits is None and act_bits is None:
+        raise ValueError("weight_bits and act_bits are both None: nothing would be quantized")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if not isinstance(observer, str) or observer not in OBSERVERS:
+        raise ValueError(f"observer must be one of {sorted(OBSERVERS)}, got {observer!r}")
+    learnable = method == "lsq"
+
+    def build(sel: surgery.Selected) -> tuple[nn.Module, dict[str, Any]]:
+        # parametrizing changes the module's class in place: work on a copy so the report names the original type
+        layer = copy.deepcopy(sel.module)
+        if weight_bits is not None:
+            wq = WeightQuantizer(layer.weight, bits=weight_bits, per_channel=per_channel, observer=observer,
+                                 learnable=learnable)
+            parametrize.register_parametrization(layer, "weight", wq.to(layer.weight.device))
+        aq = None
+        if act_bits is not None:
+            aq = ActivationQuantizer(make_observer(observer, bits=act_bits), learnable=learnable)
+            aq.to(layer.weight.device)
+        detail = {"weight_bits": weight_bits, "act_bits": act_bits, "per_channel": per_channel,
+                  "observer": observer, "method": method}
+        return QuantizedLayer(layer, aq), detail
+
+    if not surgery.select(model, (nn.Conv2d, nn.Linear), include=include, exclude=exclude):
+        raise ValueError("model has nothing to quantize: no nn.Conv2d / nn.Linear layer is selected "
+                         f"(include={include!r}, exclude={exclude!r})")
+    return surgery.transform(model, (nn.Conv2d, nn.Linear), build, include=include, exclude=exclude)
+
+
+def quantizers(model: nn.Module) -> list[ActivationQuantizer]:
+    """The activation quantizers of ``model`` in module order."""
+    return [m for m in model.modules() if isinstance(m, ActivationQuantizer)]
+
+
+def _inputs(batch: object) -> object:
+    return batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+def calibrate(model: nn.Module, data: Iterable | torch.Tensor | torch.utils.data.Dataset, *,
+              n_batches: int | None = None, batch_size: int = 64) -> nn.Module:
+    """Run ``data`` through ``model`` with every activation observer recording, then freeze the ranges (in place).
+
+    Parameters
+    ----------
+    model : nn.Module
+        A model from :func:`quantize_model`; changed in place (its quantizers' state) and returned.
+    data : tensor, Dataset or iterable of batches
+        Inputs: one tensor batch, a ``Dataset`` (read in batches of ``batch_size``, in order), or an iterable of
+        ``x`` or ``(x, y, ...)`` batches (a ``DataLoader``).
+    n_batches : int, optional
+        Use at most this many batches (default: all).
+
+    The model runs in eval mode without gradients; its train/eval mode is restored afterwards. Observers restart
+    from scratch, so calibrating twice does not mix the two runs.
+    """
+    aqs = quantizers(model)
+    if not aqs:
+        raise ValueError("model has no activation quantizers to calibrate (use tc.quantization.quantize_model with "
+                         "act_bits set)")
+    if n_batches is not None:
+        check_positive_int(n_batches, "n_batches")
+    if isinstance(data, torch.Tensor):
+        batches: Iterable = [data]
+    elif isinstance(data, torch.utils.data.Dataset):
+        batches = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False)
+    else:
+        batches = data
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    was_training = model.training
+    model.eval()
+    seen = 0
+    try:
+        for q in aqs:
+            q.observer.reset()
+            q.observing = True
+        with torch.no_grad():
+            for batch in batches:
+                if n_batches is not None and seen >= n_batches:
+                    break
+                model(_inputs(batch).to(device))
+                seen += 1
+    finally:
+        for q in aqs:
+            q.observing = False
+        model.train(was_training)
+    if seen == 0:
+        raise ValueError("data gave no batch to calibrate on")
+    for q in aqs:
+        q.freeze()
+    return model

@@ -1,0 +1,135 @@
+"""Observers: min-max and moving average equal torch.ao's; percentile and MSE ranges checked against direct
+computations; per-channel statistics, state_dict round trip and bad input."""
+
+import pytest
+import torch
+
+from tensorcompress import quantization as Q
+from tests.conftest import randn
+
+try:  # oracle only
+    from torch.ao import quantization as ao
+except ImportError:  # pragma: no cover
+    ao = None
+needs_ao = pytest.mark.skipif(ao is None, reason="torch.ao.quantization is gone: no observer oracle")
+
+
+def _batches(n=4, shape=(16, 6)):
+    return [randn(shape, seed, dtype=torch.float32) * (1 + seed) + 0.3 * seed for seed in range(n)]
+
+
+def _ao_kwargs(symmetric, per_channel, bits=8):
+    signed = symmetric
+    qmin, qmax = Q.qrange(bits, signed=signed)
+    scheme = {(False, False): torch.per_tensor_affine, (True, False): torch.per_tensor_symmetric,
+              (False, True): torch.per_channel_affine, (True, True): torch.per_channel_symmetric}
+    kw = dict(dtype=torch.qint8 if signed else torch.quint8, qscheme=scheme[symmetric, per_channel],
+              quant_min=qmin, quant_max=qmax)
+    if per_channel:
+        kw["ch_axis"] = 1
+    return kw
+
+
+@needs_ao
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("bits", [4, 8])
+def test_minmax_and_moving_average_equal_torch_ao(symmetric, per_channel, bits):
+    axis = 1 if per_channel else None
+    kw = _ao_kwargs(symmetric, per_channel, bits)
+    pairs = [
+        (Q.MinMaxObserver(bits=bits, symmetric=symmetric, axis=axis),
+         (ao.PerChannelMinMaxObserver if per_channel else ao.MinMaxObserver)(**kw)),
+        (Q.MovingAverageMinMaxObserver(averaging_constant=0.3, bits=bits, symmetric=symmetric, axis=axis),
+         (ao.MovingAveragePerChannelMinMaxObserver if per_channel else ao.MovingAverageMinMaxObserver)(
+             averaging_constant=0.3, **kw)),
+    ]
+    for ours, ref in pairs:
+        for x in _batches():
+            ours.update(x)
+            ref(x)
+        s, z = ref.calculate_qparams()
+        qp = ours.qparams()
+        assert torch.equal(qp.scale.reshape(-1), s.reshape(-1)), type(ours).__name__
+        assert torch.equal(qp.zero_point.reshape(-1).long(), z.reshape(-1).long())
+        assert torch.equal(ours.min_val.reshape(-1), ref.min_val.reshape(-1))
+
+
+def test_percentile_observer_matches_sorted_order_statistics():
+    x = randn((10_000,), 0, dtype=torch.float32)
+    ob = Q.PercentileObserver(percentile=99.0)
+    ob.update(x)
+    xs = x.sort().values
+    assert float(ob.max_val) == float(xs[9899]) and float(ob.min_val) == float(xs[100])
+    full = Q.PercentileObserver(percentile=100.0)
+    full.update(x)
+    assert float(full.max_val) == float(x.max()) and float(full.min_val) == float(x.min())
+    # the mean over batches of the per-batch percentiles
+    ob2 = Q.PercentileObserver(percentile=99.0)
+    a, b = x[:5000], x[5000:] * 3
+    ob2.update(a)
+    ob2.update(b)
+    ref = [Q.PercentileObserver(percentile=99.0) for _ in range(2)]
+    ref[0].update(a)
+    ref[1].update(b)
+    assert torch.allclose(ob2.max_val, (ref[0].max_val + ref[1].max_val) / 2)
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+def test_mse_observer_is_grid_argmin_and_beats_minmax_on_heavy_tails(bits):
+    g = torch.Generator().manual_seed(bits)
+    x = torch.randn(20_000, generator=g)
+    x = torch.cat([x, torch.tensor([40.0])])  # one outlier stretches the min-max range
+    mse = Q.MSEObserver(bits=bits, symmetric=True, n_grid=50)
+    mse.update(x)
+    mm = Q.MinMaxObserver(bits=bits, symmetric=True)
+    mm.update(x)
+
+    def err(qp):
+        return float((Q.fake_quantize(x, qp) - x).pow(2).mean())
+
+    e_mse = err(mse.qparams())
+    # brute force over the same grid
+    m = float(x.abs().max())
+    grid = [err(Q.qparams(-k / 50 * m, k / 50 * m, bits=bits, symmetric=True)) for k in range(1, 51)]
+    assert e_mse == pytest.approx(min(grid), rel=1e-6)
+    assert e_mse < 0.5 * err(mm.qparams())
+
+
+def test_per_channel_statistics_and_device(device):
+    x = randn((5, 3, 4), 1, device, torch.float64)
+    ob = Q.MinMaxObserver(axis=1)
+    ob.update(x)
+    assert torch.equal(ob.min_val.cpu(), x.amin(dim=(0, 2)).float().cpu())
+    qp = ob.qparams()
+    assert qp.axis == 1 and qp.scale.shape == (3,)
+    assert Q.fake_quantize(x, qp.to(device)).device == x.device
+
+
+def test_state_dict_round_trip_per_channel():
+    ob = Q.MSEObserver(axis=0, n_grid=10)
+    ob.update(randn((4, 9), 2, dtype=torch.float32))
+    fresh = Q.MSEObserver(axis=0, n_grid=10)
+    fresh.load_state_dict(ob.state_dict())
+    assert torch.equal(fresh.qparams().scale, ob.qparams().scale) and int(fresh.n_batches) == 1
+    ob.reset()
+    with pytest.raises(RuntimeError, match="has seen no data"):
+        ob.qparams()
+
+
+def test_observer_bad_input():
+    with pytest.raises(ValueError, match="observer must be one of"):
+        Q.make_observer("histogram")
+    assert isinstance(Q.make_observer("mse", bits=4), Q.MSEObserver)
+    with pytest.raises(ValueError, match="bits must be between 1 and 16, got 20"):
+        Q.MinMaxObserver(bits=20)
+    with pytest.raises(ValueError, match="x must be finite"):
+        Q.MinMaxObserver().update(torch.tensor([1.0, float("inf")]))
+    with pytest.raises(ValueError, match="percentile must be in"):
+        Q.PercentileObserver(percentile=30)
+    with pytest.raises(ValueError, match="averaging_constant must be in"):
+        Q.MovingAverageMinMaxObserver(averaging_constant=0)
+    ob = Q.MinMaxObserver(axis=1)
+    ob.update(torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="x has 4 channels along axis 1, the observer saw 3"):
+        ob.update(torch.zeros(2, 4))
