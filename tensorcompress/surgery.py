@@ -12,11 +12,17 @@ with the input model untouched. This module is the one place that does the three
   shared block) is selected **once**, with all its names, so that a transform replaces it once and every name then
   points at the one replacement (the tie is kept). An ``include`` pattern that matches no candidate is an error: a
   typo must not give a silent no-op.
-* :func:`replace` — put a new module at every name of an old one, carrying the old one's train/eval mode and the
-  ``requires_grad`` flags of parameters the new module keeps under the same name.
-* :class:`LayerChange` — one report row of one type, which ``compression_report`` and the leaderboard can read.
+* :func:`replace` — put a new module at every name of an old one, carrying the old one's train/eval mode and its
+  ``requires_grad`` flags: a new parameter takes the flag of the old one of the same name, else of the same last
+  name component (``second.bias`` for ``bias``), else of the old ``weight`` (the factors of a factorised weight).
+* :func:`tied_parameters` — parameters of a module also registered in another module (a tied embedding and output
+  layer); :func:`transform` refuses to replace such a module, since the replacement would untie them.
+* :class:`LayerChange` — one report row of one type (subclass it to add properties, as
+  :class:`tensorcompress.FactorizedLayer` adds ``rank``), which ``compression_report`` and the leaderboard can
+  read; ``print(row)`` gives one line, e.g. ``conv2: Conv2d -> CPConv2d, 25050 -> 2530 parameters, rank 31``.
 
-:func:`transform` ties them together: deep-copy, select, build each replacement with a callback, replace, report.
+:func:`transform` ties them together: deep-copy, select, refuse tied weights, build each replacement with a callback,
+replace, report.
 """
 
 from __future__ import annotations
@@ -68,6 +74,14 @@ class LayerChange:
     def compression(self) -> float:
         """``params_before / params_after`` (``inf`` when nothing is left)."""
         return self.params_before / self.params_after if self.params_after else float("inf")
+
+    def __str__(self) -> str:
+        """One line, e.g. ``conv2: Conv2d -> CPConv2d, 25050 -> 2530 parameters, rank 31``."""
+        name = " = ".join((self.name, *self.aliases))
+        parts = [f"{name}: {self.type_before} -> {self.type_after}",
+                 f"{self.params_before} -> {self.params_after} parameters"]
+        parts += [f"{k} {v}" for k, v in self.detail.items()]
+        return ", ".join(parts)
 
 
 def _as_patterns(patterns: Patterns, name: str) -> list[str] | None:
@@ -126,8 +140,9 @@ def select(model: nn.Module, types: type | tuple[type, ...], *, include: Pattern
         unused = [p for p in inc if not any(fnmatch.fnmatchcase(n, p) for n in every)]
         if unused:
             kinds = "/".join(t.__name__ for t in types)
+            shown = f"{every}" if len(every) <= 20 else f"{every[:20]}[:20] of {len(every)}"
             raise ValueError(f"include pattern(s) {unused} match no {kinds} module of the model; "
-                             f"candidates are {every}")
+                             f"candidates are {shown}")
     chosen = []
     for key, ns in names.items():
         if (inc is None or any(_matches(n, inc) for n in ns)) and not any(_matches(n, exc) for n in ns):
@@ -150,19 +165,34 @@ def tied_parameters(model: nn.Module, module: nn.Module) -> list[str]:
     return tied
 
 
+def _counterpart(name: str, old: dict[str, bool]) -> str | None:
+    """The parameter of the old module a new parameter ``name`` stands for: the same name, else the same last
+    component (``second.bias`` -> ``bias``), else the old ``weight`` (a factor of a factorised weight, a quantized
+    copy)."""
+    for candidate in (name, name.rpartition(".")[2], "weight"):
+        if candidate in old:
+            return candidate
+    return None
+
+
 def replace(model: nn.Module, names: Iterable[str] | str, new: nn.Module, *, old: nn.Module | None = None) -> None:
     """Set ``new`` at every one of ``names`` in ``model`` (in place).
 
-    Where ``old`` is given, ``new`` takes its train/eval mode, and each parameter of ``new`` registered under the
-    same name as one of ``old`` takes that parameter's ``requires_grad``.
+    Where ``old`` is given, ``new`` (with all its submodules) takes its train/eval mode, and each parameter of
+    ``new`` takes the ``requires_grad`` of its counterpart in ``old``: the parameter of the same name, else of the
+    same last name component (``second.bias`` stands for ``bias``), else ``old.weight`` (the factors of a
+    factorised weight are as frozen as the weight was). Parameters with no counterpart keep their flag.
     """
     names = [names] if isinstance(names, str) else list(names)
+    if not names:
+        raise ValueError("names must hold at least one module name")
     if old is not None:
         new.train(old.training)
         flags = {n: p.requires_grad for n, p in old.named_parameters()}
         for n, p in new.named_parameters():
-            if n in flags:
-                p.requires_grad_(flags[n])
+            match = _counterpart(n, flags)
+            if match is not None:
+                p.requires_grad_(flags[match])
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
@@ -175,28 +205,37 @@ def _n_params(module: nn.Module) -> int:
 
 def transform(model: nn.Module, types: type | tuple[type, ...],
               build: Callable[[Selected], tuple[nn.Module, dict[str, Any]]], *, include: Patterns = None,
-              exclude: Patterns = None, allow_tied: bool = False) -> tuple[nn.Module, list[LayerChange]]:
+              exclude: Patterns = None, allow_tied: bool = False,
+              row_type: type[LayerChange] | None = None) -> tuple[nn.Module, list[LayerChange]]:
     """Deep-copy ``model`` and replace each selected module by ``build(selected)``.
 
     ``build`` receives the :class:`Selected` of the *copy* and returns ``(new_module, detail)``; ``detail`` goes to
-    the report row. Unless ``allow_tied``, a selected module with a parameter tied to a module outside it is refused
-    with a ``ValueError`` (replacing it would untie the weights while the report claims a saving).
+    the report row. A module reached under several names is built once and put at all of them (:func:`replace`,
+    which also carries its mode and ``requires_grad`` flags). Unless ``allow_tied``, a selected module with a
+    parameter tied to a module outside it is refused with a ``ValueError`` before anything is built (replacing it
+    would untie the weights while the report claims a saving). ``row_type`` is the report's row class (a subclass of
+    :class:`LayerChange`, e.g. ``FactorizedLayer``; default :class:`LayerChange`).
 
     Returns
     -------
     (nn.Module, list of LayerChange)
     """
+    row_type = LayerChange if row_type is None else row_type
+    if not (isinstance(row_type, type) and issubclass(row_type, LayerChange)):
+        raise TypeError(f"row_type must be LayerChange or a subclass of it, got {row_type!r}")
     new_model = copy.deepcopy(model)
     chosen = select(new_model, types, include=include, exclude=exclude)
+    for sel in chosen if not allow_tied else ():
+        tied = tied_parameters(new_model, sel.module)
+        if tied:
+            raise ValueError(f"module {sel.name!r} shares parameters with {tied}; replacing it would untie "
+                             f"them. Untie the weights first or leave the module out with exclude=")
     report = []
     for sel in chosen:
-        if not allow_tied:
-            tied = tied_parameters(new_model, sel.module)
-            if tied:
-                raise ValueError(f"module {sel.name!r} shares parameters with {tied}; replacing it would untie "
-                                 f"them. Untie the weights first or leave the module out with exclude=")
         new, detail = build(sel)
+        if not isinstance(new, nn.Module):
+            raise TypeError(f"build must return (nn.Module, dict) for {sel.name!r}, got {type(new).__name__}")
         replace(new_model, sel.names, new, old=sel.module)
-        report.append(LayerChange(sel.name, type(sel.module).__name__, type(new).__name__, _n_params(sel.module),
-                                  _n_params(new), dict(detail), sel.names[1:]))
+        report.append(row_type(sel.name, type(sel.module).__name__, type(new).__name__, _n_params(sel.module),
+                               _n_params(new), dict(detail), sel.names[1:]))
     return new_model, report

@@ -3,6 +3,8 @@ TensorLy-Torch's FactorizedConv, errors."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -72,9 +74,25 @@ def test_tucker_counts_and_hosvd_error(dtype):
         # same kernel as a truncated ST-HOSVD on the channel modes (library reference)
         ref = tc.hosvd(w, ranks=[r_t, r_s, 3, 3]).to_tensor()
         assert rel(layer.to_dense().weight, ref) <= TOL[dtype] * 10
-        # and it matches TensorLy's partial Tucker error at these ranks up to HOOI's improvement
-        err = rel(layer.to_dense().weight, w)
-        assert err < 1
+        # against TensorLy's partial Tucker (HOOI on the two channel modes, an independent reference): truncated
+        # HOSVD is quasi-optimal (error <= sqrt(2) x the best, de Lathauwer et al. 2000); on this random kernel it is
+        # within 2 % of HOOI, and the same where one channel mode is kept whole (then the HOSVD is optimal)
+        err, ref_err = rel(layer.to_dense().weight, w), partial_tucker_error(w, ranks)
+        assert ref_err * (1 - 1e-5) <= err <= ref_err * (1 + 1e-5 if r_t == 10 or r_s == 12 else 1.02)
+
+
+def partial_tucker_error(w: torch.Tensor, ranks) -> float:
+    tl = pytest.importorskip("tensorly")
+    from tensorly.decomposition import partial_tucker
+
+    x = w.detach().double().cpu().numpy()
+    # NumPy back-end whatever another test (TensorLy-Torch sets "pytorch") left; TensorLy warns when a rank equals a
+    # mode's size (its SVD is then capped)
+    with tl.backend_context("numpy"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        (core, factors), _ = partial_tucker(x, rank=list(ranks), modes=[0, 1], init="svd", tol=1e-12, n_iter_max=200)
+        approx = tl.tenalg.multi_mode_dot(core, factors, modes=[0, 1])
+    return float(((x - approx) ** 2).sum() ** 0.5 / (x**2).sum() ** 0.5)
 
 
 def test_cp_low_rank_recovers_cp_kernel():
@@ -169,11 +187,82 @@ def test_errors():
         tc.CPConv2d.from_conv(nn.Conv2d(4, 4, 2, padding="same"), 2)
     with pytest.raises(TypeError, match="conv must be a torch.nn.Conv2d, got Linear"):
         tc.CPConv2d.from_conv(nn.Linear(2, 2), 2)
-    with pytest.raises(ValueError, match=r"ranks\[1\] \(r_in\)=5 is out of range: allowed 1\.\.4"):
+    with pytest.raises(ValueError, match=r"rank\[1\] \(r_in\)=5 is out of range: allowed 1\.\.4"):
         tc.TuckerConv2d.from_conv(nn.Conv2d(4, 4, 3), (2, 5))
-    with pytest.raises(ValueError, match="ranks must be .* 'vbmf'.*got 'svd'"):
+    with pytest.raises(ValueError, match="rank must be .* 'vbmf'.*got 'svd'"):
         tc.TuckerConv2d.from_conv(nn.Conv2d(4, 4, 3), "svd")
-    with pytest.raises(ValueError, match="exactly one of ranks or energy"):
+    with pytest.raises(ValueError, match="exactly one of rank or energy"):
         tc.TuckerConv2d.from_conv(nn.Conv2d(4, 4, 3))
     with pytest.raises(ValueError, match="rank=0 is out of range"):
         tc.CPConv2d.from_conv(nn.Conv2d(4, 4, 3), 0)
+
+
+@pytest.mark.parametrize("half", [torch.float16, torch.bfloat16], ids=str)
+def test_half_precision_decomposed_in_float32(half):
+    # the one dtype rule (tensorcompress._validation.compute_dtype): decompose in float32, build in the input's dtype
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 6, 3, padding=1).to(half)
+    ref = nn.Conv2d(4, 6, 3, padding=1)
+    ref.load_state_dict({k: v.float() for k, v in conv.state_dict().items()})
+    x = torch.randn(1, 4, 6, 6).to(half)
+    for build in (lambda m: tc.CPConv2d.from_conv(m, 3, n_iter_max=5), lambda m: tc.CPConv2d.from_conv(m, 100),
+                  lambda m: tc.TuckerConv2d.from_conv(m, (3, 2)), lambda m: tc.TuckerConv2d.from_conv(m, energy=0.8)):
+        layer, expected = build(conv), build(ref).to(half)
+        assert all(p.dtype == half for p in layer.parameters())
+        for p, q in zip(layer.parameters(), expected.parameters(), strict=True):
+            assert torch.equal(p, q)
+        assert layer(x).dtype == half
+    assert tc.layers.tucker2_ranks(conv.weight.detach(), energy=0.8) == tc.layers.tucker2_ranks(ref.weight, energy=0.8)
+
+
+def test_bad_kernels_get_clear_errors():
+    conv = nn.Conv2d(4, 3, 3)
+    conv.weight = nn.Parameter(torch.ones(3, 4, 3, 3, dtype=torch.int32), requires_grad=False)
+    with pytest.raises(TypeError, match="conv.weight must have a floating point dtype .* got torch.int32"):
+        tc.CPConv2d.from_conv(conv, 2)
+    with pytest.warns(UserWarning, match="zero-element"):
+        empty = nn.Conv2d(0, 4, 3)
+    for build in (lambda: tc.CPConv2d.from_conv(empty, 2), lambda: tc.TuckerConv2d.from_conv(empty, (2, 1))):
+        with pytest.raises(ValueError, match=r"conv.weight must not be empty, got shape \(4, 0, 3, 3\)"):
+            build()
+    inf = nn.Conv2d(2, 2, 1)
+    with torch.no_grad():
+        inf.weight[0, 0] = float("inf")
+    with pytest.raises(ValueError, match="conv.weight must be finite"):
+        tc.TuckerConv2d.from_conv(inf, (1, 1))
+
+
+@pytest.mark.parametrize("cls, rank", [(tc.CPConv2d, 2), (tc.TuckerConv2d, (2, 2))])
+def test_constructor_arguments_checked(cls, rank):
+    cases = [({"kernel_size": 0}, ValueError, r"kernel_size=0 is out of range: each entry must be >= 1"),
+             ({"kernel_size": (3, 0)}, ValueError, r"kernel_size=\(3, 0\) is out of range"),
+             ({"kernel_size": (3,)}, TypeError, r"kernel_size must be an int or a pair of ints, got \(3,\)"),
+             ({"stride": 0}, ValueError, "stride=0 is out of range: each entry must be >= 1"),
+             ({"padding": -1}, ValueError, "padding=-1 is out of range: each entry must be >= 0"),
+             ({"dilation": (1, 0)}, ValueError, r"dilation=\(1, 0\) is out of range"),
+             ({"in_channels": 0}, ValueError, "in_channels=0 is out of range: allowed >= 1"),
+             ({"out_channels": True}, TypeError, "out_channels must be an int, got bool")]
+    for change, error, message in cases:
+        args = {"in_channels": 4, "out_channels": 5, "kernel_size": 3, **change}
+        with pytest.raises(error, match=message):
+            cls(args.pop("in_channels"), args.pop("out_channels"), args.pop("kernel_size"), rank, **args)
+    layer = cls(4, 5, (1, 3), rank, padding=(0, 1))  # the smallest valid values pass
+    assert layer(torch.randn(1, 4, 5, 5)).shape == (1, 5, 5, 5)
+
+
+def test_tucker_rank_has_one_name():
+    conv = nn.Conv2d(4, 6, 3)
+    assert tc.TuckerConv2d.from_conv(conv, ranks=(2, 3)).rank == (2, 3) == tc.TuckerConv2d.from_conv(conv, (2, 3)).ranks
+    assert tc.TuckerConv2d(4, 6, 3, ranks=(2, 3)).rank == tc.TuckerConv2d(4, 6, 3, rank=(2, 3)).rank == (2, 3)
+    with pytest.raises(TypeError, match="not both"):
+        tc.TuckerConv2d.from_conv(conv, (2, 3), ranks=(2, 3))
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+def test_torchscript_equals_eager():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 6, 3, stride=2, padding=1)
+    x = torch.randn(2, 4, 9, 9)
+    for layer in (tc.CPConv2d.from_conv(conv, 3), tc.TuckerConv2d.from_conv(conv, (3, 2)),
+                  tc.TuckerConv2d(4, 6, 3, (3, 2), bias=False)):
+        assert torch.equal(torch.jit.script(layer)(x), layer(x))

@@ -89,8 +89,9 @@ def test_tt_init_variance():
 
 def test_tt_ranks_and_eps(dtype):
     lin = make_linear(64, 48, True, "cpu", dtype)
-    layer = tc.TTLinear.from_linear(lin, (4, 4, 4), (4, 4, 3), ranks=5)
-    assert max(layer.ranks) <= 5
+    layer = tc.TTLinear.from_linear(lin, (4, 4, 4), (4, 4, 3), rank=5)
+    assert layer.ranks == (1, 5, 5, 1)  # below the unfolding caps (16, 12): exactly the rank asked for
+    assert tc.TTLinear.from_linear(lin, (4, 4, 4), (4, 4, 3), rank=100).ranks == (1, 16, 12, 1)
     layer = tc.TTLinear.from_linear(lin, (4, 4, 4), (4, 4, 3), eps=0.3)
     assert rel(layer.to_dense().weight, lin.weight) <= 0.3 + 1e-6
 
@@ -149,3 +150,109 @@ def test_errors():
         tc.TTLinear(6, (2, 2), 2)
     with pytest.raises(ValueError, match="must have 6 features in its last dimension"):
         tc.TTLinear((2, 3), (2, 2), 2)(torch.randn(2, 5))
+
+
+HALF = [torch.float16, torch.bfloat16]
+
+
+@pytest.mark.parametrize("half", HALF, ids=str)
+def test_half_precision_decomposed_in_float32(half):
+    # the one dtype rule (tensorcompress._validation.compute_dtype): decompose in float32, build in the input's dtype
+    lin = make_linear(12, 10, True, "cpu", torch.float32).to(half)
+    ref = nn.Linear(12, 10).to(torch.float32)
+    ref.load_state_dict({k: v.float() for k, v in lin.state_dict().items()})
+    x = torch.randn(3, 12).to(half)
+    for build in (lambda m: tc.LowRankLinear.from_linear(m, 4), lambda m: tc.LowRankLinear.from_linear(m, energy=0.9),
+                  lambda m: tc.TTLinear.from_linear(m, (3, 4), (5, 2), rank=2)):
+        layer, expected = build(lin), build(ref).to(half)
+        assert all(p.dtype == half for p in layer.parameters())
+        for p, q in zip(layer.parameters(), expected.parameters(), strict=True):
+            assert torch.equal(p, q)
+        assert layer(x).dtype == half
+    exact = tc.LowRankLinear.from_linear(lin, 10)
+    assert rel(exact(x).float(), lin(x).float()) < (2e-3 if half == torch.float16 else 2e-2)
+
+
+def test_bad_weights_get_clear_errors():
+    lin = nn.Linear(4, 3)
+    lin.weight = nn.Parameter(torch.ones(3, 4, dtype=torch.int64), requires_grad=False)
+    for build in (lambda m: tc.LowRankLinear.from_linear(m, 2), lambda m: tc.TTLinear.from_linear(m, (2, 2), (3, 1))):
+        with pytest.raises(TypeError, match="linear.weight must have a floating point dtype .* got torch.int64"):
+            build(lin)
+    with pytest.raises(TypeError, match="linear.weight must have a floating point dtype .* got torch.complex64"):
+        tc.LowRankLinear.from_linear(nn.Linear(4, 3, dtype=torch.complex64), 2)
+    with pytest.warns(UserWarning, match="zero-element"):
+        empty = nn.Linear(0, 3)
+    with pytest.raises(ValueError, match=r"linear.weight must not be empty, got shape \(3, 0\)"):
+        tc.LowRankLinear.from_linear(empty, 1)
+    with pytest.raises(ValueError, match=r"linear.weight must not be empty"):
+        tc.TTLinear.from_linear(empty, (1,), (3,))
+    nan = nn.Linear(4, 3)
+    with torch.no_grad():
+        nan.weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="linear.weight must be finite, but 1 of its 12 entries are NaN or Inf"):
+        tc.LowRankLinear.from_linear(nan, 2)
+
+
+def test_tt_empty_batch():
+    layer = tc.TTLinear((4, 7), (5, 6), 3)
+    for shape in ((0, 28), (2, 0, 28)):
+        x = torch.randn(*shape, requires_grad=True)
+        y = layer(x)
+        assert y.shape == (*shape[:-1], 30)
+        y.sum().backward()
+        assert x.grad.shape == x.shape
+    assert layer(torch.randn(28)).shape == (30,)
+    torch.testing.assert_close(layer(torch.ones(28)), layer.to_dense()(torch.ones(28)))
+    with pytest.raises(ValueError, match="must have 28 features in its last dimension, got shape \\[\\]"):
+        layer(torch.tensor(1.0))
+
+
+def test_tt_forward_equals_library_product(dtype):
+    # the layer's own (scriptable) contraction against tensorcompress.tt_matrix_vector_product and the dense product
+    torch.manual_seed(0)
+    layer = tc.TTLinear((4, 3, 2), (2, 5, 3), [3, 4], bias=False, dtype=dtype)
+    x = torch.randn(7, 24, dtype=dtype)
+    torch.testing.assert_close(layer(x), tc.tt_matrix_vector_product(layer.tt_matrix(), x), rtol=TOL[dtype], atol=0)
+    torch.testing.assert_close(layer(x), x @ layer.tt_matrix().to_matrix().T, rtol=TOL[dtype] * 10, atol=TOL[dtype])
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+def test_torchscript_equals_eager():
+    torch.manual_seed(0)
+    lin = nn.Linear(12, 10)
+    x = torch.randn(4, 12)
+    for layer in (tc.LowRankLinear.from_linear(lin, 3), tc.TTLinear.from_linear(lin, (3, 4), (5, 2), rank=2),
+                  tc.TTLinear((3, 4), (5, 2), 2, bias=False)):
+        scripted = torch.jit.script(layer)
+        assert torch.equal(scripted(x), layer(x))
+        assert scripted(x[:0]).shape == (0, 10)
+
+
+def test_rank_has_one_name():
+    lin = make_linear(12, 10, True, "cpu", torch.float64)
+    a = tc.TTLinear.from_linear(lin, (3, 4), (5, 2), rank=2)
+    b = tc.TTLinear.from_linear(lin, (3, 4), (5, 2), ranks=2)  # the older name still works
+    assert a.rank == a.ranks == b.rank == (1, 2, 1)
+    assert tc.TTLinear((3, 4), (5, 2), ranks=[2]).rank == tc.TTLinear((3, 4), (5, 2), rank=2).rank
+    assert tc.LowRankLinear.from_linear(lin, rank=3).rank == 3
+    with pytest.raises(TypeError, match="as rank= or as ranks= .* not both"):
+        tc.TTLinear((3, 4), (5, 2), 2, ranks=2)
+    with pytest.raises(TypeError, match="TTLinear needs rank="):
+        tc.TTLinear((3, 4), (5, 2))
+
+
+@pytest.mark.parametrize("scale", [1e-25, 1.0, 1e20])
+def test_energy_rank_at_extreme_scales(scale):
+    # a graded spectrum (sigma_i = 2^-i) at scales where sigma^2 under- or overflows float32: the same rank
+    g = torch.Generator().manual_seed(0)
+    u, _ = torch.linalg.qr(torch.randn(24, 16, generator=g, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(16, 16, generator=g, dtype=torch.float64))
+    sigma = 2.0 ** -torch.arange(16, dtype=torch.float64)
+    lin = nn.Linear(16, 24, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_((u * sigma) @ v.T * scale)
+    s2 = sigma**2
+    for energy in (0.5, 0.9, 0.999):
+        expected = int((torch.cumsum(s2, 0) < energy * s2.sum()).sum()) + 1
+        assert tc.LowRankLinear.from_linear(lin, energy=energy).rank == expected

@@ -2,6 +2,8 @@
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from torch import nn
 
 from tensorcompress import surgery
@@ -22,6 +24,9 @@ def test_select_patterns_and_order():
 def test_select_unmatched_include_is_an_error():
     with pytest.raises(ValueError, match=r"include pattern\(s\) \['conv9'\] match no Linear module"):
         surgery.select(_net(), nn.Linear, include=["0", "conv9"])
+    big = nn.Sequential(*[nn.Linear(2, 2) for _ in range(30)])
+    with pytest.raises(ValueError, match=r"candidates are \['0', .*, '19'\]\[:20\] of 30$"):
+        surgery.select(big, nn.Linear, include="x")
     with pytest.raises(TypeError, match="include must be a str or a sequence of str"):
         surgery.select(_net(), nn.Linear, include=3)
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
@@ -78,3 +83,78 @@ def test_layer_change_compression():
     row = surgery.LayerChange("a", "Linear", "Identity", 10, 0)
     assert row.compression == float("inf")
     assert surgery.LayerChange("a", "Linear", "X", 10, 5).compression == 2.0
+
+
+def test_replace_maps_flags_to_counterparts():
+    # a factorised layer has new parameter names: its factors stand for the old weight, its bias for the old bias
+    old = nn.Linear(4, 3)
+    old.weight.requires_grad_(False)
+    new = nn.Sequential(nn.Linear(4, 2, bias=False), nn.Linear(2, 3))
+    holder = nn.Sequential(old)
+    surgery.replace(holder, "0", new, old=old)
+    flags = {n: p.requires_grad for n, p in holder[0].named_parameters()}
+    assert flags == {"0.weight": False, "1.weight": False, "1.bias": True}
+    with pytest.raises(ValueError, match="at least one module name"):
+        surgery.replace(holder, [], new)
+
+
+def test_transform_checks_ties_before_building_and_row_type():
+    net = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4))
+    net[2].weight = net[1].weight
+    built = []
+
+    def build(sel):
+        built.append(sel.name)
+        return nn.Identity(), {}
+
+    with pytest.raises(ValueError, match="module '1' shares parameters with"):
+        surgery.transform(net, nn.Linear, build)
+    assert built == []  # refused before any work
+
+    class Row(surgery.LayerChange):
+        pass
+
+    _, report = surgery.transform(net, nn.Linear, build, include="0", row_type=Row)
+    assert type(report[0]) is Row
+    with pytest.raises(TypeError, match="row_type must be LayerChange or a subclass"):
+        surgery.transform(net, nn.Linear, build, include="0", row_type=dict)
+    with pytest.raises(TypeError, match="build must return"):
+        surgery.transform(net, nn.Linear, lambda s: ("x", {}), include="0")
+
+
+def test_layer_change_prints_one_line():
+    row = surgery.LayerChange("conv2", "Conv2d", "CPConv2d", 25050, 2530, {"rank": 31})
+    assert str(row) == "conv2: Conv2d -> CPConv2d, 25050 -> 2530 parameters, rank 31"
+    row = surgery.LayerChange("a", "Linear", "QLinear", 10, 10, {"bits": 4, "scheme": "int"}, aliases=("b",))
+    assert str(row) == "a = b: Linear -> QLinear, 10 -> 10 parameters, bits 4, scheme int"
+
+
+@given(plan=st.lists(st.tuples(st.sampled_from(["linear", "relu", "shared", "block"]), st.integers(0, 3)),
+                     min_size=1, max_size=8))
+def test_transform_keeps_the_sharing_pattern(plan):
+    # any mix of plain, shared and nested layers: every name of a Linear ends at a replacement, modules shared
+    # before are shared after (and only those), each shared module is reported once, the input is untouched
+    pool = [nn.Linear(3, 3) for _ in range(4)]
+    layers = []
+    for kind, k in plan:
+        if kind == "linear":
+            layers.append(nn.Linear(3, 3))
+        elif kind == "relu":
+            layers.append(nn.ReLU())
+        elif kind == "shared":
+            layers.append(pool[k])
+        else:
+            layers.append(nn.Sequential(pool[k], nn.ReLU(), nn.Linear(3, 3)))
+    net = nn.Sequential(*layers)
+    before = {n: m for n, m in net.named_modules(remove_duplicate=False) if type(m) is nn.Linear}
+    new, report = surgery.transform(net, nn.Linear, lambda s: (nn.Linear(3, 3, bias=False), {}))
+    after = {n: new.get_submodule(n) for n in before}
+    assert all(type(m) is nn.Linear and m.bias is None for m in after.values())
+    for a in before:
+        for b in before:
+            assert (before[a] is before[b]) == (after[a] is after[b])
+    assert sorted(n for r in report for n in (r.name, *r.aliases)) == sorted(before)
+    assert len(report) == len({id(m) for m in before.values()})
+    assert all(m.bias is not None for m in before.values())
+    x = torch.randn(2, 3)
+    assert new(x).shape == net(x).shape

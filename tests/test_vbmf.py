@@ -34,6 +34,13 @@ def test_float32_and_device(device):
     assert res.rank == 4 and res.singular_values.dtype == torch.float32
 
 
+def test_half_precision():
+    y = low_rank_plus_noise(30, 40, 4, 0.1, 0)
+    for half in (torch.float16, torch.bfloat16):
+        res = tc.evbmf(y.to(half))
+        assert res.rank == 4 and res.singular_values.dtype == half
+
+
 def test_tau_bar():
     # alpha = 1: log(1 + tau)/tau = 1/2, tau = 2.5129 (Nakajima et al. 2013); small alpha: tau ~ 2.5129 sqrt(alpha)
     assert math.isclose(tc.evbmf_tau(1.0), 2.5129, abs_tol=1e-4)
@@ -70,5 +77,7 @@ def test_errors():
         tc.evbmf(torch.tensor([[1.0, float("nan")], [0.0, 1.0]]))
     with pytest.raises(TypeError, match="floating point"):
         tc.evbmf(torch.ones(3, 4, dtype=torch.int64))
+    with pytest.raises(ValueError, match=r"y must not be empty, got shape \(0, 4\)"):
+        tc.evbmf(torch.ones(0, 4))
     with pytest.raises(ValueError, match="sigma2 must be a positive float"):
         tc.evbmf(torch.ones(3, 4), sigma2=-1.0)

@@ -6,8 +6,10 @@ decompositions, and :func:`factorize` to convert a trained model.
 * :class:`TuckerConv2d` — Tucker-2 kernel as 1×1 → k×k → 1×1 (Kim et al. 2016), ranks by :func:`evbmf`;
 * :class:`TTLinear` — TT-matrix weight (Novikov et al. 2015).
 
-Each has ``from_linear`` / ``from_conv``, ``n_params`` and ``to_dense()``, and follows the device and dtype of the
-layer it replaces.
+Each has ``from_linear`` / ``from_conv``, ``rank``, ``n_params`` and ``to_dense()``, follows the device and dtype of
+the layer it replaces (a float16 / bfloat16 weight is decomposed in float32, the library's one dtype rule, and the
+layer built in the weight's dtype), and compiles with ``torch.jit.script``. :func:`factorize` is built on
+:mod:`tensorcompress.surgery`, like every whole-model transform.
 """
 
 from .cp_conv import CPConv2d, cp_exact_rank

@@ -1,21 +1,64 @@
-"""Checks shared by the factorised layers: which ``nn.Linear`` / ``nn.Conv2d`` a layer can replace."""
+"""Checks shared by the factorised layers: which ``nn.Linear`` / ``nn.Conv2d`` a layer can replace, in which dtype
+its weight is decomposed, and argument checks for the constructors."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
+from .._validation import check_finite, compute_dtype
+from ..decompositions._common import rank_for_tail
+
 __all__ = ["check_linear", "check_conv2d", "conv_padding", "factory_kwargs", "check_rank", "check_energy",
-           "rank_for_energy"]
+           "rank_for_energy", "weight_to_decompose", "check_pair", "rank_argument"]
 
 
 def check_linear(linear: object, name: str = "linear") -> nn.Linear:
-    """Return ``linear`` if it is an ``nn.Linear`` with a floating point weight, else raise ``TypeError``."""
+    """Return ``linear`` if it is an ``nn.Linear`` whose weight can be decomposed (:func:`weight_to_decompose`),
+    else raise ``TypeError`` (not a Linear; an int, bool or complex weight) or ``ValueError`` (an empty or
+    non-finite weight)."""
     if not isinstance(linear, nn.Linear):
         raise TypeError(f"{name} must be a torch.nn.Linear, got {type(linear).__name__}")
-    if not linear.weight.is_floating_point():
-        raise TypeError(f"{name}.weight must be floating point, got {linear.weight.dtype}")
+    weight_to_decompose(linear, name)
     return linear
+
+
+def weight_to_decompose(module: nn.Module, name: str) -> torch.Tensor:
+    """``module.weight``, detached, in the dtype the library computes in (:func:`tensorcompress._validation.
+    compute_dtype`: float16 / bfloat16 are decomposed in float32, since LAPACK has no half-precision SVD; the layer is
+    then built in the module's own dtype). Raises ``TypeError`` for int, bool or complex weights and ``ValueError``
+    for a size-0 or non-finite weight."""
+    w = module.weight.detach()
+    dtype = compute_dtype(w, f"{name}.weight")
+    check_finite(w, f"{name}.weight")
+    return w.to(dtype)
+
+
+def check_pair(value: object, name: str, *, minimum: int) -> tuple[int, int]:
+    """``value`` (an int or a pair of ints, each ``>= minimum``) as a pair, else ``TypeError`` / ``ValueError``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        pair = (value, value)
+    elif (isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2
+          and all(isinstance(a, int) and not isinstance(a, bool) for a in value)):
+        pair = (int(value[0]), int(value[1]))
+    else:
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if min(pair) < minimum:
+        raise ValueError(f"{name}={value!r} is out of range: each entry must be >= {minimum}")
+    return pair
+
+
+def rank_argument(rank: object, ranks: object, what: str = "rank") -> object:
+    """The rank given as ``rank`` (the library's name, as in :func:`tensorcompress.factorize`) or as ``ranks`` (the
+    name these layers used first, still accepted); giving both is a ``TypeError``."""
+    if ranks is None:
+        return rank
+    if rank is not None:
+        raise TypeError(f"give the {what} as rank= or as ranks= (its older name), not both: got rank={rank!r}, "
+                        f"ranks={ranks!r}")
+    return ranks
 
 
 def conv_padding(conv: nn.Conv2d) -> tuple[int, int]:
@@ -39,7 +82,7 @@ def check_conv2d(conv: object, name: str = "conv") -> nn.Conv2d:
     """Return ``conv`` if it is an ``nn.Conv2d`` the factorised convolutions can replace, else raise.
 
     Supported: ``groups=1``, ``padding_mode='zeros'``, any kernel size, stride, dilation, integer (or 'valid' /
-    symmetric 'same') padding, with or without bias.
+    symmetric 'same') padding, with or without bias, a weight :func:`weight_to_decompose` accepts.
     """
     if not isinstance(conv, nn.Conv2d) or type(conv).__name__ in ("ConvTranspose2d",):
         raise TypeError(f"{name} must be a torch.nn.Conv2d, got {type(conv).__name__}")
@@ -47,8 +90,7 @@ def check_conv2d(conv: object, name: str = "conv") -> nn.Conv2d:
         raise ValueError(f"{name} has groups={conv.groups}: only groups=1 convolutions can be factorised")
     if conv.padding_mode != "zeros":
         raise ValueError(f"{name} has padding_mode={conv.padding_mode!r}: only 'zeros' is supported")
-    if not conv.weight.is_floating_point():
-        raise TypeError(f"{name}.weight must be floating point, got {conv.weight.dtype}")
+    weight_to_decompose(conv, name)
     conv_padding(conv)
     return conv
 
@@ -78,8 +120,12 @@ def check_energy(energy: object, name: str = "energy") -> float:
 
 
 def rank_for_energy(singular_values: torch.Tensor, energy: float) -> int:
-    r"""Smallest :math:`r \ge 1` with :math:`\sum_{i \le r} \sigma_i^2 \ge` ``energy`` :math:`\sum_i \sigma_i^2`."""
-    sq = singular_values.double() ** 2
-    cum = torch.cumsum(sq, 0)
-    ok = (cum >= energy * cum[-1] * (1 - 1e-12)).nonzero()
-    return max(int(ok[0]) + 1 if ok.numel() else len(sq), 1)
+    r"""Smallest :math:`r \ge 1` with :math:`\sum_{i \le r} \sigma_i^2 \ge` ``energy`` :math:`\sum_i \sigma_i^2`.
+
+    The same rule as the decompositions' tail budget (:func:`tensorcompress.decompositions._common.rank_for_tail`):
+    keeping a fraction ``energy`` of :math:`\sum_i \sigma_i^2` is leaving a tail of at most
+    :math:`(1 - \text{energy}) \sum_i \sigma_i^2` (plus a relative :math:`10^{-12}` for rounding). Squares are summed
+    in float64, so float32 singular values of any scale neither overflow nor underflow.
+    """
+    sq = singular_values.detach().double() ** 2
+    return rank_for_tail(sq, (1 - energy + 1e-12) * float(sq.sum()))

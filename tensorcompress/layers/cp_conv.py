@@ -23,17 +23,9 @@ from torch import nn
 
 from ..decompositions import cp_als
 from ..tensor import unfold
-from ._common import check_conv2d, check_rank, conv_padding
+from ._common import check_conv2d, check_pair, check_rank, conv_padding, weight_to_decompose
 
 __all__ = ["CPConv2d", "cp_exact_rank"]
-
-
-def _pair(v: int | Sequence[int], name: str) -> tuple[int, int]:
-    if isinstance(v, int) and not isinstance(v, bool):
-        return (v, v)
-    if isinstance(v, Sequence) and len(v) == 2 and all(isinstance(a, int) and not isinstance(a, bool) for a in v):
-        return tuple(v)
-    raise TypeError(f"{name} must be an int or a pair of ints, got {v!r}")
 
 
 def cp_exact_rank(shape: Sequence[int]) -> int:
@@ -75,7 +67,12 @@ class CPConv2d(nn.Module):
         (R, 1, 1, k_w), :math:`A^{(T)}` (T, R, 1, 1).
     n_params : int
         :math:`R(S + k_h + k_w + T)` (+ :math:`T`).
+
+    Sizes, kernel size, stride and dilation must be ``>= 1``, padding ``>= 0`` (``ValueError`` otherwise). The layer
+    can be compiled with ``torch.jit.script`` (``n_params`` is a Python-only property).
     """
+
+    __jit_unused_properties__ = ["n_params"]
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | Sequence[int], rank: int, *,
                  stride: int | Sequence[int] = 1, padding: int | Sequence[int] = 0,
@@ -84,10 +81,10 @@ class CPConv2d(nn.Module):
         check_rank(in_channels, "in_channels")
         check_rank(out_channels, "out_channels")
         check_rank(rank, "rank")
-        kh, kw = _pair(kernel_size, "kernel_size")
-        sh, sw = _pair(stride, "stride")
-        ph, pw = _pair(padding, "padding")
-        dh, dw = _pair(dilation, "dilation")
+        kh, kw = check_pair(kernel_size, "kernel_size", minimum=1)
+        sh, sw = check_pair(stride, "stride", minimum=1)
+        ph, pw = check_pair(padding, "padding", minimum=0)
+        dh, dw = check_pair(dilation, "dilation", minimum=1)
         kw_ = {"device": device, "dtype": dtype}
         self.in_channels, self.out_channels, self.rank = in_channels, out_channels, rank
         self.kernel_size, self.stride, self.padding, self.dilation = (kh, kw), (sh, sw), (ph, pw), (dh, dw)
@@ -103,6 +100,7 @@ class CPConv2d(nn.Module):
 
     @property
     def n_params(self) -> int:
+        """Number of parameter entries (weights and bias)."""
         return sum(p.numel() for p in self.parameters())
 
     def factors(self) -> list[torch.Tensor]:
@@ -143,10 +141,13 @@ class CPConv2d(nn.Module):
             decomposition of that rank is built directly (no ALS) and the layer reproduces ``conv``.
         n_iter_max, tol, seed :
             Passed to :func:`tensorcompress.cp_als`.
+
+        float16 / bfloat16 kernels are decomposed in float32 and the layer is built in the kernel's dtype; int,
+        bool, complex, empty or non-finite kernels are refused.
         """
         check_conv2d(conv)
         check_rank(rank, "rank")
-        w = conv.weight.detach()
+        w = weight_to_decompose(conv, "conv")
         exact = cp_exact_rank(w.shape)
         if rank >= exact:
             rank, weights, factors = exact, None, _exact_cp(w)
@@ -155,7 +156,7 @@ class CPConv2d(nn.Module):
             weights, factors = cp.weights, cp.factors
         layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, rank, stride=conv.stride,
                     padding=conv_padding(conv), dilation=conv.dilation, bias=conv.bias is not None,
-                    device=w.device, dtype=w.dtype)
+                    device=w.device, dtype=conv.weight.dtype)
         layer.set_factors(factors, weights)
         if conv.bias is not None:
             with torch.no_grad():

@@ -6,8 +6,10 @@ solving the closed-form parameter counts (:math:`T` out, :math:`S` in channels, 
 
 * ``"svd"`` (:class:`LowRankLinear`): :math:`r(m + n) \le \rho mn \Rightarrow r = \lfloor \rho mn/(m + n) \rfloor`;
 * ``"cp"`` (:class:`CPConv2d`): :math:`R(S + k_h + k_w + T) \le \rho TSk_hk_w`;
-* ``"tucker"`` (:class:`TuckerConv2d`), ranks proportional to the channels, :math:`R_T = cT, R_S = cS`:
-  :math:`cST \cdot 2 + c^2 ST k_h k_w = \rho ST k_h k_w \Rightarrow c = (\sqrt{1 + \rho k_h^2 k_w^2} - 1)/(k_h k_w)`;
+* ``"tucker"`` (:class:`TuckerConv2d`), ranks proportional to the channels, :math:`R_T = cT, R_S = cS`, with
+  :math:`k = k_h k_w`: :math:`c(S^2 + T^2) + c^2 STk = \rho STk \Rightarrow
+  c = \bigl(\sqrt{(S^2 + T^2)^2 + 4\rho k^2 S^2 T^2} - (S^2 + T^2)\bigr)/(2kST)`
+  (:math:`(\sqrt{1 + \rho k^2} - 1)/k` when :math:`S = T`);
 * ``"tt"`` (:class:`TTLinear`): the largest equal inner rank :math:`r` with
   :math:`\sum_k r_{k-1} m_k n_k r_k \le \rho mn`.
 
@@ -16,14 +18,13 @@ Every rank is at least 1 and at most what the layer allows, so the kept fraction
 
 from __future__ import annotations
 
-import copy
-import fnmatch
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from torch import nn
 
+from ..surgery import LayerChange, Patterns, Selected, transform
 from ._common import check_energy, check_rank
 from .cp_conv import CPConv2d, cp_exact_rank
 from .low_rank_linear import LowRankLinear
@@ -36,21 +37,16 @@ _TARGET = {"svd": nn.Linear, "tt": nn.Linear, "cp": nn.Conv2d, "tucker": nn.Conv
 
 
 @dataclass(frozen=True)
-class FactorizedLayer:
-    """One row of :func:`factorize`'s report: module ``name``, its old and new ``type``, parameter counts (weights
-    and bias) ``params_before`` / ``params_after``, and the ``rank`` chosen (int, pair, or TT ranks)."""
-
-    name: str
-    type_before: str
-    type_after: str
-    params_before: int
-    params_after: int
-    rank: object
+class FactorizedLayer(LayerChange):
+    """One row of :func:`factorize`'s report: a :class:`tensorcompress.surgery.LayerChange` (``name``,
+    ``type_before``, ``type_after``, ``params_before`` / ``params_after`` counting weights and bias, ``compression``,
+    ``aliases``) whose ``detail`` holds the ``rank`` chosen (int, pair, or TT ranks)."""
 
     @property
-    def compression(self) -> float:
-        """``params_before / params_after``."""
-        return self.params_before / self.params_after
+    def rank(self) -> object:
+        """The rank of the new layer: an int (``"svd"``, ``"cp"``), ``(R_T, R_S)`` (``"tucker"``), the TT ranks
+        ``(1, r_1, ..., 1)`` (``"tt"``)."""
+        return self.detail["rank"]
 
 
 def tt_modes(n: int, d: int = 3) -> tuple[int, ...]:
@@ -71,8 +67,8 @@ def _ratio_rank(method: str, layer: nn.Module, ratio: float, d: int):
     if method == "cp":
         return max(1, min(int(ratio * t * s * kh * kw / (s + kh + kw + t)), cp_exact_rank((t, s, kh, kw))))
     if method == "tucker":
-        k = kh * kw
-        c = (math.sqrt(1 + ratio * k * k) - 1) / k
+        k, q = kh * kw, s * s + t * t
+        c = (math.sqrt(q * q + 4 * ratio * (k * s * t) ** 2) - q) / (2 * k * s * t)
         return (max(1, min(int(c * t), t)), max(1, min(int(c * s), s)))
     # tt
     in_modes, out_modes = tt_modes(s, d), tt_modes(t, d)
@@ -83,19 +79,81 @@ def _ratio_rank(method: str, layer: nn.Module, ratio: float, d: int):
     return r
 
 
-def _matches(name: str, patterns: Sequence[str] | str | None) -> bool:
-    if patterns is None:
-        return False
-    if isinstance(patterns, str):
-        patterns = [patterns]
-    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+def _check_options(method: str, rank, ratio, energy, tt_order) -> None:
+    if method not in _TARGET:
+        raise ValueError(f"method must be one of {sorted(_TARGET)}, got {method!r}")
+    given = {k: v for k, v in (("rank", rank), ("ratio", ratio), ("energy", energy)) if v is not None}
+    if len(given) != 1:
+        raise ValueError(f"give exactly one of rank, ratio, energy; got {given or 'none'}")
+    if ratio is not None:
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1:
+            raise ValueError(f"ratio must be a float in (0, 1], got {ratio!r}")
+    if energy is not None:
+        check_energy(energy)
+        if method == "cp":
+            raise ValueError("energy is not defined for method='cp' (CP has no nested ranks): use rank or ratio")
+    if rank is not None and method in ("svd", "cp", "tt"):
+        check_rank(rank, "rank")
+    if method == "tucker" and rank is not None:
+        if isinstance(rank, str):
+            if rank != "vbmf":
+                raise ValueError(f"rank for method='tucker' must be an int, a pair (r_out, r_in) or 'vbmf', got "
+                                 f"{rank!r}")
+        elif isinstance(rank, Sequence):
+            if len(rank) != 2:
+                raise ValueError(f"rank for method='tucker' must be a pair (r_out, r_in), got {rank!r}")
+            check_rank(rank[0], "rank[0] (r_out)")
+            check_rank(rank[1], "rank[1] (r_in)")
+        else:
+            check_rank(rank, "rank")
+    check_rank(tt_order, "tt_order")
+
+
+def _layer_rank(method: str, layer: nn.Module, rank, ratio, tt_order: int):
+    """The rank for one layer: solved from ``ratio``, or ``rank`` capped at the layer (``None`` with ``energy``)."""
+    if ratio is not None:
+        return _ratio_rank(method, layer, ratio, tt_order)
+    if rank is None or isinstance(rank, str):
+        return rank  # energy=... or "vbmf"
+    if method == "svd":
+        return min(rank, *layer.weight.shape)
+    if method == "tucker":
+        r_out, r_in = (rank, rank) if isinstance(rank, int) else rank
+        return (min(r_out, layer.out_channels), min(r_in, layer.in_channels))
+    return rank  # "cp" and "tt": from_conv / the TT-SVD cap it
+
+
+def _builder(method: str, rank, ratio, energy, tt_order: int, n_iter_max: int):
+    """The callback :func:`tensorcompress.surgery.transform` calls for each selected layer."""
+
+    def build(sel: Selected) -> tuple[nn.Module, dict]:
+        layer = sel.module
+        r = _layer_rank(method, layer, rank, ratio, tt_order)
+        if method == "svd":
+            new = LowRankLinear.from_linear(layer, r, energy=energy if r is None else None)
+        elif method == "cp":
+            new = CPConv2d.from_conv(layer, r, n_iter_max=n_iter_max)
+        elif method == "tucker":
+            new = TuckerConv2d.from_conv(layer, r, energy=energy if r is None else None)
+        else:
+            eps = (math.sqrt(max(1 - energy, 0.0)) or None) if r is None else None
+            new = TTLinear.from_linear(layer, tt_modes(layer.in_features, tt_order),
+                                       tt_modes(layer.out_features, tt_order), rank=r, eps=eps)
+        return new, {"rank": new.rank}
+
+    return build
 
 
 def factorize(model: nn.Module, method: str, *, rank=None, ratio: float | None = None, energy: float | None = None,
-              include: Sequence[str] | str | None = None, exclude: Sequence[str] | str | None = None,
-              tt_order: int = 3, n_iter_max: int = 100) -> tuple[nn.Module, list[FactorizedLayer]]:
+              include: Patterns = None, exclude: Patterns = None, tt_order: int = 3,
+              n_iter_max: int = 100) -> tuple[nn.Module, list[FactorizedLayer]]:
     r"""A copy of ``model`` with its ``nn.Linear`` (``"svd"``, ``"tt"``) or ``nn.Conv2d`` (``"cp"``, ``"tucker"``)
     layers replaced by factorised ones.
+
+    Built on :func:`tensorcompress.surgery.transform`: a layer reached under several names (a shared module) is
+    factorised once and every name points at the one replacement; a layer whose weight or bias is tied to another
+    module is refused with a ``ValueError`` (replacing it would untie them); each new layer keeps the train/eval mode
+    of the old one, and its parameters the ``requires_grad`` of the weight (the bias of the bias) they replace.
 
     Parameters
     ----------
@@ -116,7 +174,8 @@ def factorize(model: nn.Module, method: str, *, rank=None, ratio: float | None =
         Give exactly one of ``rank``, ``ratio``, ``energy``.
     include, exclude : str or sequence of str, optional
         ``fnmatch`` patterns on the module names (as in ``model.named_modules()``, e.g. ``"features.*"``): only
-        names matching ``include`` (default: all), minus those matching ``exclude``.
+        names matching ``include`` (default: all), minus those matching ``exclude``. An ``include`` pattern that
+        matches no layer of the method's type is a ``ValueError`` (a typo is not a silent no-op).
     tt_order : int
         Number of TT cores for ``"tt"``: each dimension is split into ``tt_order`` balanced factors
         (:func:`tt_modes`, e.g. 784 → (14, 8, 7), 300 → (10, 6, 5)).
@@ -126,7 +185,7 @@ def factorize(model: nn.Module, method: str, *, rank=None, ratio: float | None =
     Returns
     -------
     (nn.Module, list of FactorizedLayer)
-        The new model and one report row per replaced layer, in module order.
+        The new model and one report row per replaced layer (shared layers once), in module order.
 
     Examples
     --------
@@ -135,66 +194,11 @@ def factorize(model: nn.Module, method: str, *, rank=None, ratio: float | None =
     >>> small, report = tc.factorize(net, "svd", ratio=0.25, include="0")
     >>> [(r.name, r.params_before, r.params_after, r.rank) for r in report]
     [('0', 2080, 512, 5)]
+    >>> print(report[0])
+    0: Linear -> LowRankLinear, 2080 -> 512 parameters, rank 5
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if method not in _TARGET:
-        raise ValueError(f"method must be one of {sorted(_TARGET)}, got {method!r}")
-    given = {k: v for k, v in (("rank", rank), ("ratio", ratio), ("energy", energy)) if v is not None}
-    if len(given) != 1:
-        raise ValueError(f"give exactly one of rank, ratio, energy; got {given or 'none'}")
-    if ratio is not None:
-        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1:
-            raise ValueError(f"ratio must be a float in (0, 1], got {ratio!r}")
-    if energy is not None:
-        check_energy(energy)
-        if method == "cp":
-            raise ValueError("energy is not defined for method='cp' (CP has no nested ranks): use rank or ratio")
-    if rank is not None and method in ("svd", "cp", "tt"):
-        check_rank(rank, "rank")
-    check_rank(tt_order, "tt_order")
-    new = copy.deepcopy(model)
-    target = _TARGET[method]
-    chosen = [(name, mod) for name, mod in new.named_modules()
-              if type(mod) is target and name and (include is None or _matches(name, include))
-              and not _matches(name, exclude)]
-    report = []
-    for name, layer in chosen:
-        if method == "svd":
-            r = min(rank, *layer.weight.shape) if rank is not None else (
-                _ratio_rank(method, layer, ratio, tt_order) if ratio is not None else None)
-            repl = LowRankLinear.from_linear(layer, r, energy=energy if r is None else None)
-            used = repl.rank
-        elif method == "cp":
-            r = rank if rank is not None else _ratio_rank(method, layer, ratio, tt_order)
-            repl = CPConv2d.from_conv(layer, r, n_iter_max=n_iter_max)
-            used = repl.rank
-        elif method == "tucker":
-            if ratio is not None:
-                ranks = _ratio_rank(method, layer, ratio, tt_order)
-            elif isinstance(rank, int) and not isinstance(rank, bool):
-                check_rank(rank, "rank")
-                ranks = (min(rank, layer.out_channels), min(rank, layer.in_channels))
-            else:
-                ranks = rank
-            repl = TuckerConv2d.from_conv(layer, ranks, energy=energy) if energy is None or ranks is None \
-                else TuckerConv2d.from_conv(layer, ranks)
-            used = repl.ranks
-        else:
-            in_modes, out_modes = tt_modes(layer.in_features, tt_order), tt_modes(layer.out_features, tt_order)
-            if energy is not None:
-                repl = TTLinear.from_linear(layer, in_modes, out_modes, eps=math.sqrt(max(1 - energy, 0.0)) or None)
-            else:
-                r = rank if rank is not None else _ratio_rank(method, layer, ratio, tt_order)
-                repl = TTLinear.from_linear(layer, in_modes, out_modes, ranks=r)
-            used = repl.ranks
-        before = sum(p.numel() for p in layer.parameters())
-        _set_submodule(new, name, repl)
-        report.append(FactorizedLayer(name, type(layer).__name__, type(repl).__name__, before, repl.n_params, used))
-    return new, report
-
-
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, module)
+    _check_options(method, rank, ratio, energy, tt_order)
+    build = _builder(method, rank, ratio, energy, tt_order, n_iter_max)
+    return transform(model, _TARGET[method], build, include=include, exclude=exclude, row_type=FactorizedLayer)

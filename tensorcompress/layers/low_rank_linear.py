@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._common import check_energy, check_linear, check_rank, rank_for_energy
+from ._common import check_energy, check_linear, check_rank, rank_for_energy, weight_to_decompose
 
 __all__ = ["LowRankLinear"]
 
@@ -35,7 +35,11 @@ class LowRankLinear(nn.Module):
     ----------
     n_params : int
         :math:`r(m + n)` (+ :math:`m` with bias).
+
+    The layer can be compiled with ``torch.jit.script`` (``n_params`` is a Python-only property).
     """
+
+    __jit_unused_properties__ = ["n_params"]
 
     def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True, *, device=None,
                  dtype=None):
@@ -52,6 +56,7 @@ class LowRankLinear(nn.Module):
 
     @property
     def n_params(self) -> int:
+        """Number of parameter entries (weights and bias)."""
         return sum(p.numel() for p in self.parameters())
 
     @classmethod
@@ -66,9 +71,12 @@ class LowRankLinear(nn.Module):
             ``1 <= rank <= min(in, out)``; ``min(in, out)`` reproduces the layer exactly.
         energy : float, optional
             Instead of ``rank``: the smallest rank keeping this fraction of :math:`\sum_i \sigma_i^2`.
+
+        float16 / bfloat16 weights are decomposed in float32 and the layer is built in the weight's dtype; int,
+        bool, complex, empty or non-finite weights are refused.
         """
         check_linear(linear)
-        w = linear.weight.detach()
+        w = weight_to_decompose(linear, "linear")
         full = min(w.shape)
         if (rank is None) == (energy is None):
             raise ValueError(f"give exactly one of rank or energy, got rank={rank!r}, energy={energy!r}")
@@ -76,7 +84,7 @@ class LowRankLinear(nn.Module):
         rank = check_rank(rank, "rank", full) if rank is not None else rank_for_energy(s, check_energy(energy))
         root = s[:rank].sqrt()
         layer = cls(linear.in_features, linear.out_features, rank, bias=linear.bias is not None,
-                    device=w.device, dtype=w.dtype)
+                    device=w.device, dtype=linear.weight.dtype)
         with torch.no_grad():
             layer.first.weight.copy_(root[:, None] * vh[:rank])
             layer.second.weight.copy_(u[:, :rank] * root)

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from .._validation import check_dims
-from ..decompositions import TTMatrix, tt_matrix_svd, tt_matrix_vector_product
-from ._common import check_linear, check_rank
+from ..decompositions import TTMatrix, tt_matrix_svd
+from ._common import check_linear, check_rank, rank_argument, weight_to_decompose
 
 __all__ = ["TTLinear", "factor_dimension"]
 
@@ -67,8 +67,9 @@ class TTLinear(nn.Module):
     in_modes, out_modes : sequence of int
         :math:`(n_1..n_d)` with product ``in_features`` and :math:`(m_1..m_d)` with product ``out_features`` (same
         length ``d``; pad with 1s).
-    ranks : int or sequence of int
+    rank : int or sequence of int
         The ``d - 1`` inner TT ranks (an int: all equal; ``d + 1`` values with 1 at both ends also accepted).
+        ``ranks=`` (the older name) is accepted too.
     bias : bool
     device, dtype : optional
 
@@ -77,18 +78,28 @@ class TTLinear(nn.Module):
     cores : nn.ParameterList
         :math:`G_k` of shape ``(r_{k-1}, m_k, n_k, r_k)``; random normal at construction, scaled so that the
         entries of :math:`W` have variance ``1 / in_features``.
+    ranks, rank : tuple of int
+        The TT ranks ``(1, r_1, ..., r_{d-1}, 1)`` (two names for one value, as in :class:`tensorcompress.TTTensor`).
     n_params : int
         :math:`\sum_k r_{k-1} m_k n_k r_k` (+ ``out_features``).
+
+    The layer can be compiled with ``torch.jit.script`` (``n_params`` and ``rank`` are Python-only properties); a
+    batch of zero inputs gives an empty output.
     """
 
-    def __init__(self, in_modes: Sequence[int], out_modes: Sequence[int], ranks: int | Sequence[int], bias: bool = True,
-                 *, device=None, dtype=None):
+    __jit_unused_properties__ = ["n_params", "rank"]
+
+    def __init__(self, in_modes: Sequence[int], out_modes: Sequence[int], rank: int | Sequence[int] | None = None,
+                 bias: bool = True, *, device=None, dtype=None, ranks: int | Sequence[int] | None = None):
         super().__init__()
         in_modes, out_modes = check_dims(in_modes, "in_modes"), check_dims(out_modes, "out_modes")
         if len(in_modes) != len(out_modes):
             raise ValueError(f"in_modes and out_modes must have the same length, got {in_modes} and {out_modes}")
         d = len(in_modes)
-        inner = _inner_ranks(ranks, d)
+        rank = rank_argument(rank, ranks)
+        if rank is None:
+            raise TypeError("TTLinear needs rank= (an int or the d - 1 inner TT ranks)")
+        inner = _inner_ranks(rank, d, "rank")
         self.in_modes, self.out_modes, self.ranks = in_modes, out_modes, (1, *inner, 1)
         self.in_features, self.out_features = math.prod(in_modes), math.prod(out_modes)
         std = (1.0 / self.in_features / math.prod(inner)) ** (0.5 / d)
@@ -96,28 +107,49 @@ class TTLinear(nn.Module):
             nn.Parameter(torch.randn(self.ranks[k], out_modes[k], in_modes[k], self.ranks[k + 1], device=device,
                                      dtype=dtype) * std)
             for k in range(d))
-        self.bias = nn.Parameter(torch.zeros(self.out_features, device=device, dtype=dtype)) if bias else None
+        if bias:
+            self.bias = nn.Parameter(torch.zeros(self.out_features, device=device, dtype=dtype))
+        else:
+            self.register_parameter("bias", None)  # a typed None: torch.jit.script needs it
 
     def tt_matrix(self) -> TTMatrix:
         """The weight as a :class:`tensorcompress.TTMatrix` (sharing the parameters; differentiable)."""
         return TTMatrix(list(self.cores))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] != self.in_features:
+        # The contraction of :func:`tensorcompress.tt_matrix_vector_product`, written with explicit sizes (no -1
+        # in a reshape, so a batch of 0 works) and without the TTMatrix object (so torch.jit.script compiles it).
+        if x.ndim == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"x must have {self.in_features} features in its last dimension, got shape "
-                             f"{tuple(x.shape)}")
-        lead = x.shape[:-1]
-        y = tt_matrix_vector_product(self.tt_matrix(), x.reshape(-1, self.in_features))
-        y = y.reshape(*lead, self.out_features)
-        return y if self.bias is None else y + self.bias
+                             f"{list(x.shape)}")
+        shape = list(x.shape[:-1])
+        shape.append(self.out_features)
+        t = x.reshape(x.numel() // self.in_features, 1, self.in_features)  # (P, r_{k-1}, n_k * rest)
+        for core in self.cores:
+            r0, m, n, r1 = core.shape[0], core.shape[1], core.shape[2], core.shape[3]
+            rest = t.shape[2] // n
+            t = torch.einsum("pans,amnr->pmrs", [t.reshape(t.shape[0], r0, n, rest), core])  # (P, m_k, r_k, rest)
+            t = t.reshape(t.shape[0] * m, r1, rest)
+        y = t.reshape(shape)
+        bias = self.bias
+        if bias is not None:
+            y = y + bias
+        return y
 
     @property
     def n_params(self) -> int:
+        """Number of parameter entries (cores and bias)."""
         return sum(p.numel() for p in self.parameters())
+
+    @property
+    def rank(self) -> tuple[int, ...]:
+        """The TT ranks ``(1, r_1, ..., 1)``, the same as ``ranks``."""
+        return self.ranks
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, in_modes: Sequence[int], out_modes: Sequence[int],
-                    ranks: int | Sequence[int] | None = None, eps: float | None = None) -> TTLinear:
+                    rank: int | Sequence[int] | None = None, eps: float | None = None, *,
+                    ranks: int | Sequence[int] | None = None) -> TTLinear:
         r"""TT-SVD of ``linear.weight`` (:func:`tensorcompress.tt_matrix_svd`, row modes ``out_modes``, column modes
         ``in_modes``).
 
@@ -125,11 +157,16 @@ class TTLinear(nn.Module):
         ----------
         linear : nn.Linear
             Not modified; its device, dtype and bias are kept.
-        ranks : int or sequence of int, optional
-            Maximum inner TT ranks (capped at what the unfoldings allow).
+        rank : int or sequence of int, optional
+            Maximum inner TT ranks (capped at what the unfoldings allow); ``ranks=`` (the older name) is accepted
+            too.
         eps : float, optional
-            Relative accuracy :math:`\|W - \hat W\|_F \le \epsilon \|W\|_F` instead of ``ranks``. Neither: exact.
+            Relative accuracy :math:`\|W - \hat W\|_F \le \epsilon \|W\|_F` instead of ``rank``. Neither: exact.
+
+        float16 / bfloat16 weights are decomposed in float32 and the layer is built in the weight's dtype; int,
+        bool, complex, empty or non-finite weights are refused.
         """
+        ranks = rank_argument(rank, ranks)
         check_linear(linear)
         in_modes, out_modes = check_dims(in_modes, "in_modes"), check_dims(out_modes, "out_modes")
         if math.prod(in_modes) != linear.in_features or math.prod(out_modes) != linear.out_features:
@@ -137,11 +174,11 @@ class TTLinear(nn.Module):
                              f"{math.prod(out_modes)}) but linear has in_features={linear.in_features}, "
                              f"out_features={linear.out_features}")
         if ranks is not None and not isinstance(ranks, int):
-            ranks = _inner_ranks(ranks, len(in_modes))
-        w = linear.weight.detach()
+            ranks = _inner_ranks(ranks, len(in_modes), "rank")
+        w = weight_to_decompose(linear, "linear")
         tt = tt_matrix_svd(w, out_modes, in_modes, eps=eps, max_rank=ranks)
         layer = cls(in_modes, out_modes, list(tt.ranks), bias=linear.bias is not None, device=w.device,
-                    dtype=w.dtype)
+                    dtype=linear.weight.dtype)
         with torch.no_grad():
             for p, c in zip(layer.cores, tt.cores, strict=True):
                 p.copy_(c)

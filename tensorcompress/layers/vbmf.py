@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 import torch
 
-from .._validation import check_finite, check_tensor
+from .._validation import check_finite, compute_dtype
 
 __all__ = ["VBMFResult", "evbmf", "evbmf_tau"]
 
@@ -81,7 +81,8 @@ def evbmf(y: torch.Tensor, *, sigma2: float | None = None) -> VBMFResult:
     Parameters
     ----------
     y : torch.Tensor
-        Floating point matrix, finite, not all zeros (transposed internally so that :math:`L \le M`).
+        Floating point matrix (any floating dtype: the computation runs in float64), finite, not empty, not all
+        zeros (transposed internally so that :math:`L \le M`).
     sigma2 : float, optional
         Known noise variance; by default estimated by minimising the free energy over
         :math:`[\sigma^2_{lo}, \|Y\|_F^2/(LM)]` (a log-spaced grid, then golden-section refinement).
@@ -90,7 +91,7 @@ def evbmf(y: torch.Tensor, *, sigma2: float | None = None) -> VBMFResult:
     -------
     VBMFResult
     """
-    check_tensor(y, "y", floating=True)
+    compute_dtype(y, "y")  # the library's dtype rule: floating only, not empty (EVBMF itself runs in float64)
     if y.ndim != 2:
         raise ValueError(f"y must be a matrix (2-D), got shape {tuple(y.shape)}")
     check_finite(y, "y")
