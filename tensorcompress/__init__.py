@@ -13,7 +13,7 @@
 * ``available_devices``.
 """
 
-from . import data, decompositions, exercises, layers, metrics, models, surgery, train
+from . import data, decompositions, exercises, layers, metrics, models, pruning, surgery, train
 from .decompositions import *  # noqa: F403
 from .devices import available_devices
 from .layers import *  # noqa: F403
@@ -38,6 +38,7 @@ __all__ = [
     "layers",
     "metrics",
     "models",
+    "pruning",
     "surgery",
     "train",
 ]
