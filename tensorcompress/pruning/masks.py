@@ -113,7 +113,8 @@ def _next_batchnorm(model: nn.Module, module: nn.Module) -> nn.Module | None:
 
 def copy_model(model: nn.Module) -> nn.Module:
     """``copy.deepcopy`` that also works on a model pruned through ``torch.nn.utils.prune`` after a forward pass
-    (its ``weight`` is then a non-leaf tensor, which deepcopy refuses; the copy's pre-hook recomputes it)."""
+    (its ``weight`` is then a non-leaf tensor, which deepcopy refuses; the copy's pre-hook recomputes it), and keeps
+    the parameters' gradients (for gradient-based criteria)."""
     stash = []
     for module in model.modules():
         for hook in module._forward_pre_hooks.values():
@@ -125,10 +126,14 @@ def copy_model(model: nn.Module) -> nn.Module:
                         stash.append((module, name, t))
                         setattr(module, name, t.detach())
     try:
-        return copy.deepcopy(model)
+        new = copy.deepcopy(model)
     finally:
         for module, name, t in stash:
             setattr(module, name, t)
+    for old, p in zip(model.parameters(), new.parameters(), strict=True):  # deepcopy drops a Parameter's .grad
+        if old.grad is not None:
+            p.grad = old.grad.clone()
+    return new
 
 
 def _check_structure(structure: object) -> str | tuple[int, int] | None:
@@ -179,7 +184,7 @@ def prune(model: nn.Module, amount: float | int | None, *, criterion: str | Call
     -------
     (nn.Module, list of LayerChange)
         One row per layer; ``params_after`` counts the weights left non-zero (plus the bias), ``detail`` holds
-        ``sparsity`` (of the weight). The model's size in bytes does not fall (see the module docstring).
+        ``sparsity`` (the fraction of the weight the mask zeroes). The size in bytes does not fall (see above).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -216,7 +221,8 @@ def prune(model: nn.Module, amount: float | int | None, *, criterion: str | Call
                         apply_mask(target, out_mask, pname)
         kept = int((mod.weight != 0).sum()) + (0 if mod.bias is None else int((mod.bias != 0).sum()))
         report.append(surgery.LayerChange(sel.name, type(mod).__name__, type(mod).__name__, n_params, kept,
-                                          {"sparsity": round(sparsity(mod), 4), "nonzero_before": before[sel.name]},
+                                          {"sparsity": round(float((mod.weight_mask == 0).sum()) / mask.numel(), 4),
+                                           "nonzero_before": before[sel.name]},
                                           sel.names[1:]))
     return new, report
 
