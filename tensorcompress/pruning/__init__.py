@@ -9,5 +9,6 @@ from .criteria import *  # noqa: F403
 from .criteria import __all__ as _criteria_all
 from .masks import *  # noqa: F403
 from .masks import __all__ as _masks_all
+from .shrink import shrink
 
-__all__ = [*_criteria_all, *_masks_all]
+__all__ = [*_criteria_all, *_masks_all, "shrink"]
