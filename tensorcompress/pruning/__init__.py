@@ -9,6 +9,8 @@ from .criteria import *  # noqa: F403
 from .criteria import __all__ as _criteria_all
 from .masks import *  # noqa: F403
 from .masks import __all__ as _masks_all
+from .schedules import *  # noqa: F403
+from .schedules import __all__ as _schedules_all
 from .shrink import shrink
 
-__all__ = [*_criteria_all, *_masks_all, "shrink"]
+__all__ = [*_criteria_all, *_masks_all, *_schedules_all, "shrink"]
