@@ -12,5 +12,7 @@ from .masks import __all__ as _masks_all
 from .schedules import *  # noqa: F403
 from .schedules import __all__ as _schedules_all
 from .shrink import shrink
+from .sparse import *  # noqa: F403
+from .sparse import __all__ as _sparse_all
 
-__all__ = [*_criteria_all, *_masks_all, *_schedules_all, "shrink"]
+__all__ = [*_criteria_all, *_masks_all, *_schedules_all, "shrink", *_sparse_all]

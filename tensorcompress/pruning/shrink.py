@@ -7,7 +7,7 @@ flatten, dropout), so the matching inputs of :math:`Q` multiply zeros. Where a w
 the channel is unused. Either way, the channel :math:`j` goes: row :math:`j` of :math:`P`, entry :math:`j` of each
 BatchNorm between, and the inputs of :math:`Q` that read it (one column of a convolution, a block of
 :math:`H'W'` columns of a linear layer after a flatten). The network computes the same function with
-:math:`\sum` fewer parameters, fewer bytes, fewer FLOPs (Li et al. 2017; Torch-Pruning's dependency graph,
+fewer parameters, fewer bytes, fewer FLOPs (Li et al. 2017; Torch-Pruning's dependency graph,
 Fang et al. 2023, does this for general graphs).
 
 :func:`shrink` follows the data flow of one forward pass on ``example_input`` (every torch function and leaf
