@@ -104,17 +104,27 @@ class _Twice(nn.Module):
         return self.a(torch.relu(self.a(x)))
 
 
-@pytest.mark.parametrize(("model", "match"), [
-    (_Residual(), r"is used 2 times \(a branch or a residual connection\)"),
-    (_Branch(), "is used 2 times"),
-    (nn.Sequential(nn.Linear(4, 4), nn.Sigmoid(), nn.Linear(4, 2)), "operation 'Sigmoid'"),
-    (nn.Sequential(nn.Conv2d(4, 4, 1, groups=2), nn.Flatten(), nn.Linear(4, 2)), "grouped convolutions"),
-    (_Twice(), "module used twice"),
+class _ChannelMean(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(4, 4, 1), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.b(self.a(x).mean(1).flatten(1))
+
+
+@pytest.mark.parametrize(("model", "shape", "match"), [
+    (_ChannelMean(), (2, 4, 2, 2), r"mean over spatial dimensions \(2, ...\) only, got dim=1"),
+    (_Residual(), (2, 4), r"is used 2 times \(a branch or a residual connection\)"),
+    (_Branch(), (2, 4), "is used 2 times"),
+    (nn.Sequential(nn.Linear(4, 4), nn.Sigmoid(), nn.Linear(4, 2)), (2, 4), "operation 'Sigmoid'"),
+    (nn.Sequential(nn.Conv2d(4, 4, 1, groups=2), nn.Flatten(), nn.Linear(4, 2)), (2, 4, 1, 1),
+     "grouped convolutions"),
+    (_Twice(), (2, 4), "module used twice"),
 ])
-def test_shrink_refuses_graphs_it_cannot_follow(model, match):
+def test_shrink_refuses_graphs_it_cannot_follow(model, shape, match):
     with pytest.raises(ValueError, match=match):
-        conv = isinstance(model, nn.Sequential) and isinstance(model[0], nn.Conv2d)
-        shrink(model, torch.randn(2, 4, 1, 1) if conv else torch.randn(2, 4))
+        shrink(model, torch.randn(shape))
 
 
 def test_shrink_bad_input():

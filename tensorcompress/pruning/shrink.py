@@ -50,6 +50,7 @@ class _Node:
     in_shape: tuple[int, ...]
     out_shape: tuple[int, ...]
     consumers: list[int] = field(default_factory=list)
+    args: tuple = ()
 
     @property
     def name(self) -> str:
@@ -85,7 +86,7 @@ class _Tracer(TorchFunctionMode):
         if not srcs or not outs:  # a constant, or a query such as x.shape
             return
         first_in = next(t for t in self._tensors(inputs) if id(t) in self.producer)
-        node = _Node(target, srcs, tuple(first_in.shape), tuple(outs[0].shape))
+        node = _Node(target, srcs, tuple(first_in.shape), tuple(outs[0].shape), args=inputs)
         self.nodes.append(node)
         for s in srcs:
             self.nodes[s].consumers.append(len(self.nodes) - 1)
@@ -151,6 +152,13 @@ def _check_op(node: _Node) -> None:
             raise ValueError(f"shrink does not handle grouped convolutions ({t})")
         if isinstance(t, _LAYERS + _NORMS + _ZERO_MODULES):
             return
+    elif node.name == "mean":
+        (args, kwargs) = node.args
+        dims = kwargs.get("dim", args[1] if len(args) > 1 else None)
+        dims = (dims,) if isinstance(dims, int) else dims
+        if dims is not None and all(d % len(node.in_shape) >= 2 for d in dims):
+            return
+        raise ValueError(f"shrink follows a mean over spatial dimensions (2, ...) only, got dim={dims}")
     elif node.name in _ZERO_FUNCTIONS:
         same_channels = len(node.out_shape) >= 2 and node.out_shape[:2] == node.in_shape[:2]
         flattened = len(node.out_shape) == 2 and node.out_shape[1] == math.prod(node.in_shape[1:])
