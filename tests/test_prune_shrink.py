@@ -114,7 +114,7 @@ class _ChannelMean(nn.Module):
 
 
 @pytest.mark.parametrize(("model", "shape", "match"), [
-    (_ChannelMean(), (2, 4, 2, 2), r"mean over spatial dimensions \(2, ...\) only, got dim=1"),
+    (_ChannelMean(), (2, 4, 2, 2), r"mean over spatial dimensions \(2, ...\) only, got dim=\(1,\)"),
     (_Residual(), (2, 4), r"is used 2 times \(a branch or a residual connection\)"),
     (_Branch(), (2, 4), "is used 2 times"),
     (nn.Sequential(nn.Linear(4, 4), nn.Sigmoid(), nn.Linear(4, 2)), (2, 4), "operation 'Sigmoid'"),
