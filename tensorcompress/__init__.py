@@ -9,6 +9,7 @@
 * the workbench: :mod:`tensorcompress.data`, :mod:`tensorcompress.models`, :mod:`tensorcompress.train`,
   :mod:`tensorcompress.metrics`;
 * model surgery shared by every whole-model transform (:mod:`tensorcompress.surgery`);
+* pruning (:mod:`tensorcompress.pruning`, as ``tc.pruning``): criteria, masks, ``shrink``, schedules, sparse files;
 * checks for the notebooks' exercises (:mod:`tensorcompress.exercises`);
 * ``available_devices``.
 """
