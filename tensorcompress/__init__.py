@@ -9,6 +9,7 @@
 * the workbench: :mod:`tensorcompress.data`, :mod:`tensorcompress.models`, :mod:`tensorcompress.train`,
   :mod:`tensorcompress.metrics`;
 * model surgery shared by every whole-model transform (:mod:`tensorcompress.surgery`);
+* pruning (:mod:`tensorcompress.pruning`, as ``tc.pruning``): criteria, masks, ``shrink``, schedules, sparse files;
 * checks for the notebooks' exercises (:mod:`tensorcompress.exercises`);
 * mean ± std of an experiment over seeds (:mod:`tensorcompress.experiments`);
 * quantization: uniform and non-uniform quantizers, observers, fake-quantized and integer-only models
@@ -16,7 +17,19 @@
 * ``available_devices``.
 """
 
-from . import data, decompositions, exercises, experiments, layers, metrics, models, quantization, surgery, train
+from . import (
+    data,
+    decompositions,
+    exercises,
+    experiments,
+    layers,
+    metrics,
+    models,
+    pruning,
+    quantization,
+    surgery,
+    train,
+)
 from .decompositions import *  # noqa: F403
 from .devices import available_devices
 from .layers import *  # noqa: F403
@@ -42,6 +55,7 @@ __all__ = [
     "layers",
     "metrics",
     "models",
+    "pruning",
     "quantization",
     "surgery",
     "train",

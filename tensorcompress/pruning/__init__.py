@@ -1,0 +1,18 @@
+"""Pruning (issue 11): importance criteria, masks through ``torch.nn.utils.prune``, physical removal of pruned
+filters and neurons, schedules and sparse storage.
+
+``tc.pruning.prune(model, amount, ...)`` masks; ``tc.pruning.shrink(model, example_input)`` makes the pruned
+network physically smaller. See each submodule's docstring for the formulas and papers.
+"""
+
+from .criteria import *  # noqa: F403
+from .criteria import __all__ as _criteria_all
+from .masks import *  # noqa: F403
+from .masks import __all__ as _masks_all
+from .schedules import *  # noqa: F403
+from .schedules import __all__ as _schedules_all
+from .shrink import shrink
+from .sparse import *  # noqa: F403
+from .sparse import __all__ as _sparse_all
+
+__all__ = [*_criteria_all, *_masks_all, *_schedules_all, "shrink", *_sparse_all]

@@ -1,0 +1,182 @@
+r"""Pruning schedules: training callbacks that move the masks the model owns, a sensitivity scan, lottery tickets.
+
+* **One-shot**: prune once to the final sparsity, then fine-tune (Han et al. 2015 retrain at a tenth of the
+  learning rate).
+* **Iterative prune–fine-tune**: raise the sparsity in steps, fine-tuning in between.
+* **AGP** (Zhu & Gupta 2017, automated gradual pruning): from step :math:`t_0`, every :math:`\Delta t` steps,
+  :math:`s_t = s_f + (s_i - s_f)\bigl(1 - \tfrac{t - t_0}{n\Delta t}\bigr)^3`, :math:`t\in\{t_0, \dots,
+  t_0 + n\Delta t\}`: prune fast while many weights are redundant, slowly near the end.
+* **Sensitivity scan** (Han et al. 2015; the MIT EfficientML lab's greedy per-layer choice): accuracy when each layer
+  alone is pruned to each amount.
+* **Lottery ticket** (Frankle & Carbin 2019): train, prune a fraction :math:`p` of the remaining weights, rewind the
+  kept weights to their values at initialisation (or, *late rewinding*, after a few epochs; Frankle et al. 2020),
+  repeat; after :math:`r` rounds the sparsity is :math:`1 - (1-p)^r`.
+
+The masks live in the model (``weight_mask`` buffers of ``torch.nn.utils.prune``); the callbacks only decide when
+and how far to move them (:func:`tensorcompress.pruning.prune` with ``inplace=True``, which keeps pruned weights
+pruned).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from .. import surgery
+from ..train import Callback, FitState, evaluate, fit
+from .masks import PRUNABLE, copy_model, prune
+
+__all__ = ["agp_sparsity", "PruningSchedule", "AGP", "one_shot", "iterative", "sensitivity_scan",
+           "lottery_ticket"]
+
+
+def _fraction(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
+def agp_sparsity(step: int, *, final: float, initial: float = 0.0, start: int = 0, n_steps: int = 10,
+                 frequency: int = 1) -> float:
+    r"""Zhu & Gupta's cubic sparsity at training step ``step``.
+
+    :math:`s_t = s_f + (s_i - s_f)(1 - (t - t_0)/(n\Delta t))^3` at the update steps
+    :math:`t = t_0 + k\Delta t`, :math:`k = 0..n`; constant between updates, :math:`s_i` before :math:`t_0`,
+    :math:`s_f` after :math:`t_0 + n\Delta t`.
+    """
+    final, initial = _fraction(final, "final"), _fraction(initial, "initial")
+    for v, nm in ((n_steps, "n_steps"), (frequency, "frequency")):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{nm} must be a positive int, got {v!r}")
+    if step < start:
+        return initial
+    k = min((step - start) // frequency, n_steps)
+    return final + (initial - final) * (1 - k / n_steps) ** 3
+
+
+class PruningSchedule(Callback):
+    """Moves the model's masks to ``sparsity(t)`` during :func:`tensorcompress.fit`.
+
+    ``t`` is the optimizer step (``every="step"``, checked after each batch) or the epoch (``every="epoch"``,
+    checked at the start of each epoch, ``t = 0`` for the first); the masks move at the start of training and
+    whenever the target changes. Other keyword arguments go to :func:`tensorcompress.pruning.prune`.
+    """
+
+    def __init__(self, sparsity: Callable[[int], float], *, every: str = "step", **prune_options) -> None:
+        if every not in ("step", "epoch"):
+            raise ValueError(f"every must be 'step' or 'epoch', got {every!r}")
+        if "inplace" in prune_options or "amount" in prune_options:
+            raise ValueError("PruningSchedule sets amount and inplace itself")
+        self.sparsity, self.every, self.options = sparsity, every, prune_options
+        self.current: float | None = None
+        self.log: list[tuple[int, float]] = []
+
+    def _move(self, model: nn.Module, t: int) -> None:
+        target = _fraction(self.sparsity(t), "sparsity(t)")
+        if target != self.current:
+            prune(model, target, inplace=True, **self.options)
+            self.current = target
+            self.log.append((t, target))
+
+    def on_train_begin(self, state: FitState) -> None:
+        self._move(state.model, 0)
+
+    def on_epoch_begin(self, state: FitState) -> None:
+        if self.every == "epoch":
+            self._move(state.model, state.epoch - 1)
+
+    def on_batch_end(self, state: FitState) -> None:
+        if self.every == "step":
+            self._move(state.model, state.step)
+
+
+class AGP(PruningSchedule):
+    """Automated gradual pruning (Zhu & Gupta 2017): :func:`agp_sparsity` by optimizer step."""
+
+    def __init__(self, final: float, *, initial: float = 0.0, start: int = 0, n_steps: int = 10,
+                 frequency: int = 1, **prune_options) -> None:
+        agp_sparsity(0, final=final, initial=initial, start=start, n_steps=n_steps, frequency=frequency)
+        super().__init__(lambda t: agp_sparsity(t, final=final, initial=initial, start=start, n_steps=n_steps,
+                                                frequency=frequency), every="step", **prune_options)
+
+
+def one_shot(amount: float, **prune_options) -> PruningSchedule:
+    """Prune to ``amount`` before the first step, then fine-tune with the mask fixed."""
+    amount = _fraction(amount, "amount")
+    return PruningSchedule(lambda t: amount, every="epoch", **prune_options)
+
+
+def iterative(amounts: Sequence[float], *, epochs_per_step: int = 1, **prune_options) -> PruningSchedule:
+    """Iterative prune–fine-tune: sparsity ``amounts[k]`` during epochs ``k·epochs_per_step`` to
+    ``(k+1)·epochs_per_step - 1`` (the last amount afterwards). ``amounts`` must not decrease."""
+    amounts = [_fraction(a, f"amounts[{i}]") for i, a in enumerate(amounts)]
+    if not amounts or any(b < a for a, b in zip(amounts, amounts[1:], strict=False)):
+        raise ValueError(f"amounts must be a non-empty non-decreasing sequence, got {amounts}")
+    if isinstance(epochs_per_step, bool) or not isinstance(epochs_per_step, int) or epochs_per_step < 1:
+        raise ValueError(f"epochs_per_step must be a positive int, got {epochs_per_step!r}")
+    return PruningSchedule(lambda e: amounts[min(e // epochs_per_step, len(amounts) - 1)], every="epoch",
+                           **prune_options)
+
+
+def sensitivity_scan(model: nn.Module, data, amounts: Sequence[float], *, include=None, exclude=None,
+                     types: tuple[type, ...] = PRUNABLE, **prune_options) -> dict[str, list[float]]:
+    """Accuracy (:func:`tensorcompress.evaluate` on ``data``) with each selected layer alone pruned to each amount.
+
+    Returns ``{layer name: [accuracy at amounts[0], ...]}``; the model is untouched. Use a validation split: the
+    per-layer amounts chosen from it are a decision.
+    """
+    amounts = [_fraction(a, f"amounts[{i}]") for i, a in enumerate(amounts)]
+    chosen = surgery.select(model, types, include=include, exclude=exclude)
+    if not chosen:
+        raise ValueError("nothing to scan: no layer selected")
+    result = {}
+    for sel in chosen:
+        result[sel.name] = [evaluate(prune(model, a, include=[sel.name], types=types, **prune_options)[0],
+                                     data).accuracy for a in amounts]
+    return result
+
+
+def _rewind(model: nn.Module, snapshot: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(snapshot[name.removesuffix("_orig")])
+    for m in model.modules():  # recompute weight = weight_orig * mask now, not at the next forward
+        for pname in ("weight", "bias"):
+            if hasattr(m, f"{pname}_mask"):
+                with torch.no_grad():
+                    setattr(m, pname, getattr(m, f"{pname}_orig") * getattr(m, f"{pname}_mask"))
+
+
+def lottery_ticket(model: nn.Module, train, *, rounds: int, amount: float = 0.2, rewind_epochs: int = 0,
+                   epochs: int = 10, scope: str = "layer", include=None, exclude=None,
+                   **fit_options) -> tuple[nn.Module, list[dict[str, float]]]:
+    """Iterative magnitude pruning with rewinding (Frankle & Carbin 2019; late rewinding, Frankle et al. 2020).
+
+    A copy of ``model`` is trained ``rewind_epochs`` epochs (0: rewind to the initialisation) and its weights
+    saved; then ``rounds`` times: train ``epochs`` epochs (:func:`tensorcompress.fit` with ``fit_options``), prune
+    ``amount`` of the remaining weights (so :math:`1 - (1-p)^r` after round :math:`r`), rewind the kept weights to
+    the saved ones. Returns the ticket (masked, rewound, untrained: train it with :func:`tensorcompress.fit`) and
+    one record per round (``round``, ``sparsity``, ``train_loss`` of the round's last epoch).
+    """
+    amount = _fraction(amount, "amount")
+    for v, nm in ((rounds, "rounds"), (epochs, "epochs")):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{nm} must be a positive int, got {v!r}")
+    if isinstance(rewind_epochs, bool) or not isinstance(rewind_epochs, int) or rewind_epochs < 0:
+        raise ValueError(f"rewind_epochs must be an int >= 0, got {rewind_epochs!r}")
+    fit_options.setdefault("progress", False)
+    ticket = copy_model(model)
+    if rewind_epochs:
+        fit(ticket, train, epochs=rewind_epochs, **fit_options)
+    snapshot = {n.removesuffix("_orig"): p.detach().clone() for n, p in ticket.named_parameters()}
+    history = []
+    for r in range(1, rounds + 1):
+        records = fit(ticket, train, epochs=epochs, **fit_options)
+        sparsity = 1 - (1 - amount) ** r
+        prune(ticket, sparsity, scope=scope, include=include, exclude=exclude, inplace=True)
+        _rewind(ticket, snapshot)
+        history.append({"round": r, "sparsity": sparsity, "train_loss": records[-1].get("loss", float("nan"))})
+    return ticket, history
+

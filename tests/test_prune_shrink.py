@@ -1,0 +1,134 @@
+"""shrink: physically smaller LeNet-300-100, LeNet-5 and SmallCNN computing the masked model's function; refuses
+graphs it cannot follow."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import tensorcompress as tc
+from tensorcompress.pruning import prune, shrink
+
+
+def _random_bn(model):
+    g = torch.Generator().manual_seed(3)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):  # non-trivial statistics: a wrong channel would show
+            m.running_mean.copy_(torch.rand(m.num_features, generator=g) * 2 - 1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+    return model
+
+
+CASES = [  # model, input shape, layers whose filters are pruned, layers whose input channels are pruned
+    (tc.models.LeNet300100, (5, 784), ["fc1", "fc2"], ["fc2", "fc3"]),
+    (tc.models.LeNet5, (5, 1, 28, 28), ["conv1", "conv2", "fc1"], ["conv2", "fc2"]),
+    (lambda: tc.models.SmallCNN(input_size=8), (5, 1, 8, 8), ["features.*"], ["features.*", "classifier"]),
+]
+
+
+@pytest.mark.parametrize(("make", "shape", "filters", "channels"), CASES, ids=["lenet300100", "lenet5", "smallcnn"])
+@pytest.mark.parametrize("structure", ["filters", "channels"])
+def test_shrink_equals_masked_model(make, shape, filters, channels, structure, dtype):
+    torch.manual_seed(0)
+    model = _random_bn(make()).to(dtype).eval()
+    x = torch.randn(shape, dtype=dtype)
+    exclude = "features.0.0" if structure == "channels" else None  # the first layer's inputs are the image
+    masked, _ = prune(model, 0.5, structure=structure, include=filters if structure == "filters" else channels,
+                      exclude=exclude)
+    state = copy.deepcopy(masked.state_dict())
+    small, report = shrink(masked, x)
+    assert all(torch.equal(state[k], v) for k, v in masked.state_dict().items())  # input untouched
+    assert not small.training  # mode carried from the input model
+    expected = masked(x)
+    got = small(x)
+    assert got.dtype == dtype
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6 if dtype == torch.float32 else 1e-12)
+    assert report and all(r.params_after < r.params_before for r in report)
+    assert not any("mask" in k or "orig" in k for k in small.state_dict())
+    factor = 0.75 if structure == "filters" else 1.0
+    assert tc.count_parameters(small) < factor * tc.count_parameters(model)
+    assert tc.model_size_bytes(small) < factor * tc.model_size_bytes(model) < tc.model_size_bytes(masked)
+    assert tc.count_parameters(small, nonzero=True) <= tc.count_parameters(masked, nonzero=True)
+
+
+def test_shrink_report_and_nothing_pruned():
+    torch.manual_seed(0)
+    model = tc.models.LeNet300100()
+    x = torch.randn(2, 784)
+    masked, _ = prune(model, 100, structure="filters", include="fc1")
+    small, report = shrink(masked, x)
+    assert [str(r) for r in report] == [
+        "fc1: Linear -> Linear, 235500 -> 157000 parameters, out 300 -> 200, in 784 -> 784",
+        "fc2: Linear -> Linear, 30100 -> 20100 parameters, out 100 -> 100, in 300 -> 200"]
+    same, report = shrink(model, x)
+    assert report == [] and tc.count_parameters(same) == tc.count_parameters(model)
+
+
+def test_shrink_keeps_one_channel_when_all_are_pruned():
+    torch.manual_seed(0)
+    model = tc.models.LeNet300100().double()
+    x = torch.randn(3, 784, dtype=torch.float64)
+    masked, _ = prune(model, 1.0, structure="filters", include="fc2")
+    small, _ = shrink(masked, x)
+    assert small.fc2.out_features == 1
+    torch.testing.assert_close(small(x), masked(x), rtol=0, atol=1e-12)
+
+
+class _Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x))) + x
+
+
+class _Branch(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x):
+        h = self.a(x)
+        return self.b(h) * self.c(h)
+
+
+class _Twice(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.a(torch.relu(self.a(x)))
+
+
+class _ChannelMean(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(4, 4, 1), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.b(self.a(x).mean(1).flatten(1))
+
+
+@pytest.mark.parametrize(("model", "shape", "match"), [
+    (_ChannelMean(), (2, 4, 2, 2), r"mean over spatial dimensions \(2, ...\) only, got dim=\(1,\)"),
+    (_Residual(), (2, 4), r"is used 2 times \(a branch or a residual connection\)"),
+    (_Branch(), (2, 4), "is used 2 times"),
+    (nn.Sequential(nn.Linear(4, 4), nn.Sigmoid(), nn.Linear(4, 2)), (2, 4), "operation 'Sigmoid'"),
+    (nn.Sequential(nn.Conv2d(4, 4, 1, groups=2), nn.Flatten(), nn.Linear(4, 2)), (2, 4, 1, 1),
+     "grouped convolutions"),
+    (_Twice(), (2, 4), "module used twice"),
+])
+def test_shrink_refuses_graphs_it_cannot_follow(model, shape, match):
+    with pytest.raises(ValueError, match=match):
+        shrink(model, torch.randn(shape))
+
+
+def test_shrink_bad_input():
+    with pytest.raises(TypeError, match="example_input must be a torch.Tensor"):
+        shrink(tc.models.LeNet300100(), [1, 2])
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        shrink("net", torch.randn(1, 784))
