@@ -7,8 +7,10 @@ What each number is, and what it is not:
   smaller model: the dense tensor (and the mask) are still stored and multiplied.
 * :func:`model_size_bytes` — exactly the bytes ``torch.save(model.state_dict())`` writes: dtype, buffers, masks
   and pickling overhead included. Parameter count × 4 is only an estimate of it.
-* :func:`flops` — floating point operations counted by :class:`torch.utils.flop_counter.FlopCounterMode` for one
-  forward pass on the given input (a multiply-add counts 2): the work the dense kernels *do*, zeros included.
+* :func:`flops` — the multiply-adds of the matrix products and convolutions of one forward pass, times 2 (FLOPs =
+  2 × MACs), as :class:`torch.utils.flop_counter.FlopCounterMode` counts them: the work the dense kernels *do*,
+  zeros included. Bias additions, activations, pooling, normalisation (BatchNorm) and other element-wise work are
+  **not** counted, so folding a BatchNorm into the preceding convolution leaves this number unchanged.
 * :func:`latency` — wall-clock time of a forward pass measured by :mod:`torch.utils.benchmark` (median and
   inter-quartile range). FLOPs are not latency: memory traffic, kernel launch overhead, layer shapes and threads
   decide the time.
@@ -104,13 +106,20 @@ def model_size_bytes(model: nn.Module) -> int:
 
 
 def flops(model: nn.Module, example_input: torch.Tensor) -> int:
-    """Total floating point operations of one forward pass of ``model`` on ``example_input``.
+    """Floating point operations of one forward pass of ``model`` on ``example_input``: the multiply-adds (MACs) of its
+    matrix products and convolutions, times 2.
 
-    Counted by :class:`torch.utils.flop_counter.FlopCounterMode` (a multiply-accumulate is 2 FLOPs; matrix
-    products and convolutions are counted, element-wise operations such as ReLU, bias additions and pooling are
-    not). The count is for the whole batch in ``example_input``: divide by the batch size for FLOPs per sample.
-    ``nn.Linear(10, 5)`` on a batch of one costs :math:`2\\cdot10\\cdot5 = 100` FLOPs. Runs in eval mode under
-    ``torch.no_grad`` and restores the model's mode.
+    Counted by :class:`torch.utils.flop_counter.FlopCounterMode`, which has formulas for ``mm``, ``addmm``, ``bmm``,
+    ``baddbmm`` (so ``nn.Linear``, ``matmul`` and ``einsum``, which lower to them), convolutions (grouped,
+    depthwise and transposed included) and scaled-dot-product attention, each as :math:`2 \\times` its MACs (the
+    exact count of a length-:math:`k` dot product, :math:`2k - 1`, is rounded up to :math:`2k`). Everything else
+    counts 0: the bias addition of ``addmm`` and of a convolution, activations (ReLU, ...), pooling, normalisation
+    (BatchNorm, LayerNorm), softmax outside attention, element-wise arithmetic. A padded convolution counts the full
+    kernel at every output position, zeros included, and a masked weight costs as much as a dense one.
+
+    The count is for the whole batch in ``example_input``: divide by the batch size for FLOPs per sample.
+    ``nn.Linear(10, 5)`` on a batch of one costs :math:`2\\cdot10\\cdot5 = 100` FLOPs (its 5 bias additions are not
+    counted). Runs in eval mode under ``torch.no_grad`` and restores the model's mode.
     """
     _check_module(model)
     check_tensor(example_input, "example_input")
@@ -138,7 +147,8 @@ class Latency:
     threads: int
 
     def __str__(self) -> str:
-        return f"{self.median * 1e3:.3f} ms ± {self.iqr * 1e3:.3f} ms (IQR, {self.runs} runs, {self.device})"
+        # the spread is an inter-quartile range, not a standard deviation: printed as such, never as "±"
+        return f"{self.median * 1e3:.3f} ms (IQR {self.iqr * 1e3:.3f} ms, {self.runs} runs, {self.device})"
 
 
 def latency(
@@ -192,6 +202,43 @@ class ReportRow:
     speedup: float | None
 
 
+def _byte_label(b: float, digits: int = 3) -> str:
+    """A size in decimal units with ``digits`` significant digits: ``500 B``, ``20 kB``, ``1.5 MB``."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if b >= scale:
+            return f"{b / scale:.{digits}g} {unit}"
+    return f"{b:.{digits}g} B"
+
+
+def _byte_labels(ticks: list[float]) -> list[str]:
+    """Labels for ``ticks`` with as few significant digits (at least 3) as state each tick exactly."""
+    scales = {"B": 1.0, "kB": 1e3, "MB": 1e6, "GB": 1e9}
+
+    def exact(label: str, t: float) -> bool:
+        value, unit = label.split()
+        return math.isclose(float(value) * scales[unit], t, rel_tol=1e-9)
+
+    for digits in range(3, 16):
+        labels = [_byte_label(t, digits) for t in ticks]
+        if all(exact(label, t) for label, t in zip(labels, ticks, strict=True)):
+            break
+    return labels
+
+
+def _byte_ticks(lo: float, hi: float, most: int = 6) -> list[float]:
+    """Round tick positions in ``[lo, hi]`` for a log axis: the coarsest of ``{1}``, ``{1, 2, 5}``, ``{1, ..., 9}``
+    times powers of ten that gives at least two (thinned to at most ``most``); on a range too narrow for that,
+    round linear steps (matplotlib's ``MaxNLocator``)."""
+    from matplotlib.ticker import MaxNLocator
+
+    exponents = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+    for subs in ((1,), (1, 2, 5), tuple(range(1, 10))):
+        ticks = [float(m * 10.0**e) for e in exponents for m in subs if lo <= m * 10.0**e <= hi]
+        if len(ticks) >= 2:
+            return ticks[:: math.ceil(len(ticks) / most)]
+    return [float(t) for t in MaxNLocator(nbins=4).tick_values(lo, hi) if lo <= t <= hi]
+
+
 @dataclass(frozen=True)
 class CompressionReport:
     """Rows comparing compressed models with the original; ``str(report)`` is a text table, :meth:`plot` draws it."""
@@ -231,8 +278,13 @@ class CompressionReport:
         return str(self)
 
     def plot(self, ax=None):
-        """Accuracy against bytes on disk (log scale), one labelled point per model; returns the axes."""
+        """Accuracy against bytes on disk (log scale), one labelled point per model; returns the axes.
+
+        The x ticks are a few round sizes in kB/MB (:func:`_byte_ticks`), so that their labels never overlap, however
+        close together or far apart the models' sizes are.
+        """
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import FixedFormatter, FixedLocator, NullLocator
 
         if ax is None:
             _, ax = plt.subplots(figsize=(5, 3.5))
@@ -240,6 +292,13 @@ class CompressionReport:
             ax.scatter(r.bytes, 100 * r.accuracy)
             ax.annotate(r.name, (r.bytes, 100 * r.accuracy), textcoords="offset points", xytext=(4, 4), fontsize=8)
         ax.set_xscale("log")
+        ax.autoscale_view()
+        lo, hi = ax.get_xlim()
+        ticks = _byte_ticks(lo, hi)
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.xaxis.set_major_formatter(FixedFormatter(_byte_labels(ticks)))
+        ax.xaxis.set_minor_locator(NullLocator())  # the log scale's minor labels are what overlapped
+        ax.set_xlim(lo, hi)
         ax.set_xlabel("bytes on disk (torch.save of the state_dict)")
         ax.set_ylabel("test accuracy (%)")
         ax.grid(True, alpha=0.3)

@@ -69,6 +69,7 @@ def test_splits_are_fixed_and_seeded():
 
 
 def test_cache_written_and_fallback_when_repo_data_unwritable(tmp_path, monkeypatch):
+    tc.data.load_digits()  # writes the cache if no earlier test did (the test must not depend on the order)
     assert (_cache.cache_dir() / "digits_seed0_test360_norm.npz").exists()
     monkeypatch.setattr(_cache, "repo_data_dir", lambda: tmp_path / "does_not_exist")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
@@ -223,3 +224,81 @@ def test_read_idx_property(tmp_path, shape, code, gz):
     out = tc.data.read_idx(path)
     assert out.shape == tuple(shape) and out.dtype.isnative
     np.testing.assert_array_equal(out, a)
+
+
+# ---------------------------------------------------------------- hostile input: degenerate images, corrupt caches
+
+
+@pytest.mark.parametrize("value", [0, 255])
+def test_load_mnist_constant_train_images_is_an_error(tmp_path, value):
+    arrays = _write_mnist(tmp_path, np.random.default_rng(5), gz=False)
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(_idx_bytes(np.full((6, 28, 28), value)))
+    path = str(tmp_path / "train-images-idx3-ubyte")
+    with pytest.raises(ValueError, match=rf"{path}: the training images are constant \(every pixel = {value}\).*"
+                                         r"normalize=False"):
+        tc.data.load_mnist(tmp_path)
+    train, test = tc.data.load_mnist(tmp_path, normalize=False)  # raw values are fine
+    assert float(train.tensors[0].min()) == float(train.tensors[0].max()) == value
+    np.testing.assert_array_equal(test.tensors[0][:, 0].numpy(), arrays["t10k-images-idx3-ubyte"])
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_load_mnist_empty_train_images_is_an_error(tmp_path, normalize):
+    _write_mnist(tmp_path, np.random.default_rng(6), gz=False)
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(_idx_bytes(np.zeros((0, 28, 28))))
+    (tmp_path / "train-labels-idx1-ubyte").write_bytes(_idx_bytes(np.zeros(0)))
+    path = str(tmp_path / "train-images-idx3-ubyte")
+    with pytest.raises(ValueError, match=rf"{path} holds no images \(shape \(0, 28, 28\)\)"):
+        tc.data.load_mnist(tmp_path, normalize=normalize)
+
+
+def test_split_and_normalize_constant_images_is_an_error():
+    images, labels = np.ones((20, 1, 4, 4), np.float32), np.arange(20) % 2
+    with pytest.raises(ValueError, match=r"images: the training images are constant \(every pixel = 1\)"):
+        tc.data.datasets.split_and_normalize(images, labels, test_size=4, seed=0)
+    train, _ = tc.data.datasets.split_and_normalize(images, labels, test_size=4, seed=0, normalize=False)
+    assert torch.equal(train.tensors[0], torch.ones(16, 1, 4, 4))
+
+
+def _corrupt_truncated(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _corrupt_garbage(path):
+    path.write_bytes(b"not an npz file at all")
+
+
+def _corrupt_missing_key(path):
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files if k != "y_test"}
+    np.savez(path, **arrays)
+
+
+def _corrupt_wrong_length(path):
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["y_train"] = arrays["y_train"][:-1]
+    np.savez(path, **arrays)
+
+
+@pytest.mark.parametrize("corrupt", [_corrupt_truncated, _corrupt_garbage, _corrupt_missing_key, _corrupt_wrong_length])
+def test_corrupt_cache_is_rebuilt_with_a_warning_naming_it(tmp_path, monkeypatch, corrupt):
+    monkeypatch.setattr(tc.data.datasets, "cache_dir", lambda: tmp_path)
+    first = tc.data.load_digits(seed=4)
+    path = tmp_path / "digits_seed4_test360_norm.npz"
+    corrupt(path)
+    with pytest.warns(UserWarning, match=rf"data cache {path} is unreadable or inconsistent .*; rebuilding it"):
+        again = tc.data.load_digits(seed=4)
+    for a, b in zip(first, again, strict=True):
+        assert all(torch.equal(u, v) for u, v in zip(a.tensors, b.tensors, strict=True))
+    with np.load(path) as z:  # the rebuilt cache is whole again
+        assert sorted(z.files) == ["x_test", "x_train", "y_test", "y_train"] and len(z["y_train"]) == 1437
+
+
+def test_train_statistics_large_constant_set_is_caught_exactly():
+    # 2**25 pixels of 0.1: the float32 mean rounds, so the standard deviation alone need not come out exactly 0
+    with pytest.raises(ValueError, match=r"x: the training images are constant \(every pixel = 0.1\)"):
+        tc.data.datasets.train_statistics(np.full((2**19, 1, 8, 8), 0.1, np.float32), "x")
+    with pytest.raises(ValueError, match="x: the training images hold NaN or Inf pixels"):
+        tc.data.datasets.train_statistics(np.array([[[[0.0, np.nan]]]], np.float32), "x")
+    assert tc.data.datasets.train_statistics(np.array([[[[1.0, 3.0]]]], np.float32), "x") == (2.0, 1.0)

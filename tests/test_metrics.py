@@ -128,7 +128,9 @@ def test_compression_report_latency_and_single_model():
     data = TensorDataset(torch.randn(10, 64), torch.arange(10))
     report = tc.compression_report(lin, nn.Linear(64, 10), data)
     assert [r.name for r in report.rows] == ["original", "compressed"]
-    assert report.rows[0].speedup == 1 and report.rows[1].latency_s > 0
+    base, row = report.rows
+    assert base.speedup == 1 and row.latency_s > 0
+    assert row.speedup == pytest.approx(base.latency_s / row.latency_s)
 
 
 def test_metrics_bad_input():
@@ -178,3 +180,81 @@ def test_nonzero_count_matches_torch_prune_property(amount, seed):
     expected = int(torch.count_nonzero(lin.weight_orig * lin.weight_mask)) + int(torch.count_nonzero(lin.bias))
     assert tc.count_parameters(lin, nonzero=True) == expected
     assert tc.count_parameters(lin) == 54
+
+
+# ---------------------------------------------------------------- what flops counts (issue 9's erratum for 02)
+
+
+def test_flops_count_only_matmul_and_convolution_multiply_adds():
+    """2 x MACs of convolutions and matrix products; bias, BatchNorm, activations, pooling and softmax count 0."""
+    conv = nn.Conv2d(3, 4, 3, padding=1)  # 6x6 -> 6x6, padding counted as full kernels
+    full = nn.Sequential(conv, nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(36, 5),
+                         nn.Softmax(dim=1))
+    macs = 6 * 6 * 4 * 3 * 3 * 3 + 36 * 5
+    x = torch.randn(2, 3, 6, 6)
+    assert tc.flops(full, x) == 2 * 2 * macs
+    bare = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.Flatten(), nn.Unflatten(1, (4, 6, 6)),
+                         nn.AvgPool2d(2), nn.Flatten(), nn.Linear(36, 5, bias=False))
+    assert tc.flops(bare, x) == tc.flops(full, x)  # dropping bias/BN/activation/softmax changes nothing
+
+
+def test_flops_of_grouped_transposed_and_einsum():
+    depthwise = nn.Conv2d(4, 4, 3, groups=4, bias=False)  # each output channel sees one input channel
+    assert tc.flops(depthwise, torch.zeros(1, 4, 5, 5)) == 2 * 3 * 3 * 4 * 3 * 3
+    transposed = nn.ConvTranspose2d(2, 3, 2, bias=False)  # counted over input positions
+    assert tc.flops(transposed, torch.zeros(1, 2, 4, 4)) == 2 * 4 * 4 * 2 * 3 * 2 * 2
+
+    class Contract(nn.Module):
+        def forward(self, a):
+            return torch.einsum("bij,jk->bik", a, torch.ones(5, 6))
+
+    assert tc.flops(Contract(), torch.zeros(2, 3, 5)) == 2 * 2 * 3 * 5 * 6
+
+
+# ---------------------------------------------------------------- how numbers are printed and drawn
+
+
+def test_latency_prints_an_iqr_not_a_plus_minus():
+    lat = tc.Latency(median=1.23456e-3, iqr=5e-5, runs=25, device="cpu", threads=1)
+    assert str(lat) == "1.235 ms (IQR 0.050 ms, 25 runs, cpu)"
+    assert "±" not in str(lat)
+
+
+def _report(sizes):
+    rows = tuple(tc.ReportRow(name=f"m{i}", accuracy=0.9 - 0.01 * i, delta_accuracy=0.0, params=1, nonzero_params=1,
+                              bytes=b, flops=1, latency_s=None, compression_ratio=1.0, flops_ratio=1.0, speedup=None)
+                 for i, b in enumerate(sizes))
+    return tc.CompressionReport(rows=rows)
+
+
+@pytest.mark.parametrize("sizes", [
+    [1_072_000, 2_143_000, 1_072_100],  # notebook 02: dense, masked (2x the bytes), retrained
+    [1_100_000, 1_150_000],
+    [999_000, 1_001_000],
+    [5_000, 9_000],
+    [300_000, 1_000_000],
+    [1_000, 10_000_000_000],
+], ids=lambda s: f"{min(s)}-{max(s)}")
+def test_compression_report_plot_tick_labels_are_few_exact_and_apart(sizes):
+    import matplotlib.pyplot as plt
+
+    ax = _report(sizes).plot()
+    try:
+        fig = ax.figure
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        lo, hi = ax.get_xlim()
+        assert lo <= min(sizes) and max(sizes) <= hi  # every model is in view
+        ticks = [(t, label) for t, label in zip(ax.get_xticks(), ax.get_xticklabels(), strict=True)
+                 if lo <= t <= hi and label.get_visible() and label.get_text()]
+        assert 2 <= len(ticks) <= 6
+        assert not [t for t in ax.get_xticklabels(minor=True) if t.get_text()]  # no minor labels
+        scale = {"B": 1, "kB": 1e3, "MB": 1e6, "GB": 1e9}
+        for t, label in ticks:  # each label states its tick's position
+            value, unit = label.get_text().split()
+            assert float(value) * scale[unit] == pytest.approx(t, rel=1e-9)
+        boxes = [label.get_window_extent(renderer) for _, label in ticks]
+        for a, b in zip(boxes, boxes[1:], strict=False):
+            assert a.x1 < b.x0, "x tick labels overlap"
+    finally:
+        plt.close(ax.figure)

@@ -6,13 +6,18 @@ keeps its share in both halves) and fixed by ``seed`` through :func:`sklearn.mod
 Normalisation: a single mean :math:`\\mu` and standard deviation :math:`\\sigma` over all pixels of the *train*
 split, :math:`x \\mapsto (x - \\mu)/\\sigma`, applied to both splits (the test split never informs the statistics).
 
-The split is cached as ``.npz`` (see :func:`tensorcompress.data._cache.cache_dir`) so that a reload is instant.
-Nothing is downloaded.
+The split is cached as ``.npz`` (see :func:`tensorcompress.data._cache.cache_dir`) so that a reload is instant; a
+cache that cannot be read or does not hold a consistent split (truncated, foreign, edited) is rebuilt with a warning
+naming its path. Nothing is downloaded.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import warnings
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +26,29 @@ from torch.utils.data import TensorDataset
 
 from ._cache import cache_dir
 
-__all__ = ["load_digits", "load_mnist_sample", "split_and_normalize"]
+__all__ = ["load_digits", "load_mnist_sample", "split_and_normalize", "train_statistics"]
+
+_CACHE_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def train_statistics(x: np.ndarray, source: str) -> tuple[float, float]:
+    """Mean and standard deviation over all pixels of the training images ``x``, for :math:`(x - \\mu)/\\sigma`.
+
+    Raises ``ValueError`` naming ``source`` (a path or argument name) where no finite :math:`\\sigma > 0` exists:
+    no images, non-finite pixels, or constant images (every pixel equal, :math:`\\sigma = 0`: dividing would make
+    every value NaN).
+    """
+    if x.size == 0:
+        raise ValueError(f"{source} holds no images (shape {x.shape}): there are no training statistics")
+    mean, std = float(x.mean()), float(x.std())
+    if not (math.isfinite(mean) and math.isfinite(std)):
+        raise ValueError(f"{source}: the training images hold NaN or Inf pixels (mean {mean}, std {std})")
+    if std == 0 or x.min() == x.max():  # min == max is exact where a rounded float32 mean leaves std ~1e-6
+        raise ValueError(
+            f"{source}: the training images are constant (every pixel = {x.flat[0]:g}), so their standard deviation "
+            "is 0 and normalising would divide by zero; pass normalize=False to keep the raw values"
+        )
+    return mean, std
 
 
 def split_and_normalize(
@@ -54,7 +81,7 @@ def split_and_normalize(
     x_train = x_train.astype(np.float32)
     x_test = x_test.astype(np.float32)
     if normalize:
-        mean, std = float(x_train.mean()), float(x_train.std())
+        mean, std = train_statistics(x_train, "images")
         x_train = (x_train - mean) / std
         x_test = (x_test - mean) / std
 
@@ -64,14 +91,31 @@ def split_and_normalize(
     return as_dataset(x_train, y_train), as_dataset(x_test, y_test)
 
 
+def _read_cache(path: Path) -> tuple[TensorDataset, TensorDataset]:
+    """The split stored at ``path``; ``ValueError`` if its arrays do not form one (wrong keys, shapes or dtypes)."""
+    with np.load(path, allow_pickle=False) as z:
+        missing = sorted(set(_CACHE_KEYS) - set(z.files))
+        if missing:
+            raise ValueError(f"arrays {missing} are missing")
+        arrays = {k: z[k] for k in _CACHE_KEYS}
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if x.ndim != 4 or x.dtype != np.float32 or y.ndim != 1 or y.dtype != np.int64 or len(x) != len(y):
+            raise ValueError(f"{split} split holds images {x.shape} {x.dtype} and labels {y.shape} {y.dtype}")
+    return (
+        TensorDataset(torch.from_numpy(arrays["x_train"]), torch.from_numpy(arrays["y_train"])),
+        TensorDataset(torch.from_numpy(arrays["x_test"]), torch.from_numpy(arrays["y_test"])),
+    )
+
+
 def _cached(name: str, build, *, test_size, seed: int, normalize: bool) -> tuple[TensorDataset, TensorDataset]:
     path = Path(cache_dir()) / f"{name}_seed{seed}_test{test_size}_{'norm' if normalize else 'raw'}.npz"
     if path.exists():
-        z = np.load(path)
-        return (
-            TensorDataset(torch.from_numpy(z["x_train"]), torch.from_numpy(z["y_train"])),
-            TensorDataset(torch.from_numpy(z["x_test"]), torch.from_numpy(z["y_test"])),
-        )
+        try:
+            return _read_cache(path)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+            warnings.warn(f"data cache {path} is unreadable or inconsistent ({type(err).__name__}: {err}); "
+                          "rebuilding it", stacklevel=3)
     images, labels = build()
     train, test = split_and_normalize(images, labels, test_size=test_size, seed=seed, normalize=normalize)
     try:

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
+from .datasets import train_statistics
+
 __all__ = ["read_idx", "load_mnist", "load_fashion_mnist"]
 
 _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"),
@@ -78,9 +80,11 @@ def _load(root: str | Path, subfolder: str, normalize: bool) -> tuple[TensorData
                 f"{paths[img_stem]} and {paths[lbl_stem]} must hold N x H x W images and N labels, "
                 f"got shapes {x.shape} and {y.shape}"
             )
+        if split == "train" and x.size == 0:  # no statistics to normalise with, nothing to train on
+            raise ValueError(f"{paths[img_stem]} holds no images (shape {x.shape})")
         arrays[split] = (x[:, None].astype(np.float32), y.astype(np.int64))
     if normalize:
-        mean, std = float(arrays["train"][0].mean()), float(arrays["train"][0].std())
+        mean, std = train_statistics(arrays["train"][0], str(paths[_FILES["train"][0]]))
         arrays = {k: ((x - mean) / std, y) for k, (x, y) in arrays.items()}
     return tuple(TensorDataset(torch.from_numpy(x), torch.from_numpy(y)) for x, y in arrays.values())
 
@@ -95,6 +99,9 @@ def load_mnist(root: str | Path, *, normalize: bool = True) -> tuple[TensorDatas
     ------
     FileNotFoundError
         Naming the missing file, the folders searched and the four files expected.
+    ValueError
+        Naming the file: a malformed IDX file, image and label counts that differ, no training images, or (with
+        ``normalize=True``) constant training images, whose standard deviation of 0 would make every value NaN.
     """
     return _load(root, "MNIST", normalize)
 
