@@ -9,11 +9,12 @@
 * the workbench: :mod:`tensorcompress.data`, :mod:`tensorcompress.models`, :mod:`tensorcompress.train`,
   :mod:`tensorcompress.metrics`;
 * model surgery shared by every whole-model transform (:mod:`tensorcompress.surgery`);
+* knowledge distillation and ensembles (:mod:`tensorcompress.distillation`);
 * checks for the notebooks' exercises (:mod:`tensorcompress.exercises`);
 * ``available_devices``.
 """
 
-from . import data, decompositions, exercises, layers, metrics, models, surgery, train
+from . import data, decompositions, distillation, exercises, layers, metrics, models, surgery, train
 from .decompositions import *  # noqa: F403
 from .devices import available_devices
 from .layers import *  # noqa: F403
@@ -34,6 +35,7 @@ __all__ = [
     "unfold",
     "data",
     "decompositions",
+    "distillation",
     "exercises",
     "layers",
     "metrics",
