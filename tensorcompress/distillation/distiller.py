@@ -58,7 +58,9 @@ def _weight(value: object, name: str) -> float:
 
 
 def _device_of(model: nn.Module) -> torch.device | None:
-    p = next(model.parameters(), None) or next(model.buffers(), None)
+    p = next(model.parameters(), None)
+    if p is None:
+        p = next(model.buffers(), None)
     return None if p is None else p.device
 
 
