@@ -205,6 +205,30 @@ def test_an_ensemble_as_teacher():
         assert_unchanged(m, b)
 
 
+def test_temperature_and_alpha_can_be_annealed_by_a_callback():
+    teacher, student = mlp(0), mlp(1)
+    d = D.Distiller(teacher, T=8.0, alpha=0.9)
+    seen = []
+
+    class Anneal:
+        def on_epoch_begin(self, state):
+            d.T, d.alpha = 8.0 / state.epoch, 0.9 - 0.2 * state.epoch
+
+    check = Recompute(d, teacher, {}, {}, 0.0, 0.0)
+
+    class Record:
+        def on_loss(self, state):
+            seen.append((d.T, d.alpha))
+
+    with d:
+        tc.fit(student, data(), epochs=2, batch_size=25, callbacks=[Anneal(), d, check, Record()])
+    assert check.checked == 4 and seen == [(8.0, 0.7)] * 2 + [(4.0, 0.5)] * 2
+    with pytest.raises(ValueError, match="T \\(the temperature\\) must be > 0"):
+        d.T = 0.0
+    with pytest.raises(ValueError, match="alpha"):
+        d.alpha = -0.5
+
+
 # ---------------------------------------------------------------- errors
 
 

@@ -102,7 +102,7 @@ class Distiller:
         if not isinstance(teacher, nn.Module):
             raise TypeError(f"teacher must be a torch.nn.Module, got {type(teacher).__name__}")
         self.teacher = teacher
-        self.T, self.alpha = check_temperature(T), check_alpha(alpha)
+        self.T, self.alpha = T, alpha
         self.hints, self.attention = _pairs(hints, "hints"), _pairs(attention, "attention")
         self.hint_weight, self.beta = _weight(hint_weight, "hint_weight"), _weight(beta, "beta")
         if self.hints and not isinstance(example_input, torch.Tensor):
@@ -116,6 +116,26 @@ class Distiller:
         self.regressors = nn.ModuleDict()
         self._teacher_logits: torch.Tensor | None = None
         self._saved: tuple[dict[nn.Module, bool], torch.device | None] | None = None
+
+    # ------------------------------------------------------------ hyperparameters (a callback may anneal them)
+
+    @property
+    def T(self) -> float:
+        """The temperature; may be changed between batches (validated: ``> 0``)."""
+        return self._T
+
+    @T.setter
+    def T(self, value: float) -> None:
+        self._T = check_temperature(value)
+
+    @property
+    def alpha(self) -> float:
+        """The weight of the soft targets; may be changed between batches (validated: in ``[0, 1]``)."""
+        return self._alpha
+
+    @alpha.setter
+    def alpha(self, value: float) -> None:
+        self._alpha = check_alpha(value)
 
     # ------------------------------------------------------------ teacher
 
@@ -197,6 +217,12 @@ class Distiller:
             loss = loss + attention_transfer_loss(self._student_hooks[s_name], self._teacher_hooks[t_name],
                                                   beta=self.beta)
         state.loss = loss
+
+    def on_batch_end(self, state) -> None:
+        # drop this batch's features and teacher outputs (and the student's graph they hold) before the next forward
+        self._teacher_hooks.features.clear()
+        self._student_hooks.features.clear()
+        self._teacher_logits = None
 
     def on_train_end(self, state) -> None:
         self.close()
