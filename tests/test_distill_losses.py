@@ -231,6 +231,15 @@ def test_conv_regressor_maps_the_student_map_onto_the_teachers(s_shape, t_shape,
     assert reg(torch.zeros(s_shape)).shape == t_shape
 
 
+@given(n=st.integers(1, 3), cs=st.integers(1, 4), ct=st.integers(1, 4), hs=st.integers(1, 6), ws=st.integers(1, 6),
+       dh=st.integers(0, 3), dw=st.integers(0, 3))
+def test_regressor_shapes_property(n, cs, ct, hs, ws, dh, dw):
+    s_shape, t_shape = (n, cs, hs + dh, ws + dw), (n, ct, hs, ws)
+    reg = D.hint_regressor(s_shape, t_shape)
+    assert reg(torch.zeros(s_shape)).shape == t_shape
+    assert D.hint_regressor((n, cs * hs), (n, ct))(torch.zeros(n, cs * hs)).shape == (n, ct)
+
+
 def test_hint_errors():
     with pytest.raises(ValueError, match="smaller than the teacher's"):
         D.hint_regressor((2, 8, 4, 4), (2, 8, 6, 6))
@@ -277,6 +286,16 @@ def test_attention_transfer_gradient_is_finite_at_zero_difference():
     s = torch.randn(2, 3, 4, 4, dtype=torch.float64, requires_grad=True)
     D.attention_transfer_loss(s, s.detach().clone()).backward()
     assert torch.isfinite(s.grad).all()
+
+
+@given(n=st.integers(1, 4), c=st.integers(1, 5), h=st.integers(1, 5), w=st.integers(1, 5), seed=st.integers(0, 99))
+def test_attention_map_property(n, c, h, w, seed):
+    a = randn((n, c, h, w), seed)
+    at = D.attention_map(a)
+    assert at.shape == (n, h * w) and (at >= 0).all()
+    torch.testing.assert_close(at.norm(dim=1), torch.ones(n, dtype=torch.float64))
+    loss = D.attention_transfer_loss(a, randn((n, c + 1, h, w), seed + 1), beta=2.0)
+    assert 0.0 <= float(loss) <= math.sqrt(2) + 1e-12  # β/2 = 1; unit vectors with entries >= 0 are <= √2 apart
 
 
 def test_attention_transfer_errors():

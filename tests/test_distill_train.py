@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 import tensorcompress as tc
 
@@ -81,6 +81,32 @@ def test_teacher_is_frozen_in_eval_mode_called_once_per_batch_and_left_unchanged
     assert all(not m._forward_hooks for m in student.modules())
 
 
+def test_with_hints_the_teacher_runs_once_more_to_size_the_regressors():
+    teacher, student = Spy(mlp(0, hidden=8)), mlp(1, hidden=3)
+    before = snapshot(teacher)
+    loader = DataLoader(data(), batch_size=10, shuffle=False)  # a DataLoader: the example batch comes from it
+    D.distill(student, teacher, loader, epochs=2, hints={"1": "net.1"}, attention=None)
+    assert teacher.calls == [(False, False)] * (1 + 2 * 5)
+    assert_unchanged(teacher, before)
+
+
+def test_models_returning_features_too():
+    class WithFeatures(nn.Module):
+        def __init__(self, seed, hidden):
+            super().__init__()
+            self.net = mlp(seed, hidden=hidden)
+
+        def forward(self, x):
+            return self.net(x), {"input": x}
+
+    teacher, student = WithFeatures(0, 8), WithFeatures(1, 3)
+    d = D.Distiller(teacher, T=2.0, alpha=0.5)
+    check = Recompute(d, teacher, {}, {}, 0.0, 0.0)
+    with d:
+        tc.fit(student, data(), epochs=1, batch_size=25, callbacks=[d, check])
+    assert check.checked == 2
+
+
 def test_teacher_of_another_dtype():
     teacher, student = mlp(0, dtype=torch.float32), mlp(1, dtype=torch.float64)
     before = snapshot(teacher)
@@ -125,6 +151,7 @@ class Recompute:
         assert not self.teacher.training
         with torch.no_grad():
             v = self.teacher(x)
+        v = v[0] if isinstance(v, tuple) else v
         ref = tc.distillation.kd_loss(state.outputs, v, y, T=self.d.T, alpha=self.d.alpha)
         for k, (s, t) in enumerate(self.hints.items()):
             ref = ref + self.hint_weight * D.hint_loss(self.s_hooks[s], self.t_hooks[t], self.d.regressors[str(k)])
