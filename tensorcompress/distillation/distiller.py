@@ -277,6 +277,14 @@ def distill(student: nn.Module, teacher: nn.Module, train, *, T: float = 4.0, al
     **fit_options
         Passed to :func:`~tensorcompress.fit` (``epochs``, ``lr``, ``batch_size``, ``seed``, ``test``, ...);
         ``loss_fn`` is refused (the distiller sets the loss).
+
+    Examples
+    --------
+    >>> train, test = tc.data.load_digits()
+    >>> teacher = tc.models.SmallCNN(input_size=8); tc.fit(teacher, train, epochs=5)
+    >>> student = tc.models.SmallCNN(input_size=8, channels=(8, 16))
+    >>> history = tc.distillation.distill(student, teacher, train, T=4.0, alpha=0.9, epochs=5,
+    ...                                   attention={"features.0": "features.0"}, test=test)
     """
     if "loss_fn" in fit_options:
         raise TypeError("distill sets the loss (kd_loss + hints + attention); loss_fn is not allowed")
