@@ -10,6 +10,7 @@
   :mod:`tensorcompress.metrics`;
 * model surgery shared by every whole-model transform (:mod:`tensorcompress.surgery`);
 * pruning (:mod:`tensorcompress.pruning`, as ``tc.pruning``): criteria, masks, ``shrink``, schedules, sparse files;
+* knowledge distillation and ensembles (:mod:`tensorcompress.distillation`);
 * checks for the notebooks' exercises (:mod:`tensorcompress.exercises`);
 * mean ± std of an experiment over seeds (:mod:`tensorcompress.experiments`);
 * quantization: uniform and non-uniform quantizers, observers, fake-quantized and integer-only models
@@ -20,6 +21,7 @@
 from . import (
     data,
     decompositions,
+    distillation,
     exercises,
     experiments,
     layers,
@@ -50,6 +52,7 @@ __all__ = [
     "unfold",
     "data",
     "decompositions",
+    "distillation",
     "exercises",
     "experiments",
     "layers",

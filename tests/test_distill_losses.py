@@ -1,0 +1,309 @@
+"""kd_loss, hint_loss and attention transfer against their formulas written out with torch.nn.functional pieces."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import randn, tolerance
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import nn
+from torch.nn import functional as F
+
+import tensorcompress as tc
+
+D = tc.distillation
+
+
+def kd_by_hand(z, v, y, T, alpha):
+    """α T² (1/N) Σ_n Σ_i p_i (log p_i − log q_i) + (1 − α) (1/N) Σ_n −log softmax(z_n)_{y_n}, in float64."""
+    z, v = z.double(), v.double()
+    p, q = torch.softmax(v / T, 1), torch.softmax(z / T, 1)
+    kl = (p * (p.log() - q.log())).sum() / z.shape[0]
+    if y is None:
+        return T * T * kl
+    ce = -torch.softmax(z, 1).log().gather(1, y[:, None]).mean()
+    return alpha * T * T * kl + (1 - alpha) * ce
+
+
+def grad_by_hand(z, v, y, T, alpha):
+    """α T (softmax(z/T) − softmax(v/T))/N + (1 − α)(softmax(z) − onehot(y))/N."""
+    n, k = z.shape
+    soft = T * (torch.softmax(z / T, 1) - torch.softmax(v / T, 1)) / n
+    hard = (torch.softmax(z, 1) - F.one_hot(y, k).to(z.dtype)) / n
+    return alpha * soft + (1 - alpha) * hard
+
+
+def logits(n, k, seed, device="cpu", dtype=torch.float64, scale=3.0):
+    return scale * randn((n, k), seed, device, dtype)
+
+
+def labels(n, k, seed, device="cpu"):
+    return torch.randint(0, k, (n,), generator=torch.Generator().manual_seed(seed)).to(device)
+
+
+# ---------------------------------------------------------------- kd_loss: value and gradient
+
+
+@pytest.mark.parametrize("T, alpha", [(1.0, 0.5), (4.0, 0.9), (20.0, 0.3), (0.5, 1.0), (2.0, 0.0)])
+def test_kd_loss_equals_the_formula(device, dtype, T, alpha):
+    z, v, y = logits(16, 10, 1, device, dtype), logits(16, 10, 2, device, dtype), labels(16, 10, 3, device)
+    loss = D.kd_loss(z, v, y, T=T, alpha=alpha)
+    assert loss.dtype == dtype and loss.device.type == torch.device(device).type and loss.ndim == 0
+    torch.testing.assert_close(loss.double(), kd_by_hand(z, v, y, T, alpha), rtol=tolerance(dtype), atol=1e-6
+                               if dtype == torch.float32 else 1e-12)
+
+
+def test_kd_loss_matches_torch_pieces_with_default_arguments():
+    z, v, y = logits(8, 5, 4), logits(8, 5, 5), labels(8, 5, 6)
+    ref = 0.9 * 16 * F.kl_div(F.log_softmax(z / 4, 1), F.softmax(v / 4, 1), reduction="batchmean") \
+        + 0.1 * F.cross_entropy(z, y)
+    torch.testing.assert_close(D.kd_loss(z, v, y), ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("T, alpha", [(1.0, 0.5), (4.0, 0.9), (10.0, 0.2)])
+def test_kd_loss_gradient_closed_form(device, dtype, T, alpha):
+    z = logits(12, 7, 7, device, dtype).requires_grad_()
+    v = logits(12, 7, 8, device, dtype).requires_grad_()
+    y = labels(12, 7, 9, device)
+    D.kd_loss(z, v, y, T=T, alpha=alpha).backward()
+    torch.testing.assert_close(z.grad, grad_by_hand(z.detach(), v.detach(), y, T, alpha),
+                               rtol=tolerance(dtype), atol=1e-7 if dtype == torch.float32 else 1e-14)
+    assert v.grad is None  # the teacher is a constant
+
+
+def test_targets_none_is_the_soft_term_alone():
+    z, v, y = logits(9, 4, 10), logits(9, 4, 11), labels(9, 4, 12)
+    for alpha in (0.0, 0.3, 1.0):
+        torch.testing.assert_close(D.kd_loss(z, v, None, T=3.0, alpha=alpha), D.kd_loss(z, v, y, T=3.0, alpha=1.0))
+    torch.testing.assert_close(D.kd_loss(z, v, None, T=3.0), kd_by_hand(z, v, None, 3.0, 1.0))
+
+
+def test_kd_loss_is_zero_for_identical_logits_and_positive_otherwise():
+    z = logits(6, 5, 13)
+    assert float(D.kd_loss(z, z.clone(), None)) == pytest.approx(0.0, abs=1e-14)
+    assert float(D.kd_loss(z, logits(6, 5, 14), None)) > 0
+
+
+def centred(z):
+    return z - z.mean(1, keepdim=True)
+
+
+def test_high_temperature_limit_of_the_soft_gradient():
+    """T(q − p)/N → (z̃ − ṽ)/(K N); the error is the next term of the expansion, [(z̃² − mean z̃²) − (ṽ² − mean ṽ²)]
+    /(2 K N T), and what is left after that term shrinks as 1/T² (module docstring of losses)."""
+    n, k = 5, 6
+    z, v = logits(n, k, 15, scale=1.0), logits(n, k, 16, scale=1.0)
+    zc, vc = centred(z), centred(v)
+    limit = (zc - vc) / (k * n)
+    second = ((zc**2 - (zc**2).mean(1, keepdim=True)) - (vc**2 - (vc**2).mean(1, keepdim=True))) / (2 * k * n)
+    errors, residuals = [], []
+    temps = [25.0, 50.0, 100.0, 200.0]
+    for T in temps:
+        zg = z.clone().requires_grad_()
+        D.kd_loss(zg, v, None, T=T).backward()  # the soft term alone (alpha = 1)
+        errors.append(float((zg.grad - limit).abs().max()))
+        residuals.append(float((zg.grad - limit - second / T).abs().max()))
+    for e0, e1 in zip(errors, errors[1:], strict=False):
+        assert e1 / e0 == pytest.approx(0.5, rel=0.05)  # O(1/T)
+    for r0, r1 in zip(residuals, residuals[1:], strict=False):
+        assert r1 / r0 == pytest.approx(0.25, rel=0.05)  # O(1/T²) once the 1/T term is removed
+    assert errors[-1] < 5e-3 * float(limit.abs().max())  # at T = 200 within 0.5 % of the limit
+
+
+def test_soft_gradient_norm_is_flat_in_T_because_of_the_T2_factor():
+    z, v = logits(8, 10, 17, scale=1.0), logits(8, 10, 18, scale=1.0)
+    norms = []
+    for T in (5.0, 10.0, 20.0, 40.0, 80.0):
+        zg = z.clone().requires_grad_()
+        D.kd_loss(zg, v, None, T=T).backward()
+        norms.append(float(zg.grad.norm()))
+        zg.grad = None
+        (D.kd_loss(zg, v, None, T=T) / T**2).backward()  # without the factor: falls as 1/T²
+        assert float(zg.grad.norm()) == pytest.approx(norms[-1] / T**2, rel=1e-10)
+    assert max(norms) / min(norms) < 1.5
+
+
+@given(n=st.integers(1, 12), k=st.integers(2, 12), T=st.floats(0.3, 30.0), alpha=st.floats(0.0, 1.0),
+       seed=st.integers(0, 2**16))
+def test_kd_loss_property(n, k, T, alpha, seed):
+    z = logits(n, k, seed).requires_grad_()
+    v, y = logits(n, k, seed + 1), labels(n, k, seed + 2)
+    loss = D.kd_loss(z, v, y, T=T, alpha=alpha)
+    torch.testing.assert_close(loss, kd_by_hand(z.detach(), v, y, T, alpha), rtol=1e-10, atol=1e-12)
+    loss.backward()
+    torch.testing.assert_close(z.grad, grad_by_hand(z.detach(), v, y, T, alpha), rtol=1e-9, atol=1e-13)
+    assert float(D.kd_loss(z.detach(), v, None, T=T)) >= -1e-12  # KL ≥ 0
+
+
+def test_kd_loss_is_stable_for_extreme_logits():
+    z32, v32 = logits(6, 8, 19, dtype=torch.float32, scale=500.0), logits(6, 8, 20, dtype=torch.float32, scale=500.0)
+    y = labels(6, 8, 21)
+    loss = D.kd_loss(z32, v32, y, T=1.0, alpha=0.5)
+    p = torch.softmax(v32, 1)
+    assert not torch.isfinite((p * (p.log() - torch.softmax(z32, 1).log())).sum())  # the naive formula fails here
+    ref = D.kd_loss(z32.double(), v32.double(), y, T=1.0, alpha=0.5)
+    assert torch.isfinite(loss)
+    torch.testing.assert_close(loss.double(), ref, rtol=1e-5, atol=0)
+    # logits shifted per row change no softmax
+    z, v = logits(5, 4, 22), logits(5, 4, 23)
+    shift = 1e4 * torch.arange(1.0, 6.0, dtype=torch.float64)[:, None]
+    torch.testing.assert_close(D.kd_loss(z + shift, v - shift, labels(5, 4, 24)), D.kd_loss(z, v, labels(5, 4, 24)),
+                               rtol=1e-9, atol=1e-9)
+
+
+def test_kd_loss_half_precision_computes_in_float32():
+    z, v, y = logits(8, 5, 25, dtype=torch.float32), logits(8, 5, 26, dtype=torch.float32), labels(8, 5, 27)
+    loss = D.kd_loss(z.half(), v.half(), y)
+    assert loss.dtype == torch.float16
+    torch.testing.assert_close(loss.float(), D.kd_loss(z.half().float(), v.half().float(), y).half().float())
+
+
+@pytest.mark.parametrize("kwargs, exc, match", [
+    ({"T": 0.0}, ValueError, "T"),
+    ({"T": -2.0}, ValueError, "T"),
+    ({"T": math.nan}, TypeError, "T"),
+    ({"T": True}, TypeError, "T"),
+    ({"alpha": 1.5}, ValueError, "alpha"),
+    ({"alpha": -0.1}, ValueError, "alpha"),
+    ({"alpha": "0.5"}, TypeError, "alpha"),
+])
+def test_kd_loss_refuses_bad_hyperparameters(kwargs, exc, match):
+    z, v = logits(4, 3, 28), logits(4, 3, 29)
+    with pytest.raises(exc, match=match):
+        D.kd_loss(z, v, None, **kwargs)
+
+
+def test_kd_loss_refuses_bad_tensors():
+    z, v, y = logits(4, 3, 30), logits(4, 3, 31), labels(4, 3, 32)
+    with pytest.raises(ValueError, match="same shape.*\\(4, 3\\).*\\(4, 5\\)"):
+        D.kd_loss(z, logits(4, 5, 33), y)
+    with pytest.raises(ValueError, match="student_logits.*2 dimensions"):
+        D.kd_loss(z[0], v[0], None)
+    with pytest.raises(TypeError, match="teacher_logits.*floating"):
+        D.kd_loss(z, torch.ones(4, 3, dtype=torch.int64), y)
+    with pytest.raises(TypeError, match="student_logits.*torch.Tensor"):
+        D.kd_loss(z.tolist(), v, y)
+    with pytest.raises(ValueError, match="student_logits.*NaN"):
+        D.kd_loss(torch.full((4, 3), math.nan, dtype=torch.float64), v, y)
+    with pytest.raises(TypeError, match="targets.*integer"):
+        D.kd_loss(z, v, y.double())
+    with pytest.raises(ValueError, match="targets.*shape \\(4,\\)"):
+        D.kd_loss(z, v, y[:3])
+    with pytest.raises(ValueError, match="targets.*\\[0, 2\\]"):
+        D.kd_loss(z, v, torch.tensor([0, 1, 2, 3]))
+    with pytest.raises(ValueError, match="student_logits.*empty"):
+        D.kd_loss(z[:0], v[:0], None)
+
+
+# ---------------------------------------------------------------- hints
+
+
+def test_hint_loss_equals_half_squared_error_per_sample(device, dtype):
+    s, t = randn((6, 4, 5, 5), 40, device, dtype), randn((6, 4, 5, 5), 41, device, dtype)
+    ref = F.mse_loss(s, t, reduction="sum") / (2 * 6)
+    torch.testing.assert_close(D.hint_loss(s, t), ref, rtol=tolerance(dtype), atol=0)
+
+
+def test_hint_loss_through_a_linear_regressor():
+    s, t = randn((7, 5), 42).requires_grad_(), randn((7, 3), 43)
+    reg = D.hint_regressor(s, t).double()
+    assert isinstance(reg, nn.Linear) and (reg.in_features, reg.out_features) == (5, 3)
+    loss = D.hint_loss(s, t, reg)
+    r = s.detach() @ reg.weight.detach().T + reg.bias.detach()
+    torch.testing.assert_close(loss.detach(), 0.5 * ((t - r) ** 2).sum(1).mean(), rtol=1e-12, atol=0)
+    loss.backward()
+    # d/dr = (r − t)/N, then through the regressor
+    torch.testing.assert_close(reg.weight.grad, ((r - t) / 7).T @ s.detach(), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(s.grad, ((r - t) / 7) @ reg.weight.detach(), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("s_shape, t_shape, kernel", [
+    ((2, 8, 6, 6), (2, 16, 6, 6), (1, 1)),
+    ((2, 8, 6, 7), (2, 3, 4, 4), (3, 4)),
+])
+def test_conv_regressor_maps_the_student_map_onto_the_teachers(s_shape, t_shape, kernel):
+    reg = D.hint_regressor(s_shape, t_shape)
+    assert isinstance(reg, nn.Conv2d) and reg.kernel_size == kernel
+    assert (reg.in_channels, reg.out_channels) == (s_shape[1], t_shape[1])
+    assert reg(torch.zeros(s_shape)).shape == t_shape
+
+
+@given(n=st.integers(1, 3), cs=st.integers(1, 4), ct=st.integers(1, 4), hs=st.integers(1, 6), ws=st.integers(1, 6),
+       dh=st.integers(0, 3), dw=st.integers(0, 3))
+def test_regressor_shapes_property(n, cs, ct, hs, ws, dh, dw):
+    s_shape, t_shape = (n, cs, hs + dh, ws + dw), (n, ct, hs, ws)
+    reg = D.hint_regressor(s_shape, t_shape)
+    assert reg(torch.zeros(s_shape)).shape == t_shape
+    assert D.hint_regressor((n, cs * hs), (n, ct))(torch.zeros(n, cs * hs)).shape == (n, ct)
+
+
+def test_hint_errors():
+    with pytest.raises(ValueError, match="smaller than the teacher's"):
+        D.hint_regressor((2, 8, 4, 4), (2, 8, 6, 6))
+    with pytest.raises(ValueError, match="student_shape \\(2, 8\\) and teacher_shape \\(2, 8, 3, 3\\)"):
+        D.hint_regressor((2, 8), (2, 8, 3, 3))
+    with pytest.raises(TypeError, match="student_shape"):
+        D.hint_regressor("2, 8", (2, 8))
+    with pytest.raises(ValueError, match="hint_regressor"):
+        D.hint_loss(torch.zeros(3, 4), torch.zeros(3, 5))
+    with pytest.raises(TypeError, match="regressor"):
+        D.hint_loss(torch.zeros(3, 4), torch.zeros(3, 4), regressor=lambda x: x)
+
+
+def test_hint_loss_does_not_train_the_teacher_feature():
+    s, t = torch.randn(3, 4, requires_grad=True), torch.randn(3, 4, requires_grad=True)
+    D.hint_loss(s, t).backward()
+    assert t.grad is None and s.grad is not None
+
+
+# ---------------------------------------------------------------- attention transfer
+
+
+def test_attention_map_equals_normalised_mean_of_squares(device, dtype):
+    a = randn((3, 5, 4, 6), 50, device, dtype)
+    q = (a**2).mean(1).flatten(1)  # references.md: mean over channels of x², then normalise (the mean's 1/C cancels)
+    ref = q / q.norm(dim=1, keepdim=True)
+    at = D.attention_map(a)
+    assert at.shape == (3, 24)
+    torch.testing.assert_close(at, ref, rtol=tolerance(dtype), atol=0)
+    torch.testing.assert_close(at.norm(dim=1), torch.ones(3, device=device, dtype=dtype))
+    torch.testing.assert_close(D.attention_map(-7.0 * a), at)  # |A|^p, then scale-free
+    torch.testing.assert_close(D.attention_map(a, p=1), F.normalize(a.abs().sum(1).flatten(1), dim=1))
+
+
+def test_attention_transfer_loss_formula(device, dtype):
+    s, t = randn((4, 3, 5, 5), 51, device, dtype), randn((4, 8, 5, 5), 52, device, dtype)  # channels differ
+    ref = 0.5 * 2.5 * (D.attention_map(s) - D.attention_map(t)).norm(dim=1).mean()
+    torch.testing.assert_close(D.attention_transfer_loss(s, t, beta=2.5), ref, rtol=tolerance(dtype), atol=0)
+    assert float(D.attention_transfer_loss(s, 3.0 * s)) == pytest.approx(0.0, abs=1e-6)
+    assert float(D.attention_transfer_loss(s, t, beta=0.0)) == 0.0
+
+
+def test_attention_transfer_gradient_is_finite_at_zero_difference():
+    s = torch.randn(2, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    D.attention_transfer_loss(s, s.detach().clone()).backward()
+    assert torch.isfinite(s.grad).all()
+
+
+@given(n=st.integers(1, 4), c=st.integers(1, 5), h=st.integers(1, 5), w=st.integers(1, 5), seed=st.integers(0, 99))
+def test_attention_map_property(n, c, h, w, seed):
+    a = randn((n, c, h, w), seed)
+    at = D.attention_map(a)
+    assert at.shape == (n, h * w) and (at >= 0).all()
+    torch.testing.assert_close(at.norm(dim=1), torch.ones(n, dtype=torch.float64))
+    loss = D.attention_transfer_loss(a, randn((n, c + 1, h, w), seed + 1), beta=2.0)
+    assert 0.0 <= float(loss) <= math.sqrt(2) + 1e-12  # β/2 = 1; unit vectors with entries >= 0 are <= √2 apart
+
+
+def test_attention_transfer_errors():
+    with pytest.raises(ValueError, match="spatial sizes.*\\(2, 3, 4, 4\\).*\\(2, 3, 5, 5\\)"):
+        D.attention_transfer_loss(torch.zeros(2, 3, 4, 4), torch.zeros(2, 3, 5, 5))
+    with pytest.raises(ValueError, match="student_feature.*3 dimensions"):
+        D.attention_transfer_loss(torch.zeros(2, 3), torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="p must be > 0"):
+        D.attention_map(torch.zeros(2, 3, 4), p=0)
+    with pytest.raises(ValueError, match="beta"):
+        D.attention_transfer_loss(torch.zeros(2, 3, 4), torch.zeros(2, 3, 4), beta=-1)
