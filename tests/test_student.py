@@ -227,3 +227,11 @@ def test_student_version_is_identical_elsewhere_and_nothing_depends_on_exercises
                 continue
             used = {n.id for n in ast.walk(_parse(cell.source)) if isinstance(n, ast.Name)}
             assert not names & used, f"{path.name}, cell {j} uses {names & used} of exercise {ex.number}"
+
+
+def test_readme_lists_each_notebooks_exercise_count():
+    readme = (NOTEBOOKS[0].parents[1] / "README.md").read_text(encoding="utf-8")
+    for path in NOTEBOOKS:
+        row = re.search(rf"^\| [^\n]*\| `{re.escape(path.stem)}` \|[^\n]*\| (\d+) \|$", readme, re.MULTILINE)
+        assert row, f"README's notebook table has no 'exercises' entry for {path.stem}"
+        assert int(row.group(1)) == len(_load(path)[1]), f"README's exercise count for {path.stem} is out of date"
