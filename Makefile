@@ -20,7 +20,7 @@ INLINE := MPLBACKEND=module://matplotlib_inline.backend_inline
 export TQDM_DISABLE := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: install test unit notebooks-test lint tour lab notebooks bench clean
+.PHONY: install test unit notebooks-test lint tour lab notebooks bench clean student
 
 install: $(STAMP)
 
@@ -58,6 +58,10 @@ notebooks: $(STAMP)
 
 bench: $(STAMP)
 	@for f in benchmarks/*.py; do [ -e "$$f" ] || continue; echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+# Student version: solutions replaced by NotImplementedError, hidden tests removed (tensorcompress/student.py).
+student: $(STAMP)
+	$(BIN)/python -m tensorcompress.student notebooks/ build/student/
 
 # Through tensorcompress.lab, which adds --allow-root for root (containers) and --no-browser where there is no
 # display, and gives kernels the inline back-end (tests/test_lab.py starts it and asks the server over loopback).
