@@ -113,10 +113,25 @@ def test_no_mutation_and_tensorly_round_trip(device, dtype):
     assert repr(tt).startswith("TTTensor(shape=(4, 5, 6), ranks=(1, 3, 3, 1), n_params=75")
 
 
-def test_max_rank_int_is_capped_and_sequence_is_exact():
+def test_max_rank_one_rule_capped_and_tensorly_form():
+    """One rank-list rule for tt_svd, tt_round and tt_matrix_svd: an int or d - 1 inner ranks or TensorLy's
+    [1, r_1, ..., 1], each capped at what its unfolding allows (failed before: a list entry above the cap raised in
+    tt_svd/tt_matrix_svd while tt_round capped it, and TensorLy's form was refused)."""
     x = _randn((2, 3, 4), 0)
     assert tc.tt_svd(x, max_rank=100).ranks == (1, 2, 4, 1)
     assert tc.tt_svd(x, max_rank=[2, 1]).ranks == (1, 2, 1, 1)
+    assert tc.tt_svd(x, max_rank=[5, 9]).ranks == (1, 2, 4, 1)  # capped at min(2, 12) and min(6, 4)
+    assert tc.tt_svd(x, max_rank=[1, 2, 3, 1]).ranks == (1, 2, 3, 1)
+    full = tc.tt_svd(x)
+    assert tc.tt_round(full, max_rank=[5, 9]).ranks == (1, 2, 4, 1)
+    assert tc.tt_round(full, max_rank=[1, 2, 3, 1]).ranks == (1, 2, 3, 1)
+    w = _randn((6, 8), 1)
+    assert tc.tt_matrix_svd(w, (2, 3), (2, 4), max_rank=[50]).ranks == (1, 4, 1)  # min(2 * 2, 3 * 4)
+    assert tc.tt_matrix_svd(w, (2, 3), (2, 4), max_rank=[1, 3, 1]).ranks == (1, 3, 1)
+    # the same ranks as TensorLy's tensor_train given the same list
+    with tl.backend_context("pytorch"):
+        theirs = tensor_train(x, [1, 2, 3, 1])
+    assert tuple(theirs.rank) == tc.tt_svd(x, max_rank=[1, 2, 3, 1]).ranks
 
 
 X = torch.ones(3, 4, 5)
@@ -126,8 +141,8 @@ X = torch.ones(3, 4, 5)
     "kwargs,exc,match",
     [
         (dict(x=X, max_rank=0), ValueError, r"max_rank must be >= 1, got 0"),
-        (dict(x=X, max_rank=[2]), ValueError, r"max_rank must hold d - 1 = 2 ranks for shape \(3, 4, 5\), got 1"),
-        (dict(x=X, max_rank=[4, 2]), ValueError, r"max_rank\[0\]=4 exceeds what the unfolding allows .* 1\.\.3"),
+        (dict(x=X, max_rank=[2]), ValueError, r"max_rank must hold d - 1 = 2 inner ranks \(or d \+ 1 = 4 with"),
+        (dict(x=X, max_rank=[2, 2, 2, 1]), ValueError, r"TensorLy's form\) must start and end with 1, got \[2, 2"),
         (dict(x=X, max_rank=[2, 0]), ValueError, r"max_rank\[1\] must be >= 1, got 0"),
         (dict(x=X, max_rank="3"), TypeError, r"max_rank must be an int or a sequence of 2 ints, got str"),
         (dict(x=X, eps=0.1, max_rank=2), ValueError, r"give eps or max_rank, not both"),

@@ -88,7 +88,8 @@ W = torch.ones(6, 8)
         ((torch.ones(6, 8, 1), (6,), (8,)), {}, ValueError, r"matrix must be 2-D"),
         ((W.long(), (6,), (8,)), {}, TypeError, r"floating point dtype"),
         ((W, (2, 3), (2, 4)), dict(eps=0.1, max_rank=2), ValueError, r"give eps or max_rank, not both"),
-        ((W, (2, 3), (2, 4)), dict(max_rank=[5]), ValueError, r"max_rank\[0\]=5 exceeds what the unfolding allows"),
+        ((W, (2, 3), (2, 4)), dict(max_rank=[5, 1]), ValueError, r"max_rank must hold d - 1 = 1 inner ranks"),
+        ((W, (6,), (8,)), dict(max_rank=0), ValueError, r"max_rank must be >= 1, got 0"),
     ],
 )
 def test_tt_matrix_svd_bad_input(args, kwargs, exc, match):

@@ -8,17 +8,30 @@ from collections.abc import Sequence
 
 import torch
 
-from .._validation import check_finite, check_positive_int, check_tensor
-from ..tensor import mode_dot
+from .._validation import check_finite, check_positive_int, check_tensor, compute_dtype
+from ..tensor import ldexp, mode_dot, scale_exponent, unfold
 
 __all__: list[str] = []
 
 
 def check_input(x: object, name: str = "x", *, min_ndim: int = 2) -> torch.Tensor:
-    """A floating point, finite tensor of order ``>= min_ndim`` (the input to every decomposition)."""
-    check_tensor(x, name, min_ndim=min_ndim, floating=True)
+    """A floating point, finite, non-empty tensor of order ``>= min_ndim`` (the input to every decomposition)."""
+    check_tensor(x, name, min_ndim=min_ndim)
+    compute_dtype(x, name)
     check_finite(x, name)
     return x
+
+
+def prepare(x: object, name: str = "x", *, min_ndim: int = 2) -> tuple[torch.Tensor, int]:
+    """The input of a decomposition, checked (:func:`check_input`), cast to its compute dtype (the one rule,
+    :func:`tensorcompress._validation.compute_dtype`: float16/bfloat16 compute in float32) and scaled by an exact
+    power of two ``2**-exp`` when its largest entry is far from 1, so that norms, Gram matrices and squared
+    singular values neither overflow nor underflow. Returns ``(scaled, exp)``: multiply a result back by
+    ``2**exp`` (:func:`tensorcompress.tensor.ldexp`), then cast to ``x.dtype``."""
+    check_input(x, name, min_ndim=min_ndim)
+    xc = x.to(compute_dtype(x, name))
+    exp = scale_exponent(xc)
+    return ldexp(xc, -exp), exp
 
 
 def check_tol(value: object, name: str, *, allow_none: bool = False, positive: bool = False) -> float | None:
@@ -80,6 +93,48 @@ def generator(seed: int | None) -> torch.Generator:
 def randn(shape: Sequence[int], gen: torch.Generator, like: torch.Tensor) -> torch.Tensor:
     """Standard normal numbers drawn in float64 on the CPU, returned with ``like``'s dtype and device."""
     return torch.randn(tuple(shape), generator=gen, dtype=torch.float64).to(device=like.device, dtype=like.dtype)
+
+
+def gram_is_accurate(tail: float, total: float, rank: int, size: int, dtype: torch.dtype) -> bool:
+    r"""Whether the leading ``rank`` eigenvectors of a Gram matrix :math:`Y Y^\top` (``size`` × ``size``) give a
+    truncation as accurate as an SVD of :math:`Y` would.
+
+    Forming the Gram matrix and its symmetric eigensolver are backward stable: the eigenvectors are exact for
+    :math:`YY^\top + E` with :math:`\|E\| \lesssim c\,\epsilon_{\text{mach}} \|Y\|^2`. By Weyl's inequality
+    the energy they capture then falls short of the best by at most :math:`2\,\text{rank}\,\|E\|`, so the
+    squared truncation error grows by at most that much. That is negligible (below 1 %) when the discarded energy
+    ``tail`` is at least 200 × ``rank`` × ``size`` × :math:`\epsilon_{\text{mach}}` × ``total``. Below it (the
+    condition number squared: exact low rank, graded spectra) the caller takes an SVD of :math:`Y` instead.
+    """
+    if rank >= size:  # every eigenvector kept: an orthonormal basis of the whole space, exact
+        return True
+    return tail >= 200.0 * rank * size * torch.finfo(dtype).eps * total
+
+
+def leading_left_singular(
+    y: torch.Tensor, mode: int, gram: torch.Tensor, *, rank: int | None = None, budget: float | None = None
+) -> torch.Tensor:
+    r"""Leading left singular vectors of the unfolding :math:`Y_{(n)}`, ``mode`` = :math:`n`, given its Gram
+    matrix ``gram`` = :math:`Y_{(n)} Y_{(n)}^\top`: ``rank`` of them, or (``budget``) as many as
+    :func:`rank_for_tail` needs for the squared singular values. Eigenvectors of ``gram`` where they are provably
+    as accurate as an SVD (:func:`gram_is_accurate`), else an SVD of :math:`Y_{(n)}` (whose vectors keep their
+    digits down to :math:`\epsilon_{\text{mach}} \sigma_1`, where the Gram route stops at
+    :math:`\sqrt{\epsilon_{\text{mach}}}\, \sigma_1`)."""
+    vals, vecs = leading_eigvecs(gram)
+    r = rank if rank is not None else rank_for_tail(vals, budget)
+    total = float(vals.sum())
+    if total == 0 or gram_is_accurate(float(vals[r:].sum()), total, r, gram.shape[0], gram.dtype):
+        return vecs[:, :r]
+    unfolded = unfold(y, mode)
+    u, s, _ = torch.linalg.svd(unfolded, full_matrices=unfolded.shape[1] < unfolded.shape[0])
+    if rank is None:
+        r = rank_for_tail(s**2, budget)
+    return u[:, :r]
+
+
+def uniform(shape: Sequence[int], gen: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+    """Numbers uniform on [0, 1) drawn in float64 on the CPU, returned with ``like``'s dtype and device."""
+    return torch.rand(tuple(shape), generator=gen, dtype=torch.float64).to(device=like.device, dtype=like.dtype)
 
 
 def leading_eigvecs(gram: torch.Tensor, rank: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

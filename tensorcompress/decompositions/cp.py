@@ -15,9 +15,9 @@ from collections.abc import Sequence
 
 import torch
 
-from .._validation import check_matrices, check_positive_int, check_tensor
-from ..tensor import khatri_rao
-from ._common import Factorized, check_input, check_tol, generator, leading_eigvecs, randn
+from .._validation import check_finite, check_matrices, check_positive_int, check_tensor
+from ..tensor import khatri_rao, ldexp
+from ._common import Factorized, check_tol, generator, leading_eigvecs, prepare, uniform
 
 __all__ = ["CPTensor", "cp_als", "cp_to_tensor"]
 
@@ -165,25 +165,19 @@ def _contract_left(x: torch.Tensor, factors: Sequence[torch.Tensor], h: int) -> 
     return t.reshape(t.shape[0], *shape[h:])
 
 
-_LETTERS = "abcdefghijklmnopqrstuvwxy"
-
-
 def _mttkrp_from_partial(
     t: torch.Tensor, factors: Sequence[torch.Tensor], modes: Sequence[int], n: int
 ) -> torch.Tensor:
     """MTTKRP of mode ``n`` from a partial contraction ``t`` of shape ``(R, I_m for m in modes)``: contract the
-    remaining modes of ``t`` with their factors (the rank index shared), giving ``(I_n, R)``."""
-    if len(modes) == 1:
-        return t.mT
-    letters = _LETTERS[: len(modes)]
-    operands = [t]
-    spec = ["z" + letters]
-    for j, m in enumerate(modes):
-        if m != n:
-            operands.append(factors[m])
-            spec.append(letters[j] + "z")
-    out = letters[list(modes).index(n)] + "z"
-    return torch.einsum(",".join(spec) + "->" + out, *operands)
+    remaining modes of ``t`` with their factors (the rank index shared), giving ``(I_n, R)``. One batched
+    matrix-vector product per mode (any order: no einsum letters to run out of)."""
+    rank, sizes = t.shape[0], t.shape[1:]
+    j = list(modes).index(n)
+    for m in reversed(modes[j + 1:]):  # the trailing modes, last first
+        t = torch.bmm(t.reshape(rank, -1, factors[m].shape[0]), factors[m].mT.unsqueeze(2))
+    for m in modes[:j]:  # the leading modes, first first
+        t = torch.bmm(factors[m].mT.unsqueeze(1), t.reshape(rank, factors[m].shape[0], -1))
+    return t.reshape(rank, sizes[j]).mT
 
 
 def _solve_normal(gram: torch.Tensor, mttkrp: torch.Tensor, l2_reg: float) -> torch.Tensor:
@@ -208,26 +202,33 @@ def _min_norm_solve(gram: torch.Tensor, mttkrp: torch.Tensor) -> torch.Tensor:
     return ((mttkrp @ vecs) * inv) @ vecs.mT
 
 
-def _init_factors(x: torch.Tensor, rank: int, init: object, seed: int | None) -> list[torch.Tensor]:
+def _init_factors(x: torch.Tensor, dtype: torch.dtype, exp: int, rank: int, init: object,
+                  seed: int | None) -> list[torch.Tensor]:
+    """Starting factors for the scaled tensor ``x`` (the user's tensor times ``2**-exp``, computed in ``x.dtype``);
+    ``dtype`` is the user's dtype, which a CPTensor ``init`` must have."""
     shape = x.shape
     if isinstance(init, CPTensor):
         if init.shape != tuple(shape):
             raise ValueError(f"init has shape {init.shape} but x has shape {tuple(shape)}")
         if init.rank != rank:
             raise ValueError(f"init has rank {init.rank} but rank={rank}")
-        if init.device != x.device or init.dtype != x.dtype:
-            raise ValueError(f"init is {init.dtype} on {init.device} but x is {x.dtype} on {x.device}: "
+        if init.device != x.device or init.dtype != dtype:
+            raise ValueError(f"init is {init.dtype} on {init.device} but x is {dtype} on {x.device}: "
                              f"use init.to(x.device, x.dtype)")
-        factors = [f.clone() for f in init.factors]
-        factors[0] = factors[0] * init.weights
+        check_finite(init.weights, "init.weights")
+        for k, f in enumerate(init.factors):
+            check_finite(f, f"init.factors[{k}]")
+        factors = [f.to(x.dtype, copy=True) for f in init.factors]
+        factors[0] = ldexp(factors[0] * init.weights.to(x.dtype), -exp)
         return factors
     if not isinstance(init, str) or init not in ("svd", "random"):
         raise ValueError(f"init must be 'svd', 'random' or a CPTensor, got {init!r}")
     gen = generator(seed)
-    if init == "random":
-        return [randn((s, rank), gen, x) for s in shape]
+    if init == "random":  # uniform [0, 1), as TensorLy: all-positive starts leave fewer seeds in swamps
+        return [uniform((s, rank), gen, x) for s in shape]
     # 'svd': leading left singular vectors of each unfolding, from the eigenvectors of its Gram matrix
-    # X_(n) X_(n)^T; columns beyond I_n are random. Mode 0 is never read before its first update, so it is skipped.
+    # X_(n) X_(n)^T; columns beyond I_n are uniform [0, 1) as TensorLy's. Mode 0 is never read before its first
+    # update, so it is skipped.
     factors = [torch.zeros(shape[0], rank, dtype=x.dtype, device=x.device)]
     for n in range(1, x.ndim):
         before, after = math.prod(shape[:n]), math.prod(shape[n + 1:])
@@ -239,7 +240,7 @@ def _init_factors(x: torch.Tensor, rank: int, init: object, seed: int | None) ->
         k = min(rank, shape[n])
         _, vecs = leading_eigvecs(gram, k)
         if k < rank:
-            vecs = torch.cat([vecs, randn((shape[n], rank - k), gen, x)], dim=1)
+            vecs = torch.cat([vecs, uniform((shape[n], rank - k), gen, x)], dim=1)
         factors.append(vecs)
     return factors
 
@@ -277,10 +278,15 @@ def cp_als(
       (accurate to about :math:`\sqrt{\epsilon_{\text{mach}}}` relative: use :func:`tensorcompress.relative_error`
       for errors below that).
 
+    The input is scaled by an exact power of two when its entries are far from 1 (no overflow of
+    :math:`\|X\|^2` in float32 at 1e20 or underflow at 1e-25); float16/bfloat16 inputs are computed in float32 and
+    the result is returned in the input's dtype (the library's one dtype rule).
+
     Parameters
     ----------
     x : torch.Tensor
-        Floating point tensor of order ``N >= 2``, finite. Not modified.
+        Floating point tensor (float16, bfloat16, float32 or float64) of order ``N >= 2`` (any order), finite, no
+        size-0 mode. Not modified.
     rank : int
         Number of components ``R >= 1``.
     n_iter_max : int
@@ -289,8 +295,10 @@ def cp_als(
         Stop when the relative error :math:`\|X-\hat X\|/\|X\|` (i.e. the fit) changes by less than ``tol`` between
         sweeps; ``0`` runs all ``n_iter_max`` sweeps.
     init : {'svd', 'random'} or CPTensor
-        'svd': leading left singular vectors of each unfolding (random columns beyond :math:`I_n`); 'random':
-        standard normal factors; a CPTensor of the right shape, rank, device and dtype (copied, never modified).
+        'svd': leading left singular vectors of each unfolding (uniform [0, 1) columns beyond :math:`I_n`);
+        'random': factors with independent entries uniform on [0, 1), as TensorLy (on TensorLy's over-factored
+        test this start leaves fewer seeds in a swamp than standard normal entries); a CPTensor of the right shape,
+        rank, device and dtype with finite entries (copied, never modified).
     seed : int, optional
         Seed of the random numbers used by ``init`` (drawn on the CPU, so the same on every device).
     l2_reg : float
@@ -303,12 +311,15 @@ def cp_als(
     CPTensor or (CPTensor, list of float)
         Factors with unit-norm columns, the scales in ``weights``.
     """
-    check_input(x, "x")
+    dtype = x.dtype if isinstance(x, torch.Tensor) else None
+    x, exp = prepare(x, "x")
     check_positive_int(rank, "rank")
     check_positive_int(n_iter_max, "n_iter_max")
     tol = check_tol(tol, "tol")
     l2_reg = check_tol(l2_reg, "l2_reg")
-    factors = _init_factors(x, rank, init, seed)
+    if l2_reg and exp:  # the ridge term acts on the scaled problem: scale it alike (||x||^2 scales by 4**-exp)
+        l2_reg = math.ldexp(l2_reg, -2 * exp)
+    factors = _init_factors(x, dtype, exp, rank, init, seed)
     shape, n_modes = tuple(x.shape), x.ndim
     h = _split(shape)
     left, right = list(range(h)), list(range(h, n_modes))
@@ -341,5 +352,5 @@ def cp_als(
         errors.append(err)
         if tol and len(errors) > 1 and abs(errors[-2] - errors[-1]) < tol:
             break
-    cp = CPTensor(weights, factors)
+    cp = CPTensor(ldexp(weights, exp), factors).to(dtype)
     return (cp, errors) if return_errors else cp
