@@ -302,7 +302,8 @@ def cp_als(
     seed : int, optional
         Seed of the random numbers used by ``init`` (drawn on the CPU, so the same on every device).
     l2_reg : float
-        Ridge term added to the diagonal of :math:`V` in every solve (``>= 0``).
+        Ridge term added to the diagonal of :math:`V` in every solve (``>= 0``). :math:`V` is built from unit-norm
+        columns, so the result scales with :math:`X` for a fixed ``l2_reg``.
     return_errors : bool
         Also return the list of relative errors, one per sweep.
 
@@ -317,8 +318,6 @@ def cp_als(
     check_positive_int(n_iter_max, "n_iter_max")
     tol = check_tol(tol, "tol")
     l2_reg = check_tol(l2_reg, "l2_reg")
-    if l2_reg and exp:  # the ridge term acts on the scaled problem: scale it alike (||x||^2 scales by 4**-exp)
-        l2_reg = math.ldexp(l2_reg, -2 * exp)
     factors = _init_factors(x, dtype, exp, rank, init, seed)
     shape, n_modes = tuple(x.shape), x.ndim
     h = _split(shape)
