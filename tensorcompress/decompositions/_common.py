@@ -155,21 +155,50 @@ def project(x: torch.Tensor, matrix: torch.Tensor, mode: int) -> torch.Tensor:
     return mode_dot(x, matrix.mT, mode)
 
 
-class Factorized:
-    """Common behaviour of the result classes: ``shape``, ``dtype``, ``device``, ``to``, ``repr``.
+def _as_torch(obj: object) -> object:
+    """``obj`` with every array converted by ``torch.as_tensor`` (lists and tuples become lists; ``None`` stays)."""
+    if obj is None:
+        return None
+    if isinstance(obj, list | tuple):
+        return [_as_torch(o) for o in obj]
+    return torch.as_tensor(obj)
 
-    Subclasses define ``_tensors()`` (every stored tensor, in order), ``_rebuild(tensors)``, ``shape``, ``n_params``
-    and ``_rank_repr()``.
+
+class Factorized:
+    """What every result class (CPTensor, TuckerTensor, TTTensor, TTMatrix) shares: iteration, ``shape``-free
+    plumbing (``dtype``, ``device``, ``to``, ``clone``, ``repr``) and the TensorLy round trip.
+
+    A subclass defines ``_parts()`` — the items iteration yields, which is also what TensorLy's class takes: a pair
+    ``(weights, factors)`` / ``(core, factors)`` or a list of cores —, the classmethod ``_from_parts(parts)`` (the
+    inverse), ``_tensorly_class`` (where TensorLy's class lives, imported only when asked for), ``shape``,
+    ``n_params``, ``to_tensor()`` and ``_rank_repr()``.
     """
 
-    def _tensors(self) -> list[torch.Tensor]:  # pragma: no cover - abstract
+    def _parts(self) -> tuple | list:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _rebuild(self, tensors: list[torch.Tensor]):  # pragma: no cover - abstract
+    @classmethod
+    def _from_parts(cls, parts: list):  # pragma: no cover - abstract
         raise NotImplementedError
+
+    _tensorly_class: tuple[str, str]  # (TensorLy's module, class name), e.g. ("cp_tensor", "CPTensor")
 
     def _rank_repr(self) -> str:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def __iter__(self):
+        """``weights, factors = cp``, ``core, factors = tucker``, ``for core in tt``."""
+        return iter(self._parts())
+
+    def _tensors(self) -> list[torch.Tensor]:
+        """Every stored tensor, in order."""
+        return [t for p in self._parts() for t in (p if isinstance(p, list) else [p])]
+
+    def _rebuild(self, tensors: list[torch.Tensor]):
+        """A result of the same structure holding ``tensors`` (in :meth:`_tensors`' order)."""
+        it = iter(tensors)
+        parts = [[next(it) for _ in p] if isinstance(p, list) else next(it) for p in self._parts()]
+        return self._from_parts(parts)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -186,6 +215,23 @@ class Factorized:
     def clone(self):
         """A deep copy (every tensor cloned)."""
         return self._rebuild([t.clone() for t in self._tensors()])
+
+    def to_tensorly(self):
+        """TensorLy's object of the same kind (``CPTensor``, ``TuckerTensor``, ``TTTensor``, ``TTMatrix``) holding
+        these torch tensors (no copy)."""
+        import tensorly as tl
+
+        parts = self._parts()
+        payload = tuple(list(p) if isinstance(p, list) else p for p in parts) if isinstance(parts, tuple) else parts
+        module, name = self._tensorly_class
+        with tl.backend_context("pytorch"):
+            return getattr(getattr(tl, module), name)(payload)
+
+    @classmethod
+    def from_tensorly(cls, obj):
+        """From TensorLy's object of the same kind, or the plain form it iterates as (a ``(weights, factors)`` /
+        ``(core, factors)`` pair, a list of cores), of torch tensors or NumPy arrays."""
+        return cls._from_parts(_as_torch(list(obj)))
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(shape={tuple(self.shape)}, {self._rank_repr()}, n_params={self.n_params}, "

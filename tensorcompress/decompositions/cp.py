@@ -70,17 +70,20 @@ class CPTensor(Factorized):
     def n_params(self) -> int:
         return self.rank + sum(f.numel() for f in self.factors)
 
-    def _tensors(self) -> list[torch.Tensor]:
-        return [self.weights, *self.factors]
+    def _parts(self) -> tuple:
+        return self.weights, self.factors
 
-    def _rebuild(self, tensors: list[torch.Tensor]) -> CPTensor:
-        return CPTensor(tensors[0], tensors[1:])
+    @classmethod
+    def _from_parts(cls, parts: list) -> CPTensor:
+        weights, factors = parts
+        if weights is None:  # TensorLy's CPTensor((None, factors)): unit weights
+            weights = torch.ones(factors[0].shape[1], dtype=factors[0].dtype, device=factors[0].device)
+        return cls(weights, factors)
+
+    _tensorly_class = ("cp_tensor", "CPTensor")
 
     def _rank_repr(self) -> str:
         return f"rank={self.rank}"
-
-    def __iter__(self):  # allows ``weights, factors = cp``
-        return iter((self.weights, self.factors))
 
     def to_tensor(self) -> torch.Tensor:
         r"""The full tensor, :math:`X_{(1)} = A_1 \operatorname{diag}(\lambda) (A_2 \odot \cdots \odot A_N)^\top`."""
@@ -101,22 +104,6 @@ class CPTensor(Factorized):
             factors.append(f / safe)
             weights = weights * norms
         return CPTensor(weights, factors)
-
-    def to_tensorly(self):
-        """TensorLy's ``CPTensor((weights, factors))`` holding these (torch) tensors."""
-        import tensorly as tl
-
-        with tl.backend_context("pytorch"):
-            return tl.cp_tensor.CPTensor((self.weights, list(self.factors)))
-
-    @classmethod
-    def from_tensorly(cls, obj) -> CPTensor:
-        """From TensorLy's ``CPTensor`` (or a ``(weights, factors)`` pair) of torch tensors or NumPy arrays."""
-        weights, factors = obj
-        factors = [torch.as_tensor(f) for f in factors]
-        if weights is None:
-            weights = torch.ones(factors[0].shape[1], dtype=factors[0].dtype, device=factors[0].device)
-        return cls(torch.as_tensor(weights), factors)
 
 
 def cp_to_tensor(cp: CPTensor) -> torch.Tensor:

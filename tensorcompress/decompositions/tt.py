@@ -62,17 +62,18 @@ class CoreTrain(Factorized):
     def n_params(self) -> int:
         return sum(c.numel() for c in self.cores)
 
-    def _tensors(self) -> list[torch.Tensor]:
+    def _parts(self) -> list[torch.Tensor]:
         return list(self.cores)
+
+    @classmethod
+    def _from_parts(cls, parts: list):
+        return cls(parts)
 
     def __len__(self) -> int:
         return len(self.cores)
 
     def __getitem__(self, k: int) -> torch.Tensor:
         return self.cores[k]
-
-    def __iter__(self):
-        return iter(self.cores)
 
 
 class TTTensor(CoreTrain):
@@ -103,8 +104,7 @@ class TTTensor(CoreTrain):
     def shape(self) -> tuple[int, ...]:
         return tuple(c.shape[1] for c in self.cores)
 
-    def _rebuild(self, tensors: list[torch.Tensor]) -> TTTensor:
-        return TTTensor(tensors)
+    _tensorly_class = ("tt_tensor", "TTTensor")
 
     def _rank_repr(self) -> str:
         return f"ranks={self.ranks}"
@@ -171,19 +171,6 @@ class TTTensor(CoreTrain):
     def norm(self) -> torch.Tensor:
         r"""Frobenius norm in TT format: after right-to-left orthogonalisation the norm is the first core's."""
         return torch.linalg.vector_norm(_orthogonalize_right(self.cores)[0])
-
-    # --- TensorLy -------------------------------------------------------------------------------------------------
-    def to_tensorly(self):
-        """TensorLy's ``TTTensor`` holding these (torch) cores."""
-        import tensorly as tl
-
-        with tl.backend_context("pytorch"):
-            return tl.tt_tensor.TTTensor(list(self.cores))
-
-    @classmethod
-    def from_tensorly(cls, obj) -> TTTensor:
-        """From TensorLy's ``TTTensor`` (or a list of cores) of torch tensors or NumPy arrays."""
-        return cls([torch.as_tensor(c) for c in obj])
 
 
 def tt_to_tensor(tt: TTTensor) -> torch.Tensor:

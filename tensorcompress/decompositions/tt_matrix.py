@@ -66,8 +66,7 @@ class TTMatrix(CoreTrain):
     def shape(self) -> tuple[int, int]:
         return math.prod(self.row_modes), math.prod(self.col_modes)
 
-    def _rebuild(self, tensors: list[torch.Tensor]) -> TTMatrix:
-        return TTMatrix(tensors)
+    _tensorly_class = ("tt_matrix", "TTMatrix")
 
     def _rank_repr(self) -> str:
         return f"row_modes={self.row_modes}, col_modes={self.col_modes}, ranks={self.ranks}"
@@ -89,18 +88,6 @@ class TTMatrix(CoreTrain):
     def matvec(self, x: torch.Tensor) -> torch.Tensor:
         """:math:`W x` for a vector or each row of a batch, core by core (see :func:`tt_matrix_vector_product`)."""
         return tt_matrix_vector_product(self, x)
-
-    def to_tensorly(self):
-        """TensorLy's ``TTMatrix`` holding these (torch) cores."""
-        import tensorly as tl
-
-        with tl.backend_context("pytorch"):
-            return tl.tt_matrix.TTMatrix(list(self.cores))
-
-    @classmethod
-    def from_tensorly(cls, obj) -> TTMatrix:
-        """From TensorLy's ``TTMatrix`` (or a list of cores) of torch tensors or NumPy arrays."""
-        return cls([torch.as_tensor(c) for c in obj])
 
 
 def tt_matrix_vector_product(tt_matrix: TTMatrix, x: torch.Tensor) -> torch.Tensor:

@@ -81,34 +81,21 @@ class TuckerTensor(Factorized):
     def n_params(self) -> int:
         return self.core.numel() + sum(f.numel() for f in self.factors)
 
-    def _tensors(self) -> list[torch.Tensor]:
-        return [self.core, *self.factors]
+    def _parts(self) -> tuple:
+        return self.core, self.factors
 
-    def _rebuild(self, tensors: list[torch.Tensor]) -> TuckerTensor:
-        return TuckerTensor(tensors[0], tensors[1:])
+    @classmethod
+    def _from_parts(cls, parts: list) -> TuckerTensor:
+        return cls(*parts)
+
+    _tensorly_class = ("tucker_tensor", "TuckerTensor")
 
     def _rank_repr(self) -> str:
         return f"ranks={self.ranks}"
 
-    def __iter__(self):  # allows ``core, factors = tucker``
-        return iter((self.core, self.factors))
-
     def to_tensor(self) -> torch.Tensor:
         r"""The full tensor :math:`G \times_1 A_1 \cdots \times_N A_N`."""
         return tucker_to_tensor(self)
-
-    def to_tensorly(self):
-        """TensorLy's ``TuckerTensor((core, factors))`` holding these (torch) tensors."""
-        import tensorly as tl
-
-        with tl.backend_context("pytorch"):
-            return tl.tucker_tensor.TuckerTensor((self.core, list(self.factors)))
-
-    @classmethod
-    def from_tensorly(cls, obj) -> TuckerTensor:
-        """From TensorLy's ``TuckerTensor`` (or a ``(core, factors)`` pair) of torch tensors or NumPy arrays."""
-        core, factors = obj
-        return cls(torch.as_tensor(core), [torch.as_tensor(f) for f in factors])
 
 
 def tucker_to_tensor(tucker: TuckerTensor) -> torch.Tensor:
