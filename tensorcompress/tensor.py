@@ -269,11 +269,13 @@ def kronecker(matrices: Sequence[torch.Tensor], skip: int | None = None) -> torc
     return res
 
 
-def scale_exponent(x: torch.Tensor) -> int:
+def scale_exponent(x: torch.Tensor, largest: float | None = None) -> int:
     r"""``e`` such that ``x * 2**-e`` has its largest absolute entry in :math:`[1/2, 1)`, or ``0`` when ``x``'s
     largest entry is already within :math:`2^{\pm k}`, :math:`k` a quarter of the dtype's exponent range (squares and
-    sums of squares of such entries neither overflow nor underflow, so no copy is made). ``x`` must be finite."""
-    largest = float(torch.linalg.vector_norm(x, ord=math.inf)) if x.numel() else 0.0
+    sums of squares of such entries neither overflow nor underflow, so no copy is made). ``x`` must be finite;
+    ``largest`` = ``max |x|`` if the caller has it."""
+    if largest is None:
+        largest = float(torch.linalg.vector_norm(x, ord=math.inf)) if x.numel() else 0.0
     if largest == 0:
         return 0
     exp = math.frexp(largest)[1]

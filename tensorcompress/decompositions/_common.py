@@ -23,14 +23,18 @@ def check_input(x: object, name: str = "x", *, min_ndim: int = 2) -> torch.Tenso
 
 
 def prepare(x: object, name: str = "x", *, min_ndim: int = 2) -> tuple[torch.Tensor, int]:
-    """The input of a decomposition, checked (:func:`check_input`), cast to its compute dtype (the one rule,
+    """The input of a decomposition, checked (as :func:`check_input`), cast to its compute dtype (the one rule,
     :func:`tensorcompress._validation.compute_dtype`: float16/bfloat16 compute in float32) and scaled by an exact
     power of two ``2**-exp`` when its largest entry is far from 1, so that norms, Gram matrices and squared
     singular values neither overflow nor underflow. Returns ``(scaled, exp)``: multiply a result back by
-    ``2**exp`` (:func:`tensorcompress.tensor.ldexp`), then cast to ``x.dtype``."""
-    check_input(x, name, min_ndim=min_ndim)
+    ``2**exp`` (:func:`tensorcompress.tensor.ldexp`), then cast to ``x.dtype``. One pass over ``x`` finds both its
+    largest entry and whether it is finite (the maximum of ``|x|`` is NaN or Inf otherwise)."""
+    check_tensor(x, name, min_ndim=min_ndim)
     xc = x.to(compute_dtype(x, name))
-    exp = scale_exponent(xc)
+    largest = float(torch.linalg.vector_norm(xc, ord=math.inf))
+    if not math.isfinite(largest):
+        check_finite(x, name)
+    exp = scale_exponent(xc, largest)
     return ldexp(xc, -exp), exp
 
 
