@@ -44,6 +44,32 @@ def test_dimension_tree_mttkrp_equals_khatri_rao_formula(shape, rank, seed):
         torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("layout", [0, 1])
+def test_both_gemm_layouts_give_the_mttkrp(layout, monkeypatch):
+    """CP-ALS times two layouts of each sweep GEMM and keeps the faster: whichever wins, every MTTKRP equals
+    X_(n) (⊙_{k≠n} A_k) with the Khatri–Rao product formed, and the fits agree."""
+    import tensorcompress.decompositions.cp as cp_module
+
+    class Forced(dict):
+        def get(self, key, default=None):
+            return layout
+
+    monkeypatch.setattr(cp_module, "_LAYOUTS", Forced())
+    shape, rank = (5, 6, 7, 4), 3
+    x = _randn(shape, 3)
+    factors = [_randn((s, rank), 4 + k) for k, s in enumerate(shape)]
+    h = _split(shape)
+    t_left, t_right = _contract_right(x, factors, h), _contract_left(x, factors, h)
+    for n in range(len(shape)):
+        expected = tc.unfold(x, n) @ tc.khatri_rao(factors, skip=n)
+        t, modes = (t_left, list(range(h))) if n < h else (t_right, list(range(h, len(shape))))
+        torch.testing.assert_close(_mttkrp_from_partial(t, factors, modes, n), expected, rtol=1e-10, atol=1e-10)
+    _, errors = tc.cp_als(x, rank, n_iter_max=5, tol=0, return_errors=True)
+    monkeypatch.undo()
+    _, reference = tc.cp_als(x, rank, n_iter_max=5, tol=0, return_errors=True)
+    assert max(abs(a - b) for a, b in zip(errors, reference, strict=True)) < 1e-10
+
+
 def test_exact_recovery_float64(device):
     x, truth = random_cp((8, 9, 10), 3, seed=0, dtype=torch.float64, device=device)
     cp = tc.cp_als(x, 3, n_iter_max=150, tol=0)
