@@ -344,10 +344,10 @@ def relative_error(x: torch.Tensor, approx: object) -> torch.Tensor:
     complex_ = x.is_complex() or approx.is_complex()
     xw = _wide(x, complex_)
     aw = _wide(approx.to(x.device), complex_)
-    ex = scale_exponent_always(xw)
+    ex = _max_exponent(xw)
     if ex is None:
         raise ValueError("x is all zeros: the relative error is undefined")
-    ed = scale_exponent_always(torch.stack([xw.detach().abs().max(), aw.detach().abs().max()]))
+    ed = _max_exponent(torch.stack([xw.detach().abs().max(), aw.detach().abs().max()]))
     norm_x = torch.linalg.vector_norm(ldexp(xw, -ex))
     norm_d = torch.linalg.vector_norm(ldexp(xw, -ed) - ldexp(aw, -ed))
     out = ldexp(norm_d / norm_x, ed - ex)
@@ -356,7 +356,7 @@ def relative_error(x: torch.Tensor, approx: object) -> torch.Tensor:
     return out.to(x.dtype if x.is_floating_point() else torch.float64)
 
 
-def scale_exponent_always(x: torch.Tensor) -> int | None:
+def _max_exponent(x: torch.Tensor) -> int | None:
     """``e`` with ``max|x| * 2**-e`` in :math:`[1/2, 1)` (always, unlike :func:`scale_exponent`); ``None`` if ``x`` is
     all zeros."""
     largest = float(x.detach().abs().max())
