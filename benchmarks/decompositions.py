@@ -86,17 +86,13 @@ def against_tensorly(task: str, x: torch.Tensor, ours, peer, to_dense, repeats: 
     return rows
 
 
-def gemm_floor(x: torch.Tensor, rank: int, sweeps: int, repeats: int) -> float:
-    """Two MTTKRP-sized GEMMs per sweep, each at the faster of its two layouts, times ``sweeps``."""
+def floor_layouts(x: torch.Tensor, rank: int) -> list[tuple[str, object]]:
+    """The two MTTKRP-sized GEMMs of a sweep (last mode: ``X_(N) A``; first mode: ``X_(1)^T A``), two layouts each."""
     n = x.shape[0]
     a = torch.randn(n, rank, dtype=x.dtype)
     last, first = x.reshape(-1, n), x.reshape(n, -1)
-    layouts = [("X A", lambda: last @ a), ("A^T X^T", lambda: a.mT @ last.mT),
-               ("A^T X", lambda: a.mT @ first), ("X^T A", lambda: first.mT @ a)]
-    for _, fn in layouts:
-        fn()
-    t = {name: res[0] for name, res in interleaved(layouts, max(repeats, 3)).items()}
-    return sweeps * (min(t["X A"], t["A^T X^T"]) + min(t["A^T X"], t["X^T A"]))
+    return [("X A", lambda: last @ a), ("A^T X^T", lambda: a.mT @ last.mT),
+            ("A^T X", lambda: a.mT @ first), ("X^T A", lambda: first.mT @ a)]
 
 
 def cp_rows(n: int, dtype: torch.dtype, repeats: int) -> tuple[list[Row], str]:
@@ -106,14 +102,17 @@ def cp_rows(n: int, dtype: torch.dtype, repeats: int) -> tuple[list[Row], str]:
     rows = against_tensorly(task, x, lambda y: tc.cp_als(y, rank, n_iter_max=sweeps, tol=0, init="svd"),
                             lambda y: parafac(y, rank, n_iter_max=sweeps, tol=0, init="svd"), tl.cp_to_tensor,
                             repeats)
-    # the sweeps alone (no initialisation timed): start from the result of one sweep, given as a CPTensor
+    # the sweeps alone (no initialisation timed: start from the result of one sweep, given as a CPTensor) and the
+    # floor's GEMMs, interleaved so that both see the same load
     start = tc.cp_als(x, rank, n_iter_max=1, tol=0)
-    sweeps_only = interleaved([("sweeps", lambda: tc.cp_als(x, rank, n_iter_max=sweeps, tol=0, init=start))],
-                              repeats)["sweeps"][0]
-    floor = gemm_floor(x, rank, sweeps, repeats)
-    ours = rows[0][2]
-    note = (f"{task}: sweeps alone {sweeps_only:.3f} s, floor (2 GEMMs/sweep, best layout) {floor:.3f} s, "
-            f"sweeps / floor = {sweeps_only / floor:.2f}x; whole call / floor = {ours / floor:.2f}x")
+    layouts = floor_layouts(x, rank)
+    for _, fn in layouts:
+        fn()
+    t = {name: res[0] for name, res in interleaved(
+        [("sweeps", lambda: tc.cp_als(x, rank, n_iter_max=sweeps, tol=0, init=start)), *layouts], repeats).items()}
+    floor = sweeps * (min(t["X A"], t["A^T X^T"]) + min(t["A^T X"], t["X^T A"]))
+    note = (f"{task}: sweeps alone {t['sweeps']:.3f} s, floor (2 GEMMs/sweep, best layout) {floor:.3f} s, "
+            f"sweeps / floor = {t['sweeps'] / floor:.2f}x; whole call / floor = {rows[0][2] / floor:.2f}x")
     return rows, note
 
 

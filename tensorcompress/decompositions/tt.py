@@ -17,7 +17,7 @@ import torch
 
 from .._validation import check_finite, check_positive_int, check_tensor, compute_dtype
 from ..tensor import ldexp, scale_exponent
-from ._common import Factorized, check_tol, prepare, rank_for_tail
+from ._common import Factorized, check_tol, prepare, rank_for_tail, svd
 
 __all__ = ["TTTensor", "tt_svd", "tt_round", "tt_inner", "tt_to_tensor"]
 
@@ -312,7 +312,7 @@ def tt_svd(x: torch.Tensor, *, eps: float | None = None, max_rank: int | Sequenc
     r_prev = 1
     for k in range(d - 1):
         c = c.reshape(r_prev * shape[k], -1)
-        u, s, vh = torch.linalg.svd(c, full_matrices=False)
+        u, s, vh = svd(c)
         r = _choose_rank(s, k, ranks, delta2)
         cores.append(u[:, :r].reshape(r_prev, shape[k], r))
         c = s[:r, None] * vh[:r]
@@ -364,7 +364,7 @@ def tt_round(tt: TTTensor, *, eps: float | None = None, max_rank: int | Sequence
             delta2 = eps**2 * float(torch.linalg.vector_norm(cores[0])) ** 2 / (d - 1)
         for k in range(d - 1):
             r0, n, r1 = cores[k].shape
-            u, s, vh = torch.linalg.svd(cores[k].reshape(r0 * n, r1), full_matrices=False)
+            u, s, vh = svd(cores[k].reshape(r0 * n, r1))
             r = _choose_rank(s, k, ranks, delta2)
             cores[k] = u[:, :r].reshape(r0, n, r)
             cores[k + 1] = torch.tensordot(s[:r, None] * vh[:r], cores[k + 1], dims=([1], [0]))

@@ -28,6 +28,7 @@ from ._common import (
     prepare,
     project,
     randn,
+    svd,
 )
 
 __all__ = ["TuckerTensor", "hosvd", "tucker", "tucker_to_tensor"]
@@ -213,8 +214,7 @@ def _leading_svd(y: torch.Tensor, mode: int, rank: int) -> torch.Tensor:
     accurate down to :math:`\epsilon_{\text{mach}}\sigma_1`, where Gram eigenvectors stop at
     :math:`\sqrt{\epsilon_{\text{mach}}}\,\sigma_1`."""
     unfolded = unfold(y, mode)
-    u = torch.linalg.svd(unfolded, full_matrices=unfolded.shape[1] < rank)[0]
-    return u[:, :rank]
+    return svd(unfolded, full_matrices=unfolded.shape[1] < rank)[0][:, :rank]
 
 
 @torch.no_grad()
