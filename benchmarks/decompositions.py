@@ -13,7 +13,7 @@ Printed per dtype:
 * CP-ALS, HOOI and TT-SVD against TensorLy; ``speed-up`` = the faster TensorLy back-end's time / ours;
 * CP-ALS's floor: two GEMMs per sweep (the MTTKRP-sized products ``X_(N) A_N`` and ``X_(1)^T A_1``), each at the
   faster of its two layouts, times the number of sweeps; ``sweeps / floor`` = the time of the sweeps alone (CP-ALS
-  started from the SVD initialisation, given as a CPTensor) over that floor;
+  started from a given CPTensor, the result of one sweep, so that no initialisation is timed) over that floor;
 * an ill-conditioned case: an exact multilinear-rank-16 tensor of size 30^3 with a graded core (unfolding spectra
   over about three decades), errors of hosvd and tucker against TensorLy's tucker.
 """
