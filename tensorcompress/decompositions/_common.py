@@ -142,7 +142,7 @@ def leading_left_singular(
     u, s, _ = svd(unfold(y, mode), full_matrices=True)
     if rank is None:
         r = rank_for_tail(s**2, budget)
-    return u[:, :r]
+    return torch.linalg.qr(u[:, :r]).Q  # orthonormal to ~eps, not gesdd's ~n eps (see tucker's _leading_svd)
 
 
 def uniform(shape: Sequence[int], gen: torch.Generator, like: torch.Tensor) -> torch.Tensor:
