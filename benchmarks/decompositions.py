@@ -1,10 +1,21 @@
-"""Benchmark: tensorcompress decompositions against TensorLy (numpy and pytorch back-ends), same tensors, CPU.
+"""Benchmark: tensorcompress decompositions against TensorLy (numpy and pytorch back-ends), same tensors, CPU, in
+float32 and float64.
 
-Run ``python benchmarks/decompositions.py`` (about 2-3 minutes on 2 quiet cores) or ``--quick`` (smaller tensors,
-one repeat). Times are wall-clock ``time.perf_counter`` medians over ``--repeats`` runs (each run a full
-decomposition; the three methods interleaved in every repeat so a busy machine slows them alike; one untimed warm-up
-on a small tensor first). Errors are ``||X - X_hat|| / ||X||`` from the dense reconstruction in float64. Every
-method gets the same tensor, rank, initialisation kind and iteration count (``tol=0`` so iteration counts match).
+Run ``python benchmarks/decompositions.py --threads 1`` (add ``--quick`` for a smoke run with small tensors and one
+repeat; ``--sizes 100 250`` picks the cube sides). Times are wall-clock ``time.perf_counter`` medians over
+``--repeats`` runs, the methods interleaved in every repeat so that a busy machine slows them alike; the first call
+on each shape is untimed (library loading, first-call overheads, and CP-ALS's one-off choice of GEMM layout for that
+shape). Errors are ``||X - X_hat|| / ||X||`` from the dense reconstruction in float64. Every method gets the same
+tensor, rank, initialisation kind and iteration count (``tol=0``).
+
+Printed per dtype:
+
+* CP-ALS, HOOI and TT-SVD against TensorLy; ``speed-up`` = the faster TensorLy back-end's time / ours;
+* CP-ALS's floor: two GEMMs per sweep (the MTTKRP-sized products ``X_(N) A_N`` and ``X_(1)^T A_1``), each at the
+  faster of its two layouts, times the number of sweeps; ``sweeps / floor`` = the time of the sweeps alone (CP-ALS
+  started from a given CPTensor, the result of one sweep, so that no initialisation is timed) over that floor;
+* an ill-conditioned case: an exact multilinear-rank-16 tensor of size 30^3 with a graded core (unfolding spectra
+  over about three decades), errors of hosvd and tucker against TensorLy's tucker.
 """
 
 from __future__ import annotations
@@ -29,143 +40,158 @@ from tensorly.decomposition import tucker as tl_tucker  # noqa: E402
 import tensorcompress as tc  # noqa: E402
 from tensorcompress.data.synthetic import random_cp, random_tt, random_tucker  # noqa: E402
 
-
-def timed(fn, repeats: int) -> tuple[float, object]:
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
+Row = tuple[str, str, float, float]  # task, method, seconds, relative error
 
 
 def rel_err(x: torch.Tensor, approx) -> float:
     approx = torch.as_tensor(np.asarray(approx)) if not isinstance(approx, torch.Tensor) else approx
-    x = x.double()
-    return float(torch.linalg.vector_norm(x - approx.double()) / torch.linalg.vector_norm(x))
+    return float(tc.relative_error(x.double(), approx.double()))
 
 
-def run_peers(x: torch.Tensor, ours, peer, to_dense, repeats: int) -> list[tuple[str, float, float]]:
-    """Time ``ours(x)`` and ``peer(x)`` on TensorLy's numpy and pytorch back-ends, the three interleaved in each
-    repeat (so a busy machine slows them alike); return (name, median seconds, error) rows."""
-    x_np = x.numpy()
-
-    def peer_on(backend: str):
-        tl.set_backend(backend)
-        try:
-            return peer(x_np if backend == "numpy" else x)
-        finally:
-            tl.set_backend("pytorch")
-
-    methods = [("tensorcompress", lambda: ours(x), lambda r: r.to_tensor()),
-               ("tensorly (numpy)", lambda: peer_on("numpy"), to_dense),
-               ("tensorly (pytorch)", lambda: peer_on("pytorch"), to_dense)]
-    times: dict[str, list[float]] = {name: [] for name, _, _ in methods}
+def interleaved(methods: list[tuple[str, object]], repeats: int) -> dict[str, tuple[float, object]]:
+    """Median time and last result of each ``(name, fn)``, the methods interleaved in every repeat."""
+    times: dict[str, list[float]] = {name: [] for name, _ in methods}
     results = {}
     for _ in range(repeats):
-        for name, fn, _ in methods:
-            t, results[name] = timed(fn, 1)
-            times[name].append(t)
+        for name, fn in methods:
+            start = time.perf_counter()
+            results[name] = fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: (statistics.median(times[name]), results[name]) for name, _ in methods}
+
+
+def with_backend(backend: str, fn):
+    tl.set_backend(backend)
+    try:
+        return fn()
+    finally:
+        tl.set_backend("pytorch")
+
+
+def against_tensorly(task: str, x: torch.Tensor, ours, peer, to_dense, repeats: int) -> list[Row]:
+    """Time ``ours(x)`` and ``peer(x)`` on TensorLy's numpy and pytorch back-ends (interleaved)."""
+    x_np = x.numpy()
+    ours(x)  # untimed first call on this shape
+    methods = [("tensorcompress", lambda: ours(x)),
+               ("tensorly (numpy)", lambda: with_backend("numpy", lambda: peer(x_np))),
+               ("tensorly (pytorch)", lambda: with_backend("pytorch", lambda: peer(x)))]
+    measured = interleaved(methods, repeats)
     rows = []
-    for name, _, dense in methods:
-        res = results[name]
-        if name == "tensorly (numpy)":
-            tl.set_backend("numpy")
-            approx = dense(res)
-            tl.set_backend("pytorch")
+    for name, (t, res) in measured.items():
+        if name == "tensorcompress":
+            approx = res.to_tensor()
         else:
-            approx = dense(res)
-        rows.append((name, statistics.median(times[name]), rel_err(x, approx)))
+            approx = with_backend("numpy" if "numpy" in name else "pytorch", lambda res=res: to_dense(res))
+        rows.append((task, name, t, rel_err(x, approx)))
     return rows
 
 
-def print_table(title: str, rows: list[tuple[str, str, float, float]]) -> None:
+def floor_layouts(x: torch.Tensor, rank: int, sweeps: int) -> list[tuple[str, object]]:
+    """The two MTTKRP-sized GEMMs of a sweep (last mode: ``X_(N) A``; first mode: ``X_(1)^T A``), two layouts each,
+    each run ``sweeps`` times in a loop: a timing as long as the sweeps' own, so that on a shared machine both get
+    the same share of a core (a lone millisecond GEMM often runs undisturbed and would flatter the floor)."""
+    n = x.shape[0]
+    a = torch.randn(n, rank, dtype=x.dtype)
+    last, first = x.reshape(-1, n), x.reshape(n, -1)
+    products = [("X A", lambda: last @ a), ("A^T X^T", lambda: a.mT @ last.mT),
+                ("A^T X", lambda: a.mT @ first), ("X^T A", lambda: first.mT @ a)]
+    return [(name, lambda fn=fn: [fn() for _ in range(sweeps)]) for name, fn in products]
+
+
+def cp_rows(n: int, dtype: torch.dtype, repeats: int) -> tuple[list[Row], str]:
+    rank, sweeps = 16, 20
+    x = random_cp((n,) * 3, rank, noise=0.1, seed=0, dtype=dtype).tensor
+    task = f"CP-ALS {n}^3, R={rank}, {sweeps} it"
+    rows = against_tensorly(task, x, lambda y: tc.cp_als(y, rank, n_iter_max=sweeps, tol=0, init="svd"),
+                            lambda y: parafac(y, rank, n_iter_max=sweeps, tol=0, init="svd"), tl.cp_to_tensor,
+                            repeats)
+    # the sweeps alone (no initialisation timed: start from the result of one sweep, given as a CPTensor) and the
+    # floor's GEMMs, interleaved so that both see the same load
+    start = tc.cp_als(x, rank, n_iter_max=1, tol=0)
+    layouts = floor_layouts(x, rank, sweeps)
+    for _, fn in layouts:
+        fn()
+    t = {name: res[0] for name, res in interleaved(
+        [("sweeps", lambda: tc.cp_als(x, rank, n_iter_max=sweeps, tol=0, init=start)), *layouts], repeats).items()}
+    floor = min(t["X A"], t["A^T X^T"]) + min(t["A^T X"], t["X^T A"])
+    note = (f"{task}: sweeps alone {t['sweeps']:.3f} s, floor (2 GEMMs/sweep, best layout) {floor:.3f} s, "
+            f"sweeps / floor = {t['sweeps'] / floor:.2f}x; whole call / floor = {rows[0][2] / floor:.2f}x")
+    return rows, note
+
+
+def hooi_rows(n: int, dtype: torch.dtype, repeats: int) -> list[Row]:
+    rank, sweeps = 10, 10
+    x = random_tucker((n,) * 3, rank, noise=0.1, seed=1, dtype=dtype).tensor
+    return against_tensorly(f"Tucker HOOI {n}^3, R={rank}, {sweeps} it", x,
+                            lambda y: tc.tucker(y, rank, n_iter_max=sweeps, tol=0),
+                            lambda y: tl_tucker(y, [rank] * 3, n_iter_max=sweeps, tol=0, init="svd"),
+                            tl.tucker_to_tensor, repeats)
+
+
+def tt_rows(n: int, dtype: torch.dtype, repeats: int) -> list[Row]:
+    x = random_tt((n,) * 5, 8, noise=0.05, seed=2, dtype=dtype).tensor
+    return against_tensorly(f"TT-SVD {n}^5, ranks 8", x, lambda y: tc.tt_svd(y, max_rank=8),
+                            lambda y: tensor_train(y, [1, 8, 8, 8, 8, 1]), tl.tt_to_tensor, repeats)
+
+
+def graded_rows(dtype: torch.dtype, repeats: int) -> list[Row]:
+    """Exact multilinear rank 16, 30^3, graded core: an ill-conditioned tensor (errors are the point)."""
+    x = random_tucker((30, 30, 30), 16, decades=3.0, seed=3, dtype=dtype).tensor
+    task = "graded 30^3, exact rank 16, 10 it"
+    rows = against_tensorly(task, x, lambda y: tc.tucker(y, 16, n_iter_max=10, tol=0),
+                            lambda y: tl_tucker(y, [16] * 3, n_iter_max=10, tol=0, init="svd"),
+                            tl.tucker_to_tensor, repeats)
+    t, res = interleaved([("hosvd", lambda: tc.hosvd(x, 16))], repeats)["hosvd"]
+    rows.insert(1, (task, "tensorcompress hosvd", t, rel_err(x, res.to_tensor())))
+    return rows
+
+
+def print_table(title: str, rows: list[Row]) -> None:
     print(f"\n{title}")
-    print(f"| {'task':<38} | {'method':<18} | {'time (s)':>9} | {'rel. error':>12} | {'speed-up':>8} |")
-    print(f"|{'-' * 40}|{'-' * 20}|{'-' * 11}|{'-' * 14}|{'-' * 10}|")
+    print(f"| {'task':<34} | {'method':<20} | {'time (s)':>9} | {'rel. error':>10} | {'speed-up':>8} |")
+    print(f"|{'-' * 36}|{'-' * 22}|{'-' * 11}|{'-' * 12}|{'-' * 10}|")
     by_task: dict[str, list] = {}
     for task, method, t, err in rows:
         by_task.setdefault(task, []).append((method, t, err))
     for task, items in by_task.items():
-        ours = items[0][1]
+        best_peer = min(t for method, t, _ in items if method.startswith("tensorly"))
         for method, t, err in items:
-            print(f"| {task:<38} | {method:<18} | {t:9.3f} | {err:12.6e} | {t / ours:7.2f}x |")
+            speed = f"{best_peer / t:7.2f}x" if method == "tensorcompress" else f"{'':>8}"
+            print(f"| {task:<34} | {method:<20} | {t:9.3f} | {err:10.2e} | {speed} |")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="smaller tensors, one repeat")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small tensors, one repeat")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per method (median reported)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=None, help="cube sides for CP-ALS and HOOI")
     parser.add_argument("--threads", type=int, default=None,
                         help="threads for torch and NumPy's BLAS (default: the libraries' defaults)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     repeats = args.repeats or (1 if args.quick else 3)
-    dtype = torch.float64
+    sizes = args.sizes or ([40, 60] if args.quick else [100, 250])
+    n_tt = 10 if args.quick else 20
     print(f"torch {torch.__version__}, tensorly {tl.__version__}, numpy {np.__version__}, "
-          f"torch.get_num_threads() = {torch.get_num_threads()}, dtype float64, CPU, "
-          f"time.perf_counter median of {repeats}")
-
-    # warm-up (library loading, first-call overheads)
-    w = random_cp((10, 10, 10), 2, seed=0, dtype=dtype).tensor
-    tc.cp_als(w, 2, n_iter_max=2)
+          f"torch.get_num_threads() = {torch.get_num_threads()}, CPU, time.perf_counter median of {repeats}, "
+          f"methods interleaved")
     tl.set_backend("pytorch")
-    parafac(w, 2, n_iter_max=2)
-
-    n_cp = 100 if args.quick else 200
-    rows = []
-    # CP-ALS: rank 20, 50 sweeps, SVD init, on a rank-20 tensor with 10 % noise
-    x = random_cp((n_cp,) * 3, 20, noise=0.1, seed=0, dtype=dtype).tensor
-    task = f"CP-ALS {n_cp}^3, R=20, 50 it"
-    cp_rows = run_peers(
-        x,
-        lambda x: tc.cp_als(x, 20, n_iter_max=50, tol=0, init="svd"),
-        lambda xb: parafac(xb, 20, n_iter_max=50, tol=0, init="svd"),
-        tl.cp_to_tensor, repeats,
-    )
-    rows += [(task, method, t, err) for method, t, err in cp_rows]
-
-    # HOOI: ranks 10, 10 sweeps, HOSVD init, on a multilinear-rank-10 tensor with 10 % noise
-    x = random_tucker((n_cp,) * 3, 10, noise=0.1, seed=1, dtype=dtype).tensor
-    task = f"Tucker HOOI {n_cp}^3, R=(10,10,10), 10 it"
-    for method, t, err in run_peers(
-        x,
-        lambda x: tc.tucker(x, 10, n_iter_max=10, tol=0),
-        lambda xb: tl_tucker(xb, [10, 10, 10], n_iter_max=10, tol=0, init="svd"),
-        tl.tucker_to_tensor, repeats,
-    ):
-        rows.append((task, method, t, err))
-
-    # TT-SVD: order 5, fixed ranks 8
-    n_tt = 12 if args.quick else 20
-    x = random_tt((n_tt,) * 5, 8, noise=0.05, seed=2, dtype=dtype).tensor
-    task = f"TT-SVD {n_tt}^5, ranks 8"
-    for method, t, err in run_peers(
-        x,
-        lambda x: tc.tt_svd(x, max_rank=8),
-        lambda xb: tensor_train(xb, [1, 8, 8, 8, 8, 1]),
-        tl.tt_to_tensor, repeats,
-    ):
-        rows.append((task, method, t, err))
-    print_table("Decompositions (speed-up = time / tensorcompress's time; > 1 means tensorcompress is faster)", rows)
-
-    # scaling of CP-ALS with the tensor size
-    sizes = (25, 50, 100) if args.quick else (50, 100, 200)
-    scale_rows = []
-    for n in sizes:
-        if n == n_cp:  # measured above
-            measured = cp_rows
-        else:
-            x = random_cp((n,) * 3, 20, noise=0.1, seed=0, dtype=dtype).tensor
-            measured = run_peers(
-                x,
-                lambda x: tc.cp_als(x, 20, n_iter_max=50, tol=0),
-                lambda xb: parafac(xb, 20, n_iter_max=50, tol=0, init="svd"),
-                tl.cp_to_tensor, repeats,
-            )
-        scale_rows += [(f"CP-ALS {n}^3, R=20, 50 it", method, t, err) for method, t, err in measured]
-    print_table("CP-ALS time against tensor size", scale_rows)
+    for dtype in (torch.float32, torch.float64):
+        rows, notes = [], []
+        for n in sizes:
+            r, note = cp_rows(n, dtype, repeats)
+            rows += r
+            notes.append(note)
+        for n in sizes:
+            rows += hooi_rows(n, dtype, repeats)
+        rows += tt_rows(n_tt, dtype, repeats)
+        rows += graded_rows(dtype, repeats)
+        name = str(dtype).removeprefix("torch.")
+        print_table(f"{name} (speed-up = the faster TensorLy back-end's time / tensorcompress's time)", rows)
+        for note in notes:
+            print(note)
+        sys.stdout.flush()
 
 
 if __name__ == "__main__":

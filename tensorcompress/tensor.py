@@ -269,35 +269,95 @@ def kronecker(matrices: Sequence[torch.Tensor], skip: int | None = None) -> torc
     return res
 
 
+def scale_exponent(x: torch.Tensor, largest: float | None = None) -> int:
+    r"""``e`` such that ``x * 2**-e`` has its largest absolute entry in :math:`[1/2, 1)`, or ``0`` when ``x``'s
+    largest entry is already within :math:`2^{\pm k}`, :math:`k` a quarter of the dtype's exponent range (squares and
+    sums of squares of such entries neither overflow nor underflow, so no copy is made). ``x`` must be finite;
+    ``largest`` = ``max |x|`` if the caller has it."""
+    if largest is None:
+        largest = float(torch.linalg.vector_norm(x, ord=math.inf)) if x.numel() else 0.0
+    if largest == 0:
+        return 0
+    exp = math.frexp(largest)[1]
+    k = int(math.log2(torch.finfo(x.dtype).max)) // 4 if x.is_floating_point() else 0
+    return 0 if abs(exp) <= k else exp
+
+
+def ldexp(x: torch.Tensor, exp: int) -> torch.Tensor:
+    r""":math:`x \cdot 2^{\text{exp}}`, exact (a power of two) unless the result leaves the dtype's range; the factor
+    is applied in pieces that the dtype can represent. ``x`` itself when ``exp == 0``."""
+    if exp == 0:
+        return x
+    step = int(math.log2(torch.finfo(x.real.dtype if x.is_complex() else x.dtype).max)) - 2
+    while exp != 0:
+        e = max(-step, min(step, exp))
+        x = x * 2.0**e
+        exp -= e
+    return x
+
+
+def _wide(x: torch.Tensor, complex_: bool) -> torch.Tensor:
+    """``x`` in float64 (complex128 if ``complex_``): no digit lost, whatever the input's floating dtype."""
+    return x.to(torch.complex128 if complex_ else torch.float64)
+
+
 def relative_error(x: torch.Tensor, approx: object) -> torch.Tensor:
     r"""Relative Frobenius error :math:`\|X - \hat X\|_F / \|X\|_F`.
+
+    Computed in float64 (complex128 if either input is complex: the imaginary part of a complex approximation of a
+    real tensor counts), each norm after scaling by an exact power of two, so it neither overflows nor underflows
+    in any dtype (float16 values of thousands, float32 values of 1e-30 or 1e30).
 
     Parameters
     ----------
     x : torch.Tensor
-        Reference tensor (must not be all zeros).
+        Reference tensor: real or complex floating point or integer, finite, non-empty and not all zeros.
     approx : torch.Tensor or object with ``to_tensor()``
-        Approximation of the same shape, e.g. a ``CPTensor``.
+        Approximation of the same shape, e.g. a ``CPTensor`` (moved to ``x``'s device).
 
     Returns
     -------
     torch.Tensor
-        0-dim tensor on ``x``'s device with ``x``'s dtype (use ``float(...)`` for a Python number).
+        0-dim tensor on ``x``'s device with ``x``'s dtype (its real dtype if ``x`` is complex, float64 if ``x`` is
+        an integer tensor); ``float(...)`` gives a Python number. Differentiable.
 
     Raises
     ------
+    TypeError
+        If either is not a tensor or is a bool tensor.
     ValueError
-        If the shapes differ, ``x`` is all zeros, or either holds NaN or Inf.
+        If the shapes differ, ``x`` is empty or all zeros, or either holds NaN or Inf.
     """
     check_tensor(x, "x")
     if not isinstance(approx, torch.Tensor) and hasattr(approx, "to_tensor"):
         approx = approx.to_tensor()
     check_tensor(approx, "approx")
+    for name, t in (("x", x), ("approx", approx)):
+        if t.dtype == torch.bool:
+            raise TypeError(f"{name} must be a numeric tensor (floating point, complex or integer), got torch.bool")
     if approx.shape != x.shape:
         raise ValueError(f"approx has shape {tuple(approx.shape)} but x has shape {tuple(x.shape)}")
+    if x.numel() == 0:
+        raise ValueError(f"x is empty (shape {tuple(x.shape)}): the relative error is undefined")
     check_finite(x, "x")
     check_finite(approx, "approx")  # a diverged approximation fails loudly instead of returning NaN
-    norm = torch.linalg.vector_norm(x)
-    if norm == 0:
+    complex_ = x.is_complex() or approx.is_complex()
+    xw = _wide(x, complex_)
+    aw = _wide(approx.to(x.device), complex_)
+    ex = _max_exponent(xw)
+    if ex is None:
         raise ValueError("x is all zeros: the relative error is undefined")
-    return torch.linalg.vector_norm(x - approx.to(device=x.device, dtype=x.dtype)) / norm
+    ed = _max_exponent(torch.stack([xw.detach().abs().max(), aw.detach().abs().max()]))
+    norm_x = torch.linalg.vector_norm(ldexp(xw, -ex))
+    norm_d = torch.linalg.vector_norm(ldexp(xw, -ed) - ldexp(aw, -ed))
+    out = ldexp(norm_d / norm_x, ed - ex)
+    if x.is_complex():
+        return out.to(x.real.dtype)
+    return out.to(x.dtype if x.is_floating_point() else torch.float64)
+
+
+def _max_exponent(x: torch.Tensor) -> int | None:
+    """``e`` with ``max|x| * 2**-e`` in :math:`[1/2, 1)` (always, unlike :func:`scale_exponent`); ``None`` if ``x`` is
+    all zeros."""
+    largest = float(x.detach().abs().max())
+    return None if largest == 0 else math.frexp(largest)[1]

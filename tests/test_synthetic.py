@@ -85,3 +85,15 @@ def test_seeding_and_return_form():
 def test_bad_input(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+@pytest.mark.parametrize("decades", [0.0, 3.0, 8.0])
+def test_graded_tucker_spectrum_spans_the_decades(decades):
+    x, truth = random_tucker((12, 12, 12), 6, decades=decades, seed=0, dtype=torch.float64)
+    assert truth.ranks == (6, 6, 6)
+    for n in range(3):
+        s = torch.linalg.svdvals(tc.unfold(x, n))
+        spread = math.log10(float(s[0] / s[5]))
+        assert decades - 1 <= spread <= 1.5 * decades + 2, (n, spread)  # the random core spreads it further
+    with pytest.raises(ValueError, match=r"decades must be >= 0, got -1"):
+        random_tucker((3, 3), 2, decades=-1)

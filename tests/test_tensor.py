@@ -438,3 +438,44 @@ def test_relative_error_non_tensor():
         tc.relative_error(torch.ones(2), [1.0, 1.0])
     with pytest.raises(TypeError, match=r"x must be a torch\.Tensor, got float"):
         tc.relative_error(1.0, torch.ones(2))
+
+
+def test_relative_error_hostile_inputs():
+    """Each case failed before relative_error computed in float64 with exact power-of-two scaling: float16 values
+    of thousands (||x||^2 overflowed: 0.0), a complex approximation of a real tensor (imaginary part dropped: 0.0),
+    a tiny non-zero tensor ("x is all zeros"), float32 at 1e30 and float64 at 1e-300."""
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(1000, generator=g, dtype=torch.float64)
+    x16 = (3000 + 100 * base).half()
+    err = float(tc.relative_error(x16, (x16.double() * 1.01).half()))
+    ref = float(np.linalg.norm(x16.double().numpy() - (x16.double() * 1.01).half().double().numpy())
+                / np.linalg.norm(x16.double().numpy()))
+    assert abs(err - ref) < 1e-3 * ref and abs(err - 0.01) < 1e-3
+    assert tc.relative_error(x16, x16).dtype == torch.float16
+    y = base.reshape(10, 100)
+    assert abs(float(tc.relative_error(y, y + 0.01j * y)) - 0.01) < 1e-12  # imaginary part counts
+    assert float(tc.relative_error(y + 0j, y)) < 1e-15 and tc.relative_error(y + 0j, y).dtype == torch.float64
+    for scale, dtype in ((1e-30, torch.float32), (1e30, torch.float32), (1e-300, torch.float64),
+                         (1e300, torch.float64), (1e-40, torch.float32)):  # 1e-40: float32 subnormals
+        x = (y * scale).to(dtype)
+        approx = x * 1.1
+        assert abs(float(tc.relative_error(x, approx)) - 0.1) < 1e-3, (scale, dtype)
+        assert abs(float(tc.relative_error(x, torch.zeros_like(x))) - 1.0) < 1e-6
+    assert float(tc.relative_error(torch.arange(1, 5), torch.arange(1, 5) * 1.5)) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match=r"x is empty \(shape \(0, 3\)\)"):
+        tc.relative_error(torch.ones(0, 3), torch.ones(0, 3))
+    with pytest.raises(TypeError, match=r"x must be a numeric tensor .* got torch.bool"):
+        tc.relative_error(torch.ones(3, dtype=torch.bool), torch.ones(3))
+    with pytest.raises(ValueError, match=r"x is all zeros"):
+        tc.relative_error(torch.zeros(3), torch.ones(3))
+
+
+def test_relative_error_is_differentiable():
+    x = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    target = torch.randn(4, 5, dtype=torch.float64)
+    err = tc.relative_error(x, target)
+    err.backward()
+    # d/dx (||x - t|| / ||x||), checked against the closed form
+    d, nx = (x - target).detach(), x.detach().norm()
+    expected = d / (d.norm() * nx) - d.norm() * x.detach() / nx**3
+    torch.testing.assert_close(x.grad, expected)

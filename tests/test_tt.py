@@ -113,10 +113,25 @@ def test_no_mutation_and_tensorly_round_trip(device, dtype):
     assert repr(tt).startswith("TTTensor(shape=(4, 5, 6), ranks=(1, 3, 3, 1), n_params=75")
 
 
-def test_max_rank_int_is_capped_and_sequence_is_exact():
+def test_max_rank_one_rule_capped_and_tensorly_form():
+    """One rank-list rule for tt_svd, tt_round and tt_matrix_svd: an int or d - 1 inner ranks or TensorLy's
+    [1, r_1, ..., 1], each capped at what its unfolding allows (failed before: a list entry above the cap raised in
+    tt_svd/tt_matrix_svd while tt_round capped it, and TensorLy's form was refused)."""
     x = _randn((2, 3, 4), 0)
     assert tc.tt_svd(x, max_rank=100).ranks == (1, 2, 4, 1)
     assert tc.tt_svd(x, max_rank=[2, 1]).ranks == (1, 2, 1, 1)
+    assert tc.tt_svd(x, max_rank=[5, 9]).ranks == (1, 2, 4, 1)  # capped at min(2, 12) and min(6, 4)
+    assert tc.tt_svd(x, max_rank=[1, 2, 3, 1]).ranks == (1, 2, 3, 1)
+    full = tc.tt_svd(x)
+    assert tc.tt_round(full, max_rank=[5, 9]).ranks == (1, 2, 4, 1)
+    assert tc.tt_round(full, max_rank=[1, 2, 3, 1]).ranks == (1, 2, 3, 1)
+    w = _randn((6, 8), 1)
+    assert tc.tt_matrix_svd(w, (2, 3), (2, 4), max_rank=[50]).ranks == (1, 4, 1)  # min(2 * 2, 3 * 4)
+    assert tc.tt_matrix_svd(w, (2, 3), (2, 4), max_rank=[1, 3, 1]).ranks == (1, 3, 1)
+    # the same ranks as TensorLy's tensor_train given the same list
+    with tl.backend_context("pytorch"):
+        theirs = tensor_train(x, [1, 2, 3, 1])
+    assert tuple(theirs.rank) == tc.tt_svd(x, max_rank=[1, 2, 3, 1]).ranks
 
 
 X = torch.ones(3, 4, 5)
@@ -126,8 +141,8 @@ X = torch.ones(3, 4, 5)
     "kwargs,exc,match",
     [
         (dict(x=X, max_rank=0), ValueError, r"max_rank must be >= 1, got 0"),
-        (dict(x=X, max_rank=[2]), ValueError, r"max_rank must hold d - 1 = 2 ranks for shape \(3, 4, 5\), got 1"),
-        (dict(x=X, max_rank=[4, 2]), ValueError, r"max_rank\[0\]=4 exceeds what the unfolding allows .* 1\.\.3"),
+        (dict(x=X, max_rank=[2]), ValueError, r"max_rank must hold d - 1 = 2 inner ranks \(or d \+ 1 = 4 with"),
+        (dict(x=X, max_rank=[2, 2, 2, 1]), ValueError, r"TensorLy's form\) must start and end with 1, got \[2, 2"),
         (dict(x=X, max_rank=[2, 0]), ValueError, r"max_rank\[1\] must be >= 1, got 0"),
         (dict(x=X, max_rank="3"), TypeError, r"max_rank must be an int or a sequence of 2 ints, got str"),
         (dict(x=X, eps=0.1, max_rank=2), ValueError, r"give eps or max_rank, not both"),
@@ -164,3 +179,43 @@ def test_tt_round_arithmetic_and_construction_bad_input():
         tc.TTTensor([torch.ones(1, 3, 2), torch.ones(3, 3, 1)])
     with pytest.raises(ValueError, match=r"cores\[1\] must have 3 dimensions"):
         tc.TTTensor([torch.ones(1, 3, 2), torch.ones(2, 3)])
+
+
+@pytest.mark.parametrize("scale", [1e20, 1e-25])
+def test_eps_holds_at_extreme_scales_float32(scale):
+    """||X||^2 overflows (1e20) or underflows (1e-25) in float32: failed before (ranks all 1, error 0.81 for
+    eps=0.05); now inputs and cores are scaled by exact powers of two."""
+    x = random_tt((6, 7, 8, 5), 3, noise=0.01, seed=4, dtype=torch.float32).tensor
+    ref = tc.tt_svd(x, eps=0.05)
+    for tt in (tc.tt_svd(x * scale, eps=0.05), tc.tt_round(tc.tt_svd(x * scale), eps=0.05)):
+        assert tt.ranks == ref.ranks and tt.ranks[1:-1] != (1, 1, 1)
+        assert float(tc.relative_error((x * scale).double(), tt.to_tensor().double())) <= 0.05
+    w = x.reshape(42, 40) * scale
+    tm = tc.tt_matrix_svd(w, (6, 7), (8, 5), eps=0.05)
+    assert float(tc.relative_error(w.double(), tm.to_matrix().double())) <= 0.05
+
+
+@pytest.mark.parametrize("half", [torch.float16, torch.bfloat16])
+def test_half_precision_computes_in_float32(half):
+    """Failed before: linalg_svd_cpu not implemented for 'Half'. Computed in float32, returned in the input's dtype."""
+    x = random_tt((5, 6, 7), 2, noise=0.05, seed=5, dtype=torch.float32).tensor.to(half)
+    for fn in (lambda y: tc.tt_svd(y, max_rank=2), lambda y: tc.tt_svd(y, eps=0.2),
+               lambda y: tc.tt_round(tc.tt_svd(y), max_rank=2)):
+        got, ref = fn(x), fn(x.float())
+        assert got.dtype == half and all(c.dtype == half for c in got.cores) and got.ranks == ref.ranks
+        torch.testing.assert_close(got.to_tensor().float(), ref.to_tensor().to(half).float(), rtol=0.02, atol=0.02)
+    w = x.reshape(30, 7)
+    tm = tc.tt_matrix_svd(w, (5, 6), (7, 1), max_rank=3)
+    assert tm.dtype == half
+    assert float(tc.relative_error(w.float(), tm.to_matrix().float())) < 0.5
+
+
+def test_round_refuses_nan_cores_and_tt_svd_refuses_empty():
+    tt = tc.tt_svd(_randn((3, 4, 5), 0), max_rank=2)
+    tt.cores[1][0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"tt.cores\[1\] must be finite"):
+        tc.tt_round(tt, eps=0.1)
+    with pytest.raises(ValueError, match=r"x must not be empty, got shape \(3, 0\)"):
+        tc.tt_svd(torch.ones(3, 0))
+    with pytest.raises(ValueError, match=r"matrix must not be empty"):
+        tc.tt_matrix_svd(torch.ones(0, 4), (1,), (4,))

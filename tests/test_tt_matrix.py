@@ -88,7 +88,8 @@ W = torch.ones(6, 8)
         ((torch.ones(6, 8, 1), (6,), (8,)), {}, ValueError, r"matrix must be 2-D"),
         ((W.long(), (6,), (8,)), {}, TypeError, r"floating point dtype"),
         ((W, (2, 3), (2, 4)), dict(eps=0.1, max_rank=2), ValueError, r"give eps or max_rank, not both"),
-        ((W, (2, 3), (2, 4)), dict(max_rank=[5]), ValueError, r"max_rank\[0\]=5 exceeds what the unfolding allows"),
+        ((W, (2, 3), (2, 4)), dict(max_rank=[5, 1]), ValueError, r"max_rank must hold d - 1 = 1 inner ranks"),
+        ((W, (6,), (8,)), dict(max_rank=0), ValueError, r"max_rank must be >= 1, got 0"),
     ],
 )
 def test_tt_matrix_svd_bad_input(args, kwargs, exc, match):
@@ -106,3 +107,36 @@ def test_matvec_bad_input():
         tc.tt_matrix_vector_product(W, torch.ones(8))
     with pytest.raises(ValueError, match=r"cores\[0\] must have 4 dimensions"):
         tc.TTMatrix([torch.ones(1, 2, 1)])
+
+
+def _examples():
+    g = torch.Generator().manual_seed(0)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+    return [tc.CPTensor(r(2), [r(3, 2), r(4, 2), r(5, 2)]),
+            tc.TuckerTensor(r(2, 3, 2), [r(3, 2), r(4, 3), r(5, 2)]),
+            tc.TTTensor([r(1, 3, 2), r(2, 4, 2), r(2, 5, 1)]),
+            tc.TTMatrix([r(1, 2, 3, 2), r(2, 3, 2, 1)])]
+
+
+@pytest.mark.parametrize("obj", _examples(), ids=lambda o: type(o).__name__)
+def test_shared_base_round_trips(obj):
+    """What the one base class gives every result: iteration, to/clone (deep), and the TensorLy round trip from
+    torch and from NumPy, checked against TensorLy's own dense reconstruction."""
+    dense = obj.to_tensor()
+    tly = obj.to_tensorly()
+    assert type(tly).__name__ == type(obj).__name__
+    with tl.backend_context("pytorch"):
+        torch.testing.assert_close(tly.to_tensor(), dense, rtol=1e-12, atol=1e-12)
+    numpy_form = [p.numpy() if isinstance(p, torch.Tensor) else [q.numpy() for q in p] for p in obj]
+    for back in (type(obj).from_tensorly(tly), type(obj).from_tensorly(numpy_form)):
+        assert type(back) is type(obj)
+        torch.testing.assert_close(back.to_tensor(), dense, rtol=0, atol=0)
+    copy = obj.clone()
+    copy._tensors()[0].add_(1.0)
+    torch.testing.assert_close(obj.to_tensor(), dense, rtol=0, atol=0)  # the clone is deep
+    half = obj.to(torch.float32)
+    assert half.dtype == torch.float32 and type(half) is type(obj) and len(half._tensors()) == len(obj._tensors())
+    assert repr(obj).startswith(f"{type(obj).__name__}(shape=")

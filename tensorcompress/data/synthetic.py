@@ -125,6 +125,7 @@ def random_tucker(
     shape: Sequence[int],
     ranks: int | Sequence[int],
     *,
+    decades: float = 0.0,
     noise: float = 0.0,
     snr_db: float | None = None,
     seed: int | None = None,
@@ -133,15 +134,21 @@ def random_tucker(
 ) -> SyntheticTensor:
     r"""A tensor of multilinear rank ``ranks``: standard normal core, orthonormal factors (QR of normal matrices).
 
-    ``ranks`` is an int (every mode) or one rank per mode, ``1 <= R_n <= I_n``; other arguments as
-    :func:`random_cp`.
+    ``ranks`` is an int (every mode) or one rank per mode, ``1 <= R_n <= I_n``. ``decades`` > 0 grades the core
+    (an ill-conditioned tensor): entry :math:`(i_1..i_N)` is multiplied by
+    :math:`\prod_n 10^{-\text{decades}\, i_n / (R_n - 1)}`, so the singular values of every unfolding fall over
+    at least about ``decades`` decades (the random core spreads them further). Other arguments as :func:`random_cp`.
     """
     shape = _check_shape(shape)
     ranks = parse_ranks(ranks, shape)
+    decades = check_tol(decades, "decades")
     dtype = _check_dtype(dtype)
     _noise_level(noise, snr_db)
     gen = generator(seed)
     core = torch.randn(tuple(ranks), generator=gen, dtype=torch.float64)
+    for n, r in enumerate(ranks):
+        grade = torch.logspace(0, -decades, r, dtype=torch.float64) if r > 1 else torch.ones(1, dtype=torch.float64)
+        core = core * grade.reshape([r if k == n else 1 for k in range(len(ranks))])
     factors = [torch.linalg.qr(torch.randn(s, r, generator=gen, dtype=torch.float64)).Q
                for s, r in zip(shape, ranks, strict=True)]
     noise_seed = int(torch.randint(0, 2**62, (1,), generator=gen))

@@ -4,7 +4,21 @@
 
 ``cp_als``, ``hosvd``, ``tucker`` and ``tt_svd`` (hence ``tt_matrix_svd``) run under ``torch.no_grad()``: decomposing
 a trainable weight records no autograd graph. TT arithmetic, ``to_tensor`` and ``tt_matrix_vector_product`` are
-differentiable."""
+differentiable.
+
+Rules shared by every decomposition (``cp_als``, ``hosvd``, ``tucker``, ``tt_svd``, ``tt_round``, ``tt_matrix_svd``):
+
+* dtype: float32 and float64 compute in their own dtype; float16 and bfloat16 compute in float32 and the result is
+  returned in the input's dtype; integer, bool and complex inputs raise ``TypeError``, a size-0 mode ``ValueError``
+  (:func:`tensorcompress._validation.compute_dtype`, the library's one rule).
+* scale: an input whose entries are far from 1 is scaled by an exact power of two first (and the result scaled
+  back), so norms and Gram matrices never overflow or underflow and ``eps`` guarantees hold at any magnitude.
+* accuracy: singular vectors come from SVDs wherever eigenvectors of a Gram matrix would lose digits (they square the
+  condition number), so graded and exact low-rank tensors are recovered to the dtype's rounding, as by TensorLy.
+* rank arguments: ``rank`` is one int (``cp_als``: the number of components); ``ranks`` holds one rank per mode
+  (``hosvd``, ``tucker``: an int means the same for every mode, each ``1 <= R_n <= I_n``); ``max_rank`` caps TT ranks
+  (an int, the ``d - 1`` inner ranks or TensorLy's ``[1, r_1, ..., 1]``, each capped at what its unfolding allows).
+"""
 
 from .cp import CPTensor, cp_als, cp_to_tensor
 from .tt import TTTensor, tt_inner, tt_round, tt_svd, tt_to_tensor

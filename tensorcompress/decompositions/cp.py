@@ -11,13 +11,14 @@ SIAM Review 51(3), §3.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 
 import torch
 
-from .._validation import check_matrices, check_positive_int, check_tensor
-from ..tensor import khatri_rao
-from ._common import Factorized, check_input, check_tol, generator, leading_eigvecs, randn
+from .._validation import check_finite, check_matrices, check_positive_int, check_tensor
+from ..tensor import khatri_rao, ldexp
+from ._common import Factorized, check_tol, generator, leading_eigvecs, prepare, uniform
 
 __all__ = ["CPTensor", "cp_als", "cp_to_tensor"]
 
@@ -70,17 +71,20 @@ class CPTensor(Factorized):
     def n_params(self) -> int:
         return self.rank + sum(f.numel() for f in self.factors)
 
-    def _tensors(self) -> list[torch.Tensor]:
-        return [self.weights, *self.factors]
+    def _parts(self) -> tuple:
+        return self.weights, self.factors
 
-    def _rebuild(self, tensors: list[torch.Tensor]) -> CPTensor:
-        return CPTensor(tensors[0], tensors[1:])
+    @classmethod
+    def _from_parts(cls, parts: list) -> CPTensor:
+        weights, factors = parts
+        if weights is None:  # TensorLy's CPTensor((None, factors)): unit weights
+            weights = torch.ones(factors[0].shape[1], dtype=factors[0].dtype, device=factors[0].device)
+        return cls(weights, factors)
+
+    _tensorly_class = ("cp_tensor", "CPTensor")
 
     def _rank_repr(self) -> str:
         return f"rank={self.rank}"
-
-    def __iter__(self):  # allows ``weights, factors = cp``
-        return iter((self.weights, self.factors))
 
     def to_tensor(self) -> torch.Tensor:
         r"""The full tensor, :math:`X_{(1)} = A_1 \operatorname{diag}(\lambda) (A_2 \odot \cdots \odot A_N)^\top`."""
@@ -101,22 +105,6 @@ class CPTensor(Factorized):
             factors.append(f / safe)
             weights = weights * norms
         return CPTensor(weights, factors)
-
-    def to_tensorly(self):
-        """TensorLy's ``CPTensor((weights, factors))`` holding these (torch) tensors."""
-        import tensorly as tl
-
-        with tl.backend_context("pytorch"):
-            return tl.cp_tensor.CPTensor((self.weights, list(self.factors)))
-
-    @classmethod
-    def from_tensorly(cls, obj) -> CPTensor:
-        """From TensorLy's ``CPTensor`` (or a ``(weights, factors)`` pair) of torch tensors or NumPy arrays."""
-        weights, factors = obj
-        factors = [torch.as_tensor(f) for f in factors]
-        if weights is None:
-            weights = torch.ones(factors[0].shape[1], dtype=factors[0].dtype, device=factors[0].device)
-        return cls(torch.as_tensor(weights), factors)
 
 
 def cp_to_tensor(cp: CPTensor) -> torch.Tensor:
@@ -145,12 +133,50 @@ def _split(shape: Sequence[int]) -> int:
     return min(range(1, n), key=lambda h: math.prod(shape[:h]) + math.prod(shape[h:]))
 
 
+# The two GEMMs of a sweep cost most of CP-ALS, and their speed depends on the operand layout in a way that varies
+# with the dtype, the BLAS, the CPU and the thread count (float32 on 2 cores: ``X @ A`` 2.3x faster than
+# ``A.T @ X.T``; float64 on 1 thread: the reverse). So each product has two layouts, and the first time a shape is
+# seen (per dtype, device and thread count) both are timed on the real operands; the faster is used from then on,
+# in every call, so that a seed keeps giving the same result within a process. CUDA keeps the first layout.
+_LAYOUTS: dict[tuple, int] = {}
+
+
+def _fastest(key: tuple, candidates: Sequence, operands: tuple) -> torch.Tensor:
+    """``candidates[i](*operands)`` for the layout ``i`` that ran fastest (two timings each, once per key)."""
+    choice = _LAYOUTS.get(key)
+    if choice is None:
+        if operands[0].device.type != "cpu":
+            choice = 0
+        else:
+            times = [min(_time(c, operands) for _ in range(2)) for c in candidates]
+            choice = min(range(len(candidates)), key=times.__getitem__)
+        _LAYOUTS[key] = choice
+    return candidates[choice](*operands)
+
+
+def _time(fn, operands: tuple) -> float:
+    start = time.perf_counter()
+    fn(*operands)
+    return time.perf_counter() - start
+
+
+def _key(kind: str, m: torch.Tensor, a: torch.Tensor) -> tuple:
+    return kind, m.dtype, m.device.type, tuple(m.shape), a.shape[1], torch.get_num_threads()
+
+
+# (R, P) = A^T (X_(N) as P x I_N)^T, either as one GEMM into (R, P) or as X A into (P, R) then a cheap transpose
+_LAST = (lambda m, a: a.mT @ m.mT, lambda m, a: (m @ a).mT.contiguous())
+# (R, Q) = A^T (X_(1) as I_1 x Q), likewise
+_FIRST = (lambda m, a: a.mT @ m, lambda m, a: (m.mT @ a).mT.contiguous())
+
+
 def _contract_right(x: torch.Tensor, factors: Sequence[torch.Tensor], h: int) -> torch.Tensor:
     r"""Partial MTTKRP :math:`T[r, i_1..i_h] = \sum_{i_{h+1}..i_N} X[i_1..i_N] \prod_{k > h} A_k[i_k, r]`,
     shape ``(R, I_1, ..., I_h)``: one GEMM with :math:`A_N`, then cheap batched matrix–vector products."""
     shape = x.shape
     last = factors[-1]
-    t = last.mT @ x.reshape(-1, shape[-1]).mT  # (R, prod(shape[:-1])): a single GEMM over the whole tensor
+    m = x.reshape(-1, shape[-1])
+    t = _fastest(_key("last", m, last), _LAST, (m, last))  # (R, prod(shape[:-1])): one GEMM over the tensor
     for k in range(len(shape) - 2, h - 1, -1):
         t = torch.bmm(t.reshape(t.shape[0], -1, shape[k]), factors[k].mT.unsqueeze(2))
     return t.reshape(t.shape[0], *shape[:h])
@@ -159,31 +185,26 @@ def _contract_right(x: torch.Tensor, factors: Sequence[torch.Tensor], h: int) ->
 def _contract_left(x: torch.Tensor, factors: Sequence[torch.Tensor], h: int) -> torch.Tensor:
     r"""Partial MTTKRP over the left half, shape ``(R, I_{h+1}, ..., I_N)``."""
     shape = x.shape
-    t = factors[0].mT @ x.reshape(shape[0], -1)  # (R, prod(shape[1:])): a single GEMM over the whole tensor
+    m = x.reshape(shape[0], -1)
+    t = _fastest(_key("first", m, factors[0]), _FIRST, (m, factors[0]))  # (R, prod(shape[1:])): one GEMM
     for k in range(1, h):
         t = torch.bmm(factors[k].mT.unsqueeze(1), t.reshape(t.shape[0], shape[k], -1))
     return t.reshape(t.shape[0], *shape[h:])
-
-
-_LETTERS = "abcdefghijklmnopqrstuvwxy"
 
 
 def _mttkrp_from_partial(
     t: torch.Tensor, factors: Sequence[torch.Tensor], modes: Sequence[int], n: int
 ) -> torch.Tensor:
     """MTTKRP of mode ``n`` from a partial contraction ``t`` of shape ``(R, I_m for m in modes)``: contract the
-    remaining modes of ``t`` with their factors (the rank index shared), giving ``(I_n, R)``."""
-    if len(modes) == 1:
-        return t.mT
-    letters = _LETTERS[: len(modes)]
-    operands = [t]
-    spec = ["z" + letters]
-    for j, m in enumerate(modes):
-        if m != n:
-            operands.append(factors[m])
-            spec.append(letters[j] + "z")
-    out = letters[list(modes).index(n)] + "z"
-    return torch.einsum(",".join(spec) + "->" + out, *operands)
+    remaining modes of ``t`` with their factors (the rank index shared), giving ``(I_n, R)``. One batched
+    matrix-vector product per mode (any order: no einsum letters to run out of)."""
+    rank, sizes = t.shape[0], t.shape[1:]
+    j = list(modes).index(n)
+    for m in reversed(modes[j + 1:]):  # the trailing modes, last first
+        t = torch.bmm(t.reshape(rank, -1, factors[m].shape[0]), factors[m].mT.unsqueeze(2))
+    for m in modes[:j]:  # the leading modes, first first
+        t = torch.bmm(factors[m].mT.unsqueeze(1), t.reshape(rank, factors[m].shape[0], -1))
+    return t.reshape(rank, sizes[j]).mT
 
 
 def _solve_normal(gram: torch.Tensor, mttkrp: torch.Tensor, l2_reg: float) -> torch.Tensor:
@@ -208,26 +229,33 @@ def _min_norm_solve(gram: torch.Tensor, mttkrp: torch.Tensor) -> torch.Tensor:
     return ((mttkrp @ vecs) * inv) @ vecs.mT
 
 
-def _init_factors(x: torch.Tensor, rank: int, init: object, seed: int | None) -> list[torch.Tensor]:
+def _init_factors(x: torch.Tensor, dtype: torch.dtype, exp: int, rank: int, init: object,
+                  seed: int | None) -> list[torch.Tensor]:
+    """Starting factors for the scaled tensor ``x`` (the user's tensor times ``2**-exp``, computed in ``x.dtype``);
+    ``dtype`` is the user's dtype, which a CPTensor ``init`` must have."""
     shape = x.shape
     if isinstance(init, CPTensor):
         if init.shape != tuple(shape):
             raise ValueError(f"init has shape {init.shape} but x has shape {tuple(shape)}")
         if init.rank != rank:
             raise ValueError(f"init has rank {init.rank} but rank={rank}")
-        if init.device != x.device or init.dtype != x.dtype:
-            raise ValueError(f"init is {init.dtype} on {init.device} but x is {x.dtype} on {x.device}: "
+        if init.device != x.device or init.dtype != dtype:
+            raise ValueError(f"init is {init.dtype} on {init.device} but x is {dtype} on {x.device}: "
                              f"use init.to(x.device, x.dtype)")
-        factors = [f.clone() for f in init.factors]
-        factors[0] = factors[0] * init.weights
+        check_finite(init.weights, "init.weights")
+        for k, f in enumerate(init.factors):
+            check_finite(f, f"init.factors[{k}]")
+        factors = [f.to(x.dtype, copy=True) for f in init.factors]
+        factors[0] = ldexp(factors[0] * init.weights.to(x.dtype), -exp)
         return factors
     if not isinstance(init, str) or init not in ("svd", "random"):
         raise ValueError(f"init must be 'svd', 'random' or a CPTensor, got {init!r}")
     gen = generator(seed)
-    if init == "random":
-        return [randn((s, rank), gen, x) for s in shape]
+    if init == "random":  # uniform [0, 1), as TensorLy: all-positive starts leave fewer seeds in swamps
+        return [uniform((s, rank), gen, x) for s in shape]
     # 'svd': leading left singular vectors of each unfolding, from the eigenvectors of its Gram matrix
-    # X_(n) X_(n)^T; columns beyond I_n are random. Mode 0 is never read before its first update, so it is skipped.
+    # X_(n) X_(n)^T; columns beyond I_n are uniform [0, 1) as TensorLy's. Mode 0 is never read before its first
+    # update, so it is skipped.
     factors = [torch.zeros(shape[0], rank, dtype=x.dtype, device=x.device)]
     for n in range(1, x.ndim):
         before, after = math.prod(shape[:n]), math.prod(shape[n + 1:])
@@ -239,7 +267,7 @@ def _init_factors(x: torch.Tensor, rank: int, init: object, seed: int | None) ->
         k = min(rank, shape[n])
         _, vecs = leading_eigvecs(gram, k)
         if k < rank:
-            vecs = torch.cat([vecs, randn((shape[n], rank - k), gen, x)], dim=1)
+            vecs = torch.cat([vecs, uniform((shape[n], rank - k), gen, x)], dim=1)
         factors.append(vecs)
     return factors
 
@@ -277,10 +305,15 @@ def cp_als(
       (accurate to about :math:`\sqrt{\epsilon_{\text{mach}}}` relative: use :func:`tensorcompress.relative_error`
       for errors below that).
 
+    The input is scaled by an exact power of two when its entries are far from 1 (no overflow of
+    :math:`\|X\|^2` in float32 at 1e20 or underflow at 1e-25); float16/bfloat16 inputs are computed in float32 and
+    the result is returned in the input's dtype (the library's one dtype rule).
+
     Parameters
     ----------
     x : torch.Tensor
-        Floating point tensor of order ``N >= 2``, finite. Not modified.
+        Floating point tensor (float16, bfloat16, float32 or float64) of order ``N >= 2`` (any order), finite, no
+        size-0 mode. Not modified.
     rank : int
         Number of components ``R >= 1``.
     n_iter_max : int
@@ -289,12 +322,15 @@ def cp_als(
         Stop when the relative error :math:`\|X-\hat X\|/\|X\|` (i.e. the fit) changes by less than ``tol`` between
         sweeps; ``0`` runs all ``n_iter_max`` sweeps.
     init : {'svd', 'random'} or CPTensor
-        'svd': leading left singular vectors of each unfolding (random columns beyond :math:`I_n`); 'random':
-        standard normal factors; a CPTensor of the right shape, rank, device and dtype (copied, never modified).
+        'svd': leading left singular vectors of each unfolding (uniform [0, 1) columns beyond :math:`I_n`);
+        'random': factors with independent entries uniform on [0, 1), as TensorLy (on TensorLy's over-factored
+        test this start leaves fewer seeds in a swamp than standard normal entries); a CPTensor of the right shape,
+        rank, device and dtype with finite entries (copied, never modified).
     seed : int, optional
         Seed of the random numbers used by ``init`` (drawn on the CPU, so the same on every device).
     l2_reg : float
-        Ridge term added to the diagonal of :math:`V` in every solve (``>= 0``).
+        Ridge term added to the diagonal of :math:`V` in every solve (``>= 0``). :math:`V` is built from unit-norm
+        columns, so the result scales with :math:`X` for a fixed ``l2_reg``.
     return_errors : bool
         Also return the list of relative errors, one per sweep.
 
@@ -303,12 +339,13 @@ def cp_als(
     CPTensor or (CPTensor, list of float)
         Factors with unit-norm columns, the scales in ``weights``.
     """
-    check_input(x, "x")
+    dtype = x.dtype if isinstance(x, torch.Tensor) else None
+    x, exp = prepare(x, "x")
     check_positive_int(rank, "rank")
     check_positive_int(n_iter_max, "n_iter_max")
     tol = check_tol(tol, "tol")
     l2_reg = check_tol(l2_reg, "l2_reg")
-    factors = _init_factors(x, rank, init, seed)
+    factors = _init_factors(x, dtype, exp, rank, init, seed)
     shape, n_modes = tuple(x.shape), x.ndim
     h = _split(shape)
     left, right = list(range(h)), list(range(h, n_modes))
@@ -341,5 +378,5 @@ def cp_als(
         errors.append(err)
         if tol and len(errors) > 1 and abs(errors[-2] - errors[-1]) < tol:
             break
-    cp = CPTensor(weights, factors)
+    cp = CPTensor(ldexp(weights, exp), factors).to(dtype)
     return (cp, errors) if return_errors else cp

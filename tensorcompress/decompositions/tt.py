@@ -15,8 +15,9 @@ from numbers import Number
 
 import torch
 
-from .._validation import check_positive_int, check_tensor
-from ._common import Factorized, check_input, check_tol, rank_for_tail
+from .._validation import check_finite, check_positive_int, check_tensor, compute_dtype
+from ..tensor import ldexp, scale_exponent
+from ._common import Factorized, check_tol, prepare, rank_for_tail, svd
 
 __all__ = ["TTTensor", "tt_svd", "tt_round", "tt_inner", "tt_to_tensor"]
 
@@ -61,17 +62,18 @@ class CoreTrain(Factorized):
     def n_params(self) -> int:
         return sum(c.numel() for c in self.cores)
 
-    def _tensors(self) -> list[torch.Tensor]:
+    def _parts(self) -> list[torch.Tensor]:
         return list(self.cores)
+
+    @classmethod
+    def _from_parts(cls, parts: list):
+        return cls(parts)
 
     def __len__(self) -> int:
         return len(self.cores)
 
     def __getitem__(self, k: int) -> torch.Tensor:
         return self.cores[k]
-
-    def __iter__(self):
-        return iter(self.cores)
 
 
 class TTTensor(CoreTrain):
@@ -102,8 +104,7 @@ class TTTensor(CoreTrain):
     def shape(self) -> tuple[int, ...]:
         return tuple(c.shape[1] for c in self.cores)
 
-    def _rebuild(self, tensors: list[torch.Tensor]) -> TTTensor:
-        return TTTensor(tensors)
+    _tensorly_class = ("tt_tensor", "TTTensor")
 
     def _rank_repr(self) -> str:
         return f"ranks={self.ranks}"
@@ -171,19 +172,6 @@ class TTTensor(CoreTrain):
         r"""Frobenius norm in TT format: after right-to-left orthogonalisation the norm is the first core's."""
         return torch.linalg.vector_norm(_orthogonalize_right(self.cores)[0])
 
-    # --- TensorLy -------------------------------------------------------------------------------------------------
-    def to_tensorly(self):
-        """TensorLy's ``TTTensor`` holding these (torch) cores."""
-        import tensorly as tl
-
-        with tl.backend_context("pytorch"):
-            return tl.tt_tensor.TTTensor(list(self.cores))
-
-    @classmethod
-    def from_tensorly(cls, obj) -> TTTensor:
-        """From TensorLy's ``TTTensor`` (or a list of cores) of torch tensors or NumPy arrays."""
-        return cls([torch.as_tensor(c) for c in obj])
-
 
 def tt_to_tensor(tt: TTTensor) -> torch.Tensor:
     """Full tensor of a TT tensor: contract the cores left to right."""
@@ -229,22 +217,40 @@ def _tt_rank_caps(shape: Sequence[int]) -> list[int]:
 
 
 def _parse_max_rank(
-    max_rank: object, shape: Sequence[int], *, strict: bool, name: str = "max_rank"
+    max_rank: object, shape: Sequence[int], *, strict: bool = False, name: str = "max_rank"
 ) -> list[int] | None:
-    """``max_rank`` as ``d - 1`` inner ranks: an int is capped at what the unfoldings allow; a sequence must hold
-    ``d - 1`` ints within those limits when ``strict``."""
+    r"""``max_rank`` as the ``d - 1`` inner TT ranks — THE rank-list rule of the TT functions (tt_svd, tt_round,
+    tt_matrix_svd and the layers built on them):
+
+    * an int ``r >= 1``: every inner rank ``r``;
+    * a sequence of the ``d - 1`` inner ranks ``[r_1, ..., r_{d-1}]``, or TensorLy's ``d + 1`` ranks
+      ``[1, r_1, ..., r_{d-1}, 1]`` (boundary ranks exactly 1);
+
+    each inner rank then capped at what its unfolding allows, :math:`\min(\prod_{j\le k} I_j, \prod_{j>k} I_j)`
+    (a larger rank cannot be reached: the TT-SVD keeps all of the unfolding's singular values there). With
+    ``strict`` (only :func:`tensorcompress.data.synthetic.random_tt`, which promises the ranks it is given) an
+    entry above the cap is an error instead."""
     if max_rank is None:
         return None
     caps = _tt_rank_caps(shape)
+    d = len(shape)
     if isinstance(max_rank, int) and not isinstance(max_rank, bool):
         check_positive_int(max_rank, name)
         return [min(max_rank, c) for c in caps]
+    if isinstance(max_rank, torch.Size):
+        max_rank = list(max_rank)
     if not isinstance(max_rank, Sequence) or isinstance(max_rank, str):
         raise TypeError(f"{name} must be an int or a sequence of {len(caps)} ints, got "
                         f"{type(max_rank).__name__} ({max_rank!r})")
+    max_rank = list(max_rank)
+    if len(max_rank) == d + 1:  # TensorLy's form [1, r_1, ..., r_{d-1}, 1]
+        if max_rank[0] != 1 or max_rank[-1] != 1:
+            raise ValueError(f"{name} with d + 1 = {d + 1} entries (TensorLy's form) must start and end with 1, "
+                             f"got {max_rank}")
+        max_rank = max_rank[1:-1]
     if len(max_rank) != len(caps):
-        raise ValueError(f"{name} must hold d - 1 = {len(caps)} ranks for shape {tuple(shape)}, got "
-                         f"{len(max_rank)}: {list(max_rank)}")
+        raise ValueError(f"{name} must hold d - 1 = {len(caps)} inner ranks (or d + 1 = {d + 1} with the boundary "
+                         f"1s) for shape {tuple(shape)}, got {len(max_rank)}: {max_rank}")
     out = []
     for k, (r, cap) in enumerate(zip(max_rank, caps, strict=True)):
         check_positive_int(r, f"{name}[{k}]")
@@ -269,6 +275,12 @@ def _choose_rank(s: torch.Tensor, k: int, ranks: list[int] | None, delta2: float
     return s.shape[0]
 
 
+_MAX_RANK_DOC = """max_rank : int or sequence of int, optional
+        Fixed ranks, one rule for every TT function: an int caps every inner rank; a sequence gives the ``d - 1``
+        inner ranks :math:`r_1..r_{d-1}` or TensorLy's ``[1, r_1, ..., r_{d-1}, 1]``. Each is capped at what its
+        unfolding allows, :math:`\\min(\\prod_{j\\le k} I_j, \\prod_{j>k} I_j)` (a larger rank cannot be reached)."""
+
+
 @torch.no_grad()
 def tt_svd(x: torch.Tensor, *, eps: float | None = None, max_rank: int | Sequence[int] | None = None) -> TTTensor:
     r"""TT-SVD (Oseledets 2011, Alg. 1): sequential truncated SVDs of the reshaped remainder.
@@ -277,22 +289,22 @@ def tt_svd(x: torch.Tensor, *, eps: float | None = None, max_rank: int | Sequenc
     SVD :math:`C \approx U_k S_k V_k^\top`; :math:`U_k` becomes core :math:`k` and :math:`S_k V_k^\top` is carried on.
     With ``eps`` each step drops singular values of squared sum at most :math:`\delta^2`,
     :math:`\delta = \epsilon \|X\| / \sqrt{d-1}`, so (Thm 2.2) :math:`\|X - \hat X\| \le \epsilon \|X\|`.
+    float16/bfloat16 inputs are computed in float32 and returned in their dtype; inputs far from 1 in magnitude are
+    scaled by an exact power of two first, so the guarantee holds at any scale.
 
     Parameters
     ----------
     x : torch.Tensor
-        Floating point tensor of order ``d >= 2``, finite.
+        Floating point tensor of order ``d >= 2``, finite, no size-0 mode.
     eps : float, optional
-        Relative accuracy :math:`\epsilon \ge 0`.
-    max_rank : int or sequence of int, optional
-        Fixed ranks: an int caps every inner rank (and is capped by what the unfoldings allow); a sequence gives
-        the ``d - 1`` inner ranks :math:`r_1..r_{d-1}`, each at most
-        :math:`\min(\prod_{j\le k} I_j, \prod_{j>k} I_j)`. Give ``eps`` or ``max_rank``, not both; neither is exact.
+        Relative accuracy :math:`\epsilon \ge 0`. Give ``eps`` or ``max_rank``, not both; neither is exact.
+    {max_rank}
     """
-    check_input(x, "x")
+    dtype = x.dtype if isinstance(x, torch.Tensor) else None
+    x, exp = prepare(x, "x")
     eps = _check_eps_max_rank(eps, max_rank)
     shape = tuple(x.shape)
-    ranks = _parse_max_rank(max_rank, shape, strict=True)
+    ranks = _parse_max_rank(max_rank, shape)
     d = len(shape)
     delta2 = None if eps is None else eps**2 * float(torch.linalg.vector_norm(x)) ** 2 / (d - 1)
     cores = []
@@ -300,13 +312,16 @@ def tt_svd(x: torch.Tensor, *, eps: float | None = None, max_rank: int | Sequenc
     r_prev = 1
     for k in range(d - 1):
         c = c.reshape(r_prev * shape[k], -1)
-        u, s, vh = torch.linalg.svd(c, full_matrices=False)
+        u, s, vh = svd(c)
         r = _choose_rank(s, k, ranks, delta2)
         cores.append(u[:, :r].reshape(r_prev, shape[k], r))
         c = s[:r, None] * vh[:r]
         r_prev = r
-    cores.append(c.reshape(r_prev, shape[-1], 1))
-    return TTTensor(cores)
+    cores.append(ldexp(c.reshape(r_prev, shape[-1], 1), exp))
+    return TTTensor(cores).to(dtype)
+
+
+tt_svd.__doc__ = tt_svd.__doc__.replace("{max_rank}", _MAX_RANK_DOC)
 
 
 def tt_round(tt: TTTensor, *, eps: float | None = None, max_rank: int | Sequence[int] | None = None) -> TTTensor:
@@ -314,35 +329,47 @@ def tt_round(tt: TTTensor, *, eps: float | None = None, max_rank: int | Sequence
 
     A right-to-left QR sweep makes cores :math:`2..d` right-orthogonal; then truncated SVDs from left to right with
     the TT-SVD threshold :math:`\delta = \epsilon \|X\| / \sqrt{d-1}` (the norm read off the first core), so
-    :math:`\|X - \hat X\| \le \epsilon \|X\|`. Cost :math:`O(d I r^3)`.
+    :math:`\|X - \hat X\| \le \epsilon \|X\|`. Cost :math:`O(d I r^3)`. Each core is scaled by an exact power of
+    two first (no overflow of :math:`\|X\|^2` at any scale); float16/bfloat16 cores are computed in float32 and
+    returned in their dtype.
 
     Parameters
     ----------
     tt : TTTensor
-        The tensor to round (not modified).
+        The tensor to round (not modified), finite.
     eps : float, optional
-        Relative accuracy. Give ``eps`` or ``max_rank``, not both; neither rounds at ``eps`` = 100 × the dtype's
-        machine epsilon (drops only numerically zero directions, e.g. after ``a + a``).
-    max_rank : int or sequence of int, optional
-        Caps on the ``d - 1`` inner ranks.
+        Relative accuracy. Give ``eps`` or ``max_rank``, not both; neither rounds at ``eps`` = 100 × the compute
+        dtype's machine epsilon (drops only numerically zero directions, e.g. after ``a + a``).
+    {max_rank}
     """
     if not isinstance(tt, TTTensor):
         raise TypeError(f"tt must be a TTTensor, got {type(tt).__name__}")
     eps = _check_eps_max_rank(eps, max_rank)
-    ranks = _parse_max_rank(max_rank, tt.shape, strict=False)
+    ranks = _parse_max_rank(max_rank, tt.shape)
+    work = compute_dtype(tt.cores[0], "tt.cores[0]")
     if eps is None and ranks is None:
-        eps = 100 * torch.finfo(tt.dtype).eps
-    d = len(tt.cores)
-    if d == 1:
-        return TTTensor([tt.cores[0].clone()])
-    cores = _orthogonalize_right(tt.cores)
-    delta2 = None
-    if eps is not None:
-        delta2 = eps**2 * float(torch.linalg.vector_norm(cores[0])) ** 2 / (d - 1)
-    for k in range(d - 1):
-        r0, n, r1 = cores[k].shape
-        u, s, vh = torch.linalg.svd(cores[k].reshape(r0 * n, r1), full_matrices=False)
-        r = _choose_rank(s, k, ranks, delta2)
-        cores[k] = u[:, :r].reshape(r0, n, r)
-        cores[k + 1] = torch.tensordot(s[:r, None] * vh[:r], cores[k + 1], dims=([1], [0]))
-    return TTTensor(cores)
+        eps = 100 * torch.finfo(work).eps
+    cores, exp = [], 0
+    for k, c in enumerate(tt.cores):
+        check_finite(c, f"tt.cores[{k}]")
+        c = c.to(work, copy=True)
+        e = scale_exponent(c)
+        cores.append(ldexp(c, -e))
+        exp += e
+    d = len(cores)
+    if d > 1:
+        cores = _orthogonalize_right(cores)
+        delta2 = None
+        if eps is not None:
+            delta2 = eps**2 * float(torch.linalg.vector_norm(cores[0])) ** 2 / (d - 1)
+        for k in range(d - 1):
+            r0, n, r1 = cores[k].shape
+            u, s, vh = svd(cores[k].reshape(r0 * n, r1))
+            r = _choose_rank(s, k, ranks, delta2)
+            cores[k] = u[:, :r].reshape(r0, n, r)
+            cores[k + 1] = torch.tensordot(s[:r, None] * vh[:r], cores[k + 1], dims=([1], [0]))
+    cores[-1] = ldexp(cores[-1], exp)
+    return TTTensor(cores).to(tt.dtype)
+
+
+tt_round.__doc__ = tt_round.__doc__.replace("{max_rank}", _MAX_RANK_DOC)

@@ -20,7 +20,7 @@ import torch
 
 from .._validation import check_dims, check_tensor
 from ._common import check_input
-from .tt import CoreTrain, _check_cores, tt_svd
+from .tt import _MAX_RANK_DOC, CoreTrain, _check_cores, _check_eps_max_rank, _parse_max_rank, tt_svd
 
 __all__ = ["TTMatrix", "tt_matrix_svd", "tt_matrix_vector_product"]
 
@@ -66,8 +66,7 @@ class TTMatrix(CoreTrain):
     def shape(self) -> tuple[int, int]:
         return math.prod(self.row_modes), math.prod(self.col_modes)
 
-    def _rebuild(self, tensors: list[torch.Tensor]) -> TTMatrix:
-        return TTMatrix(tensors)
+    _tensorly_class = ("tt_matrix", "TTMatrix")
 
     def _rank_repr(self) -> str:
         return f"row_modes={self.row_modes}, col_modes={self.col_modes}, ranks={self.ranks}"
@@ -89,18 +88,6 @@ class TTMatrix(CoreTrain):
     def matvec(self, x: torch.Tensor) -> torch.Tensor:
         """:math:`W x` for a vector or each row of a batch, core by core (see :func:`tt_matrix_vector_product`)."""
         return tt_matrix_vector_product(self, x)
-
-    def to_tensorly(self):
-        """TensorLy's ``TTMatrix`` holding these (torch) cores."""
-        import tensorly as tl
-
-        with tl.backend_context("pytorch"):
-            return tl.tt_matrix.TTMatrix(list(self.cores))
-
-    @classmethod
-    def from_tensorly(cls, obj) -> TTMatrix:
-        """From TensorLy's ``TTMatrix`` (or a list of cores) of torch tensors or NumPy arrays."""
-        return cls([torch.as_tensor(c) for c in obj])
 
 
 def tt_matrix_vector_product(tt_matrix: TTMatrix, x: torch.Tensor) -> torch.Tensor:
@@ -146,14 +133,19 @@ def tt_matrix_svd(
     The :math:`M \times N` matrix is reshaped to :math:`(m_1..m_d, n_1..n_d)`, permuted to
     :math:`(m_1, n_1, \dots, m_d, n_d)`, merged to the order-:math:`d` tensor of shape :math:`(m_1 n_1, \dots, m_d
     n_d)` and decomposed by :func:`tt_svd` (same ``eps`` / ``max_rank`` meaning and guarantee
-    :math:`\|W - \hat W\|_F \le \epsilon \|W\|_F`); each core is split back to :math:`(r_{k-1}, m_k, n_k, r_k)`.
+    :math:`\|W - \hat W\|_F \le \epsilon \|W\|_F`, same scaling and dtype rule: float16/bfloat16 computed in
+    float32 and returned in their dtype); each core is split back to :math:`(r_{k-1}, m_k, n_k, r_k)`.
 
     Parameters
     ----------
     matrix : torch.Tensor
-        Floating point matrix of shape ``(prod(row_modes), prod(col_modes))``.
+        Floating point matrix of shape ``(prod(row_modes), prod(col_modes))``, finite.
     row_modes, col_modes : sequence of int
         The factorisations ``m_1..m_d`` and ``n_1..n_d`` (same length ``d >= 1``; use 1s to pad).
+    eps : float, optional
+        Relative accuracy :math:`\epsilon \ge 0`. Give ``eps`` or ``max_rank``, not both; neither is exact.
+    {max_rank}
+        The unfoldings are those of the merged tensor of shape :math:`(m_1 n_1, \dots, m_d n_d)`.
     """
     check_input(matrix, "matrix")
     if matrix.ndim != 2:
@@ -166,12 +158,17 @@ def tt_matrix_svd(
         raise ValueError(f"matrix has shape {tuple(matrix.shape)} but row_modes {row_modes} and col_modes "
                          f"{col_modes} describe ({math.prod(row_modes)}, {math.prod(col_modes)})")
     d = len(row_modes)
+    merged = tuple(m * n for m, n in zip(row_modes, col_modes, strict=True))
+    _parse_max_rank(max_rank, merged)  # checked here too: tt_svd is not called for d = 1
+    _check_eps_max_rank(eps, max_rank)
     t = matrix.reshape(row_modes + col_modes)
     t = t.permute([p for k in range(d) for p in (k, d + k)])
-    merged = tuple(m * n for m, n in zip(row_modes, col_modes, strict=True))
     if d == 1:
         core = matrix.reshape(1, row_modes[0], col_modes[0], 1)
         return TTMatrix([core.clone()])
     tt = tt_svd(t.reshape(merged), eps=eps, max_rank=max_rank)
     cores = [c.reshape(c.shape[0], m, n, c.shape[-1]) for c, m, n in zip(tt.cores, row_modes, col_modes, strict=True)]
     return TTMatrix(cores)
+
+
+tt_matrix_svd.__doc__ = tt_matrix_svd.__doc__.replace("{max_rank}", _MAX_RANK_DOC)

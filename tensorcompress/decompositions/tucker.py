@@ -16,18 +16,19 @@ from collections.abc import Sequence
 
 import torch
 
-from .._validation import check_matrices, check_positive_int, check_tensor
-from ..tensor import multi_mode_dot
+from .._validation import check_finite, check_matrices, check_positive_int, check_tensor
+from ..tensor import ldexp, multi_mode_dot, unfold
 from ._common import (
     Factorized,
-    check_input,
     check_tol,
     generator,
     leading_eigvecs,
+    leading_left_singular,
     parse_ranks,
+    prepare,
     project,
     randn,
-    rank_for_tail,
+    svd,
 )
 
 __all__ = ["TuckerTensor", "hosvd", "tucker", "tucker_to_tensor"]
@@ -81,34 +82,21 @@ class TuckerTensor(Factorized):
     def n_params(self) -> int:
         return self.core.numel() + sum(f.numel() for f in self.factors)
 
-    def _tensors(self) -> list[torch.Tensor]:
-        return [self.core, *self.factors]
+    def _parts(self) -> tuple:
+        return self.core, self.factors
 
-    def _rebuild(self, tensors: list[torch.Tensor]) -> TuckerTensor:
-        return TuckerTensor(tensors[0], tensors[1:])
+    @classmethod
+    def _from_parts(cls, parts: list) -> TuckerTensor:
+        return cls(*parts)
+
+    _tensorly_class = ("tucker_tensor", "TuckerTensor")
 
     def _rank_repr(self) -> str:
         return f"ranks={self.ranks}"
 
-    def __iter__(self):  # allows ``core, factors = tucker``
-        return iter((self.core, self.factors))
-
     def to_tensor(self) -> torch.Tensor:
         r"""The full tensor :math:`G \times_1 A_1 \cdots \times_N A_N`."""
         return tucker_to_tensor(self)
-
-    def to_tensorly(self):
-        """TensorLy's ``TuckerTensor((core, factors))`` holding these (torch) tensors."""
-        import tensorly as tl
-
-        with tl.backend_context("pytorch"):
-            return tl.tucker_tensor.TuckerTensor((self.core, list(self.factors)))
-
-    @classmethod
-    def from_tensorly(cls, obj) -> TuckerTensor:
-        """From TensorLy's ``TuckerTensor`` (or a ``(core, factors)`` pair) of torch tensors or NumPy arrays."""
-        core, factors = obj
-        return cls(torch.as_tensor(core), [torch.as_tensor(f) for f in factors])
 
 
 def tucker_to_tensor(tucker: TuckerTensor) -> torch.Tensor:
@@ -146,16 +134,22 @@ def hosvd(x: torch.Tensor, ranks: int | Sequence[int] | None = None, *, eps: flo
 
     For :math:`n = 1..N`: :math:`A_n` = the leading :math:`R_n` left singular vectors of the unfolding
     :math:`G_{(n)}` of the current core, then :math:`G \leftarrow G \times_n A_n^\top` (Vannieuwenhoven et al.
-    2012). The singular vectors come from the eigenvectors of the small Gram matrix :math:`G_{(n)} G_{(n)}^\top`.
-    The error satisfies the HOSVD bound of De Lathauwer et al. (2000)
+    2012). The singular vectors come from the eigenvectors of the small Gram matrix :math:`G_{(n)} G_{(n)}^\top`
+    where that is provably as accurate as an SVD (the discarded energy far above the Gram route's
+    :math:`\epsilon_{\text{mach}}`-level floor, see :func:`~tensorcompress.decompositions._common.gram_is_accurate`),
+    else from an SVD of :math:`G_{(n)}`: exact low-rank and graded (ill-conditioned) tensors keep all their
+    digits. The error satisfies the HOSVD bound of De Lathauwer et al. (2000)
 
     .. math:: \|X - \hat X\|^2 = \sum_n \sum_{i > R_n} \sigma_i(G^{(n-1)}_{(n)})^2
               \le \sum_n \sum_{i > R_n} \sigma_i(X_{(n)})^2 \le N \|X - X_{\text{best}}\|^2 .
 
+    float16/bfloat16 inputs are computed in float32 and returned in their dtype; inputs far from 1 in magnitude are
+    scaled by an exact power of two first (``eps`` holds at 1e20 or 1e-25 in float32).
+
     Parameters
     ----------
     x : torch.Tensor
-        Floating point tensor of order ``N >= 2``, finite.
+        Floating point tensor of order ``N >= 2``, finite, no size-0 mode.
     ranks : int or sequence of int, optional
         Multilinear ranks, ``1 <= R_n <= I_n`` (an int: the same for every mode).
     eps : float, optional
@@ -168,7 +162,8 @@ def hosvd(x: torch.Tensor, ranks: int | Sequence[int] | None = None, *, eps: flo
     TuckerTensor
         Orthonormal factors and the core :math:`X \times_1 A_1^\top \cdots \times_N A_N^\top`.
     """
-    check_input(x, "x")
+    dtype = x.dtype if isinstance(x, torch.Tensor) else None
+    x, exp = prepare(x, "x")
     ranks, eps = _check_ranks_eps(x, ranks, eps)
     if ranks is None and eps is None:
         ranks = list(x.shape)
@@ -176,12 +171,11 @@ def hosvd(x: torch.Tensor, ranks: int | Sequence[int] | None = None, *, eps: flo
     core = x
     factors = []
     for n in range(x.ndim):
-        vals, vecs = leading_eigvecs(_gram(core, n))
-        r = ranks[n] if ranks is not None else rank_for_tail(vals, budget)
-        factor = vecs[:, :r]
+        rank = ranks[n] if ranks is not None else None
+        factor = leading_left_singular(core, n, _gram(core, n), rank=rank, budget=budget)
         factors.append(factor)
         core = project(core, factor, n)
-    return TuckerTensor(core, factors)
+    return TuckerTensor(ldexp(core, exp), factors).to(dtype)
 
 
 def _project(y: torch.Tensor, factors: Sequence[torch.Tensor], modes: Sequence[int]) -> torch.Tensor:
@@ -192,22 +186,38 @@ def _project(y: torch.Tensor, factors: Sequence[torch.Tensor], modes: Sequence[i
     return y
 
 
-def _init_tucker(x: torch.Tensor, ranks: list[int], init: object, seed: int | None) -> list[torch.Tensor]:
+def _init_tucker(x: torch.Tensor, dtype: torch.dtype, ranks: list[int], init: object,
+                 seed: int | None) -> list[torch.Tensor]:
     if isinstance(init, TuckerTensor):
         if init.shape != tuple(x.shape) or list(init.ranks) != ranks:
             raise ValueError(f"init has shape {init.shape} and ranks {init.ranks} but x has shape "
                              f"{tuple(x.shape)} and ranks={ranks}")
-        if init.device != x.device or init.dtype != x.dtype:
-            raise ValueError(f"init is {init.dtype} on {init.device} but x is {x.dtype} on {x.device}: "
+        if init.device != x.device or init.dtype != dtype:
+            raise ValueError(f"init is {init.dtype} on {init.device} but x is {dtype} on {x.device}: "
                              f"use init.to(x.device, x.dtype)")
-        return [torch.linalg.qr(f).Q for f in init.factors]
+        for k, f in enumerate(init.factors):
+            check_finite(f, f"init.factors[{k}]")
+        return [torch.linalg.qr(f.to(x.dtype)).Q for f in init.factors]
     if not isinstance(init, str) or init not in ("hosvd", "random"):
         raise ValueError(f"init must be 'hosvd', 'random' or a TuckerTensor, got {init!r}")
     if init == "random":
         gen = generator(seed)
         return [torch.linalg.qr(randn((s, r), gen, x)).Q for s, r in zip(x.shape, ranks, strict=True)]
-    # classical (not sequentially truncated) HOSVD factors, as De Lathauwer et al. (2000) and TensorLy
+    # classical (not sequentially truncated) HOSVD factors, as De Lathauwer et al. (2000) and TensorLy. Gram
+    # eigenvectors suffice for a start: the first sweep's SVDs of the projected unfoldings restore the digits the
+    # Gram route loses on weak directions (it keeps a component of every direction that a sweep then resolves).
     return [leading_eigvecs(_gram(x, n), r)[1] for n, r in enumerate(ranks)]
+
+
+def _leading_svd(y: torch.Tensor, mode: int, rank: int) -> torch.Tensor:
+    r"""The leading ``rank`` left singular vectors of the (small, projected) unfolding :math:`Y_{(n)}` by an SVD:
+    accurate down to :math:`\epsilon_{\text{mach}}\sigma_1`, where Gram eigenvectors stop at
+    :math:`\sqrt{\epsilon_{\text{mach}}}\,\sigma_1`."""
+    unfolded = unfold(y, mode)
+    u = svd(unfolded, full_matrices=unfolded.shape[1] < rank)[0][:, :rank]
+    # gesdd's vectors are orthonormal to ~n eps; a Householder QR of them (same span) to ~eps, which halves the
+    # float32 error of exact low-rank tensors (orthogonality errors pass straight into the core and reconstruction)
+    return torch.linalg.qr(u).Q
 
 
 @torch.no_grad()
@@ -224,15 +234,22 @@ def tucker(
     r"""Tucker decomposition by higher-order orthogonal iteration (HOOI, De Lathauwer et al. 2000).
 
     Each sweep sets, for :math:`n = 1..N`, :math:`A_n` = the leading :math:`R_n` left singular vectors of
-    :math:`Y_{(n)}`, :math:`Y = X \times_{k \ne n} A_k^\top`, computed as eigenvectors of the small Gram matrix
-    :math:`Y_{(n)} Y_{(n)}^\top`. The projections share work across modes (a dimension tree): :math:`X` projected on
-    the right half of the modes serves every left mode and vice versa, two passes over :math:`X` per sweep. With
-    orthonormal factors :math:`\|X - \hat X\|^2 = \|X\|^2 - \|G\|^2`, so the error costs nothing.
+    :math:`Y_{(n)}`, :math:`Y = X \times_{k \ne n} A_k^\top`, by an SVD of that small
+    :math:`I_n \times \prod_{k\ne n} R_k` matrix (not eigenvectors of its Gram matrix, which square the condition
+    number: graded and exact low-rank tensors keep every digit, as with TensorLy's SVDs). The projections share
+    work across modes (a dimension tree): :math:`X` projected on the right half of the modes serves every left mode
+    and vice versa, two passes over :math:`X` per sweep. With orthonormal factors
+    :math:`\|X - \hat X\|^2 = \|X\|^2 - \|G\|^2`, so the error costs nothing.
+
+    The reported errors come from :math:`\|X\|^2 - \|G\|^2`, accurate to about
+    :math:`\sqrt{\epsilon_{\text{mach}}}` relative (use :func:`tensorcompress.relative_error` below that).
+    float16/bfloat16 inputs are computed in float32 and returned in their dtype; inputs far from 1 in magnitude are
+    scaled by an exact power of two first.
 
     Parameters
     ----------
     x : torch.Tensor
-        Floating point tensor of order ``N >= 2``, finite. Not modified.
+        Floating point tensor of order ``N >= 2``, finite, no size-0 mode. Not modified.
     ranks : int or sequence of int
         Multilinear ranks ``1 <= R_n <= I_n``.
     n_iter_max : int
@@ -248,11 +265,12 @@ def tucker(
     return_errors : bool
         Also return the relative error after each sweep.
     """
-    check_input(x, "x")
+    dtype = x.dtype if isinstance(x, torch.Tensor) else None
+    x, exp = prepare(x, "x")
     ranks = parse_ranks(ranks, x.shape)
     check_positive_int(n_iter_max, "n_iter_max")
     tol = check_tol(tol, "tol")
-    factors = _init_tucker(x, ranks, init, seed)
+    factors = _init_tucker(x, dtype, ranks, init, seed)
     n_modes = x.ndim
     norm_x2 = float(torch.linalg.vector_norm(x)) ** 2
     if norm_x2 == 0:
@@ -266,12 +284,12 @@ def tucker(
             part = _project(x, factors, other)
             for n in half:
                 y = _project(part, factors, [k for k in half if k != n])
-                _, factors[n] = leading_eigvecs(_gram(y, n), ranks[n])
+                factors[n] = _leading_svd(y, n, ranks[n])
         core = project(y, factors[n_modes - 1], n_modes - 1)
         err2 = max(norm_x2 - float(torch.linalg.vector_norm(core)) ** 2, 0.0)
         errors.append(math.sqrt(err2 / norm_x2))
         if tol and len(errors) > 1 and abs(errors[-2] - errors[-1]) < tol:
             break
-    result = TuckerTensor(core, factors)
+    result = TuckerTensor(ldexp(core, exp), factors).to(dtype)
     return (result, errors) if return_errors else result
 
