@@ -40,10 +40,7 @@ def test_requantize_rounds_to_nearest(acc, m):
 
 @pytest.fixture(scope="module")
 def lenet():
-    try:
-        net = tc.models.pretrained("lenet5")
-    except FileNotFoundError as err:  # pragma: no cover
-        pytest.skip(f"no stored baseline: {err}")
+    net = tc.models.pretrained("lenet5")  # shipped inside the package
     train, test = tc.data.load_mnist_sample()
     qm, _ = Q.quantize_model(net)
     Q.calibrate(qm, train, n_batches=4)

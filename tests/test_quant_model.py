@@ -89,10 +89,7 @@ def test_uncalibrated_model_refuses_and_calibrate_restores_mode():
 
 
 def test_w8a8_lenet5_close_to_float_and_qat_trains():
-    try:
-        net = tc.models.pretrained("lenet5")
-    except FileNotFoundError as err:  # pragma: no cover
-        pytest.skip(f"no stored baseline: {err}")
+    net = tc.models.pretrained("lenet5")  # shipped inside the package
     train, test = tc.data.load_mnist_sample()
     small = torch.utils.data.Subset(test, range(300))
     base = tc.evaluate(net, small).accuracy

@@ -105,10 +105,7 @@ def test_kmeans_matches_scikit_learn():
 
 @pytest.mark.parametrize("bits", [2, 3, 4])
 def test_kmeans_beats_uniform_on_trained_weights(bits):
-    try:
-        net = tc.models.pretrained("lenet300100")
-    except FileNotFoundError as err:  # pragma: no cover
-        pytest.skip(f"no stored baseline: {err}")
+    net = tc.models.pretrained("lenet300100")  # shipped inside the package
     for name, p in net.named_parameters():
         if name.endswith("weight"):
             assert _kmeans_error(p.detach(), bits) <= _uniform_error(p.detach(), bits), name
