@@ -15,6 +15,7 @@
 * mean ± std of an experiment over seeds (:mod:`tensorcompress.experiments`);
 * quantization: uniform and non-uniform quantizers, observers, fake-quantized and integer-only models
   (:mod:`tensorcompress.quantization`);
+* pipelines (:mod:`tensorcompress.pipelines`, as ``tc.pipelines``): half precision, structure search;
 * ``available_devices``.
 """
 
@@ -27,6 +28,7 @@ from . import (
     layers,
     metrics,
     models,
+    pipelines,
     pruning,
     quantization,
     surgery,
@@ -58,6 +60,7 @@ __all__ = [
     "layers",
     "metrics",
     "models",
+    "pipelines",
     "pruning",
     "quantization",
     "surgery",

@@ -1,0 +1,255 @@
+r"""Half-precision inference: a float16 / bfloat16 copy of a model, an autocast wrapper, and the error bounds that
+say how far either may stray from float32.
+
+**Unit roundoff.** A binary floating point format with a :math:`p`-bit significand (the implicit bit included)
+rounds every real :math:`x` in its range to :math:`\mathrm{fl}(x) = x(1 + \delta)`, :math:`|\delta| \le u = 2^{-p}`:
+
+==========  ==  ===================  =====================  ================
+dtype       p   :math:`u`            largest finite         bytes / number
+==========  ==  ===================  =====================  ================
+float32     24  :math:`2^{-24}`      :math:`3.4\cdot10^{38}`  4
+float16     11  :math:`2^{-11}`      65504                  2
+bfloat16    8   :math:`2^{-8}`       :math:`3.4\cdot10^{38}`  2
+==========  ==  ===================  =====================  ================
+
+float16 keeps more digits, bfloat16 keeps float32's exponent range (no overflow where float32 has none).
+
+**Dot products** (Higham 2002, *Accuracy and Stability of Numerical Algorithms*, §3.1). Summing :math:`n` products
+in any order, each product passes through at most :math:`n` roundings, so
+
+.. math:: |\mathrm{fl}(x^\top y) - x^\top y| \le \gamma_n\, |x|^\top |y|, \qquad
+          \gamma_n = \frac{n u}{1 - n u} \approx n u \quad (n u < 1),
+
+the worst case. Rounding errors of random sign behave like a random walk, so the typical error grows like
+:math:`\sqrt n\, u\, |x|^\top|y|` (Higham & Mary 2019, "A new approach to probabilistic rounding error analysis").
+A layer ``y = W x + b`` run in half precision from float32 inputs rounds ``W``, ``x`` and ``b`` once each, then
+forms a dot product of :math:`k + 1` terms (the bias as one more), then rounds ``y``: every term meets at most
+:math:`k + 4` factors :math:`(1 + \delta)`, hence the componentwise bound of :func:`layer_error_bound`,
+
+.. math:: |\hat y - y| \le \gamma_{k+4}\,(|W|\,|x| + |b|).
+
+Kernels that accumulate in float32 (as CPU and tensor-core GPU kernels mostly do) beat this bound; it is what no
+correct kernel may exceed. Through a whole network the errors of the layers add, each amplified by the layers after
+it (their Lipschitz constants), so for a network there is a first-order *estimate*, not a bound: measure it.
+
+**What stays in float32.** BatchNorm divides by :math:`\sqrt{\sigma^2 + \epsilon}` with :math:`\epsilon = 10^{-5}`,
+below float16's smallest normal number (:math:`6.1\cdot10^{-5}`), and its running variances span decades; softmax and
+its log exponentiate, where float16 overflows at :math:`e^{11.1}`. Mixed-precision practice (Micikevicius et al.
+2018, "Mixed precision training", ICLR; NVIDIA Apex's ``keep_batchnorm_fp32``) keeps these in float32:
+:func:`to_half` wraps them in :class:`Float32Island`, which casts in and out. Fold BatchNorm into the convolution
+first (:func:`tensorcompress.pipelines.fuse_conv_bn`) to have no island left.
+
+**Storage.** A half-precision copy stores 2 bytes per parameter instead of 4 (the islands' parameters stay at 4);
+:func:`tensorcompress.model_size_bytes` measures it.
+
+``torch.autocast`` (:func:`autocast`) is the other road: the weights stay float32 and each listed operation (matrix
+products, convolutions) casts its inputs to the low precision on the fly, while the operations autocast deems
+unsafe (softmax, normalisation, losses) run in float32.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+
+from .. import surgery
+from .._validation import check_positive_int, check_tensor
+
+__all__ = [
+    "HALF_DTYPES",
+    "KEEP_FLOAT32",
+    "Autocast",
+    "Float32Island",
+    "autocast",
+    "dot_error_bound",
+    "layer_error_bound",
+    "relative_error",
+    "to_half",
+    "typical_dot_error",
+    "unit_roundoff",
+]
+
+#: The unit roundoff :math:`u = 2^{-p}` of each floating point dtype (:math:`p` significand bits).
+_UNIT_ROUNDOFF = {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8, torch.float32: 2.0**-24, torch.float64: 2.0**-53}
+
+#: The half-precision dtypes :func:`to_half` and :func:`autocast` accept.
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+#: Module types :func:`to_half` keeps in float32 by default (normalisation and softmax, see the module docstring).
+KEEP_FLOAT32: tuple[type[nn.Module], ...] = (
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm, nn.Softmax, nn.LogSoftmax,
+)
+
+
+def _check_dtype(dtype: object, name: str = "dtype", allowed: tuple[torch.dtype, ...] = HALF_DTYPES) -> torch.dtype:
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"{name} must be a torch.dtype, one of {list(allowed)}, got {type(dtype).__name__} "
+                        f"({dtype!r})")
+    if dtype not in allowed:
+        raise ValueError(f"{name} must be one of {list(allowed)}, got {dtype}")
+    return dtype
+
+
+def unit_roundoff(dtype: torch.dtype) -> float:
+    """:math:`u = 2^{-p}`: ``2**-11`` for float16, ``2**-8`` for bfloat16, ``2**-24`` for float32, ``2**-53`` for
+    float64 (half the distance from 1 to the next number, ``torch.finfo(dtype).eps / 2``)."""
+    return _UNIT_ROUNDOFF[_check_dtype(dtype, allowed=tuple(_UNIT_ROUNDOFF))]
+
+
+def dot_error_bound(n: int, dtype: torch.dtype) -> float:
+    r""":math:`\gamma_n = nu/(1 - nu)`: the worst-case relative error of a length-``n`` dot product, measured against
+    :math:`|x|^\top|y|` (Higham 2002, Lemma 3.1).
+
+    Raises ``ValueError`` when :math:`nu \ge 1`, where the bound says nothing (float16 from :math:`n = 2048`,
+    bfloat16 from :math:`n = 256`).
+    """
+    check_positive_int(n, "n")
+    u = unit_roundoff(dtype)
+    if n * u >= 1:
+        raise ValueError(f"n * u = {n} * {u:.3g} >= 1 for {dtype}: the worst-case bound gamma_n is void; use "
+                         f"typical_dot_error for a probabilistic estimate")
+    return n * u / (1 - n * u)
+
+
+def typical_dot_error(n: int, dtype: torch.dtype) -> float:
+    r""":math:`\sqrt n\,u`: the typical relative error of a length-``n`` dot product when the rounding errors are
+    independent and of random sign (an estimate, not a bound; Higham & Mary 2019)."""
+    check_positive_int(n, "n")
+    return math.sqrt(n) * unit_roundoff(dtype)
+
+
+def layer_error_bound(layer: nn.Module, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    r"""Componentwise bound :math:`\gamma_{k+4}(|W||x| + |b|)` on the error of ``layer(x)`` computed in ``dtype``
+    from float32 ``x`` and weights (each rounded once, output rounded once; see the module docstring).
+
+    ``layer`` is an ``nn.Linear`` or ``nn.Conv1d/2d/3d`` (:math:`k` = its input features, or input channels /
+    groups times the kernel size); the bound is computed in float64 with the layer's own operation applied to
+    :math:`|W|` and :math:`|x|`, so padding, stride and groups are followed exactly.
+    """
+    if not isinstance(layer, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        raise TypeError(f"layer must be an nn.Linear or nn.Conv1d/2d/3d, got {type(layer).__name__}")
+    check_tensor(x, "x", floating=True)
+    _check_dtype(dtype)
+    w = layer.weight
+    k = w[0].numel()
+    absolute = copy.deepcopy(layer).to(torch.float64)
+    with torch.no_grad():
+        absolute.weight.copy_(w.detach().abs())
+        if absolute.bias is not None:
+            absolute.bias.copy_(layer.bias.detach().abs())
+        magnitude = absolute(x.detach().to(torch.float64).abs())
+    return dot_error_bound(k + 4, dtype) * magnitude
+
+
+def relative_error(estimate: torch.Tensor, reference: torch.Tensor) -> float:
+    r""":math:`\|\hat y - y\|_F / \|y\|_F` computed in float64 (``estimate`` may be half precision)."""
+    check_tensor(estimate, "estimate", floating=True)
+    check_tensor(reference, "reference", floating=True)
+    if estimate.shape != reference.shape:
+        raise ValueError(f"estimate and reference must have one shape, got {tuple(estimate.shape)} and "
+                         f"{tuple(reference.shape)}")
+    e, r = estimate.detach().to(torch.float64), reference.detach().to(torch.float64)
+    return float(torch.linalg.vector_norm(e - r) / torch.linalg.vector_norm(r))
+
+
+class Float32Island(nn.Module):
+    """Runs ``module`` in float32 inside a half-precision model: casts the (floating) input to float32 and the output
+    back to the input's dtype. ``module`` keeps its float32 parameters and buffers."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x.float()).to(x.dtype)
+
+
+class Autocast(nn.Module):
+    """``model`` run under ``torch.autocast(device_type=<the input's device type>, dtype=dtype)``; the output is
+    cast back to float32 so that losses and comparisons see float32 logits. Parameters stay in their dtype."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.model = model
+        self.dtype = _check_dtype(dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=x.device.type, dtype=self.dtype):
+            out = self.model(x)
+        return out.float() if isinstance(out, torch.Tensor) and out.is_floating_point() else out
+
+    def extra_repr(self) -> str:
+        return f"dtype={self.dtype}"
+
+
+def autocast(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> Autocast:
+    """A deep copy of ``model`` wrapped in :class:`Autocast` (the input model is untouched).
+
+    ``tc.evaluate``, ``tc.latency`` and ``tc.flops`` take the wrapper like any model. On the CPU autocast supports
+    both bfloat16 and float16; on CUDA both as well.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    return Autocast(copy.deepcopy(model), dtype)
+
+
+def to_half(model: nn.Module, dtype: torch.dtype = torch.float16, *,
+            keep_float32: tuple[type[nn.Module], ...] = KEEP_FLOAT32, include=None,
+            exclude=None) -> tuple[nn.Module, list[surgery.LayerChange]]:
+    """A copy of ``model`` with its floating point parameters and buffers cast to ``dtype``, except the modules of
+    the ``keep_float32`` types, which stay float32 inside a :class:`Float32Island`.
+
+    The copy expects inputs of ``dtype`` and returns outputs of ``dtype`` (``tc.evaluate`` casts the inputs to the
+    model's dtype itself). Integer buffers (BatchNorm's ``num_batches_tracked``) are left alone.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Not modified (deep-copied).
+    dtype : torch.float16 or torch.bfloat16
+    keep_float32 : tuple of module types
+        Kept in float32 (default :data:`KEEP_FLOAT32`: normalisation and softmax layers); ``()`` casts everything.
+    include, exclude : fnmatch patterns on the names of the ``keep_float32`` modules (see
+        :func:`tensorcompress.surgery.select`): which of them to keep in float32 (default all).
+
+    Returns
+    -------
+    (nn.Module, list of LayerChange)
+        The cast copy, and one row per module kept in float32 (``type_after`` is ``Float32Island``), with ``detail``
+        giving the dtype of the rest of the model.
+
+    Raises
+    ------
+    TypeError
+        If ``dtype`` is not a torch.dtype or ``model`` not a module.
+    ValueError
+        If ``dtype`` is not float16 or bfloat16 (float32 is not half precision; integers need quantization).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    dtype = _check_dtype(dtype)
+    if not isinstance(keep_float32, tuple) or not all(isinstance(t, type) and issubclass(t, nn.Module)
+                                                       for t in keep_float32):
+        raise TypeError(f"keep_float32 must be a tuple of nn.Module subclasses, got {keep_float32!r}")
+    if keep_float32:
+        new, report = surgery.transform(
+            model, keep_float32, lambda sel: (Float32Island(sel.module), {"rest": str(dtype)}),
+            include=include, exclude=exclude)
+    else:
+        new, report = copy.deepcopy(model), []
+    islands = [m.module for m in new.modules() if isinstance(m, Float32Island)]
+    kept = {id(t) for isl in islands for t in (*isl.parameters(), *isl.buffers())}
+    with torch.no_grad():
+        for module in new.modules():
+            for p in module.parameters(recurse=False):
+                if id(p) not in kept and p.is_floating_point():
+                    p.data = p.data.to(dtype)
+            for name, b in module.named_buffers(recurse=False):
+                if id(b) not in kept and b is not None and b.is_floating_point():
+                    setattr(module, name, b.to(dtype))
+    for isl in islands:
+        isl.float()
+    return new, report
