@@ -1,8 +1,15 @@
-"""Pipelines (issue 13): operator fusion, half precision, Deep Compression, structure search."""
+"""Pipelines (issue 13): the pieces that chain techniques into a deployable model — operator fusion, half
+precision, Deep Compression to a real file, structure search — and the leaderboard of every method.
 
+Each whole-model transform has the library's one shape, ``f(model, *, include=None, exclude=None, **options) ->
+(new_model, report)``, with the input model untouched. See each submodule's docstring for the formulas and papers.
+"""
+
+from .fusion import fuse_conv_bn
+from .leaderboard import Entry, Leaderboard
 from .precision import *  # noqa: F403
 from .precision import __all__ as _precision_all
 from .search import *  # noqa: F403
 from .search import __all__ as _search_all
 
-__all__ = [*_precision_all, *_search_all]
+__all__ = ["fuse_conv_bn", "Entry", "Leaderboard", *_precision_all, *_search_all]

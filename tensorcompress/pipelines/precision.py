@@ -66,7 +66,6 @@ __all__ = [
     "autocast",
     "dot_error_bound",
     "layer_error_bound",
-    "relative_error",
     "to_half",
     "typical_dot_error",
     "unit_roundoff",
@@ -142,17 +141,6 @@ def layer_error_bound(layer: nn.Module, x: torch.Tensor, dtype: torch.dtype) -> 
             absolute.bias.copy_(layer.bias.detach().abs())
         magnitude = absolute(x.detach().to(torch.float64).abs())
     return dot_error_bound(k + 4, dtype) * magnitude
-
-
-def relative_error(estimate: torch.Tensor, reference: torch.Tensor) -> float:
-    r""":math:`\|\hat y - y\|_F / \|y\|_F` computed in float64 (``estimate`` may be half precision)."""
-    check_tensor(estimate, "estimate", floating=True)
-    check_tensor(reference, "reference", floating=True)
-    if estimate.shape != reference.shape:
-        raise ValueError(f"estimate and reference must have one shape, got {tuple(estimate.shape)} and "
-                         f"{tuple(reference.shape)}")
-    e, r = estimate.detach().to(torch.float64), reference.detach().to(torch.float64)
-    return float(torch.linalg.vector_norm(e - r) / torch.linalg.vector_norm(r))
 
 
 class Float32Island(nn.Module):
