@@ -11,6 +11,8 @@
 * model surgery shared by every whole-model transform (:mod:`tensorcompress.surgery`);
 * pruning (:mod:`tensorcompress.pruning`, as ``tc.pruning``): criteria, masks, ``shrink``, schedules, sparse files;
 * knowledge distillation and ensembles (:mod:`tensorcompress.distillation`);
+* pipelines: operator fusion, half precision, Deep Compression files, structure search
+  (:mod:`tensorcompress.pipelines`);
 * checks for the notebooks' exercises (:mod:`tensorcompress.exercises`);
 * mean ± std of an experiment over seeds (:mod:`tensorcompress.experiments`);
 * quantization: uniform and non-uniform quantizers, observers, fake-quantized and integer-only models
@@ -27,6 +29,7 @@ from . import (
     layers,
     metrics,
     models,
+    pipelines,
     pruning,
     quantization,
     surgery,
@@ -58,6 +61,7 @@ __all__ = [
     "layers",
     "metrics",
     "models",
+    "pipelines",
     "pruning",
     "quantization",
     "surgery",

@@ -1,0 +1,11 @@
+"""Pipelines (issue 13): the pieces that chain techniques into a deployable model — operator fusion, half
+precision, Deep Compression to a real file, structure search — and the leaderboard of every method.
+
+Each whole-model transform has the library's one shape, ``f(model, *, include=None, exclude=None, **options) ->
+(new_model, report)``, with the input model untouched. See each submodule's docstring for the formulas and papers.
+"""
+
+from .fusion import fuse_conv_bn
+from .leaderboard import Entry, Leaderboard
+
+__all__ = ["fuse_conv_bn", "Entry", "Leaderboard"]
