@@ -1,7 +1,6 @@
 """Integer-only inference: the multiplier decomposition, the rounding shift, and integer LeNet-5 and SmallCNN whose
 codes equal the fake-quantized models' within 1 LSB, with int8 weights in their state (real bytes)."""
 
-import copy
 import math
 from fractions import Fraction
 
@@ -9,7 +8,6 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 import tensorcompress as tc
 from tensorcompress import quantization as Q
@@ -116,11 +114,8 @@ def lenet():
 
 
 def fold(net):
-    fused = copy.deepcopy(net)
-    for block in fused.features:
-        for conv, bn in ((0, 1), (3, 4)):
-            block[conv] = fuse_conv_bn_eval(block[conv], block[bn])
-            block[bn] = torch.nn.Identity()
+    fused, report = tc.pipelines.fuse_conv_bn(net)
+    assert len(report) == 4
     return fused
 
 

@@ -244,7 +244,7 @@ def _fold_batchnorm(model: nn.Module) -> None:
     """Fold, in place, every BatchNorm that directly follows a per-channel quantized convolution in a Sequential
     into that convolution's float weight and bias (the weight quantizer re-reads them); the BatchNorm becomes an
     ``nn.Identity``. Any other BatchNorm is an error."""
-    from torch.nn.utils.fusion import fuse_conv_bn_eval  # TODO(h12): tc.pipelines.fuse_conv_bn once on main
+    from ..pipelines import fuse_conv_bn
 
     folded = set()
     for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
@@ -271,7 +271,7 @@ def _fold_batchnorm(model: nn.Module) -> None:
                 plain.weight.copy_(inner.parametrizations.weight.original)
                 if inner.bias is not None:
                     plain.bias.copy_(inner.bias)
-            conv = fuse_conv_bn_eval(plain.eval(), copy.deepcopy(bn).eval())
+            conv = fuse_conv_bn(nn.Sequential(plain, copy.deepcopy(bn)).eval())[0][0]
             with torch.no_grad():
                 inner.parametrizations.weight.original.copy_(conv.weight)
                 if inner.bias is None:
