@@ -257,3 +257,29 @@ def test_to_integer_folds_batchnorm_with_negative_scale():
     bound = im[4].weight.abs().sum(1).float() * lsb + lsb
     assert bool(((out_int - out_fq).abs() <= bound).all())
     assert float((out_int - out_fq).abs().max()) < 0.05 * float(out_fq.abs().max())
+
+
+def test_integer_network_follows_the_device(lenet, device):
+    _, qm, test = lenet
+    x = test.tensors[0][:32]
+    im = Q.to_integer(qm)
+    with torch.no_grad():
+        ref = im(x)
+        out = Q.to_integer(qm).to(device)(x.to(device))
+    assert out.device.type == torch.device(device).type and out.dtype == torch.float32
+    assert torch.equal(out.cpu(), ref)
+    acc = torch.tensor([7, -7, 2**20, -(2**31)], device=device)
+    r = Q.requantize(acc, torch.tensor(2**30, device=device), torch.tensor(0, device=device))
+    assert r.device.type == torch.device(device).type and r.tolist() == [4, -3, 2**19, -(2**30)]
+
+
+@pytest.mark.parametrize("dtype_in", [torch.float16, torch.bfloat16, torch.float64])
+def test_integer_network_takes_other_float_inputs(lenet, dtype_in):
+    _, qm, test = lenet
+    im = Q.to_integer(qm)
+    x = test.tensors[0][:16]
+    with torch.no_grad():
+        out, ref = im(x.to(dtype_in)), im(x)
+    assert out.dtype == torch.float32
+    # the entry quantizes in float32: a cast of the input moves at most a few codes of its first layer
+    assert (out.argmax(1) == ref.argmax(1)).float().mean() >= 0.9
