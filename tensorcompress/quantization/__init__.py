@@ -9,7 +9,14 @@
   :func:`to_integer`.
 """
 
-from .integer import IntegerLayer, quantize_multiplier, requantize, to_integer
+from .integer import (
+    IntegerGlobalPoolNet,
+    IntegerLayer,
+    IntegerMeanPool,
+    quantize_multiplier,
+    requantize,
+    to_integer,
+)
 from .model import (
     ActivationQuantizer,
     QuantizedLayer,
@@ -37,4 +44,5 @@ __all__ = ["QParams", "qparams", "qrange", "quantize", "dequantize", "fake_quant
            "log2_quantize", "binarize", "ternarize", "kmeans_quantize", "centroid_gradient",
            "quantize_model", "calibrate", "quantizers", "lsq_fake_quantize", "ActivationQuantizer",
            "WeightQuantizer", "QuantizedLayer",
-           "quantize_multiplier", "requantize", "to_integer", "IntegerLayer"]
+           "quantize_multiplier", "requantize", "to_integer", "IntegerLayer",
+           "IntegerMeanPool", "IntegerGlobalPoolNet"]
