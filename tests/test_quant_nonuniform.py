@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -128,6 +128,7 @@ _TRAINED = {name: p.detach() for name, p in tc.models.pretrained("lenet300100").
             if name.endswith("weight")}  # shipped inside the package
 
 
+@settings(max_examples=12)  # each example clusters up to 235,500 weights
 @given(bits=st.integers(1, 6), name=st.sampled_from(sorted(_TRAINED)))
 def test_kmeans_beats_uniform_on_trained_weights(bits, name):
     w = _TRAINED[name]
