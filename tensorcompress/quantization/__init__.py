@@ -16,6 +16,7 @@ from .model import (
     WeightQuantizer,
     calibrate,
     lsq_fake_quantize,
+    lsq_initial_step,
     quantize_model,
     quantizers,
 )
@@ -35,6 +36,6 @@ __all__ = ["QParams", "qparams", "qrange", "quantize", "dequantize", "fake_quant
            "Observer", "MinMaxObserver", "MovingAverageMinMaxObserver", "PercentileObserver", "MSEObserver",
            "OBSERVERS", "make_observer",
            "log2_quantize", "binarize", "ternarize", "kmeans_quantize", "centroid_gradient",
-           "quantize_model", "calibrate", "quantizers", "lsq_fake_quantize", "ActivationQuantizer",
+           "quantize_model", "calibrate", "quantizers", "lsq_fake_quantize", "lsq_initial_step", "ActivationQuantizer",
            "WeightQuantizer", "QuantizedLayer",
            "quantize_multiplier", "requantize", "to_integer", "IntegerLayer"]
