@@ -24,6 +24,7 @@ from .model import (
     WeightQuantizer,
     calibrate,
     lsq_fake_quantize,
+    lsq_initial_step,
     quantize_model,
     quantizers,
 )
@@ -54,7 +55,7 @@ __all__ = ["QParams", "qparams", "qrange", "quantize", "dequantize", "fake_quant
            "OBSERVERS", "make_observer",
            "log2_quantize", "binarize", "ternarize", "kmeans_quantize", "centroid_gradient",
            "pack_indices", "unpack_indices", "SharedWeight", "share_weights",
-           "quantize_model", "calibrate", "quantizers", "lsq_fake_quantize", "ActivationQuantizer",
+           "quantize_model", "calibrate", "quantizers", "lsq_fake_quantize", "lsq_initial_step", "ActivationQuantizer",
            "WeightQuantizer", "QuantizedLayer",
            "quantize_multiplier", "requantize", "to_integer", "IntegerLayer",
            "IntegerMeanPool", "IntegerGlobalPoolNet"]
