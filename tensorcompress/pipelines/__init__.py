@@ -1,0 +1,12 @@
+"""Pipelines (issue 13): the pieces that chain techniques into a deployable model — operator fusion, half
+precision, Deep Compression to a real file, structure search and the leaderboard of every method.
+
+Each whole-model transform has the library's one shape, ``f(model, *, include=None, exclude=None, **options) ->
+(new_model, report)``, with the input model untouched. See each submodule's docstring for the formulas and papers.
+"""
+
+from .coding import load_compressed, save_compressed
+from .deep_compression import DeepCompressionReport, SharedWeight, deep_compression, measure_compressed, share_weights
+
+__all__ = ["deep_compression", "share_weights", "SharedWeight", "DeepCompressionReport", "measure_compressed",
+           "save_compressed", "load_compressed"]
