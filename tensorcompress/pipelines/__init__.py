@@ -5,7 +5,10 @@ Each whole-model transform has the library's one shape, ``f(model, *, include=No
 (new_model, report)``, with the input model untouched. See each submodule's docstring for the formulas and papers.
 """
 
+from .coding import load_compressed, save_compressed
+from .deep_compression import DeepCompressionReport, SharedWeight, deep_compression, measure_compressed, share_weights
 from .fusion import fuse_conv_bn
 from .leaderboard import Entry, Leaderboard
 
-__all__ = ["fuse_conv_bn", "Entry", "Leaderboard"]
+__all__ = ["fuse_conv_bn", "deep_compression", "share_weights", "SharedWeight", "DeepCompressionReport",
+           "measure_compressed", "save_compressed", "load_compressed", "Entry", "Leaderboard"]
