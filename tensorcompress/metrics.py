@@ -18,7 +18,6 @@ What each number is, and what it is not:
 
 from __future__ import annotations
 
-import copy
 import io
 import math
 from collections.abc import Mapping
@@ -170,8 +169,10 @@ def latency(
     check_positive_int(threads, "threads")
     from torch.utils import benchmark
 
+    from .pruning.masks import copy_model  # deepcopy refuses a model pruned by torch.nn.utils.prune after a forward
+
     device = torch.device(device)
-    m = copy.deepcopy(model).to(device).eval()
+    m = copy_model(model).to(device).eval()
     x = example_input.to(device)
 
     def forward() -> None:
@@ -332,6 +333,7 @@ def compression_report(
     example_input : torch.Tensor, optional
         Input for FLOPs and latency; default: the first sample of ``test_data`` as a batch of one.
     """
+    from .pruning.masks import copy_model
     from .train import evaluate
 
     _check_module(original, "original")
@@ -345,7 +347,7 @@ def compression_report(
     device = torch.device(device)
 
     def measure(name: str, model: nn.Module) -> dict:
-        m = copy.deepcopy(model).to(device).eval()
+        m = copy_model(model).to(device).eval()
         x = example_input.to(device)
         return {
             "name": name,

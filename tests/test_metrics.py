@@ -88,6 +88,15 @@ def test_latency_measures_without_changing_the_model():
         tc.latency(m, [0.0] * 10)
 
 
+def test_latency_of_a_pruned_model_after_a_forward_pass():
+    # torch.nn.utils.prune makes `weight` a non-leaf tensor at each forward, which copy.deepcopy refuses
+    m, _ = tc.pruning.prune(nn.Sequential(nn.Linear(10, 5)), 0.5)
+    m(torch.zeros(1, 10))
+    assert tc.latency(m, torch.zeros(1, 10), min_run_time=0.02).median > 0
+    data = TensorDataset(torch.randn(4, 10), torch.arange(4))
+    assert tc.compression_report(m, m, data, measure_latency=False).rows[1].nonzero_params == 25 + 5
+
+
 def test_latency_on_device(device):
     lat = tc.latency(nn.Linear(10, 5), torch.zeros(1, 10), device=device, min_run_time=0.02)
     assert lat.median > 0 and lat.device == str(torch.device(device))

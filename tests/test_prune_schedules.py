@@ -1,6 +1,8 @@
 """Schedules: AGP's values are Zhu & Gupta's formula; callbacks move the masks the model owns during tc.fit;
 sensitivity scan and lottery tickets with rewinding."""
 
+import copy
+
 import pytest
 import torch
 from hypothesis import given
@@ -105,3 +107,67 @@ def test_lottery_ticket_rewinds_the_kept_weights():
     assert not torch.equal(late[0].weight_orig, init["0.weight"])  # rewound to epoch 1, not to initialisation
     with pytest.raises(ValueError, match="rounds must be a positive int"):
         pruning.lottery_ticket(net, data, rounds=0)
+
+
+def test_lottery_ticket_records_validation_accuracy():
+    net, data = _net(), _data()
+    ticket, history = pruning.lottery_ticket(net, data, rounds=2, amount=0.5, epochs=2, batch_size=60, val=data)
+    dense = copy.deepcopy(net)
+    tc.fit(dense, data, epochs=2, batch_size=60, progress=False)  # round 1 trains the dense network, same seed
+    assert history[0]["val_accuracy"] == tc.evaluate(dense, data).accuracy
+    assert all(0 <= h["val_accuracy"] <= 1 for h in history)
+
+
+def test_random_reinit_draws_the_initialisers_values_under_the_same_masks(dtype, device):
+    net = _net().to(device=device, dtype=dtype)
+    ticket, _ = pruning.prune(net, 0.7, scope="global")
+    state = copy.deepcopy(ticket.state_dict())
+    control, report = pruning.random_reinit(ticket, seed=5)
+    assert all(torch.equal(state[k], v) for k, v in ticket.state_dict().items())  # input untouched
+    with tc.set_seed(5):  # the same initialisers in the same order: a freshly built network's weights
+        kw = {"device": device, "dtype": dtype}  # drawn in the layer's own dtype and on its device
+        fresh = nn.Sequential(nn.Linear(16, 32, **kw), nn.ReLU(), nn.Linear(32, 2, **kw))
+    for name in ("0", "2"):
+        old, new = ticket.get_submodule(name), control.get_submodule(name)
+        assert torch.equal(new.weight_mask, old.weight_mask)
+        assert new.weight_orig.dtype == dtype and new.weight_orig.device.type == torch.device(device).type
+        torch.testing.assert_close(new.weight_orig, fresh.get_submodule(name).weight, rtol=0, atol=0)
+        torch.testing.assert_close(new.bias, fresh.get_submodule(name).bias, rtol=0, atol=0)
+        assert torch.equal(new.weight, new.weight_orig * new.weight_mask)  # effective now, before any forward
+        kept = old.weight_mask.bool()
+        assert not torch.equal(new.weight[kept], old.weight[kept])
+    assert [r.name for r in report] == ["0", "2"]
+    assert report[0].detail["sparsity"] == pytest.approx(float((ticket[0].weight_mask == 0).float().mean()),
+                                                         abs=1e-4)
+    again, _ = pruning.random_reinit(ticket, seed=5)
+    other, _ = pruning.random_reinit(ticket, seed=6)
+    assert torch.equal(again[0].weight_orig, control[0].weight_orig)
+    assert not torch.equal(other[0].weight_orig, control[0].weight_orig)
+
+
+def test_random_reinit_keeps_filter_masks_and_restarts_batchnorm():
+    torch.manual_seed(0)
+    model = tc.models.SmallCNN(input_size=8)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.fill_(0.3)
+    masked, _ = pruning.prune(model, 0.5, structure="filters", include="features.0.0")
+    control, report = pruning.random_reinit(masked, seed=1, include="features.0.*")
+    bn = control.features[0][1]
+    assert torch.equal(bn.weight_mask, masked.features[0][1].weight_mask)
+    assert torch.all(bn.weight[bn.weight_mask == 0] == 0) and torch.all(bn.bias[bn.bias_mask == 0] == 0)
+    assert torch.all(bn.running_mean == 0)  # statistics restart with the weights
+    assert torch.all(control.features[1][1].running_mean == 0.3)  # not selected: untouched
+    assert [r.name for r in report] == ["features.0.0", "features.0.1", "features.0.3", "features.0.4"]
+    x = torch.randn(2, 1, 8, 8)
+    pruned = masked.features[0][0].weight_mask.flatten(1).amax(1) == 0
+    assert torch.all(control.features[0][:2].eval()(x)[:, pruned] == 0)  # the pruned filters still output zero
+
+
+def test_random_reinit_bad_input():
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        pruning.random_reinit("net")
+    with pytest.raises(TypeError, match="seed must be an int"):
+        pruning.random_reinit(_net(), seed=1.5)
+    with pytest.raises(ValueError, match="nothing to re-initialise"):
+        pruning.random_reinit(nn.Sequential(nn.ReLU()))

@@ -71,3 +71,47 @@ def test_file_round_trip_and_real_bytes(tmp_path):
     with pytest.raises(ValueError, match="not a file written by save_sparse"):
         torch.save({}, tmp_path / "other.pt")
         load_sparse(tmp_path / "other.pt")
+
+
+def _fillers(t, bits):
+    rows = t.reshape(t.shape[0], -1).double().numpy()
+    return sum(int(((np.diff(np.r_[-1, np.flatnonzero(r)]) - 1) // 2**bits).sum()) for r in rows)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_file_bytes_are_the_format_s_and_dense_tensors_round_trip(tmp_path, dtype):
+    # a BatchNorm network: 1-D float buffers and the 0-dim int64 num_batches_tracked are stored dense, raw
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Flatten(),
+                                torch.nn.Linear(8 * 4 * 4, 10)).to(dtype)
+    model[1].running_mean.normal_()
+    model[1].num_batches_tracked.fill_(7)
+    masked, _ = prune(model, 0.8, scope="global")
+    bits = 4
+    n = save_sparse(masked, tmp_path / "m.tcsr", bits=bits)
+    state = load_sparse(tmp_path / "m.tcsr")
+    want = model.state_dict()
+    for name, t in masked.named_modules():
+        if hasattr(t, "weight_mask"):
+            want[f"{name}.weight"] = t.weight.detach()
+    assert set(state) == set(want)
+    for k, v in want.items():
+        assert state[k].dtype == v.dtype and state[k].shape == v.shape and torch.equal(state[k], v), k
+    # every byte accounted for: magic + count, then per tensor its name and either
+    # "R" dtype ndim shape raw-values, or "S" dtype bits ndim shape count row-counts packed-gaps values
+    expected = 5 + 4
+    for k, v in want.items():
+        expected += 2 + len(k.encode())
+        if v.ndim >= 2:
+            entries = int((v != 0).sum()) + _fillers(v, bits)
+            expected += 1 + 3 + 8 * v.ndim + 8 + 4 * v.shape[0] + (entries * bits + 7) // 8 + entries * v.element_size()
+        else:
+            expected += 1 + 2 + 8 * v.ndim + v.numel() * v.element_size()
+    assert n == expected
+
+
+def test_other_dtypes_go_through_torch_save(tmp_path):
+    state = {"c": torch.tensor([1 + 2j, 3 - 1j]), "w": torch.eye(3)}
+    save_sparse(state, tmp_path / "c.tcsr")
+    back = load_sparse(tmp_path / "c.tcsr")
+    assert torch.equal(back["c"], state["c"]) and torch.equal(back["w"], state["w"])

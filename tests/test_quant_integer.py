@@ -1,5 +1,5 @@
-"""Integer-only inference: the multiplier decomposition, the rounding shift, and an integer LeNet-5 whose codes
-equal the fake-quantized model's within 1 LSB, with int8 weights in its state (real bytes)."""
+"""Integer-only inference: the multiplier decomposition, the rounding shift, and integer LeNet-5 and SmallCNN whose
+codes equal the fake-quantized models' within 1 LSB, with int8 weights in their state (real bytes)."""
 
 import math
 from fractions import Fraction
@@ -12,30 +12,96 @@ from hypothesis import strategies as st
 import tensorcompress as tc
 from tensorcompress import quantization as Q
 
+MULTIPLIERS = st.floats(2.0**-32, 2.0**30, exclude_max=True, allow_nan=False, allow_infinity=False)
 
-@given(st.floats(1e-12, 1e6, allow_nan=False, allow_infinity=False))
+
+@given(MULTIPLIERS)
 def test_quantize_multiplier_represents_m(m):
     m0, shift = Q.quantize_multiplier(m)
+    assert isinstance(m0, int) and isinstance(shift, int)
     assert 2**30 <= m0 < 2**31
-    assert abs(m0 / 2**31 * 2.0**-shift - m) <= m * 2.0**-31
+    assert -30 <= shift <= 31
+    # exact rational arithmetic: relative error at most 2^-31
+    assert abs(Fraction(m0, 2**31) * Fraction(2) ** -shift - Fraction(m)) <= Fraction(m) * Fraction(1, 2**31)
+    assert (shift < 0) == (m >= 1)
 
 
 def test_quantize_multiplier_known_values_and_errors():
     assert Q.quantize_multiplier(0.5) == (2**30, 0)
     assert Q.quantize_multiplier(0.75) == (3 * 2**29, 0)
     assert Q.quantize_multiplier(0.1) == (round(0.8 * 2**31), 3)
-    for bad in (0.0, -1.0, float("nan"), float("inf")):
-        with pytest.raises(ValueError, match="m must be a finite number > 0"):
+    assert Q.quantize_multiplier(3.0) == (3 * 2**29, -2)
+    assert Q.quantize_multiplier(1 - 2**-40) == (2**30, -1)  # M0 rounds up to 1: renormalised
+    for bad in (0.0, -1.0, float("nan"), float("inf"), 2.0**30, 2.0**-33):
+        with pytest.raises(ValueError, match=r"m must be a finite number in \[2\^-32, 2\^30\)"):
+            Q.quantize_multiplier(bad)
+    for bad in ("0.5", None, True, torch.tensor([0.5, 0.25])):
+        with pytest.raises(TypeError, match="m must be a real number"):
             Q.quantize_multiplier(bad)
 
 
-@given(st.integers(-(2**31), 2**31 - 1), st.floats(1e-6, 0.99))
+@given(st.integers(-(2**31), 2**31 - 1), st.floats(1e-6, 0.99) | st.floats(1.0, 1000.0))
 def test_requantize_rounds_to_nearest(acc, m):
     m0, shift = Q.quantize_multiplier(m)
-    out = int(Q.requantize(torch.tensor([acc], dtype=torch.int32), torch.tensor(m0), torch.tensor(shift)))
+    out = Q.requantize(torch.tensor([acc], dtype=torch.int32), torch.tensor(m0), torch.tensor(shift))
+    assert out.dtype == torch.int64
     exact = Fraction(acc * m0, 2 ** (31 + shift))
-    assert out == math.floor(exact + Fraction(1, 2))  # nearest, ties toward +inf
-    assert abs(out - acc * m) <= 0.5 + abs(acc) * m * 2.0**-30
+    assert int(out) == math.floor(exact + Fraction(1, 2))  # nearest, ties toward +inf
+    assert abs(int(out) - acc * m) <= 0.5 + abs(acc) * m * 2.0**-30
+
+
+def test_requantize_errors():
+    acc = torch.tensor([5], dtype=torch.int32)
+    with pytest.raises(TypeError, match="acc must be an integer tensor"):
+        Q.requantize(acc.float(), torch.tensor(2**30), torch.tensor(0))
+    with pytest.raises(TypeError, match="m0 must be an integer tensor"):
+        Q.requantize(acc, 0.5, torch.tensor(0))
+    with pytest.raises(ValueError, match="shift must lie in"):
+        Q.requantize(acc, torch.tensor(2**30), torch.tensor(-31))
+    with pytest.raises(ValueError, match="shift must lie in"):
+        Q.requantize(acc, torch.tensor(2**30), torch.tensor(32))
+    with pytest.raises(ValueError, match="m0 must lie in"):
+        Q.requantize(acc, torch.tensor(2**31), torch.tensor(0))
+
+
+def _codes(im, qm, x, *, isolated):
+    """(integer codes, fake-quant codes, integer output, fake-quant output). The codes are the inputs of each
+    integer layer and the matching ActivationQuantizer's codes. ``isolated``: each integer layer receives the
+    fake-quantized model's codes, so that it is checked alone, without the differences of the layers before."""
+    ref = []
+    hooks = [m.register_forward_pre_hook(lambda mod, a: ref.append(Q.quantize(a[0], mod.qparams())))
+             for m in qm.modules() if isinstance(m, Q.ActivationQuantizer)]
+    with torch.no_grad():
+        out_fq = qm(x)
+    for h in hooks:
+        h.remove()
+    ours = []
+
+    def pre(mod, a):
+        i = len(ours)
+        ours.append(a[0])
+        if isolated and i > 0:
+            return (ref[i],)
+        return None
+
+    hooks = [m.register_forward_pre_hook(pre) for m in im.modules() if isinstance(m, Q.IntegerLayer)]
+    with torch.no_grad():
+        out_int = im(x)
+    for h in hooks:
+        h.remove()
+    assert len(ours) == len(ref) and ours[0].is_floating_point()
+    ours[0] = ref[0]  # the entry receives the float input and quantizes it itself
+    return ours, ref, out_int, out_fq
+
+
+def _check_within_one_lsb(ours, ref, *, exact):
+    n = same = 0
+    for a, b in zip(ours, ref, strict=True):
+        assert not a.is_floating_point() and a.dtype == torch.uint8 and a.shape == b.shape
+        d = (a.to(torch.int32) - b.to(torch.int32)).abs()
+        assert int(d.max()) <= 1
+        n, same = n + d.numel(), same + int((d == 0).sum())
+    assert same / n >= exact
 
 
 @pytest.fixture(scope="module")
@@ -47,45 +113,103 @@ def lenet():
     return net, qm, test
 
 
+def fold(net):
+    fused, report = tc.pipelines.fuse_conv_bn(net)
+    assert len(report) == 4
+    return fused
+
+
+@pytest.fixture(scope="module")
+def smallcnn():
+    net = tc.models.pretrained("smallcnn")
+    train, test = tc.data.load_digits()
+    cal = torch.utils.data.Subset(train, range(256))
+    folded, _ = Q.quantize_model(fold(net))
+    Q.calibrate(folded, cal)
+    unfolded, _ = Q.quantize_model(net)  # BatchNorm left after the quantized convolutions
+    Q.calibrate(unfolded, cal)
+    x = torch.stack([test[i][0] for i in range(len(test))])
+    return net, folded, unfolded, test, x
+
+
 def test_integer_lenet5_codes_equal_fake_quantized_within_one_lsb(lenet):
     net, qm, test = lenet
     im = Q.to_integer(qm)
     x = test.tensors[0][:400]
-    ours, ref = [], []
-    for m in im.modules():
-        if isinstance(m, Q.IntegerLayer):
-            m.register_forward_pre_hook(lambda mod, a: ours.append(a[0]))
-    for m in qm.modules():
-        if isinstance(m, Q.ActivationQuantizer):
-            m.register_forward_pre_hook(lambda mod, a: ref.append(Q.quantize(a[0], mod.qparams())))
-    with torch.no_grad():
-        out_int, out_fq = im(x), qm(x)
-    assert len(ours) == len(ref) == 4
-    ours[0] = Q.quantize(ours[0], qm.conv1.input_quantizer.qparams())  # the entry receives the float input
-    n = same = 0
-    for a, b in zip(ours, ref, strict=True):
-        assert not a.is_floating_point() and a.dtype in (torch.int8, torch.uint8)
-        d = (a.to(torch.int32) - b.to(torch.int32)).abs()
-        assert int(d.max()) <= 1
-        n, same = n + d.numel(), same + int((d == 0).sum())
-    assert same / n >= 0.999
+    ours, ref, out_int, out_fq = _codes(im, qm, x, isolated=False)
+    assert len(ours) == 4
+    _check_within_one_lsb(ours, ref, exact=0.999)
     assert (out_int.argmax(1) == out_fq.argmax(1)).float().mean() >= 0.995
     assert tc.evaluate(im, test).accuracy == pytest.approx(tc.evaluate(qm, test).accuracy, abs=0.003)
+    # each layer alone, fed the fake-quantized codes: equal but for float rounding of the fake-quantized sums
+    ours, ref, out_int, out_fq = _codes(im, qm, x, isolated=True)
+    _check_within_one_lsb(ours, ref, exact=0.9999)
+    lsb = im.fc2.out_scale
+    assert float(((out_int - out_fq).abs() <= lsb).float().mean()) >= 0.999  # logits within 1 accumulator LSB
 
 
-def test_integer_lenet5_state_is_int8_and_smaller(lenet):
+@pytest.mark.parametrize("which", ["folded", "unfolded"])
+def test_integer_smallcnn_codes_equal_fake_quantized_within_one_lsb(smallcnn, which):
+    net, folded, unfolded, test, x = smallcnn
+    qm = folded if which == "folded" else unfolded
+    im = Q.to_integer(qm)
+    assert isinstance(im, Q.IntegerGlobalPoolNet) and isinstance(im.pool, Q.IntegerMeanPool)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in im.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in qm.modules()) == (which == "unfolded")  # untouched
+    ours, ref, out_int, out_fq = _codes(im, qm, x, isolated=False)
+    assert len(ours) == 5
+    _check_within_one_lsb(ours, ref, exact=0.99)
+    assert (out_int.argmax(1) == out_fq.argmax(1)).float().mean() >= 0.99
+    ours, ref, out_int, out_fq = _codes(im, qm, x, isolated=True)
+    _check_within_one_lsb(ours, ref, exact=0.999)
+    assert float(((out_int - out_fq).abs() <= im.classifier.out_scale).float().mean()) >= 0.999
+    assert tc.evaluate(im, test).accuracy == pytest.approx(tc.evaluate(qm, test).accuracy, abs=0.006)
+    with pytest.raises(ValueError, match="expected input of shape"):
+        im(x[:, :, :4])
+
+
+def test_integer_mean_pool_is_the_rounded_mean():
+    g = torch.Generator().manual_seed(0)
+    acc = torch.randint(-(2**20), 2**20, (6, 3, 5, 5), generator=g, dtype=torch.int32).relu()
+    acc_scale = torch.tensor([1e-4, 3e-4, 7e-5], dtype=torch.float64)
+    out_qp = Q.qparams(0.0, float((acc.double().mean(dim=(2, 3)) * acc_scale).max()), bits=8)
+    pool = Q.IntegerMeanPool(acc_scale, out_qp, 25)
+    got = pool(acc)
+    real = acc.double().mean(dim=(2, 3)) * acc_scale
+    ref = Q.quantize(real.float(), out_qp)
+    assert got.dtype == torch.uint8
+    assert int((got.int() - ref.int()).abs().max()) <= 1
+    assert float((got == ref).float().mean()) >= 0.99
+    with pytest.raises(ValueError, match="H·W = 25"):
+        pool(acc[:, :, :4])
+    with pytest.raises(ValueError, match="integer accumulators"):
+        pool(acc.float())
+
+
+def test_integer_state_is_int8_and_smaller(lenet, smallcnn):
     net, qm, _ = lenet
     im = Q.to_integer(qm)
     sd = im.state_dict()
     assert sd["conv1.weight"].dtype == torch.int8 and sd["fc1.bias"].dtype == torch.int32
     assert all(v.dtype != torch.float32 or v.numel() <= 10 for v in sd.values())
     assert tc.model_size_bytes(net) / tc.model_size_bytes(im) >= 3.9
-    # the input model is untouched
-    assert isinstance(qm.conv1, Q.QuantizedLayer)
+    assert isinstance(qm.conv1, Q.QuantizedLayer)  # the input model is untouched
+    net, folded, _, _, _ = smallcnn
+    im = Q.to_integer(folded)
+    sd = im.state_dict()
+    weights = [k for k in sd if k.endswith("weight")]
+    assert len(weights) == 5 and all(sd[k].dtype == torch.int8 for k in weights)
+    assert all(v.dtype != torch.float32 or v.numel() <= 10 for v in sd.values())
+    n_weights = sum(sd[k].numel() for k in weights)
+    # int8 weights, int32 biases and 5 bytes of multiplier per channel, plus torch.save's fixed overhead
+    assert n_weights <= tc.model_size_bytes(im) <= n_weights + 9 * 10 * 64 + 20_000
+    assert tc.model_size_bytes(net) / tc.model_size_bytes(im) >= 3.0
 
 
 def test_to_integer_refuses_what_it_cannot_do():
     net = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    with pytest.raises(TypeError, match="model must be an nn.Module"):
+        Q.to_integer("net")
     with pytest.raises(ValueError, match="no quantized layers"):
         Q.to_integer(net)
     qm, _ = Q.quantize_model(net)
@@ -95,7 +219,67 @@ def test_to_integer_refuses_what_it_cannot_do():
     Q.calibrate(qm, torch.randn(8, 4))
     with pytest.raises(ValueError, match="per-tensor activations of at most 8 bits"):
         Q.to_integer(qm)
-    bn = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
-    qm, _ = Q.quantize_model(bn)
-    with pytest.raises(ValueError, match="BatchNorm"):
+    two = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    qm, _ = Q.quantize_model(two, include="0")
+    Q.calibrate(qm, torch.randn(8, 4))
+    with pytest.raises(ValueError, match=r"layers \['2'\] are not quantized"):
         Q.to_integer(qm)
+    bn = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2)).eval()
+    qm, _ = Q.quantize_model(bn, per_channel=False)
+    Q.calibrate(qm, torch.randn(8, 1, 5, 5))
+    with pytest.raises(ValueError, match="per-tensor or learnable weight scales"):
+        Q.to_integer(qm)
+    odd = torch.nn.Sequential(torch.nn.BatchNorm2d(1), torch.nn.Conv2d(1, 2, 3)).eval()  # BN before the conv
+    qm, _ = Q.quantize_model(odd)
+    Q.calibrate(qm, torch.randn(8, 1, 5, 5))
+    with pytest.raises(ValueError, match="do not follow a quantized nn.Conv2d"):
+        Q.to_integer(qm)
+
+
+def test_to_integer_folds_batchnorm_with_negative_scale():
+    g = torch.Generator().manual_seed(3)
+    net = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                              torch.nn.Flatten(), torch.nn.Linear(4 * 36, 3)).eval()
+    with torch.no_grad():
+        net[1].weight.copy_(torch.tensor([1.5, -0.7, 0.2, -2.0]))
+        net[1].running_mean.copy_(torch.randn(4, generator=g))
+        net[1].running_var.copy_(torch.rand(4, generator=g) + 0.5)
+        net[1].bias.copy_(torch.randn(4, generator=g))
+    x = torch.randn(64, 2, 6, 6, generator=g)
+    qm, _ = Q.quantize_model(net)
+    Q.calibrate(qm, x)
+    im = Q.to_integer(qm)
+    with torch.no_grad():
+        out_int, out_fq = im(x), qm(x)
+    assert isinstance(im[1], torch.nn.Identity) and isinstance(qm[1], torch.nn.BatchNorm2d)
+    lsb = im[4].out_scale
+    # codes into the linear layer differ by at most one LSB, each moving a logit by at most sum |q_w| LSBs
+    bound = im[4].weight.abs().sum(1).float() * lsb + lsb
+    assert bool(((out_int - out_fq).abs() <= bound).all())
+    assert float((out_int - out_fq).abs().max()) < 0.05 * float(out_fq.abs().max())
+
+
+def test_integer_network_follows_the_device(lenet, device):
+    _, qm, test = lenet
+    x = test.tensors[0][:32]
+    im = Q.to_integer(qm)
+    with torch.no_grad():
+        ref = im(x)
+        out = Q.to_integer(qm).to(device)(x.to(device))
+    assert out.device.type == torch.device(device).type and out.dtype == torch.float32
+    assert torch.equal(out.cpu(), ref)
+    acc = torch.tensor([7, -7, 2**20, -(2**31)], device=device)
+    r = Q.requantize(acc, torch.tensor(2**30, device=device), torch.tensor(0, device=device))
+    assert r.device.type == torch.device(device).type and r.tolist() == [4, -3, 2**19, -(2**30)]
+
+
+@pytest.mark.parametrize("dtype_in", [torch.float16, torch.bfloat16, torch.float64])
+def test_integer_network_takes_other_float_inputs(lenet, dtype_in):
+    _, qm, test = lenet
+    im = Q.to_integer(qm)
+    x = test.tensors[0][:16]
+    with torch.no_grad():
+        out, ref = im(x.to(dtype_in)), im(x)
+    assert out.dtype == torch.float32
+    # the entry quantizes in float32: a cast of the input moves at most a few codes of its first layer
+    assert (out.argmax(1) == ref.argmax(1)).float().mean() >= 0.9

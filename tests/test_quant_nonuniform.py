@@ -1,10 +1,15 @@
 """Non-uniform quantizers against closed forms and brute force: power-of-two levels, binary and ternary scales,
 k-means (Lloyd's fixed point, scikit-learn's KMeans, better than uniform on trained weights), centroid gradients."""
 
+import copy
 import math
 
+import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
 
 import tensorcompress as tc
 from tensorcompress import quantization as Q
@@ -92,6 +97,22 @@ def test_kmeans_is_a_lloyd_fixed_point(bits, dtype):
         assert float(codebook[k]) == pytest.approx(float(members.mean()), rel=1e-5, abs=1e-6)
 
 
+@pytest.mark.parametrize("init", ["random", "density"])
+def test_kmeans_other_initialisations_reach_a_lloyd_fixed_point(init):
+    w = randn((40, 25), 11, dtype=torch.float64) ** 3
+    codebook, idx = Q.kmeans_quantize(w, 3, init=init, seed=4)
+    dist = (w.reshape(-1, 1) - codebook.reshape(1, -1)).abs()
+    assert torch.allclose(dist.gather(1, idx.reshape(-1, 1).long()).squeeze(1), dist.min(dim=1).values)
+    for k in idx.unique().tolist():
+        assert float(codebook[k]) == pytest.approx(float(w[idx.long() == k].mean()), rel=1e-9)
+
+
+def test_kmeans_density_init_starts_at_the_quantiles():
+    w = torch.arange(1000, dtype=torch.float64)  # uniform: the quantiles are already a fixed point
+    codebook, _ = Q.kmeans_quantize(w, 2, init="density", max_iter=0)
+    assert codebook.tolist() == [125.0, 375.0, 624.0, 874.0]  # order statistics round((2j+1)/8 * 999)
+
+
 def test_kmeans_matches_scikit_learn():
     sklearn_cluster = pytest.importorskip("sklearn.cluster")
     w = randn((3000,), 5, dtype=torch.float64)
@@ -103,12 +124,15 @@ def test_kmeans_matches_scikit_learn():
     assert torch.allclose(codebook, ref, rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("bits", [2, 3, 4])
-def test_kmeans_beats_uniform_on_trained_weights(bits):
-    net = tc.models.pretrained("lenet300100")  # shipped inside the package
-    for name, p in net.named_parameters():
-        if name.endswith("weight"):
-            assert _kmeans_error(p.detach(), bits) <= _uniform_error(p.detach(), bits), name
+_TRAINED = {name: p.detach() for name, p in tc.models.pretrained("lenet300100").named_parameters()
+            if name.endswith("weight")}  # shipped inside the package
+
+
+@settings(max_examples=12)  # each example clusters up to 235,500 weights
+@given(bits=st.integers(1, 6), name=st.sampled_from(sorted(_TRAINED)))
+def test_kmeans_beats_uniform_on_trained_weights(bits, name):
+    w = _TRAINED[name]
+    assert _kmeans_error(w, bits) <= _uniform_error(w, bits)
 
 
 def test_centroid_gradient_is_the_sum_of_members():
@@ -129,8 +153,137 @@ def test_nonuniform_bad_input():
         Q.ternarize(torch.tensor([1.0, float("nan")]))
     with pytest.raises(ValueError, match="threshold must be in"):
         Q.ternarize(torch.ones(3), threshold=1.5)
-    with pytest.raises(ValueError, match="init must be 'linear' or 'random'"):
+    with pytest.raises(ValueError, match=r"init must be one of \('linear', 'random', 'density'\)"):
         Q.kmeans_quantize(torch.ones(3), 2, init="kmeans++")
     with pytest.raises(ValueError, match="bits must be between 1 and 16"):
         Q.kmeans_quantize(torch.ones(3), 17)
     assert torch.equal(Q.log2_quantize(torch.zeros(4), 3), torch.zeros(4))
+
+
+@given(bits=st.integers(1, 16), n=st.integers(1, 70), seed=st.integers(0, 2**16))
+def test_pack_indices_is_numpy_packbits(bits, n, seed):
+    idx = torch.randint(0, 2**bits, (n,), generator=torch.Generator().manual_seed(seed))
+    packed = Q.pack_indices(idx, bits)
+    assert packed.dtype == torch.uint8 and packed.numel() == math.ceil(n * bits / 8)
+    # independent reference: each code's bits MSB first, then numpy.packbits over the whole stream
+    stream = ((idx.numpy()[:, None] >> np.arange(bits - 1, -1, -1)) & 1).astype(np.uint8).reshape(-1)
+    assert np.array_equal(packed.numpy(), np.packbits(stream))
+    assert torch.equal(Q.unpack_indices(packed, bits, (n,)), idx)
+
+
+def test_pack_indices_device_and_shape(device):
+    idx = torch.randint(0, 8, (5, 7), generator=torch.Generator().manual_seed(0)).to(device)
+    packed = Q.pack_indices(idx.to(torch.uint8), 3)
+    assert packed.device.type == torch.device(device).type and packed.numel() == 14  # ceil(35 * 3 / 8)
+    assert torch.equal(Q.unpack_indices(packed, 3, (5, 7)), idx)
+
+
+def test_pack_indices_bad_input():
+    with pytest.raises(ValueError, match=r"indices must lie in \[0, 2\*\*bits - 1\] = \[0, 3\]"):
+        Q.pack_indices(torch.tensor([0, 4]), 2)
+    with pytest.raises(TypeError, match="indices must have an integer dtype"):
+        Q.pack_indices(torch.tensor([0.0, 1.0]), 2)
+    with pytest.raises(TypeError, match="packed must be a uint8 tensor"):
+        Q.unpack_indices(torch.tensor([1, 2]), 2, (8,))
+    with pytest.raises(ValueError, match=r"packed must hold ceil\(n \* bits / 8\) = 2 bytes"):
+        Q.unpack_indices(torch.zeros(3, dtype=torch.uint8), 2, (8,))
+
+
+def _mlp(dtype=torch.float32):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 4)).to(dtype)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3])
+def test_share_weights_is_kmeans_per_layer_and_leaves_the_input(bits, dtype, device):
+    net = _mlp(dtype).to(device)
+    before = copy.deepcopy(net.state_dict())
+    shared, report = Q.share_weights(net, bits)
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())  # input untouched
+    assert [r.name for r in report] == ["0", "2"]
+    for r, name in zip(report, ["0", "2"], strict=True):
+        w = net.get_submodule(name).weight.detach()
+        codebook, idx = Q.kmeans_quantize(w, bits)
+        layer = shared.get_submodule(name)
+        assert torch.equal(layer.weight, codebook[idx.long()])
+        assert layer.weight.dtype == dtype and layer.weight.device.type == torch.device(device).type
+        assert dict(layer.named_parameters()).keys() == {"bias", "parametrizations.weight.original"}
+        assert r.params_after == 2**bits + w.shape[0] and r.detail["index_bytes"] == math.ceil(w.numel() * bits / 8)
+    x = torch.randn(3, 12, dtype=dtype, device=device)
+    assert shared(x).shape == (3, 4)
+
+
+def test_share_weights_centroids_train_with_the_summed_member_gradients():
+    net = _mlp(torch.float64)
+    shared, _ = Q.share_weights(net, 2)
+    x = torch.randn(8, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    # reference: the same network with free (unshared) weights equal to the shared ones
+    free = copy.deepcopy(net)
+    with torch.no_grad():
+        for name in ("0", "2"):
+            free.get_submodule(name).weight.copy_(shared.get_submodule(name).weight)
+    shared(x).square().sum().backward()
+    free(x).square().sum().backward()
+    for name in ("0", "2"):
+        layer = shared.get_submodule(name)
+        idx = layer.parametrizations.weight[0].indices()
+        want = Q.centroid_gradient(free.get_submodule(name).weight.grad, idx, 4)
+        assert torch.allclose(layer.parametrizations.weight.original.grad, want, rtol=1e-12, atol=1e-12)
+    # tc.fit trains exactly the codebooks and biases; the indices stay
+    before = {n: shared.get_submodule(n).parametrizations.weight[0].packed.clone() for n in ("0", "2")}
+    codebooks = [shared.get_submodule(n).parametrizations.weight.original.detach().clone() for n in ("0", "2")]
+    data = torch.utils.data.TensorDataset(x.float(), torch.randint(0, 4, (8,)))
+    shared.float()
+    tc.fit(shared, data, epochs=2, lr=1e-2, progress=False)
+    for n, cb in zip(("0", "2"), codebooks, strict=True):
+        layer = shared.get_submodule(n)
+        assert torch.equal(layer.parametrizations.weight[0].packed, before[n])
+        assert not torch.allclose(layer.parametrizations.weight.original.double(), cb)
+
+
+def test_share_weights_state_dict_holds_packed_bytes():
+    net = tc.models.pretrained("lenet300100")
+    shared, report = Q.share_weights(net, 2)
+    sd = shared.state_dict()
+    packed = [v for k, v in sd.items() if k.endswith("packed")]
+    assert [p.dtype for p in packed] == [torch.uint8] * 3
+    n_weights = sum(m.weight.numel() for m in net.modules() if isinstance(m, nn.Linear))
+    assert sum(p.numel() for p in packed) == sum(r.detail["index_bytes"] for r in report) == n_weights // 4
+    payload = n_weights // 4 + 3 * 4 * 4 + sum(m.bias.numel() * 4 for m in net.modules() if isinstance(m, nn.Linear))
+    assert payload < tc.model_size_bytes(shared) < payload + 8_000  # the zip/pickle container adds a few kB
+    # a fresh copy loads the state and computes the same function
+    other, _ = Q.share_weights(net, 2)
+    with torch.no_grad():
+        for m in other.modules():
+            if hasattr(m, "parametrizations"):
+                m.parametrizations.weight.original.zero_()
+    other.load_state_dict(sd)
+    x = torch.randn(4, 1, 28, 28)
+    assert torch.equal(other(x), shared(x))
+
+
+def test_shared_weight_right_inverse_is_the_member_mean():
+    layer = nn.Linear(6, 5).double()
+    w = layer.weight.detach().clone()
+    codebook, idx = Q.kmeans_quantize(w, 2)
+    sw = Q.SharedWeight(codebook, idx, 2)
+    target = torch.randn(5, 6, dtype=torch.float64)
+    cb = sw.right_inverse(target)
+    for k in range(4):
+        members = target[idx.long() == k]
+        want = members.mean() if members.numel() else codebook[k]
+        assert float(cb[k]) == pytest.approx(float(want), rel=1e-12)
+
+
+def test_share_weights_bad_input():
+    net = _mlp()
+    with pytest.raises(ValueError, match="bits must be between 1 and 8 for share_weights"):
+        Q.share_weights(net, 9)
+    with pytest.raises(ValueError, match="bits must be >= 1, got 0"):
+        Q.share_weights(net, 0)
+    with pytest.raises(ValueError, match="include pattern"):
+        Q.share_weights(net, 2, include="conv*")
+    with pytest.raises(ValueError, match="model has no weight to share"):
+        Q.share_weights(net, 2, exclude="*")
+    with pytest.raises(ValueError, match="init must be one of"):
+        Q.share_weights(net, 2, init="kmeans++")

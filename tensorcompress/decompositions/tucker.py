@@ -21,6 +21,7 @@ from ..tensor import ldexp, multi_mode_dot, unfold
 from ._common import (
     Factorized,
     check_tol,
+    for_svd,
     generator,
     leading_eigvecs,
     leading_left_singular,
@@ -213,11 +214,11 @@ def _leading_svd(y: torch.Tensor, mode: int, rank: int) -> torch.Tensor:
     r"""The leading ``rank`` left singular vectors of the (small, projected) unfolding :math:`Y_{(n)}` by an SVD:
     accurate down to :math:`\epsilon_{\text{mach}}\sigma_1`, where Gram eigenvectors stop at
     :math:`\sqrt{\epsilon_{\text{mach}}}\,\sigma_1`."""
-    unfolded = unfold(y, mode)
+    unfolded = for_svd(unfold(y, mode))  # float32 factored in float64, as numpy.linalg (and TensorLy) do
     u = svd(unfolded, full_matrices=unfolded.shape[1] < rank)[0][:, :rank]
-    # gesdd's vectors are orthonormal to ~n eps; a Householder QR of them (same span) to ~eps, which halves the
-    # float32 error of exact low-rank tensors (orthogonality errors pass straight into the core and reconstruction)
-    return torch.linalg.qr(u).Q
+    # gesdd's vectors are orthonormal to ~n eps; a Householder QR of them (same span) to ~eps (orthogonality errors
+    # pass straight into the core and the reconstruction)
+    return torch.linalg.qr(u).Q.to(y.dtype)
 
 
 @torch.no_grad()

@@ -10,7 +10,8 @@ r"""Pruning schedules: training callbacks that move the masks the model owns, a 
   alone is pruned to each amount.
 * **Lottery ticket** (Frankle & Carbin 2019): train, prune a fraction :math:`p` of the remaining weights, rewind the
   kept weights to their values at initialisation (or, *late rewinding*, after a few epochs; Frankle et al. 2020),
-  repeat; after :math:`r` rounds the sparsity is :math:`1 - (1-p)^r`.
+  repeat; after :math:`r` rounds the sparsity is :math:`1 - (1-p)^r`. The control that makes a ticket a *winning*
+  one is :func:`random_reinit`: the same mask on freshly drawn weights (Frankle & Carbin 2019, §2) must train worse.
 
 The masks live in the model (``weight_mask`` buffers of ``torch.nn.utils.prune``); the callbacks only decide when
 and how far to move them (:func:`tensorcompress.pruning.prune` with ``inplace=True``, which keeps pruned weights
@@ -25,11 +26,11 @@ import torch
 from torch import nn
 
 from .. import surgery
-from ..train import Callback, FitState, evaluate, fit
+from ..train import Callback, FitState, evaluate, fit, set_seed
 from .masks import PRUNABLE, copy_model, prune
 
 __all__ = ["agp_sparsity", "PruningSchedule", "AGP", "one_shot", "iterative", "sensitivity_scan",
-           "lottery_ticket"]
+           "lottery_ticket", "random_reinit"]
 
 
 def _fraction(value: object, name: str) -> float:
@@ -142,15 +143,12 @@ def _rewind(model: nn.Module, snapshot: dict[str, torch.Tensor]) -> None:
     with torch.no_grad():
         for name, p in model.named_parameters():
             p.copy_(snapshot[name.removesuffix("_orig")])
-    for m in model.modules():  # recompute weight = weight_orig * mask now, not at the next forward
-        for pname in ("weight", "bias"):
-            if hasattr(m, f"{pname}_mask"):
-                with torch.no_grad():
-                    setattr(m, pname, getattr(m, f"{pname}_orig") * getattr(m, f"{pname}_mask"))
+    for m in model.modules():
+        _remask(m)
 
 
 def lottery_ticket(model: nn.Module, train, *, rounds: int, amount: float = 0.2, rewind_epochs: int = 0,
-                   epochs: int = 10, scope: str = "layer", include=None, exclude=None,
+                   epochs: int = 10, scope: str = "layer", include=None, exclude=None, val=None,
                    **fit_options) -> tuple[nn.Module, list[dict[str, float]]]:
     """Iterative magnitude pruning with rewinding (Frankle & Carbin 2019; late rewinding, Frankle et al. 2020).
 
@@ -158,7 +156,9 @@ def lottery_ticket(model: nn.Module, train, *, rounds: int, amount: float = 0.2,
     saved; then ``rounds`` times: train ``epochs`` epochs (:func:`tensorcompress.fit` with ``fit_options``), prune
     ``amount`` of the remaining weights (so :math:`1 - (1-p)^r` after round :math:`r`), rewind the kept weights to
     the saved ones. Returns the ticket (masked, rewound, untrained: train it with :func:`tensorcompress.fit`) and
-    one record per round (``round``, ``sparsity``, ``train_loss`` of the round's last epoch).
+    one record per round: ``round``, ``sparsity`` (after the round's pruning), ``train_loss`` of the round's last
+    epoch and, if ``val`` is given, ``val_accuracy`` of the network trained in that round *before* its pruning
+    (round 1: the dense network, trained ``rewind_epochs + epochs`` epochs).
     """
     amount = _fraction(amount, "amount")
     for v, nm in ((rounds, "rounds"), (epochs, "epochs")):
@@ -174,9 +174,67 @@ def lottery_ticket(model: nn.Module, train, *, rounds: int, amount: float = 0.2,
     history = []
     for r in range(1, rounds + 1):
         records = fit(ticket, train, epochs=epochs, **fit_options)
-        sparsity = 1 - (1 - amount) ** r
-        prune(ticket, sparsity, scope=scope, include=include, exclude=exclude, inplace=True)
+        record = {"round": r, "sparsity": 1 - (1 - amount) ** r, "train_loss": records[-1].get("loss", float("nan"))}
+        if val is not None:
+            record["val_accuracy"] = evaluate(ticket, val).accuracy
+        prune(ticket, record["sparsity"], scope=scope, include=include, exclude=exclude, inplace=True)
         _rewind(ticket, snapshot)
-        history.append({"round": r, "sparsity": sparsity, "train_loss": records[-1].get("loss", float("nan"))})
+        history.append(record)
     return ticket, history
 
+
+def random_reinit(model: nn.Module, *, seed: int = 0, include=None, exclude=None
+                  ) -> tuple[nn.Module, list[surgery.LayerChange]]:
+    """The lottery-ticket control: a copy of ``model`` with the same masks on freshly initialised weights.
+
+    Every selected leaf module with a ``reset_parameters`` method (Linear, Conv, BatchNorm; all by default) draws
+    new parameters from its own initialiser (PyTorch's defaults, the distribution the ticket's weights were first
+    drawn from) under ``seed``; masks of ``torch.nn.utils.prune`` stay as they are, so the pruned weights stay zero
+    and only the values of the kept ones change (Frankle & Carbin 2019, "random reinitialization"). The input is
+    untouched. Returns ``(model, report)`` with one row per re-initialised module (``detail``: its ``sparsity``,
+    0 for an unpruned module).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {seed!r}")
+    new = copy_model(model)
+    chosen = [sel for sel in surgery.select(new, nn.Module, include=include, exclude=exclude, exact_type=False)
+              if not list(sel.module.children()) and callable(getattr(sel.module, "reset_parameters", None))]
+    if not chosen:
+        raise ValueError(f"nothing to re-initialise: no module with reset_parameters selected "
+                         f"(include={include!r}, exclude={exclude!r})")
+    report = []
+    with set_seed(seed):
+        for sel in chosen:
+            report.append(_reinit(sel.module, sel))
+    return new, report
+
+
+def _reinit(module: nn.Module, sel) -> surgery.LayerChange:
+    """Draw fresh values for ``module``'s parameters on a mask-free twin, then copy them under the masks."""
+    twin = copy_model(module)
+    for name in [n.removesuffix("_orig") for n, _ in twin.named_parameters() if n.endswith("_orig")]:
+        torch.nn.utils.prune.remove(twin, name)
+    twin.reset_parameters()
+    fresh = {**dict(twin.named_parameters()), **dict(twin.named_buffers())}
+    with torch.no_grad():
+        for name, p in module.named_parameters(recurse=False):
+            p.copy_(fresh[name.removesuffix("_orig")])
+        for name, buf in module.named_buffers(recurse=False):  # BatchNorm statistics restart too
+            if name in fresh:
+                buf.copy_(fresh[name])
+    _remask(module)
+    n = sum(p.numel() for p in module.parameters())
+    mask = getattr(module, "weight_mask", None)
+    sp = 0.0 if mask is None else round(float((mask == 0).sum()) / mask.numel(), 4)
+    return surgery.LayerChange(sel.name, type(module).__name__, type(module).__name__, n, n, {"sparsity": sp},
+                               sel.names[1:])
+
+
+def _remask(module: nn.Module) -> None:
+    """Recompute ``weight = weight_orig * weight_mask`` now, not at the next forward pass."""
+    for pname in ("weight", "bias"):
+        if hasattr(module, f"{pname}_mask"):
+            with torch.no_grad():
+                setattr(module, pname, getattr(module, f"{pname}_orig") * getattr(module, f"{pname}_mask"))

@@ -12,8 +12,10 @@ one 32-bit entry count:
 
 (:math:`s_v` the bytes of a value). Against the dense :math:`s_v\cdot\text{rows}\cdot\text{cols}`, this wins
 when the density is below about :math:`s_v/(s_v + b/8)`. Tensors of fewer than two dimensions (biases, BN
-statistics) are stored dense. :func:`save_sparse` writes a file, :func:`load_sparse` reads it back exactly; the
-size a notebook reports is the file's, from ``os.path.getsize``.
+statistics) are stored dense as raw bytes behind a few bytes of dtype and shape (not through ``torch.save``,
+whose zip container alone costs about 1.5 kB per tensor, more than a small layer's bias). :func:`save_sparse`
+writes a file, :func:`load_sparse` reads it back exactly; the size a notebook reports is the file's, from
+``os.path.getsize``.
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ _MAGIC = b"TCSR1"
 _DTYPES = {torch.float16: (1, np.float16), torch.bfloat16: (2, None), torch.float32: (3, np.float32),
            torch.float64: (4, np.float64)}
 _CODES = {code: dt for dt, (code, _) in _DTYPES.items()}
+# tensors stored dense as raw little-endian bytes (bfloat16 through its int16 bit pattern); others via torch.save
+_RAW = {**_DTYPES, torch.int8: (5, np.int8), torch.uint8: (6, np.uint8), torch.int16: (7, np.int16),
+        torch.int32: (8, np.int32), torch.int64: (9, np.int64), torch.bool: (10, np.bool_)}
+_RAW_CODES = {code: dt for dt, (code, _) in _RAW.items()}
 
 
 @dataclass(frozen=True)
@@ -112,14 +118,15 @@ def _unpack(data: bytes, n: int, bits: int) -> np.ndarray:
 
 def _value_bytes(t: torch.Tensor) -> bytes:
     if t.dtype == torch.bfloat16:
-        return t.view(torch.int16).numpy().tobytes()
-    return t.numpy().tobytes()
+        return t.view(torch.int16).numpy().astype("<i2").tobytes()
+    return t.numpy().astype(np.dtype(_RAW[t.dtype][1]).newbyteorder("<")).tobytes()
 
 
 def _values_from(data: bytes, dtype: torch.dtype) -> torch.Tensor:
     if dtype == torch.bfloat16:
-        return torch.from_numpy(np.frombuffer(data, dtype=np.int16).copy()).view(torch.bfloat16)
-    return torch.from_numpy(np.frombuffer(data, dtype=_DTYPES[dtype][1]).copy())
+        return torch.from_numpy(np.frombuffer(data, dtype="<i2").astype(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(np.frombuffer(data, dtype=np.dtype(_RAW[dtype][1]).newbyteorder("<"))
+                            .astype(_RAW[dtype][1]))
 
 
 def _effective_state(model: nn.Module | dict) -> dict[str, torch.Tensor]:
@@ -146,7 +153,11 @@ def save_sparse(model: nn.Module | dict, path: str | os.PathLike, *, bits: int =
         key = name.encode()
         buf.write(struct.pack("<H", len(key)) + key)
         sparse = t.is_floating_point() and t.ndim >= 2 and t.dtype in _DTYPES
-        if not sparse:  # dense, through torch.save (any dtype)
+        if not sparse and t.dtype in _RAW:  # dense, raw bytes
+            buf.write(b"R" + struct.pack("<BB", _RAW[t.dtype][0], t.ndim) + struct.pack(f"<{t.ndim}Q", *t.shape))
+            buf.write(_value_bytes(t.reshape(-1)))
+            continue
+        if not sparse:  # dense, through torch.save (any other dtype: complex, quantized...)
             raw = io.BytesIO()
             torch.save(t, raw)
             buf.write(b"D" + struct.pack("<Q", raw.tell()) + raw.getvalue())
@@ -182,6 +193,15 @@ def load_sparse(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             (n,) = struct.unpack_from("<Q", data, off)
             state[name] = torch.load(io.BytesIO(data[off + 8: off + 8 + n]), weights_only=True)
             off += 8 + n
+            continue
+        if kind == b"R":
+            code, ndim = struct.unpack_from("<BB", data, off)
+            shape = struct.unpack_from(f"<{ndim}Q", data, off + 2)
+            off += 2 + 8 * ndim
+            dtype = _RAW_CODES[code]
+            vlen = int(np.prod(shape, dtype=np.int64)) * torch.empty(0, dtype=dtype).element_size()
+            state[name] = _values_from(data[off: off + vlen], dtype).reshape(shape)
+            off += vlen
             continue
         code, bits, ndim = struct.unpack_from("<BBB", data, off)
         off += 3

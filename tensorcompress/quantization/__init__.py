@@ -3,23 +3,42 @@
 * :mod:`~tensorcompress.quantization.uniform` — :class:`QParams`, :func:`qparams`, :func:`quantize`,
   :func:`dequantize`, :func:`fake_quantize`;
 * :mod:`~tensorcompress.quantization.observers` — ranges from data: min-max, moving average, percentile, MSE;
-* :mod:`~tensorcompress.quantization.nonuniform` — power-of-two, binary, ternary and k-means (shared) weights;
+* :mod:`~tensorcompress.quantization.nonuniform` — power-of-two, binary, ternary and k-means (shared) weights,
+  :func:`share_weights` for whole models;
 * :mod:`~tensorcompress.quantization.model` — :func:`quantize_model` (PTQ, QAT, LSQ) and :func:`calibrate`;
 * :mod:`~tensorcompress.quantization.integer` — integer-only inference: :func:`quantize_multiplier`,
   :func:`to_integer`.
 """
 
-from .integer import IntegerLayer, quantize_multiplier, requantize, to_integer
+from .integer import (
+    IntegerGlobalPoolNet,
+    IntegerLayer,
+    IntegerMeanPool,
+    quantize_multiplier,
+    requantize,
+    to_integer,
+)
 from .model import (
     ActivationQuantizer,
     QuantizedLayer,
     WeightQuantizer,
     calibrate,
     lsq_fake_quantize,
+    lsq_initial_step,
     quantize_model,
     quantizers,
 )
-from .nonuniform import binarize, centroid_gradient, kmeans_quantize, log2_quantize, ternarize
+from .nonuniform import (
+    SharedWeight,
+    binarize,
+    centroid_gradient,
+    kmeans_quantize,
+    log2_quantize,
+    pack_indices,
+    share_weights,
+    ternarize,
+    unpack_indices,
+)
 from .observers import (
     OBSERVERS,
     MinMaxObserver,
@@ -35,6 +54,8 @@ __all__ = ["QParams", "qparams", "qrange", "quantize", "dequantize", "fake_quant
            "Observer", "MinMaxObserver", "MovingAverageMinMaxObserver", "PercentileObserver", "MSEObserver",
            "OBSERVERS", "make_observer",
            "log2_quantize", "binarize", "ternarize", "kmeans_quantize", "centroid_gradient",
-           "quantize_model", "calibrate", "quantizers", "lsq_fake_quantize", "ActivationQuantizer",
+           "pack_indices", "unpack_indices", "SharedWeight", "share_weights",
+           "quantize_model", "calibrate", "quantizers", "lsq_fake_quantize", "lsq_initial_step", "ActivationQuantizer",
            "WeightQuantizer", "QuantizedLayer",
-           "quantize_multiplier", "requantize", "to_integer", "IntegerLayer"]
+           "quantize_multiplier", "requantize", "to_integer", "IntegerLayer",
+           "IntegerMeanPool", "IntegerGlobalPoolNet"]

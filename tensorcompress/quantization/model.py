@@ -25,8 +25,15 @@ with the network: with :math:`v = x/s`,
           q_{\max} \\ q_{\min} & v < q_{\min} \\ q_{\max} & v > q_{\max}, \end{cases}
 
 (zero point 0) and the gradient of :math:`s` multiplied by :math:`g = 1/\sqrt{N\,Q_P}` (:math:`N` the number of
-weights of the layer, or of activation features per sample; :math:`Q_P = q_{\max}`) so that steps and weights learn
-at comparable rates. PyTorch's ``_fake_quantize_learnable_per_tensor_affine`` computes the same gradient.
+weights per step — of the layer, or of one output channel per-channel — or of activation features per sample;
+:math:`Q_P = q_{\max}`) so that steps and weights learn at comparable rates. PyTorch's
+``_fake_quantize_learnable_per_tensor_affine`` computes the same gradient. A weight step starts from the observer
+(``lsq_init="observer"``: :math:`\max|w|/Q_P` with min-max) or from Esser et al.'s
+:math:`s_0 = 2\,\overline{|w|}/\sqrt{Q_P}` per channel (``lsq_init="mean"``), which at 2 and 3 bits clips the
+largest weights instead of rounding most of them to 0; activation steps start from :func:`calibrate`. Steps are
+ordinary parameters of the model, so ``tc.fit`` (or any optimizer built on ``model.parameters()``) trains them.
+The gradient scale matters for SGD; Adam divides every gradient by its own running magnitude, so :math:`g` has
+almost no effect there.
 """
 
 from __future__ import annotations
@@ -41,14 +48,15 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .. import surgery
-from .._validation import check_positive_int
+from .._validation import check_positive_int, check_tensor
 from .observers import OBSERVERS, Observer, make_observer
 from .uniform import QParams, check_bits, fake_quantize_unchecked, qrange
 
 __all__ = ["ActivationQuantizer", "WeightQuantizer", "QuantizedLayer", "quantize_model", "calibrate",
-           "lsq_fake_quantize", "quantizers"]
+           "lsq_fake_quantize", "lsq_initial_step", "quantizers"]
 
 METHODS = ("ptq", "lsq")
+LSQ_INITS = ("observer", "mean")
 
 
 def _view(t: torch.Tensor, x: torch.Tensor, axis: int | None) -> torch.Tensor:
@@ -83,6 +91,17 @@ class _LSQ(torch.autograd.Function):
         dims = [d for d in range(x.ndim) if ctx.axis is None or d != ctx.axis % x.ndim]
         d_scale = (d_scale.sum(dim=dims) * ctx.grad_factor).reshape(-1 if ctx.axis is not None else ())
         return grad * inside, d_scale.to(torch.float32), None, None, None, None, None
+
+
+def lsq_initial_step(w: torch.Tensor, qmax: int, *, axis: int | None = None) -> torch.Tensor:
+    r"""Esser et al.'s initial step :math:`s_0 = 2\,\overline{|w|}/\sqrt{Q_P}` (``qmax`` = :math:`Q_P`), per tensor
+    (0-d) or per slice along ``axis`` (1-d), in float32; at least float32's epsilon so an all-zero weight still
+    has a valid step."""
+    check_tensor(w, "w", floating=True)
+    check_positive_int(qmax, "qmax")
+    dims = tuple(d for d in range(w.ndim) if axis is None or d != axis % w.ndim)
+    mean = w.detach().to(torch.float32).abs().mean(dim=dims) if dims else w.detach().to(torch.float32).abs()
+    return (2 * mean / math.sqrt(qmax)).clamp_min(torch.finfo(torch.float32).eps)
 
 
 def lsq_fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int, *,
@@ -151,20 +170,25 @@ class WeightQuantizer(nn.Module):
     """Parametrization fake-quantizing a weight: symmetric, narrow-range signed codes, per output channel (axis 0)
     or per tensor. The observer re-reads the weight whenever it has changed (QAT follows the weights; the
     parameters are cached on the tensor's storage and version counter, which every in-place update such as an
-    optimizer step bumps); with ``learnable=True`` (LSQ) the scale is a parameter initialised from the observer on
-    ``weight``."""
+    optimizer step bumps); with ``learnable=True`` (LSQ) the scale is a parameter initialised on ``weight`` from
+    the observer (``init="observer"``) or by :func:`lsq_initial_step` (``init="mean"``)."""
 
     def __init__(self, weight: torch.Tensor, *, bits: int, per_channel: bool, observer: str,
-                 learnable: bool = False):
+                 learnable: bool = False, init: str = "observer"):
         super().__init__()
         self.observer = make_observer(observer, bits=bits, symmetric=True, narrow_range=bits >= 2,
                                       axis=0 if per_channel else None)
         self.qmin, self.qmax = qrange(bits, signed=True, narrow_range=bits >= 2)
         self.learnable = learnable
+        if init not in LSQ_INITS:
+            raise ValueError(f"init must be one of {LSQ_INITS}, got {init!r}")
         if learnable:
-            qp = self._observe(weight.detach())
-            self.scale = nn.Parameter(qp.scale.clone())
-            self.grad_factor = 1.0 / math.sqrt(weight.numel() / qp.scale.numel() * max(self.qmax, 1))
+            if init == "mean":
+                scale = lsq_initial_step(weight, max(self.qmax, 1), axis=self.observer.axis)
+            else:
+                scale = self._observe(weight.detach()).scale.clone()
+            self.scale = nn.Parameter(scale.to(weight.device))
+            self.grad_factor = 1.0 / math.sqrt(weight.numel() / scale.numel() * max(self.qmax, 1))
 
     def extra_repr(self) -> str:
         return f"qmin={self.qmin}, qmax={self.qmax}, axis={self.observer.axis}, learnable={self.learnable}"
@@ -215,9 +239,10 @@ def _check_optional_bits(bits: object, name: str) -> int | None:
 
 
 def quantize_model(model: nn.Module, *, weight_bits: int | None = 8, act_bits: int | None = 8,
-                   per_channel: bool = True, observer: str = "minmax", method: str = "ptq", include=None,
+                   per_channel: bool = True, observer: str = "minmax", method: str = "ptq",
+                   lsq_init: str = "observer", include=None,
                    exclude=None) -> tuple[nn.Module, list[surgery.LayerChange]]:
-    """A fake-quantized copy of ``model``: every selected ``nn.Conv2d`` / ``nn.Linear`` becomes a
+    r"""A fake-quantized copy of ``model``: every selected ``nn.Conv2d`` / ``nn.Linear`` becomes a
     :class:`QuantizedLayer`.
 
     Parameters
@@ -233,7 +258,11 @@ def quantize_model(model: nn.Module, *, weight_bits: int | None = 8, act_bits: i
         :func:`calibrate`).
     method : {"ptq", "lsq"}
         ``"ptq"``: observers set the ranges (train the result with ``tc.fit`` for QAT). ``"lsq"``: learnable step
-        sizes, initialised by the observers.
+        sizes (parameters of the model, trained by ``tc.fit`` with the weights), initialised by ``lsq_init``.
+    lsq_init : {"observer", "mean"}
+        ``method="lsq"`` only: weight steps start from the observer's range or from Esser et al.'s
+        :math:`2\,\overline{|w|}/\sqrt{Q_P}` per channel (:func:`lsq_initial_step`); activation steps always start
+        from :func:`calibrate`.
     include, exclude : str or sequence of str, optional
         ``fnmatch`` patterns on layer names (:func:`tensorcompress.surgery.select`).
 
@@ -250,6 +279,11 @@ def quantize_model(model: nn.Module, *, weight_bits: int | None = 8, act_bits: i
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if not isinstance(observer, str) or observer not in OBSERVERS:
         raise ValueError(f"observer must be one of {sorted(OBSERVERS)}, got {observer!r}")
+    if lsq_init not in LSQ_INITS:
+        raise ValueError(f"lsq_init must be one of {LSQ_INITS}, got {lsq_init!r}")
+    if lsq_init != "observer" and method != "lsq":
+        raise ValueError(f"lsq_init={lsq_init!r} needs method='lsq' (steps are learned only by LSQ), got "
+                         f"method={method!r}")
     learnable = method == "lsq"
 
     def build(sel: surgery.Selected) -> tuple[nn.Module, dict[str, Any]]:
@@ -257,7 +291,7 @@ def quantize_model(model: nn.Module, *, weight_bits: int | None = 8, act_bits: i
         layer = copy.deepcopy(sel.module)
         if weight_bits is not None:
             wq = WeightQuantizer(layer.weight, bits=weight_bits, per_channel=per_channel, observer=observer,
-                                 learnable=learnable)
+                                 learnable=learnable, init=lsq_init)
             parametrize.register_parametrization(layer, "weight", wq.to(layer.weight.device))
         aq = None
         if act_bits is not None:
@@ -265,6 +299,8 @@ def quantize_model(model: nn.Module, *, weight_bits: int | None = 8, act_bits: i
             aq.to(layer.weight.device)
         detail = {"weight_bits": weight_bits, "act_bits": act_bits, "per_channel": per_channel,
                   "observer": observer, "method": method}
+        if learnable:
+            detail["lsq_init"] = lsq_init
         return QuantizedLayer(layer, aq), detail
 
     if not surgery.select(model, (nn.Conv2d, nn.Linear), include=include, exclude=exclude):

@@ -19,16 +19,31 @@ r"""Non-uniform weight quantization: power-of-two levels, binary and ternary wei
   fine-tuning, a centroid's gradient is the sum of its members' gradients (:func:`centroid_gradient`).
 
 Storage of binary / ternary weights: 1 bit / :math:`\log_2 3 \approx 1.58` bits per weight plus one float scale.
+
+Whole models: :func:`share_weights` replaces the weight of every selected ``nn.Linear`` / ``nn.Conv2d`` by
+``codebook[indices]`` through a ``torch.nn.utils.parametrize`` parametrization (:class:`SharedWeight`): the
+``(k,)`` codebook is the layer's only weight parameter (``parametrizations.weight.original``), so it trains with
+``tc.fit`` and autograd gives it exactly the summed member gradients; the indices are stored *packed*,
+:math:`\lceil n b / 8\rceil` bytes (:func:`pack_indices`, the bit order of ``numpy.packbits``), so that
+``tc.metrics.model_size_bytes`` counts real bytes: :math:`n b/8 + 4k` per layer instead of :math:`4n`.
 """
 
 from __future__ import annotations
 
-import torch
+import copy
+import math
+from typing import Any
 
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from .. import surgery
 from .._validation import check_finite, compute_dtype
 from .uniform import check_bits
 
-__all__ = ["log2_quantize", "binarize", "ternarize", "kmeans_quantize", "centroid_gradient"]
+__all__ = ["log2_quantize", "binarize", "ternarize", "kmeans_quantize", "centroid_gradient", "pack_indices",
+           "unpack_indices", "SharedWeight", "share_weights"]
 
 
 def _check_weight(w: object, name: str = "w") -> torch.dtype:
@@ -95,6 +110,14 @@ def ternarize(w: torch.Tensor, *, threshold: float = 0.7, axis: int | None = Non
     return (alpha * torch.sign(x) * kept).to(w.dtype)
 
 
+INITS = ("linear", "random", "density")
+
+
+def _check_init(init: object) -> None:
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+
+
 def _assign(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     """Index of the nearest centroid (codebook sorted ascending); a tie goes to the lower centroid."""
     mid = (codebook[1:] + codebook[:-1]) / 2
@@ -113,9 +136,11 @@ def kmeans_quantize(w: torch.Tensor, bits: int, *, seed: int = 0, init: str = "l
         Index width, 1 to 16: ``k = 2**bits`` centroids.
     seed : int
         Seeds the ``"random"`` initialisation (the default ``"linear"`` one is deterministic).
-    init : {"linear", "random"}
+    init : {"linear", "random", "density"}
         ``"linear"`` (Deep Compression's choice): ``k`` values evenly spaced over ``[min w, max w]``. ``"random"``
-        (Forgy): ``k`` distinct entries of ``w`` drawn with ``seed``.
+        (Forgy): ``k`` distinct entries of ``w`` drawn with ``seed``. ``"density"``: the quantiles
+        :math:`(2j + 1)/(2k)` of ``w`` (evenly spaced on the CDF's axis), which crowd the centroids where the weights
+        are dense and leave few for the rare large ones.
     max_iter : int
         Lloyd iterations at most; stops earlier when no assignment changes.
 
@@ -128,13 +153,17 @@ def kmeans_quantize(w: torch.Tensor, bits: int, *, seed: int = 0, init: str = "l
     """
     dt = _check_weight(w)
     check_bits(bits)
-    if init not in ("linear", "random"):
-        raise ValueError(f"init must be 'linear' or 'random', got {init!r}")
+    _check_init(init)
     x = w.detach().to(dt).reshape(-1)
     k = 2**bits
     if init == "linear":
         lo, hi = x.min(), x.max()
         codebook = lo + (hi - lo) * torch.linspace(0, 1, k, dtype=dt, device=x.device)
+    elif init == "density":
+        levels = (2 * torch.arange(k, dtype=torch.float64) + 1) / (2 * k)
+        # sort-based order statistics (torch.quantile refuses inputs over 2**24 entries)
+        xs = x.sort().values
+        codebook = xs[(levels * (x.numel() - 1)).round().long().to(x.device)]
     else:
         g = torch.Generator().manual_seed(seed)
         uniq = torch.unique(x)
@@ -162,3 +191,131 @@ def centroid_gradient(grad: torch.Tensor, indices: torch.Tensor, n_centroids: in
         raise ValueError(f"grad and indices must have one shape, got {tuple(grad.shape)} and {tuple(indices.shape)}")
     out = torch.zeros(n_centroids, dtype=grad.dtype, device=grad.device)
     return out.index_add_(0, indices.reshape(-1).long(), grad.reshape(-1))
+
+
+def _check_indices(indices: object, bits: int) -> torch.Tensor:
+    if not isinstance(indices, torch.Tensor):
+        raise TypeError(f"indices must be a torch.Tensor, got {type(indices).__name__}")
+    if indices.dtype.is_floating_point or indices.dtype.is_complex or indices.dtype == torch.bool:
+        raise TypeError(f"indices must have an integer dtype, got {indices.dtype}")
+    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= 2**bits):
+        raise ValueError(f"indices must lie in [0, 2**bits - 1] = [0, {2**bits - 1}] for bits={bits}, "
+                         f"got values in [{int(indices.min())}, {int(indices.max())}]")
+    return indices
+
+
+def pack_indices(indices: torch.Tensor, bits: int) -> torch.Tensor:
+    """Pack integer codes in ``[0, 2**bits)`` into a ``uint8`` bit stream of :math:`\\lceil n\\,b/8 \\rceil` bytes.
+
+    Each code is written most significant bit first, codes one after another in row-major order, the last byte
+    padded with zeros: the layout of ``numpy.packbits`` applied to the codes' bits. The result is on ``indices``'
+    device; :func:`unpack_indices` inverts it.
+    """
+    check_bits(bits)
+    idx = _check_indices(indices, bits).reshape(-1).to(torch.int64)
+    shifts = torch.arange(bits - 1, -1, -1, device=idx.device)
+    stream = ((idx.unsqueeze(1) >> shifts) & 1).reshape(-1)
+    stream = torch.cat([stream, stream.new_zeros(-stream.numel() % 8)])
+    weights = 2 ** torch.arange(7, -1, -1, device=idx.device)
+    return (stream.reshape(-1, 8) * weights).sum(1).to(torch.uint8)
+
+
+def unpack_indices(packed: torch.Tensor, bits: int, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
+    """The codes packed by :func:`pack_indices`, as an ``int64`` tensor of ``shape`` on ``packed``'s device."""
+    check_bits(bits)
+    if not isinstance(packed, torch.Tensor) or packed.dtype != torch.uint8:
+        raise TypeError(f"packed must be a uint8 tensor, got {getattr(packed, 'dtype', type(packed).__name__)}")
+    n = math.prod(shape)
+    if packed.numel() != -(-n * bits // 8):
+        raise ValueError(f"packed must hold ceil(n * bits / 8) = {-(-n * bits // 8)} bytes for shape "
+                         f"{tuple(shape)} at bits={bits}, got {packed.numel()}")
+    stream = (packed.reshape(-1, 1).to(torch.int64) >> torch.arange(7, -1, -1, device=packed.device)) & 1
+    codes = stream.reshape(-1)[: n * bits].reshape(n, bits)
+    return (codes << torch.arange(bits - 1, -1, -1, device=packed.device)).sum(1).reshape(tuple(shape))
+
+
+class SharedWeight(nn.Module):
+    """Parametrization ``codebook -> codebook[indices]``: a weight of ``shape`` whose entries share the ``k`` values
+    of a codebook, the indices held packed at ``bits`` bits per entry (buffer ``packed``, in the ``state_dict``).
+
+    Registered on a layer (``parametrize.register_parametrization(layer, "weight", SharedWeight(...))``) the layer's
+    only weight parameter is the ``(k,)`` codebook; autograd through the gather gives each centroid the sum of its
+    members' gradients (:func:`centroid_gradient`). ``right_inverse(w)`` maps a full weight to the codebook that
+    reproduces it best with the fixed indices — the mean of each centroid's members (a centroid without members
+    keeps its value from ``codebook``).
+    """
+
+    def __init__(self, codebook: torch.Tensor, indices: torch.Tensor, bits: int):
+        super().__init__()
+        check_bits(bits)
+        if codebook.ndim != 1 or codebook.numel() > 2**bits:
+            raise ValueError(f"codebook must be 1-d with at most 2**bits = {2**bits} entries, "
+                             f"got shape {tuple(codebook.shape)}")
+        self.bits, self.shape = bits, tuple(indices.shape)
+        self.register_buffer("packed", pack_indices(indices, bits))
+        self._fallback = codebook.detach().clone()
+
+    def extra_repr(self) -> str:
+        return f"shape={self.shape}, bits={self.bits}"
+
+    def indices(self) -> torch.Tensor:
+        """The unpacked codes (``int64``, the weight's shape)."""
+        return unpack_indices(self.packed, self.bits, self.shape)
+
+    def forward(self, codebook: torch.Tensor) -> torch.Tensor:
+        return codebook[self.indices()]
+
+    def right_inverse(self, w: torch.Tensor) -> torch.Tensor:
+        idx = self.indices().reshape(-1)
+        k = self._fallback.numel()
+        flat = w.detach().reshape(-1)
+        sums = torch.zeros(k, dtype=w.dtype, device=w.device).index_add_(0, idx, flat)
+        counts = torch.bincount(idx, minlength=k).to(w.dtype)
+        return torch.where(counts > 0, sums / counts.clamp_min(1), self._fallback.to(w.device, w.dtype))
+
+
+def share_weights(model: nn.Module, bits: int = 2, *, include=None, exclude=None, init: str = "linear",
+                  seed: int = 0, max_iter: int = 100) -> tuple[nn.Module, list[surgery.LayerChange]]:
+    """A copy of ``model`` whose selected ``nn.Linear`` / ``nn.Conv2d`` weights share ``2**bits`` values per layer.
+
+    Each weight is clustered by :func:`kmeans_quantize` and parametrized by :class:`SharedWeight`: the codebook is a
+    trainable parameter (fine-tune it with ``tc.fit``, Deep Compression's centroid fine-tuning), the indices are
+    fixed and stored packed. Biases are left in floating point.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Left untouched.
+    bits : int
+        Index width, 1 to 8: ``k = 2**bits`` centroids per layer.
+    include, exclude : str or sequence of str, optional
+        ``fnmatch`` patterns on layer names (:func:`tensorcompress.surgery.select`).
+    init, seed, max_iter
+        Passed to :func:`kmeans_quantize`.
+
+    Returns
+    -------
+    (nn.Module, list of LayerChange)
+        One row per layer; ``detail`` holds ``bits``, ``centroids``, the packed ``index_bytes`` and the weight's
+        relative squared error ``rel_error`` :math:`\\|W - \\hat W\\|^2 / \\|W\\|^2`.
+    """
+    check_bits(bits)
+    if bits > 8:
+        raise ValueError(f"bits must be between 1 and 8 for share_weights (one byte codes at most), got {bits}")
+    _check_init(init)
+
+    def build(sel: surgery.Selected) -> tuple[nn.Module, dict[str, Any]]:
+        # parametrizing changes the module's class in place: work on a copy so the report names the original type
+        layer = copy.deepcopy(sel.module)
+        w = layer.weight.detach()
+        codebook, idx = kmeans_quantize(w, bits, seed=seed, init=init, max_iter=max_iter)
+        parametrize.register_parametrization(layer, "weight", SharedWeight(codebook, idx, bits))
+        err = float((layer.weight.detach() - w).pow(2).sum() / w.pow(2).sum().clamp_min(torch.finfo(w.dtype).tiny))
+        detail = {"bits": bits, "centroids": 2**bits, "index_bytes": -(-w.numel() * bits // 8),
+                  "rel_error": round(err, 6)}
+        return layer, detail
+
+    if not surgery.select(model, (nn.Conv2d, nn.Linear), include=include, exclude=exclude):
+        raise ValueError("model has no weight to share: no nn.Conv2d / nn.Linear layer is selected "
+                         f"(include={include!r}, exclude={exclude!r})")
+    return surgery.transform(model, (nn.Conv2d, nn.Linear), build, include=include, exclude=exclude)

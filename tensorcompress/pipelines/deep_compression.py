@@ -1,0 +1,354 @@
+r"""Deep Compression (Han, Mao & Dally 2016): prune, share weights, entropy-code — measured in the bytes of a real file.
+
+**1. Pruning** (Han et al. 2015) with the cubic AGP schedule of Zhu & Gupta (2017),
+:math:`s_t = s_f\,(1 - (1 - t/(n\Delta t))^3)`, while fine-tuning (:class:`tensorcompress.pruning.AGP`, masks of
+``torch.nn.utils.prune``). The kept positions are stored as relative indices: the gap :math:`d` to the previous
+kept weight in :math:`b_{\text{idx}}` bits, a gap beyond :math:`M = 2^{b_{\text{idx}}}-1` bridged by
+:math:`\lfloor d/(M+1)\rfloor` filler zeros (:func:`tensorcompress.pruning.csr_encode`). At density :math:`\rho`
+the gaps are geometric, with entropy :math:`h(\rho)/\rho` bits (:math:`h` the binary entropy), about 5 bits at
+:math:`\rho = 8\,\%`.
+
+**2. Weight sharing**: the :math:`m` kept weights of a layer are clustered into :math:`k = 2^b` centroids by
+k-means with linear initialisation (:func:`tensorcompress.quantization.kmeans_quantize`); each weight becomes a
+:math:`b`-bit index into the layer's codebook. The centroids are then fine-tuned: with :math:`W_i = c_{I_i}`,
+:math:`\partial L/\partial c_k = \sum_{i: I_i = k}\partial L/\partial W_i` (their eq. 3), which autograd gives
+through the gather of :class:`SharedWeight`, a ``torch.nn.utils.parametrize`` parametrization that keeps the
+mask. Compression of one layer of :math:`n` weights: :math:`32n / (mb + 32k)` before the indices.
+
+**3. Entropy coding**: the codebook indices and the gaps are Huffman-coded (:mod:`tensorcompress.pipelines.coding`,
+``constriction``), :math:`H \le \bar L < H+1` bits per symbol; an ANS stream code gets within bytes of
+:math:`nH`.
+
+Han et al. report LeNet-300-100 1070 KB → 27 KB (40×) and LeNet-5 1720 KB → 44 KB (39×) at unchanged accuracy,
+counting weights and indices. :func:`deep_compression` runs the three stages and returns a report in the shape of
+their Tables 2–3 whose bytes are those of the file :func:`tensorcompress.pipelines.save_compressed` writes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.utils.prune as tprune
+from torch import nn
+from torch.nn.utils import parametrize
+
+from .. import surgery
+from ..metrics import model_size_bytes
+from ..pruning import AGP, PRUNABLE, copy_model, prune
+from ..quantization.nonuniform import kmeans_quantize
+from ..train import evaluate, fit
+from .coding import attach_shared, encode_compressed
+
+__all__ = ["SharedWeight", "share_weights", "deep_compression", "DeepCompressionReport", "measure_compressed"]
+
+
+def _check_width(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 8:
+        raise ValueError(f"{name} must be an int in [1, 8] (Deep Compression uses 2-8), got {value!r}")
+    return value
+
+
+def _check_sparsity(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ValueError(f"{name} must be a number in [0, 1) (the fraction of weights removed), got {value!r}")
+    return float(value)
+
+
+class SharedWeight(nn.Module):
+    """A weight shared through a codebook: ``weight = where(mask, codebook[indices], 0)``.
+
+    A ``torch.nn.utils.parametrize`` parametrization (its input, the original weight, is ignored): the codebook
+    is a parameter, so training moves the centroids with the summed gradients of their members, while
+    ``indices`` (uint8) and the pruning ``mask`` (bool) are buffers that training leaves alone.
+
+    Parameters
+    ----------
+    codebook : tensor of shape ``(2**bits,)``
+    indices : uint8 tensor, the weight's shape
+    mask : bool tensor, the weight's shape (``False``: pruned)
+    bits, index_bits : int in [1, 8]
+        Width of a codebook index and of a relative index (the gap between kept weights).
+    """
+
+    def __init__(self, codebook: torch.Tensor, indices: torch.Tensor, mask: torch.Tensor, *, bits: int,
+                 index_bits: int = 5) -> None:
+        super().__init__()
+        self.bits, self.index_bits = _check_width(bits, "bits"), _check_width(index_bits, "index_bits")
+        if codebook.shape != (2**bits,) or not codebook.is_floating_point():
+            raise ValueError(f"codebook must be a float tensor of shape ({2**bits},), got {codebook.dtype} "
+                             f"{tuple(codebook.shape)}")
+        if indices.dtype != torch.uint8 or mask.dtype != torch.bool or indices.shape != mask.shape:
+            raise ValueError("indices (uint8) and mask (bool) must be tensors of one shape, got "
+                             f"{indices.dtype} {tuple(indices.shape)} and {mask.dtype} {tuple(mask.shape)}")
+        if indices.numel() and int(indices.max()) >= 2**bits:
+            raise ValueError(f"indices must be < 2**bits = {2**bits}, got {int(indices.max())}")
+        self.codebook = nn.Parameter(codebook.detach().clone())
+        self.register_buffer("indices", indices.detach().clone())
+        self.register_buffer("mask", mask.detach().clone())
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        shared = self.codebook[self.indices.long()]
+        return torch.where(self.mask, shared, torch.zeros((), dtype=shared.dtype, device=shared.device))
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, index_bits={self.index_bits}, kept={int(self.mask.sum())}/{self.mask.numel()}"
+
+
+def _per_layer(value, names: list[str], check, what: str) -> dict[str, object]:
+    if isinstance(value, Mapping):
+        unknown = sorted(set(value) - set(names))
+        missing = sorted(set(names) - set(value))
+        if unknown or missing:
+            raise ValueError(f"{what} as a mapping must name every selected layer exactly: unknown {unknown}, "
+                             f"missing {missing} (selected: {names})")
+        return {n: check(value[n], f"{what}[{n!r}]") for n in names}
+    v = check(value, what)
+    return dict.fromkeys(names, v)
+
+
+def share_weights(model: nn.Module, *, bits: int | Mapping[str, int], index_bits: int = 5, include=None,
+                  exclude=None) -> tuple[nn.Module, list[surgery.LayerChange]]:
+    """Weight sharing (stage 2 alone): each selected layer's non-zero weights clustered into ``2**bits`` centroids
+    (k-means, linear initialisation) and the weight replaced by a :class:`SharedWeight` parametrization; zeros
+    stay zeros (the mask). Returns ``(new_model, report)``; ``model`` is untouched.
+
+    ``bits`` may be a mapping from layer name to bits. Pruning masks of ``torch.nn.utils.prune`` are made
+    permanent first.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    index_bits = _check_width(index_bits, "index_bits")
+    new = copy_model(model)
+    for sel in surgery.select(new, PRUNABLE, include=include, exclude=exclude, exact_type=False):
+        if parametrize.is_parametrized(sel.module, "weight"):  # its class is now Parametrized<Linear>
+            raise ValueError(f"layer {sel.name!r} already has a weight parametrization (shared already?)")
+    chosen = surgery.select(new, PRUNABLE, include=include, exclude=exclude)
+    if not chosen:
+        raise ValueError(f"nothing to share: no Linear/Conv layer selected (include={include!r}, "
+                         f"exclude={exclude!r})")
+    widths = _per_layer(bits, [s.name for s in chosen], _check_width, "bits")
+    report = []
+    for sel in chosen:
+        module = sel.module
+        if tprune.is_pruned(module) and hasattr(module, "weight_mask"):
+            tprune.remove(module, "weight")
+        w = module.weight.detach()
+        mask = w != 0
+        b = widths[sel.name]
+        indices = torch.zeros(w.shape, dtype=torch.uint8, device=w.device)
+        if mask.any():
+            codebook, idx = kmeans_quantize(w[mask], b)
+            indices[mask] = idx
+        else:  # an all-zero layer: any codebook will do
+            codebook = torch.zeros(2**b, dtype=w.dtype, device=w.device)
+        attach_shared(module, SharedWeight(codebook, indices, mask, bits=b, index_bits=index_bits))
+        n_params = sum(p.numel() for p in module.parameters() if p is not module.parametrizations.weight.original)
+        report.append(surgery.LayerChange(sel.name, type(module).__name__, type(module).__name__,
+                                          w.numel() + (0 if module.bias is None else module.bias.numel()),
+                                          n_params, {"bits": b, "kept": int(mask.sum())}, sel.names[1:]))
+    return new, report
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the report
+# ---------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class DeepCompressionReport:
+    """What :func:`deep_compression` did, in the shape of Han et al. (2016), Tables 2–3.
+
+    ``layers``: one :class:`~tensorcompress.surgery.LayerChange` per compressed layer; its ``detail`` holds
+    ``weights``, ``kept %``, ``bits``, ``index_bits``, bits per kept weight of the weight and index streams at
+    fixed length (``w bits P+Q``, ``idx bits P+Q``) and Huffman-coded (``w bits P+Q+H``, ``idx bits P+Q+H``), and
+    the layer's bytes ``dense`` (float), ``P`` (CSR, float values), ``P+Q`` (fixed-length codes + codebook),
+    ``P+Q+H`` (Huffman, with its tables), ``ANS`` and ``entropy`` (:math:`nH/8` + codebook, no tables).
+    ``stage_bytes``: the same summed over the layers plus the plainly stored tensors (and the file's header for
+    the coded stages). ``file_bytes``: the exact size of :func:`save_compressed`'s file per coder.
+    ``original_bytes``: the float32 model's ``torch.save`` size. ``accuracy``: validation accuracy after each stage.
+    """
+
+    layers: list[surgery.LayerChange]
+    stage_bytes: dict[str, int]
+    file_bytes: dict[str, int]
+    original_bytes: int
+    plain_bytes: int
+    accuracy: dict[str, float] = field(default_factory=dict)
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __getitem__(self, i):
+        return self.layers[i]
+
+    def compression(self, coder: str = "huffman") -> float:
+        """``original_bytes / file_bytes[coder]``."""
+        return self.original_bytes / self.file_bytes[coder]
+
+    def __str__(self) -> str:
+        head = ["layer", "weights", "kept %", "w bits P+Q", "w bits P+Q+H", "idx bits P+Q", "idx bits P+Q+H",
+                "x P+Q", "x P+Q+H"]
+        rows = []
+        for r in self.layers:
+            d = r.detail
+            rows.append([r.name, f"{d['weights']}", f"{d['kept %']:.1f}", f"{d['w bits P+Q']:.1f}",
+                         f"{d['w bits P+Q+H']:.2f}", f"{d['idx bits P+Q']:.1f}", f"{d['idx bits P+Q+H']:.2f}",
+                         f"{d['dense'] / d['P+Q']:.1f}", f"{d['dense'] / d['P+Q+H']:.1f}"])
+        n = sum(r.detail["weights"] for r in self.layers)
+        kept = sum(r.detail["kept"] for r in self.layers)
+        dense = sum(r.detail["dense"] for r in self.layers)
+        rows.append(["total", f"{n}", f"{100 * kept / n:.1f}", "", "", "", "",
+                     f"{dense / sum(r.detail['P+Q'] for r in self.layers):.1f}",
+                     f"{dense / sum(r.detail['P+Q+H'] for r in self.layers):.1f}"])
+        widths = [max(len(x[i]) for x in [head, *rows]) for i in range(len(head))]
+        lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(x, widths, strict=True)))
+                 for x in [head, *rows]]
+        lines.append(f"plain tensors (biases, ...): {self.plain_bytes} B; float32 torch.save file: "
+                     f"{self.original_bytes} B")
+        for coder, b in self.file_bytes.items():
+            lines.append(f"file with {coder}: {b} B, {self.original_bytes / b:.1f}x smaller")
+        lines.append(f"entropy bound (weights + indices at nH, codebooks, plain tensors): "
+                     f"{self.stage_bytes['entropy']} B")
+        if self.accuracy:
+            lines.append("validation accuracy: " + ", ".join(f"{k} {100 * v:.1f} %" for k, v in self.accuracy.items()))
+        return "\n".join(lines)
+
+
+def measure_compressed(model: nn.Module, *, original_bytes: int | None = None,
+                       accuracy: Mapping[str, float] | None = None) -> DeepCompressionReport:
+    """The :class:`DeepCompressionReport` of a model whose weights are shared (:func:`share_weights`,
+    :func:`deep_compression`), from the bytes :func:`save_compressed` would write with each coder."""
+    data_h, sizes_h = encode_compressed(model, coder="huffman")
+    data_a, sizes_a = encode_compressed(model, coder="ans")
+    layers = []
+    totals = dict.fromkeys(("dense", "P", "P+Q", "P+Q+H", "ANS", "entropy"), 0)
+    for name, module in model.named_modules():
+        if name not in sizes_h or "codebook" not in sizes_h[name]:
+            continue
+        sw = module.parametrizations.weight[0]
+        sh, sa = sizes_h[name], sizes_a[name]
+        w, i = sh["weights"], sh["index"]
+        numel, kept, entries = sw.mask.numel(), int(sw.mask.sum()), w.n_symbols
+        esize = sw.codebook.element_size()
+        fillers = entries - kept
+        wbits = sw.bits if fillers == 0 else math.ceil(math.log2(2**sw.bits + 1))
+        per = max(kept, 1)
+        d = {"weights": numel, "kept": kept, "kept %": 100 * kept / numel, "bits": sw.bits,
+             "index_bits": sw.index_bits, "fillers": fillers,
+             "w bits P+Q": wbits * entries / per, "w bits P+Q+H": w.code_bits / per,
+             "idx bits P+Q": sw.index_bits * entries / per, "idx bits P+Q+H": i.code_bits / per,
+             "dense": numel * esize,
+             "P": math.ceil(entries * (8 * esize + sw.index_bits) / 8),
+             "P+Q": math.ceil(entries * (wbits + sw.index_bits) / 8) + sh["codebook"],
+             "P+Q+H": sh["codebook"] + w.table + w.payload + i.table + i.payload,
+             "ANS": sa["codebook"] + sa["weights"].table + sa["weights"].payload + sa["index"].table
+             + sa["index"].payload,
+             "entropy": sh["codebook"] + math.ceil((w.entropy_bits + i.entropy_bits) / 8)}
+        for key in totals:
+            totals[key] += d[key]
+        bias = 0 if getattr(module, "bias", None) is None else module.bias.numel()
+        layers.append(surgery.LayerChange(name, type(module).__name__, type(module).__name__, numel + bias,
+                                          kept + bias, d))
+    plain = sum(s["plain"] for s in sizes_h.values() if "plain" in s)
+    header = sizes_h["header"]["bytes"]
+    stage = {"dense": totals["dense"] + plain, "P": totals["P"] + plain, "P+Q": totals["P+Q"] + plain,
+             "P+Q+H": totals["P+Q+H"] + plain + header, "ANS": totals["ANS"] + plain + sizes_a["header"]["bytes"],
+             "entropy": totals["entropy"] + plain}
+    return DeepCompressionReport(layers, stage, {"huffman": len(data_h), "ans": len(data_a)},
+                                 model_size_bytes(model) if original_bytes is None else int(original_bytes),
+                                 plain, dict(accuracy or {}))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the pipeline
+# ---------------------------------------------------------------------------------------------------------------
+
+def _check_epochs(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+    return value
+
+
+def deep_compression(model: nn.Module, train, val, *, sparsity: float | Mapping[str, float],
+                     bits: int | Mapping[str, int], index_bits: int = 5, include=None, exclude=None,
+                     prune_epochs: int = 2, share_epochs: int = 1, lr: float = 1e-4, share_lr: float | None = None,
+                     batch_size: int = 64, seed: int = 0, device=None,
+                     ) -> tuple[nn.Module, DeepCompressionReport]:
+    """Prune (AGP) with fine-tuning → k-means weight sharing with fine-tuned centroids → measured entropy coding.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Trained float model; untouched (the pipeline works on a copy).
+    train, val : Dataset
+        Fine-tuning data and the validation split on which each stage's accuracy is reported (take decisions
+        there, never on the test split).
+    sparsity : float in [0, 1) or mapping layer name → float
+        Fraction of each selected layer's weights removed (per layer, as Han et al.'s Tables 2–3).
+    bits : int in [1, 8] or mapping layer name → int
+        Codebook index width: ``2**bits`` shared values per layer.
+    index_bits : int in [1, 8]
+        Width of a relative index (Han et al.: 5 for fully connected layers, 8 for convolutions).
+    include, exclude : fnmatch patterns selecting the Linear/Conv layers to compress (default all); the rest,
+        like every bias, is stored plainly.
+    prune_epochs : int
+        Epochs of :func:`tensorcompress.fit` under the AGP schedule: the sparsity rises in 10 cubic steps over the
+        first 60 % of the steps, the rest recovers. 0: one-shot pruning, no fine-tuning.
+    share_epochs : int
+        Epochs of centroid fine-tuning after k-means (0: none).
+    lr, share_lr : float
+        Adam learning rates of the two fine-tunings (``share_lr`` defaults to ``lr``).
+    batch_size, seed, device
+        Passed to :func:`tensorcompress.fit`.
+
+    Returns
+    -------
+    (nn.Module, DeepCompressionReport)
+        The model with :class:`SharedWeight` weights (in eval mode; write it with :func:`save_compressed`), and the
+        per-layer report with the validation accuracy after each stage (``original``, ``pruned``, ``shared``
+        before and ``fine-tuned`` after the centroid training).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    index_bits = _check_width(index_bits, "index_bits")
+    prune_epochs, share_epochs = _check_epochs(prune_epochs, "prune_epochs"), _check_epochs(share_epochs,
+                                                                                          "share_epochs")
+    for v, nm in ((lr, "lr"), (lr if share_lr is None else share_lr, "share_lr")):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 or not math.isfinite(v):
+            raise ValueError(f"{nm} must be a positive number, got {v!r}")
+    chosen = surgery.select(model, PRUNABLE, include=include, exclude=exclude)
+    if not chosen:
+        raise ValueError(f"nothing to compress: no Linear/Conv layer selected (include={include!r}, "
+                         f"exclude={exclude!r})")
+    names = [s.name for s in chosen]
+    amounts = _per_layer(sparsity, names, _check_sparsity, "sparsity")
+    widths = _per_layer(bits, names, _check_width, "bits")
+    options = {"batch_size": batch_size, "seed": seed, "device": device, "progress": False}
+    accuracy = {"original": evaluate(model, val, device=device).accuracy}
+
+    net = copy_model(model)
+    if prune_epochs:
+        total = prune_epochs * math.ceil(len(train) / batch_size)
+        frequency = max(1, int(0.6 * total) // 10)
+        schedules = [AGP(amounts[n], n_steps=10, frequency=frequency, include=[n]) for n in names]
+        fit(net, train, epochs=prune_epochs, lr=lr, callbacks=schedules, **options)
+    for n in names:  # one-shot, or the AGP target exactly (a no-op when the schedule reached it)
+        prune(net, amounts[n], include=[n], inplace=True)
+    accuracy["pruned"] = evaluate(net, val, device=device).accuracy
+
+    net, _ = share_weights(net, bits=widths, index_bits=index_bits, include=names)
+    accuracy["shared"] = evaluate(net, val, device=device).accuracy
+    if share_epochs:
+        fit(net, train, epochs=share_epochs, lr=lr if share_lr is None else share_lr, **options)
+        for n in names:  # the frozen original mirrors the shared weight, so a reloaded model has one state dict
+            module = net.get_submodule(n)
+            with torch.no_grad():
+                module.parametrizations.weight.original.copy_(module.weight)
+        accuracy["fine-tuned"] = evaluate(net, val, device=device).accuracy
+    net.eval()
+    return net, measure_compressed(net, original_bytes=model_size_bytes(model), accuracy=accuracy)
