@@ -100,3 +100,14 @@ def test_bad_rows_and_arguments():
         Leaderboard(_data(4), [0.0])
     with pytest.raises(TypeError, match="Entry"):
         board.add_entry({"name": "c"})
+
+
+def test_a_half_precision_model_is_measured_with_inputs_in_its_dtype():
+    data = _data()
+    board = Leaderboard(data, data.tensors[0][:1], measure_latency=False)
+    model = _model(0)
+    half, _ = tc.pipelines.to_half(model, torch.bfloat16)
+    board.add("float32", model, family="baseline")
+    e = board.add("bfloat16", half, family="half")
+    assert e.flops == board.baseline.flops and e.bytes < board.baseline.bytes
+    assert e.accuracy == (100 * tc.evaluate(half, data).accuracy,)

@@ -154,16 +154,20 @@ class Leaderboard:
         described by ``bytes_from``), parameters, FLOPs and latency on the first. Models are not changed.
         """
         from ..train import evaluate
+        from ..train.loop import _model_dtype
 
         models = [models] if isinstance(models, nn.Module) else list(models)
         if not models or not all(isinstance(m, nn.Module) for m in models):
             raise TypeError(f"models must be an nn.Module or a non-empty sequence of them, got {models!r}")
         first = models[0]
         acc = tuple(100.0 * float(evaluate(m, self.test_data).accuracy) for m in models)
-        lat = latency(first, self.example_input, threads=self.threads).median if self.measure_latency else None
+        # the input in the model's dtype, as evaluate casts it (a float16 copy takes float16 inputs)
+        x = self.example_input.to(dtype=_model_dtype(first)) if self.example_input.is_floating_point() \
+            else self.example_input
+        lat = latency(first, x, threads=self.threads).median if self.measure_latency else None
         if nbytes is None:
             nbytes, bytes_from = model_size_bytes(first), "torch.save"
-        return self.add_entry(Entry(name, family, acc, nbytes, bytes_from or "file", flops(first, self.example_input),
+        return self.add_entry(Entry(name, family, acc, nbytes, bytes_from or "file", flops(first, x),
                                     lat, count_parameters(first), note))
 
     def pareto(self, axis: str = "bytes") -> list[Entry]:
