@@ -337,8 +337,9 @@ class Counting(nn.Module):
         return self.net(x)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-def test_cached_teacher_runs_once_per_sample_and_trains_like_the_uncached(dtype):
+@pytest.mark.parametrize("low_precision", [False, True], ids=["fixture-dtype", "bfloat16"])
+def test_cached_teacher_runs_once_per_sample_and_trains_like_the_uncached(device, dtype, low_precision):
+    dtype = torch.bfloat16 if low_precision else dtype
     train = data(n=40, dtype=dtype)
     histories, students, counts = [], [], []
     for cache in (False, True):
@@ -347,7 +348,7 @@ def test_cached_teacher_runs_once_per_sample_and_trains_like_the_uncached(dtype)
         d = D.Distiller(teacher, T=3.0, alpha=0.7, cache_teacher=cache)
         with d:
             histories.append(tc.fit(student, train, epochs=3, batch_size=16, seed=0, progress=False,
-                                    callbacks=[d]))
+                                    device=device, callbacks=[d]))
         assert_unchanged(teacher, before)
         students.append(student)
         counts.append((teacher.seen, d.teacher_calls))
@@ -358,6 +359,7 @@ def test_cached_teacher_runs_once_per_sample_and_trains_like_the_uncached(dtype)
     for a, b in zip(histories[0], histories[1], strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=tol, abs=tol)
     for p, q in zip(students[0].parameters(), students[1].parameters(), strict=True):
+        assert p.device.type == torch.device(device).type
         assert torch.allclose(p.float(), q.float(), rtol=tol, atol=tol)
 
 
