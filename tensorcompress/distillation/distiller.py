@@ -17,8 +17,8 @@ The teacher is not changed: its parameters get no gradient, and its train/eval m
 restored when training ends or fails.
 
 **Caching the teacher.** Without data augmentation the teacher sees the same images every epoch and, frozen in eval
-mode, gives the same logits: for a small student its forward pass is most of the cost of a distillation epoch
-(LeNet-5 teaching a 15 k-parameter student: a large share of it). ``cache_teacher=True`` computes each
+mode, gives the same logits: for a small student its forward pass is a large share of the cost of a distillation
+epoch (LeNet-5 teaching a 15 k-parameter student in notebook 17). ``cache_teacher=True`` computes each
 sample's logits once, on its first visit, and reuses them, keyed by a 128-bit BLAKE2b digest of the sample's input
 bytes (a batch of new samples runs through the teacher together; the cache holds ``K`` numbers and 16 bytes per
 distinct sample). With augmentation every input is new and the cache only grows: leave it off. It caches logits
