@@ -320,3 +320,67 @@ def test_a_small_student_learns_from_soft_targets_alone(digits_teacher):
     assert history[-1]["loss"] < 0.5 * history[0]["loss"]
     acc = tc.evaluate(student, test).accuracy
     assert acc > 0.7, f"distilled student test accuracy {acc:.3f} (chance 0.1, teacher {teacher_acc:.3f})"
+
+
+# ---------------------------------------------------------------- the teacher cache
+
+
+class Counting(nn.Module):
+    """A teacher that counts the samples it runs on."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net, self.seen = net, 0
+
+    def forward(self, x):
+        self.seen += x.shape[0]
+        return self.net(x)
+
+
+@pytest.mark.parametrize("low_precision", [False, True], ids=["fixture-dtype", "bfloat16"])
+def test_cached_teacher_runs_once_per_sample_and_trains_like_the_uncached(device, dtype, low_precision):
+    dtype = torch.bfloat16 if low_precision else dtype
+    train = data(n=40, dtype=dtype)
+    histories, students, counts = [], [], []
+    for cache in (False, True):
+        teacher, student = Counting(mlp(0, dtype=dtype)), mlp(1, dtype=dtype)
+        before = snapshot(teacher)
+        d = D.Distiller(teacher, T=3.0, alpha=0.7, cache_teacher=cache)
+        with d:
+            histories.append(tc.fit(student, train, epochs=3, batch_size=16, seed=0, progress=False,
+                                    device=device, callbacks=[d]))
+        assert_unchanged(teacher, before)
+        students.append(student)
+        counts.append((teacher.seen, d.teacher_calls))
+    assert counts[0] == (120, 120)  # three epochs of 40 samples without the cache
+    assert counts[1] == (40, 40)  # each sample once with it
+    # the same loss up to the rounding of a teacher run on another batch composition
+    tol = 2e-2 if dtype == torch.bfloat16 else 1e-5
+    for a, b in zip(histories[0], histories[1], strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=tol, abs=tol)
+    for p, q in zip(students[0].parameters(), students[1].parameters(), strict=True):
+        assert p.device.type == torch.device(device).type
+        assert torch.allclose(p.float(), q.float(), rtol=tol, atol=tol)
+
+
+def test_cached_teacher_logits_follow_the_samples_not_the_batch_order():
+    teacher = mlp(0).eval()
+    d = D.Distiller(teacher, cache_teacher=True)
+    x = data(n=10).tensors[0]
+    first = d._cached_teacher_logits(x[:6])
+    again = d._cached_teacher_logits(torch.cat([x[[5, 2]], x[[2]], x[6:]]))  # 2 cached, 1 repeated, 4 new
+    with torch.no_grad():
+        want = teacher(x)
+    assert torch.allclose(first, want[:6], atol=1e-6)
+    assert torch.allclose(again, want[[5, 2, 2, 6, 7, 8, 9]], atol=1e-6)
+    assert d.teacher_calls == 10 and len(d._cache) == 10
+    d.close()
+    assert len(d._cache) == 0  # a closed distiller forgets: its teacher may change
+
+
+def test_cache_errors():
+    teacher = mlp(0)
+    with pytest.raises(TypeError, match="cache_teacher must be True or False, got 1"):
+        D.Distiller(teacher, cache_teacher=1)
+    with pytest.raises(ValueError, match="cache_teacher=True caches the teacher's logits only"):
+        D.distill(mlp(1), teacher, data(), attention={"0": "0"}, cache_teacher=True)
