@@ -271,8 +271,8 @@ def test_share_weights_keep_zeros_clusters_only_the_kept_weights(dtype, device):
     # kept weights share the other three (Han et al.'s reason to cluster the kept weights only)
     dense, _ = Q.share_weights(pruned, 2)
     kept = pruned.fc.weight != 0
-    err = {m: float((n.fc.weight - pruned.fc.weight)[kept].double().square().sum()) for m, n in (("dense", dense),
-                                                                                                 ("kept", net))}
+    err = {m: float((n.fc.weight - pruned.fc.weight).detach()[kept].double().square().sum())
+           for m, n in (("dense", dense), ("kept", net))}
     assert err["dense"] > 1.5 * err["kept"]
     # a layer pruned to nothing keeps an all-zero weight
     empty = _Tiny().to(device, dtype)
