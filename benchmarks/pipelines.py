@@ -3,7 +3,8 @@
 Run ``python benchmarks/pipelines.py`` (about half a minute on a quiet core). The pretrained LeNet-300-100 and
 LeNet-5 are pruned one shot per layer (notebook 19's sparsities; no fine-tuning: the bytes depend on the masks and
 the weight distribution, not on the accuracy) and their kept weights shared by k-means
-(``tc.pipelines.share_weights``). For each model and relative-index width it prints the bytes of each stage —
+(``tc.quantization.share_weights`` with ``keep_zeros=True``). For each model and relative-index width it prints
+the bytes of each stage —
 float ``torch.save``, CSR file with float32 values (``tc.pruning.save_sparse``), fixed-length codes + codebooks
 (the report's count), the Huffman and ANS files (``tc.pipelines.save_compressed``), and the entropy bound
 (:math:`nH/8` of the two streams + codebooks + biases) — and the median time to write and to read each file
@@ -29,7 +30,7 @@ def _shared(name: str, bits: int, index_bits: int) -> tuple[torch.nn.Module, tor
     model = tc.models.pretrained(name)
     for layer, s in SPARSITY[name].items():
         model, _ = tc.pruning.prune(model, s, include=[layer])
-    shared, _ = tc.pipelines.share_weights(model, bits=bits, index_bits=index_bits)
+    shared, _ = tc.quantization.share_weights(model, bits, keep_zeros=True, index_bits=index_bits)
     return shared, model
 
 

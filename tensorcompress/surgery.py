@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import copy
 import fnmatch
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
-__all__ = ["Selected", "LayerChange", "select", "replace", "transform", "tied_parameters"]
+__all__ = ["Selected", "LayerChange", "select", "replace", "transform", "tied_parameters", "per_layer"]
 
 Patterns = Sequence[str] | str | None
 
@@ -239,3 +239,20 @@ def transform(model: nn.Module, types: type | tuple[type, ...],
         report.append(row_type(sel.name, type(sel.module).__name__, type(new).__name__, _n_params(sel.module),
                                _n_params(new), dict(detail), sel.names[1:]))
     return new_model, report
+
+
+def per_layer(value: Any, names: Sequence[str], check: Callable[[Any, str], Any], what: str) -> dict[str, Any]:
+    """One option per selected layer: ``value`` for all of ``names``, or a mapping that names each of them exactly.
+
+    ``check(v, label)`` validates (and may convert) each value; ``label`` is ``what`` or ``what[name]``. A mapping
+    with unknown or missing layer names raises ``ValueError`` listing both.
+    """
+    if isinstance(value, Mapping):
+        unknown = sorted(set(value) - set(names))
+        missing = sorted(set(names) - set(value))
+        if unknown or missing:
+            raise ValueError(f"{what} as a mapping must name every selected layer exactly: unknown {unknown}, "
+                             f"missing {missing} (selected: {list(names)})")
+        return {n: check(value[n], f"{what}[{n!r}]") for n in names}
+    v = check(value, what)
+    return dict.fromkeys(names, v)

@@ -1,5 +1,7 @@
-"""Deep Compression: Huffman's bound against an independent Huffman, ANS near the entropy, weight sharing with the
-centroid gradient, the file (save -> load bit-exact, size = report, corruption detected) and bad input."""
+"""Deep Compression: Huffman's bound against an independent Huffman, ANS near the entropy, the file (save -> load
+bit-exact, size = report, corruption detected), the pipeline and bad input. Weight sharing itself (k-means on the
+kept weights, the mask, the centroid gradient) is tested with tc.quantization.share_weights in
+tests/test_quant_nonuniform.py."""
 
 import heapq
 import os
@@ -15,15 +17,13 @@ from torch import nn
 import tensorcompress as tc
 from tensorcompress.pipelines import (
     DeepCompressionReport,
-    SharedWeight,
     coding,
     deep_compression,
     load_compressed,
     measure_compressed,
     save_compressed,
-    share_weights,
 )
-from tensorcompress.quantization import centroid_gradient, kmeans_quantize
+from tensorcompress.quantization import share_weights
 
 
 def _huffman_total_bits(counts):
@@ -126,38 +126,7 @@ def _tiny(seed=0):
 
 def _shared(seed=0, sparsity=0.6, bits=3, index_bits=3):
     net, _ = tc.pruning.prune(_tiny(seed), sparsity)
-    return share_weights(net, bits=bits, index_bits=index_bits)[0]
-
-
-def test_share_weights_matches_kmeans_and_keeps_zeros():
-    pruned, _ = tc.pruning.prune(_tiny(), 0.5)
-    net, report = share_weights(pruned, bits=2)
-    assert [r.name for r in report] == ["conv", "fc"]
-    for name in ("conv", "fc"):
-        w0 = pruned.get_submodule(name).weight.detach()
-        w = net.get_submodule(name).weight.detach()
-        assert torch.equal(w == 0, w0 == 0)                   # the mask is kept
-        codebook, idx = kmeans_quantize(w0[w0 != 0], 2)
-        assert torch.equal(w[w0 != 0], codebook[idx.long()])  # = the library's k-means on the kept weights
-        assert len(torch.unique(w[w != 0])) <= 4
-    assert hasattr(pruned.conv, "weight_mask")                # input untouched
-
-
-def test_centroid_gradient_through_the_parametrization():
-    net = _shared(bits=3)
-    x = torch.randn(6, 2, 6, 6, generator=torch.Generator().manual_seed(1))
-    net.train()
-    loss = net(x).square().sum()
-    loss.backward()
-    sw = net.fc.parametrizations.weight[0]
-    # the same loss through a plain weight gives the members' gradients; their per-centroid sums = eq. 3
-    w = net.fc.weight.detach().clone().requires_grad_(True)
-    h = torch.relu(net.bn(net.conv(x))).flatten(1)
-    nn.functional.linear(h, w, net.fc.bias).square().sum().backward()
-    g = torch.where(sw.mask, w.grad, torch.zeros_like(w.grad))
-    expected = centroid_gradient(g, sw.indices, 8)
-    assert torch.allclose(sw.codebook.grad, expected, rtol=1e-5, atol=1e-6)
-    assert not net.fc.parametrizations.weight.original.requires_grad
+    return share_weights(net, bits, keep_zeros=True, index_bits=index_bits)[0]
 
 
 # ---------------------------------------------------------------------------------------------------------- the file
@@ -176,9 +145,8 @@ def test_save_load_identical_and_size_is_the_reports(tmp_path, coder):
         assert torch.equal(back(x), net(x))
     sd, sd_back = net.state_dict(), back.state_dict()
     assert sd.keys() == sd_back.keys()
-    for k in sd:
-        if not k.endswith("original"):
-            assert torch.equal(sd[k], sd_back[k]), k
+    for k in sd:  # codebooks (parametrizations.weight.original), packed indices and masks, plain tensors
+        assert torch.equal(sd[k], sd_back[k]), k
     for name in ("conv", "fc"):
         assert torch.equal(back.get_submodule(name).weight, net.get_submodule(name).weight)
     # saving the loaded model gives the same bytes
@@ -186,9 +154,19 @@ def test_save_load_identical_and_size_is_the_reports(tmp_path, coder):
     assert (tmp_path / "again.tcdc").read_bytes() == path.read_bytes()
 
 
+def test_dense_shared_model_round_trips(tmp_path):
+    net, _ = share_weights(_tiny(), 2)  # keep_zeros=False: every position is a stored weight, no mask
+    assert net.fc.parametrizations.weight[0].packed_mask is None
+    size = save_compressed(net, tmp_path / "d.tcdc", coder="ans")
+    back = load_compressed(tmp_path / "d.tcdc", model=Tiny())
+    assert measure_compressed(net).file_bytes["ans"] == size
+    sd, sd_back = net.state_dict(), back.state_dict()
+    assert sd.keys() == sd_back.keys() and all(torch.equal(sd[k], sd_back[k]) for k in sd)
+
+
 def test_lenet_from_header_and_report_accounting(tmp_path):
     net, _ = tc.pruning.prune(tc.models.LeNet300100(), 0.9)
-    net, _ = share_weights(net, bits=4, index_bits=5)
+    net, _ = share_weights(net, 4, keep_zeros=True, index_bits=5)
     path = tmp_path / "lenet.tcdc"
     size = save_compressed(net, path)
     back = load_compressed(path)                              # architecture from the header
@@ -261,7 +239,9 @@ def test_roundtrip_over_bits_and_sparsity(tmp_path_factory, bits, index_bits, sp
     for name in ("conv", "fc"):
         a, b = net.get_submodule(name), back.get_submodule(name)
         assert torch.equal(a.weight, b.weight)
-        assert torch.equal(a.parametrizations.weight[0].indices, b.parametrizations.weight[0].indices)
+        assert torch.equal(a.parametrizations.weight[0].indices(), b.parametrizations.weight[0].indices())
+        assert torch.equal(a.parametrizations.weight[0].mask(), b.parametrizations.weight[0].mask())
+        assert torch.equal(a.parametrizations.weight.original, b.parametrizations.weight.original)
     assert measure_compressed(net).file_bytes[coder] == size
 
 
@@ -310,7 +290,6 @@ def test_deep_compression_pipeline(tmp_path):
 @pytest.mark.parametrize("kwargs, match", [
     ({"sparsity": 1.0, "bits": 4}, "sparsity"), ({"sparsity": -0.1, "bits": 4}, "sparsity"),
     ({"sparsity": 0.5, "bits": 0}, "bits"), ({"sparsity": 0.5, "bits": 9}, "bits"),
-    ({"sparsity": 0.5, "bits": 2.5}, "bits"), ({"sparsity": 0.5, "bits": True}, "bits"),
     ({"sparsity": 0.5, "bits": 4, "index_bits": 0}, "index_bits"),
     ({"sparsity": 0.5, "bits": 4, "index_bits": 9}, "index_bits"),
     ({"sparsity": {"conv": 0.5}, "bits": 4}, "every selected layer"),
@@ -324,18 +303,26 @@ def test_bad_input(kwargs, match):
         deep_compression(_tiny(), _data(8, 0), _data(8, 1), **kwargs)
 
 
-def test_bad_input_save_and_share(tmp_path):
+@pytest.mark.parametrize("bits", [2.5, True, {"conv": 4, "fc": "4"}])
+def test_bad_bits_type(bits):
+    with pytest.raises(TypeError, match="bits.* must be an int"):
+        deep_compression(_tiny(), _data(8, 0), _data(8, 1), sparsity=0.5, bits=bits)
+
+
+def test_bad_input_save(tmp_path):
     with pytest.raises(ValueError, match="coder"):
         save_compressed(_shared(), tmp_path / "m", coder="zip")
     with pytest.raises(ValueError, match="no shared weights"):
         save_compressed(_tiny(), tmp_path / "m")
     with pytest.raises(TypeError, match="model"):
         save_compressed("model", tmp_path / "m")
-    with pytest.raises(ValueError, match="bits"):
-        share_weights(_tiny(), bits=9)
-    with pytest.raises(ValueError, match="codebook"):
-        SharedWeight(torch.zeros(3), torch.zeros(2, dtype=torch.uint8), torch.ones(2, dtype=torch.bool), bits=2)
-    with pytest.raises(ValueError, match="indices"):
-        SharedWeight(torch.zeros(4), torch.zeros(2), torch.ones(2, dtype=torch.bool), bits=2)
-    with pytest.raises(ValueError, match="already"):
-        share_weights(_shared(), bits=2)
+    other = _tiny()
+    torch.nn.utils.parametrize.register_parametrization(other.fc, "weight", nn.Identity())
+    with pytest.raises(ValueError, match="other than one SharedWeight"):
+        save_compressed(other, tmp_path / "m")
+    short = _tiny()  # a codebook shorter than 2**bits has no place in the file
+    w = short.fc.weight.detach()
+    sw = tc.quantization.SharedWeight(torch.tensor([-0.1, 0.1]), (w > 0).to(torch.uint8), 3)
+    torch.nn.utils.parametrize.register_parametrization(short.fc, "weight", sw)
+    with pytest.raises(ValueError, match="2\\*\\*bits codebook entries"):
+        save_compressed(short, tmp_path / "m")

@@ -241,6 +241,75 @@ def test_share_weights_centroids_train_with_the_summed_member_gradients():
         assert not torch.allclose(layer.parametrizations.weight.original.double(), cb)
 
 
+class _Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 3)
+        self.fc = nn.Linear(4 * 4 * 4, 5)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
+def test_share_weights_keep_zeros_clusters_only_the_kept_weights(dtype, device):
+    torch.manual_seed(0)
+    pruned, _ = tc.pruning.prune(_Tiny().to(device, dtype), 0.5)  # torch.nn.utils.prune masks
+    net, report = Q.share_weights(pruned, 2, keep_zeros=True)
+    assert [r.name for r in report] == ["conv", "fc"]
+    for r in report:
+        w0 = pruned.get_submodule(r.name).weight.detach()
+        w = net.get_submodule(r.name).weight.detach()
+        assert w.dtype == dtype and w.device == w0.device
+        assert torch.equal(w == 0, w0 == 0)                   # the mask is kept: zeros stay exactly zero
+        codebook, idx = Q.kmeans_quantize(w0[w0 != 0], 2)
+        assert torch.equal(w[w0 != 0], codebook[idx.long()])  # = k-means on the kept weights only
+        sw = net.get_submodule(r.name).parametrizations.weight[0]
+        assert torch.equal(sw.mask(), w0 != 0)
+        assert r.detail["kept"] == int((w0 != 0).sum()) and r.detail["mask_bytes"] == math.ceil(w0.numel() / 8)
+    assert hasattr(pruned.conv, "weight_mask")                # input untouched
+    # without keep_zeros the zeros are clustered with the rest: half the weights pull a centroid to 0, and the
+    # kept weights share the other three (Han et al.'s reason to cluster the kept weights only)
+    dense, _ = Q.share_weights(pruned, 2)
+    kept = pruned.fc.weight != 0
+    err = {m: float((n.fc.weight - pruned.fc.weight).detach()[kept].double().square().sum())
+           for m, n in (("dense", dense), ("kept", net))}
+    assert err["dense"] > 1.5 * err["kept"]
+    # a layer pruned to nothing keeps an all-zero weight
+    empty = _Tiny().to(device, dtype)
+    with torch.no_grad():
+        empty.fc.weight.zero_()
+    assert not Q.share_weights(empty, 3, keep_zeros=True)[0].fc.weight.any()
+
+
+@pytest.mark.parametrize("bits", [{"conv": 1, "fc": 3}])
+def test_share_weights_bits_per_layer_and_torch_pruned_layers_after_a_forward_pass(bits):
+    torch.manual_seed(1)
+    net, _ = tc.pruning.prune(_Tiny(), 0.6)
+    net(torch.randn(1, 2, 6, 6))  # the pruned weight is now a non-leaf tensor, which deepcopy refuses
+    shared, report = Q.share_weights(net, bits, keep_zeros=True)
+    assert {r.name: r.detail["centroids"] for r in report} == {"conv": 2, "fc": 8}
+    for name, b in bits.items():
+        w = shared.get_submodule(name).weight
+        assert len(torch.unique(w[w != 0])) <= 2**b
+
+
+def test_keep_zeros_centroid_gradient_skips_the_pruned_positions():
+    torch.manual_seed(2)
+    pruned, _ = tc.pruning.prune(_Tiny().double(), 0.6)
+    net, _ = Q.share_weights(pruned, 3, keep_zeros=True)
+    x = torch.randn(6, 2, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    net(x).square().sum().backward()
+    sw = net.fc.parametrizations.weight[0]
+    # the same loss through a plain weight gives the members' gradients; their per-centroid sums = eq. 3
+    w = net.fc.weight.detach().clone().requires_grad_(True)
+    h = torch.relu(net.conv(x)).flatten(1)
+    nn.functional.linear(h, w, net.fc.bias).square().sum().backward()
+    expected = Q.centroid_gradient(torch.where(sw.mask(), w.grad, 0.0), sw.indices(), 8)
+    assert torch.allclose(net.fc.parametrizations.weight.original.grad, expected, rtol=1e-12, atol=1e-12)
+    # the unmasked sum differs: pruned positions hold index 0 but must give it no gradient
+    assert not torch.allclose(Q.centroid_gradient(w.grad, sw.indices(), 8), expected)
+
+
 def test_share_weights_state_dict_holds_packed_bytes():
     net = tc.models.pretrained("lenet300100")
     shared, report = Q.share_weights(net, 2)
@@ -287,3 +356,23 @@ def test_share_weights_bad_input():
         Q.share_weights(net, 2, exclude="*")
     with pytest.raises(ValueError, match="init must be one of"):
         Q.share_weights(net, 2, init="kmeans++")
+    with pytest.raises(ValueError, match="index_bits must be an int in"):
+        Q.share_weights(net, 2, index_bits=9)
+    with pytest.raises(ValueError, match=r"bits as a mapping must name every selected layer exactly: unknown \['x'\]"):
+        Q.share_weights(net, {"0": 2, "2": 2, "x": 2})
+    with pytest.raises(ValueError, match=r"bits\['2'\] must be between 1 and 8"):
+        Q.share_weights(net, {"0": 2, "2": 9})
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        Q.share_weights("net", 2)
+    shared, _ = Q.share_weights(net, 2)
+    with pytest.raises(ValueError, match="already has a weight parametrization"):
+        Q.share_weights(shared, 2)
+    idx = torch.zeros(2, 3, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="codebook must be a 1-d tensor with at most 2\\*\\*bits = 4"):
+        Q.SharedWeight(torch.zeros(5), idx, 2)
+    with pytest.raises(TypeError, match="indices must have an integer dtype"):
+        Q.SharedWeight(torch.zeros(4), torch.zeros(2, 3), 2)
+    with pytest.raises(ValueError, match="mask must be None or a bool tensor"):
+        Q.SharedWeight(torch.zeros(4), idx, 2, mask=torch.ones(2, 3))
+    with pytest.raises(ValueError, match="mask must be None or a bool tensor"):
+        Q.SharedWeight(torch.zeros(4), idx, 2, mask=torch.ones(3, 2, dtype=torch.bool))

@@ -6,7 +6,7 @@ Each whole-model transform has the library's one shape, ``f(model, *, include=No
 """
 
 from .coding import load_compressed, save_compressed
-from .deep_compression import DeepCompressionReport, SharedWeight, deep_compression, measure_compressed, share_weights
+from .deep_compression import DeepCompressionReport, deep_compression, measure_compressed
 from .fusion import fuse_conv_bn
 from .leaderboard import Entry, Leaderboard
 from .precision import *  # noqa: F403
@@ -14,6 +14,5 @@ from .precision import __all__ as _precision_all
 from .search import *  # noqa: F403
 from .search import __all__ as _search_all
 
-__all__ = ["fuse_conv_bn", "deep_compression", "share_weights", "SharedWeight", "DeepCompressionReport",
-           "measure_compressed", "save_compressed", "load_compressed", "Entry", "Leaderboard",
-           *_precision_all, *_search_all]
+__all__ = ["fuse_conv_bn", "deep_compression", "DeepCompressionReport", "measure_compressed", "save_compressed",
+           "load_compressed", "Entry", "Leaderboard", *_precision_all, *_search_all]

@@ -57,6 +57,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..pruning.sparse import CSRRelative, csr_decode, csr_encode
+from ..quantization.nonuniform import SharedWeight
 
 __all__ = ["entropy_bits", "huffman_code_lengths", "huffman_encode", "huffman_decode", "ans_encode", "ans_decode",
            "varint_bytes", "varint_values",
@@ -269,16 +270,18 @@ class StreamSize:
 
 
 def _shared_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """name -> the SharedWeight parametrization of each module whose weight is shared."""
+    """name -> each module whose weight is shared (one :class:`~tensorcompress.quantization.SharedWeight`)."""
     out = {}
     for name, module in model.named_modules():
         if parametrize.is_parametrized(module, "weight"):
             plist = module.parametrizations.weight
-            if len(plist) == 1 and all(hasattr(plist[0], a) for a in ("codebook", "indices", "mask", "bits")):
-                out[name] = plist[0]
-            else:
+            if len(plist) != 1 or not isinstance(plist[0], SharedWeight):
                 raise ValueError(f"layer {name!r} has a weight parametrization other than one SharedWeight; "
                                  f"remove it before save_compressed")
+            if plist[0].bits > 8 or plist.original.numel() != 2 ** plist[0].bits:
+                raise ValueError(f"layer {name!r}: the file stores 2**bits codebook entries for bits <= 8, got "
+                                 f"{plist.original.numel()} at bits={plist[0].bits}")
+            out[name] = module
     return out
 
 
@@ -327,15 +330,15 @@ def encode_compressed(model: nn.Module, *, coder: str = "huffman") -> tuple[byte
     shared = _shared_layers(model)
     if not shared:
         raise ValueError("model has no shared weights (SharedWeight parametrizations); run "
-                         "tc.pipelines.deep_compression or tc.pipelines.share_weights first")
+                         "tc.pipelines.deep_compression or tc.quantization.share_weights first")
     plain = _plain_state(model, shared)
     entries, chunks, sizes = [], [], {}
-    for name, sw in shared.items():
+    for name, module in shared.items():
+        sw, codebook = module.parametrizations.weight[0], module.parametrizations.weight.original.detach().cpu()
         k = 2 ** sw.bits
-        weights, gaps = shared_streams(k, sw.indices, sw.mask, sw.index_bits)
-        codebook = sw.codebook.detach().cpu()
-        entry = {"name": name, "kind": "shared", "shape": list(sw.mask.shape), "bits": sw.bits,
-                 "index_bits": sw.index_bits, "n": len(gaps), "dtype": str(sw.codebook.dtype).removeprefix("torch.")}
+        weights, gaps = shared_streams(k, sw.indices(), sw.mask(), sw.index_bits)
+        entry = {"name": name, "kind": "shared", "shape": list(sw.shape), "bits": sw.bits,
+                 "index_bits": sw.index_bits, "n": len(gaps), "dtype": str(codebook.dtype).removeprefix("torch.")}
         chunks.append(_tensor_bytes(codebook))
         sizes[name] = {"codebook": k * codebook.element_size()}
         for stream, symbols, alphabet in (("weights", weights, k + 1), ("index", gaps, 2 ** sw.index_bits)):
@@ -363,7 +366,8 @@ def encode_compressed(model: nn.Module, *, coder: str = "huffman") -> tuple[byte
 
 
 def save_compressed(model: nn.Module, path: str | os.PathLike, *, coder: str = "huffman") -> int:
-    """Write ``model`` (its weights shared by :func:`tensorcompress.pipelines.deep_compression`) to ``path``.
+    """Write ``model`` (its weights shared by :func:`tensorcompress.pipelines.deep_compression` or
+    :func:`tensorcompress.quantization.share_weights`) to ``path``.
 
     Shared layers are stored as codebook + entropy-coded weight symbols and relative indices (``coder``:
     ``"huffman"``, as in Deep Compression, or ``"ans"``); every other tensor plainly (its raw bytes). Returns the
@@ -428,15 +432,14 @@ def _read_checked(path: str | os.PathLike) -> tuple[bytes, int, dict]:
 
 
 def load_compressed(path: str | os.PathLike, *, model: nn.Module | None = None) -> nn.Module:
-    """Read a file written by :func:`save_compressed`: the model, with its shared layers as ``SharedWeight``
-    parametrizations (decoded weights bit-exact), in eval mode, on the CPU.
+    """Read a file written by :func:`save_compressed`: the model, with its shared layers as
+    :class:`~tensorcompress.quantization.SharedWeight` parametrizations (decoded weights bit-exact), in eval mode,
+    on the CPU.
 
     ``model``: a fresh instance of the architecture to load into (default: built from the file's header, which
     is allowed for ``tensorcompress`` models only). Raises ``ValueError`` for a file that is not one, is
     corrupt (CRC-32) or truncated, or does not fit the architecture.
     """
-    from .deep_compression import SharedWeight
-
     data, offset, header = _read_checked(path)
     reader = _Reader(data, offset, len(data) - 4)
     coder = header["coder"]
@@ -470,19 +473,23 @@ def load_compressed(path: str | os.PathLike, *, model: nn.Module | None = None) 
         if streams[0].size and streams[0].max() > k:
             raise ValueError("corrupt stream: a weight symbol outside the codebook")
         indices, mask = _unshare(streams[0], streams[1], shape, k, index_bits)
-        shared[entry["name"]] = SharedWeight(codebook, indices, mask, bits=bits,
-                                             index_bits=index_bits)
+        # a layer without zeros loads dense, as share_weights builds it without keep_zeros
+        shared[entry["name"]] = (codebook, SharedWeight(codebook, indices, bits, mask=None if mask.all() else mask,
+                                                        index_bits=index_bits))
     if reader.off != reader.end:
         raise ValueError(f"corrupt file: {reader.end - reader.off} bytes left over after the last tensor")
-    for name, sw in shared.items():
+    for name, (codebook, sw) in shared.items():
         try:
             module = net.get_submodule(name)
         except AttributeError as err:
             raise ValueError(f"the file's layer {name!r} is not in the model {type(net).__name__}") from err
-        if tuple(module.weight.shape) != tuple(sw.mask.shape):
-            raise ValueError(f"layer {name!r}: the file's weight has shape {tuple(sw.mask.shape)}, the model's "
+        if tuple(module.weight.shape) != sw.shape:
+            raise ValueError(f"layer {name!r}: the file's weight has shape {sw.shape}, the model's "
                              f"{tuple(module.weight.shape)}; pass model= built with the right arguments")
-        attach_shared(module, sw)
+        with torch.no_grad():  # the weight takes the file's dtype; the codebook is set bit-exactly, not averaged
+            module.weight.data = sw(codebook)
+            parametrize.register_parametrization(module, "weight", sw)
+            module.parametrizations.weight.original.copy_(codebook)
     expected = {k for k in net.state_dict() if not any(k.startswith(f"{n}.parametrizations.weight.")
                                                        for n in shared)}
     if set(state) != expected:
@@ -494,12 +501,3 @@ def load_compressed(path: str | os.PathLike, *, model: nn.Module | None = None) 
                              f"{tuple(net.state_dict()[key].shape)}; pass model= built with the right arguments")
     net.load_state_dict(state, strict=False)
     return net.eval()
-
-
-def attach_shared(module: nn.Module, sw: nn.Module) -> None:
-    """Register ``sw`` (a ``SharedWeight``) as the weight parametrization of ``module``; the original weight is set
-    to the shared one and frozen (it is not what the forward pass uses)."""
-    with torch.no_grad():
-        module.weight.copy_(sw(module.weight).to(module.weight.dtype))
-    parametrize.register_parametrization(module, "weight", sw, unsafe=True)
-    module.parametrizations.weight.original.requires_grad_(False)

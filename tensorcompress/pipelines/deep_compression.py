@@ -8,12 +8,14 @@ kept weight in :math:`b_{\text{idx}}` bits, a gap beyond :math:`M = 2^{b_{\text{
 the gaps are geometric, with entropy :math:`h(\rho)/\rho` bits (:math:`h` the binary entropy), about 5 bits at
 :math:`\rho = 8\,\%`.
 
-**2. Weight sharing**: the :math:`m` kept weights of a layer are clustered into :math:`k = 2^b` centroids by
-k-means with linear initialisation (:func:`tensorcompress.quantization.kmeans_quantize`); each weight becomes a
-:math:`b`-bit index into the layer's codebook. The centroids are then fine-tuned: with :math:`W_i = c_{I_i}`,
+**2. Weight sharing** is :func:`tensorcompress.quantization.share_weights` with ``keep_zeros=True``: the :math:`m`
+kept weights of a layer are clustered into :math:`k = 2^b` centroids by k-means with linear initialisation
+(:func:`tensorcompress.quantization.kmeans_quantize`); each weight becomes a :math:`b`-bit index into the layer's
+codebook. The centroids are then fine-tuned: with :math:`W_i = c_{I_i}`,
 :math:`\partial L/\partial c_k = \sum_{i: I_i = k}\partial L/\partial W_i` (their eq. 3), which autograd gives
-through the gather of :class:`SharedWeight`, a ``torch.nn.utils.parametrize`` parametrization that keeps the
-mask. Compression of one layer of :math:`n` weights: :math:`32n / (mb + 32k)` before the indices.
+through the gather of :class:`tensorcompress.quantization.SharedWeight`, a ``torch.nn.utils.parametrize``
+parametrization ``where(mask, codebook[indices], 0)`` that keeps the mask. Compression of one layer of :math:`n`
+weights: :math:`32n / (mb + 32k)` before the indices.
 
 **3. Entropy coding**: the codebook indices and the gaps are Huffman-coded (:mod:`tensorcompress.pipelines.coding`,
 ``constriction``), :math:`H \le \bar L < H+1` bits per symbol; an ANS stream code gets within bytes of
@@ -30,126 +32,22 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-import torch
-import torch.nn.utils.prune as tprune
 from torch import nn
-from torch.nn.utils import parametrize
 
 from .. import surgery
 from ..metrics import model_size_bytes
 from ..pruning import AGP, PRUNABLE, copy_model, prune
-from ..quantization.nonuniform import kmeans_quantize
+from ..quantization.nonuniform import _check_index_bits, _check_share_bits, share_weights
 from ..train import evaluate, fit
-from .coding import attach_shared, encode_compressed
+from .coding import encode_compressed
 
-__all__ = ["SharedWeight", "share_weights", "deep_compression", "DeepCompressionReport", "measure_compressed"]
-
-
-def _check_width(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 8:
-        raise ValueError(f"{name} must be an int in [1, 8] (Deep Compression uses 2-8), got {value!r}")
-    return value
+__all__ = ["deep_compression", "DeepCompressionReport", "measure_compressed"]
 
 
 def _check_sparsity(value: object, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
         raise ValueError(f"{name} must be a number in [0, 1) (the fraction of weights removed), got {value!r}")
     return float(value)
-
-
-class SharedWeight(nn.Module):
-    """A weight shared through a codebook: ``weight = where(mask, codebook[indices], 0)``.
-
-    A ``torch.nn.utils.parametrize`` parametrization (its input, the original weight, is ignored): the codebook
-    is a parameter, so training moves the centroids with the summed gradients of their members, while
-    ``indices`` (uint8) and the pruning ``mask`` (bool) are buffers that training leaves alone.
-
-    Parameters
-    ----------
-    codebook : tensor of shape ``(2**bits,)``
-    indices : uint8 tensor, the weight's shape
-    mask : bool tensor, the weight's shape (``False``: pruned)
-    bits, index_bits : int in [1, 8]
-        Width of a codebook index and of a relative index (the gap between kept weights).
-    """
-
-    def __init__(self, codebook: torch.Tensor, indices: torch.Tensor, mask: torch.Tensor, *, bits: int,
-                 index_bits: int = 5) -> None:
-        super().__init__()
-        self.bits, self.index_bits = _check_width(bits, "bits"), _check_width(index_bits, "index_bits")
-        if codebook.shape != (2**bits,) or not codebook.is_floating_point():
-            raise ValueError(f"codebook must be a float tensor of shape ({2**bits},), got {codebook.dtype} "
-                             f"{tuple(codebook.shape)}")
-        if indices.dtype != torch.uint8 or mask.dtype != torch.bool or indices.shape != mask.shape:
-            raise ValueError("indices (uint8) and mask (bool) must be tensors of one shape, got "
-                             f"{indices.dtype} {tuple(indices.shape)} and {mask.dtype} {tuple(mask.shape)}")
-        if indices.numel() and int(indices.max()) >= 2**bits:
-            raise ValueError(f"indices must be < 2**bits = {2**bits}, got {int(indices.max())}")
-        self.codebook = nn.Parameter(codebook.detach().clone())
-        self.register_buffer("indices", indices.detach().clone())
-        self.register_buffer("mask", mask.detach().clone())
-
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        shared = self.codebook[self.indices.long()]
-        return torch.where(self.mask, shared, torch.zeros((), dtype=shared.dtype, device=shared.device))
-
-    def extra_repr(self) -> str:
-        return f"bits={self.bits}, index_bits={self.index_bits}, kept={int(self.mask.sum())}/{self.mask.numel()}"
-
-
-def _per_layer(value, names: list[str], check, what: str) -> dict[str, object]:
-    if isinstance(value, Mapping):
-        unknown = sorted(set(value) - set(names))
-        missing = sorted(set(names) - set(value))
-        if unknown or missing:
-            raise ValueError(f"{what} as a mapping must name every selected layer exactly: unknown {unknown}, "
-                             f"missing {missing} (selected: {names})")
-        return {n: check(value[n], f"{what}[{n!r}]") for n in names}
-    v = check(value, what)
-    return dict.fromkeys(names, v)
-
-
-def share_weights(model: nn.Module, *, bits: int | Mapping[str, int], index_bits: int = 5, include=None,
-                  exclude=None) -> tuple[nn.Module, list[surgery.LayerChange]]:
-    """Weight sharing (stage 2 alone): each selected layer's non-zero weights clustered into ``2**bits`` centroids
-    (k-means, linear initialisation) and the weight replaced by a :class:`SharedWeight` parametrization; zeros
-    stay zeros (the mask). Returns ``(new_model, report)``; ``model`` is untouched.
-
-    ``bits`` may be a mapping from layer name to bits. Pruning masks of ``torch.nn.utils.prune`` are made
-    permanent first.
-    """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    index_bits = _check_width(index_bits, "index_bits")
-    new = copy_model(model)
-    for sel in surgery.select(new, PRUNABLE, include=include, exclude=exclude, exact_type=False):
-        if parametrize.is_parametrized(sel.module, "weight"):  # its class is now Parametrized<Linear>
-            raise ValueError(f"layer {sel.name!r} already has a weight parametrization (shared already?)")
-    chosen = surgery.select(new, PRUNABLE, include=include, exclude=exclude)
-    if not chosen:
-        raise ValueError(f"nothing to share: no Linear/Conv layer selected (include={include!r}, "
-                         f"exclude={exclude!r})")
-    widths = _per_layer(bits, [s.name for s in chosen], _check_width, "bits")
-    report = []
-    for sel in chosen:
-        module = sel.module
-        if tprune.is_pruned(module) and hasattr(module, "weight_mask"):
-            tprune.remove(module, "weight")
-        w = module.weight.detach()
-        mask = w != 0
-        b = widths[sel.name]
-        indices = torch.zeros(w.shape, dtype=torch.uint8, device=w.device)
-        if mask.any():
-            codebook, idx = kmeans_quantize(w[mask], b)
-            indices[mask] = idx
-        else:  # an all-zero layer: any codebook will do
-            codebook = torch.zeros(2**b, dtype=w.dtype, device=w.device)
-        attach_shared(module, SharedWeight(codebook, indices, mask, bits=b, index_bits=index_bits))
-        n_params = sum(p.numel() for p in module.parameters() if p is not module.parametrizations.weight.original)
-        report.append(surgery.LayerChange(sel.name, type(module).__name__, type(module).__name__,
-                                          w.numel() + (0 if module.bias is None else module.bias.numel()),
-                                          n_params, {"bits": b, "kept": int(mask.sum())}, sel.names[1:]))
-    return new, report
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -221,8 +119,9 @@ class DeepCompressionReport:
 
 def measure_compressed(model: nn.Module, *, original_bytes: int | None = None,
                        accuracy: Mapping[str, float] | None = None) -> DeepCompressionReport:
-    """The :class:`DeepCompressionReport` of a model whose weights are shared (:func:`share_weights`,
-    :func:`deep_compression`), from the bytes :func:`save_compressed` would write with each coder."""
+    """The :class:`DeepCompressionReport` of a model whose weights are shared
+    (:func:`tensorcompress.quantization.share_weights`, :func:`deep_compression`), from the bytes
+    :func:`save_compressed` would write with each coder."""
     data_h, sizes_h = encode_compressed(model, coder="huffman")
     data_a, sizes_a = encode_compressed(model, coder="ans")
     layers = []
@@ -233,8 +132,9 @@ def measure_compressed(model: nn.Module, *, original_bytes: int | None = None,
         sw = module.parametrizations.weight[0]
         sh, sa = sizes_h[name], sizes_a[name]
         w, i = sh["weights"], sh["index"]
-        numel, kept, entries = sw.mask.numel(), int(sw.mask.sum()), w.n_symbols
-        esize = sw.codebook.element_size()
+        mask = sw.mask()
+        numel, kept, entries = mask.numel(), int(mask.sum()), w.n_symbols
+        esize = module.parametrizations.weight.original.element_size()
         fillers = entries - kept
         wbits = sw.bits if fillers == 0 else math.ceil(math.log2(2**sw.bits + 1))
         per = max(kept, 1)
@@ -309,13 +209,13 @@ def deep_compression(model: nn.Module, train, val, *, sparsity: float | Mapping[
     Returns
     -------
     (nn.Module, DeepCompressionReport)
-        The model with :class:`SharedWeight` weights (in eval mode; write it with :func:`save_compressed`), and the
-        per-layer report with the validation accuracy after each stage (``original``, ``pruned``, ``shared``
-        before and ``fine-tuned`` after the centroid training).
+        The model with :class:`~tensorcompress.quantization.SharedWeight` weights (in eval mode; write it with
+        :func:`save_compressed`), and the per-layer report with the validation accuracy after each stage
+        (``original``, ``pruned``, ``shared`` before and ``fine-tuned`` after the centroid training).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    index_bits = _check_width(index_bits, "index_bits")
+    index_bits = _check_index_bits(index_bits)
     prune_epochs, share_epochs = _check_epochs(prune_epochs, "prune_epochs"), _check_epochs(share_epochs,
                                                                                           "share_epochs")
     for v, nm in ((lr, "lr"), (lr if share_lr is None else share_lr, "share_lr")):
@@ -326,8 +226,8 @@ def deep_compression(model: nn.Module, train, val, *, sparsity: float | Mapping[
         raise ValueError(f"nothing to compress: no Linear/Conv layer selected (include={include!r}, "
                          f"exclude={exclude!r})")
     names = [s.name for s in chosen]
-    amounts = _per_layer(sparsity, names, _check_sparsity, "sparsity")
-    widths = _per_layer(bits, names, _check_width, "bits")
+    amounts = surgery.per_layer(sparsity, names, _check_sparsity, "sparsity")
+    widths = surgery.per_layer(bits, names, _check_share_bits, "bits")
     options = {"batch_size": batch_size, "seed": seed, "device": device, "progress": False}
     accuracy = {"original": evaluate(model, val, device=device).accuracy}
 
@@ -341,14 +241,10 @@ def deep_compression(model: nn.Module, train, val, *, sparsity: float | Mapping[
         prune(net, amounts[n], include=[n], inplace=True)
     accuracy["pruned"] = evaluate(net, val, device=device).accuracy
 
-    net, _ = share_weights(net, bits=widths, index_bits=index_bits, include=names)
+    net, _ = share_weights(net, widths, include=names, keep_zeros=True, index_bits=index_bits)
     accuracy["shared"] = evaluate(net, val, device=device).accuracy
     if share_epochs:
         fit(net, train, epochs=share_epochs, lr=lr if share_lr is None else share_lr, **options)
-        for n in names:  # the frozen original mirrors the shared weight, so a reloaded model has one state dict
-            module = net.get_submodule(n)
-            with torch.no_grad():
-                module.parametrizations.weight.original.copy_(module.weight)
         accuracy["fine-tuned"] = evaluate(net, val, device=device).accuracy
     net.eval()
     return net, measure_compressed(net, original_bytes=model_size_bytes(model), accuracy=accuracy)

@@ -4,7 +4,8 @@
   :func:`dequantize`, :func:`fake_quantize`;
 * :mod:`~tensorcompress.quantization.observers` — ranges from data: min-max, moving average, percentile, MSE;
 * :mod:`~tensorcompress.quantization.nonuniform` — power-of-two, binary, ternary and k-means (shared) weights,
-  :func:`share_weights` for whole models;
+  :func:`share_weights` for whole models (dense, or pruned with ``keep_zeros=True``: the one weight sharing of
+  the library, also Deep Compression's stage 2 in :mod:`tensorcompress.pipelines`);
 * :mod:`~tensorcompress.quantization.model` — :func:`quantize_model` (PTQ, QAT, LSQ) and :func:`calibrate`;
 * :mod:`~tensorcompress.quantization.integer` — integer-only inference: :func:`quantize_multiplier`,
   :func:`to_integer`.

@@ -26,15 +26,21 @@ Whole models: :func:`share_weights` replaces the weight of every selected ``nn.L
 ``tc.fit`` and autograd gives it exactly the summed member gradients; the indices are stored *packed*,
 :math:`\lceil n b / 8\rceil` bytes (:func:`pack_indices`, the bit order of ``numpy.packbits``), so that
 ``tc.metrics.model_size_bytes`` counts real bytes: :math:`n b/8 + 4k` per layer instead of :math:`4n`.
+For a pruned layer (``keep_zeros=True``, Deep Compression's second stage after pruning) only the :math:`m` non-zero
+weights are clustered and the weight is ``where(mask, codebook[indices], 0)``: the zeros stay exactly zero and
+receive no gradient; the mask costs :math:`\lceil n/8\rceil` more bytes (the file of
+:func:`tensorcompress.pipelines.save_compressed` stores it as entropy-coded relative indices instead).
 """
 
 from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
+import torch.nn.utils.prune as tprune
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -234,88 +240,170 @@ def unpack_indices(packed: torch.Tensor, bits: int, shape: tuple[int, ...] | tor
     return (codes << torch.arange(bits - 1, -1, -1, device=packed.device)).sum(1).reshape(tuple(shape))
 
 
+def _check_share_bits(bits: object, name: str = "bits") -> int:
+    check_bits(bits)
+    if bits > 8:
+        raise ValueError(f"{name} must be between 1 and 8 for share_weights (one byte codes at most), got {bits}")
+    return bits
+
+
+def _check_index_bits(index_bits: object, name: str = "index_bits") -> int:
+    if isinstance(index_bits, bool) or not isinstance(index_bits, int) or not 1 <= index_bits <= 8:
+        raise ValueError(f"{name} must be an int in [1, 8] (Deep Compression uses 5 for fully connected, 8 for "
+                         f"convolutional layers), got {index_bits!r}")
+    return index_bits
+
+
 class SharedWeight(nn.Module):
-    """Parametrization ``codebook -> codebook[indices]``: a weight of ``shape`` whose entries share the ``k`` values
-    of a codebook, the indices held packed at ``bits`` bits per entry (buffer ``packed``, in the ``state_dict``).
+    """Parametrization ``codebook -> codebook[indices]``, or ``where(mask, codebook[indices], 0)`` for a pruned
+    layer: a weight of ``shape`` whose entries share the ``k`` values of a codebook, the indices held packed at
+    ``bits`` bits per entry (buffer ``packed``) and the optional mask at one bit per entry (buffer ``packed_mask``,
+    absent for a dense layer), both in the ``state_dict``.
 
     Registered on a layer (``parametrize.register_parametrization(layer, "weight", SharedWeight(...))``) the layer's
     only weight parameter is the ``(k,)`` codebook; autograd through the gather gives each centroid the sum of its
-    members' gradients (:func:`centroid_gradient`). ``right_inverse(w)`` maps a full weight to the codebook that
-    reproduces it best with the fixed indices — the mean of each centroid's members (a centroid without members
-    keeps its value from ``codebook``).
+    members' gradients (:func:`centroid_gradient`), and a masked position has none. ``right_inverse(w)`` maps a
+    full weight to the codebook that reproduces it best with the fixed indices (and mask) — the mean of each
+    centroid's members (a centroid without members keeps its value from ``codebook``).
+
+    Parameters
+    ----------
+    codebook : tensor of shape ``(k,)``, ``k <= 2**bits``
+    indices : integer tensor, the weight's shape, values in ``[0, k)``
+    bits : int
+        Width of a codebook index, 1 to 16.
+    mask : bool tensor of the weight's shape, optional
+        ``False`` where the weight is pruned: it stays exactly 0 (Han et al. 2016). ``None``: dense.
+    index_bits : int in [1, 8]
+        Width of a relative index (the gap between kept weights) in the file of
+        :func:`tensorcompress.pipelines.save_compressed`; unused by the forward pass.
     """
 
-    def __init__(self, codebook: torch.Tensor, indices: torch.Tensor, bits: int):
+    def __init__(self, codebook: torch.Tensor, indices: torch.Tensor, bits: int, *,
+                 mask: torch.Tensor | None = None, index_bits: int = 5):
         super().__init__()
         check_bits(bits)
-        if codebook.ndim != 1 or codebook.numel() > 2**bits:
-            raise ValueError(f"codebook must be 1-d with at most 2**bits = {2**bits} entries, "
-                             f"got shape {tuple(codebook.shape)}")
-        self.bits, self.shape = bits, tuple(indices.shape)
+        if not isinstance(codebook, torch.Tensor) or codebook.ndim != 1 or codebook.numel() > 2**bits:
+            raise ValueError(f"codebook must be a 1-d tensor with at most 2**bits = {2**bits} entries, "
+                             f"got {getattr(codebook, 'shape', type(codebook).__name__)}")
+        self.bits, self.shape, self.index_bits = bits, tuple(indices.shape), _check_index_bits(index_bits)
         self.register_buffer("packed", pack_indices(indices, bits))
+        if mask is not None and (not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool
+                                 or tuple(mask.shape) != self.shape):
+            raise ValueError(f"mask must be None or a bool tensor of the indices' shape {self.shape}, got "
+                             f"{getattr(mask, 'dtype', type(mask).__name__)} {tuple(getattr(mask, 'shape', ()))}")
+        self.register_buffer("packed_mask", None if mask is None else pack_indices(mask.to(torch.uint8), 1))
         self._fallback = codebook.detach().clone()
 
     def extra_repr(self) -> str:
-        return f"shape={self.shape}, bits={self.bits}"
+        kept = "" if self.packed_mask is None else f", kept={int(self.mask().sum())}/{math.prod(self.shape)}"
+        return f"shape={self.shape}, bits={self.bits}{kept}"
 
     def indices(self) -> torch.Tensor:
-        """The unpacked codes (``int64``, the weight's shape)."""
+        """The unpacked codes (``int64``, the weight's shape; 0 at masked positions)."""
         return unpack_indices(self.packed, self.bits, self.shape)
 
+    def mask(self) -> torch.Tensor:
+        """``False`` where the weight is pruned (bool, the weight's shape; all ``True`` for a dense layer)."""
+        if self.packed_mask is None:
+            return torch.ones(self.shape, dtype=torch.bool, device=self.packed.device)
+        return unpack_indices(self.packed_mask, 1, self.shape).bool()
+
     def forward(self, codebook: torch.Tensor) -> torch.Tensor:
-        return codebook[self.indices()]
+        shared = codebook[self.indices()]
+        if self.packed_mask is None:
+            return shared
+        return torch.where(self.mask(), shared, torch.zeros((), dtype=shared.dtype, device=shared.device))
 
     def right_inverse(self, w: torch.Tensor) -> torch.Tensor:
         idx = self.indices().reshape(-1)
-        k = self._fallback.numel()
         flat = w.detach().reshape(-1)
+        if self.packed_mask is not None:  # pruned positions are no centroid's members
+            keep = self.mask().reshape(-1)
+            idx, flat = idx[keep], flat[keep]
+        k = self._fallback.numel()
         sums = torch.zeros(k, dtype=w.dtype, device=w.device).index_add_(0, idx, flat)
         counts = torch.bincount(idx, minlength=k).to(w.dtype)
         return torch.where(counts > 0, sums / counts.clamp_min(1), self._fallback.to(w.device, w.dtype))
 
 
-def share_weights(model: nn.Module, bits: int = 2, *, include=None, exclude=None, init: str = "linear",
-                  seed: int = 0, max_iter: int = 100) -> tuple[nn.Module, list[surgery.LayerChange]]:
-    """A copy of ``model`` whose selected ``nn.Linear`` / ``nn.Conv2d`` weights share ``2**bits`` values per layer.
+def _cluster(w: torch.Tensor, bits: int, keep_zeros: bool, **kmeans) -> tuple[torch.Tensor, torch.Tensor,
+                                                                              torch.Tensor | None]:
+    """(codebook, indices, mask) of one weight; with ``keep_zeros`` only its non-zero entries are clustered."""
+    if not keep_zeros:
+        return (*kmeans_quantize(w, bits, **kmeans), None)
+    mask = w != 0
+    indices = torch.zeros(w.shape, dtype=torch.uint8, device=w.device)
+    if not mask.any():  # an all-zero layer: any codebook will do
+        return torch.zeros(2**bits, dtype=w.dtype, device=w.device), indices, mask
+    codebook, indices[mask] = kmeans_quantize(w[mask], bits, **kmeans)
+    return codebook, indices, mask
+
+
+def share_weights(model: nn.Module, bits: int | Mapping[str, int] = 2, *, include=None, exclude=None,
+                  init: str = "linear", seed: int = 0, max_iter: int = 100, keep_zeros: bool = False,
+                  index_bits: int = 5) -> tuple[nn.Module, list[surgery.LayerChange]]:
+    """A copy of ``model`` whose selected ``nn.Linear`` / ``nn.Conv*d`` weights share ``2**bits`` values per layer.
 
     Each weight is clustered by :func:`kmeans_quantize` and parametrized by :class:`SharedWeight`: the codebook is a
     trainable parameter (fine-tune it with ``tc.fit``, Deep Compression's centroid fine-tuning), the indices are
-    fixed and stored packed. Biases are left in floating point.
+    fixed and stored packed. Biases are left in floating point. A layer pruned through ``torch.nn.utils.prune`` is
+    made permanent first (in the copy).
 
     Parameters
     ----------
     model : nn.Module
         Left untouched.
-    bits : int
-        Index width, 1 to 8: ``k = 2**bits`` centroids per layer.
+    bits : int or mapping layer name -> int
+        Index width, 1 to 8: ``k = 2**bits`` centroids per layer (a mapping names every selected layer).
     include, exclude : str or sequence of str, optional
         ``fnmatch`` patterns on layer names (:func:`tensorcompress.surgery.select`).
     init, seed, max_iter
         Passed to :func:`kmeans_quantize`.
+    keep_zeros : bool
+        ``True`` for a pruned layer (Deep Compression, Han et al. 2016): its zeros form a mask, stay exactly 0 and
+        are not clustered; only the non-zero weights share the ``2**bits`` values. ``False``: every entry is
+        clustered (a zero becomes its centroid).
+    index_bits : int in [1, 8]
+        Relative-index width stored with each layer for :func:`tensorcompress.pipelines.save_compressed`.
 
     Returns
     -------
     (nn.Module, list of LayerChange)
         One row per layer; ``detail`` holds ``bits``, ``centroids``, the packed ``index_bytes`` and the weight's
-        relative squared error ``rel_error`` :math:`\\|W - \\hat W\\|^2 / \\|W\\|^2`.
+        relative squared error ``rel_error`` :math:`\\|W - \\hat W\\|^2 / \\|W\\|^2`; with ``keep_zeros`` also
+        ``kept`` (the non-zero weights) and ``mask_bytes``.
     """
-    check_bits(bits)
-    if bits > 8:
-        raise ValueError(f"bits must be between 1 and 8 for share_weights (one byte codes at most), got {bits}")
+    from ..pruning.masks import PRUNABLE, copy_model  # tc.pruning imports the training loop, which is heavier
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     _check_init(init)
+    index_bits = _check_index_bits(index_bits)
+    for sel in surgery.select(model, PRUNABLE, include=include, exclude=exclude, exact_type=False):
+        if parametrize.is_parametrized(sel.module, "weight"):  # its class is now Parametrized<Linear>
+            raise ValueError(f"layer {sel.name!r} already has a weight parametrization (shared already?)")
+    chosen = surgery.select(model, PRUNABLE, include=include, exclude=exclude)
+    if not chosen:
+        raise ValueError("model has no weight to share: no nn.Linear / nn.Conv*d layer is selected "
+                         f"(include={include!r}, exclude={exclude!r})")
+    widths = surgery.per_layer(bits, [s.name for s in chosen], _check_share_bits, "bits")
+    model = copy_model(model)  # deepcopy refuses a pruned weight computed by a forward pass
+    for sel in surgery.select(model, PRUNABLE, include=include, exclude=exclude):
+        if tprune.is_pruned(sel.module) and hasattr(sel.module, "weight_mask"):
+            tprune.remove(sel.module, "weight")
 
     def build(sel: surgery.Selected) -> tuple[nn.Module, dict[str, Any]]:
         # parametrizing changes the module's class in place: work on a copy so the report names the original type
         layer = copy.deepcopy(sel.module)
-        w = layer.weight.detach()
-        codebook, idx = kmeans_quantize(w, bits, seed=seed, init=init, max_iter=max_iter)
-        parametrize.register_parametrization(layer, "weight", SharedWeight(codebook, idx, bits))
+        w, b = layer.weight.detach(), widths[sel.name]
+        codebook, idx, mask = _cluster(w, b, keep_zeros, seed=seed, init=init, max_iter=max_iter)
+        sw = SharedWeight(codebook, idx, b, mask=mask, index_bits=index_bits)
+        parametrize.register_parametrization(layer, "weight", sw)
         err = float((layer.weight.detach() - w).pow(2).sum() / w.pow(2).sum().clamp_min(torch.finfo(w.dtype).tiny))
-        detail = {"bits": bits, "centroids": 2**bits, "index_bytes": -(-w.numel() * bits // 8),
-                  "rel_error": round(err, 6)}
+        detail = {"bits": b, "centroids": 2**b, "index_bytes": sw.packed.numel(), "rel_error": round(err, 6)}
+        if mask is not None:
+            detail |= {"kept": int(mask.sum()), "mask_bytes": sw.packed_mask.numel()}
         return layer, detail
 
-    if not surgery.select(model, (nn.Conv2d, nn.Linear), include=include, exclude=exclude):
-        raise ValueError("model has no weight to share: no nn.Conv2d / nn.Linear layer is selected "
-                         f"(include={include!r}, exclude={exclude!r})")
-    return surgery.transform(model, (nn.Conv2d, nn.Linear), build, include=include, exclude=exclude)
+    return surgery.transform(model, PRUNABLE, build, include=include, exclude=exclude)
