@@ -146,12 +146,15 @@ def test_wheel_contains_checkpoints_and_manifest(wheel):
 
 
 def test_installed_wheel_loads_pretrained_without_the_source_tree(wheel, tmp_path):
-    # A pure-Python wheel installs by unpacking (what `pip install --target` does, minus the bookkeeping); the
-    # subprocess runs outside the source tree with only the unpacked wheel on PYTHONPATH (ahead of any editable
-    # install of the shared environment), and checks that it imported that copy.
+    # A real pip install of the wheel (no dependencies, offline) into its own folder; the subprocess runs outside
+    # the source tree with only that folder on PYTHONPATH (ahead of any editable install of the shared environment),
+    # and checks that it imported that copy.
     site = tmp_path / "site"
-    with zipfile.ZipFile(wheel) as zf:
-        zf.extractall(site)
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target",
+                           str(site), str(wheel)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"pip install failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+    assert (site / "tensorcompress" / "models" / "checkpoints" / "lenet5.pt").is_file()
+    assert list(site.glob("tensorcompress-*.dist-info"))  # installed by pip, with its record
     code = (
         "import pathlib, sys, tensorcompress as tc\n"
         "here = pathlib.Path(tc.__file__).resolve()\n"
