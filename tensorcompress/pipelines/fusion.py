@@ -37,7 +37,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
-from ..surgery import LayerChange, Patterns, replace, select, tied_parameters
+from ..surgery import LayerChange, Patterns, _n_params, replace, select, tied_parameters
 
 __all__ = ["fuse_conv_bn"]
 
@@ -154,10 +154,6 @@ def _fold(layer: nn.Module, bn: nn.Module) -> nn.Module:
     fused.weight.requires_grad_(layer.weight.requires_grad)
     fused.bias.requires_grad_(layer.weight.requires_grad if layer.bias is None else layer.bias.requires_grad)
     return fused
-
-
-def _n_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 def _check_same_function(model: nn.Module, fused: nn.Module, example_input: torch.Tensor) -> None:
