@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ._validation import check_finite, check_matrices, check_mode, check_tensor
+from ._validation import check_finite, check_matrices, check_mode, check_tensor, max_abs
 
 __all__ = [
     "unfold",
@@ -275,7 +275,7 @@ def scale_exponent(x: torch.Tensor, largest: float | None = None) -> int:
     sums of squares of such entries neither overflow nor underflow, so no copy is made). ``x`` must be finite;
     ``largest`` = ``max |x|`` if the caller has it."""
     if largest is None:
-        largest = float(torch.linalg.vector_norm(x, ord=math.inf)) if x.numel() else 0.0
+        largest = max_abs(x)
     if largest == 0:
         return 0
     exp = math.frexp(largest)[1]

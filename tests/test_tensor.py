@@ -479,3 +479,31 @@ def test_relative_error_is_differentiable():
     d, nx = (x - target).detach(), x.detach().norm()
     expected = d / (d.norm() * nx) - d.norm() * x.detach() / nx**3
     torch.testing.assert_close(x.grad, expected)
+
+
+@given(shape=shapes, seed=seeds, dtype=st.sampled_from([torch.float16, torch.bfloat16, torch.float32, torch.float64]),
+       scale=st.sampled_from([1e-30, 1e-3, 1.0, 1e3, 1e30]), bad=st.sampled_from([None, "nan", "inf", "-inf"]))
+def test_max_abs_and_check_finite_agree_with_the_elementwise_definitions(shape, seed, dtype, scale, bad):
+    """max_abs (one aminmax pass) equals max |x| from abs().max(); check_finite raises exactly when isfinite finds a
+    non-finite entry (any position, either sign, any dtype, scales down to float32 subnormals)."""
+    from tensorcompress._validation import check_finite, max_abs
+
+    x = (_random(shape, seed, torch.device("cpu"), torch.float64) * scale).to(dtype)
+    if bad is not None:
+        x.view(-1)[seed % x.numel()] = float(bad)
+    got, expected = max_abs(x), float(x.abs().max())
+    assert (np.isnan(got) and np.isnan(expected)) or got == expected
+    if bool(torch.isfinite(x).all()):
+        check_finite(x)
+    else:
+        with pytest.raises(ValueError, match=r"x must be finite, but 1 of its"):
+            check_finite(x)
+
+
+def test_max_abs_edge_cases():
+    from tensorcompress._validation import max_abs
+
+    assert max_abs(torch.ones(0, 3)) == 0.0
+    assert max_abs(torch.tensor([3, -7, 2])) == 7.0  # integers, the negative side
+    assert max_abs(torch.tensor([3 + 4j, 1j])) == pytest.approx(5.0)  # complex: the modulus
+    assert max_abs(torch.tensor([-0.0, 0.0])) == 0.0
