@@ -22,6 +22,7 @@ from tensorcompress.decompositions.cp import (
     _contract_right,
     _min_norm_solve,
     _mttkrp_from_partial,
+    _rank_last,
     _split,
 )
 
@@ -33,21 +34,23 @@ def test_dimension_tree_mttkrp_equals_khatri_rao_formula(shape, rank, seed):
     """Every MTTKRP from the two partial contractions equals X_(n) (⊙_{k≠n} A_k), the Khatri–Rao product formed."""
     x = _randn(shape, seed)
     factors = [_randn((s, rank), seed + 1 + k) for k, s in enumerate(shape)]
+    factors_t = [f.mT.contiguous() for f in factors]
     h = _split(shape)
-    t_left, t_right = _contract_right(x, factors, h), _contract_left(x, factors, h)
+    t_left, t_right = _contract_right(x, factors, factors_t, h), _contract_left(x, factors, factors_t, h)
     for n in range(len(shape)):
         expected = tc.unfold(x, n) @ tc.khatri_rao(factors, skip=n)
         if n < h:
-            got = _mttkrp_from_partial(t_left, factors, list(range(h)), n)
+            got = _mttkrp_from_partial(t_left, factors, factors_t, list(range(h)), n)
         else:
-            got = _mttkrp_from_partial(t_right, factors, list(range(h, len(shape))), n)
-        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+            got = _mttkrp_from_partial(t_right, factors, factors_t, list(range(h, len(shape))), n)
+        torch.testing.assert_close(got.mT, expected, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("layout", [0, 1])
-def test_both_gemm_layouts_give_the_mttkrp(layout, monkeypatch):
-    """CP-ALS times two layouts of each sweep GEMM and keeps the faster: whichever wins, every MTTKRP equals
-    X_(n) (⊙_{k≠n} A_k) with the Khatri–Rao product formed, and the fits agree."""
+@pytest.mark.parametrize("layout", [0, 1, 2, 3])
+def test_every_gemm_layout_gives_the_mttkrp(layout, monkeypatch):
+    """CP-ALS times four layouts of each sweep GEMM (rank-first or rank-last result, the factor read as A or A^T)
+    and keeps the fastest: whichever wins, every MTTKRP equals X_(n) (⊙_{k≠n} A_k) with the Khatri–Rao product
+    formed, the partial contractions carry on in the result's layout, and the fits agree."""
     import tensorcompress.decompositions.cp as cp_module
 
     class Forced(dict):
@@ -58,16 +61,30 @@ def test_both_gemm_layouts_give_the_mttkrp(layout, monkeypatch):
     shape, rank = (5, 6, 7, 4), 3
     x = _randn(shape, 3)
     factors = [_randn((s, rank), 4 + k) for k, s in enumerate(shape)]
+    factors_t = [f.mT.contiguous() for f in factors]
     h = _split(shape)
-    t_left, t_right = _contract_right(x, factors, h), _contract_left(x, factors, h)
+    t_left, t_right = _contract_right(x, factors, factors_t, h), _contract_left(x, factors, factors_t, h)
+    assert _rank_last(t_left) == _rank_last(t_right) == (layout >= 2)
     for n in range(len(shape)):
         expected = tc.unfold(x, n) @ tc.khatri_rao(factors, skip=n)
         t, modes = (t_left, list(range(h))) if n < h else (t_right, list(range(h, len(shape))))
-        torch.testing.assert_close(_mttkrp_from_partial(t, factors, modes, n), expected, rtol=1e-10, atol=1e-10)
+        got = _mttkrp_from_partial(t, factors, factors_t, modes, n)
+        torch.testing.assert_close(got.mT, expected, rtol=1e-10, atol=1e-10)
     _, errors = tc.cp_als(x, rank, n_iter_max=5, tol=0, return_errors=True)
     monkeypatch.undo()
     _, reference = tc.cp_als(x, rank, n_iter_max=5, tol=0, return_errors=True)
     assert max(abs(a - b) for a, b in zip(errors, reference, strict=True)) < 1e-10
+
+
+def test_untracked_fit_changes_nothing():
+    """With tol=0 and no errors asked for, the fit is not computed in the sweeps: the factors are bit for bit those
+    of the run that tracks it (same process, same layouts)."""
+    x = random_cp((6, 7, 8), 3, noise=0.1, seed=1, dtype=torch.float64).tensor
+    plain = tc.cp_als(x, 3, n_iter_max=7, tol=0, seed=0)
+    tracked, errors = tc.cp_als(x, 3, n_iter_max=7, tol=0, seed=0, return_errors=True)
+    assert len(errors) == 7
+    for a, b in zip(plain._tensors(), tracked._tensors(), strict=True):
+        assert torch.equal(a, b)
 
 
 def test_exact_recovery_float64(device):
@@ -321,6 +338,6 @@ def test_min_norm_solve_equals_lstsq(rank, deficiency, seed):
     """The singular-V fallback used on CUDA equals LAPACK's minimum-norm least squares (gelsd)."""
     b = _randn((max(rank - deficiency, 1), rank), seed)
     gram = b.mT @ b
-    mttkrp = _randn((4, rank), seed + 1)
-    expected = torch.linalg.lstsq(gram, mttkrp.mT, driver="gelsd").solution.mT
-    torch.testing.assert_close(_min_norm_solve(gram, mttkrp), expected, rtol=1e-7, atol=1e-7)
+    rhs = _randn((rank, 4), seed + 1)
+    expected = torch.linalg.lstsq(gram, rhs, driver="gelsd").solution
+    torch.testing.assert_close(_min_norm_solve(gram, rhs), expected, rtol=1e-7, atol=1e-7)

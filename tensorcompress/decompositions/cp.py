@@ -119,10 +119,13 @@ def cp_to_tensor(cp: CPTensor) -> torch.Tensor:
 
 
 def _hadamard_grams(grams: Sequence[torch.Tensor], skip: int | None = None) -> torch.Tensor:
-    out = None
-    for k, g in enumerate(grams):
-        if k != skip:
-            out = g.clone() if out is None else out * g
+    """The Hadamard product of the Gram matrices but ``grams[skip]``, a new tensor (never one of ``grams``)."""
+    kept = [g for k, g in enumerate(grams) if k != skip]
+    if len(kept) == 1:
+        return kept[0].clone()
+    out = kept[0] * kept[1]
+    for g in kept[2:]:
+        out *= g
     return out
 
 
@@ -135,98 +138,144 @@ def _split(shape: Sequence[int]) -> int:
 
 # The two GEMMs of a sweep cost most of CP-ALS, and their speed depends on the operand layout in a way that varies
 # with the dtype, the BLAS, the CPU and the thread count (float32 on 2 cores: ``X @ A`` 2.3x faster than
-# ``A.T @ X.T``; float64 on 1 thread: the reverse). So each product has two layouts, and the first time a shape is
-# seen (per dtype, device and thread count) both are timed on the real operands; the faster is used from then on,
-# in every call, so that a seed keeps giving the same result within a process. CUDA keeps the first layout.
+# ``A.T @ X.T``; float64 on 1 thread: the reverse). So each product has four layouts (a result rank-first or
+# rank-last, the factor read as A or as A^T), and the first time a shape is seen (per dtype, device and thread
+# count) each is timed on the real operands together with the cheap contraction that follows it, whose cost
+# depends on the result's layout; the fastest is used from then on, in every call, so that a seed keeps giving the
+# same result within a process. CUDA keeps the first layout.
+#
+# A rank-last result is never transposed into place (a strided copy that costs half a GEMM: 16 x 10^4 float32,
+# 0.34 ms): the partial contraction is carried on in that layout, as a (R, ...) view with unit stride over the
+# rank (see _times_trailing).
 _LAYOUTS: dict[tuple, int] = {}
 
 
-def _fastest(key: tuple, candidates: Sequence, operands: tuple) -> torch.Tensor:
-    """``candidates[i](*operands)`` for the layout ``i`` that ran fastest (two timings each, once per key)."""
+def _fastest(key: tuple, candidates: Sequence, operands: tuple, then) -> torch.Tensor:
+    """``candidates[i](*operands)`` for the layout ``i`` for which ``then(candidates[i](*operands))`` ran fastest
+    (chosen once per key: the best of three timings each, the candidates taking turns so that a change of machine
+    load hits them alike)."""
     choice = _LAYOUTS.get(key)
     if choice is None:
         if operands[0].device.type != "cpu":
             choice = 0
         else:
-            times = [min(_time(c, operands) for _ in range(2)) for c in candidates]
+            times = [math.inf] * len(candidates)
+            for _ in range(3):
+                for i, candidate in enumerate(candidates):
+                    start = time.perf_counter()
+                    then(candidate(*operands))
+                    times[i] = min(times[i], time.perf_counter() - start)
             choice = min(range(len(candidates)), key=times.__getitem__)
         _LAYOUTS[key] = choice
     return candidates[choice](*operands)
-
-
-def _time(fn, operands: tuple) -> float:
-    start = time.perf_counter()
-    fn(*operands)
-    return time.perf_counter() - start
 
 
 def _key(kind: str, m: torch.Tensor, a: torch.Tensor) -> tuple:
     return kind, m.dtype, m.device.type, tuple(m.shape), a.shape[1], torch.get_num_threads()
 
 
-# (R, P) = A^T (X_(N) as P x I_N)^T, either as one GEMM into (R, P) or as X A into (P, R) then a cheap transpose
-_LAST = (lambda m, a: a.mT @ m.mT, lambda m, a: (m @ a).mT.contiguous())
-# (R, Q) = A^T (X_(1) as I_1 x Q), likewise
-_FIRST = (lambda m, a: a.mT @ m, lambda m, a: (m.mT @ a).mT.contiguous())
+# T = A^T (X_(N) as P x I_N)^T, (R, P): one GEMM, into (R, P) or into (P, R) returned as its (R, P) view, with the
+# factor read as A (I, R) or as A^T (R, I), both held contiguous
+_LAST = (lambda m, a, at: at @ m.mT, lambda m, a, at: a.mT @ m.mT,
+         lambda m, a, at: (m @ a).mT, lambda m, a, at: (m @ at.mT).mT)
+# T = A^T (X_(1) as I_1 x Q), likewise
+_FIRST = (lambda m, a, at: at @ m, lambda m, a, at: a.mT @ m,
+          lambda m, a, at: (m.mT @ a).mT, lambda m, a, at: (m.mT @ at.mT).mT)
 
 
-def _contract_right(x: torch.Tensor, factors: Sequence[torch.Tensor], h: int) -> torch.Tensor:
+def _rank_last(t: torch.Tensor) -> bool:
+    """Whether a partial contraction ``t`` (shape ``(R, ...)``) is held rank-last: the view of a contiguous
+    ``(..., R)`` tensor."""
+    return t.shape[0] > 1 and t.stride(0) == 1
+
+
+def _times_trailing(t: torch.Tensor, a: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+    r""":math:`U[r, p] = \sum_i T[r, p, i]\, A[i, r]` for ``t`` viewed as ``(R, P, I)``, with ``a`` = :math:`A`
+    ``(I, R)`` and ``at`` = :math:`A^\top` ``(R, I)`` both contiguous: shape ``(R, P)``, in ``t``'s layout.
+
+    Rank-first, it is a batched row vector times matrix on the transposed view, ``bmm(A^T[:, None, :], T^T)``: the
+    direct matrix times column vector ``bmm(T, A^T[:, :, None])`` runs about 5x slower in MKL (16 x 100 x 100
+    float32, one thread: 250 us against 40 us). Rank-last, a broadcast product and a sum over ``i``, the rank index
+    contiguous in both operands (read through a transposed view, the same sum takes 2.5x longer)."""
+    size, rank = a.shape
+    if _rank_last(t):
+        return (t.movedim(0, -1).reshape(-1, size, rank) * a).sum(1).mT
+    return torch.bmm(at.unsqueeze(1), t.reshape(rank, -1, size).mT).reshape(rank, -1)
+
+
+def _times_leading(t: torch.Tensor, a: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+    r""":math:`U[r, q] = \sum_i A[i, r]\, T[r, i, q]` for ``t`` viewed as ``(R, I, Q)``: shape ``(R, Q)``, in ``t``'s
+    layout (see :func:`_times_trailing`)."""
+    size, rank = a.shape
+    if _rank_last(t):
+        return (t.movedim(0, -1).reshape(size, -1, rank) * a.unsqueeze(1)).sum(0).mT
+    return torch.bmm(at.unsqueeze(1), t.reshape(rank, size, -1)).reshape(rank, -1)
+
+
+def _contract_right(x: torch.Tensor, factors: Sequence[torch.Tensor], factors_t: Sequence[torch.Tensor],
+                    h: int) -> torch.Tensor:
     r"""Partial MTTKRP :math:`T[r, i_1..i_h] = \sum_{i_{h+1}..i_N} X[i_1..i_N] \prod_{k > h} A_k[i_k, r]`,
-    shape ``(R, I_1, ..., I_h)``: one GEMM with :math:`A_N`, then cheap batched matrix–vector products."""
+    shape ``(R, I_1, ..., I_h)``, from the factors :math:`A_k` ``(I_k, R)`` and their transposes ``factors_t``
+    (all contiguous): one GEMM with :math:`A_N`, then cheap batched products with vectors."""
     shape = x.shape
-    last = factors[-1]
     m = x.reshape(-1, shape[-1])
-    t = _fastest(_key("last", m, last), _LAST, (m, last))  # (R, prod(shape[:-1])): one GEMM over the tensor
+    operands = (m, factors[-1], factors_t[-1])
+    k = len(shape) - 2  # the next mode to contract, in here or in the MTTKRP of mode N-1
+    t = _fastest(_key("last", m, factors[-1]), _LAST, operands,  # (R, prod(shape[:-1])): one GEMM over the tensor
+                 lambda t: _times_trailing(t, factors[k], factors_t[k]))
     for k in range(len(shape) - 2, h - 1, -1):
-        t = torch.bmm(t.reshape(t.shape[0], -1, shape[k]), factors[k].mT.unsqueeze(2))
+        t = _times_trailing(t, factors[k], factors_t[k])
     return t.reshape(t.shape[0], *shape[:h])
 
 
-def _contract_left(x: torch.Tensor, factors: Sequence[torch.Tensor], h: int) -> torch.Tensor:
+def _contract_left(x: torch.Tensor, factors: Sequence[torch.Tensor], factors_t: Sequence[torch.Tensor],
+                   h: int) -> torch.Tensor:
     r"""Partial MTTKRP over the left half, shape ``(R, I_{h+1}, ..., I_N)``."""
     shape = x.shape
     m = x.reshape(shape[0], -1)
-    t = _fastest(_key("first", m, factors[0]), _FIRST, (m, factors[0]))  # (R, prod(shape[1:])): one GEMM
+    operands = (m, factors[0], factors_t[0])
+    t = _fastest(_key("first", m, factors[0]), _FIRST, operands,  # (R, prod(shape[1:])): one GEMM
+                 lambda t: _times_trailing(t, factors[-1], factors_t[-1]))
     for k in range(1, h):
-        t = torch.bmm(factors[k].mT.unsqueeze(1), t.reshape(t.shape[0], shape[k], -1))
+        t = _times_leading(t, factors[k], factors_t[k])
     return t.reshape(t.shape[0], *shape[h:])
 
 
-def _mttkrp_from_partial(
-    t: torch.Tensor, factors: Sequence[torch.Tensor], modes: Sequence[int], n: int
-) -> torch.Tensor:
-    """MTTKRP of mode ``n`` from a partial contraction ``t`` of shape ``(R, I_m for m in modes)``: contract the
-    remaining modes of ``t`` with their factors (the rank index shared), giving ``(I_n, R)``. One batched
-    matrix-vector product per mode (any order: no einsum letters to run out of)."""
-    rank, sizes = t.shape[0], t.shape[1:]
+def _mttkrp_from_partial(t: torch.Tensor, factors: Sequence[torch.Tensor], factors_t: Sequence[torch.Tensor],
+                         modes: Sequence[int], n: int) -> torch.Tensor:
+    """Transposed MTTKRP of mode ``n``, :math:`M_n^\top` of shape ``(R, I_n)`` (in ``t``'s layout), from a partial
+    contraction ``t`` of shape ``(R, I_m for m in modes)``: contract the remaining modes of ``t`` with their
+    factors (the rank index shared). One batched product with a vector per mode (any order: no einsum letters to
+    run out of)."""
     j = list(modes).index(n)
     for m in reversed(modes[j + 1:]):  # the trailing modes, last first
-        t = torch.bmm(t.reshape(rank, -1, factors[m].shape[0]), factors[m].mT.unsqueeze(2))
+        t = _times_trailing(t, factors[m], factors_t[m])
     for m in modes[:j]:  # the leading modes, first first
-        t = torch.bmm(factors[m].mT.unsqueeze(1), t.reshape(rank, factors[m].shape[0], -1))
-    return t.reshape(rank, sizes[j]).mT
+        t = _times_leading(t, factors[m], factors_t[m])
+    return t.reshape(t.shape[0], -1)
 
 
-def _solve_normal(gram: torch.Tensor, mttkrp: torch.Tensor, l2_reg: float) -> torch.Tensor:
-    r"""Solve :math:`A V = M` for :math:`A` with the symmetric PSD :math:`V` (+ ``l2_reg`` I): Cholesky, falling back
+def _solve_normal(gram: torch.Tensor, mttkrp_t: torch.Tensor, l2_reg: float) -> torch.Tensor:
+    r"""Solve :math:`A V = M` for :math:`A` with the symmetric PSD :math:`V` (+ ``l2_reg`` I), in transposed form:
+    :math:`V A^\top = M^\top` for ``mttkrp_t`` = :math:`M^\top`, returning :math:`A^\top`. Cholesky, falling back
     to least squares when :math:`V` is singular."""
     if l2_reg:
         gram = gram + l2_reg * torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
     chol, info = torch.linalg.cholesky_ex(gram)
     if int(info) == 0:
-        return torch.cholesky_solve(mttkrp.mT, chol).mT
+        return torch.cholesky_solve(mttkrp_t, chol)
     if gram.device.type == "cpu":
-        return torch.linalg.lstsq(gram, mttkrp.mT, driver="gelsd").solution.mT
-    return _min_norm_solve(gram, mttkrp)  # CUDA's lstsq (gels) needs full rank
+        return torch.linalg.lstsq(gram, mttkrp_t, driver="gelsd").solution
+    return _min_norm_solve(gram, mttkrp_t)  # CUDA's lstsq (gels) needs full rank
 
 
-def _min_norm_solve(gram: torch.Tensor, mttkrp: torch.Tensor) -> torch.Tensor:
-    """Minimum-norm least-squares solution of ``A V = M`` for a singular symmetric PSD ``V``, from its
+def _min_norm_solve(gram: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """Minimum-norm least-squares solution ``Y`` of ``V Y = rhs`` for a singular symmetric PSD ``V``, from its
     eigendecomposition (eigenvalues below ``R * eps * max`` treated as zero)."""
     vals, vecs = torch.linalg.eigh(gram)
     keep = vals > vals.max() * gram.shape[0] * torch.finfo(gram.dtype).eps
     inv = torch.where(keep, 1 / torch.where(keep, vals, torch.ones_like(vals)), torch.zeros_like(vals))
-    return ((mttkrp @ vecs) * inv) @ vecs.mT
+    return vecs @ (inv.unsqueeze(1) * (vecs.mT @ rhs))
 
 
 def _init_factors(x: torch.Tensor, dtype: torch.dtype, exp: int, rank: int, init: object,
@@ -345,34 +394,42 @@ def cp_als(
     check_positive_int(n_iter_max, "n_iter_max")
     tol = check_tol(tol, "tol")
     l2_reg = check_tol(l2_reg, "l2_reg")
-    factors = _init_factors(x, dtype, exp, rank, init, seed)
+    # every factor held twice, as A_n (I_n, R) and A_n^T (R, I_n), both contiguous: each cheap contraction reads
+    # the one whose rank index runs its way (see _times_trailing)
+    factors = [f.contiguous() for f in _init_factors(x, dtype, exp, rank, init, seed)]
+    factors_t = [f.mT.contiguous() for f in factors]
     shape, n_modes = tuple(x.shape), x.ndim
     h = _split(shape)
     left, right = list(range(h)), list(range(h, n_modes))
     norm_x2 = torch.linalg.vector_norm(x) ** 2
     if float(norm_x2) == 0:
         raise ValueError("x is all zeros: it has no CP decomposition of rank >= 1 to fit")
-    grams = [f.mT @ f for f in factors]
+    grams = [f @ f.mT for f in factors_t]
     weights = torch.ones(rank, dtype=x.dtype, device=x.device)
     errors: list[float] = []
 
-    def update(n: int, mttkrp: torch.Tensor) -> torch.Tensor:
-        factor = _solve_normal(_hadamard_grams(grams, skip=n), mttkrp, l2_reg)
+    def update(n: int, mttkrp_t: torch.Tensor) -> torch.Tensor:
+        # LAPACK returns A^T column-major, so A (I_n, R) comes out contiguous and needs no copy
+        factor = _solve_normal(_hadamard_grams(grams, skip=n), mttkrp_t, l2_reg).mT
         norms = torch.linalg.vector_norm(factor, dim=0)
-        factor = factor / torch.where(norms == 0, torch.ones_like(norms), norms)
-        factors[n] = factor
-        grams[n] = factor.mT @ factor
+        # a zero column stays zero (0 / tiny), without a branch on the norms
+        factors[n] = (factor / norms.clamp_min(torch.finfo(x.dtype).tiny)).contiguous()
+        factors_t[n] = factors[n].mT.contiguous()
+        grams[n] = factors_t[n] @ factors[n]
         return norms
 
+    track = bool(tol) or return_errors  # the fit costs a few small operations per sweep: only when it is used
     for _ in range(n_iter_max):
-        t_left = _contract_right(x, factors, h)
+        t_left = _contract_right(x, factors, factors_t, h)
         for n in left:
-            weights = update(n, _mttkrp_from_partial(t_left, factors, left, n))
-        t_right = _contract_left(x, factors, h)
+            weights = update(n, _mttkrp_from_partial(t_left, factors, factors_t, left, n))
+        t_right = _contract_left(x, factors, factors_t, h)
         for n in right:
-            mttkrp = _mttkrp_from_partial(t_right, factors, right, n)
-            weights = update(n, mttkrp)
-        inner = (weights * (factors[-1] * mttkrp).sum(0)).sum()
+            mttkrp_t = _mttkrp_from_partial(t_right, factors, factors_t, right, n)
+            weights = update(n, mttkrp_t)
+        if not track:
+            continue
+        inner = weights @ (factors_t[-1] * mttkrp_t).sum(1)
         norm_hat2 = weights @ _hadamard_grams(grams) @ weights
         err = float(torch.sqrt((norm_x2 + norm_hat2 - 2 * inner).clamp_min(0) / norm_x2))
         errors.append(err)
