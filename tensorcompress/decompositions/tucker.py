@@ -21,7 +21,6 @@ from ..tensor import ldexp, multi_mode_dot, unfold
 from ._common import (
     Factorized,
     check_tol,
-    for_svd,
     generator,
     leading_eigvecs,
     leading_left_singular,
@@ -30,6 +29,7 @@ from ._common import (
     project,
     randn,
     svd,
+    widen,
 )
 
 __all__ = ["TuckerTensor", "hosvd", "tucker", "tucker_to_tensor"]
@@ -173,10 +173,12 @@ def hosvd(x: torch.Tensor, ranks: int | Sequence[int] | None = None, *, eps: flo
     factors = []
     for n in range(x.ndim):
         rank = ranks[n] if ranks is not None else None
-        factor = leading_left_singular(core, n, _gram(core, n), rank=rank, budget=budget)
+        # the factors keep the input's (compute) dtype; after the one pass over x, the shrinking core is carried in
+        # float64 for float32 input (see _common.widen): exact projections on the stored factors, rounded once
+        factor = leading_left_singular(core, n, _gram(core, n), rank=rank, budget=budget).to(x.dtype)
         factors.append(factor)
-        core = project(core, factor, n)
-    return TuckerTensor(ldexp(core, exp), factors).to(dtype)
+        core = widen(project(core, factor.to(core.dtype), n))
+    return TuckerTensor(ldexp(core.to(x.dtype), exp), factors).to(dtype)
 
 
 def _project(y: torch.Tensor, factors: Sequence[torch.Tensor], modes: Sequence[int]) -> torch.Tensor:
@@ -214,7 +216,7 @@ def _leading_svd(y: torch.Tensor, mode: int, rank: int) -> torch.Tensor:
     r"""The leading ``rank`` left singular vectors of the (small, projected) unfolding :math:`Y_{(n)}` by an SVD:
     accurate down to :math:`\epsilon_{\text{mach}}\sigma_1`, where Gram eigenvectors stop at
     :math:`\sqrt{\epsilon_{\text{mach}}}\,\sigma_1`."""
-    unfolded = for_svd(unfold(y, mode))  # float32 factored in float64, as numpy.linalg (and TensorLy) do
+    unfolded = widen(unfold(y, mode))  # float32 factored in float64, as numpy.linalg (and TensorLy) do
     u = svd(unfolded, full_matrices=unfolded.shape[1] < rank)[0][:, :rank]
     # gesdd's vectors are orthonormal to ~n eps; a Householder QR of them (same span) to ~eps (orthogonality errors
     # pass straight into the core and the reconstruction)
@@ -280,17 +282,19 @@ def tucker(
     left, right = list(range(h)), list(range(h, n_modes))
     errors: list[float] = []
     core = None
+    wide = [widen(f) for f in factors]  # the factors for the small projections (see _common.widen)
     for _ in range(n_iter_max):
         for half, other in ((left, right), (right, left)):
-            part = _project(x, factors, other)
+            part = widen(_project(x, factors, other))  # the one pass over x per half, in x's dtype
             for n in half:
-                y = _project(part, factors, [k for k in half if k != n])
-                factors[n] = _leading_svd(y, n, ranks[n])
-        core = project(y, factors[n_modes - 1], n_modes - 1)
+                y = _project(part, wide, [k for k in half if k != n])
+                factors[n] = _leading_svd(y, n, ranks[n]).to(x.dtype)
+                wide[n] = widen(factors[n])  # the stored (rounded) factor, so that the core is its exact projection
+        core = project(y, wide[n_modes - 1], n_modes - 1)
         err2 = max(norm_x2 - float(torch.linalg.vector_norm(core)) ** 2, 0.0)
         errors.append(math.sqrt(err2 / norm_x2))
         if tol and len(errors) > 1 and abs(errors[-2] - errors[-1]) < tol:
             break
-    result = TuckerTensor(ldexp(core, exp), factors).to(dtype)
+    result = TuckerTensor(ldexp(core.to(x.dtype), exp), factors).to(dtype)
     return (result, errors) if return_errors else result
 
