@@ -5,14 +5,16 @@ Run ``python benchmarks/decompositions.py --threads 1`` (add ``--quick`` for a s
 repeat; ``--sizes 100 250`` picks the cube sides). Times are wall-clock ``time.perf_counter`` medians over
 ``--repeats`` runs, the methods interleaved in every repeat so that a busy machine slows them alike; the first call
 on each shape is untimed (library loading, first-call overheads, and CP-ALS's one-off choice of GEMM layout for that
-shape). Errors are ``||X - X_hat|| / ||X||`` from the dense reconstruction in float64. Every method gets the same
+shape). Errors are ``||X - X_hat|| / ||X||`` with ``X_hat`` reconstructed in float64 from each result's stored numbers
+(TensorLy's read through ``from_tensorly``), so that the rounding of a float32 reconstruction does not blur a float32
+comparison. Every method gets the same
 tensor, rank, initialisation kind and iteration count (``tol=0``).
 
 Printed per dtype:
 
 * CP-ALS, HOOI and TT-SVD against TensorLy; ``speed-up`` = the faster TensorLy back-end's time / ours;
 * CP-ALS's floor: two GEMMs per sweep (the MTTKRP-sized products ``X_(N) A_N`` and ``X_(1)^T A_1``), each at the
-  faster of its two layouts, times the number of sweeps; ``sweeps / floor`` = the time of the sweeps alone (CP-ALS
+  fastest of its four layouts, times the number of sweeps; ``sweeps / floor`` = the time of the sweeps alone (CP-ALS
   started from a given CPTensor, the result of one sweep, so that no initialisation is timed) over that floor;
 * an ill-conditioned case: an exact multilinear-rank-16 tensor of size 30^3 with a graded core (unfolding spectra
   over about three decades), errors of hosvd and tucker against TensorLy's tucker.
@@ -43,9 +45,10 @@ from tensorcompress.data.synthetic import random_cp, random_tt, random_tucker  #
 Row = tuple[str, str, float, float]  # task, method, seconds, relative error
 
 
-def rel_err(x: torch.Tensor, approx) -> float:
-    approx = torch.as_tensor(np.asarray(approx)) if not isinstance(approx, torch.Tensor) else approx
-    return float(tc.relative_error(x.double(), approx.double()))
+def rel_err(x: torch.Tensor, result) -> float:
+    """``||X - X_hat|| / ||X||`` with ``X_hat`` reconstructed in float64 from the result's stored numbers: the error
+    of the decomposition, not of a float32 reconstruction's BLAS."""
+    return float(tc.relative_error(x.double(), result.to(torch.float64).to_tensor()))
 
 
 def interleaved(methods: list[tuple[str, object]], repeats: int) -> dict[str, tuple[float, object]]:
@@ -68,8 +71,9 @@ def with_backend(backend: str, fn):
         tl.set_backend("pytorch")
 
 
-def against_tensorly(task: str, x: torch.Tensor, ours, peer, to_dense, repeats: int) -> list[Row]:
-    """Time ``ours(x)`` and ``peer(x)`` on TensorLy's numpy and pytorch back-ends (interleaved)."""
+def against_tensorly(task: str, x: torch.Tensor, ours, peer, kind, repeats: int) -> list[Row]:
+    """Time ``ours(x)`` and ``peer(x)`` on TensorLy's numpy and pytorch back-ends (interleaved); ``kind`` is the
+    tensorcompress class that reads the peer's result (``from_tensorly``), so that both errors are computed alike."""
     x_np = x.numpy()
     ours(x)  # untimed first call on this shape
     methods = [("tensorcompress", lambda: ours(x)),
@@ -78,23 +82,24 @@ def against_tensorly(task: str, x: torch.Tensor, ours, peer, to_dense, repeats: 
     measured = interleaved(methods, repeats)
     rows = []
     for name, (t, res) in measured.items():
-        if name == "tensorcompress":
-            approx = res.to_tensor()
-        else:
-            approx = with_backend("numpy" if "numpy" in name else "pytorch", lambda res=res: to_dense(res))
-        rows.append((task, name, t, rel_err(x, approx)))
+        result = res if name == "tensorcompress" else kind.from_tensorly(res)
+        rows.append((task, name, t, rel_err(x, result)))
     return rows
 
 
 def floor_layouts(x: torch.Tensor, rank: int, sweeps: int) -> list[tuple[str, object]]:
-    """The two MTTKRP-sized GEMMs of a sweep (last mode: ``X_(N) A``; first mode: ``X_(1)^T A``), two layouts each,
-    each run ``sweeps`` times in a loop: a timing as long as the sweeps' own, so that on a shared machine both get
-    the same share of a core (a lone millisecond GEMM often runs undisturbed and would flatter the floor)."""
+    """The two MTTKRP-sized GEMMs of a sweep (last mode: ``X_(N) A``; first mode: ``X_(1)^T A``), four layouts each
+    (the result rank-first or rank-last, the factor stored as ``A`` or as ``A^T``: CP-ALS chooses among the same
+    four), each run ``sweeps`` times in a loop: a timing as long as the sweeps' own, so that on a shared machine both
+    get the same share of a core (a lone millisecond GEMM often runs undisturbed and would flatter the floor)."""
     n = x.shape[0]
     a = torch.randn(n, rank, dtype=x.dtype)
+    at = a.mT.contiguous()
     last, first = x.reshape(-1, n), x.reshape(n, -1)
-    products = [("X A", lambda: last @ a), ("A^T X^T", lambda: a.mT @ last.mT),
-                ("A^T X", lambda: a.mT @ first), ("X^T A", lambda: first.mT @ a)]
+    products = [("last: X A", lambda: last @ a), ("last: X (A^T)^T", lambda: last @ at.mT),
+                ("last: A^T X^T", lambda: a.mT @ last.mT), ("last: (A^T) X^T", lambda: at @ last.mT),
+                ("first: A^T X", lambda: a.mT @ first), ("first: (A^T) X", lambda: at @ first),
+                ("first: X^T A", lambda: first.mT @ a), ("first: X^T (A^T)^T", lambda: first.mT @ at.mT)]
     return [(name, lambda fn=fn: [fn() for _ in range(sweeps)]) for name, fn in products]
 
 
@@ -103,7 +108,7 @@ def cp_rows(n: int, dtype: torch.dtype, repeats: int) -> tuple[list[Row], str]:
     x = random_cp((n,) * 3, rank, noise=0.1, seed=0, dtype=dtype).tensor
     task = f"CP-ALS {n}^3, R={rank}, {sweeps} it"
     rows = against_tensorly(task, x, lambda y: tc.cp_als(y, rank, n_iter_max=sweeps, tol=0, init="svd"),
-                            lambda y: parafac(y, rank, n_iter_max=sweeps, tol=0, init="svd"), tl.cp_to_tensor,
+                            lambda y: parafac(y, rank, n_iter_max=sweeps, tol=0, init="svd"), tc.CPTensor,
                             repeats)
     # the sweeps alone (no initialisation timed: start from the result of one sweep, given as a CPTensor) and the
     # floor's GEMMs, interleaved so that both see the same load
@@ -113,7 +118,8 @@ def cp_rows(n: int, dtype: torch.dtype, repeats: int) -> tuple[list[Row], str]:
         fn()
     t = {name: res[0] for name, res in interleaved(
         [("sweeps", lambda: tc.cp_als(x, rank, n_iter_max=sweeps, tol=0, init=start)), *layouts], repeats).items()}
-    floor = min(t["X A"], t["A^T X^T"]) + min(t["A^T X"], t["X^T A"])
+    floor = (min(v for k, v in t.items() if k.startswith("last:"))
+             + min(v for k, v in t.items() if k.startswith("first:")))
     note = (f"{task}: sweeps alone {t['sweeps']:.3f} s, floor (2 GEMMs/sweep, best layout) {floor:.3f} s, "
             f"sweeps / floor = {t['sweeps'] / floor:.2f}x; whole call / floor = {rows[0][2] / floor:.2f}x")
     return rows, note
@@ -125,13 +131,13 @@ def hooi_rows(n: int, dtype: torch.dtype, repeats: int) -> list[Row]:
     return against_tensorly(f"Tucker HOOI {n}^3, R={rank}, {sweeps} it", x,
                             lambda y: tc.tucker(y, rank, n_iter_max=sweeps, tol=0),
                             lambda y: tl_tucker(y, [rank] * 3, n_iter_max=sweeps, tol=0, init="svd"),
-                            tl.tucker_to_tensor, repeats)
+                            tc.TuckerTensor, repeats)
 
 
 def tt_rows(n: int, dtype: torch.dtype, repeats: int) -> list[Row]:
     x = random_tt((n,) * 5, 8, noise=0.05, seed=2, dtype=dtype).tensor
     return against_tensorly(f"TT-SVD {n}^5, ranks 8", x, lambda y: tc.tt_svd(y, max_rank=8),
-                            lambda y: tensor_train(y, [1, 8, 8, 8, 8, 1]), tl.tt_to_tensor, repeats)
+                            lambda y: tensor_train(y, [1, 8, 8, 8, 8, 1]), tc.TTTensor, repeats)
 
 
 def graded_rows(dtype: torch.dtype, repeats: int) -> list[Row]:
@@ -140,9 +146,9 @@ def graded_rows(dtype: torch.dtype, repeats: int) -> list[Row]:
     task = "graded 30^3, exact rank 16, 10 it"
     rows = against_tensorly(task, x, lambda y: tc.tucker(y, 16, n_iter_max=10, tol=0),
                             lambda y: tl_tucker(y, [16] * 3, n_iter_max=10, tol=0, init="svd"),
-                            tl.tucker_to_tensor, repeats)
+                            tc.TuckerTensor, repeats)
     t, res = interleaved([("hosvd", lambda: tc.hosvd(x, 16))], repeats)["hosvd"]
-    rows.insert(1, (task, "tensorcompress hosvd", t, rel_err(x, res.to_tensor())))
+    rows.insert(1, (task, "tensorcompress hosvd", t, rel_err(x, res)))
     return rows
 
 
