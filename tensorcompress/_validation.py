@@ -51,6 +51,7 @@ def max_abs(x: torch.Tensor) -> float:
     it."""
     if x.numel() == 0:
         return 0.0
+    x = x.detach()  # a check, not part of any graph (and float() of a grad-requiring tensor warns)
     if x.is_complex():
         return float(x.abs().max())
     if not x.is_floating_point():

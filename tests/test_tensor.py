@@ -507,3 +507,17 @@ def test_max_abs_edge_cases():
     assert max_abs(torch.tensor([3, -7, 2])) == 7.0  # integers, the negative side
     assert max_abs(torch.tensor([3 + 4j, 1j])) == pytest.approx(5.0)  # complex: the modulus
     assert max_abs(torch.tensor([-0.0, 0.0])) == 0.0
+
+
+def test_finiteness_check_of_a_tensor_in_a_graph_warns_nothing():
+    """Checking logits that require grad (as kd_loss does) stays silent: failed when max_abs called float() on them
+    (torch's 'Converting a tensor with requires_grad=True to a scalar' warning, caught by nbval in notebook 17)."""
+    import warnings
+
+    from tensorcompress._validation import check_finite, max_abs
+
+    x = torch.randn(4, 5, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_finite(x * 2)
+        assert max_abs(x) == float(x.detach().abs().max())
