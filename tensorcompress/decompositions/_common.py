@@ -134,9 +134,9 @@ def widen(t: torch.Tensor) -> torch.Tensor:
     TensorLy's numpy back-end (2.3e-7), whose ``numpy.linalg`` computes float32 input in float64 the same way. The
     same holds for the small projections that follow each pass over the full tensor (the projected unfoldings, the
     core): accumulated in float32 they leave HOOI's result at 1.5–2.0e-7 there, in float64 at 1.0–1.1e-7, below
-    TensorLy's 1.4–1.7e-7 (errors of the stored numbers, reconstructed in float64, six seeds). These steps work on the projected tensor
-    (:math:`I_n \times \prod_{k \ne n} R_k`), so float64 costs little next to the passes over the full tensor,
-    which stay in the input's dtype."""
+    TensorLy's 1.4–1.7e-7 (errors of the stored numbers, reconstructed in float64, six seeds). These steps work on
+    the projected tensor (:math:`I_n \times \prod_{k \ne n} R_k`), so float64 costs little next to the passes over
+    the full tensor, which stay in the input's dtype."""
     return t.double() if t.dtype == torch.float32 else t
 
 

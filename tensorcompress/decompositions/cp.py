@@ -344,7 +344,7 @@ def cp_als(
 
     * The MTTKRP :math:`X_{(n)}(\bigodot_{k\ne n} A_k)` never forms a Khatri–Rao product. A dimension tree (Phan,
       Tichavský & Cichocki 2013, IEEE TSP 61(19)) splits the modes in two halves: one GEMM with the last factor plus
-      cheap batched matrix-vector products gives the partial contraction
+      cheap batched vector-matrix products gives the partial contraction
       :math:`T_L = X \times_{k \in \text{right}} A_k` that serves every left mode, and likewise for the right
       half — two passes over the tensor per sweep instead of :math:`N`.
     * :math:`V` is the Hadamard product of the :math:`R \times R` Gram matrices; the system is solved by Cholesky
@@ -352,7 +352,10 @@ def cp_als(
     * The error comes from norms and the last MTTKRP :math:`M_N`, without forming :math:`\hat X`:
       :math:`\|X-\hat X\|^2 = \|X\|^2 + \lambda^\top V_{\text{all}} \lambda - 2 \sum_r \lambda_r (A_N^\top M_N)_{rr}`
       (accurate to about :math:`\sqrt{\epsilon_{\text{mach}}}` relative: use :func:`tensorcompress.relative_error`
-      for errors below that).
+      for errors below that). It is computed only when ``tol > 0`` or ``return_errors`` asks for it.
+    * The GEMM layout (result rank-first or rank-last, factor read as :math:`A` or :math:`A^\top`) is chosen by
+      timing the first time a shape, dtype and thread count is seen: within a process a seed gives the same result
+      every call, across machines the last bits may differ.
 
     The input is scaled by an exact power of two when its entries are far from 1 (no overflow of
     :math:`\|X\|^2` in float32 at 1e20 or underflow at 1e-25); float16/bfloat16 inputs are computed in float32 and

@@ -145,7 +145,9 @@ def hosvd(x: torch.Tensor, ranks: int | Sequence[int] | None = None, *, eps: flo
               \le \sum_n \sum_{i > R_n} \sigma_i(X_{(n)})^2 \le N \|X - X_{\text{best}}\|^2 .
 
     float16/bfloat16 inputs are computed in float32 and returned in their dtype; inputs far from 1 in magnitude are
-    scaled by an exact power of two first (``eps`` holds at 1e20 or 1e-25 in float32).
+    scaled by an exact power of two first (``eps`` holds at 1e20 or 1e-25 in float32). For float32 input, the one
+    projection of the full tensor runs in float32 and the shrinking core after it in float64, rounded once at the
+    end (:func:`~tensorcompress.decompositions._common.widen`).
 
     Parameters
     ----------
@@ -247,7 +249,10 @@ def tucker(
     The reported errors come from :math:`\|X\|^2 - \|G\|^2`, accurate to about
     :math:`\sqrt{\epsilon_{\text{mach}}}` relative (use :func:`tensorcompress.relative_error` below that).
     float16/bfloat16 inputs are computed in float32 and returned in their dtype; inputs far from 1 in magnitude are
-    scaled by an exact power of two first.
+    scaled by an exact power of two first. For float32 input the two passes over the full tensor per sweep run in
+    float32, the small projections after them, the SVDs and the core in float64, rounded once
+    (:func:`~tensorcompress.decompositions._common.widen`): on graded, exactly low-rank tensors the result is then
+    at least as accurate as TensorLy's.
 
     Parameters
     ----------
