@@ -567,3 +567,15 @@ def test_regression_outputs_have_no_accuracy():
     h = tc.fit(_model(), data, epochs=2, lr=1e-2, progress=False,
                loss_fn=lambda o, t, x: nn.functional.mse_loss(o, t))
     assert set(h[0]) == {"epoch", "loss", "lr"} and h[1]["loss"] < h[0]["loss"]
+
+
+def test_model_dtype_is_the_first_floating_parameter_dtype_or_the_default():
+    """The dtype evaluate casts inputs to (and the leaderboard measures in): the first parameter's when floating."""
+    from tensorcompress.train import model_dtype
+
+    assert model_dtype(torch.nn.Linear(2, 3).half()) == torch.float16
+    assert model_dtype(torch.nn.Linear(2, 3).double()) == torch.float64
+    assert model_dtype(torch.nn.ReLU()) == torch.get_default_dtype()  # no parameters
+    frozen_int = torch.nn.Module()
+    frozen_int.w = torch.nn.Parameter(torch.ones(2, dtype=torch.int64), requires_grad=False)
+    assert model_dtype(frozen_int) == torch.get_default_dtype()

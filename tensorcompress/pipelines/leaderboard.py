@@ -153,8 +153,7 @@ class Leaderboard:
         Accuracy is measured on every model; bytes (unless ``nbytes`` gives the size of the method's own file,
         described by ``bytes_from``), parameters, FLOPs and latency on the first. Models are not changed.
         """
-        from ..train import evaluate
-        from ..train.loop import _model_dtype
+        from ..train import evaluate, model_dtype
 
         models = [models] if isinstance(models, nn.Module) else list(models)
         if not models or not all(isinstance(m, nn.Module) for m in models):
@@ -162,7 +161,7 @@ class Leaderboard:
         first = models[0]
         acc = tuple(100.0 * float(evaluate(m, self.test_data).accuracy) for m in models)
         # the input in the model's dtype, as evaluate casts it (a float16 copy takes float16 inputs)
-        x = self.example_input.to(dtype=_model_dtype(first)) if self.example_input.is_floating_point() \
+        x = self.example_input.to(dtype=model_dtype(first)) if self.example_input.is_floating_point() \
             else self.example_input
         lat = latency(first, x, threads=self.threads).median if self.measure_latency else None
         if nbytes is None:

@@ -49,7 +49,9 @@ def _model_device(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-def _model_dtype(model: nn.Module) -> torch.dtype:
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The floating dtype a model computes in, the one its inputs are cast to: its first parameter's if floating,
+    else torch's default dtype (a model without parameters, or with integer ones)."""
     p = next(model.parameters(), None)
     return p.dtype if p is not None and p.is_floating_point() else torch.get_default_dtype()
 
@@ -168,7 +170,7 @@ def _evaluate_sums(model: nn.Module, data: Data, device: torch.device, batch_siz
                    group: ProcessGroup) -> list[float]:
     """``[correct, summed loss, n, bad inputs, bad logits]`` over ``data`` (this process's shard when distributed,
     summed over processes), with ``model`` already on ``device`` and in eval mode."""
-    dtype = _model_dtype(model)
+    dtype = model_dtype(model)
     correct, total_loss, n, bad_in, bad_out = 0, 0.0, 0, 0, 0
     if isinstance(data, DataLoader) or not group.active:
         batches = _batches(data, batch_size, ProcessGroup(), shuffle=False)
@@ -521,7 +523,7 @@ def fit(
         opt = _make_optimizer(optimizer, model, lr, weight_decay)
         state = FitState(model=model, optimizer=opt, epochs=epochs, device=device, rank=group.rank,
                          world_size=group.world_size)
-        run = _Run(state, model, hooks, loss_fn, _model_dtype(model), group, lr)
+        run = _Run(state, model, hooks, loss_fn, model_dtype(model), group, lr)
         bar = _progress_bar(epochs, progress, group)
         try:
             sched = _begin(run, scheduler)
