@@ -298,3 +298,15 @@ def test_float32_graded_rank16_against_tensorly_numpy(seed):
         assert ours.dtype == torch.float32
         assert _stored_error(x, ours.core, ours.factors) <= theirs64
         assert _error64(x, ours) <= theirs32
+
+
+@given(shape=st.lists(st.integers(1, 5), min_size=2, max_size=5), seed=st.integers(0, 2**16), data=st.data())
+def test_unfolding_gram_equals_the_unfolding_times_its_transpose(shape, seed, data):
+    """The one Gram helper (Tucker's HOSVD/HOOI start and CP-ALS's SVD start) equals Y_(n) Y_(n)^T formed from the
+    row-major unfolding, for every mode, first, middle and last."""
+    from tensorcompress.decompositions._common import unfolding_gram
+
+    mode = data.draw(st.integers(0, len(shape) - 1))
+    y = torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    expected = tc.unfold(y, mode) @ tc.unfold(y, mode).mT
+    torch.testing.assert_close(unfolding_gram(y, mode), expected, rtol=1e-12, atol=1e-12)

@@ -140,6 +140,20 @@ def widen(t: torch.Tensor) -> torch.Tensor:
     return t.double() if t.dtype == torch.float32 else t
 
 
+def unfolding_gram(y: torch.Tensor, mode: int) -> torch.Tensor:
+    r""":math:`Y_{(n)} Y_{(n)}^\top` (``mode`` = :math:`n`), without copying ``y`` when ``mode`` is the first or the
+    last; a middle mode contracts the ``(before, I_n, after)`` view over its outer indices."""
+    shape = y.shape
+    if mode == 0:
+        m = y.reshape(shape[0], -1)
+        return m @ m.mT
+    if mode == y.ndim - 1:
+        m = y.reshape(-1, shape[-1])
+        return m.mT @ m
+    m = y.reshape(math.prod(shape[:mode]), shape[mode], -1)
+    return torch.tensordot(m, m, dims=([0, 2], [0, 2]))
+
+
 def leading_left_singular(
     y: torch.Tensor, mode: int, gram: torch.Tensor, *, rank: int | None = None, budget: float | None = None
 ) -> torch.Tensor:

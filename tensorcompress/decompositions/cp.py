@@ -18,7 +18,7 @@ import torch
 
 from .._validation import check_finite, check_matrices, check_positive_int, check_tensor
 from ..tensor import khatri_rao, ldexp
-from ._common import Factorized, check_tol, generator, leading_eigvecs, prepare, uniform
+from ._common import Factorized, check_tol, generator, leading_eigvecs, prepare, unfolding_gram, uniform
 
 __all__ = ["CPTensor", "cp_als", "cp_to_tensor"]
 
@@ -307,14 +307,8 @@ def _init_factors(x: torch.Tensor, dtype: torch.dtype, exp: int, rank: int, init
     # update, so it is skipped.
     factors = [torch.zeros(shape[0], rank, dtype=x.dtype, device=x.device)]
     for n in range(1, x.ndim):
-        before, after = math.prod(shape[:n]), math.prod(shape[n + 1:])
-        xn = x.reshape(before, shape[n], after)
-        if after == 1:
-            gram = xn[:, :, 0].mT @ xn[:, :, 0]
-        else:
-            gram = torch.tensordot(xn, xn, dims=([0, 2], [0, 2]))
         k = min(rank, shape[n])
-        _, vecs = leading_eigvecs(gram, k)
+        _, vecs = leading_eigvecs(unfolding_gram(x, n), k)
         if k < rank:
             vecs = torch.cat([vecs, uniform((shape[n], rank - k), gen, x)], dim=1)
         factors.append(vecs)

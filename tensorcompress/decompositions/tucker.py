@@ -29,6 +29,7 @@ from ._common import (
     project,
     randn,
     svd,
+    unfolding_gram,
     widen,
 )
 
@@ -116,19 +117,6 @@ def _check_ranks_eps(x: torch.Tensor, ranks: object, eps: object) -> tuple[list[
     return parse_ranks(ranks, x.shape), None
 
 
-def _gram(y: torch.Tensor, mode: int) -> torch.Tensor:
-    r""":math:`Y_{(n)} Y_{(n)}^\top` without copying ``y`` when ``mode`` is the first or the last."""
-    shape = y.shape
-    if mode == 0:
-        m = y.reshape(shape[0], -1)
-        return m @ m.mT
-    if mode == y.ndim - 1:
-        m = y.reshape(-1, shape[-1])
-        return m.mT @ m
-    m = y.reshape(math.prod(shape[:mode]), shape[mode], -1)
-    return torch.tensordot(m, m, dims=([0, 2], [0, 2]))
-
-
 @torch.no_grad()
 def hosvd(x: torch.Tensor, ranks: int | Sequence[int] | None = None, *, eps: float | None = None) -> TuckerTensor:
     r"""Sequentially truncated higher-order SVD (ST-HOSVD).
@@ -177,7 +165,7 @@ def hosvd(x: torch.Tensor, ranks: int | Sequence[int] | None = None, *, eps: flo
         rank = ranks[n] if ranks is not None else None
         # the factors keep the input's (compute) dtype; after the one pass over x, the shrinking core is carried in
         # float64 for float32 input (see _common.widen): exact projections on the stored factors, rounded once
-        factor = leading_left_singular(core, n, _gram(core, n), rank=rank, budget=budget).to(x.dtype)
+        factor = leading_left_singular(core, n, unfolding_gram(core, n), rank=rank, budget=budget).to(x.dtype)
         factors.append(factor)
         core = widen(project(core, factor.to(core.dtype), n))
     return TuckerTensor(ldexp(core.to(x.dtype), exp), factors).to(dtype)
@@ -211,7 +199,7 @@ def _init_tucker(x: torch.Tensor, dtype: torch.dtype, ranks: list[int], init: ob
     # classical (not sequentially truncated) HOSVD factors, as De Lathauwer et al. (2000) and TensorLy. Gram
     # eigenvectors suffice for a start: the first sweep's SVDs of the projected unfoldings restore the digits the
     # Gram route loses on weak directions (it keeps a component of every direction that a sweep then resolves).
-    return [leading_eigvecs(_gram(x, n), r)[1] for n, r in enumerate(ranks)]
+    return [leading_eigvecs(unfolding_gram(x, n), r)[1] for n, r in enumerate(ranks)]
 
 
 def _leading_svd(y: torch.Tensor, mode: int, rank: int) -> torch.Tensor:
