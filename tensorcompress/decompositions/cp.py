@@ -220,9 +220,9 @@ def _contract_right(x: torch.Tensor, factors: Sequence[torch.Tensor], factors_t:
     shape = x.shape
     m = x.reshape(-1, shape[-1])
     operands = (m, factors[-1], factors_t[-1])
-    k = len(shape) - 2  # the next mode to contract, in here or in the MTTKRP of mode N-1
+    after = len(shape) - 2  # the mode contracted next, in here or in the MTTKRP of mode N-1
     t = _fastest(_key("last", m, factors[-1]), _LAST, operands,  # (R, prod(shape[:-1])): one GEMM over the tensor
-                 lambda t: _times_trailing(t, factors[k], factors_t[k]))
+                 lambda t: _times_trailing(t, factors[after], factors_t[after]))
     for k in range(len(shape) - 2, h - 1, -1):
         t = _times_trailing(t, factors[k], factors_t[k])
     return t.reshape(t.shape[0], *shape[:h])
