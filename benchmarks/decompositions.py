@@ -41,6 +41,7 @@ from tensorly.decomposition import tucker as tl_tucker  # noqa: E402
 
 import tensorcompress as tc  # noqa: E402
 from tensorcompress.data.synthetic import random_cp, random_tt, random_tucker  # noqa: E402
+from tensorcompress.decompositions.cp import _FIRST, _LAST  # noqa: E402  (the four layouts CP-ALS times)
 
 Row = tuple[str, str, float, float]  # task, method, seconds, relative error
 
@@ -94,12 +95,9 @@ def floor_layouts(x: torch.Tensor, rank: int, sweeps: int) -> list[tuple[str, ob
     get the same share of a core (a lone millisecond GEMM often runs undisturbed and would flatter the floor)."""
     n = x.shape[0]
     a = torch.randn(n, rank, dtype=x.dtype)
-    at = a.mT.contiguous()
-    last, first = x.reshape(-1, n), x.reshape(n, -1)
-    products = [("last: X A", lambda: last @ a), ("last: X (A^T)^T", lambda: last @ at.mT),
-                ("last: A^T X^T", lambda: a.mT @ last.mT), ("last: (A^T) X^T", lambda: at @ last.mT),
-                ("first: A^T X", lambda: a.mT @ first), ("first: (A^T) X", lambda: at @ first),
-                ("first: X^T A", lambda: first.mT @ a), ("first: X^T (A^T)^T", lambda: first.mT @ at.mT)]
+    operands = {"last": (x.reshape(-1, n), a, a.mT.contiguous()), "first": (x.reshape(n, -1), a, a.mT.contiguous())}
+    products = [(f"{kind}: layout {i}", lambda fn=fn, ops=operands[kind]: fn(*ops))
+                for kind, layouts in (("last", _LAST), ("first", _FIRST)) for i, fn in enumerate(layouts)]
     return [(name, lambda fn=fn: [fn() for _ in range(sweeps)]) for name, fn in products]
 
 
