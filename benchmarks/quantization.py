@@ -1,7 +1,7 @@
 """Benchmark: quantized networks against float32 on the CPU — real bytes and latency.
 
 Run ``python benchmarks/quantization.py`` (about two minutes on 2 cores) or ``--quick``. For LeNet-300-100,
-LeNet-5 (MNIST sample) and SmallCNN (digits, BatchNorm folded with ``tc.pipelines.fuse_conv_bn``) — the stored
+LeNet-5 (MNIST sample) and SmallCNN (digits, BatchNorm folded with ``tc.surgery.fuse_conv_bn``) — the stored
 baselines, or random weights when they are missing — it measures, at batch 64:
 
 * float32, and float16 / bfloat16 casts (the simplest baseline);
@@ -78,7 +78,7 @@ def rows_for(name: str, quick: bool) -> list[tuple[str, int, float | str]]:
     net = baseline(name)
     if name == "smallcnn":  # integer inference needs BatchNorm folded; the float row is the unfused network
         train, _ = tc.data.load_digits()
-        model, _ = tc.pipelines.fuse_conv_bn(net)
+        model, _ = tc.surgery.fuse_conv_bn(net)
     else:
         train, _ = tc.data.load_mnist_sample()
         model = net

@@ -11,12 +11,11 @@
 * model surgery shared by every whole-model transform (:mod:`tensorcompress.surgery`);
 * pruning (:mod:`tensorcompress.pruning`, as ``tc.pruning``): criteria, masks, ``shrink``, schedules, sparse files;
 * knowledge distillation and ensembles (:mod:`tensorcompress.distillation`);
-* pipelines: operator fusion, half precision, Deep Compression files, structure search
-  (:mod:`tensorcompress.pipelines`);
+* pipelines: Deep Compression files, structure search (:mod:`tensorcompress.pipelines`);
 * checks for the notebooks' exercises (:mod:`tensorcompress.exercises`);
-* mean ± std of an experiment over seeds (:mod:`tensorcompress.experiments`);
-* quantization: uniform and non-uniform quantizers, observers, fake-quantized and integer-only models
-  (:mod:`tensorcompress.quantization`);
+* measurement, the leaderboard and mean ± std over seeds (:mod:`tensorcompress.metrics`);
+* quantization: uniform and non-uniform quantizers, observers, fake-quantized, integer-only and half-precision
+  models (:mod:`tensorcompress.quantization`);
 * ``available_devices``.
 """
 
@@ -25,7 +24,6 @@ from . import (
     decompositions,
     distillation,
     exercises,
-    experiments,
     layers,
     metrics,
     models,
@@ -57,7 +55,6 @@ __all__ = [
     "decompositions",
     "distillation",
     "exercises",
-    "experiments",
     "layers",
     "metrics",
     "models",

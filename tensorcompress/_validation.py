@@ -16,6 +16,11 @@ __all__ = [
     "check_finite",
     "check_mode",
     "check_positive_int",
+    "check_int_in",
+    "check_real",
+    "check_fraction",
+    "check_bits",
+    "MAX_BITS",
     "check_matrices",
     "check_dims",
     "compute_dtype",
@@ -86,6 +91,49 @@ def check_positive_int(value: object, name: str, *, minimum: int = 1) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return value
+
+
+def check_int_in(value: object, name: str, lo: int, hi: int, *, why: str = "") -> int:
+    """Return ``value`` if it is an int (bool excluded) in ``[lo, hi]``; ``TypeError`` for another type,
+    ``ValueError`` (with ``why`` appended, e.g. what the bound is for) out of range."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} must be between {lo} and {hi}{why}, got {value}")
+    return value
+
+
+def check_real(value: object, name: str) -> float:
+    """Return ``value`` as a finite float if it is a real number (bool excluded), else raise ``TypeError``
+    (another type) or ``ValueError`` (NaN or Inf)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} ({value!r})")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return value
+
+
+def check_fraction(value: object, name: str, *, low_open: bool = False, high_open: bool = False) -> float:
+    """Return ``value`` as a float in ``[0, 1]`` (``(0, ...`` with ``low_open``, ``..., 1)`` with ``high_open``):
+    a fraction of weights removed, of energy kept, a mixing weight. ``TypeError`` for a non-number."""
+    v = check_real(value, name)
+    lo_ok = v > 0 if low_open else v >= 0
+    hi_ok = v < 1 if high_open else v <= 1
+    if not (lo_ok and hi_ok):
+        allowed = f"{'(' if low_open else '['}0, 1{')' if high_open else ']'}"
+        raise ValueError(f"{name} must be a fraction in {allowed}, got {value!r}")
+    return v
+
+
+MAX_BITS = 16
+"""The widest integer code the quantizers support."""
+
+
+def check_bits(bits: object, name: str = "bits", *, hi: int = MAX_BITS, why: str = "") -> int:
+    """Return ``bits`` if it is an int in ``[1, hi]`` (default ``[1, 16]``), else raise naming ``name``; ``why``
+    says what a smaller ``hi`` is for (``" (one-byte codes)"``)."""
+    return check_int_in(bits, name, 1, hi, why=why)
 
 
 def check_matrices(matrices: object, name: str = "matrices", *, allow_vectors: bool = False) -> list[torch.Tensor]:

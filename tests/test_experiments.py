@@ -1,4 +1,4 @@
-"""tc.experiments.over_seeds: mean and sample standard deviation (ddof = 1) over seeds, checked against NumPy."""
+"""tc.metrics.over_seeds: mean and sample standard deviation (ddof = 1) over seeds, checked against NumPy."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import tensorcompress as tc
 
-over_seeds = tc.experiments.over_seeds
+over_seeds = tc.metrics.over_seeds
 
 
 @given(values=st.lists(st.floats(-1e6, 1e6), min_size=2, max_size=10))
@@ -92,4 +92,4 @@ def test_fn_not_callable_and_from_values():
     with pytest.raises(TypeError, match="fn"):
         over_seeds(97.0)
     with pytest.raises(ValueError, match="at least two"):
-        tc.experiments.SeedStats.from_values([1.0], [0])
+        tc.metrics.SeedStats.from_values([1.0], [0])

@@ -91,7 +91,10 @@ def test_patterns_and_report():
     assert [r.name for r in rep] == ["4"]
     assert isinstance(new[4], tc.LowRankLinear) and isinstance(new[6], nn.Linear)
     assert rep[0].params_before == 384 * 60 + 60 and rep[0].params_after == 4 * (384 + 60) + 60
-    assert rep[0].compression == rep[0].params_before / rep[0].params_after
+    assert rep[0].param_ratio == rep[0].params_before / rep[0].params_after
+    # bytes are what torch.save writes for each layer's state, and compression is their ratio
+    assert rep[0].bytes_before == tc.model_size_bytes(model[4]) and rep[0].bytes_after == tc.model_size_bytes(new[4])
+    assert rep[0].compression == rep[0].bytes_before / rep[0].bytes_after
     new, rep = tc.factorize(model, "tucker", rank="vbmf", exclude=["0"])
     assert [r.name for r in rep] == ["2.0"] and isinstance(new[2][0], tc.TuckerConv2d)
     new, rep = tc.factorize(model, "tucker", energy=0.9, include="2.*")
@@ -144,9 +147,14 @@ def test_rows_are_layer_changes_and_print_one_line():
     (row,) = rep
     assert isinstance(row, tc.FactorizedLayer) and isinstance(row, tc.surgery.LayerChange)
     assert row.rank == (4, 3) == row.detail["rank"] == new[2][0].rank == new[2][0].ranks
-    assert str(row) == f"2.0: Conv2d -> TuckerConv2d, {16 * 24 * 9 + 24} -> {row.params_after} parameters, rank (4, 3)"
-    _, rep = tc.factorize(net(), "svd", rank=3, include="6")
-    assert str(rep[0]) == "6: Linear -> LowRankLinear, 610 -> 220 parameters, rank 3"
+    b0, b1 = tc.model_size_bytes(net()[2][0]), tc.model_size_bytes(new[2][0])
+    assert (row.bytes_before, row.bytes_after) == (b0, b1)
+    assert str(row) == (f"2.0: Conv2d -> TuckerConv2d, {16 * 24 * 9 + 24} -> {row.params_after} parameters, "
+                        f"{b0:,} -> {b1:,} bytes ({b0 / b1:.2f}x), rank (4, 3)")
+    small, rep = tc.factorize(net(), "svd", rank=3, include="6")
+    b0, b1 = tc.model_size_bytes(net()[6]), tc.model_size_bytes(small[6])
+    assert str(rep[0]) == (f"6: Linear -> LowRankLinear, 610 -> 220 parameters, {b0:,} -> {b1:,} bytes "
+                           f"({b0 / b1:.2f}x), rank 3")
 
 
 def test_readme_report_line_is_the_real_output():
@@ -213,7 +221,7 @@ def test_keeps_mode_and_requires_grad(method):
 
 
 def test_include_that_matches_nothing_is_an_error():
-    with pytest.raises(ValueError, match=r"include pattern\(s\) \['fc9'\] match no Linear module"):
+    with pytest.raises(ValueError, match=r"include entries \['fc9'\] match no Linear module"):
         tc.factorize(net(), "svd", rank=2, include=["4", "fc9"])
     with pytest.raises(ValueError, match=r"\['0'\] match no Linear module .* candidates are \['4', '6'\]"):
         tc.factorize(net(), "svd", rank=2, include="0")  # "0" is a Conv2d: svd replaces Linear layers

@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 import tensorcompress as tc
-from tensorcompress.pipelines import fuse_conv_bn
+from tensorcompress.surgery import fuse_conv_bn
 
 
 def _randomise_bn(model: nn.Module, seed: int) -> nn.Module:

@@ -1,4 +1,4 @@
-"""Half precision (tc.pipelines.precision): unit roundoff, error bounds against measured errors, cast copies."""
+"""Half precision (tc.quantization.precision): unit roundoff, error bounds against measured errors, cast copies."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from hypothesis import given
 from torch import nn
 
 import tensorcompress as tc
-from tensorcompress.pipelines import precision as P
+from tensorcompress.quantization import precision as P
 
 HALF = [torch.float16, torch.bfloat16]
 

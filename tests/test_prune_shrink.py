@@ -59,9 +59,13 @@ def test_shrink_report_and_nothing_pruned():
     x = torch.randn(2, 784)
     masked, _ = prune(model, 100, structure="filters", include="fc1")
     small, report = shrink(masked, x)
+    sizes = [(tc.model_size_bytes(nn.Linear(784, 300)), tc.model_size_bytes(small.fc1)),
+             (tc.model_size_bytes(nn.Linear(300, 100)), tc.model_size_bytes(small.fc2))]
     assert [str(r) for r in report] == [
-        "fc1: Linear -> Linear, 235500 -> 157000 parameters, out 300 -> 200, in 784 -> 784",
-        "fc2: Linear -> Linear, 30100 -> 20100 parameters, out 100 -> 100, in 300 -> 200"]
+        f"fc1: Linear -> Linear, 235500 -> 157000 parameters, {sizes[0][0]:,} -> {sizes[0][1]:,} bytes "
+        f"({sizes[0][0] / sizes[0][1]:.2f}x), out 300 -> 200, in 784 -> 784",
+        f"fc2: Linear -> Linear, 30100 -> 20100 parameters, {sizes[1][0]:,} -> {sizes[1][1]:,} bytes "
+        f"({sizes[1][0] / sizes[1][1]:.2f}x), out 100 -> 100, in 300 -> 200"]
     same, report = shrink(model, x)
     assert report == [] and tc.count_parameters(same) == tc.count_parameters(model)
 

@@ -114,7 +114,7 @@ def lenet():
 
 
 def fold(net):
-    fused, report = tc.pipelines.fuse_conv_bn(net)
+    fused, report = tc.surgery.fuse_conv_bn(net)
     assert len(report) == 4
     return fused
 

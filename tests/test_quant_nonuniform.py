@@ -350,7 +350,7 @@ def test_share_weights_bad_input():
         Q.share_weights(net, 9)
     with pytest.raises(ValueError, match="bits must be >= 1, got 0"):
         Q.share_weights(net, 0)
-    with pytest.raises(ValueError, match="include pattern"):
+    with pytest.raises(ValueError, match="include entries"):
         Q.share_weights(net, 2, include="conv*")
     with pytest.raises(ValueError, match="model has no weight to share"):
         Q.share_weights(net, 2, exclude="*")

@@ -1,5 +1,7 @@
 """Model surgery: selection by patterns, ties kept, flags and mode carried, the input model untouched."""
 
+import io
+
 import pytest
 import torch
 from hypothesis import given
@@ -22,12 +24,12 @@ def test_select_patterns_and_order():
 
 
 def test_select_unmatched_include_is_an_error():
-    with pytest.raises(ValueError, match=r"include pattern\(s\) \['conv9'\] match no Linear module"):
+    with pytest.raises(ValueError, match=r"include entries \['conv9'\] match no Linear module"):
         surgery.select(_net(), nn.Linear, include=["0", "conv9"])
     big = nn.Sequential(*[nn.Linear(2, 2) for _ in range(30)])
     with pytest.raises(ValueError, match=r"candidates are \['0', .*, '19'\]\[:20\] of 30$"):
         surgery.select(big, nn.Linear, include="x")
-    with pytest.raises(TypeError, match="include must be a str or a sequence of str"):
+    with pytest.raises(TypeError, match="include must be a module name, an fnmatch pattern, a Selected"):
         surgery.select(_net(), nn.Linear, include=3)
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
         surgery.select("net", nn.Linear)
@@ -79,10 +81,26 @@ def test_replace_carries_mode_and_requires_grad():
     assert net[0] is not new[0] and torch.equal(net[2][0].weight, new[2][0].weight)
 
 
-def test_layer_change_compression():
-    row = surgery.LayerChange("a", "Linear", "Identity", 10, 0)
-    assert row.compression == float("inf")
-    assert surgery.LayerChange("a", "Linear", "X", 10, 5).compression == 2.0
+def test_layer_change_compression_is_the_ratio_of_saved_bytes():
+    row = surgery.LayerChange("a", "Linear", "Identity", 10, 0, 100, 0)
+    assert row.compression == float("inf") and row.param_ratio == float("inf")
+    assert surgery.LayerChange("a", "Linear", "X", 10, 5, 300, 200).compression == 1.5
+    # a masked layer stores its weight twice (weight_orig and the mask): honestly less than 1
+    layer = nn.Linear(40, 30)
+    before = surgery.footprint(layer)
+    torch.nn.utils.prune.l1_unstructured(layer, "weight", amount=0.9)
+    kept = int((layer.weight != 0).sum()) + 30
+    row = surgery.LayerChange.between("fc", before, surgery.footprint(layer, params=kept))
+    assert row.param_ratio > 5 and row.compression < 0.6
+    buf = io.BytesIO()
+    torch.save(layer.state_dict(), buf)
+    assert row.bytes_after == buf.getbuffer().nbytes
+
+
+def test_footprint_names_the_class_a_user_sees():
+    layer = nn.Linear(3, 2)
+    torch.nn.utils.parametrize.register_parametrization(layer, "weight", nn.Identity())
+    assert type(layer).__name__ == "ParametrizedLinear" and surgery.footprint(layer).type == "Linear"
 
 
 def test_replace_maps_flags_to_counterparts():
@@ -123,10 +141,11 @@ def test_transform_checks_ties_before_building_and_row_type():
 
 
 def test_layer_change_prints_one_line():
-    row = surgery.LayerChange("conv2", "Conv2d", "CPConv2d", 25050, 2530, {"rank": 31})
-    assert str(row) == "conv2: Conv2d -> CPConv2d, 25050 -> 2530 parameters, rank 31"
-    row = surgery.LayerChange("a", "Linear", "QLinear", 10, 10, {"bits": 4, "scheme": "int"}, aliases=("b",))
-    assert str(row) == "a = b: Linear -> QLinear, 10 -> 10 parameters, bits 4, scheme int"
+    row = surgery.LayerChange("conv2", "Conv2d", "CPConv2d", 25050, 2530, 102053, 12761, {"rank": 31})
+    assert str(row) == "conv2: Conv2d -> CPConv2d, 25050 -> 2530 parameters, 102,053 -> 12,761 bytes (8.00x), rank 31"
+    row = surgery.LayerChange("a", "Linear", "QLinear", 10, 10, 1000, 2000, {"bits": 4, "scheme": "int"},
+                              aliases=("b",))
+    assert str(row) == "a = b: Linear -> QLinear, 10 -> 10 parameters, 1,000 -> 2,000 bytes (0.50x), bits 4, scheme int"
 
 
 @given(plan=st.lists(st.tuples(st.sampled_from(["linear", "relu", "shared", "block"]), st.integers(0, 3)),
@@ -147,6 +166,10 @@ def test_transform_keeps_the_sharing_pattern(plan):
             layers.append(nn.Sequential(pool[k], nn.ReLU(), nn.Linear(3, 3)))
     net = nn.Sequential(*layers)
     before = {n: m for n, m in net.named_modules(remove_duplicate=False) if type(m) is nn.Linear}
+    if not before:
+        with pytest.raises(ValueError, match="nothing to act on, the model has no Linear module"):
+            surgery.transform(net, nn.Linear, lambda s: (nn.Linear(3, 3, bias=False), {}))
+        return
     new, report = surgery.transform(net, nn.Linear, lambda s: (nn.Linear(3, 3, bias=False), {}))
     after = {n: new.get_submodule(n) for n in before}
     assert all(type(m) is nn.Linear and m.bias is None for m in after.values())
@@ -158,3 +181,29 @@ def test_transform_keeps_the_sharing_pattern(plan):
     assert all(m.bias is not None for m in before.values())
     x = torch.randn(2, 3)
     assert new(x).shape == net(x).shape
+
+
+def test_exact_names_stay_names():
+    # a ModuleDict key with fnmatch metacharacters names its module; as a pattern "fc[0]" would match "fc0" only
+    net = nn.ModuleDict({"fc[0]": nn.Linear(2, 2), "fc0": nn.Linear(2, 2), "fc[1]": nn.Linear(2, 2)})
+    assert [s.name for s in surgery.select(net, nn.Linear, include="fc[0]")] == ["fc[0]", "fc0"]
+    assert [s.name for s in surgery.select(net, nn.Linear, include="fc[1]")] == ["fc[1]"]
+    assert [s.name for s in surgery.select(net, nn.Linear, exclude=["fc[1]"])] == ["fc[0]", "fc0"]
+    # what select resolved can be handed back, as names or as the Selected objects themselves
+    chosen = surgery.select(net, nn.Linear, include="fc[1]")
+    assert surgery.select(net, nn.Linear, include=chosen) == chosen
+    assert surgery.select(net, nn.Linear, include=[s.name for s in chosen]) == chosen
+    new, rows = surgery.transform(net, nn.Linear, lambda s: (nn.Identity(), {}), include=chosen)
+    assert [r.name for r in rows] == ["fc[1]"] and isinstance(new["fc[1]"], nn.Identity)
+
+
+@pytest.mark.parametrize("kwargs, why", [
+    ({"exclude": "*"}, r"include=None, exclude='\*' leave none of its Linear modules \['0', '2.0', '2.1'\]$"),
+    ({"include": "0", "exclude": "0"}, r"include='0', exclude='0' leave none"),
+])
+def test_an_empty_selection_is_one_error(kwargs, why):
+    with pytest.raises(ValueError, match="^factorize: nothing to act on, " + why):
+        surgery.transform(_net(), nn.Linear, lambda s: (s.module, {}), action="factorize", **kwargs)
+    with pytest.raises(ValueError, match="^prune: nothing to act on, the model has no Conv2d module$"):
+        surgery.select(_net(), nn.Conv2d, action="prune")
+    assert surgery.select(_net(), nn.Conv2d) == []  # without an action an empty selection is an answer

@@ -571,7 +571,7 @@ def test_regression_outputs_have_no_accuracy():
 
 def test_model_dtype_is_the_first_floating_parameter_dtype_or_the_default():
     """The dtype evaluate casts inputs to (and the leaderboard measures in): the first parameter's when floating."""
-    from tensorcompress.train import model_dtype
+    from tensorcompress.surgery import dtype_of as model_dtype
 
     assert model_dtype(torch.nn.Linear(2, 3).half()) == torch.float16
     assert model_dtype(torch.nn.Linear(2, 3).double()) == torch.float64

@@ -1,18 +1,15 @@
-"""Pipelines (issue 13): the pieces that chain techniques into a deployable model — operator fusion, half
-precision, Deep Compression to a real file, structure search — and the leaderboard of every method.
+"""Pipelines: techniques chained into a deployable model — Deep Compression to a real file
+(:mod:`.deep_compression`) and structure search (:mod:`.search`).
 
-Each whole-model transform has the library's one shape, ``f(model, *, include=None, exclude=None, **options) ->
-(new_model, report)``, with the input model untouched. See each submodule's docstring for the formulas and papers.
+Each whole-model transform has the library's one shape, ``f(model, data=None, *, include=None, exclude=None,
+**options) -> (new_model, report)``, with the input model untouched. See each submodule's docstring for the
+formulas and papers.
 """
 
 from .coding import load_compressed, save_compressed
 from .deep_compression import DeepCompressionReport, deep_compression, measure_compressed
-from .fusion import fuse_conv_bn
-from .leaderboard import Entry, Leaderboard
-from .precision import *  # noqa: F403
-from .precision import __all__ as _precision_all
 from .search import *  # noqa: F403
 from .search import __all__ as _search_all
 
-__all__ = ["fuse_conv_bn", "deep_compression", "DeepCompressionReport", "measure_compressed", "save_compressed",
-           "load_compressed", "Entry", "Leaderboard", *_precision_all, *_search_all]
+__all__ = ["deep_compression", "DeepCompressionReport", "measure_compressed", "save_compressed",
+           "load_compressed", *_search_all]

@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from .. import surgery
-from ..metrics import model_size_bytes
-from ..pruning import AGP, PRUNABLE, copy_model, prune
+from ..metrics.measure import model_size_bytes
+from ..pruning import AGP, PRUNABLE, prune
 from ..quantization.nonuniform import _check_index_bits, _check_share_bits, share_weights
 from ..train import evaluate, fit
 from .coding import encode_compressed
@@ -117,6 +117,15 @@ class DeepCompressionReport:
         return "\n".join(lines)
 
 
+def _dense_footprint(module: nn.Module) -> surgery.Footprint:
+    """The footprint of the plain layer a shared one stands for: its weight decoded and stored densely, its bias."""
+    state = {"weight": module.weight.detach().clone()}
+    if getattr(module, "bias", None) is not None:
+        state["bias"] = module.bias.detach()
+    n = sum(t.numel() for t in state.values())
+    return surgery.Footprint(surgery.footprint(module).type, n, surgery.state_bytes(state))
+
+
 def measure_compressed(model: nn.Module, *, original_bytes: int | None = None,
                        accuracy: Mapping[str, float] | None = None) -> DeepCompressionReport:
     """The :class:`DeepCompressionReport` of a model whose weights are shared
@@ -152,8 +161,8 @@ def measure_compressed(model: nn.Module, *, original_bytes: int | None = None,
         for key in totals:
             totals[key] += d[key]
         bias = 0 if getattr(module, "bias", None) is None else module.bias.numel()
-        layers.append(surgery.LayerChange(name, type(module).__name__, type(module).__name__, numel + bias,
-                                          kept + bias, d))
+        after = surgery.footprint(module, params=kept + bias)
+        layers.append(surgery.LayerChange.between(name, _dense_footprint(module), after, d))
     plain = sum(s["plain"] for s in sizes_h.values() if "plain" in s)
     header = sizes_h["header"]["bytes"]
     stage = {"dense": totals["dense"] + plain, "P": totals["P"] + plain, "P+Q": totals["P+Q"] + plain,
@@ -231,7 +240,7 @@ def deep_compression(model: nn.Module, train, val, *, sparsity: float | Mapping[
     options = {"batch_size": batch_size, "seed": seed, "device": device, "progress": False}
     accuracy = {"original": evaluate(model, val, device=device).accuracy}
 
-    net = copy_model(model)
+    net = surgery.copy_model(model)
     if prune_epochs:
         total = prune_epochs * math.ceil(len(train) / batch_size)
         frequency = max(1, int(0.6 * total) // 10)

@@ -36,8 +36,8 @@ import torch
 from torch import nn
 
 from .._validation import check_positive_int
-from ..metrics import flops as count_flops
-from ..metrics import model_size_bytes
+from ..metrics.measure import flops as count_flops
+from ..metrics.measure import model_size_bytes
 from ..models import SmallCNN
 from ..train import evaluate, fit, set_seed
 

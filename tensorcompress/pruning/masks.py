@@ -19,7 +19,6 @@ Masks (``k`` = number to remove, torch's rule ``round(amount * size)``, half to 
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 
 import torch
@@ -30,9 +29,9 @@ from .. import surgery
 from .._validation import check_positive_int, check_tensor
 from .criteria import _n_to_prune, magnitude, taylor
 
-__all__ = ["nm_mask", "prune", "PRUNABLE", "apply_mask", "sparsity", "copy_model"]
+__all__ = ["nm_mask", "prune", "PRUNABLE", "apply_mask", "sparsity"]
 
-PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+PRUNABLE = surgery.LAYERS
 _CRITERIA = {"magnitude": lambda m: magnitude(m.weight),
              "taylor": lambda m: taylor(m.weight, _grad_of(m))}
 _STRUCT_DIM = {"filters": 0, "channels": 1}
@@ -111,31 +110,6 @@ def _next_batchnorm(model: nn.Module, module: nn.Module) -> nn.Module | None:
     return None
 
 
-def copy_model(model: nn.Module) -> nn.Module:
-    """``copy.deepcopy`` that also works on a model pruned through ``torch.nn.utils.prune`` after a forward pass
-    (its ``weight`` is then a non-leaf tensor, which deepcopy refuses; the copy's pre-hook recomputes it), and keeps
-    the parameters' gradients (for gradient-based criteria)."""
-    stash = []
-    for module in model.modules():
-        for hook in module._forward_pre_hooks.values():
-            for method in getattr(hook, "_pruning_methods", (hook,)):
-                if isinstance(method, tprune.BasePruningMethod):
-                    name = method._tensor_name
-                    t = getattr(module, name)
-                    if isinstance(t, torch.Tensor) and t.grad_fn is not None:
-                        stash.append((module, name, t))
-                        setattr(module, name, t.detach())
-    try:
-        new = copy.deepcopy(model)
-    finally:
-        for module, name, t in stash:
-            setattr(module, name, t)
-    for old, p in zip(model.parameters(), new.parameters(), strict=True):  # deepcopy drops a Parameter's .grad
-        if old.grad is not None:
-            p.grad = old.grad.clone()
-    return new
-
-
 def _check_structure(structure: object) -> str | tuple[int, int] | None:
     if structure is None or structure in _STRUCT_DIM:
         return structure
@@ -199,7 +173,7 @@ def prune(model: nn.Module, amount: float | int | None, *, criterion: str | Call
             raise ValueError(f"amount must be None (or {1 - n / m}) for an {n}:{m} structure, got {amount!r}")
     elif amount is None:
         raise ValueError("amount must be given (a float in [0, 1] or an int count) unless structure is (n, m)")
-    new = model if inplace else copy_model(model)
+    new = model if inplace else surgery.copy_model(model)
     chosen = surgery.select(new, types, include=include, exclude=exclude)
     if not chosen:
         raise ValueError(f"nothing to prune: no {'/'.join(t.__name__ for t in types)} layer selected "
@@ -209,7 +183,7 @@ def prune(model: nn.Module, amount: float | int | None, *, criterion: str | Call
     report = []
     for sel, mask in zip(chosen, masks, strict=True):
         mod = sel.module
-        n_params = sum(p.numel() for p in mod.parameters())
+        footprint = surgery.footprint(mod)
         if hasattr(mod, "weight_mask"):
             mask = mask * mod.weight_mask
         apply_mask(mod, mask)
@@ -220,10 +194,10 @@ def prune(model: nn.Module, amount: float | int | None, *, criterion: str | Call
                     if target is not None and getattr(target, pname, None) is not None:
                         apply_mask(target, out_mask, pname)
         kept = int((mod.weight != 0).sum()) + (0 if mod.bias is None else int((mod.bias != 0).sum()))
-        report.append(surgery.LayerChange(sel.name, type(mod).__name__, type(mod).__name__, n_params, kept,
-                                          {"sparsity": round(float((mod.weight_mask == 0).sum()) / mask.numel(), 4),
-                                           "nonzero_before": before[sel.name]},
-                                          sel.names[1:]))
+        detail = {"sparsity": round(float((mod.weight_mask == 0).sum()) / mask.numel(), 4),
+                  "nonzero_before": before[sel.name]}
+        report.append(surgery.LayerChange.between(sel.name, footprint, surgery.footprint(mod, params=kept), detail,
+                                                  sel.names[1:]))
     return new, report
 
 

@@ -27,7 +27,7 @@ from torch import nn
 
 from .. import surgery
 from ..train import Callback, FitState, evaluate, fit, set_seed
-from .masks import PRUNABLE, copy_model, prune
+from .masks import PRUNABLE, prune
 
 __all__ = ["agp_sparsity", "PruningSchedule", "AGP", "one_shot", "iterative", "sensitivity_scan",
            "lottery_ticket", "random_reinit"]
@@ -167,7 +167,7 @@ def lottery_ticket(model: nn.Module, train, *, rounds: int, amount: float = 0.2,
     if isinstance(rewind_epochs, bool) or not isinstance(rewind_epochs, int) or rewind_epochs < 0:
         raise ValueError(f"rewind_epochs must be an int >= 0, got {rewind_epochs!r}")
     fit_options.setdefault("progress", False)
-    ticket = copy_model(model)
+    ticket = surgery.copy_model(model)
     if rewind_epochs:
         fit(ticket, train, epochs=rewind_epochs, **fit_options)
     snapshot = {n.removesuffix("_orig"): p.detach().clone() for n, p in ticket.named_parameters()}
@@ -198,7 +198,7 @@ def random_reinit(model: nn.Module, *, seed: int = 0, include=None, exclude=None
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int, got {seed!r}")
-    new = copy_model(model)
+    new = surgery.copy_model(model)
     chosen = [sel for sel in surgery.select(new, nn.Module, include=include, exclude=exclude, exact_type=False)
               if not list(sel.module.children()) and callable(getattr(sel.module, "reset_parameters", None))]
     if not chosen:
@@ -213,7 +213,7 @@ def random_reinit(model: nn.Module, *, seed: int = 0, include=None, exclude=None
 
 def _reinit(module: nn.Module, sel) -> surgery.LayerChange:
     """Draw fresh values for ``module``'s parameters on a mask-free twin, then copy them under the masks."""
-    twin = copy_model(module)
+    twin = surgery.copy_model(module)
     for name in [n.removesuffix("_orig") for n, _ in twin.named_parameters() if n.endswith("_orig")]:
         torch.nn.utils.prune.remove(twin, name)
     twin.reset_parameters()
@@ -225,11 +225,10 @@ def _reinit(module: nn.Module, sel) -> surgery.LayerChange:
             if name in fresh:
                 buf.copy_(fresh[name])
     _remask(module)
-    n = sum(p.numel() for p in module.parameters())
     mask = getattr(module, "weight_mask", None)
     sp = 0.0 if mask is None else round(float((mask == 0).sum()) / mask.numel(), 4)
-    return surgery.LayerChange(sel.name, type(module).__name__, type(module).__name__, n, n, {"sparsity": sp},
-                               sel.names[1:])
+    same = surgery.footprint(module)  # the same layer, re-initialised: nothing is smaller
+    return surgery.LayerChange.between(sel.name, same, same, {"sparsity": sp}, sel.names[1:])
 
 
 def _remask(module: nn.Module) -> None:

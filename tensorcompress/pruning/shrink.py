@@ -20,15 +20,13 @@ masked model's.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.utils.prune as tprune
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
 from .. import surgery
-from .masks import copy_model
+from ..surgery.graph import Node
 
 __all__ = ["shrink"]
 
@@ -43,93 +41,16 @@ _ZERO_FUNCTIONS = {"relu", "relu_", "relu6", "leaky_relu", "max_pool1d", "max_po
                    "adaptive_max_pool2d", "dropout", "flatten", "mean", "reshape", "view", "contiguous", "clone"}
 
 
-@dataclass
-class _Node:
-    target: object  # an nn.Module or a torch function
-    inputs: list[int]
-    in_shape: tuple[int, ...]
-    out_shape: tuple[int, ...]
-    consumers: list[int] = field(default_factory=list)
-    args: tuple = ()
-
-    @property
-    def name(self) -> str:
-        t = self.target
-        return type(t).__name__ if isinstance(t, nn.Module) else getattr(t, "__name__", repr(t))
-
-
-class _Tracer(TorchFunctionMode):
-    """Records the data flow of one forward pass: leaf modules as nodes (their insides skipped), and every torch
-    function called outside them."""
-
-    def __init__(self, x: torch.Tensor) -> None:
-        super().__init__()
-        self.nodes: list[_Node] = [_Node("input", [], tuple(x.shape), tuple(x.shape))]
-        self.producer = {id(x): 0}
-        self.alive = [x]  # keeps recorded tensors alive so their ids are not reused
-        self.depth = 0
-
-    def _tensors(self, *objs) -> list[torch.Tensor]:
-        out = []
-        for o in objs:
-            if isinstance(o, torch.Tensor):
-                out.append(o)
-            elif isinstance(o, (list, tuple)):
-                out += self._tensors(*o)
-            elif isinstance(o, dict):
-                out += self._tensors(*o.values())
-        return out
-
-    def record(self, target, inputs, output) -> None:
-        srcs = sorted({self.producer[id(t)] for t in self._tensors(inputs) if id(t) in self.producer})
-        outs = self._tensors(output)
-        if not srcs or not outs:  # a constant, or a query such as x.shape
-            return
-        first_in = next(t for t in self._tensors(inputs) if id(t) in self.producer)
-        node = _Node(target, srcs, tuple(first_in.shape), tuple(outs[0].shape), args=inputs)
-        self.nodes.append(node)
-        for s in srcs:
-            self.nodes[s].consumers.append(len(self.nodes) - 1)
-        for t in outs[:1]:
-            self.producer[id(t)] = len(self.nodes) - 1
-            self.alive.append(t)
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        if self.depth == 0:
-            self.record(func, (args, kwargs), out)
-        return out
-
-
-def _trace(model: nn.Module, x: torch.Tensor) -> tuple[list[_Node], torch.Tensor]:
-    tracer = _Tracer(x)
-    handles = []
-
-    def pre(_m, _inp):
-        tracer.depth += 1
-
-    def post(m, inp, out):
-        tracer.depth -= 1
-        if tracer.depth == 0:
-            tracer.record(m, inp, out)
-
-    for m in model.modules():
-        if not list(m.children()) and m is not model:
-            handles += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
-    try:
-        with torch.no_grad(), tracer:
-            out = model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    if not isinstance(out, torch.Tensor) or tracer.producer.get(id(out)) != len(tracer.nodes) - 1:
+def _trace(model: nn.Module, x: torch.Tensor) -> tuple[list[Node], torch.Tensor]:
+    graph = surgery.trace(model, x)
+    out = graph.output
+    if not isinstance(out, torch.Tensor) or graph.outputs != [len(graph.nodes) - 1]:
         raise ValueError("shrink follows a model whose output is the last result of one chain of operations; "
                          "this model's output is not")
-    return tracer.nodes, out
+    return graph.nodes, out
 
 
-def _chain(nodes: list[_Node]) -> list[_Node]:
+def _chain(nodes: list[Node]) -> list[Node]:
     chain, k = [], 0
     while True:
         node = nodes[k]
@@ -145,7 +66,7 @@ def _chain(nodes: list[_Node]) -> list[_Node]:
         k = node.consumers[0]
 
 
-def _check_op(node: _Node) -> None:
+def _check_op(node: Node) -> None:
     t = node.target
     if isinstance(t, nn.Module):
         if isinstance(t, _LAYERS) and getattr(t, "groups", 1) != 1:
@@ -222,7 +143,7 @@ def _permanent(model: nn.Module) -> None:
                     tprune.remove(module, method._tensor_name)
 
 
-def _segments(chain: list[_Node]):
+def _segments(chain: list[Node]):
     """(producer, norms between, consumer, channels, group) for each pair of consecutive Linear/Conv layers; the
     channel layout (channels, group) is that of the consumer's input (group > 1 after a flatten)."""
     producer, norms, group, segs = None, [], 1, []
@@ -276,10 +197,8 @@ def shrink(model: nn.Module, example_input: torch.Tensor) -> tuple[nn.Module, li
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(example_input, torch.Tensor):
         raise TypeError(f"example_input must be a torch.Tensor, got {type(example_input).__name__}")
-    new = copy_model(model)
+    new = surgery.copy_model(model)
     _permanent(new)
-    was_training = model.training
-    new.eval()
     nodes, reference = _trace(new, example_input)
     chain = _chain(nodes)
     for node in chain:
@@ -327,11 +246,9 @@ def shrink(model: nn.Module, example_input: torch.Tensor) -> tuple[nn.Module, li
         else:
             continue
         surgery.replace(new, names[id(m)], repl, old=m)
-        report.append(surgery.LayerChange(names[id(m)][0], type(m).__name__, type(repl).__name__,
-                                          sum(p.numel() for p in m.parameters()),
-                                          sum(p.numel() for p in repl.parameters()), detail,
-                                          tuple(names[id(m)][1:])))
-    with torch.no_grad():
+        report.append(surgery.LayerChange.between(names[id(m)][0], surgery.footprint(m), surgery.footprint(repl),
+                                                  detail, names[id(m)][1:]))
+    with torch.no_grad(), surgery.kept_modes(new, False):
         out = new(example_input)
     scale = float(reference.abs().max()) if reference.numel() else 0.0
     # removing zero terms only reorders sums: a rounding-level difference (100 ulps of the output's dtype)
@@ -339,5 +256,4 @@ def shrink(model: nn.Module, example_input: torch.Tensor) -> tuple[nn.Module, li
     if out.shape != reference.shape or float((out - reference).abs().max()) > tol:
         raise RuntimeError("shrink built a model whose output differs from the masked model's; please report this "
                            "model")
-    new.train(was_training)
     return new, report

@@ -8,7 +8,8 @@
   the library, also Deep Compression's stage 2 in :mod:`tensorcompress.pipelines`);
 * :mod:`~tensorcompress.quantization.model` — :func:`quantize_model` (PTQ, QAT, LSQ) and :func:`calibrate`;
 * :mod:`~tensorcompress.quantization.integer` — integer-only inference: :func:`quantize_multiplier`,
-  :func:`to_integer`.
+  :func:`to_integer`;
+* :mod:`~tensorcompress.quantization.precision` — half precision: :func:`to_half`, :func:`autocast`.
 """
 
 from .integer import (
@@ -49,6 +50,8 @@ from .observers import (
     PercentileObserver,
     make_observer,
 )
+from .precision import *  # noqa: F403
+from .precision import __all__ as _precision_all
 from .uniform import QParams, dequantize, fake_quantize, integer_dtype, qparams, qrange, quantize
 
 __all__ = ["QParams", "qparams", "qrange", "quantize", "dequantize", "fake_quantize", "integer_dtype",
@@ -59,4 +62,4 @@ __all__ = ["QParams", "qparams", "qrange", "quantize", "dequantize", "fake_quant
            "quantize_model", "calibrate", "quantizers", "lsq_fake_quantize", "lsq_initial_step", "ActivationQuantizer",
            "WeightQuantizer", "QuantizedLayer",
            "quantize_multiplier", "requantize", "to_integer", "IntegerLayer",
-           "IntegerMeanPool", "IntegerGlobalPoolNet"]
+           "IntegerMeanPool", "IntegerGlobalPoolNet", *_precision_all]

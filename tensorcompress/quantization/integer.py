@@ -26,7 +26,7 @@ model, instead of two.
 activations at most 8 bits) into such a network: each quantized layer holds int8 weights, an int32 bias and
 per-channel ``(m0, shift)``, takes the integer codes of the previous layer (or quantizes the float input at the
 entry) and hands integer codes to the next; the last layer returns its accumulator dequantized to float32 logits.
-A BatchNorm after a per-channel quantized convolution is folded first (``tc.pipelines.fuse_conv_bn``): it scales
+A BatchNorm after a per-channel quantized convolution is folded first (``tc.surgery.fuse_conv_bn``): it scales
 each output channel, which per-channel weight codes absorb into their scale. Storage: 1 byte per weight, 4 per
 bias, 5 per output channel for the multiplier.
 """
@@ -244,7 +244,7 @@ def _fold_batchnorm(model: nn.Module) -> None:
     """Fold, in place, every BatchNorm that directly follows a per-channel quantized convolution in a Sequential
     into that convolution's float weight and bias (the weight quantizer re-reads them); the BatchNorm becomes an
     ``nn.Identity``. Any other BatchNorm is an error."""
-    from ..pipelines import fuse_conv_bn
+    from ..surgery import fuse_conv_bn
 
     folded = set()
     for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
@@ -257,12 +257,12 @@ def _fold_batchnorm(model: nn.Module) -> None:
             inner = ql.layer
             if not hasattr(inner, "parametrizations"):
                 raise ValueError(f"BatchNorm {b!r} follows a convolution with float weights: quantize weights "
-                                 "(weight_bits <= 8) or fold it before quantize_model (tc.pipelines.fuse_conv_bn)")
+                                 "(weight_bits <= 8) or fold it before quantize_model (tc.surgery.fuse_conv_bn)")
             wq = inner.parametrizations.weight[0]
             if wq.observer.axis is None or wq.learnable:
                 raise ValueError(f"BatchNorm {b!r} follows a convolution with per-tensor or learnable weight "
                                  "scales: folding it would change the weight codes. Fold it before quantize_model "
-                                 "(tc.pipelines.fuse_conv_bn)")
+                                 "(tc.surgery.fuse_conv_bn)")
             # fold on a plain float copy of the convolution with the library's folding routine
             plain = nn.Conv2d(inner.in_channels, inner.out_channels, inner.kernel_size, stride=inner.stride,
                               padding=inner.padding, dilation=inner.dilation, groups=inner.groups,
@@ -284,7 +284,7 @@ def _fold_batchnorm(model: nn.Module) -> None:
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in folded]
     if left:
         raise ValueError(f"BatchNorm layers {left} do not follow a quantized nn.Conv2d inside an nn.Sequential: fold "
-                         "them before quantize_model (tc.pipelines.fuse_conv_bn)")
+                         "them before quantize_model (tc.surgery.fuse_conv_bn)")
 
 
 def _check_layers(model: nn.Module) -> list[tuple[str, QuantizedLayer]]:

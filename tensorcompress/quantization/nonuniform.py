@@ -374,22 +374,21 @@ def share_weights(model: nn.Module, bits: int | Mapping[str, int] = 2, *, includ
         relative squared error ``rel_error`` :math:`\\|W - \\hat W\\|^2 / \\|W\\|^2`; with ``keep_zeros`` also
         ``kept`` (the non-zero weights) and ``mask_bytes``.
     """
-    from ..pruning.masks import PRUNABLE, copy_model  # tc.pruning imports the training loop, which is heavier
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     _check_init(init)
     index_bits = _check_index_bits(index_bits)
-    for sel in surgery.select(model, PRUNABLE, include=include, exclude=exclude, exact_type=False):
+    for sel in surgery.select(model, surgery.LAYERS, include=include, exclude=exclude, exact_type=False):
         if parametrize.is_parametrized(sel.module, "weight"):  # its class is now Parametrized<Linear>
             raise ValueError(f"layer {sel.name!r} already has a weight parametrization (shared already?)")
-    chosen = surgery.select(model, PRUNABLE, include=include, exclude=exclude)
+    chosen = surgery.select(model, surgery.LAYERS, include=include, exclude=exclude)
     if not chosen:
         raise ValueError("model has no weight to share: no nn.Linear / nn.Conv*d layer is selected "
                          f"(include={include!r}, exclude={exclude!r})")
     widths = surgery.per_layer(bits, [s.name for s in chosen], _check_share_bits, "bits")
-    model = copy_model(model)  # deepcopy refuses a pruned weight computed by a forward pass
-    for sel in surgery.select(model, PRUNABLE, include=include, exclude=exclude):
+    model = surgery.copy_model(model)  # deepcopy refuses a pruned weight computed by a forward pass
+    for sel in surgery.select(model, surgery.LAYERS, include=include, exclude=exclude):
         if tprune.is_pruned(sel.module) and hasattr(sel.module, "weight_mask"):
             tprune.remove(sel.module, "weight")
 
@@ -406,4 +405,4 @@ def share_weights(model: nn.Module, bits: int | Mapping[str, int] = 2, *, includ
             detail |= {"kept": int(mask.sum()), "mask_bytes": sw.packed_mask.numel()}
         return layer, detail
 
-    return surgery.transform(model, PRUNABLE, build, include=include, exclude=exclude)
+    return surgery.transform(model, surgery.LAYERS, build, include=include, exclude=exclude)

@@ -32,7 +32,6 @@ from .callbacks import HOOKS as HOOKS  # reachable as tc.train.NAME, kept out of
 from .callbacks import Callback, FitState
 from .distributed import is_main_process as is_main_process
 from .loop import Evaluation, evaluate, fit
-from .loop import model_dtype as model_dtype
 from .loop import split_outputs as split_outputs
 from .seed import SeedScope as SeedScope
 from .seed import set_seed

@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
 
 from .._validation import check_positive_int
+from ..surgery.model import device_of, dtype_of, kept_modes
 from .callbacks import Callback, FitState, Hooks
 from .distributed import ProcessGroup, process_group
 from .seed import set_seed
@@ -40,20 +41,6 @@ class Evaluation:
 
 
 # ---------------------------------------------------------------- model, outputs and data
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    if p is None:
-        p = next(model.buffers(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
-def model_dtype(model: nn.Module) -> torch.dtype:
-    """The floating dtype a model computes in, the one its inputs are cast to: its first parameter's if floating,
-    else torch's default dtype (a model without parameters, or with integer ones)."""
-    p = next(model.parameters(), None)
-    return p.dtype if p is not None and p.is_floating_point() else torch.get_default_dtype()
 
 
 def split_outputs(outputs: object) -> tuple[torch.Tensor, Any]:
@@ -129,7 +116,7 @@ def _batches(data: Data, batch_size: int, group: ProcessGroup, *, shuffle: bool,
 @contextlib.contextmanager
 def _on_device(model: nn.Module, device: torch.device) -> Iterator[None]:
     """Run with ``model`` on ``device``, then move it back to where it was."""
-    home = _model_device(model)
+    home = device_of(model)
     if home == device:
         yield
         return
@@ -138,18 +125,6 @@ def _on_device(model: nn.Module, device: torch.device) -> Iterator[None]:
         yield
     finally:
         model.to(home)
-
-
-@contextlib.contextmanager
-def _mode(model: nn.Module, training: bool) -> Iterator[None]:
-    """Run with ``model`` in train (``True``) or eval mode, then restore the mode of every submodule."""
-    modes = {m: m.training for m in model.modules()}
-    model.train(training)
-    try:
-        yield
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
 
 
 def _is_classification(logits: torch.Tensor, targets: torch.Tensor) -> bool:
@@ -170,7 +145,7 @@ def _evaluate_sums(model: nn.Module, data: Data, device: torch.device, batch_siz
                    group: ProcessGroup) -> list[float]:
     """``[correct, summed loss, n, bad inputs, bad logits]`` over ``data`` (this process's shard when distributed,
     summed over processes), with ``model`` already on ``device`` and in eval mode."""
-    dtype = model_dtype(model)
+    dtype = dtype_of(model)
     correct, total_loss, n, bad_in, bad_out = 0, 0.0, 0, 0, 0
     if isinstance(data, DataLoader) or not group.active:
         batches = _batches(data, batch_size, ProcessGroup(), shuffle=False)
@@ -243,8 +218,8 @@ def evaluate(
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     data = _check_data(data, "data")
     check_positive_int(batch_size, "batch_size")
-    device = torch.device(device) if device is not None else _model_device(model)
-    with _on_device(model, device), _mode(model, False):
+    device = torch.device(device) if device is not None else device_of(model)
+    with _on_device(model, device), kept_modes(model, False):
         sums = _evaluate_sums(model, data, device, batch_size, ProcessGroup())
     return _to_evaluation(sums)
 
@@ -399,7 +374,7 @@ def _begin(run: _Run, scheduler):
 def _test_metrics(run: _Run, test: Data) -> dict[str, float]:
     """``test_accuracy`` and ``test_loss`` after an epoch (over all processes' shards), in eval mode."""
     model = run.state.model
-    with _mode(model, False):
+    with kept_modes(model, False):
         ev = _to_evaluation(_evaluate_sums(model, test, run.state.device, 1000, run.group))
     return {"test_accuracy": ev.accuracy, "test_loss": ev.loss}
 
@@ -514,16 +489,16 @@ def fit(
     train = _check_data(train, "train")
     test = None if test is None else _check_data(test, "test")
     hooks = Hooks(callbacks)
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = torch.device(device) if device is not None else device_of(model)
     seeding = set_seed(seed) if seed is not None else contextlib.nullcontext()
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     group = process_group(device)
-    with seeding, _mode(model, True):
+    with seeding, kept_modes(model, True):
         model.to(device)
         opt = _make_optimizer(optimizer, model, lr, weight_decay)
         state = FitState(model=model, optimizer=opt, epochs=epochs, device=device, rank=group.rank,
                          world_size=group.world_size)
-        run = _Run(state, model, hooks, loss_fn, model_dtype(model), group, lr)
+        run = _Run(state, model, hooks, loss_fn, dtype_of(model), group, lr)
         bar = _progress_bar(epochs, progress, group)
         try:
             sched = _begin(run, scheduler)

@@ -18,7 +18,6 @@ What each number is, and what it is not:
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -27,7 +26,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ._validation import check_positive_int, check_tensor
+from .. import surgery
+from .._validation import check_positive_int, check_tensor
 
 __all__ = [
     "count_parameters",
@@ -98,10 +98,7 @@ def model_size_bytes(model: nn.Module) -> int:
     Counts parameters *and* buffers (BatchNorm statistics, pruning masks) at their stored dtype, plus the zip/pickle
     container. A pruned model whose zeros are stored densely is not smaller; only a different storage format is.
     """
-    _check_module(model)
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    return buf.getbuffer().nbytes
+    return surgery.state_bytes(_check_module(model))
 
 
 def flops(model: nn.Module, example_input: torch.Tensor) -> int:
@@ -124,14 +121,9 @@ def flops(model: nn.Module, example_input: torch.Tensor) -> int:
     check_tensor(example_input, "example_input")
     from torch.utils.flop_counter import FlopCounterMode
 
-    was_training = model.training
-    model.eval()
-    try:
-        counter = FlopCounterMode(display=False)
-        with torch.no_grad(), counter:
-            model(example_input)
-    finally:
-        model.train(was_training)
+    counter = FlopCounterMode(display=False)
+    with surgery.kept_modes(model, False), torch.no_grad(), counter:
+        model(example_input)
     return int(counter.get_total_flops())
 
 
@@ -169,10 +161,8 @@ def latency(
     check_positive_int(threads, "threads")
     from torch.utils import benchmark
 
-    from .pruning.masks import copy_model  # deepcopy refuses a model pruned by torch.nn.utils.prune after a forward
-
     device = torch.device(device)
-    m = copy_model(model).to(device).eval()
+    m = surgery.copy_model(model).to(device).eval()  # a pruned model too: deepcopy refuses it after a forward
     x = example_input.to(device)
 
     def forward() -> None:
@@ -333,8 +323,7 @@ def compression_report(
     example_input : torch.Tensor, optional
         Input for FLOPs and latency; default: the first sample of ``test_data`` as a batch of one.
     """
-    from .pruning.masks import copy_model
-    from .train import evaluate
+    from ..train import evaluate
 
     _check_module(original, "original")
     models = {"compressed": compressed} if isinstance(compressed, nn.Module) else dict(compressed)
@@ -347,7 +336,7 @@ def compression_report(
     device = torch.device(device)
 
     def measure(name: str, model: nn.Module) -> dict:
-        m = copy_model(model).to(device).eval()
+        m = surgery.copy_model(model).to(device).eval()
         x = example_input.to(device)
         return {
             "name": name,

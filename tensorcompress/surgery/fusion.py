@@ -29,7 +29,6 @@ convolution's output also feeding a residual connection.
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 
@@ -37,7 +36,8 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
-from ..surgery import LayerChange, Patterns, _n_params, replace, select, tied_parameters
+from .core import LayerChange, Patterns, footprint, replace, select, tied_parameters
+from .model import copy_model
 
 __all__ = ["fuse_conv_bn"]
 
@@ -208,7 +208,7 @@ def fuse_conv_bn(model: nn.Module, example_input: torch.Tensor | None = None, *,
     Examples
     --------
     >>> import tensorcompress as tc
-    >>> fused, rows = tc.pipelines.fuse_conv_bn(tc.models.SmallCNN().eval())
+    >>> fused, rows = tc.surgery.fuse_conv_bn(tc.models.SmallCNN().eval())
     >>> print(rows[0])
     features.0.0: Conv2d -> Conv2d, 352 -> 320 parameters, batchnorm features.0.1
     """
@@ -223,17 +223,17 @@ def fuse_conv_bn(model: nn.Module, example_input: torch.Tensor | None = None, *,
                          + ("" if include is None and exclude is None else " among the include/exclude selection"))
     _check_eval(model, pairs)
     _check_unshared(model, pairs)
-    fused = copy.deepcopy(model)
+    fused = copy_model(model)
     report = []
     for pair in pairs:
         layer, bn = fused.get_submodule(pair.layer), fused.get_submodule(pair.batchnorm)
         names, bn_names = _all_names(fused, layer), _all_names(fused, bn)
+        before = footprint(layer, bn)
         new = _fold(layer, bn)
         replace(fused, names, new, old=layer)
         replace(fused, bn_names, nn.Identity())
-        report.append(LayerChange(pair.layer, type(layer).__name__, type(new).__name__,
-                                  _n_params(layer) + _n_params(bn), _n_params(new),
-                                  {"batchnorm": pair.batchnorm}, names[1:]))
+        report.append(LayerChange.between(pair.layer, before, footprint(new), {"batchnorm": pair.batchnorm},
+                                          names[1:]))
     if example_input is not None:
         _check_same_function(model, fused, example_input)
     return fused, report

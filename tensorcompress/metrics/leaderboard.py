@@ -13,7 +13,7 @@ their spread are not really ranked; the table prints the spread next to the mean
 What each column is:
 
 * **accuracy** — test accuracy in percent, one value per model given (one per training seed), mean ± sample std
-  (:class:`tensorcompress.experiments.SeedStats`); a single deterministic model gives one value and no spread;
+  (:class:`tensorcompress.metrics.SeedStats`); a single deterministic model gives one value and no spread;
 * **bytes** — real bytes: what ``torch.save`` writes for the model's ``state_dict``
   (:func:`tensorcompress.metrics.model_size_bytes`), or, where the method writes its own file (a sparse or
   entropy-coded file), that file's size, passed as ``nbytes`` (the table says which);
@@ -36,8 +36,9 @@ from dataclasses import asdict, dataclass, replace
 import torch
 from torch import nn
 
-from ..experiments import SeedStats
-from ..metrics import _byte_labels, _byte_ticks, count_parameters, flops, latency, model_size_bytes
+from .. import surgery
+from .measure import _byte_labels, _byte_ticks, count_parameters, flops, latency, model_size_bytes
+from .seeds import SeedStats
 
 __all__ = ["Entry", "Leaderboard"]
 
@@ -153,7 +154,7 @@ class Leaderboard:
         Accuracy is measured on every model; bytes (unless ``nbytes`` gives the size of the method's own file,
         described by ``bytes_from``), parameters, FLOPs and latency on the first. Models are not changed.
         """
-        from ..train import evaluate, model_dtype
+        from ..train import evaluate
 
         models = [models] if isinstance(models, nn.Module) else list(models)
         if not models or not all(isinstance(m, nn.Module) for m in models):
@@ -161,7 +162,7 @@ class Leaderboard:
         first = models[0]
         acc = tuple(100.0 * float(evaluate(m, self.test_data).accuracy) for m in models)
         # the input in the model's dtype, as evaluate casts it (a float16 copy takes float16 inputs)
-        x = self.example_input.to(dtype=model_dtype(first)) if self.example_input.is_floating_point() \
+        x = self.example_input.to(dtype=surgery.dtype_of(first)) if self.example_input.is_floating_point() \
             else self.example_input
         lat = latency(first, x, threads=self.threads).median if self.measure_latency else None
         if nbytes is None:

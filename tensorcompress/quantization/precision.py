@@ -37,7 +37,7 @@ below float16's smallest normal number (:math:`6.1\cdot10^{-5}`), and its runnin
 its log exponentiate, where float16 overflows at :math:`e^{11.1}`. Mixed-precision practice (Micikevicius et al.
 2018, "Mixed precision training", ICLR; NVIDIA Apex's ``keep_batchnorm_fp32``) keeps these in float32:
 :func:`to_half` wraps them in :class:`Float32Island`, which casts in and out. Fold BatchNorm into the convolution
-first (:func:`tensorcompress.pipelines.fuse_conv_bn`) to have no island left.
+first (:func:`tensorcompress.surgery.fuse_conv_bn`) to have no island left.
 
 **Storage.** A half-precision copy stores 2 bytes per parameter instead of 4 (the islands' parameters stay at 4);
 :func:`tensorcompress.model_size_bytes` measures it.
@@ -225,7 +225,7 @@ def to_half(model: nn.Module, dtype: torch.dtype = torch.float16, *,
     if keep_float32:
         new, report = surgery.transform(
             model, keep_float32, lambda sel: (Float32Island(sel.module), {"rest": str(dtype)}),
-            include=include, exclude=exclude)
+            include=include, exclude=exclude, action=None)
     else:
         new, report = copy.deepcopy(model), []
     islands = [m.module for m in new.modules() if isinstance(m, Float32Island)]

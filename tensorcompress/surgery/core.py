@@ -1,14 +1,16 @@
 r"""Model surgery shared by every whole-model transform: select layers, replace them, report what changed.
 
 Every transform of a whole model in this library (``factorize``, ``tc.pruning.prune``,
-``tc.quantization.quantize_model``, ``tc.pipelines.fuse_conv_bn``, ...) has one shape::
+``tc.quantization.quantize_model``, ``tc.surgery.fuse_conv_bn``, ...) has one shape::
 
-    new_model, report = transform(model, *, include=None, exclude=None, **method_options)
+    new_model, report = transform(model, data=None, *, include=None, exclude=None, **options)
 
 with the input model untouched. This module is the one place that does the three things such a transform needs:
 
-* :func:`select` — the layers of the wanted types whose names match ``include`` (``fnmatch`` patterns; default all)
-  and none of ``exclude``. A module reached under several names (the same ``nn.Module`` object registered twice, a
+* :func:`select` — the layers of the wanted types whose names match ``include`` (exact names, ``fnmatch``
+  patterns or :class:`Selected` objects; default all) and none of ``exclude``. A name is matched exactly before
+  it is read as a pattern, so a ``ModuleDict`` key such as ``"fc[0]"`` names its module (as a pattern it would
+  not). A module reached under several names (the same ``nn.Module`` object registered twice, a
   shared block) is selected **once**, with all its names, so that a transform replaces it once and every name then
   points at the one replacement (the tie is kept). An ``include`` pattern that matches no candidate is an error: a
   typo must not give a silent no-op.
@@ -19,25 +21,36 @@ with the input model untouched. This module is the one place that does the three
   layer); :func:`transform` refuses to replace such a module, since the replacement would untie them.
 * :class:`LayerChange` — one report row of one type (subclass it to add properties, as
   :class:`tensorcompress.FactorizedLayer` adds ``rank``), which ``compression_report`` and the leaderboard can
-  read; ``print(row)`` gives one line, e.g. ``conv2: Conv2d -> CPConv2d, 25050 -> 2530 parameters, rank 31``.
+  read. Its sizes are real: ``bytes_before`` / ``bytes_after`` are what ``torch.save`` writes for the layer's state
+  (:func:`state_bytes`), and ``compression`` is their ratio — so a layer that gained a pruning mask honestly reports
+  less than 1. ``print(row)`` gives one line, e.g.
+  ``conv2: Conv2d -> CPConv2d, 25050 -> 2530 parameters, 102,053 -> 12,761 bytes (8.00x), rank 31``.
 
-:func:`transform` ties them together: deep-copy, select, refuse tied weights, build each replacement with a callback,
-replace, report.
+:func:`transform` ties them together: copy, select, refuse tied weights, build each replacement with a callback,
+replace, report. A selection that is empty — an ``include`` that matches nothing, an ``exclude`` that removes every
+candidate, or a model without a layer of the wanted types — is a ``ValueError`` in one wording (:func:`select` with
+``action``), never a silent no-op.
 """
 
 from __future__ import annotations
 
-import copy
 import fnmatch
+import io
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
-__all__ = ["Selected", "LayerChange", "select", "replace", "transform", "tied_parameters", "per_layer"]
+from .model import copy_model
 
-Patterns = Sequence[str] | str | None
+LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+"""The layers that hold a weight matrix or kernel: what pruning, weight sharing and quantization act on."""
+
+__all__ = ["LAYERS", "Patterns", "Selected", "Footprint", "LayerChange", "footprint", "state_bytes", "select",
+           "replace", "transform", "tied_parameters", "per_layer"]
 
 
 @dataclass(frozen=True)
@@ -53,13 +66,44 @@ class Selected:
         return self.names[0]
 
 
+def state_bytes(state: nn.Module | Mapping[str, torch.Tensor]) -> int:
+    """Bytes that ``torch.save(module.state_dict())`` writes (into a buffer) for a module, or ``torch.save(state)``
+    for a state dict: parameters *and* buffers (BatchNorm statistics, pruning masks, codebooks, packed indices) at
+    their stored dtype, plus the container."""
+    buf = io.BytesIO()
+    torch.save(state.state_dict() if isinstance(state, nn.Module) else dict(state), buf)
+    return buf.getbuffer().nbytes
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """What a layer is and costs: the class a user sees (``Linear`` for a parametrized ``Linear``), its parameter
+    count (weights and bias; a method may count only the weights it keeps) and its :func:`state_bytes`."""
+
+    type: str
+    params: int
+    bytes: int
+
+
+def footprint(module: nn.Module, *merged: nn.Module, params: int | None = None) -> Footprint:
+    """The :class:`Footprint` of ``module`` now — together with ``merged`` modules that the transform folds into it
+    (a BatchNorm folded into its convolution), which add their parameters and bytes; ``params`` overrides the
+    parameter count (the weights a mask keeps)."""
+    parts = (module, *merged)
+    n = sum(p.numel() for m in parts for p in m.parameters()) if params is None else params
+    size = state_bytes(module if not merged else nn.ModuleList(parts))
+    return Footprint(parametrize.type_before_parametrizations(module).__name__, n, size)
+
+
 @dataclass(frozen=True)
 class LayerChange:
     """One row of a whole-model transform's report.
 
     ``name`` is the layer's (first) name, ``aliases`` any further names of the same module, ``type_before`` and
-    ``type_after`` the class names, ``params_before`` / ``params_after`` the parameter counts (weights and bias) of
-    the old and new module, and ``detail`` whatever the method wants to say (rank, bits, sparsity, ...).
+    ``type_after`` the classes a user sees, ``params_before`` / ``params_after`` the parameter counts (weights and
+    bias) of the old and new module, ``bytes_before`` / ``bytes_after`` what ``torch.save`` writes for each one's
+    state (:func:`state_bytes`), and ``detail`` whatever the method wants to say (rank, bits, sparsity, ...). Build
+    rows with :meth:`between`.
     """
 
     name: str
@@ -67,39 +111,70 @@ class LayerChange:
     type_after: str
     params_before: int
     params_after: int
+    bytes_before: int
+    bytes_after: int
     detail: dict[str, Any] = field(default_factory=dict)
     aliases: tuple[str, ...] = ()
 
+    @classmethod
+    def between(cls, name: str, before: Footprint, after: Footprint, detail: Mapping[str, Any] | None = None,
+                aliases: Sequence[str] = ()) -> LayerChange:
+        """The row of layer ``name`` from its :class:`Footprint` before and after the transform."""
+        return cls(name, before.type, after.type, before.params, after.params, before.bytes, after.bytes,
+                   dict(detail or {}), tuple(aliases))
+
     @property
     def compression(self) -> float:
-        """``params_before / params_after`` (``inf`` when nothing is left)."""
+        """``bytes_before / bytes_after``: how many times smaller the layer's stored state became (below 1 when it
+        grew, as a masked layer does; ``inf`` when nothing is left)."""
+        return self.bytes_before / self.bytes_after if self.bytes_after else float("inf")
+
+    @property
+    def param_ratio(self) -> float:
+        """``params_before / params_after`` (``inf`` when no parameter is left)."""
         return self.params_before / self.params_after if self.params_after else float("inf")
 
     def __str__(self) -> str:
-        """One line, e.g. ``conv2: Conv2d -> CPConv2d, 25050 -> 2530 parameters, rank 31``."""
+        """One line, e.g. ``conv2: Conv2d -> CPConv2d, 25050 -> 2530 parameters, 102,053 -> 12,761 bytes (8.00x),
+        rank 31``."""
         name = " = ".join((self.name, *self.aliases))
         parts = [f"{name}: {self.type_before} -> {self.type_after}",
-                 f"{self.params_before} -> {self.params_after} parameters"]
+                 f"{self.params_before} -> {self.params_after} parameters",
+                 f"{self.bytes_before:,} -> {self.bytes_after:,} bytes ({self.compression:.2f}x)"]
         parts += [f"{k} {v}" for k, v in self.detail.items()]
         return ", ".join(parts)
 
 
+Patterns = Sequence["str | Selected"] | str | Selected | None
+
+
 def _as_patterns(patterns: Patterns, name: str) -> list[str] | None:
+    """``include``/``exclude`` as a list of names or patterns; a :class:`Selected` stands for all its names."""
     if patterns is None:
         return None
-    if isinstance(patterns, str):
-        return [patterns]
-    if not isinstance(patterns, Sequence) or not all(isinstance(p, str) for p in patterns):
-        raise TypeError(f"{name} must be a str or a sequence of str (fnmatch patterns), got {patterns!r}")
-    return list(patterns)
+    if isinstance(patterns, (str, Selected)):
+        patterns = [patterns]
+    if isinstance(patterns, Sequence) and all(isinstance(p, (str, Selected)) for p in patterns):
+        return [n for p in patterns for n in ((p,) if isinstance(p, str) else p.names)]
+    raise TypeError(f"{name} must be a module name, an fnmatch pattern, a Selected or a sequence of them, "
+                    f"got {patterns!r}")
+
+
+def _match(name: str, pattern: str) -> bool:
+    """An exact name first (``"fc[0]"`` is a ``ModuleDict`` key, not a character class), then an fnmatch pattern."""
+    return name == pattern or fnmatch.fnmatchcase(name, pattern)
 
 
 def _matches(name: str, patterns: list[str] | None) -> bool:
-    return patterns is not None and any(fnmatch.fnmatchcase(name, p) for p in patterns)
+    return patterns is not None and any(_match(name, p) for p in patterns)
+
+
+def _shown(names: list[str]) -> str:
+    return f"{names}" if len(names) <= 20 else f"{names[:20]}[:20] of {len(names)}"
 
 
 def select(model: nn.Module, types: type | tuple[type, ...], *, include: Patterns = None,
-           exclude: Patterns = None, exact_type: bool = True) -> list[Selected]:
+           exclude: Patterns = None, exact_type: bool = True, action: str | None = None) -> list[Selected]:
     """The submodules of ``model`` of the given ``types`` chosen by ``include`` / ``exclude``.
 
     Parameters
@@ -107,12 +182,16 @@ def select(model: nn.Module, types: type | tuple[type, ...], *, include: Pattern
     model : nn.Module
     types : type or tuple of types
         Module classes to consider (``nn.Linear``, ``(nn.Conv2d, nn.Linear)``, ...).
-    include, exclude : str or sequence of str, optional
-        ``fnmatch`` patterns on module names as ``model.named_modules()`` gives them (``"features.*"``). A module is
-        chosen when one of its names matches ``include`` (default: every candidate) and none matches ``exclude``.
+    include, exclude : str, Selected or sequence of them, optional
+        Module names as ``model.named_modules()`` gives them, matched exactly, else read as ``fnmatch`` patterns
+        (``"features.*"``); a :class:`Selected` (from an earlier call) stands for its names. A module is chosen
+        when one of its names matches ``include`` (default: every candidate) and none matches ``exclude``.
     exact_type : bool
         ``True`` (default): ``type(m) in types``, so a subclass (say a factorised layer deriving from ``nn.Linear``)
         is not taken for the plain layer. ``False``: ``isinstance``.
+    action : str, optional
+        What the caller does with the selection (``"prune"``, ``"factorize"``): when given, an empty selection is
+        a ``ValueError`` that says so in the words of every transform.
 
     Returns
     -------
@@ -122,7 +201,8 @@ def select(model: nn.Module, types: type | tuple[type, ...], *, include: Pattern
     Raises
     ------
     ValueError
-        If an ``include`` pattern matches none of the candidate modules (the message lists them).
+        If an ``include`` entry matches none of the candidate modules (the message lists them), or, with
+        ``action``, if nothing is selected.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -135,18 +215,19 @@ def select(model: nn.Module, types: type | tuple[type, ...], *, include: Pattern
         if name and ok:
             names.setdefault(id(module), []).append(name)
             modules[id(module)] = module
+    kinds = "/".join(t.__name__ for t in types)
+    every = [n for ns in names.values() for n in ns]
     if inc is not None:
-        every = [n for ns in names.values() for n in ns]
-        unused = [p for p in inc if not any(fnmatch.fnmatchcase(n, p) for n in every)]
+        unused = [p for p in inc if not any(_match(n, p) for n in every)]
         if unused:
-            kinds = "/".join(t.__name__ for t in types)
-            shown = f"{every}" if len(every) <= 20 else f"{every[:20]}[:20] of {len(every)}"
-            raise ValueError(f"include pattern(s) {unused} match no {kinds} module of the model; "
-                             f"candidates are {shown}")
-    chosen = []
-    for key, ns in names.items():
-        if (inc is None or any(_matches(n, inc) for n in ns)) and not any(_matches(n, exc) for n in ns):
-            chosen.append(Selected(tuple(ns), modules[key]))
+            raise ValueError(f"include entries {unused} match no {kinds} module of the model; candidates are "
+                             f"{_shown(every)}")
+    chosen = [Selected(tuple(ns), modules[key]) for key, ns in names.items()
+              if (inc is None or any(_matches(n, inc) for n in ns)) and not any(_matches(n, exc) for n in ns)]
+    if action is not None and not chosen:
+        why = (f"the model has no {kinds} module" if not every else
+               f"include={include!r}, exclude={exclude!r} leave none of its {kinds} modules {_shown(every)}")
+        raise ValueError(f"{action}: nothing to act on, {why}")
     return chosen
 
 
@@ -199,22 +280,21 @@ def replace(model: nn.Module, names: Iterable[str] | str, new: nn.Module, *, old
         setattr(parent, child, new)
 
 
-def _n_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
 def transform(model: nn.Module, types: type | tuple[type, ...],
               build: Callable[[Selected], tuple[nn.Module, dict[str, Any]]], *, include: Patterns = None,
-              exclude: Patterns = None, allow_tied: bool = False,
-              row_type: type[LayerChange] | None = None) -> tuple[nn.Module, list[LayerChange]]:
-    """Deep-copy ``model`` and replace each selected module by ``build(selected)``.
+              exclude: Patterns = None, allow_tied: bool = False, row_type: type[LayerChange] | None = None,
+              action: str | None = "transform") -> tuple[nn.Module, list[LayerChange]]:
+    """Copy ``model`` (:func:`~tensorcompress.surgery.copy_model`) and replace each selected module by
+    ``build(selected)``.
 
     ``build`` receives the :class:`Selected` of the *copy* and returns ``(new_module, detail)``; ``detail`` goes to
     the report row. A module reached under several names is built once and put at all of them (:func:`replace`,
     which also carries its mode and ``requires_grad`` flags). Unless ``allow_tied``, a selected module with a
     parameter tied to a module outside it is refused with a ``ValueError`` before anything is built (replacing it
     would untie the weights while the report claims a saving). ``row_type`` is the report's row class (a subclass of
-    :class:`LayerChange`, e.g. ``FactorizedLayer``; default :class:`LayerChange`).
+    :class:`LayerChange`, e.g. ``FactorizedLayer``; default :class:`LayerChange`); ``action`` names the transform
+    in the error raised when nothing is selected (``None``: an empty selection gives the copy and an empty
+    report, for a transform's optional part).
 
     Returns
     -------
@@ -223,8 +303,8 @@ def transform(model: nn.Module, types: type | tuple[type, ...],
     row_type = LayerChange if row_type is None else row_type
     if not (isinstance(row_type, type) and issubclass(row_type, LayerChange)):
         raise TypeError(f"row_type must be LayerChange or a subclass of it, got {row_type!r}")
-    new_model = copy.deepcopy(model)
-    chosen = select(new_model, types, include=include, exclude=exclude)
+    new_model = copy_model(model)
+    chosen = select(new_model, types, include=include, exclude=exclude, action=action)
     for sel in chosen if not allow_tied else ():
         tied = tied_parameters(new_model, sel.module)
         if tied:
@@ -232,12 +312,12 @@ def transform(model: nn.Module, types: type | tuple[type, ...],
                              f"them. Untie the weights first or leave the module out with exclude=")
     report = []
     for sel in chosen:
+        before = footprint(sel.module)
         new, detail = build(sel)
         if not isinstance(new, nn.Module):
             raise TypeError(f"build must return (nn.Module, dict) for {sel.name!r}, got {type(new).__name__}")
         replace(new_model, sel.names, new, old=sel.module)
-        report.append(row_type(sel.name, type(sel.module).__name__, type(new).__name__, _n_params(sel.module),
-                               _n_params(new), dict(detail), sel.names[1:]))
+        report.append(row_type.between(sel.name, before, footprint(new), detail, sel.names[1:]))
     return new_model, report
 
 

@@ -1,0 +1,25 @@
+r"""Model surgery shared by every whole-model transform: select layers, replace them, report what changed; the one
+traced view of a model; conv–BatchNorm folding; the shared facts about a model (copy, device, dtype, modes).
+
+Every transform of a whole model in this library has one shape::
+
+    new_model, report = transform(model, data=None, *, include=None, exclude=None, **options)
+
+with the input model untouched. Submodules:
+
+* :mod:`.core` — :func:`select`, :func:`replace`, :func:`transform`, :func:`tied_parameters`, :func:`per_layer`,
+  the report row :class:`LayerChange`;
+* :mod:`.model` — :func:`copy_model`, :func:`device_of`, :func:`dtype_of`, :func:`kept_modes`, :func:`inputs_of`,
+  :func:`input_batches`;
+* :mod:`.graph` — :func:`trace`: the data flow of one forward pass (:class:`Graph`, :class:`Node`);
+* :mod:`.fusion` — :func:`fuse_conv_bn`: fold each BatchNorm into the layer that feeds it.
+"""
+
+from .core import *  # noqa: F403
+from .core import __all__ as _core_all
+from .fusion import fuse_conv_bn
+from .graph import Graph, Node, trace
+from .model import *  # noqa: F403
+from .model import __all__ as _model_all
+
+__all__ = [*_core_all, *_model_all, "Graph", "Node", "trace", "fuse_conv_bn"]

@@ -1,0 +1,162 @@
+"""The one contract of every whole-model transform, checked over a registry of them.
+
+``f(model, data=None, *, include=None, exclude=None, **options) -> (new_model, report)``:
+
+* the only argument after ``model`` that may be given by position is the data the transform reads, named for what
+  it is (``calibration``, ``train`` or ``example_input``); everything else is keyword-only;
+* the result is a new model and a report whose rows carry real bytes (``bytes_before``/``bytes_after``);
+* the input is never changed: weights and buffers bit for bit, ties, ``requires_grad`` flags, every submodule's
+  train/eval mode, hooks;
+* an ``include`` that matches nothing and an ``exclude`` that removes everything are ``ValueError``\\ s in one
+  wording.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+from torch import nn
+
+import tensorcompress as tc
+
+DATA_NAMES = {"calibration", "train", "example_input"}
+
+
+def _cnn() -> nn.Module:
+    torch.manual_seed(0)
+    model = tc.models.SmallCNN(input_size=8)
+    with torch.no_grad():  # BatchNorm statistics that are not the identity, so folding changes numbers
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+def _x() -> torch.Tensor:
+    return torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+
+
+def _train_set() -> torch.utils.data.TensorDataset:
+    g = torch.Generator().manual_seed(2)
+    return torch.utils.data.TensorDataset(torch.randn(32, 1, 8, 8, generator=g), torch.randint(0, 10, (32,), generator=g))
+
+
+def _pruned() -> nn.Module:
+    model, _ = tc.pruning.prune(_cnn().eval(), _x(), amount=0.5, structure="filters", include="features.1.*")
+    return model
+
+
+def _calibrated() -> nn.Module:
+    q, _ = tc.quantization.quantize_model(tc.models.LeNet300100().eval(), weight_bits=8, act_bits=8)
+    return tc.quantization.calibrate(q, torch.rand(16, 784))
+
+
+@dataclass
+class Transform:
+    """One registry entry: how to get the function, a model it acts on, the data it reads, its options."""
+
+    name: str
+    fn: Callable[[], Callable]
+    model: Callable[[], nn.Module]
+    data: Callable[[], object] | None = None
+    options: dict = field(default_factory=dict)
+
+    def __call__(self, model: nn.Module, **kwargs):
+        args = () if self.data is None else (self.data(),)
+        return self.fn()(model, *args, **self.options, **kwargs)
+
+
+REGISTRY = [
+    Transform("factorize", lambda: tc.factorize, _cnn, options={"method": "svd", "rank": 2}),
+    Transform("prune", lambda: tc.pruning.prune, _cnn, _x, {"amount": 0.5}),
+    Transform("prune_filters", lambda: tc.pruning.prune, _cnn, _x, {"amount": 0.5, "structure": "filters"}),
+    Transform("shrink", lambda: tc.pruning.shrink, _pruned, _x),
+    Transform("random_reinit", lambda: tc.pruning.random_reinit, _pruned, options={"seed": 3}),
+    Transform("quantize_model", lambda: tc.quantization.quantize_model, _cnn, options={"weight_bits": 4}),
+    Transform("share_weights", lambda: tc.quantization.share_weights, _cnn, options={"bits": 2}),
+    Transform("to_integer", lambda: tc.quantization.to_integer, _calibrated, lambda: torch.rand(2, 784)),
+    Transform("to_half", lambda: tc.quantization.to_half, _cnn, options={"dtype": torch.bfloat16}),
+    Transform("fuse_conv_bn", lambda: tc.surgery.fuse_conv_bn, lambda: _cnn().eval(), _x),
+    Transform("deep_compression", lambda: tc.pipelines.deep_compression, _cnn, _train_set,
+              {"val": _train_set(), "amount": 0.5, "bits": 2, "prune_epochs": 1, "share_epochs": 1}),
+]
+IDS = [t.name for t in REGISTRY]
+
+
+def _rows(report) -> list:
+    return list(report) if isinstance(report, (list, tuple)) else list(report.layers)
+
+
+def _snapshot(model: nn.Module) -> dict:
+    """Everything a transform must leave as it was."""
+    names: dict[int, list[str]] = {}
+    for mname, m in model.named_modules(remove_duplicate=False):
+        for pname, p in m.named_parameters(recurse=False, remove_duplicate=False):
+            names.setdefault(id(p), []).append(f"{mname}.{pname}")
+    return {
+        "state": {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()},
+        "ties": sorted(sorted(v) for v in names.values()),
+        "flags": {n: p.requires_grad for n, p in model.named_parameters()},
+        "modes": {n: m.training for n, m in model.named_modules()},
+        "hooks": {n: (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
+                  for n, m in model.named_modules()},
+    }
+
+
+def _same(a: dict, b: dict) -> None:
+    assert a["state"].keys() == b["state"].keys()
+    for k in a["state"]:
+        x, y = a["state"][k], b["state"][k]
+        assert x.dtype == y.dtype and x.shape == y.shape and torch.equal(x, y), k
+    for key in ("ties", "flags", "modes", "hooks"):
+        assert a[key] == b[key], key
+
+
+@pytest.mark.parametrize("entry", REGISTRY, ids=IDS)
+def test_signature(entry):
+    params = list(inspect.signature(entry.fn()).parameters.values())
+    assert params[0].name == "model" and params[0].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+    positional = [p for p in params[1:] if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    assert len(positional) <= 1, f"only the data may follow model by position, got {[p.name for p in positional]}"
+    assert all(p.name in DATA_NAMES for p in positional), [p.name for p in positional]
+    keyword = {p.name for p in params if p.kind is p.KEYWORD_ONLY}
+    assert {"include", "exclude"} <= keyword
+    assert not {"inplace", "ranks", "max_iter", "sparsity"} & {p.name for p in params}
+
+
+@pytest.mark.parametrize("entry", REGISTRY, ids=IDS)
+def test_result_is_a_new_model_and_rows_with_real_bytes(entry):
+    model = entry.model()
+    model.train()
+    for m in model.modules():  # mixed modes: a frozen BatchNorm inside a training model
+        if isinstance(m, nn.BatchNorm2d):
+            m.eval()
+            break
+    if entry.name in ("fuse_conv_bn", "to_integer"):
+        model.eval()
+    model.register_forward_hook(lambda *a: None)
+    first = next(model.parameters())
+    first.requires_grad_(False)
+    before = _snapshot(model)
+    new, report = entry(model)
+    _same(before, _snapshot(model))
+    assert isinstance(new, nn.Module) and new is not model
+    rows = _rows(report)
+    assert rows and all(isinstance(r, tc.surgery.LayerChange) for r in rows)
+    for r in rows:
+        assert r.bytes_before > 0 and r.bytes_after >= 0 and r.compression == (
+            r.bytes_before / r.bytes_after if r.bytes_after else float("inf"))
+        assert not r.type_after.startswith("Parametrized")
+
+
+@pytest.mark.parametrize("entry", REGISTRY, ids=IDS)
+def test_empty_selection_is_one_error(entry):
+    with pytest.raises(ValueError, match=r"include entries \['no_such_layer\*'\] match no"):
+        entry(entry.model(), include="no_such_layer*")
+    with pytest.raises(ValueError, match=r"nothing to act on"):
+        entry(entry.model(), exclude="*")
