@@ -43,7 +43,8 @@ def _x() -> torch.Tensor:
 
 def _train_set() -> torch.utils.data.TensorDataset:
     g = torch.Generator().manual_seed(2)
-    return torch.utils.data.TensorDataset(torch.randn(32, 1, 8, 8, generator=g), torch.randint(0, 10, (32,), generator=g))
+    x, y = torch.randn(32, 1, 8, 8, generator=g), torch.randint(0, 10, (32,), generator=g)
+    return torch.utils.data.TensorDataset(x, y)
 
 
 def _pruned() -> nn.Module:
