@@ -269,7 +269,7 @@ def test_deep_compression_pipeline(tmp_path):
     model = _tiny()
     tc.fit(model, train, epochs=3, lr=1e-2, progress=False)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    net, report = deep_compression(model, train, val, sparsity={"conv": 0.3, "fc": 0.8}, bits=3, index_bits=4,
+    net, report = deep_compression(model, train, val=val, amount={"conv": 0.3, "fc": 0.8}, bits=3, index_bits=4,
                                    prune_epochs=1, share_epochs=1, lr=1e-3, batch_size=32)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())   # input untouched
     assert set(report.accuracy) == {"original", "pruned", "shared", "fine-tuned"}
@@ -288,25 +288,25 @@ def test_deep_compression_pipeline(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"sparsity": 1.0, "bits": 4}, "sparsity"), ({"sparsity": -0.1, "bits": 4}, "sparsity"),
-    ({"sparsity": 0.5, "bits": 0}, "bits"), ({"sparsity": 0.5, "bits": 9}, "bits"),
-    ({"sparsity": 0.5, "bits": 4, "index_bits": 0}, "index_bits"),
-    ({"sparsity": 0.5, "bits": 4, "index_bits": 9}, "index_bits"),
-    ({"sparsity": {"conv": 0.5}, "bits": 4}, "every selected layer"),
-    ({"sparsity": {"conv": 0.5, "fc": 0.5, "nope": 0.1}, "bits": 4}, "unknown"),
-    ({"sparsity": 0.5, "bits": 4, "include": ["nope"]}, "match no"),
-    ({"sparsity": 0.5, "bits": 4, "lr": 0}, "lr"),
-    ({"sparsity": 0.5, "bits": 4, "prune_epochs": -1}, "prune_epochs"),
+    ({"amount": 1.0, "bits": 4}, "amount"), ({"amount": -0.1, "bits": 4}, "amount"),
+    ({"amount": 0.5, "bits": 0}, "bits"), ({"amount": 0.5, "bits": 9}, "bits"),
+    ({"amount": 0.5, "bits": 4, "index_bits": 0}, "index_bits"),
+    ({"amount": 0.5, "bits": 4, "index_bits": 9}, "index_bits"),
+    ({"amount": {"conv": 0.5}, "bits": 4}, "every selected layer"),
+    ({"amount": {"conv": 0.5, "fc": 0.5, "nope": 0.1}, "bits": 4}, "unknown"),
+    ({"amount": 0.5, "bits": 4, "include": ["nope"]}, "match no"),
+    ({"amount": 0.5, "bits": 4, "lr": 0}, "lr"),
+    ({"amount": 0.5, "bits": 4, "prune_epochs": -1}, "prune_epochs"),
 ])
 def test_bad_input(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        deep_compression(_tiny(), _data(8, 0), _data(8, 1), **kwargs)
+        deep_compression(_tiny(), _data(8, 0), val=_data(8, 1), **kwargs)
 
 
 @pytest.mark.parametrize("bits", [2.5, True, {"conv": 4, "fc": "4"}])
 def test_bad_bits_type(bits):
     with pytest.raises(TypeError, match="bits.* must be an int"):
-        deep_compression(_tiny(), _data(8, 0), _data(8, 1), sparsity=0.5, bits=bits)
+        deep_compression(_tiny(), _data(8, 0), val=_data(8, 1), amount=0.5, bits=bits)
 
 
 def test_bad_input_save(tmp_path):

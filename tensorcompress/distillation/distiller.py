@@ -35,6 +35,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from ..surgery import device_of, dtype_of, kept_modes
 from ..train.loop import fit, split_outputs
 from .hooks import FeatureHooks
 from .losses import attention_transfer_loss, check_alpha, check_temperature, hint_loss, hint_regressor, kd_loss
@@ -64,18 +65,6 @@ def _weight(value: object, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     return float(value)
-
-
-def _device_of(model: nn.Module) -> torch.device | None:
-    p = next(model.parameters(), None)
-    if p is None:
-        p = next(model.buffers(), None)
-    return None if p is None else p.device
-
-
-def _dtype_of(model: nn.Module) -> torch.dtype | None:
-    p = next(model.parameters(), None)
-    return p.dtype if p is not None and p.is_floating_point() else None
 
 
 class Distiller:
@@ -160,10 +149,9 @@ class Distiller:
     # ------------------------------------------------------------ teacher
 
     def _teacher_forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = _dtype_of(self.teacher)
         self.teacher_calls += x.shape[0]
         with torch.no_grad():
-            return split_outputs(self.teacher(x if dtype is None else x.to(dtype)))[0]
+            return split_outputs(self.teacher(x.to(dtype_of(self.teacher))))[0]
 
     def _cached_teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
         """The teacher's logits for ``x``, from the cache where present; the missing rows run as one batch."""
@@ -177,7 +165,7 @@ class Distiller:
         return torch.stack([self._cache[k] for k in keys]).to(x.device)
 
     def _freeze_teacher(self, device: torch.device) -> None:
-        self._saved = ({m: m.training for m in self.teacher.modules()}, _device_of(self.teacher))
+        self._saved = ({m: m.training for m in self.teacher.modules()}, device_of(self.teacher))
         self.teacher.eval()
         self.teacher.to(device)
 
@@ -213,17 +201,11 @@ class Distiller:
         """One regressor per hint pair, sized on ``example_input``, on the student's device and dtype, added to the
         optimizer as one param group (its defaults: lr, weight decay)."""
         student = state.model
-        dtype = _dtype_of(student) or torch.get_default_dtype()
+        dtype = dtype_of(student)
         x = self.example_input.to(state.device, dtype)
-        modes = {m: m.training for m in student.modules()}
-        student.eval()  # no batch-norm statistics updated, no dropout
-        try:
-            with torch.no_grad():
-                student(x)
-                self._teacher_forward(x)
-        finally:
-            for m, mode in modes.items():
-                m.training = mode
+        with kept_modes(student, False), torch.no_grad():  # no batch-norm statistics updated, no dropout
+            student(x)
+            self._teacher_forward(x)
         self.regressors = nn.ModuleDict()
         for k, (s_name, t_name) in enumerate(self.hints.items()):
             reg = hint_regressor(self._student_hooks[s_name], self._teacher_hooks[t_name])

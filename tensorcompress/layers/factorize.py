@@ -144,9 +144,9 @@ def _builder(method: str, rank, ratio, energy, tt_order: int, n_iter_max: int):
     return build
 
 
-def factorize(model: nn.Module, method: str, *, rank=None, ratio: float | None = None, energy: float | None = None,
-              include: Patterns = None, exclude: Patterns = None, tt_order: int = 3,
-              n_iter_max: int = 100) -> tuple[nn.Module, list[FactorizedLayer]]:
+def factorize(model: nn.Module, *, method: str = "svd", rank=None, ratio: float | None = None,
+              energy: float | None = None, tt_order: int = 3, n_iter_max: int = 100, include: Patterns = None,
+              exclude: Patterns = None) -> tuple[nn.Module, list[FactorizedLayer]]:
     r"""A copy of ``model`` with its ``nn.Linear`` (``"svd"``, ``"tt"``) or ``nn.Conv2d`` (``"cp"``, ``"tucker"``)
     layers replaced by factorised ones.
 
@@ -159,7 +159,7 @@ def factorize(model: nn.Module, method: str, *, rank=None, ratio: float | None =
     ----------
     model : nn.Module
         Not modified (deep-copied).
-    method : {"svd", "cp", "tucker", "tt"}
+    method : {"svd", "cp", "tucker", "tt"}, default "svd"
         :class:`LowRankLinear`, :class:`CPConv2d`, :class:`TuckerConv2d`, :class:`TTLinear`.
     rank : int, pair or "vbmf", optional
         The same rank for every replaced layer (an int; for "tucker" an int ``r`` means ``(r, r)`` capped at the
@@ -191,14 +191,15 @@ def factorize(model: nn.Module, method: str, *, rank=None, ratio: float | None =
     --------
     >>> import torch, tensorcompress as tc
     >>> net = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
-    >>> small, report = tc.factorize(net, "svd", ratio=0.25, include="0")
+    >>> small, report = tc.factorize(net, method="svd", ratio=0.25, include="0")
     >>> [(r.name, r.params_before, r.params_after, r.rank) for r in report]
     [('0', 2080, 512, 5)]
     >>> print(report[0])
-    0: Linear -> LowRankLinear, 2080 -> 512 parameters, rank 5
+    0: Linear -> LowRankLinear, 2080 -> 512 parameters, 10,149 -> 4,129 bytes (2.46x), rank 5
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     _check_options(method, rank, ratio, energy, tt_order)
     build = _builder(method, rank, ratio, energy, tt_order, n_iter_max)
-    return transform(model, _TARGET[method], build, include=include, exclude=exclude, row_type=FactorizedLayer)
+    return transform(model, _TARGET[method], build, include=include, exclude=exclude, row_type=FactorizedLayer,
+                     action="factorize")

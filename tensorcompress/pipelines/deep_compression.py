@@ -35,19 +35,14 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from .. import surgery
+from .._validation import check_bits, check_fraction, check_positive_int, check_real
 from ..metrics.measure import model_size_bytes
 from ..pruning import AGP, PRUNABLE, prune
-from ..quantization.nonuniform import _check_index_bits, _check_share_bits, share_weights
+from ..quantization.nonuniform import share_weights
 from ..train import evaluate, fit
 from .coding import encode_compressed
 
 __all__ = ["deep_compression", "DeepCompressionReport", "measure_compressed"]
-
-
-def _check_sparsity(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-        raise ValueError(f"{name} must be a number in [0, 1) (the fraction of weights removed), got {value!r}")
-    return float(value)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -177,16 +172,17 @@ def measure_compressed(model: nn.Module, *, original_bytes: int | None = None,
 # the pipeline
 # ---------------------------------------------------------------------------------------------------------------
 
-def _check_epochs(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name} must be an int >= 0, got {value!r}")
-    return value
+def _check_lr(value: object, name: str) -> float:
+    v = check_real(value, name)
+    if not v > 0:
+        raise ValueError(f"{name} must be > 0, got {value!r}")
+    return v
 
 
-def deep_compression(model: nn.Module, train, val, *, sparsity: float | Mapping[str, float],
-                     bits: int | Mapping[str, int], index_bits: int = 5, include=None, exclude=None,
-                     prune_epochs: int = 2, share_epochs: int = 1, lr: float = 1e-4, share_lr: float | None = None,
-                     batch_size: int = 64, seed: int = 0, device=None,
+def deep_compression(model: nn.Module, train, *, val, amount: float | Mapping[str, float],
+                     bits: int | Mapping[str, int], index_bits: int = 5, prune_epochs: int = 2,
+                     share_epochs: int = 1, lr: float = 1e-4, share_lr: float | None = None, batch_size: int = 64,
+                     seed: int = 0, device=None, include=None, exclude=None, **fit_options,
                      ) -> tuple[nn.Module, DeepCompressionReport]:
     """Prune (AGP) with fine-tuning → k-means weight sharing with fine-tuned centroids → measured entropy coding.
 
@@ -197,7 +193,7 @@ def deep_compression(model: nn.Module, train, val, *, sparsity: float | Mapping[
     train, val : Dataset
         Fine-tuning data and the validation split on which each stage's accuracy is reported (take decisions
         there, never on the test split).
-    sparsity : float in [0, 1) or mapping layer name → float
+    amount : float in [0, 1) or mapping layer name → float
         Fraction of each selected layer's weights removed (per layer, as Han et al.'s Tables 2–3).
     bits : int in [1, 8] or mapping layer name → int
         Codebook index width: ``2**bits`` shared values per layer.
@@ -212,8 +208,8 @@ def deep_compression(model: nn.Module, train, val, *, sparsity: float | Mapping[
         Epochs of centroid fine-tuning after k-means (0: none).
     lr, share_lr : float
         Adam learning rates of the two fine-tunings (``share_lr`` defaults to ``lr``).
-    batch_size, seed, device
-        Passed to :func:`tensorcompress.fit`.
+    batch_size, seed, device, **fit_options
+        Passed to :func:`tensorcompress.fit` (both fine-tunings).
 
     Returns
     -------
@@ -224,20 +220,18 @@ def deep_compression(model: nn.Module, train, val, *, sparsity: float | Mapping[
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    index_bits = _check_index_bits(index_bits)
-    prune_epochs, share_epochs = _check_epochs(prune_epochs, "prune_epochs"), _check_epochs(share_epochs,
-                                                                                          "share_epochs")
-    for v, nm in ((lr, "lr"), (lr if share_lr is None else share_lr, "share_lr")):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 or not math.isfinite(v):
-            raise ValueError(f"{nm} must be a positive number, got {v!r}")
-    chosen = surgery.select(model, PRUNABLE, include=include, exclude=exclude)
-    if not chosen:
-        raise ValueError(f"nothing to compress: no Linear/Conv layer selected (include={include!r}, "
-                         f"exclude={exclude!r})")
+    index_bits = check_bits(index_bits, "index_bits", hi=8, why=" (Han et al.: 5 for fully connected, 8 for "
+                                                                "convolutional layers)")
+    prune_epochs = check_positive_int(prune_epochs, "prune_epochs", minimum=0)
+    share_epochs = check_positive_int(share_epochs, "share_epochs", minimum=0)
+    lr = _check_lr(lr, "lr")
+    share_lr = lr if share_lr is None else _check_lr(share_lr, "share_lr")
+    chosen = surgery.select(model, PRUNABLE, include=include, exclude=exclude, action="deep_compression")
     names = [s.name for s in chosen]
-    amounts = surgery.per_layer(sparsity, names, _check_sparsity, "sparsity")
-    widths = surgery.per_layer(bits, names, _check_share_bits, "bits")
-    options = {"batch_size": batch_size, "seed": seed, "device": device, "progress": False}
+    amounts = surgery.per_layer(amount, names, lambda v, label: check_fraction(v, label, high_open=True), "amount")
+    widths = surgery.per_layer(bits, names, lambda v, label: check_bits(v, label, hi=8, why=" (one-byte codes)"),
+                               "bits")
+    options = {"batch_size": batch_size, "seed": seed, "device": device, "progress": False, **fit_options}
     accuracy = {"original": evaluate(model, val, device=device).accuracy}
 
     net = surgery.copy_model(model)
@@ -253,7 +247,7 @@ def deep_compression(model: nn.Module, train, val, *, sparsity: float | Mapping[
     net, _ = share_weights(net, widths, include=names, keep_zeros=True, index_bits=index_bits)
     accuracy["shared"] = evaluate(net, val, device=device).accuracy
     if share_epochs:
-        fit(net, train, epochs=share_epochs, lr=lr if share_lr is None else share_lr, **options)
+        fit(net, train, epochs=share_epochs, lr=share_lr, **options)
         accuracy["fine-tuned"] = evaluate(net, val, device=device).accuracy
     net.eval()
     return net, measure_compressed(net, original_bytes=model_size_bytes(model), accuracy=accuracy)
