@@ -232,16 +232,23 @@ def khatri_rao(matrices: Sequence[torch.Tensor], skip: int | None = None) -> tor
                 f"all matrices must have the same number of columns: matrices[0] has {rank}, matrices[{k}] has "
                 f"{m.shape[1]} (shape {tuple(m.shape)})"
             )
-    if skip is not None:
-        if isinstance(skip, bool) or not isinstance(skip, int) or not 0 <= skip < len(mats):
-            raise ValueError(f"skip={skip!r} is out of range: allowed None or an int in 0..{len(mats) - 1}")
-        mats = [m for k, m in enumerate(mats) if k != skip]
-        if not mats:
-            raise ValueError("matrices must hold at least one matrix besides the skipped one")
+    mats = _skipped(mats, skip)
     res = mats[0]
     for m in mats[1:]:
         res = (res[:, None, :] * m[None, :, :]).reshape(-1, rank)
     return res
+
+
+def _skipped(mats: list[torch.Tensor], skip: object) -> list[torch.Tensor]:
+    """``mats`` without the one at index ``skip`` (``None``: all of them), as CP-ALS leaves out mode ``n``."""
+    if skip is None:
+        return mats
+    if isinstance(skip, bool) or not isinstance(skip, int) or not 0 <= skip < len(mats):
+        raise ValueError(f"skip={skip!r} is out of range: allowed None or an int in 0..{len(mats) - 1}")
+    mats = [m for k, m in enumerate(mats) if k != skip]
+    if not mats:
+        raise ValueError("matrices must hold at least one matrix besides the skipped one")
+    return mats
 
 
 def kronecker(matrices: Sequence[torch.Tensor], skip: int | None = None) -> torch.Tensor:
@@ -257,12 +264,7 @@ def kronecker(matrices: Sequence[torch.Tensor], skip: int | None = None) -> torc
         Index of a matrix to leave out.
     """
     mats = check_matrices(matrices, "matrices")
-    if skip is not None:
-        if isinstance(skip, bool) or not isinstance(skip, int) or not 0 <= skip < len(mats):
-            raise ValueError(f"skip={skip!r} is out of range: allowed None or an int in 0..{len(mats) - 1}")
-        mats = [m for k, m in enumerate(mats) if k != skip]
-        if not mats:
-            raise ValueError("matrices must hold at least one matrix besides the skipped one")
+    mats = _skipped(mats, skip)
     res = mats[0]
     for m in mats[1:]:
         res = torch.kron(res, m)

@@ -49,6 +49,15 @@ class LeNet5(nn.Module):
     extractor is :math:`s' = \\lfloor(\\lfloor(s-4)/2\\rfloor - 4)/2\\rfloor`, so ``input_size`` must be at least 16.
 
     Attributes: ``conv1``, ``conv2`` (:class:`torch.nn.Conv2d`), ``fc1``, ``fc2`` (:class:`torch.nn.Linear`).
+
+    Parameters
+    ----------
+    in_channels : int
+        Channels of the input images (1 for grey-scale).
+    num_classes : int
+        Outputs of ``fc2``, at least 2.
+    input_size : int
+        Side of the square input, at least 16.
     """
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10, input_size: int = 28) -> None:

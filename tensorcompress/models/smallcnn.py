@@ -33,6 +33,17 @@ class SmallCNN(nn.Module):
 
     Attributes: ``features`` (an :class:`torch.nn.Sequential` of two blocks, each a Sequential whose indices
     0 and 3 are the convolutions and 1 and 4 their BatchNorms), ``classifier`` (:class:`torch.nn.Linear`).
+
+    Parameters
+    ----------
+    in_channels : int
+        Channels of the input images.
+    num_classes : int
+        Outputs of the classifier, at least 2.
+    input_size : int
+        Side of the square input, at least 4 (only checked: global pooling makes the weights size-independent).
+    channels : (int, int)
+        Width of the first and the second block.
     """
 
     def __init__(

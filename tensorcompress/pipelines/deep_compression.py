@@ -125,7 +125,17 @@ def measure_compressed(model: nn.Module, *, original_bytes: int | None = None,
                        accuracy: Mapping[str, float] | None = None) -> DeepCompressionReport:
     """The :class:`DeepCompressionReport` of a model whose weights are shared
     (:func:`tensorcompress.quantization.share_weights`, :func:`deep_compression`), from the bytes
-    :func:`save_compressed` would write with each coder."""
+    :func:`save_compressed` would write with each coder.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A model with shared weights; not changed.
+    original_bytes : int, optional
+        The size the ratios are taken against (default: :func:`tensorcompress.model_size_bytes` of ``model``).
+    accuracy : mapping, optional
+        Accuracies to carry into the report (stage name -> fraction), as :func:`deep_compression` measures them.
+    """
     data_h, sizes_h = encode_compressed(model, coder="huffman")
     data_a, sizes_a = encode_compressed(model, coder="ans")
     layers = []

@@ -113,7 +113,17 @@ def _shape_and_classes(train) -> tuple[tuple[int, int, int], int]:
 
 def width_cost(channels: tuple[int, int], input_shape: tuple[int, int, int], num_classes: int) -> tuple[int, int]:
     """``(FLOPs per sample, bytes)`` of a SmallCNN with these ``channels`` for inputs ``C x H x H`` — measured by
-    :func:`tensorcompress.flops` and :func:`tensorcompress.model_size_bytes`, no training."""
+    :func:`tensorcompress.flops` and :func:`tensorcompress.model_size_bytes`, no training.
+
+    Parameters
+    ----------
+    channels : (int, int)
+        Widths of the two blocks.
+    input_shape : (int, int, int)
+        ``(C, H, W)`` of one input (square: ``H`` is used for both sides).
+    num_classes : int
+        Outputs of the classifier.
+    """
     c, h, _ = input_shape
     model = SmallCNN(in_channels=c, num_classes=num_classes, input_size=h, channels=tuple(channels))
     return count_flops(model, torch.zeros(1, c, h, h)), model_size_bytes(model)

@@ -86,9 +86,18 @@ class Footprint:
 
 
 def footprint(module: nn.Module, *merged: nn.Module, params: int | None = None) -> Footprint:
-    """The :class:`Footprint` of ``module`` now — together with ``merged`` modules that the transform folds into it
-    (a BatchNorm folded into its convolution), which add their parameters and bytes; ``params`` overrides the
-    parameter count (the weights a mask keeps)."""
+    """The :class:`Footprint` of ``module`` now.
+
+    Parameters
+    ----------
+    module : nn.Module
+        The layer; its class (before any parametrization) names the footprint.
+    *merged : nn.Module
+        Modules the transform folds into it (a BatchNorm folded into its convolution): their parameters and bytes
+        are added.
+    params : int, optional
+        The parameter count to report instead of the count of every entry (the weights a mask keeps).
+    """
     parts = (module, *merged)
     n = sum(p.numel() for m in parts for p in m.parameters()) if params is None else params
     size = state_bytes(module if not merged else nn.ModuleList(parts))
@@ -259,6 +268,17 @@ def _counterpart(name: str, old: dict[str, bool]) -> str | None:
 def replace(model: nn.Module, names: Iterable[str] | str, new: nn.Module, *, old: nn.Module | None = None) -> None:
     """Set ``new`` at every one of ``names`` in ``model`` (in place).
 
+    Parameters
+    ----------
+    model : nn.Module
+        The model to change (a transform's copy).
+    names : str or iterable of str
+        Every name under which the replaced module is registered (a tie is kept by setting all of them).
+    new : nn.Module
+        The replacement.
+    old : nn.Module, optional
+        The module replaced, whose mode and flags ``new`` takes.
+
     Where ``old`` is given, ``new`` (with all its submodules) takes its train/eval mode, and each parameter of
     ``new`` takes the ``requires_grad`` of its counterpart in ``old``: the parameter of the same name, else of the
     same last name component (``second.bias`` stands for ``bias``), else ``old.weight`` (the factors of a
@@ -286,6 +306,23 @@ def transform(model: nn.Module, types: type | tuple[type, ...],
               action: str | None = "transform") -> tuple[nn.Module, list[LayerChange]]:
     """Copy ``model`` (:func:`~tensorcompress.surgery.copy_model`) and replace each selected module by
     ``build(selected)``.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Not changed.
+    types : type or tuple of types
+        The module classes to replace (exact types, :func:`select`).
+    build : callable
+        ``build(selected) -> (new_module, detail)``.
+    include, exclude : str, Selected or sequence of them, optional
+        The selection, as :func:`select` reads it.
+    allow_tied : bool
+        Replace modules whose parameters are tied to another module (default: refuse).
+    row_type : type, optional
+        The report's row class.
+    action : str or None
+        The transform's name in the error an empty selection raises; ``None``: no error.
 
     ``build`` receives the :class:`Selected` of the *copy* and returns ``(new_module, detail)``; ``detail`` goes to
     the report row. A module reached under several names is built once and put at all of them (:func:`replace`,
@@ -323,6 +360,17 @@ def transform(model: nn.Module, types: type | tuple[type, ...],
 
 def per_layer(value: Any, names: Sequence[str], check: Callable[[Any, str], Any], what: str) -> dict[str, Any]:
     """One option per selected layer: ``value`` for all of ``names``, or a mapping that names each of them exactly.
+
+    Parameters
+    ----------
+    value : object or mapping
+        One value for every layer, or ``{name: value}`` naming every selected layer.
+    names : sequence of str
+        The selected layers.
+    check : callable
+        ``check(v, label)`` validates (and may convert) one value.
+    what : str
+        The option's name, for the messages.
 
     ``check(v, label)`` validates (and may convert) each value; ``label`` is ``what`` or ``what[name]``. A mapping
     with unknown or missing layer names raises ``ValueError`` listing both.
