@@ -161,3 +161,29 @@ def test_empty_selection_is_one_error(entry):
         entry(entry.model(), include="no_such_layer*")
     with pytest.raises(ValueError, match=r"nothing to act on"):
         entry(entry.model(), exclude="*")
+
+
+def _tied() -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8))
+    model[2].weight = model[0].weight
+    return model
+
+
+TIE_ENTRIES = [Transform(t.name, t.fn, _tied, None if t.data is None else (lambda: torch.randn(4, 8)),
+                         {k: v for k, v in t.options.items() if k != "structure"})
+               for t in REGISTRY if t.name in ("factorize", "prune", "quantize_model", "share_weights", "to_half")]
+
+
+@pytest.mark.parametrize("entry", TIE_ENTRIES, ids=[t.name for t in TIE_ENTRIES])
+def test_a_tie_is_kept_or_refused_naming_both(entry):
+    model = _tied()
+    before = _snapshot(model)
+    try:
+        new, _ = entry(model)
+    except ValueError as e:
+        assert "0.weight" in str(e) and "2.weight" in str(e), str(e)
+    else:
+        kept = {id(p) for p in new[0].parameters()} & {id(p) for p in new[2].parameters()}
+        assert kept, "the transform untied the weights without a word"
+    _same(before, _snapshot(model))

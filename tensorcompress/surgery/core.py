@@ -345,7 +345,9 @@ def transform(model: nn.Module, types: type | tuple[type, ...],
     for sel in chosen if not allow_tied else ():
         tied = tied_parameters(new_model, sel.module)
         if tied:
-            raise ValueError(f"module {sel.name!r} shares parameters with {tied}; replacing it would untie "
+            own = [f"{sel.name}.{n}" for n, p in sel.module.named_parameters()
+                   if any(p is new_model.get_parameter(t) for t in tied)]
+            raise ValueError(f"{own} of module {sel.name!r} are tied to {tied}; replacing the module would untie "
                              f"them. Untie the weights first or leave the module out with exclude=")
     report = []
     for sel in chosen:
