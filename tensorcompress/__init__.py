@@ -9,10 +9,10 @@
 * the workbench: :mod:`tensorcompress.data`, :mod:`tensorcompress.models`, :mod:`tensorcompress.train`,
   :mod:`tensorcompress.metrics`;
 * model surgery shared by every whole-model transform (:mod:`tensorcompress.surgery`);
-* pruning (:mod:`tensorcompress.pruning`, as ``tc.pruning``): criteria, masks, ``shrink``, schedules, sparse files;
+* pruning (:mod:`tensorcompress.pruning`, as ``tc.pruning``): criteria, masks, ``shrink``, schedules;
 * knowledge distillation and ensembles (:mod:`tensorcompress.distillation`);
-* pipelines: operator fusion, half precision, Deep Compression files, structure search
-  (:mod:`tensorcompress.pipelines`);
+* pipelines: operator fusion, half precision, Deep Compression, structure search (:mod:`tensorcompress.pipelines`);
+* the compressed-model file and its coders (:mod:`tensorcompress.export`);
 * checks for the notebooks' exercises (:mod:`tensorcompress.exercises`);
 * mean ± std of an experiment over seeds (:mod:`tensorcompress.experiments`);
 * quantization: uniform and non-uniform quantizers, observers, fake-quantized and integer-only models
@@ -26,6 +26,7 @@ from . import (
     distillation,
     exercises,
     experiments,
+    export,
     layers,
     metrics,
     models,
@@ -58,6 +59,7 @@ __all__ = [
     "distillation",
     "exercises",
     "experiments",
+    "export",
     "layers",
     "metrics",
     "models",
