@@ -390,10 +390,9 @@ def _find_raw(model: nn.Module, state: dict[str, torch.Tensor]) -> list[Found]:
 
 def _encode_raw(found: Found, state: dict, ctx: dict) -> tuple[dict, list[bytes], dict]:
     t = state[found.name]
-    if t.is_quantized:
-        raise ValueError(f"tensor {found.name!r} is a quantized tensor ({t.dtype}), which the file does not store")
+    fields = {"dtype": _dtype_name(t, found.name)}
     chunks = [_raw_bytes(t)]
-    return {"dtype": _dtype_name(t, found.name)}, chunks, {"plain": len(chunks[0])}
+    return fields, chunks, {"plain": len(chunks[0])}
 
 
 def _decode_raw(entry: dict, reader: _Reader, shape: tuple[int, ...], coder: str) -> Decoded:
