@@ -13,8 +13,17 @@ from .architectures import register_architecture, registered_architectures
 from .coding import *  # noqa: F403
 from .coding import __all__ as _coding_all
 from .csr import CSRRelative, csr_decode, csr_encode
-from .file import FORMAT_VERSION, KINDS, Kind, StreamSize, encode_compressed, load_compressed, save_compressed
+from .file import (
+    FORMAT_VERSION,
+    KINDS,
+    Kind,
+    StreamSize,
+    encode_compressed,
+    load_compressed,
+    save_compressed,
+    shared_streams,
+)
 
-__all__ = ["save_compressed", "load_compressed", "encode_compressed", "StreamSize", "Kind", "KINDS",
+__all__ = ["save_compressed", "load_compressed", "encode_compressed", "shared_streams", "StreamSize", "Kind", "KINDS",
            "FORMAT_VERSION", "register_architecture", "registered_architectures", "CSRRelative", "csr_encode",
            "csr_decode", *_coding_all]

@@ -86,8 +86,8 @@ from . import architectures
 from .coding import ans_decode, ans_encode, entropy_bits, huffman_decode, huffman_encode, varint_bytes, varint_values
 from .csr import CSRRelative, csr_decode, csr_encode
 
-__all__ = ["save_compressed", "load_compressed", "encode_compressed", "StreamSize", "Kind", "KINDS", "field",
-           "FORMAT_VERSION", "CODERS"]
+__all__ = ["save_compressed", "load_compressed", "encode_compressed", "shared_streams", "StreamSize", "Kind", "KINDS",
+           "field", "FORMAT_VERSION", "CODERS"]
 
 MAGIC = b"TCDC"
 FORMAT_VERSION = 2
@@ -203,6 +203,16 @@ def _positions(mask: torch.Tensor, index_bits: int) -> tuple[np.ndarray, np.ndar
     return enc.values.numpy() != 0, enc.gaps.astype(np.int64)
 
 
+def shared_streams(codebook_size: int, indices: torch.Tensor, mask: torch.Tensor,
+                   index_bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """The two symbol streams a shared weight is stored as: per stored entry of the flattened weight's relative-index
+    row, its codebook index (``codebook_size`` for a filler), and its gap."""
+    kept, gaps = _positions(mask, index_bits)
+    symbols = np.full(len(gaps), codebook_size, dtype=np.int64)
+    symbols[kept] = indices.detach().cpu().reshape(-1)[mask.detach().cpu().reshape(-1)].numpy()
+    return symbols, gaps
+
+
 def _mask(kept: np.ndarray, gaps: np.ndarray, numel: int, index_bits: int, name: object) -> torch.Tensor:
     """The flat bool mask back from :func:`_positions`' output, checked against the tensor's ``numel``."""
     if gaps.size and int((gaps + 1).sum()) > numel:
@@ -291,10 +301,7 @@ def _encode_shared(found: Found, state: dict, ctx: dict) -> tuple[dict, list[byt
     plist = found.module.parametrizations.weight
     sw, codebook = plist[0], plist.original.detach().cpu()
     k = codebook.numel()
-    mask = sw.mask().cpu()
-    kept, gaps = _positions(mask, sw.index_bits)
-    symbols = np.full(len(gaps), k, dtype=np.int64)  # k: a filler
-    symbols[kept] = sw.indices().cpu().reshape(-1)[mask.reshape(-1)].numpy()
+    symbols, gaps = shared_streams(k, sw.indices(), sw.mask(), sw.index_bits)
     fields = {"dtype": _dtype_name(codebook, found.name), "bits": sw.bits, "index_bits": sw.index_bits, "k": k,
               "masked": sw.packed_mask is not None, "n": len(gaps)}
     chunks = [_raw_bytes(codebook)]
