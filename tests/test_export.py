@@ -162,9 +162,11 @@ def _same_model(a, b, x=X):
 @pytest.mark.parametrize("which", list(MAKERS))
 def test_every_kind_round_trips_bit_exactly(tmp_path, which, coder):
     net = MAKERS[which]()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
     path = tmp_path / "m.tcdc"
     size = save_compressed(net, path, coder=coder)
     assert size == os.path.getsize(path)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # the model is left untouched
     back = load_compressed(path, model=Tiny())
     assert not back.training
     _same_model(net, back)

@@ -435,6 +435,8 @@ def test_shared_weight_cache_follows_every_change():
         assert torch.equal(layer.weight, 2 * before) and torch.equal(layer.weight, _uncached(layer))
         codebook.data = codebook.data.flip(0).clone()  # new storage under the same Parameter
         assert torch.equal(layer.weight, _uncached(layer))
+        layer.weight.mul_(0)  # a change made to the decoded weight itself does not stick
+        assert torch.equal(layer.weight, _uncached(layer)) and layer.weight.abs().sum() > 0
     other = _pruned_shared()
     with torch.no_grad():
         other[0].parametrizations.weight.original.copy_(torch.linspace(-1, 1, 8))

@@ -116,6 +116,8 @@ def huffman_decode(table: np.ndarray, words: np.ndarray, n: int) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     if len(used) == 0:
         raise ValueError(f"corrupt stream: {n} symbols announced but the code table is empty")
+    if len(used) == 1:  # a one-symbol code spends no bits: nothing to read
+        return np.full(n, used[0], dtype=np.int64)
     tree = constriction.symbol.huffman.DecoderHuffmanTree(probs)
     dec = constriction.symbol.QueueDecoder(np.asarray(words, dtype=np.uint32))
     try:

@@ -54,7 +54,7 @@ the same folder, flushed to disk, then renamed over the target (``os.replace``):
 tensors it stores, by the name of the state key a fresh model has, with the state keys each one stands for;
 ``encode`` returns the entry's header fields, its payload sections and its sizes; ``decode`` reads an entry back
 into the dense tensor a fresh model loads plus an optional ``install`` step (a parametrization, a prune mask) — and
-add it to :data:`KINDS` before ``raw``. Every count it reads goes through :func:`field` with its bound; every
+add it to :data:`KINDS` under its name (``raw`` always runs last and stores what no other kind took). Every count it reads goes through :func:`field` with its bound; every
 section through the reader, which checks the length left. Old files stay readable: a new kind needs no new version;
 :data:`FORMAT_VERSION` changes only when the meaning of an existing byte does.
 
@@ -410,7 +410,7 @@ def _decode_raw(entry: dict, reader: _Reader, shape: tuple[int, ...], coder: str
 KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("shared", _find_shared, _encode_shared, _decode_shared),
     Kind("pruned", _find_pruned, _encode_pruned, _decode_pruned),
-    Kind("raw", _find_raw, _encode_raw, _decode_raw),  # last: whatever the others left
+    Kind("raw", _find_raw, _encode_raw, _decode_raw),
 )}
 
 
@@ -437,7 +437,7 @@ def _refuse_unstorable(model: nn.Module) -> None:
 def _found(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, tuple[Kind, Found]]:
     """Entry name -> (kind, what it stores), in the order of the model's ``state_dict``."""
     by_key, left = {}, dict(state)
-    for kind in KINDS.values():
+    for kind in sorted(KINDS.values(), key=lambda k: k.name == "raw"):  # raw takes whatever the others left
         for f in kind.find(model, left):
             for key in f.covers:
                 left.pop(key)

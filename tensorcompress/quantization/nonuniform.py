@@ -248,6 +248,12 @@ def _check_index_bits(index_bits: object, name: str = "index_bits") -> int:
     return index_bits
 
 
+def _versions(value: torch.Tensor | tuple) -> tuple[int, ...]:
+    """The version counters of a tensor or of a tuple of tensors (``None`` entries skipped)."""
+    items = value if isinstance(value, tuple) else (value,)
+    return tuple(t._version for t in items if t is not None)
+
+
 class SharedWeight(nn.Module):
     """Parametrization ``codebook -> codebook[indices]``, or ``where(mask, codebook[indices], 0)`` for a pruned
     layer: a weight of ``shape`` whose entries share the ``k`` values of a codebook, the indices held packed at
@@ -306,18 +312,19 @@ class SharedWeight(nn.Module):
 
     def _cached(self, slot: str, tensors: tuple[torch.Tensor | None, ...], compute):
         """``compute()``, kept in ``slot`` until one of ``tensors`` is replaced, moved or changed in place (its
-        identity, storage, dtype, device or ``_version`` counter). Inference tensors have no version counter: with
-        one among ``tensors`` nothing is cached."""
+        identity, storage, dtype, device or ``_version`` counter), or the kept value itself is changed in place.
+        Inference tensors have no version counter: with one among ``tensors`` nothing is cached."""
         present = [t for t in tensors if t is not None]
         if any(t.is_inference() for t in present):
             return compute()
         stamp = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in present)
         hit = self._cache.get(slot)
-        if hit is not None and hit[1] == stamp and all(a is b for a, b in zip(hit[0], present, strict=True)):
+        if hit is not None and hit[1] == stamp and all(a is b for a, b in zip(hit[0], present, strict=True)) \
+                and _versions(hit[2]) == hit[3]:
             return hit[2]
         with torch.inference_mode(False), torch.no_grad():  # a plain tensor, reusable outside inference mode
             value = compute()
-        self._cache[slot] = (present, stamp, value)  # holding the tensors keeps their identities unique
+        self._cache[slot] = (present, stamp, value, _versions(value))  # holding the tensors keeps identities unique
         return value
 
     def _decode(self, codebook: torch.Tensor) -> torch.Tensor:
