@@ -8,9 +8,9 @@ kind        what it stores                                                      
 ``raw``     the tensor's bytes (``tensor.view(uint8)``, little-endian, e.g. 4 per float32 entry)  any tensor
 ``pruned``  a tensor masked by ``torch.nn.utils.prune``: its kept values (raw bytes), the         ``tc.pruning``
             positions as relative indices (gap stream) and a filler flag per entry (flag stream)
-``shared``  a :class:`~tensorcompress.quantization.SharedWeight` weight: the codebook (raw        ``share_weights``,
-            bytes), the codebook index per entry (``k`` for a filler) and the relative indices,   ``deep_compres-
-            both coded                                                                            sion``
+``shared``  a :class:`~tensorcompress.quantization.SharedWeight` weight: the codebook (raw        ``share_weights``
+            bytes), the codebook index per entry (``k`` for a filler) and the relative indices,   (also in
+            both coded                                                                            Deep Compression)
 ==========  ====================================================================================  =================
 
 Integer-arithmetic layers (:func:`tensorcompress.quantization.to_integer`) and other weight parametrizations
@@ -54,9 +54,10 @@ the same folder, flushed to disk, then renamed over the target (``os.replace``):
 tensors it stores, by the name of the state key a fresh model has, with the state keys each one stands for;
 ``encode`` returns the entry's header fields, its payload sections and its sizes; ``decode`` reads an entry back
 into the dense tensor a fresh model loads plus an optional ``install`` step (a parametrization, a prune mask) — and
-add it to :data:`KINDS` under its name (``raw`` always runs last and stores what no other kind took). Every count it reads goes through :func:`field` with its bound; every
-section through the reader, which checks the length left. Old files stay readable: a new kind needs no new version;
-:data:`FORMAT_VERSION` changes only when the meaning of an existing byte does.
+add it to :data:`KINDS` under its name (``raw`` always runs last and stores what no other kind took). Every count
+it reads goes through :func:`field` with its bound; every section through the reader, which checks the length left.
+Old files stay readable: a new kind needs no new version; :data:`FORMAT_VERSION` changes only when the meaning of an
+existing byte does.
 
 References: Han, Mao & Dally (2016), *Deep Compression*, ICLR; Huffman (1952); Duda (2013), *Asymmetric numeral
 systems*; Bamler (2022), *constriction*.
