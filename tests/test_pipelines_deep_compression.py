@@ -23,6 +23,11 @@ def test_report_bytes_are_the_file_s(tmp_path, coder, keep_zeros):
     assert measure_compressed(net).file_bytes[coder] == save_compressed(net, tmp_path / "m", coder=coder)
 
 
+def test_report_needs_shared_weights():
+    with pytest.raises(ValueError, match="no shared weights"):
+        measure_compressed(tc.pruning.prune(_tiny(), amount=0.5)[0])
+
+
 def test_lenet_from_header_and_report_accounting(tmp_path):
     net, _ = tc.pruning.prune(tc.models.LeNet300100(), amount=0.9)
     net, _ = share_weights(net, 4, keep_zeros=True, index_bits=5)

@@ -155,6 +155,9 @@ def measure_compressed(model: nn.Module, *, original_bytes: int | None = None,
         bias = 0 if getattr(module, "bias", None) is None else module.bias.numel()
         layers.append(surgery.LayerChange(name, type(module).__name__, type(module).__name__, numel + bias,
                                           kept + bias, d))
+    if not layers:  # the file takes any model; the report is of shared layers
+        raise ValueError("model has no shared weights (SharedWeight parametrizations); run "
+                         "tc.pipelines.deep_compression or tc.quantization.share_weights first")
     plain = sum(s["plain"] for s in sizes_h.values() if "plain" in s)
     header = sizes_h["header"]["bytes"]
     stage = {"dense": totals["dense"] + plain, "P": totals["P"] + plain, "P+Q": totals["P+Q"] + plain,
