@@ -23,6 +23,7 @@ import tensorcompress as tc
 import tensorcompress.export as E
 from tensorcompress.export import FORMAT_VERSION, encode_compressed, load_compressed, save_compressed
 from tensorcompress.export import architectures as A
+from tensorcompress.export import file as F
 from tensorcompress.quantization import share_weights
 
 
@@ -298,6 +299,31 @@ def test_integer_layers_are_refused_by_name(tmp_path):
         save_compressed(tc.quantization.to_integer(qm), tmp_path / "m")
     with pytest.raises(ValueError, match="layer 'fc1.layer'.*WeightQuantizer"):  # fake-quantized: a parametrization
         save_compressed(qm, tmp_path / "m")
+
+
+def test_a_new_kind_plugs_in(tmp_path, monkeypatch):
+    """The rule for adding a kind, followed for a toy one: an all-zero float tensor stored as its shape alone."""
+    def find(model, state):
+        return [F.Found(k, tuple(t.shape), model, (k,), k) for k, t in state.items()
+                if t.is_floating_point() and t.numel() and not t.any()]
+
+    def encode(found, state, ctx):
+        return {"dtype": str(state[found.name].dtype).removeprefix("torch.")}, [], {"zeros": 0}
+
+    def decode(entry, reader, shape, coder):
+        return F.Decoded(torch.zeros(shape, dtype=F._dtype(entry, floating=True)))
+
+    monkeypatch.setitem(F.KINDS, "zeros", F.Kind("zeros", find, encode, decode))
+    net = tiny()
+    with torch.no_grad():
+        net.fc.bias.zero_()
+    data, sizes = encode_compressed(net)
+    assert sizes["fc.bias"] == {"zeros": 0} and "plain" in sizes["conv.bias"]
+    save_compressed(net, tmp_path / "z")
+    _same_model(net, load_compressed(tmp_path / "z", model=Tiny()))
+    monkeypatch.undo()  # a reader without the kind names it
+    with pytest.raises(ValueError, match="'kind': one of"):
+        load_compressed(tmp_path / "z", model=Tiny())
 
 
 # ---------------------------------------------------------------------------------------------- architectures

@@ -50,12 +50,14 @@ elements, kept :math:`\le` entries) and every section's length against the bytes
 are checked against their alphabets and the positions against the tensor's end. A write goes to a temporary file in
 the same folder, flushed to disk, then renamed over the target (``os.replace``): a failed write leaves the old file.
 
-**Adding a layer kind** (group-wise or NF4 weights, adapters): write a :class:`Kind` — ``find(model)`` returns the
-tensors it stores, by the name of the state key a fresh model has, with the state keys each one stands for;
-``encode`` returns the entry's header fields, its payload sections and its sizes; ``decode`` reads an entry back
-into the dense tensor a fresh model loads plus an optional ``install`` step (a parametrization, a prune mask) — and
-add it to :data:`KINDS` under its name (``raw`` always runs last and stores what no other kind took). Every count
-it reads goes through :func:`field` with its bound; every section through the reader, which checks the length left.
+**Adding a layer kind** (group-wise or NF4 weights, adapters): write a :class:`Kind` — ``find(model, state)``
+returns, among the ``state_dict`` entries no other kind took, the tensors it stores (:class:`Found`: the name of the
+state key a fresh model has, and the keys it stands for); ``encode(found, state, ctx)`` returns the entry's header
+fields, its payload sections and its sizes; ``decode(entry, reader, shape, coder)`` reads an entry back from the
+:class:`Reader` into a :class:`Decoded`: the dense tensor a fresh model loads, plus an optional ``install`` step (a
+parametrization, a prune mask) — and add it to :data:`KINDS` under its name (``raw`` always runs last and stores
+what no other kind took). Every count it reads goes through :func:`field` with its bound; every section through the
+reader, which checks the length left.
 Old files stay readable: a new kind needs no new version; :data:`FORMAT_VERSION` changes only when the meaning of an
 existing byte does.
 
@@ -88,7 +90,7 @@ from .coding import ans_decode, ans_encode, entropy_bits, huffman_decode, huffma
 from .csr import CSRRelative, csr_decode, csr_encode
 
 __all__ = ["save_compressed", "load_compressed", "encode_compressed", "shared_streams", "StreamSize", "Kind", "KINDS",
-           "field", "FORMAT_VERSION", "CODERS"]
+           "Found", "Decoded", "Reader", "field", "FORMAT_VERSION", "CODERS"]
 
 MAGIC = b"TCDC"
 FORMAT_VERSION = 2
@@ -123,7 +125,10 @@ def _dtype(entry: dict, *, floating: bool = False) -> torch.dtype:
     return dt
 
 
-class _Reader:
+class Reader:
+    """The payload of a file being read: :meth:`take` hands out the next ``n`` bytes after checking that they are
+    there, :meth:`tensor` the next ``count`` values of a dtype; :attr:`left` is what remains."""
+
     def __init__(self, data: memoryview, start: int, end: int) -> None:
         self.data, self.off, self.end = data, start, end
 
@@ -179,7 +184,7 @@ def _put_stream(fields: dict, chunks: list[bytes], key: str, symbols: np.ndarray
     return StreamSize(len(symbols), len(table), 4 * len(words), entropy_bits(symbols, alphabet), n_bits)
 
 
-def _get_stream(entry: dict, reader: _Reader, key: str, alphabet: int, n: int, coder: str) -> np.ndarray:
+def _get_stream(entry: dict, reader: Reader, key: str, alphabet: int, n: int, coder: str) -> np.ndarray:
     name = entry.get("name")
     if coder == "huffman":  # one code length byte per symbol
         n_table = field(entry, f"{key}_table", alphabet, alphabet)
@@ -270,7 +275,7 @@ class Kind:
     name: str
     find: Callable[[nn.Module, dict[str, torch.Tensor]], list[Found]]
     encode: Callable[[Found, dict[str, torch.Tensor], dict], tuple[dict, list[bytes], dict]]
-    decode: Callable[[dict, _Reader, tuple[int, ...], str], Decoded]
+    decode: Callable[[dict, Reader, tuple[int, ...], str], Decoded]
 
 
 def _split(name: str) -> tuple[str, str]:
@@ -312,7 +317,7 @@ def _encode_shared(found: Found, state: dict, ctx: dict) -> tuple[dict, list[byt
     return fields, chunks, sizes
 
 
-def _decode_shared(entry: dict, reader: _Reader, shape: tuple[int, ...], coder: str) -> Decoded:
+def _decode_shared(entry: dict, reader: Reader, shape: tuple[int, ...], coder: str) -> Decoded:
     numel, name = math.prod(shape), entry["name"]
     bits, index_bits = field(entry, "bits", 1, 16), field(entry, "index_bits", 1, 8)
     k, n = field(entry, "k", 1, 2**bits), field(entry, "n", 0, numel)
@@ -369,7 +374,7 @@ def _encode_pruned(found: Found, state: dict, ctx: dict) -> tuple[dict, list[byt
     return fields, chunks, sizes
 
 
-def _decode_pruned(entry: dict, reader: _Reader, shape: tuple[int, ...], coder: str) -> Decoded:
+def _decode_pruned(entry: dict, reader: Reader, shape: tuple[int, ...], coder: str) -> Decoded:
     numel, name = math.prod(shape), entry["name"]
     index_bits = field(entry, "index_bits", 1, 16)
     n = field(entry, "n", 0, numel)
@@ -403,7 +408,7 @@ def _encode_raw(found: Found, state: dict, ctx: dict) -> tuple[dict, list[bytes]
     return fields, chunks, {"plain": len(chunks[0])}
 
 
-def _decode_raw(entry: dict, reader: _Reader, shape: tuple[int, ...], coder: str) -> Decoded:
+def _decode_raw(entry: dict, reader: Reader, shape: tuple[int, ...], coder: str) -> Decoded:
     t = reader.tensor(math.prod(shape), _dtype(entry), f"tensor {entry['name']!r}")
     return Decoded(t.reshape(shape))
 
@@ -632,7 +637,7 @@ def load_compressed(path: str | os.PathLike, *, model: nn.Module | None = None, 
     if model is None and _model_bytes(template) > max_bytes:
         raise ValueError(f"the file's architecture {header['arch'].get('name')!r} with {header['arch'].get('kwargs')}"
                          f" holds {_model_bytes(template)} bytes, more than max_bytes={max_bytes}")
-    reader = _Reader(data, start, len(data) - _CRC)
+    reader = Reader(data, start, len(data) - _CRC)
     decoded = {e["name"]: KINDS[e["kind"]].decode(e, reader, shapes[e["name"]], coder) for e in entries}
     if reader.left:
         raise ValueError(f"corrupt file: {reader.left} bytes left over after the last tensor")
