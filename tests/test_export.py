@@ -412,6 +412,14 @@ def test_pruned_counts_are_checked(tmp_path):
     assert "corrupt" in msg
 
 
+@pytest.mark.parametrize("name, kind", [("bn.running_mean", "pruned"), ("fc.bias", "shared")])
+def test_kinds_apply_to_parameters_only(tmp_path, name, kind):
+    def mutate(header, payload):
+        a, b = _entry(header, name), _entry(header, "fc.weight" if kind == "shared" else "conv.weight")
+        a["kind"], a["shape"], b["kind"], b["shape"] = b["kind"], a["shape"], "raw", b["shape"]
+    assert "is not a" in _hostile(tmp_path, mutate, net=shared_tiny() if kind == "shared" else _pruned_tiny())
+
+
 @pytest.mark.parametrize("shape", [[10**9], [5, 0], [-5], [5.0]])
 def test_declared_shapes_must_be_the_model_s(tmp_path, shape):
     msg = _hostile(tmp_path, lambda h, p: _entry(h, "fc.bias").update(shape=shape))

@@ -596,10 +596,15 @@ def _check_fits(entries: list[dict], template: nn.Module) -> dict[str, tuple[int
         raise ValueError(f"the file does not fit the model {type(template).__name__}: missing "
                          f"{sorted(set(want) - set(names))}, unexpected {sorted(set(names) - set(want))[:20]}; pass "
                          f"model= (a fresh instance of the architecture)")
+    params = {k for k, _ in template.named_parameters(remove_duplicate=False)}
     for e in entries:
         if tuple(e["shape"]) != want[e["name"]]:
             raise ValueError(f"tensor {e['name']!r}: the file's shape {tuple(e['shape'])} does not fit the model's "
                              f"{want[e['name']]}; pass model= built with the right arguments")
+        if e["kind"] != "raw" and (e["name"] not in params or (e["kind"] == "shared"
+                                                               and _split(e["name"])[1] != "weight")):
+            raise ValueError(f"corrupt header: tensor {e['name']!r} of kind {e['kind']!r} is not a "
+                             f"{'weight' if e['kind'] == 'shared' else 'parameter'} of the model")
     return want
 
 
