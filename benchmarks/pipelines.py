@@ -5,8 +5,9 @@ LeNet-5 are pruned one shot per layer (notebook 19's sparsities; no fine-tuning:
 the weight distribution, not on the accuracy) and their kept weights shared by k-means
 (``tc.quantization.share_weights`` with ``keep_zeros=True``). For each model and relative-index width it prints
 the bytes of each stage —
-float ``torch.save``, CSR file with float32 values (``tc.pruning.save_sparse``), fixed-length codes + codebooks
-(the report's count), the Huffman and ANS files (``tc.pipelines.save_compressed``), and the entropy bound
+float ``torch.save``, the pruned model's file (``tc.export.save_compressed``: float32 values, Huffman-coded
+relative indices), fixed-length codes + codebooks (the report's count), the Huffman and ANS files of the shared
+model (``tc.export.save_compressed``), and the entropy bound
 (:math:`nH/8` of the two streams + codebooks + biases) — and the median time to write and to read each file
 (``timeit``, best of five). Times depend on the machine and its load; the bytes do not.
 """
@@ -49,13 +50,13 @@ def main() -> None:
                 shared, pruned = _shared(name, args.bits, index_bits)
                 rep = tc.pipelines.measure_compressed(shared, original_bytes=tc.model_size_bytes(
                     tc.models.pretrained(name)))
-                csr = tc.pruning.save_sparse(pruned, os.path.join(tmp, "p.tcsr"), bits=index_bits)
+                csr = tc.export.save_compressed(pruned, os.path.join(tmp, "p.tcdc"), index_bits=index_bits)
                 times = {}
                 for coder in ("huffman", "ans"):
                     path = os.path.join(tmp, f"m.{coder}")
-                    write = min(timeit.repeat(lambda m=shared, c=coder, p=path: tc.pipelines.save_compressed(
+                    write = min(timeit.repeat(lambda m=shared, c=coder, p=path: tc.export.save_compressed(
                         m, p, coder=c), number=1, repeat=args.repeat))
-                    read = min(timeit.repeat(lambda p=path: tc.pipelines.load_compressed(p), number=1,
+                    read = min(timeit.repeat(lambda p=path: tc.export.load_compressed(p), number=1,
                                              repeat=args.repeat))
                     assert os.path.getsize(path) == rep.file_bytes[coder]
                     times[coder] = f"{1e3 * write:.0f}/{1e3 * read:.0f}"

@@ -5,8 +5,9 @@ Run ``python benchmarks/pruning.py`` (about a minute on a quiet core). For Small
 prunes filters (``tc.pruning.prune(structure="filters")``), removes them (``tc.pruning.shrink``) and reports
 parameters, bytes (``tc.model_size_bytes``: what ``torch.save`` writes), FLOPs (``tc.flops``) and CPU latency
 (``tc.latency``: ``torch.utils.benchmark`` median, one thread) of the dense, masked and shrunk models. For
-LeNet-300-100 it prunes 92 % of the weights globally and reports the dense, masked and CSR-file bytes
-(``tc.pruning.save_sparse``, 5- and 8-bit relative indices). Latency depends on the machine and its load.
+LeNet-300-100 it prunes 92 % of the weights globally and reports the dense, masked and compressed-file bytes
+(``tc.export.save_compressed``: CSR values, Huffman-coded 5- and 8-bit relative indices). Latency depends on the
+machine and its load.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def main() -> None:
     lenet = tc.models.LeNet300100()
     masked, _ = pruning.prune(lenet, 0.92, scope="global")
     with tempfile.TemporaryDirectory() as tmp:
-        sizes = {b: pruning.save_sparse(masked, os.path.join(tmp, f"w{b}.tcsr"), bits=b) for b in (5, 8)}
+        sizes = {b: tc.export.save_compressed(masked, os.path.join(tmp, f"w{b}.tcdc"), index_bits=b) for b in (5, 8)}
     print(f"LeNet-300-100, 92 % pruned globally: dense {tc.model_size_bytes(lenet)} bytes, masked "
           f"{tc.model_size_bytes(masked)} bytes, {tc.count_parameters(masked, nonzero=True)} non-zero parameters, "
           f"CSR file {sizes[5]} bytes (5-bit gaps), {sizes[8]} bytes (8-bit gaps)")

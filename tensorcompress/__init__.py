@@ -9,9 +9,10 @@
 * the workbench: :mod:`tensorcompress.data`, :mod:`tensorcompress.models`, :mod:`tensorcompress.train`,
   :mod:`tensorcompress.metrics`;
 * model surgery shared by every whole-model transform (:mod:`tensorcompress.surgery`);
-* pruning (:mod:`tensorcompress.pruning`, as ``tc.pruning``): criteria, masks, ``shrink``, schedules, sparse files;
+* pruning (:mod:`tensorcompress.pruning`, as ``tc.pruning``): criteria, masks, ``shrink``, schedules;
 * knowledge distillation and ensembles (:mod:`tensorcompress.distillation`);
-* pipelines: Deep Compression files, structure search (:mod:`tensorcompress.pipelines`);
+* pipelines: Deep Compression, structure search (:mod:`tensorcompress.pipelines`);
+* the compressed-model file and its coders (:mod:`tensorcompress.export`);
 * checks for the notebooks' exercises (:mod:`tensorcompress.exercises`);
 * measurement, the leaderboard and mean ± std over seeds (:mod:`tensorcompress.metrics`);
 * quantization: uniform and non-uniform quantizers, observers, fake-quantized, integer-only and half-precision
@@ -24,6 +25,7 @@ from . import (
     decompositions,
     distillation,
     exercises,
+    export,
     layers,
     metrics,
     models,
@@ -55,6 +57,7 @@ __all__ = [
     "decompositions",
     "distillation",
     "exercises",
+    "export",
     "layers",
     "metrics",
     "models",

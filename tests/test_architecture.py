@@ -25,7 +25,8 @@ FLOORS = {
 }
 SIBLINGS_APART = {"layers", "quantization", "pruning", "distillation"}
 # within floor (c) the measurement sits on the training loop (accuracy is measured by evaluate), never the reverse
-SAME_FLOOR_ALLOWED = {("metrics", "train"), ("metrics", "models"), ("metrics", "data"), ("train", "data")}
+SAME_FLOOR_ALLOWED = {("metrics", "train"), ("metrics", "models"), ("metrics", "data"), ("train", "data"),
+                      ("pipelines", "export")}
 SHARED = {"tensor", "_validation", "devices", "_bits"}  # private to the library, shared by every package
 
 

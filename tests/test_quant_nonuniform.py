@@ -13,6 +13,7 @@ from torch import nn
 
 import tensorcompress as tc
 from tensorcompress import quantization as Q
+from tensorcompress._bits import pack_bits, packed_size, unpack_bits
 from tests.conftest import randn
 
 
@@ -169,6 +170,23 @@ def test_pack_indices_is_numpy_packbits(bits, n, seed):
     stream = ((idx.numpy()[:, None] >> np.arange(bits - 1, -1, -1)) & 1).astype(np.uint8).reshape(-1)
     assert np.array_equal(packed.numpy(), np.packbits(stream))
     assert torch.equal(Q.unpack_indices(packed, bits, (n,)), idx)
+
+
+def _max_and_random(bits):
+    top = 2**bits - 1
+    return st.lists(st.one_of(st.just(0), st.just(top), st.integers(0, top)), max_size=40)
+
+
+@given(data=st.data(), bits=st.integers(1, 16))
+def test_bits_pack_is_the_concatenated_binary_digits(data, bits):
+    values = data.draw(_max_and_random(bits))
+    packed = pack_bits(torch.tensor(values, dtype=torch.int64), bits)
+    # independent reference: the values' binary digits written out as text, cut into bytes
+    digits = "".join(format(v, f"0{bits}b") for v in values)
+    digits += "0" * (-len(digits) % 8)
+    assert packed.tolist() == [int(digits[i: i + 8], 2) for i in range(0, len(digits), 8)]
+    assert packed.numel() == packed_size(len(values), bits)
+    assert unpack_bits(packed, bits, len(values)).tolist() == values
 
 
 def test_pack_indices_device_and_shape(device):
@@ -376,3 +394,81 @@ def test_share_weights_bad_input():
         Q.SharedWeight(torch.zeros(4), idx, 2, mask=torch.ones(2, 3))
     with pytest.raises(ValueError, match="mask must be None or a bool tensor"):
         Q.SharedWeight(torch.zeros(4), idx, 2, mask=torch.ones(3, 2, dtype=torch.bool))
+
+
+# ---------------------------------------------------------------------------------------------------------- decode once
+
+def _pruned_shared(dtype=torch.float32):
+    net, _ = tc.pruning.prune(_mlp(dtype), amount=0.5)
+    return Q.share_weights(net, 3, keep_zeros=True)[0]
+
+
+def _uncached(layer):
+    """codebook[indices] where the mask keeps, 0 elsewhere, from the packed buffers."""
+    sw, codebook = layer.parametrizations.weight[0], layer.parametrizations.weight.original
+    idx = Q.unpack_indices(sw.packed, sw.bits, sw.shape)
+    keep = Q.unpack_indices(sw.packed_mask, 1, sw.shape).bool()
+    return torch.where(keep, codebook[idx], torch.zeros((), dtype=codebook.dtype))
+
+
+def test_shared_weight_is_decoded_once_and_equals_the_uncached_weight(dtype):
+    net = _pruned_shared(dtype)
+    layer = net[0]
+    with torch.no_grad():
+        w = layer.weight
+        assert layer.weight is w  # the second access returns the decoded weight, not a new decoding
+        assert torch.equal(w, _uncached(layer))
+    x = randn((5, 12), 12, dtype=dtype)
+    with torch.inference_mode():
+        y_inf = net(x)
+    with torch.no_grad():
+        assert torch.equal(net(x), y_inf)
+
+
+def test_shared_weight_cache_follows_every_change():
+    net = _pruned_shared()
+    layer = net[0]
+    codebook = layer.parametrizations.weight.original
+    with torch.no_grad():
+        before = layer.weight.clone()
+        codebook.mul_(2)  # in place: the version counter moves
+        assert torch.equal(layer.weight, 2 * before) and torch.equal(layer.weight, _uncached(layer))
+        codebook.data = codebook.data.flip(0).clone()  # new storage under the same Parameter
+        assert torch.equal(layer.weight, _uncached(layer))
+        layer.weight.mul_(0)  # a change made to the decoded weight itself does not stick
+        assert torch.equal(layer.weight, _uncached(layer)) and layer.weight.abs().sum() > 0
+    other = _pruned_shared()
+    with torch.no_grad():
+        other[0].parametrizations.weight.original.copy_(torch.linspace(-1, 1, 8))
+        other[0].parametrizations.weight[0].packed.copy_(torch.randint(0, 255, other[0].parametrizations.weight[0]
+                                                                       .packed.shape, dtype=torch.uint8))
+    net.load_state_dict(other.state_dict())  # new codes, new codebook
+    with torch.no_grad():
+        assert torch.equal(layer.weight, _uncached(layer)) and torch.equal(layer.weight, other[0].weight)
+    copy_ = copy.deepcopy(net).double()
+    with torch.no_grad():
+        assert copy_[0].weight.dtype == torch.float64 and torch.equal(copy_[0].weight, _uncached(copy_[0]))
+        copy_[0].parametrizations.weight.original.zero_()
+        assert not torch.equal(layer.weight, copy_[0].weight)  # the copy's cache is its own
+
+
+def test_shared_weight_gradients_after_cached_forwards():
+    torch.manual_seed(1)
+    net = _pruned_shared()
+    x, y = torch.randn(16, 12), torch.randint(0, 4, (16,))
+    with torch.no_grad():
+        net(x)  # fills the inference cache
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    for _ in range(2):  # centroid fine-tuning: each step's gradient is the members' summed gradients
+        opt.zero_grad()
+        layer = net[0]
+        w = _uncached(layer).detach().requires_grad_(True)
+        out_ref = net[2](torch.relu(torch.nn.functional.linear(x, w, layer.bias)))
+        g_w, = torch.autograd.grad(nn.functional.cross_entropy(out_ref, y), w)
+        sw = layer.parametrizations.weight[0]
+        want = Q.centroid_gradient(g_w * sw.mask(), sw.indices(), 8)
+        nn.functional.cross_entropy(net(x), y).backward()
+        assert torch.allclose(layer.parametrizations.weight.original.grad, want, rtol=1e-6, atol=1e-7)
+        opt.step()
+        with torch.no_grad():  # the step changed the codebook: the cached weight follows
+            assert torch.equal(layer.weight, _uncached(layer))

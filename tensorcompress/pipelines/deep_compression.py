@@ -4,7 +4,7 @@ r"""Deep Compression (Han, Mao & Dally 2016): prune, share weights, entropy-code
 :math:`s_t = s_f\,(1 - (1 - t/(n\Delta t))^3)`, while fine-tuning (:class:`tensorcompress.pruning.AGP`, masks of
 ``torch.nn.utils.prune``). The kept positions are stored as relative indices: the gap :math:`d` to the previous
 kept weight in :math:`b_{\text{idx}}` bits, a gap beyond :math:`M = 2^{b_{\text{idx}}}-1` bridged by
-:math:`\lfloor d/(M+1)\rfloor` filler zeros (:func:`tensorcompress.pruning.csr_encode`). At density :math:`\rho`
+:math:`\lfloor d/(M+1)\rfloor` filler zeros (:func:`tensorcompress.export.csr_encode`). At density :math:`\rho`
 the gaps are geometric, with entropy :math:`h(\rho)/\rho` bits (:math:`h` the binary entropy), about 5 bits at
 :math:`\rho = 8\,\%`.
 
@@ -17,13 +17,13 @@ through the gather of :class:`tensorcompress.quantization.SharedWeight`, a ``tor
 parametrization ``where(mask, codebook[indices], 0)`` that keeps the mask. Compression of one layer of :math:`n`
 weights: :math:`32n / (mb + 32k)` before the indices.
 
-**3. Entropy coding**: the codebook indices and the gaps are Huffman-coded (:mod:`tensorcompress.pipelines.coding`,
+**3. Entropy coding**: the codebook indices and the gaps are Huffman-coded (:mod:`tensorcompress.export.coding`,
 ``constriction``), :math:`H \le \bar L < H+1` bits per symbol; an ANS stream code gets within bytes of
 :math:`nH`.
 
 Han et al. report LeNet-300-100 1070 KB → 27 KB (40×) and LeNet-5 1720 KB → 44 KB (39×) at unchanged accuracy,
 counting weights and indices. :func:`deep_compression` runs the three stages and returns a report in the shape of
-their Tables 2–3 whose bytes are those of the file :func:`tensorcompress.pipelines.save_compressed` writes.
+their Tables 2–3 whose bytes are those of the file :func:`tensorcompress.export.save_compressed` writes.
 """
 
 from __future__ import annotations
@@ -36,11 +36,11 @@ from torch import nn
 
 from .. import surgery
 from .._validation import check_bits, check_fraction, check_positive_int, check_real
+from ..export import encode_compressed
 from ..metrics.measure import model_size_bytes
 from ..pruning import AGP, PRUNABLE, prune
 from ..quantization.nonuniform import share_weights
 from ..train import evaluate, fit
-from .coding import encode_compressed
 
 __all__ = ["deep_compression", "DeepCompressionReport", "measure_compressed"]
 
@@ -59,7 +59,8 @@ class DeepCompressionReport:
     the layer's bytes ``dense`` (float), ``P`` (CSR, float values), ``P+Q`` (fixed-length codes + codebook),
     ``P+Q+H`` (Huffman, with its tables), ``ANS`` and ``entropy`` (:math:`nH/8` + codebook, no tables).
     ``stage_bytes``: the same summed over the layers plus the plainly stored tensors (and the file's header for
-    the coded stages). ``file_bytes``: the exact size of :func:`save_compressed`'s file per coder.
+    the coded stages). ``file_bytes``: the exact size of :func:`~tensorcompress.export.save_compressed`'s file per
+    coder.
     ``original_bytes``: the float32 model's ``torch.save`` size. ``accuracy``: validation accuracy after each stage.
     """
 
@@ -125,7 +126,7 @@ def measure_compressed(model: nn.Module, *, original_bytes: int | None = None,
                        accuracy: Mapping[str, float] | None = None) -> DeepCompressionReport:
     """The :class:`DeepCompressionReport` of a model whose weights are shared
     (:func:`tensorcompress.quantization.share_weights`, :func:`deep_compression`), from the bytes
-    :func:`save_compressed` would write with each coder.
+    :func:`~tensorcompress.export.save_compressed` would write with each coder.
 
     Parameters
     ----------
@@ -168,6 +169,9 @@ def measure_compressed(model: nn.Module, *, original_bytes: int | None = None,
         bias = 0 if getattr(module, "bias", None) is None else module.bias.numel()
         after = surgery.footprint(module, params=kept + bias)
         layers.append(surgery.LayerChange.between(name, _dense_footprint(module), after, d))
+    if not layers:  # the file takes any model; the report is of shared layers
+        raise ValueError("model has no shared weights (SharedWeight parametrizations); run "
+                         "tc.pipelines.deep_compression or tc.quantization.share_weights first")
     plain = sum(s["plain"] for s in sizes_h.values() if "plain" in s)
     header = sizes_h["header"]["bytes"]
     stage = {"dense": totals["dense"] + plain, "P": totals["P"] + plain, "P+Q": totals["P+Q"] + plain,
@@ -225,8 +229,8 @@ def deep_compression(model: nn.Module, train, *, val, amount: float | Mapping[st
     -------
     (nn.Module, DeepCompressionReport)
         The model with :class:`~tensorcompress.quantization.SharedWeight` weights (in eval mode; write it with
-        :func:`save_compressed`), and the per-layer report with the validation accuracy after each stage
-        (``original``, ``pruned``, ``shared`` before and ``fine-tuned`` after the centroid training).
+        :func:`~tensorcompress.export.save_compressed`), and the per-layer report with the validation accuracy after
+        each stage (``original``, ``pruned``, ``shared`` before and ``fine-tuned`` after the centroid training).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")

@@ -1,5 +1,5 @@
 """Pruning (issue 11): importance criteria, masks through ``torch.nn.utils.prune``, physical removal of pruned
-filters and neurons, schedules and sparse storage.
+filters and neurons, schedules. Sparse storage (CSR with relative indices) is in :mod:`tensorcompress.export`.
 
 ``tc.pruning.prune(model, amount, ...)`` masks; ``tc.pruning.shrink(model, example_input)`` makes the pruned
 network physically smaller. See each submodule's docstring for the formulas and papers.
@@ -12,7 +12,5 @@ from .masks import __all__ as _masks_all
 from .schedules import *  # noqa: F403
 from .schedules import __all__ as _schedules_all
 from .shrink import shrink
-from .sparse import *  # noqa: F403
-from .sparse import __all__ as _sparse_all
 
-__all__ = [*_criteria_all, *_masks_all, *_schedules_all, "shrink", *_sparse_all]
+__all__ = [*_criteria_all, *_masks_all, *_schedules_all, "shrink"]

@@ -29,7 +29,7 @@ Whole models: :func:`share_weights` replaces the weight of every selected ``nn.L
 For a pruned layer (``keep_zeros=True``, Deep Compression's second stage after pruning) only the :math:`m` non-zero
 weights are clustered and the weight is ``where(mask, codebook[indices], 0)``: the zeros stay exactly zero and
 receive no gradient; the mask costs :math:`\lceil n/8\rceil` more bytes (the file of
-:func:`tensorcompress.pipelines.save_compressed` stores it as entropy-coded relative indices instead).
+:func:`tensorcompress.export.save_compressed` stores it as entropy-coded relative indices instead).
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .. import surgery
+from .._bits import pack_bits, packed_size, unpack_bits
 from .._validation import check_finite, compute_dtype
 from .uniform import check_bits
 
@@ -218,12 +219,7 @@ def pack_indices(indices: torch.Tensor, bits: int) -> torch.Tensor:
     device; :func:`unpack_indices` inverts it.
     """
     check_bits(bits)
-    idx = _check_indices(indices, bits).reshape(-1).to(torch.int64)
-    shifts = torch.arange(bits - 1, -1, -1, device=idx.device)
-    stream = ((idx.unsqueeze(1) >> shifts) & 1).reshape(-1)
-    stream = torch.cat([stream, stream.new_zeros(-stream.numel() % 8)])
-    weights = 2 ** torch.arange(7, -1, -1, device=idx.device)
-    return (stream.reshape(-1, 8) * weights).sum(1).to(torch.uint8)
+    return pack_bits(_check_indices(indices, bits), bits)
 
 
 def unpack_indices(packed: torch.Tensor, bits: int, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
@@ -232,12 +228,10 @@ def unpack_indices(packed: torch.Tensor, bits: int, shape: tuple[int, ...] | tor
     if not isinstance(packed, torch.Tensor) or packed.dtype != torch.uint8:
         raise TypeError(f"packed must be a uint8 tensor, got {getattr(packed, 'dtype', type(packed).__name__)}")
     n = math.prod(shape)
-    if packed.numel() != -(-n * bits // 8):
-        raise ValueError(f"packed must hold ceil(n * bits / 8) = {-(-n * bits // 8)} bytes for shape "
+    if packed.numel() != packed_size(n, bits):
+        raise ValueError(f"packed must hold ceil(n * bits / 8) = {packed_size(n, bits)} bytes for shape "
                          f"{tuple(shape)} at bits={bits}, got {packed.numel()}")
-    stream = (packed.reshape(-1, 1).to(torch.int64) >> torch.arange(7, -1, -1, device=packed.device)) & 1
-    codes = stream.reshape(-1)[: n * bits].reshape(n, bits)
-    return (codes << torch.arange(bits - 1, -1, -1, device=packed.device)).sum(1).reshape(tuple(shape))
+    return unpack_bits(packed, bits, n).reshape(tuple(shape))
 
 
 def _check_share_bits(bits: object, name: str = "bits") -> int:
@@ -252,6 +246,12 @@ def _check_index_bits(index_bits: object, name: str = "index_bits") -> int:
         raise ValueError(f"{name} must be an int in [1, 8] (Deep Compression uses 5 for fully connected, 8 for "
                          f"convolutional layers), got {index_bits!r}")
     return index_bits
+
+
+def _versions(value: torch.Tensor | tuple) -> tuple[int, ...]:
+    """The version counters of a tensor or of a tuple of tensors (``None`` entries skipped)."""
+    items = value if isinstance(value, tuple) else (value,)
+    return tuple(t._version for t in items if t is not None)
 
 
 class SharedWeight(nn.Module):
@@ -276,7 +276,7 @@ class SharedWeight(nn.Module):
         ``False`` where the weight is pruned: it stays exactly 0 (Han et al. 2016). ``None``: dense.
     index_bits : int in [1, 8]
         Width of a relative index (the gap between kept weights) in the file of
-        :func:`tensorcompress.pipelines.save_compressed`; unused by the forward pass.
+        :func:`tensorcompress.export.save_compressed`; unused by the forward pass.
     """
 
     def __init__(self, codebook: torch.Tensor, indices: torch.Tensor, bits: int, *,
@@ -294,6 +294,7 @@ class SharedWeight(nn.Module):
                              f"{getattr(mask, 'dtype', type(mask).__name__)} {tuple(getattr(mask, 'shape', ()))}")
         self.register_buffer("packed_mask", None if mask is None else pack_indices(mask.to(torch.uint8), 1))
         self._fallback = codebook.detach().clone()
+        self._cache: dict[str, tuple] = {}
 
     def extra_repr(self) -> str:
         kept = "" if self.packed_mask is None else f", kept={int(self.mask().sum())}/{math.prod(self.shape)}"
@@ -309,11 +310,38 @@ class SharedWeight(nn.Module):
             return torch.ones(self.shape, dtype=torch.bool, device=self.packed.device)
         return unpack_indices(self.packed_mask, 1, self.shape).bool()
 
-    def forward(self, codebook: torch.Tensor) -> torch.Tensor:
-        shared = codebook[self.indices()]
-        if self.packed_mask is None:
+    def _cached(self, slot: str, tensors: tuple[torch.Tensor | None, ...], compute):
+        """``compute()``, kept in ``slot`` until one of ``tensors`` is replaced, moved or changed in place (its
+        identity, storage, dtype, device or ``_version`` counter), or the kept value itself is changed in place.
+        Inference tensors have no version counter: with one among ``tensors`` nothing is cached."""
+        present = [t for t in tensors if t is not None]
+        if any(t.is_inference() for t in present):
+            return compute()
+        stamp = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in present)
+        hit = self._cache.get(slot)
+        if hit is not None and hit[1] == stamp and all(a is b for a, b in zip(hit[0], present, strict=True)) \
+                and _versions(hit[2]) == hit[3]:
+            return hit[2]
+        with torch.inference_mode(False), torch.no_grad():  # a plain tensor, reusable outside inference mode
+            value = compute()
+        self._cache[slot] = (present, stamp, value, _versions(value))  # holding the tensors keeps identities unique
+        return value
+
+    def _decode(self, codebook: torch.Tensor) -> torch.Tensor:
+        idx, keep = self._cached("codes", (self.packed, self.packed_mask),
+                                 lambda: (self.indices(), None if self.packed_mask is None else self.mask()))
+        shared = codebook[idx]
+        if keep is None:
             return shared
-        return torch.where(self.mask(), shared, torch.zeros((), dtype=shared.dtype, device=shared.device))
+        return torch.where(keep, shared, torch.zeros((), dtype=shared.dtype, device=shared.device))
+
+    def forward(self, codebook: torch.Tensor) -> torch.Tensor:
+        # the codes are unpacked once (until the buffers change); the weight is decoded once while no gradient is
+        # asked of the codebook (inference), and gathered anew otherwise so that autograd reaches the codebook
+        if torch.is_grad_enabled() and codebook.requires_grad:
+            return self._decode(codebook)
+        return self._cached("weight", (codebook, self.packed, self.packed_mask),
+                            lambda: self._decode(codebook.detach()))
 
     def right_inverse(self, w: torch.Tensor) -> torch.Tensor:
         idx = self.indices().reshape(-1)
@@ -365,7 +393,7 @@ def share_weights(model: nn.Module, bits: int | Mapping[str, int] = 2, *, includ
         are not clustered; only the non-zero weights share the ``2**bits`` values. ``False``: every entry is
         clustered (a zero becomes its centroid).
     index_bits : int in [1, 8]
-        Relative-index width stored with each layer for :func:`tensorcompress.pipelines.save_compressed`.
+        Relative-index width stored with each layer for :func:`tensorcompress.export.save_compressed`.
 
     Returns
     -------
