@@ -125,7 +125,7 @@ def _tiny(seed=0):
 
 
 def _shared(seed=0, sparsity=0.6, bits=3, index_bits=3):
-    net, _ = tc.pruning.prune(_tiny(seed), sparsity)
+    net, _ = tc.pruning.prune(_tiny(seed), amount=sparsity)
     return share_weights(net, bits, keep_zeros=True, index_bits=index_bits)[0]
 
 
@@ -165,7 +165,7 @@ def test_dense_shared_model_round_trips(tmp_path):
 
 
 def test_lenet_from_header_and_report_accounting(tmp_path):
-    net, _ = tc.pruning.prune(tc.models.LeNet300100(), 0.9)
+    net, _ = tc.pruning.prune(tc.models.LeNet300100(), amount=0.9)
     net, _ = share_weights(net, 4, keep_zeros=True, index_bits=5)
     path = tmp_path / "lenet.tcdc"
     size = save_compressed(net, path)

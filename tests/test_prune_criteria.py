@@ -98,8 +98,10 @@ def _lin(w):
 def test_obs_bad_input():
     with pytest.raises(ValueError, match="weight must be \\(out, in\\) and inputs \\(N, in\\)"):
         pruning.obs_prune(torch.randn(3, 4), torch.randn(10, 5), 0.5)
-    with pytest.raises(ValueError, match="as a fraction must be in"):
+    with pytest.raises(ValueError, match=r"amount must be a fraction in \[0, 1\], got 2.0"):
         pruning.obs_prune(torch.randn(3, 4), torch.randn(10, 4), 2.0)
+    with pytest.raises(ValueError, match="damp must be finite"):
+        pruning.obs_prune(torch.randn(3, 4), torch.randn(10, 4), 0.5, damp=float("nan"))
 
 
 def test_magnitude_ln_norm_taylor():

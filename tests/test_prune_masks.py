@@ -37,7 +37,7 @@ def test_layer_unstructured_equals_l1_unstructured(shape, seed, ties, amount):
         lin.weight.copy_(_weights(shape, seed, ties))
     amount = _amount_for(amount, lin.weight.numel())
     ref = tprune.l1_unstructured(copy.deepcopy(lin), "weight", amount)
-    ours, report = prune(nn.Sequential(lin), amount)
+    ours, report = prune(nn.Sequential(lin), amount=amount)
     assert torch.equal(ours[0].weight_mask, ref.weight_mask)
     assert report[0].detail["sparsity"] == pytest.approx(float((ref.weight_mask == 0).double().mean()), abs=1e-4)
 
@@ -52,7 +52,7 @@ def test_structured_equals_ln_structured(shape, seed, ties, amount, structure, n
     dim = {"filters": 0, "channels": 1}[structure]
     amount = _amount_for(amount, conv.weight.shape[dim])
     ref = tprune.ln_structured(copy.deepcopy(conv), "weight", amount, n=n, dim=dim)
-    ours, _ = prune(nn.Sequential(conv), amount, structure=structure, norm=n)
+    ours, _ = prune(nn.Sequential(conv), amount=amount, structure=structure, norm=n)
     assert torch.equal(ours[0].weight_mask, ref.weight_mask)
 
 
@@ -66,7 +66,7 @@ def test_global_equals_global_unstructured(shapes, seed, ties, amount):
     amount = _amount_for(amount, sum(layer.weight.numel() for layer in net))
     ref = copy.deepcopy(net)
     tprune.global_unstructured([(layer, "weight") for layer in ref], tprune.L1Unstructured, amount=amount)
-    ours, _ = prune(net, amount, scope="global")
+    ours, _ = prune(net, amount=amount, scope="global")
     for a, b in zip(ours, ref, strict=True):
         assert torch.equal(a.weight_mask, b.weight_mask)
 
@@ -89,28 +89,28 @@ def test_nm_mask_keeps_exactly_n_largest(rows, groups, nm, seed, ties, conv):
 
 def test_prune_nm_on_a_model_and_amount_rule():
     net = tc.models.LeNet5()
-    ours, report = prune(net, None, structure=(2, 4), exclude="conv1")
+    ours, report = prune(net, amount=None, structure=(2, 4), exclude="conv1")
     assert [r.name for r in report] == ["conv2", "fc1", "fc2"]
     assert all(r.detail["sparsity"] == 0.5 for r in report)
-    prune(net, 0.5, structure=(2, 4), include="fc2")
+    prune(net, amount=0.5, structure=(2, 4), include="fc2")
     with pytest.raises(ValueError, match=r"amount must be None \(or 0.5\) for an 2:4 structure"):
-        prune(net, 0.3, structure=(2, 4), include="fc2")
+        prune(net, amount=0.3, structure=(2, 4), include="fc2")
     with pytest.raises(ValueError, match="must be a multiple of m=4"):
-        prune(net, None, structure=(2, 4), include="conv1")
+        prune(net, amount=None, structure=(2, 4), include="conv1")
 
 
 def test_model_keeps_working_with_pytorch_tooling(dtype, device):
     torch.manual_seed(0)
     net = tc.models.LeNet300100().to(device=device, dtype=dtype)
     before = copy.deepcopy(net.state_dict())
-    pruned, _ = prune(net, 0.9, scope="global")
+    pruned, _ = prune(net, amount=0.9, scope="global")
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # input untouched
     assert not tprune.is_pruned(net) and tprune.is_pruned(pruned)
     assert {"fc1.weight_orig", "fc1.weight_mask"} <= set(pruned.state_dict())
     x = torch.randn(4, 784, device=device, dtype=dtype)
     pruned(x).sum().backward()  # grads flow to weight_orig, masked entries get zero gradient
     assert torch.all(pruned.fc1.weight_orig.grad[pruned.fc1.weight_mask == 0] == 0)
-    again, _ = prune(pruned, 0.95, scope="global")  # deep-copies a model that ran forward/backward
+    again, _ = prune(pruned, amount=0.95, scope="global")  # deep-copies a model that ran forward/backward
     for layer in ("fc1", "fc2", "fc3"):  # pruned weights stay pruned
         assert bool((getattr(again, layer).weight_mask <= getattr(pruned, layer).weight_mask).all())
     total = sum(getattr(again, n).weight.numel() for n in ("fc1", "fc2", "fc3"))
@@ -132,14 +132,14 @@ def test_filters_mask_bias_and_batchnorm_so_channels_are_zero():
             m.running_var.uniform_(0.5, 2)
             m.weight.data.uniform_(0.5, 2)
             m.bias.data.uniform_(-1, 1)
-    pruned, report = prune(net, 0.5, structure="filters", include="features.*")
+    pruned, report = prune(net, amount=0.5, structure="filters", include="features.*")
     conv, bn = pruned.features[0][0], pruned.features[0][1]
     dead = conv.weight_mask.flatten(1).amax(1) == 0
     assert int(dead.sum()) == 16
     assert torch.equal(bn.weight_mask, (~dead).float()) and torch.equal(bn.bias_mask, (~dead).float())
     out = pruned.features[0][:2](torch.randn(3, 1, 8, 8))
     assert torch.all(out[:, dead] == 0) and torch.all(out[:, ~dead] != 0)
-    lenet, _ = prune(tc.models.LeNet300100(), 0.5, structure="filters", include="fc1")
+    lenet, _ = prune(tc.models.LeNet300100(), amount=0.5, structure="filters", include="fc1")
     assert torch.equal(lenet.fc1.bias_mask, lenet.fc1.weight_mask[:, 0])
 
 
@@ -147,22 +147,23 @@ def test_taylor_and_callable_criteria():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(6, 4))
     with pytest.raises(ValueError, match="taylor needs a gradient"):
-        prune(net, 0.5, criterion="taylor")
+        prune(net, amount=0.5, criterion="taylor")
     net(torch.randn(5, 6)).pow(2).sum().backward()
-    ours, _ = prune(net, 0.5, criterion="taylor")
+    ours, _ = prune(net, amount=0.5, criterion="taylor")
     scores = (net[0].weight * net[0].weight.grad).abs()
     ref = tprune.l1_unstructured(copy.deepcopy(net[0]), "weight", 0.5, importance_scores=scores)
     assert torch.equal(ours[0].weight_mask, ref.weight_mask)
-    inverse, _ = prune(net, 0.5, criterion=lambda m: -m.weight.abs())  # keeps the small ones
+    inverse, _ = prune(net, amount=0.5, criterion=lambda m: -m.weight.abs())  # keeps the small ones
     assert torch.equal(inverse[0].weight_mask, 1 - tprune.l1_unstructured(copy.deepcopy(net[0]), "weight",
                                                                             0.5).weight_mask)
 
 
 @pytest.mark.parametrize(("kwargs", "error", "match"), [
-    ({"amount": 1.5}, ValueError, r"amount=1.5 as a fraction must be in \[0, 1\]"),
-    ({"amount": -0.1}, ValueError, r"as a fraction must be in \[0, 1\]"),
-    ({"amount": 10**6}, ValueError, r"amount=1000000 as a count must be in \[0, 24\]"),
-    ({"amount": -1}, ValueError, r"as a count must be in"),
+    ({"amount": 1.5}, ValueError, r"amount must be a fraction in \[0, 1\], got 1.5"),
+    ({"amount": -0.1}, ValueError, r"amount must be a fraction in \[0, 1\]"),
+    ({"amount": float("nan")}, ValueError, r"amount must be finite"),
+    ({"amount": 10**6}, ValueError, r"amount must be between 0 and 24 \(a count of the prunable units\), got 1000000"),
+    ({"amount": -1}, ValueError, r"amount must be between 0 and 24"),
     ({"amount": "half"}, TypeError, "amount must be an int"),
     ({"amount": True}, TypeError, "amount must be an int"),
     ({"amount": None}, ValueError, "amount must be given"),
@@ -171,7 +172,8 @@ def test_taylor_and_callable_criteria():
     ({"amount": 0.5, "structure": "rows"}, ValueError, "structure must be None, 'filters', 'channels'"),
     ({"amount": None, "structure": (4, 2)}, ValueError, r"needs n <= m, got \(4, 2\)"),
     ({"amount": 0.5, "include": "conv*"}, ValueError, "match no"),
-    ({"amount": 0.5, "exclude": "*"}, ValueError, "nothing to prune"),
+    ({"amount": 0.5, "exclude": "*"}, ValueError, "prune: nothing to act on"),
+    ({"amount": 0.5, "structure": "filters", "example_input": [1.0]}, TypeError, "example_input must be a"),
 ])
 def test_bad_input(kwargs, error, match):
     with pytest.raises(error, match=match):
@@ -179,9 +181,9 @@ def test_bad_input(kwargs, error, match):
 
 
 def test_bad_input_other():
-    with pytest.raises(ValueError, match="nothing to prune"):
-        prune(nn.Sequential(nn.ReLU()), 0.5)
+    with pytest.raises(ValueError, match="prune: nothing to act on, the model has no Linear"):
+        prune(nn.Sequential(nn.ReLU()), amount=0.5)
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
-        prune("net", 0.5)
+        prune("net", amount=0.5)
     with pytest.raises(ValueError, match="n must be <= m"):
         nm_mask(torch.randn(3, 4), 3, 2)

@@ -35,7 +35,7 @@ def test_shrink_equals_masked_model(make, shape, filters, channels, structure, d
     model = _random_bn(make()).to(dtype).eval()
     x = torch.randn(shape, dtype=dtype)
     exclude = "features.0.0" if structure == "channels" else None  # the first layer's inputs are the image
-    masked, _ = prune(model, 0.5, structure=structure, include=filters if structure == "filters" else channels,
+    masked, _ = prune(model, amount=0.5, structure=structure, include=filters if structure == "filters" else channels,
                       exclude=exclude)
     state = copy.deepcopy(masked.state_dict())
     small, report = shrink(masked, x)
@@ -57,7 +57,7 @@ def test_shrink_report_and_nothing_pruned():
     torch.manual_seed(0)
     model = tc.models.LeNet300100()
     x = torch.randn(2, 784)
-    masked, _ = prune(model, 100, structure="filters", include="fc1")
+    masked, _ = prune(model, amount=100, structure="filters", include="fc1")
     small, report = shrink(masked, x)
     sizes = [(tc.model_size_bytes(nn.Linear(784, 300)), tc.model_size_bytes(small.fc1)),
              (tc.model_size_bytes(nn.Linear(300, 100)), tc.model_size_bytes(small.fc2))]
@@ -74,7 +74,7 @@ def test_shrink_keeps_one_channel_when_all_are_pruned():
     torch.manual_seed(0)
     model = tc.models.LeNet300100().double()
     x = torch.randn(3, 784, dtype=torch.float64)
-    masked, _ = prune(model, 1.0, structure="filters", include="fc2")
+    masked, _ = prune(model, amount=1.0, structure="filters", include="fc2")
     small, _ = shrink(masked, x)
     assert small.fc2.out_features == 1
     torch.testing.assert_close(small(x), masked(x), rtol=0, atol=1e-12)
@@ -121,7 +121,7 @@ class _ChannelMean(nn.Module):
     (_ChannelMean(), (2, 4, 2, 2), r"mean over spatial dimensions \(2, ...\) only, got dim=\(1,\)"),
     (_Residual(), (2, 4), r"is used 2 times \(a branch or a residual connection\)"),
     (_Branch(), (2, 4), "is used 2 times"),
-    (nn.Sequential(nn.Linear(4, 4), nn.Sigmoid(), nn.Linear(4, 2)), (2, 4), "operation 'Sigmoid'"),
+    (nn.Sequential(nn.Linear(4, 4), nn.Sigmoid(), nn.Linear(4, 2)), (2, 4), r"operation '1 \(Sigmoid\)'"),
     (nn.Sequential(nn.Conv2d(4, 4, 1, groups=2), nn.Flatten(), nn.Linear(4, 2)), (2, 4, 1, 1),
      "grouped convolutions"),
     (_Twice(), (2, 4), "module used twice"),

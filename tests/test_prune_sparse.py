@@ -54,7 +54,7 @@ def test_conv_shapes_and_bad_input():
 def test_file_round_trip_and_real_bytes(tmp_path):
     torch.manual_seed(0)
     model = tc.models.LeNet300100()
-    masked, _ = prune(model, 0.92, scope="global")
+    masked, _ = prune(model, amount=0.92, scope="global")
     path = tmp_path / "lenet.tcsr"
     n = save_sparse(masked, path, bits=5)
     assert n == os.path.getsize(path)
@@ -86,7 +86,7 @@ def test_file_bytes_are_the_format_s_and_dense_tensors_round_trip(tmp_path, dtyp
                                 torch.nn.Linear(8 * 4 * 4, 10)).to(dtype)
     model[1].running_mean.normal_()
     model[1].num_batches_tracked.fill_(7)
-    masked, _ = prune(model, 0.8, scope="global")
+    masked, _ = prune(model, amount=0.8, scope="global")
     bits = 4
     n = save_sparse(masked, tmp_path / "m.tcsr", bits=bits)
     state = load_sparse(tmp_path / "m.tcsr")
