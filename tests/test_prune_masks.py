@@ -187,3 +187,159 @@ def test_bad_input_other():
         prune("net", amount=0.5)
     with pytest.raises(ValueError, match="n must be <= m"):
         nm_mask(torch.randn(3, 4), 3, 2)
+
+
+class _Swapped(nn.Module):
+    """Two conv-BN pairs whose BatchNorms are registered in the other order than the forward pass uses them."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv_a, self.bn_b = nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.conv_b, self.bn_a = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        return self.bn_b(self.conv_b(torch.relu(self.bn_a(self.conv_a(x)))))
+
+
+def _random_affine(model):
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.weight.uniform_(0.5, 2, generator=g)
+                m.bias.uniform_(0.5, 1, generator=g)
+                m.running_mean.uniform_(-1, 1, generator=g)
+    return model.eval()
+
+
+def test_filters_mask_the_batchnorm_that_follows_in_the_forward_not_the_registered_one():
+    torch.manual_seed(0)
+    model, x = _random_affine(_Swapped()), torch.randn(2, 1, 5, 5)
+    pruned, report = prune(model, x, amount=2, structure="filters", include="conv_a")
+    dead = pruned.conv_a.weight_mask.flatten(1).amax(1) == 0
+    assert int(dead.sum()) == 2 and report[0].detail["batchnorm"] == "bn_a"
+    assert torch.equal(pruned.bn_a.weight_mask, (~dead).float()) and not hasattr(pruned.bn_b, "weight_mask")
+    h = pruned.bn_a(pruned.conv_a(x))
+    assert torch.all(h[:, dead] == 0) and torch.all(h[:, ~dead] != 0)
+    with pytest.raises(ValueError, match=r"output of 'conv_a' without following the forward pass: pass example_input"):
+        prune(model, amount=2, structure="filters", include="conv_a")
+
+
+class _Shared(nn.Module):
+    """conv_a's output is read by a BatchNorm that also normalises conv_b's: masking it would cut conv_b's channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv_a, self.conv_b, self.bn = nn.Conv2d(1, 4, 1), nn.Conv2d(1, 4, 1), nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        return self.bn(self.conv_a(x)) * self.bn(self.conv_b(x))
+
+
+class _ReadFirst(nn.Module):
+    """conv's output is changed in place before the BatchNorm reads it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(1, 4, 1), nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        return self.bn(self.conv(x).add_(1))
+
+
+class _Tokens(nn.Module):
+    """A Linear on (N, L, F) tokens with a BatchNorm1d over the L positions, L == F: registered next to each other,
+    the BatchNorm's features are not the Linear's outputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.bn = nn.Linear(4, 4), nn.BatchNorm1d(4)
+
+    def forward(self, x):
+        return self.bn(self.fc(x))
+
+
+@pytest.mark.parametrize(("model", "shape", "layer"), [(_Shared(), (2, 1, 3, 3), "conv_a"),
+                                                       (_ReadFirst(), (2, 1, 3, 3), "conv"),
+                                                       (_Tokens(), (2, 4, 4), "fc")], ids=["shared", "read", "tokens"])
+def test_filters_leave_a_batchnorm_they_cannot_prove_is_theirs(model, shape, layer):
+    model = _random_affine(model)
+    pruned, report = prune(model, torch.randn(shape), amount=2, structure="filters", include=layer)
+    assert report[0].detail["batchnorm"] is None and not hasattr(pruned.bn, "weight_mask")
+
+
+def test_filters_pair_through_sequential_containers_without_example_input():
+    # a conv ending an inner Sequential is read by what follows that Sequential in the outer one
+    model = _random_affine(nn.Sequential(nn.Sequential(nn.Conv2d(1, 4, 1), nn.ReLU(), nn.Conv2d(4, 4, 1)),
+                                         nn.Sequential(nn.BatchNorm2d(4), nn.ReLU()), nn.Flatten()))
+    pruned, report = prune(model, amount=2, structure="filters")
+    assert [r.detail["batchnorm"] for r in report] == [None, "1.0"]  # 0.0 is read by a ReLU: proven BN-less
+    traced, _ = prune(model, torch.randn(2, 1, 2, 2), amount=2, structure="filters")
+    assert torch.equal(pruned[1][0].weight_mask, traced[1][0].weight_mask)
+    linear_bn = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))  # its input could be (N, L, F): a trace decides
+    with pytest.raises(ValueError, match="pass example_input"):
+        prune(linear_bn, amount=2, structure="filters")
+    _, report = prune(linear_bn, torch.randn(3, 4), amount=2, structure="filters")
+    assert report[0].detail["batchnorm"] == "1"
+    with pytest.raises(ValueError, match="output of 'conv_b' without following"):  # no Sequential proves conv_b
+        prune(_Swapped(), amount=1, structure="filters", include="conv_b")
+    _, report = prune(tc.models.LeNet300100(), amount=2, structure="filters")  # no BatchNorm: nothing to find
+    assert all(r.detail["batchnorm"] is None for r in report)
+
+
+class _Tied(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(6, 6), nn.Linear(6, 6), nn.Linear(6, 3)
+        self.b.weight = self.a.weight
+
+    def forward(self, x):
+        return self.c(torch.relu(self.b(torch.relu(self.a(x)))))
+
+
+@pytest.mark.parametrize("amount", [0.3, 0.5, 0.9, 12])
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_a_tied_weight_gets_one_mask(scope, amount):
+    torch.manual_seed(0)
+    model = _Tied().double()
+    pruned, report = prune(model, amount=amount, scope=scope)
+    assert pruned.a.weight_orig is pruned.b.weight_orig and torch.equal(pruned.a.weight_mask, pruned.b.weight_mask)
+    assert [r.name for r in report] == ["a", "b", "c"]
+    ref = copy.deepcopy(model)  # the reference ranks the shared tensor once
+    if scope == "global":
+        tprune.global_unstructured([(ref.a, "weight"), (ref.c, "weight")], tprune.L1Unstructured, amount=amount)
+    else:
+        for layer in (ref.a, ref.c):
+            tprune.l1_unstructured(layer, "weight", amount)
+    assert torch.equal(pruned.a.weight_mask, ref.a.weight_mask) and torch.equal(pruned.c.weight_mask, ref.c.weight_mask)
+    x = torch.randn(2, 6, dtype=torch.float64)
+    assert torch.equal(pruned.b(x), torch.nn.functional.linear(x, pruned.a.weight, pruned.b.bias))
+
+
+class _Embedded(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb, self.head = nn.Embedding(6, 6), nn.Linear(6, 6)
+        self.head.weight = self.emb.weight
+
+
+def test_a_tie_that_cannot_be_kept_is_refused_naming_both():
+    with pytest.raises(ValueError, match=r"a.weight is tied to b.weight, which would not be masked"):
+        prune(_Tied(), amount=0.5, exclude="b")
+    with pytest.raises(ValueError, match=r"head.weight is tied to emb.weight"):
+        prune(_Embedded(), amount=0.5)
+    model = _Tied()
+    prune(model, amount=0.5, scope="global")
+    assert model.b.weight is model.a.weight and not hasattr(model.a, "weight_mask")  # input untouched
+
+
+def test_masked_layers_report_their_bytes_growing_and_modes_kept():
+    torch.manual_seed(0)
+    model = tc.models.SmallCNN(input_size=8).train()
+    model.features[0][1].eval()  # a frozen BatchNorm inside a training model
+    pruned, report = prune(model, torch.randn(2, 1, 8, 8), amount=0.9, structure="filters")
+    for r in report:  # the mask is stored beside the weight: honest bytes grow, parameters fall
+        assert r.bytes_after > r.bytes_before and r.compression < 1 and r.params_after < r.params_before
+        assert r.bytes_before == tc.model_size_bytes(model.get_submodule(r.name))
+        assert r.bytes_after == tc.model_size_bytes(pruned.get_submodule(r.name))
+    assert {n: m.training for n, m in pruned.named_modules()} == {n: m.training for n, m in model.named_modules()}
