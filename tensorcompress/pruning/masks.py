@@ -15,6 +15,17 @@ Masks (``k`` = number to remove, torch's rule ``round(amount * size)``, half to 
   so the filter's output is exactly zero and :func:`shrink` can remove it;
 * N:M (Mishra et al. 2021): in each group of ``m`` consecutive weights along the input dimension (input channels
   of a convolution) keep the ``n`` largest scores; sparsity ``1 - n/m``, the pattern sparse tensor cores run.
+
+Which BatchNorm follows a layer is a fact of the forward pass, not of the registration order: a pruned filter masks
+the affine entries of a BatchNorm only where the traced graph (:func:`tensorcompress.surgery.trace` on
+``example_input``) shows that the BatchNorm reads the layer's output first, reads nothing else and is called once —
+or, without an example input, where an ``nn.Sequential`` passes a convolution's output straight to it. A Linear's
+outputs are the channels of a BatchNorm1d only on 2-D inputs, which only a trace can tell.
+
+A weight tied between selected layers (one ``Parameter`` in two modules) is ranked once — counted once by a global
+amount — and every module holding it gets the same mask, so the tie is kept (``weight_orig`` stays one tensor).
+A tied tensor that would be masked in one place and not in another (the other module not selected, or not a
+prunable type) is refused, naming both places.
 """
 
 from __future__ import annotations

@@ -13,8 +13,10 @@ Fang et al. 2023, does this for general graphs).
 :func:`shrink` follows the data flow of one forward pass on ``example_input`` (every torch function and leaf
 module call, recorded through a ``TorchFunctionMode``): it accepts only a chain — each tensor used once, each
 operation reading one tensor — of known operations, and refuses branches, residual additions and unknown operations
-with a ``ValueError`` rather than build a wrong model. It then checks that the smaller model's output equals the
-masked model's.
+with a ``ValueError`` rather than build a wrong model. Channels are dim 1 throughout: a Linear counts only on
+``(batch, features)`` inputs (on ``(N, C, L)`` it acts on ``L``), a shape-changing operation only where it keeps
+dim 1 or flattens it in order, and a subclass of a known module is unknown (it may compute something else). Every
+check is made before anything is built; then the smaller model's output is compared with the masked model's.
 """
 
 from __future__ import annotations
