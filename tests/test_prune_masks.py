@@ -225,6 +225,36 @@ def test_filters_mask_the_batchnorm_that_follows_in_the_forward_not_the_register
         prune(model, amount=2, structure="filters", include="conv_a")
 
 
+class _Permuted(nn.Module):
+    """A chain conv0 -> bn0 -> relu -> conv1 -> bn1 ... whose modules are registered in the order ``order``."""
+
+    def __init__(self, order):
+        super().__init__()
+        parts = {}
+        for i in range(len(order) // 2):
+            parts[f"conv{i}"], parts[f"bn{i}"] = nn.Conv1d(1 if i == 0 else 4, 4, 1), nn.BatchNorm1d(4)
+        names = sorted(parts)
+        for k in order:
+            self.add_module(names[k], parts[names[k]])
+        self.depth = len(order) // 2
+
+    def forward(self, x):
+        for i in range(self.depth):
+            x = torch.relu(getattr(self, f"bn{i}")(getattr(self, f"conv{i}")(x)))
+        return x
+
+
+@given(order=st.permutations(range(6)), seed=st.integers(0, 2**16))
+def test_filters_pair_each_conv_with_its_batchnorm_whatever_the_registration_order(order, seed):
+    torch.manual_seed(seed)
+    model = _random_affine(_Permuted(order))
+    pruned, report = prune(model, torch.randn(2, 1, 3), amount=2, structure="filters")
+    assert [r.detail["batchnorm"] for r in sorted(report, key=lambda r: r.name)] == ["bn0", "bn1", "bn2"]
+    for i in range(3):
+        dead = getattr(pruned, f"conv{i}").weight_mask.flatten(1).amax(1) == 0
+        assert torch.equal(getattr(pruned, f"bn{i}").weight_mask, (~dead).to(torch.float32))
+
+
 class _Shared(nn.Module):
     """conv_a's output is read by a BatchNorm that also normalises conv_b's: masking it would cut conv_b's channels."""
 
@@ -297,11 +327,12 @@ class _Tied(nn.Module):
         return self.c(torch.relu(self.b(torch.relu(self.a(x)))))
 
 
-@pytest.mark.parametrize("amount", [0.3, 0.5, 0.9, 12])
-@pytest.mark.parametrize("scope", ["layer", "global"])
-def test_a_tied_weight_gets_one_mask(scope, amount):
-    torch.manual_seed(0)
+@given(seed=st.integers(0, 2**16), ties=st.booleans(), amount=_amounts, scope=st.sampled_from(["layer", "global"]))
+def test_a_tied_weight_gets_one_mask(seed, ties, amount, scope):
     model = _Tied().double()
+    with torch.no_grad():
+        model.a.weight.copy_(_weights((6, 6), seed, ties))
+        model.c.weight.copy_(_weights((3, 6), seed + 1, ties))
     pruned, report = prune(model, amount=amount, scope=scope)
     assert pruned.a.weight_orig is pruned.b.weight_orig and torch.equal(pruned.a.weight_mask, pruned.b.weight_mask)
     assert [r.name for r in report] == ["a", "b", "c"]
