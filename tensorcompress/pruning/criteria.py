@@ -57,8 +57,15 @@ def magnitude(weight: torch.Tensor) -> torch.Tensor:
 
 
 def ln_norm(weight: torch.Tensor, n: float = 2, dim: int = 0) -> torch.Tensor:
-    """The L``n`` norm of each slice ``weight.select(dim, j)``: one score per filter (``dim=0``) or input channel
-    (``dim=1``), as ``torch.nn.utils.prune.ln_structured`` computes it (``n`` may be ``inf``/``-inf``/``'fro'``)."""
+    """The L``n`` norm of each slice ``weight.select(dim, j)``, as ``torch.nn.utils.prune.ln_structured`` computes it.
+
+    Parameters
+    ----------
+    weight : tensor with at least 2 dimensions
+    n : float, ``inf``, ``-inf`` or ``'fro'``
+    dim : int
+        0: one score per filter; 1: one per input channel.
+    """
     w = _weight(weight)
     if w.ndim < 2:
         raise ValueError(f"weight must have at least 2 dimensions for a per-slice norm, got shape {tuple(w.shape)}")
@@ -92,10 +99,22 @@ def activation(model: nn.Module, module: nn.Module, data: torch.Tensor | Iterabl
                nonlinearity: Callable[[torch.Tensor], torch.Tensor] | None = torch.relu) -> ActivationStats:
     """Mean activation and APoZ of each output neuron/channel (dim 1) of ``module`` over ``data``.
 
-    ``nonlinearity`` (default ReLU; ``None`` for the raw output) is applied to the module's output first, so
-    ``activation(model, model.fc1, loader)`` describes the neurons ``relu(fc1(x))``. ``data`` is read as
-    :func:`tensorcompress.surgery.input_batches` reads it (a tensor, a ``Dataset``, an iterable of ``x`` or
-    ``(x, y)`` batches). The model runs in eval mode; every submodule gets its own mode back.
+    Parameters
+    ----------
+    model : nn.Module
+        Runs in eval mode; every submodule gets its own mode back.
+    module : nn.Module
+        A submodule of ``model``; a Linear only on ``(batch, features)`` inputs (on ``(N, L, F)`` its neurons are
+        the last dimension, not dim 1).
+    data : tensor, Dataset or iterable of ``x`` or ``(x, y)`` batches
+        Read as :func:`tensorcompress.surgery.input_batches` reads it.
+    nonlinearity : callable or None
+        Applied to the module's output first (default ReLU, so ``activation(model, model.fc1, loader)`` describes
+        the neurons ``relu(fc1(x))``; ``None`` for the raw output).
+
+    Returns
+    -------
+    ActivationStats
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -142,12 +161,20 @@ def _flat_grad(loss_fn: Callable[[], torch.Tensor], param: torch.Tensor) -> torc
 def hessian_diagonal(loss_fn: Callable[[], torch.Tensor], param: torch.Tensor, *, method: str = "auto",
                      samples: int = 100, exact_max: int = 4096,
                      generator: torch.Generator | None = None) -> torch.Tensor:
-    r"""The diagonal of :math:`\partial^2 L/\partial w^2` for ``param`` (a tensor with ``requires_grad``).
+    r"""The diagonal of :math:`\partial^2 L/\partial w^2` for ``param``.
 
-    ``loss_fn()`` recomputes the scalar loss from ``param``. ``method="exact"`` takes one row of the Hessian per
-    weight (``param.numel()`` backward passes); ``"hutchinson"`` averages :math:`z\odot Hz` over ``samples``
-    Rademacher vectors (unbiased; the error falls as :math:`1/\sqrt{S}`); ``"auto"`` is exact up to ``exact_max``
-    weights.
+    Parameters
+    ----------
+    loss_fn : callable ``() -> scalar tensor``
+        Recomputes the loss from ``param``.
+    param : tensor with ``requires_grad``
+    method : ``"exact"``, ``"hutchinson"`` or ``"auto"``
+        ``"exact"`` takes one row of the Hessian per weight (``param.numel()`` backward passes); ``"hutchinson"``
+        averages :math:`z\odot Hz` over ``samples`` Rademacher vectors (unbiased; the error falls as
+        :math:`1/\sqrt{S}`); ``"auto"`` is exact up to ``exact_max`` weights.
+    samples, exact_max : int
+    generator : torch.Generator, optional
+        Draws the Rademacher vectors.
     """
     check_tensor(param, "param", floating=True)
     if not param.requires_grad:

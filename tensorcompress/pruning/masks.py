@@ -56,10 +56,22 @@ def _grad_of(module: nn.Module) -> torch.Tensor | None:
 
 
 def nm_mask(weight: torch.Tensor, n: int, m: int, scores: torch.Tensor | None = None) -> torch.Tensor:
-    """0/1 mask keeping exactly the ``n`` largest ``scores`` (default ``|weight|``) of every ``m`` consecutive weights
-    along the input dimension (dim 1; the input channels of a convolution, as NVIDIA's ASP groups them).
+    """0/1 mask keeping exactly the ``n`` largest ``scores`` of every ``m`` consecutive weights along the input
+    dimension (dim 1; the input channels of a convolution, as NVIDIA's ASP groups them).
 
-    Raises ``ValueError`` when ``n > m`` or the number of inputs is not a multiple of ``m``."""
+    Parameters
+    ----------
+    weight : tensor with at least 2 dimensions
+    n, m : int, ``1 <= n <= m``
+        ``weight.shape[1]`` must be a multiple of ``m``.
+    scores : tensor of the weight's shape, optional
+        Default ``|weight|``.
+
+    Raises
+    ------
+    ValueError
+        When ``n > m`` or the number of inputs is not a multiple of ``m``.
+    """
     w = check_tensor(weight, "weight", min_ndim=2)
     n, m = check_positive_int(n, "n"), check_positive_int(m, "m")
     if n > m:
@@ -94,8 +106,18 @@ def _slice_mask(slice_scores: torch.Tensor, k: int, shape: torch.Size, dim: int)
 
 
 def apply_mask(module: nn.Module, mask: torch.Tensor, name: str = "weight") -> None:
-    """Set ``module.<name>``'s mask (in place): through ``prune.custom_from_mask`` the first time, by overwriting
-    the ``<name>_mask`` buffer afterwards (so a schedule moves the one mask the model owns)."""
+    """Set ``module.<name>``'s mask, in place: through ``prune.custom_from_mask`` the first time, by overwriting
+    the ``<name>_mask`` buffer afterwards (so a schedule moves the one mask the model owns).
+
+    Parameters
+    ----------
+    module : nn.Module
+        Changed in place.
+    mask : tensor of ``module.<name>``'s shape
+        0 where the entry is pruned, 1 where it is kept.
+    name : str
+        The parameter masked (``"weight"``, ``"bias"``).
+    """
     buf = getattr(module, f"{name}_mask", None)
     if buf is None:
         tprune.custom_from_mask(module, name, mask.to(getattr(module, name).device))

@@ -41,6 +41,24 @@ def agp_sparsity(step: int, *, final: float, initial: float = 0.0, start: int = 
     :math:`s_t = s_f + (s_i - s_f)(1 - (t - t_0)/(n\Delta t))^3` at the update steps
     :math:`t = t_0 + k\Delta t`, :math:`k = 0..n`; constant between updates, :math:`s_i` before :math:`t_0`,
     :math:`s_f` after :math:`t_0 + n\Delta t`.
+
+    Parameters
+    ----------
+    step : int
+        The training step :math:`t`.
+    final, initial : float in [0, 1]
+        :math:`s_f` and :math:`s_i`.
+    start : int
+        :math:`t_0`, the first update step.
+    n_steps : int >= 1
+        :math:`n`, the number of updates after the first.
+    frequency : int >= 1
+        :math:`\Delta t`, the steps between updates.
+
+    Returns
+    -------
+    float
+        The sparsity :math:`s_t`.
     """
     final, initial = check_fraction(final, "final"), check_fraction(initial, "initial")
     check_positive_int(n_steps, "n_steps"), check_positive_int(frequency, "frequency")
@@ -53,10 +71,16 @@ def agp_sparsity(step: int, *, final: float, initial: float = 0.0, start: int = 
 class PruningSchedule(Callback):
     """Moves the model's masks to ``sparsity(t)`` during :func:`tensorcompress.fit`.
 
-    ``t`` is the optimizer step (``every="step"``, checked after each batch) or the epoch (``every="epoch"``,
-    checked at the start of each epoch, ``t = 0`` for the first); the masks move at the start of training and
-    whenever the target changes. Other keyword arguments go to :func:`tensorcompress.pruning.prune` (``amount``
-    is the schedule's; ``example_input=`` pairs filters with their BatchNorms where a model needs it).
+    Parameters
+    ----------
+    sparsity : callable ``t -> float in [0, 1]``
+        The target amount at ``t``: the optimizer step (``every="step"``, checked after each batch) or the epoch
+        (``every="epoch"``, checked at the start of each epoch, ``t = 0`` for the first). The masks move at the
+        start of training and whenever the target changes.
+    every : ``"step"`` or ``"epoch"``
+    **prune_options
+        Passed to :func:`tensorcompress.pruning.prune` (``amount`` is the schedule's; ``example_input=`` pairs
+        filters with their BatchNorms where a model needs it).
     """
 
     def __init__(self, sparsity: Callable[[int], float], *, every: str = "step", **prune_options) -> None:
@@ -88,7 +112,11 @@ class PruningSchedule(Callback):
 
 
 class AGP(PruningSchedule):
-    """Automated gradual pruning (Zhu & Gupta 2017): :func:`agp_sparsity` by optimizer step."""
+    """Automated gradual pruning (Zhu & Gupta 2017): :func:`agp_sparsity` by optimizer step.
+
+    ``final``, ``initial``, ``start``, ``n_steps`` and ``frequency`` are those of :func:`agp_sparsity`; other
+    keyword arguments go to :func:`tensorcompress.pruning.prune`.
+    """
 
     def __init__(self, final: float, *, initial: float = 0.0, start: int = 0, n_steps: int = 10,
                  frequency: int = 1, **prune_options) -> None:
@@ -105,7 +133,15 @@ def one_shot(amount: float, **prune_options) -> PruningSchedule:
 
 def iterative(amounts: Sequence[float], *, epochs_per_step: int = 1, **prune_options) -> PruningSchedule:
     """Iterative prune–fine-tune: sparsity ``amounts[k]`` during epochs ``k·epochs_per_step`` to
-    ``(k+1)·epochs_per_step - 1`` (the last amount afterwards). ``amounts`` must not decrease."""
+    ``(k+1)·epochs_per_step - 1`` (the last amount afterwards).
+
+    Parameters
+    ----------
+    amounts : non-decreasing sequence of floats in [0, 1]
+    epochs_per_step : int >= 1
+    **prune_options
+        Passed to :func:`tensorcompress.pruning.prune`.
+    """
     amounts = [check_fraction(a, f"amounts[{i}]") for i, a in enumerate(amounts)]
     if not amounts or any(b < a for a, b in zip(amounts, amounts[1:], strict=False)):
         raise ValueError(f"amounts must be a non-empty non-decreasing sequence, got {amounts}")
@@ -157,12 +193,35 @@ def lottery_ticket(model: nn.Module, train, *, rounds: int, amount: float = 0.2,
     """Iterative magnitude pruning with rewinding (Frankle & Carbin 2019; late rewinding, Frankle et al. 2020).
 
     A copy of ``model`` is trained ``rewind_epochs`` epochs (0: rewind to the initialisation) and its weights
-    saved; then ``rounds`` times: train ``epochs`` epochs (:func:`tensorcompress.fit` with ``fit_options``), prune
-    ``amount`` of the remaining weights (so :math:`1 - (1-p)^r` after round :math:`r`), rewind the kept weights to
-    the saved ones. Returns the ticket (masked, rewound, untrained: train it with :func:`tensorcompress.fit`) and
-    one record per round: ``round``, ``sparsity`` (after the round's pruning), ``train_loss`` of the round's last
-    epoch and, if ``val`` is given, ``val_accuracy`` of the network trained in that round *before* its pruning
-    (round 1: the dense network, trained ``rewind_epochs + epochs`` epochs).
+    saved; then ``rounds`` times: train ``epochs`` epochs, prune ``amount`` of the remaining weights (so
+    :math:`1 - (1-p)^r` after round :math:`r`), rewind the kept weights to the saved ones.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Left untouched.
+    train : Dataset
+        What :func:`tensorcompress.fit` trains on.
+    rounds : int >= 1
+    amount : float in [0, 1]
+        :math:`p`, the fraction of the remaining weights pruned per round.
+    rewind_epochs : int >= 0
+    epochs : int >= 1
+        Training epochs per round.
+    scope, include, exclude
+        As in :func:`tensorcompress.pruning.prune` (an empty selection is refused before any training).
+    val : Dataset, optional
+        Scored with :func:`tensorcompress.evaluate` before each round's pruning.
+    **fit_options
+        Passed to :func:`tensorcompress.fit` (``lr``, ``batch_size``, ``seed``, ...).
+
+    Returns
+    -------
+    (nn.Module, list of dict)
+        The ticket (masked, rewound, untrained: train it with :func:`tensorcompress.fit`) and one record per
+        round: ``round``, ``sparsity`` (after the round's pruning), ``train_loss`` of the round's last epoch and,
+        with ``val``, ``val_accuracy`` (a fraction) of the network trained in that round *before* its pruning
+        (round 1: the dense network, trained ``rewind_epochs + epochs`` epochs).
     """
     amount = check_fraction(amount, "amount")
     check_positive_int(rounds, "rounds"), check_positive_int(epochs, "epochs")
@@ -192,9 +251,20 @@ def random_reinit(model: nn.Module, *, seed: int = 0, include=None, exclude=None
     Every selected leaf module with a ``reset_parameters`` method (Linear, Conv, BatchNorm; all by default) draws
     new parameters from its own initialiser (PyTorch's defaults, the distribution the ticket's weights were first
     drawn from) under ``seed``; masks of ``torch.nn.utils.prune`` stay as they are, so the pruned weights stay zero
-    and only the values of the kept ones change (Frankle & Carbin 2019, "random reinitialization"). The input is
-    untouched. Returns ``(model, report)`` with one row per re-initialised module (``detail``: its ``sparsity``,
-    0 for an unpruned module).
+    and only the values of the kept ones change (Frankle & Carbin 2019, "random reinitialization").
+
+    Parameters
+    ----------
+    model : nn.Module
+        Left untouched.
+    seed : int
+        The generator state the new values are drawn under.
+    include, exclude : names or fnmatch patterns of modules with ``reset_parameters`` (default all).
+
+    Returns
+    -------
+    (nn.Module, list of LayerChange)
+        One row per re-initialised module (``detail``: its ``sparsity``, 0 for an unpruned module).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
