@@ -279,7 +279,8 @@ def _layer_plan(sel: surgery.Selected, mask: torch.Tensor, norms: list[tuple[str
 
 def _check_ties(model: nn.Module, plan: list[tuple[nn.Module, str, torch.Tensor, str]]) -> None:
     """Refuse a plan that would untie a tensor: one shared tensor given two different masks, or masked in one of
-    its modules and not in another (:func:`tensorcompress.surgery.tied_parameters` for the whole model)."""
+    its modules and not in another — the question :func:`tensorcompress.surgery.tied_parameters` asks of one
+    module, asked of every masked tensor at once (a tensor kept by ``weight_orig`` counts as its ``weight``)."""
     planned: dict[int, dict[tuple[int, str], tuple[str, torch.Tensor]]] = {}
     for module, pname, mask, label in plan:
         planned.setdefault(id(_stored(module, pname)), {})[(id(module), pname)] = (label, mask)
