@@ -30,7 +30,7 @@ SPARSITY = {"lenet300100": {"fc1": 0.95, "fc2": 0.9, "fc3": 0.7},
 def _shared(name: str, bits: int, index_bits: int) -> tuple[torch.nn.Module, torch.nn.Module]:
     model = tc.models.pretrained(name)
     for layer, s in SPARSITY[name].items():
-        model, _ = tc.pruning.prune(model, s, include=[layer])
+        model, _ = tc.pruning.prune(model, amount=s, include=[layer])
     shared, _ = tc.quantization.share_weights(model, bits, keep_zeros=True, index_bits=index_bits)
     return shared, model
 

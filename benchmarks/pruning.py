@@ -33,7 +33,7 @@ def main() -> None:
     print(f"SmallCNN dense: {tc.count_parameters(cnn)} parameters, {tc.model_size_bytes(cnn)} bytes, "
           f"{tc.flops(cnn, x) / 1e9:.2f} GFLOP, {base * 1e3:.1f} ms")
     for amount in (0.25, 0.5, 0.75):
-        masked, _ = pruning.prune(cnn, amount, structure="filters", include="features.*")
+        masked, _ = pruning.prune(cnn, x, amount=amount, structure="filters", include="features.*")
         small, _ = pruning.shrink(masked, x)
         t_mask = tc.latency(masked, x, min_run_time=args.min_run_time).median
         t_small = tc.latency(small, x, min_run_time=args.min_run_time).median
@@ -41,7 +41,7 @@ def main() -> None:
               f"{tc.count_parameters(small)} parameters, {tc.model_size_bytes(small)} bytes, "
               f"{tc.flops(small, x) / 1e9:.2f} GFLOP, {t_small * 1e3:.1f} ms ({base / t_small:.1f}x faster)")
     lenet = tc.models.LeNet300100()
-    masked, _ = pruning.prune(lenet, 0.92, scope="global")
+    masked, _ = pruning.prune(lenet, amount=0.92, scope="global")
     with tempfile.TemporaryDirectory() as tmp:
         sizes = {b: tc.export.save_compressed(masked, os.path.join(tmp, f"w{b}.tcdc"), index_bits=b) for b in (5, 8)}
     print(f"LeNet-300-100, 92 % pruned globally: dense {tc.model_size_bytes(lenet)} bytes, masked "

@@ -90,7 +90,7 @@ def test_latency_measures_without_changing_the_model():
 
 def test_latency_of_a_pruned_model_after_a_forward_pass():
     # torch.nn.utils.prune makes `weight` a non-leaf tensor at each forward, which copy.deepcopy refuses
-    m, _ = tc.pruning.prune(nn.Sequential(nn.Linear(10, 5)), 0.5)
+    m, _ = tc.pruning.prune(nn.Sequential(nn.Linear(10, 5)), amount=0.5)
     m(torch.zeros(1, 10))
     assert tc.latency(m, torch.zeros(1, 10), min_run_time=0.02).median > 0
     data = TensorDataset(torch.randn(4, 10), torch.arange(4))

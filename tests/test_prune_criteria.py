@@ -98,8 +98,10 @@ def _lin(w):
 def test_obs_bad_input():
     with pytest.raises(ValueError, match="weight must be \\(out, in\\) and inputs \\(N, in\\)"):
         pruning.obs_prune(torch.randn(3, 4), torch.randn(10, 5), 0.5)
-    with pytest.raises(ValueError, match="as a fraction must be in"):
+    with pytest.raises(ValueError, match=r"amount must be a fraction in \[0, 1\], got 2.0"):
         pruning.obs_prune(torch.randn(3, 4), torch.randn(10, 4), 2.0)
+    with pytest.raises(ValueError, match="damp must be finite"):
+        pruning.obs_prune(torch.randn(3, 4), torch.randn(10, 4), 0.5, damp=float("nan"))
 
 
 def test_magnitude_ln_norm_taylor():
@@ -137,3 +139,18 @@ def test_activation_mean_and_apoz():
     assert torch.all(raw.apoz == 0) and raw.mean.shape == (4,)
     with pytest.raises(ValueError, match="module must be a submodule"):
         pruning.activation(net, nn.ReLU(), data)
+
+
+def test_activation_keeps_every_submodules_mode_and_reads_any_batches():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2)).train()
+    net[1].eval()  # a frozen BatchNorm inside a training model
+    x = torch.randn(10, 6)
+    stats = pruning.activation(net, net[1], torch.utils.data.TensorDataset(x, torch.zeros(10)))
+    assert [m.training for m in net.modules()] == [True, True, False, True, True]
+    torch.testing.assert_close(stats.mean, torch.relu(net[1](net[0](x))).detach().mean(0))
+    with pytest.raises(ValueError, match=r"neurons of a Linear on \(batch, features\) inputs; this one gives an "
+                                         r"output of shape \(2, 3, 4\)"):
+        pruning.activation(net, net[0], torch.randn(2, 3, 6))
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        pruning.activation("net", net[0], x)

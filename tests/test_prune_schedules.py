@@ -32,9 +32,9 @@ def test_agp_known_values():
     # s_f = 0.9, s_i = 0, n = 4: 0.9 * (1 - (1 - k/4)^3) = 0, 0.5203125, 0.7875, 0.8859375, 0.9
     got = [pruning.agp_sparsity(k, final=0.9, n_steps=4) for k in range(6)]
     assert got == pytest.approx([0.0, 0.5203125, 0.7875, 0.8859375, 0.9, 0.9], abs=1e-15)
-    with pytest.raises(ValueError, match="final must be a number in"):
+    with pytest.raises(ValueError, match=r"final must be a fraction in \[0, 1\], got 1.5"):
         pruning.agp_sparsity(0, final=1.5)
-    with pytest.raises(ValueError, match="n_steps must be a positive int"):
+    with pytest.raises(ValueError, match="n_steps must be >= 1, got 0"):
         pruning.agp_sparsity(0, final=0.5, n_steps=0)
 
 
@@ -83,11 +83,11 @@ def test_one_shot_and_iterative():
 def test_sensitivity_scan():
     net, data = _net(), _data()
     tc.fit(net, data, epochs=5, batch_size=40, progress=False)
-    scan = pruning.sensitivity_scan(net, data, [0.0, 0.5, 1.0])
+    scan = pruning.sensitivity_scan(net, data, amounts=[0.0, 0.5, 1.0])
     assert list(scan) == ["0", "2"]
     dense = tc.evaluate(net, data).accuracy
     assert all(acc[0] == dense for acc in scan.values())
-    assert scan["2"][2] == tc.evaluate(pruning.prune(net, 1.0, include="2")[0], data).accuracy
+    assert scan["2"][2] == tc.evaluate(pruning.prune(net, amount=1.0, include="2")[0], data).accuracy
     assert not hasattr(net[0], "weight_mask")  # untouched
 
 
@@ -105,8 +105,10 @@ def test_lottery_ticket_rewinds_the_kept_weights():
     assert torch.equal(net[0].weight, init["0.weight"])  # input untouched
     late, _ = pruning.lottery_ticket(net, data, rounds=1, amount=0.5, epochs=1, rewind_epochs=1, batch_size=60)
     assert not torch.equal(late[0].weight_orig, init["0.weight"])  # rewound to epoch 1, not to initialisation
-    with pytest.raises(ValueError, match="rounds must be a positive int"):
+    with pytest.raises(ValueError, match="rounds must be >= 1, got 0"):
         pruning.lottery_ticket(net, data, rounds=0)
+    with pytest.raises(ValueError, match="lottery_ticket: nothing to act on"):  # refused before any training
+        pruning.lottery_ticket(net, data, rounds=1, exclude="*")
 
 
 def test_lottery_ticket_records_validation_accuracy():
@@ -120,7 +122,7 @@ def test_lottery_ticket_records_validation_accuracy():
 
 def test_random_reinit_draws_the_initialisers_values_under_the_same_masks(dtype, device):
     net = _net().to(device=device, dtype=dtype)
-    ticket, _ = pruning.prune(net, 0.7, scope="global")
+    ticket, _ = pruning.prune(net, amount=0.7, scope="global")
     state = copy.deepcopy(ticket.state_dict())
     control, report = pruning.random_reinit(ticket, seed=5)
     assert all(torch.equal(state[k], v) for k, v in ticket.state_dict().items())  # input untouched
@@ -151,7 +153,7 @@ def test_random_reinit_keeps_filter_masks_and_restarts_batchnorm():
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.running_mean.fill_(0.3)
-    masked, _ = pruning.prune(model, 0.5, structure="filters", include="features.0.0")
+    masked, _ = pruning.prune(model, amount=0.5, structure="filters", include="features.0.0")
     control, report = pruning.random_reinit(masked, seed=1, include="features.0.*")
     bn = control.features[0][1]
     assert torch.equal(bn.weight_mask, masked.features[0][1].weight_mask)
@@ -169,5 +171,5 @@ def test_random_reinit_bad_input():
         pruning.random_reinit("net")
     with pytest.raises(TypeError, match="seed must be an int"):
         pruning.random_reinit(_net(), seed=1.5)
-    with pytest.raises(ValueError, match="nothing to re-initialise"):
+    with pytest.raises(ValueError, match="random_reinit: nothing to act on, the model has no module"):
         pruning.random_reinit(nn.Sequential(nn.ReLU()))

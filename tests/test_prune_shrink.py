@@ -35,7 +35,7 @@ def test_shrink_equals_masked_model(make, shape, filters, channels, structure, d
     model = _random_bn(make()).to(dtype).eval()
     x = torch.randn(shape, dtype=dtype)
     exclude = "features.0.0" if structure == "channels" else None  # the first layer's inputs are the image
-    masked, _ = prune(model, 0.5, structure=structure, include=filters if structure == "filters" else channels,
+    masked, _ = prune(model, amount=0.5, structure=structure, include=filters if structure == "filters" else channels,
                       exclude=exclude)
     state = copy.deepcopy(masked.state_dict())
     small, report = shrink(masked, x)
@@ -57,7 +57,7 @@ def test_shrink_report_and_nothing_pruned():
     torch.manual_seed(0)
     model = tc.models.LeNet300100()
     x = torch.randn(2, 784)
-    masked, _ = prune(model, 100, structure="filters", include="fc1")
+    masked, _ = prune(model, amount=100, structure="filters", include="fc1")
     small, report = shrink(masked, x)
     sizes = [(tc.model_size_bytes(nn.Linear(784, 300)), tc.model_size_bytes(small.fc1)),
              (tc.model_size_bytes(nn.Linear(300, 100)), tc.model_size_bytes(small.fc2))]
@@ -74,7 +74,7 @@ def test_shrink_keeps_one_channel_when_all_are_pruned():
     torch.manual_seed(0)
     model = tc.models.LeNet300100().double()
     x = torch.randn(3, 784, dtype=torch.float64)
-    masked, _ = prune(model, 1.0, structure="filters", include="fc2")
+    masked, _ = prune(model, amount=1.0, structure="filters", include="fc2")
     small, _ = shrink(masked, x)
     assert small.fc2.out_features == 1
     torch.testing.assert_close(small(x), masked(x), rtol=0, atol=1e-12)
@@ -121,7 +121,7 @@ class _ChannelMean(nn.Module):
     (_ChannelMean(), (2, 4, 2, 2), r"mean over spatial dimensions \(2, ...\) only, got dim=\(1,\)"),
     (_Residual(), (2, 4), r"is used 2 times \(a branch or a residual connection\)"),
     (_Branch(), (2, 4), "is used 2 times"),
-    (nn.Sequential(nn.Linear(4, 4), nn.Sigmoid(), nn.Linear(4, 2)), (2, 4), "operation 'Sigmoid'"),
+    (nn.Sequential(nn.Linear(4, 4), nn.Sigmoid(), nn.Linear(4, 2)), (2, 4), r"operation '1 \(Sigmoid\)'"),
     (nn.Sequential(nn.Conv2d(4, 4, 1, groups=2), nn.Flatten(), nn.Linear(4, 2)), (2, 4, 1, 1),
      "grouped convolutions"),
     (_Twice(), (2, 4), "module used twice"),
@@ -136,3 +136,119 @@ def test_shrink_bad_input():
         shrink(tc.models.LeNet300100(), [1, 2])
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
         shrink("net", torch.randn(1, 784))
+
+
+class _LastDim(nn.Module):
+    """A Linear over the last dimension of (N, C, L) features: its inputs are not the conv's channels."""
+
+    def __init__(self, length=5):
+        super().__init__()
+        self.conv, self.fc = nn.Conv1d(2, 4, 1), nn.Linear(length, 3)
+
+    def forward(self, x):
+        return self.fc(self.conv(x))
+
+
+class _LastDimProducer(nn.Module):
+    """A Linear on (N, C, L) tokens feeding a Conv1d; L == its outputs, so the shapes alone look like a chain."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.conv = nn.Linear(4, 4), nn.Conv1d(4, 2, 1)
+
+    def forward(self, x):
+        return self.conv(self.fc(x))
+
+
+class _Transposed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv1d(2, 4, 1), nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).transpose(1, 2)).mean(1)
+
+
+class _ScaledLinear(nn.Linear):
+    """A subclass that computes something else than its base: rebuilding it as nn.Linear would change the model."""
+
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
+@pytest.mark.parametrize(("model", "shape", "match"), [
+    (_LastDim(), (2, 2, 5), r"a Linear on \(batch, features\) inputs only: fc \(Linear\) is applied to shape "
+                            r"\(2, 4, 5\)"),
+    (_LastDim(length=4), (2, 2, 4), r"fc \(Linear\) is applied to shape \(2, 4, 4\)"),
+    (_LastDimProducer(), (2, 4, 4), r"fc \(Linear\) is applied to shape \(2, 4, 4\)"),
+    (_Transposed(), (2, 2, 6), r"operation 'transpose'"),
+    (nn.Sequential(nn.Conv2d(1, 4, 1), nn.Flatten(0, 1), nn.Flatten(), nn.Linear(12, 2)), (2, 1, 4, 3),
+     r"cannot follow 1 \(Flatten\): shape \(2, 4, 4, 3\) -> \(8, 4, 3\) mixes channels"),
+    (nn.Sequential(nn.Linear(4, 4), nn.ReLU(), _ScaledLinear(4, 2)), (2, 4), r"operation '2 \(_ScaledLinear\)'"),
+])
+def test_shrink_refuses_before_building_anything(model, shape, match):
+    torch.manual_seed(0)
+    masked, _ = prune(model, amount=0.5, structure="filters", exclude="conv" if isinstance(model, _LastDimProducer)
+                      else None)
+    with pytest.raises(ValueError, match=match):
+        shrink(masked, torch.randn(shape))
+
+
+class _NormAfterRelu(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn, self.conv2 = nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        return self.conv2(self.bn(torch.relu(self.conv1(x)))).mean((2, 3))
+
+
+def test_shrink_a_batchnorm_not_right_after_its_conv():
+    torch.manual_seed(0)
+    model, x = _random_bn(_NormAfterRelu()).eval(), torch.randn(3, 1, 5, 5)
+    masked, report = prune(model, x, amount=2, structure="filters", include="conv1")
+    assert report[0].detail["batchnorm"] is None  # not the direct reader: left alone
+    small, _ = shrink(masked, x)
+    torch.testing.assert_close(small(x), masked(x), rtol=0, atol=1e-6)
+    with torch.no_grad():  # with beta = 0 and zero running means the channels are dead after the BatchNorm too
+        masked.bn.bias.zero_()
+        masked.bn.running_mean.zero_()
+    small, report = shrink(masked, x)
+    assert small.conv1.out_channels == small.bn.num_features == small.conv2.in_channels == 2
+    torch.testing.assert_close(small(x), masked(x), rtol=0, atol=1e-6)
+
+
+def test_shrink_a_batchnorm_without_affine_or_statistics():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4, affine=False, track_running_stats=False),
+                          nn.ReLU(), nn.Conv2d(4, 2, 1), nn.Flatten())
+    x = torch.randn(3, 1, 3, 3)
+    masked, _ = prune(model, x, amount=2, structure="filters", include="0")
+    small, _ = shrink(masked, x)
+    assert small[1].num_features == 2
+    torch.testing.assert_close(small(x), masked(x), rtol=0, atol=1e-6)
+
+
+def test_shrink_only_the_selected_layers():
+    torch.manual_seed(0)
+    model, x = tc.models.LeNet300100().double(), torch.randn(3, 784, dtype=torch.float64)
+    masked, _ = prune(model, amount=0.5, structure="filters", include=["fc1", "fc2"])
+    small, report = shrink(masked, x, include="fc1")
+    assert [r.name for r in report] == ["fc1", "fc2"]  # fc2 loses the inputs that read fc1's dead neurons
+    assert (small.fc1.out_features, small.fc2.in_features, small.fc2.out_features) == (150, 150, 100)
+    torch.testing.assert_close(small(x), masked(x), rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="shrink: nothing to act on"):
+        shrink(masked, x, exclude="fc*")
+    with pytest.raises(ValueError, match=r"include entries \['conv1'\] match no"):
+        shrink(masked, x, include="conv1")
+
+
+def test_shrink_keeps_every_submodules_mode():
+    torch.manual_seed(0)
+    model, x = _random_bn(tc.models.SmallCNN(input_size=8)).train(), torch.randn(2, 1, 8, 8)
+    model.features[1][1].eval()  # a frozen BatchNorm inside a training model, on a resized channel
+    masked, _ = prune(model, x, amount=0.5, structure="filters", include="features.*")
+    small, report = shrink(masked, x)
+    assert "features.1.1" in [r.name for r in report]
+    assert {n: m.training for n, m in small.named_modules()} == {n: m.training for n, m in masked.named_modules()}
+    assert {n: m.training for n, m in masked.named_modules()} == {n: m.training for n, m in model.named_modules()}

@@ -271,7 +271,7 @@ class _Tiny(nn.Module):
 
 def test_share_weights_keep_zeros_clusters_only_the_kept_weights(dtype, device):
     torch.manual_seed(0)
-    pruned, _ = tc.pruning.prune(_Tiny().to(device, dtype), 0.5)  # torch.nn.utils.prune masks
+    pruned, _ = tc.pruning.prune(_Tiny().to(device, dtype), amount=0.5)  # torch.nn.utils.prune masks
     net, report = Q.share_weights(pruned, 2, keep_zeros=True)
     assert [r.name for r in report] == ["conv", "fc"]
     for r in report:
@@ -302,7 +302,7 @@ def test_share_weights_keep_zeros_clusters_only_the_kept_weights(dtype, device):
 @pytest.mark.parametrize("bits", [{"conv": 1, "fc": 3}])
 def test_share_weights_bits_per_layer_and_torch_pruned_layers_after_a_forward_pass(bits):
     torch.manual_seed(1)
-    net, _ = tc.pruning.prune(_Tiny(), 0.6)
+    net, _ = tc.pruning.prune(_Tiny(), amount=0.6)
     net(torch.randn(1, 2, 6, 6))  # the pruned weight is now a non-leaf tensor, which deepcopy refuses
     shared, report = Q.share_weights(net, bits, keep_zeros=True)
     assert {r.name: r.detail["centroids"] for r in report} == {"conv": 2, "fc": 8}
@@ -313,7 +313,7 @@ def test_share_weights_bits_per_layer_and_torch_pruned_layers_after_a_forward_pa
 
 def test_keep_zeros_centroid_gradient_skips_the_pruned_positions():
     torch.manual_seed(2)
-    pruned, _ = tc.pruning.prune(_Tiny().double(), 0.6)
+    pruned, _ = tc.pruning.prune(_Tiny().double(), amount=0.6)
     net, _ = Q.share_weights(pruned, 3, keep_zeros=True)
     x = torch.randn(6, 2, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     net(x).square().sum().backward()

@@ -255,7 +255,7 @@ def deep_compression(model: nn.Module, train, *, val, amount: float | Mapping[st
         schedules = [AGP(amounts[n], n_steps=10, frequency=frequency, include=[n]) for n in names]
         fit(net, train, epochs=prune_epochs, lr=lr, callbacks=schedules, **options)
     for n in names:  # one-shot, or the AGP target exactly (a no-op when the schedule reached it)
-        prune(net, amounts[n], include=[n], inplace=True)
+        net, _ = prune(net, amount=amounts[n], include=[n])
     accuracy["pruned"] = evaluate(net, val, device=device).accuracy
 
     net, _ = share_weights(net, widths, include=names, keep_zeros=True, index_bits=index_bits)

@@ -1,7 +1,7 @@
-"""Pruning (issue 11): importance criteria, masks through ``torch.nn.utils.prune``, physical removal of pruned
-filters and neurons, schedules. Sparse storage (CSR with relative indices) is in :mod:`tensorcompress.export`.
+"""Pruning: importance criteria, masks through ``torch.nn.utils.prune``, physical removal of pruned filters and
+neurons, schedules. Sparse storage (CSR with relative indices) is in :mod:`tensorcompress.export`.
 
-``tc.pruning.prune(model, amount, ...)`` masks; ``tc.pruning.shrink(model, example_input)`` makes the pruned
+``tc.pruning.prune(model, amount=...)`` masks; ``tc.pruning.shrink(model, example_input)`` makes the pruned
 network physically smaller. See each submodule's docstring for the formulas and papers.
 """
 

@@ -30,7 +30,16 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .._validation import check_finite, check_positive_int, check_tensor, compute_dtype
+from .. import surgery
+from .._validation import (
+    check_finite,
+    check_fraction,
+    check_int_in,
+    check_positive_int,
+    check_real,
+    check_tensor,
+    compute_dtype,
+)
 
 __all__ = ["magnitude", "ln_norm", "taylor", "activation", "ActivationStats", "hessian_diagonal",
            "obd_saliency", "obs_prune"]
@@ -48,8 +57,15 @@ def magnitude(weight: torch.Tensor) -> torch.Tensor:
 
 
 def ln_norm(weight: torch.Tensor, n: float = 2, dim: int = 0) -> torch.Tensor:
-    """The L``n`` norm of each slice ``weight.select(dim, j)``: one score per filter (``dim=0``) or input channel
-    (``dim=1``), as ``torch.nn.utils.prune.ln_structured`` computes it (``n`` may be ``inf``/``-inf``/``'fro'``)."""
+    """The L``n`` norm of each slice ``weight.select(dim, j)``, as ``torch.nn.utils.prune.ln_structured`` computes it.
+
+    Parameters
+    ----------
+    weight : tensor with at least 2 dimensions
+    n : float, ``inf``, ``-inf`` or ``'fro'``
+    dim : int
+        0: one score per filter; 1: one per input channel.
+    """
     w = _weight(weight)
     if w.ndim < 2:
         raise ValueError(f"weight must have at least 2 dimensions for a per-slice norm, got shape {tuple(w.shape)}")
@@ -78,29 +94,39 @@ class ActivationStats(NamedTuple):
     apoz: torch.Tensor
 
 
-def _batches(data: torch.Tensor | Iterable) -> Iterable[torch.Tensor]:
-    if isinstance(data, torch.Tensor):
-        yield data
-        return
-    for batch in data:
-        yield batch[0] if isinstance(batch, (tuple, list)) else batch
-
-
 @torch.no_grad()
 def activation(model: nn.Module, module: nn.Module, data: torch.Tensor | Iterable, *,
                nonlinearity: Callable[[torch.Tensor], torch.Tensor] | None = torch.relu) -> ActivationStats:
     """Mean activation and APoZ of each output neuron/channel (dim 1) of ``module`` over ``data``.
 
-    ``nonlinearity`` (default ReLU; ``None`` for the raw output) is applied to the module's output first, so
-    ``activation(model, model.fc1, loader)`` describes the neurons ``relu(fc1(x))``. ``data`` is a tensor or an
-    iterable of tensors or ``(x, y)`` batches. The model runs in eval mode and is returned to its mode.
+    Parameters
+    ----------
+    model : nn.Module
+        Runs in eval mode; every submodule gets its own mode back.
+    module : nn.Module
+        A submodule of ``model``; a Linear only on ``(batch, features)`` inputs (on ``(N, L, F)`` its neurons are
+        the last dimension, not dim 1).
+    data : tensor, Dataset or iterable of ``x`` or ``(x, y)`` batches
+        Read as :func:`tensorcompress.surgery.input_batches` reads it.
+    nonlinearity : callable or None
+        Applied to the module's output first (default ReLU, so ``activation(model, model.fc1, loader)`` describes
+        the neurons ``relu(fc1(x))``; ``None`` for the raw output).
+
+    Returns
+    -------
+    ActivationStats
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(module, nn.Module) or not any(m is module for m in model.modules()):
         raise ValueError("module must be a submodule of model")
     sums: list[torch.Tensor] = []
     counts = [0]
 
     def hook(_m, _inp, out):
+        if isinstance(module, nn.Linear) and out.ndim != 2:  # its neurons are the last dim, not dim 1
+            raise ValueError(f"activation reads the neurons of a Linear on (batch, features) inputs; this one gives "
+                             f"an output of shape {tuple(out.shape)}")
         a = out if nonlinearity is None else nonlinearity(out)
         dims = [d for d in range(a.ndim) if d != 1]
         n = a.numel() // a.shape[1]
@@ -111,15 +137,13 @@ def activation(model: nn.Module, module: nn.Module, data: torch.Tensor | Iterabl
             sums.append(stats.clone())
         counts[0] += n
 
-    was_training = model.training
     handle = module.register_forward_hook(hook)
     try:
-        model.eval()
-        for x in _batches(data):
-            model(x)
+        with surgery.kept_modes(model, False):
+            for x in surgery.input_batches(data):
+                model(x)
     finally:
         handle.remove()
-        model.train(was_training)
     if not sums:
         raise ValueError("data gave no batch")
     mean, zeros = sums[0] / counts[0]
@@ -137,12 +161,20 @@ def _flat_grad(loss_fn: Callable[[], torch.Tensor], param: torch.Tensor) -> torc
 def hessian_diagonal(loss_fn: Callable[[], torch.Tensor], param: torch.Tensor, *, method: str = "auto",
                      samples: int = 100, exact_max: int = 4096,
                      generator: torch.Generator | None = None) -> torch.Tensor:
-    r"""The diagonal of :math:`\partial^2 L/\partial w^2` for ``param`` (a tensor with ``requires_grad``).
+    r"""The diagonal of :math:`\partial^2 L/\partial w^2` for ``param``.
 
-    ``loss_fn()`` recomputes the scalar loss from ``param``. ``method="exact"`` takes one row of the Hessian per
-    weight (``param.numel()`` backward passes); ``"hutchinson"`` averages :math:`z\odot Hz` over ``samples``
-    Rademacher vectors (unbiased; the error falls as :math:`1/\sqrt{S}`); ``"auto"`` is exact up to ``exact_max``
-    weights.
+    Parameters
+    ----------
+    loss_fn : callable ``() -> scalar tensor``
+        Recomputes the loss from ``param``.
+    param : tensor with ``requires_grad``
+    method : ``"exact"``, ``"hutchinson"`` or ``"auto"``
+        ``"exact"`` takes one row of the Hessian per weight (``param.numel()`` backward passes); ``"hutchinson"``
+        averages :math:`z\odot Hz` over ``samples`` Rademacher vectors (unbiased; the error falls as
+        :math:`1/\sqrt{S}`); ``"auto"`` is exact up to ``exact_max`` weights.
+    samples, exact_max : int
+    generator : torch.Generator, optional
+        Draws the Rademacher vectors.
     """
     check_tensor(param, "param", floating=True)
     if not param.requires_grad:
@@ -174,17 +206,13 @@ def obd_saliency(loss_fn: Callable[[], torch.Tensor], param: torch.Tensor, **opt
 
 
 def _n_to_prune(amount: float | int, size: int, name: str = "amount") -> int:
-    """``amount`` as a count, with ``torch.nn.utils.prune``'s rule: an int is a count, a float in [0, 1] a fraction
-    rounded half to even (``round(amount * size)``)."""
+    """``amount`` as a count, with ``torch.nn.utils.prune``'s rule: an int is a count in ``[0, size]``, a float a
+    fraction in [0, 1] rounded half to even (``round(amount * size)``). The one check of a pruning amount."""
     if isinstance(amount, bool) or not isinstance(amount, (int, float)):
         raise TypeError(f"{name} must be an int (a count) or a float in [0, 1] (a fraction), got {amount!r}")
     if isinstance(amount, int):
-        if not 0 <= amount <= size:
-            raise ValueError(f"{name}={amount} as a count must be in [0, {size}] (the number of prunable units)")
-        return amount
-    if not 0.0 <= amount <= 1.0:
-        raise ValueError(f"{name}={amount} as a fraction must be in [0, 1]")
-    return round(amount * size)
+        return check_int_in(amount, name, 0, size, why=" (a count of the prunable units)")
+    return round(check_fraction(amount, name) * size)
 
 
 @torch.no_grad()
@@ -213,7 +241,7 @@ def obs_prune(weight: torch.Tensor, inputs: torch.Tensor, amount: float | int, *
     x = check_finite(check_tensor(inputs, "inputs", min_ndim=2), "inputs")
     if w.ndim != 2 or x.ndim != 2 or x.shape[1] != w.shape[1]:
         raise ValueError(f"weight must be (out, in) and inputs (N, in); got {tuple(w.shape)} and {tuple(x.shape)}")
-    if not damp >= 0:
+    if check_real(damp, "damp") < 0:
         raise ValueError(f"damp must be >= 0, got {damp}")
     dt = torch.float64 if w.dtype == torch.float64 else torch.float32
     wd, xd = w.to(dt), x.to(dt)

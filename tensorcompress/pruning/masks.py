@@ -15,6 +15,17 @@ Masks (``k`` = number to remove, torch's rule ``round(amount * size)``, half to 
   so the filter's output is exactly zero and :func:`shrink` can remove it;
 * N:M (Mishra et al. 2021): in each group of ``m`` consecutive weights along the input dimension (input channels
   of a convolution) keep the ``n`` largest scores; sparsity ``1 - n/m``, the pattern sparse tensor cores run.
+
+Which BatchNorm follows a layer is a fact of the forward pass, not of the registration order: a pruned filter masks
+the affine entries of a BatchNorm only where the traced graph (:func:`tensorcompress.surgery.trace` on
+``example_input``) shows that the BatchNorm reads the layer's output first, reads nothing else and is called once —
+or, without an example input, where an ``nn.Sequential`` passes a convolution's output straight to it. A Linear's
+outputs are the channels of a BatchNorm1d only on 2-D inputs, which only a trace can tell.
+
+A weight tied between selected layers (one ``Parameter`` in two modules) is ranked once — counted once by a global
+amount — and every module holding it gets the same mask, so the tie is kept (``weight_orig`` stays one tensor).
+A tied tensor that would be masked in one place and not in another (the other module not selected, or not a
+prunable type) is refused, naming both places.
 """
 
 from __future__ import annotations
@@ -24,6 +35,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.utils.prune as tprune
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from .. import surgery
 from .._validation import check_positive_int, check_tensor
@@ -44,10 +56,22 @@ def _grad_of(module: nn.Module) -> torch.Tensor | None:
 
 
 def nm_mask(weight: torch.Tensor, n: int, m: int, scores: torch.Tensor | None = None) -> torch.Tensor:
-    """0/1 mask keeping exactly the ``n`` largest ``scores`` (default ``|weight|``) of every ``m`` consecutive weights
-    along the input dimension (dim 1; the input channels of a convolution, as NVIDIA's ASP groups them).
+    """0/1 mask keeping exactly the ``n`` largest ``scores`` of every ``m`` consecutive weights along the input
+    dimension (dim 1; the input channels of a convolution, as NVIDIA's ASP groups them).
 
-    Raises ``ValueError`` when ``n > m`` or the number of inputs is not a multiple of ``m``."""
+    Parameters
+    ----------
+    weight : tensor with at least 2 dimensions
+    n, m : int, ``1 <= n <= m``
+        ``weight.shape[1]`` must be a multiple of ``m``.
+    scores : tensor of the weight's shape, optional
+        Default ``|weight|``.
+
+    Raises
+    ------
+    ValueError
+        When ``n > m`` or the number of inputs is not a multiple of ``m``.
+    """
     w = check_tensor(weight, "weight", min_ndim=2)
     n, m = check_positive_int(n, "n"), check_positive_int(m, "m")
     if n > m:
@@ -82,8 +106,18 @@ def _slice_mask(slice_scores: torch.Tensor, k: int, shape: torch.Size, dim: int)
 
 
 def apply_mask(module: nn.Module, mask: torch.Tensor, name: str = "weight") -> None:
-    """Set ``module.<name>``'s mask (in place): through ``prune.custom_from_mask`` the first time, by overwriting
-    the ``<name>_mask`` buffer afterwards (so a schedule moves the one mask the model owns)."""
+    """Set ``module.<name>``'s mask, in place: through ``prune.custom_from_mask`` the first time, by overwriting
+    the ``<name>_mask`` buffer afterwards (so a schedule moves the one mask the model owns).
+
+    Parameters
+    ----------
+    module : nn.Module
+        Changed in place.
+    mask : tensor of ``module.<name>``'s shape
+        0 where the entry is pruned, 1 where it is kept.
+    name : str
+        The parameter masked (``"weight"``, ``"bias"``).
+    """
     buf = getattr(module, f"{name}_mask", None)
     if buf is None:
         tprune.custom_from_mask(module, name, mask.to(getattr(module, name).device))
@@ -97,17 +131,6 @@ def sparsity(module: nn.Module, name: str = "weight") -> float:
     """Fraction of zero entries of ``module.<name>`` (after its mask)."""
     t = getattr(module, name)
     return float((t == 0).sum()) / t.numel()
-
-
-def _next_batchnorm(model: nn.Module, module: nn.Module) -> nn.Module | None:
-    """The BatchNorm registered right after ``module`` (the conv-BN pairs of a Sequential), if it normalises
-    ``module``'s outputs; a pruned filter masks its affine entries too, so the channel is exactly zero after it."""
-    leaves = [m for m in model.modules() if not list(m.children())]
-    for a, b in zip(leaves, leaves[1:], strict=False):
-        if a is module and isinstance(b, nn.modules.batchnorm._BatchNorm) and b.affine \
-                and b.num_features == module.weight.shape[0]:
-            return b
-    return None
 
 
 def _check_structure(structure: object) -> str | tuple[int, int] | None:
@@ -130,15 +153,21 @@ def _scores(module: nn.Module, criterion: str | Callable) -> torch.Tensor:
     return s
 
 
-def prune(model: nn.Module, amount: float | int | None, *, criterion: str | Callable = "magnitude",
-          scope: str = "layer", structure: str | tuple[int, int] | None = None, norm: float = 1,
-          include=None, exclude=None, types: tuple[type, ...] = PRUNABLE,
-          inplace: bool = False) -> tuple[nn.Module, list[surgery.LayerChange]]:
+def prune(model: nn.Module, example_input: torch.Tensor | None = None, *, amount: float | int | None,
+          criterion: str | Callable = "magnitude", scope: str = "layer", structure: str | tuple[int, int] | None = None,
+          norm: float = 1, types: tuple[type, ...] = PRUNABLE, include=None,
+          exclude=None) -> tuple[nn.Module, list[surgery.LayerChange]]:
     """Mask the weights of the selected layers of a copy of ``model``; returns ``(pruned_model, report)``.
 
     Parameters
     ----------
     model : nn.Module
+        Left untouched.
+    example_input : tensor, optional
+        One batch the model accepts. ``structure="filters"`` traces one forward pass on it
+        (:func:`tensorcompress.surgery.trace`) to find the BatchNorm that reads each pruned layer's output; without
+        it, only a convolution followed by its BatchNorm inside an ``nn.Sequential`` is paired, and a model with
+        BatchNorm layers where that does not settle the question is refused.
     amount : float in [0, 1] or int
         Fraction (or, as an int, count) of each layer's weights (or filters/channels) to be zero after the call —
         of all layers together for ``scope="global"``. Already pruned weights stay pruned. ``None`` (or
@@ -149,19 +178,38 @@ def prune(model: nn.Module, amount: float | int | None, *, criterion: str | Call
     structure : None (unstructured), ``"filters"`` (output slices), ``"channels"`` (input slices) or ``(n, m)``.
     norm : float
         The L_n norm that ranks slices for a structured mask (1: the sum of the scores).
-    include, exclude : fnmatch patterns on layer names (see :func:`tensorcompress.surgery.select`).
     types : module classes to prune (default Linear and Conv1d/2d/3d).
-    inplace : bool
-        Prune ``model`` itself (the schedules move a model's masks); default works on a deep copy.
+    include, exclude : names or fnmatch patterns of layers (see :func:`tensorcompress.surgery.select`).
 
     Returns
     -------
     (nn.Module, list of LayerChange)
         One row per layer; ``params_after`` counts the weights left non-zero (plus the bias), ``detail`` holds
-        ``sparsity`` (the fraction of the weight the mask zeroes). The size in bytes does not fall (see above).
+        ``sparsity`` (the fraction of the weight the mask zeroes), ``nonzero_before`` and, for filters, the
+        ``batchnorm`` masked with them. The bytes grow (the mask is stored too): ``compression`` is below 1.
+
+    Raises
+    ------
+    ValueError
+        For an empty selection, a bad option, a weight tied to a module that would not get the same mask (both
+        names given), or ``structure="filters"`` on a model whose BatchNorm pairing needs ``example_input``.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    new = surgery.copy_model(model)
+    report = _prune(new, example_input, amount=amount, criterion=criterion, scope=scope, structure=structure,
+                    norm=norm, types=types, include=include, exclude=exclude)
+    return new, report
+
+
+def _prune(model: nn.Module, example_input: torch.Tensor | None = None, *, amount: float | int | None,
+           criterion: str | Callable = "magnitude", scope: str = "layer",
+           structure: str | tuple[int, int] | None = None, norm: float = 1, types: tuple[type, ...] = PRUNABLE,
+           include=None, exclude=None) -> list[surgery.LayerChange]:
+    """:func:`prune` on ``model`` itself (the schedules move the masks of the model being trained). Every mask is
+    computed and checked before the first one is set, so a refusal leaves ``model`` as it was."""
+    if example_input is not None:
+        check_tensor(example_input, "example_input")
     if not callable(criterion) and criterion not in _CRITERIA:
         raise ValueError(f"criterion must be one of {sorted(_CRITERIA)} or a callable, got {criterion!r}")
     if scope not in ("layer", "global"):
@@ -173,32 +221,171 @@ def prune(model: nn.Module, amount: float | int | None, *, criterion: str | Call
             raise ValueError(f"amount must be None (or {1 - n / m}) for an {n}:{m} structure, got {amount!r}")
     elif amount is None:
         raise ValueError("amount must be given (a float in [0, 1] or an int count) unless structure is (n, m)")
-    new = model if inplace else surgery.copy_model(model)
-    chosen = surgery.select(new, types, include=include, exclude=exclude)
-    if not chosen:
-        raise ValueError(f"nothing to prune: no {'/'.join(t.__name__ for t in types)} layer selected "
-                         f"(include={include!r}, exclude={exclude!r})")
-    before = {sel.name: (sel.module.weight != 0).sum().item() for sel in chosen}
-    masks = _masks([sel.module for sel in chosen], amount, criterion, scope, structure, norm)
+    chosen = surgery.select(model, types, include=include, exclude=exclude, action="prune")
+    groups = _tie_groups(chosen)
+    masks = _masks([g[0].module for g in groups], amount, criterion, scope, structure, norm)
+    norms = _batchnorms(model, chosen, example_input) if structure == "filters" else {}
+    plan: list[tuple[nn.Module, str, torch.Tensor, str]] = []
+    for group, group_mask in zip(groups, masks, strict=True):
+        for sel in group:
+            plan += _layer_plan(sel, group_mask, norms[id(sel.module)] if structure == "filters" else None)
+    _check_ties(model, plan)
+    before = {id(s.module): (surgery.footprint(s.module), int((s.module.weight != 0).sum())) for s in chosen}
+    for module, pname, mask, _ in plan:
+        apply_mask(module, mask, pname)
     report = []
-    for sel, mask in zip(chosen, masks, strict=True):
+    for sel in chosen:
         mod = sel.module
-        footprint = surgery.footprint(mod)
-        if hasattr(mod, "weight_mask"):
-            mask = mask * mod.weight_mask
-        apply_mask(mod, mask)
-        if structure == "filters":
-            out_mask = mask.reshape(mask.shape[0], -1).amax(1)
-            for target in (mod, _next_batchnorm(new, mod)):
-                for pname in ("weight", "bias") if target is not mod else ("bias",):
-                    if target is not None and getattr(target, pname, None) is not None:
-                        apply_mask(target, out_mask, pname)
+        footprint, nonzero = before[id(mod)]
         kept = int((mod.weight != 0).sum()) + (0 if mod.bias is None else int((mod.bias != 0).sum()))
-        detail = {"sparsity": round(float((mod.weight_mask == 0).sum()) / mask.numel(), 4),
-                  "nonzero_before": before[sel.name]}
+        detail = {"sparsity": round(float((mod.weight_mask == 0).sum()) / mod.weight_mask.numel(), 4),
+                  "nonzero_before": nonzero}
+        if structure == "filters":
+            detail["batchnorm"] = ", ".join(name for name, _ in norms[id(mod)]) or None
         report.append(surgery.LayerChange.between(sel.name, footprint, surgery.footprint(mod, params=kept), detail,
                                                   sel.names[1:]))
-    return new, report
+    return report
+
+
+def _stored(module: nn.Module, name: str) -> torch.Tensor:
+    """The parameter behind ``module.<name>``: ``<name>_orig`` once pruned."""
+    return getattr(module, f"{name}_orig", None) if hasattr(module, f"{name}_mask") else getattr(module, name)
+
+
+def _tie_groups(chosen: list[surgery.Selected]) -> list[list[surgery.Selected]]:
+    """The selected layers grouped by the weight tensor they hold: a weight tied between two layers is ranked once
+    (counted once by a global amount) and gets one mask, so the tie is kept."""
+    groups: dict[int, list[surgery.Selected]] = {}
+    for sel in chosen:
+        groups.setdefault(id(_stored(sel.module, "weight")), []).append(sel)
+    return list(groups.values())
+
+
+def _layer_plan(sel: surgery.Selected, mask: torch.Tensor, norms: list[tuple[str, nn.Module]] | None
+                ) -> list[tuple[nn.Module, str, torch.Tensor, str]]:
+    """(module, tensor name, mask, label) for one layer: its weight; for filters (``norms`` not None) also its bias
+    and the affine of the BatchNorms in ``norms``, so that a pruned filter's channel is exactly zero after them."""
+    mod = sel.module
+    if hasattr(mod, "weight_mask"):
+        mask = mask * mod.weight_mask
+    plan = [(mod, "weight", mask, f"{sel.name}.weight")]
+    if norms is None:
+        return plan
+    out = mask.reshape(mask.shape[0], -1).amax(1)
+    if mod.bias is not None:
+        plan.append((mod, "bias", out, f"{sel.name}.bias"))
+    return plan + [(bn, p, out, f"{name}.{p}") for name, bn in norms for p in ("weight", "bias")]
+
+
+def _check_ties(model: nn.Module, plan: list[tuple[nn.Module, str, torch.Tensor, str]]) -> None:
+    """Refuse a plan that would untie a tensor: one shared tensor given two different masks, or masked in one of
+    its modules and not in another — the question :func:`tensorcompress.surgery.tied_parameters` asks of one
+    module, asked of every masked tensor at once (a tensor kept by ``weight_orig`` counts as its ``weight``)."""
+    planned: dict[int, dict[tuple[int, str], tuple[str, torch.Tensor]]] = {}
+    for module, pname, mask, label in plan:
+        planned.setdefault(id(_stored(module, pname)), {})[(id(module), pname)] = (label, mask)
+    for entries in planned.values():
+        (first, mask), *rest = entries.values()
+        for label, other in rest:
+            if not torch.equal(mask, other):
+                raise ValueError(f"prune: {first} and {label} are one tied tensor but would get different masks "
+                                 f"(untying them); untie the weights first or leave one out with exclude=")
+    for mname, module in model.named_modules(remove_duplicate=False):
+        for pname, p in module.named_parameters(recurse=False):
+            base = pname.removesuffix("_orig") if hasattr(module, f"{pname.removesuffix('_orig')}_mask") else pname
+            if id(p) in planned and (id(module), base) not in planned[id(p)]:
+                label = next(iter(planned[id(p)].values()))[0]
+                raise ValueError(f"prune: {label} is tied to {mname + '.' if mname else ''}{base}, which would not be "
+                                 f"masked (untying them); select both layers or untie the weights first")
+
+
+def _normalises(layer: nn.Module, out_shape: tuple[int, ...], bn: object) -> bool:
+    """Whether ``bn`` normalising ``layer``'s output (of ``out_shape``) normalises its filters: an affine
+    BatchNorm over dim 1 whose channels are the layer's outputs — a Linear's only when its output is 2-D (on
+    ``(N, L, F)`` a Linear acts on the last dimension, a BatchNorm1d on dim 1)."""
+    return (isinstance(bn, _BatchNorm) and bn.affine and len(out_shape) >= 2
+            and out_shape[1] == layer.weight.shape[0] == bn.num_features
+            and (len(out_shape) == 2 or not isinstance(layer, nn.Linear)))
+
+
+def _batchnorms(model: nn.Module, chosen: list[surgery.Selected], example_input: torch.Tensor | None
+                ) -> dict[int, list[tuple[str, nn.Module]]]:
+    """For each chosen layer (by ``id``), the ``(name, BatchNorm)`` pairs that normalise its output in the
+    forward pass: read from the traced graph when ``example_input`` is given, else proven from ``nn.Sequential``
+    containers; refused where neither settles it and the model has BatchNorm layers."""
+    if not any(isinstance(m, _BatchNorm) for m in model.modules()):
+        return {id(sel.module): [] for sel in chosen}
+    if example_input is not None:
+        graph = surgery.trace(model, example_input)
+        return {id(sel.module): _traced_batchnorms(graph, sel.module) for sel in chosen}
+    found = {}
+    for sel in chosen:
+        pair = _sequential_batchnorm(model, sel.module)
+        if pair is None:
+            raise ValueError(f"prune(structure='filters') cannot tell which BatchNorm, if any, normalises the output "
+                             f"of {sel.name!r} without following the forward pass: pass example_input (one batch "
+                             f"the model accepts). Without it only a convolution followed by its BatchNorm inside "
+                             f"an nn.Sequential is paired")
+        found[id(sel.module)] = pair
+    return found
+
+
+def _traced_batchnorms(graph: surgery.Graph, layer: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The BatchNorms that read a call's output first (nothing else reads or changes it before), read nothing
+    else and are called once (a BatchNorm shared with another path must keep every channel)."""
+    pairs = []
+    for i in graph.calls(layer):
+        node = graph.nodes[i]
+        if not node.consumers:
+            continue
+        reader = graph.nodes[node.consumers[0]]
+        if (_normalises(layer, node.out_shape, reader.target) and reader.inputs == [i]
+                and len(graph.calls(reader.target)) == 1):
+            pairs.append((reader.module_name, reader.target))
+    return pairs
+
+
+def _place(model: nn.Module, module: nn.Module) -> tuple[nn.Module, int] | None:
+    """``(parent, index among its children)`` of a module registered exactly once in ``model``, else None."""
+    places = [(parent, i) for parent in model.modules()
+              for i, child in enumerate(parent._modules.values()) if child is module]
+    return places[0] if len(places) == 1 else None
+
+
+def _sequential_reader(model: nn.Module, module: nn.Module) -> nn.Module | None:
+    """The leaf that reads ``module``'s output, where ``nn.Sequential`` containers prove it (``Sequential``
+    passes each output straight to the next child; after the last child, to what follows the container); None
+    where they do not."""
+    place = _place(model, module)
+    while place is not None and type(place[0]) is nn.Sequential:
+        parent, i = place
+        children = list(parent._modules.values())
+        if i + 1 == len(children):
+            place = _place(model, parent)
+            continue
+        reader = children[i + 1]
+        while type(reader) is nn.Sequential and len(reader):
+            reader = reader[0]
+        leaf = reader is not None and not list(reader.children()) and type(reader) is not nn.Sequential
+        return reader if leaf else None
+    return None
+
+
+def _sequential_batchnorm(model: nn.Module, layer: nn.Module) -> list[tuple[str, nn.Module]] | None:
+    """``[(name, bn)]`` for a convolution followed by its BatchNorm in a Sequential, ``[]`` where a Sequential
+    proves that no BatchNorm reads the layer's output, None where nothing is proven (a Linear's output
+    dimensions are not known without a trace)."""
+    reader = _sequential_reader(model, layer)
+    if reader is None:
+        return None
+    if not isinstance(reader, _BatchNorm):
+        return []
+    if isinstance(layer, nn.Linear) or _place(model, reader) is None:
+        return None
+    channels = layer.weight.shape[0]
+    if not _normalises(layer, (0, channels, 1), reader):
+        return []
+    return [(next(n for n, m in model.named_modules() if m is reader), reader)]
 
 
 def _masks(modules: list[nn.Module], amount, criterion, scope, structure, norm) -> list[torch.Tensor]:

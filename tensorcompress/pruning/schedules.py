@@ -14,8 +14,8 @@ r"""Pruning schedules: training callbacks that move the masks the model owns, a 
   one is :func:`random_reinit`: the same mask on freshly drawn weights (Frankle & Carbin 2019, §2) must train worse.
 
 The masks live in the model (``weight_mask`` buffers of ``torch.nn.utils.prune``); the callbacks only decide when
-and how far to move them (:func:`tensorcompress.pruning.prune` with ``inplace=True``, which keeps pruned weights
-pruned).
+and how far to move them (the masking of :func:`tensorcompress.pruning.prune`, applied to the model being trained,
+keeps pruned weights pruned).
 """
 
 from __future__ import annotations
@@ -26,17 +26,12 @@ import torch
 from torch import nn
 
 from .. import surgery
+from .._validation import check_fraction, check_positive_int
 from ..train import Callback, FitState, evaluate, fit, set_seed
-from .masks import PRUNABLE, prune
+from .masks import PRUNABLE, _prune, prune
 
 __all__ = ["agp_sparsity", "PruningSchedule", "AGP", "one_shot", "iterative", "sensitivity_scan",
            "lottery_ticket", "random_reinit"]
-
-
-def _fraction(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
-    return float(value)
 
 
 def agp_sparsity(step: int, *, final: float, initial: float = 0.0, start: int = 0, n_steps: int = 10,
@@ -46,11 +41,27 @@ def agp_sparsity(step: int, *, final: float, initial: float = 0.0, start: int = 
     :math:`s_t = s_f + (s_i - s_f)(1 - (t - t_0)/(n\Delta t))^3` at the update steps
     :math:`t = t_0 + k\Delta t`, :math:`k = 0..n`; constant between updates, :math:`s_i` before :math:`t_0`,
     :math:`s_f` after :math:`t_0 + n\Delta t`.
+
+    Parameters
+    ----------
+    step : int
+        The training step :math:`t`.
+    final, initial : float in [0, 1]
+        :math:`s_f` and :math:`s_i`.
+    start : int
+        :math:`t_0`, the first update step.
+    n_steps : int >= 1
+        :math:`n`, the number of updates after the first.
+    frequency : int >= 1
+        :math:`\Delta t`, the steps between updates.
+
+    Returns
+    -------
+    float
+        The sparsity :math:`s_t`.
     """
-    final, initial = _fraction(final, "final"), _fraction(initial, "initial")
-    for v, nm in ((n_steps, "n_steps"), (frequency, "frequency")):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{nm} must be a positive int, got {v!r}")
+    final, initial = check_fraction(final, "final"), check_fraction(initial, "initial")
+    check_positive_int(n_steps, "n_steps"), check_positive_int(frequency, "frequency")
     if step < start:
         return initial
     k = min((step - start) // frequency, n_steps)
@@ -60,24 +71,31 @@ def agp_sparsity(step: int, *, final: float, initial: float = 0.0, start: int = 
 class PruningSchedule(Callback):
     """Moves the model's masks to ``sparsity(t)`` during :func:`tensorcompress.fit`.
 
-    ``t`` is the optimizer step (``every="step"``, checked after each batch) or the epoch (``every="epoch"``,
-    checked at the start of each epoch, ``t = 0`` for the first); the masks move at the start of training and
-    whenever the target changes. Other keyword arguments go to :func:`tensorcompress.pruning.prune`.
+    Parameters
+    ----------
+    sparsity : callable ``t -> float in [0, 1]``
+        The target amount at ``t``: the optimizer step (``every="step"``, checked after each batch) or the epoch
+        (``every="epoch"``, checked at the start of each epoch, ``t = 0`` for the first). The masks move at the
+        start of training and whenever the target changes.
+    every : ``"step"`` or ``"epoch"``
+    **prune_options
+        Passed to :func:`tensorcompress.pruning.prune` (``amount`` is the schedule's; ``example_input=`` pairs
+        filters with their BatchNorms where a model needs it).
     """
 
     def __init__(self, sparsity: Callable[[int], float], *, every: str = "step", **prune_options) -> None:
         if every not in ("step", "epoch"):
             raise ValueError(f"every must be 'step' or 'epoch', got {every!r}")
-        if "inplace" in prune_options or "amount" in prune_options:
-            raise ValueError("PruningSchedule sets amount and inplace itself")
+        if "amount" in prune_options:
+            raise ValueError("PruningSchedule sets amount itself (from sparsity(t))")
         self.sparsity, self.every, self.options = sparsity, every, prune_options
         self.current: float | None = None
         self.log: list[tuple[int, float]] = []
 
     def _move(self, model: nn.Module, t: int) -> None:
-        target = _fraction(self.sparsity(t), "sparsity(t)")
+        target = check_fraction(self.sparsity(t), "sparsity(t)")
         if target != self.current:
-            prune(model, target, inplace=True, **self.options)
+            _prune(model, amount=target, **self.options)
             self.current = target
             self.log.append((t, target))
 
@@ -94,7 +112,11 @@ class PruningSchedule(Callback):
 
 
 class AGP(PruningSchedule):
-    """Automated gradual pruning (Zhu & Gupta 2017): :func:`agp_sparsity` by optimizer step."""
+    """Automated gradual pruning (Zhu & Gupta 2017): :func:`agp_sparsity` by optimizer step.
+
+    ``final``, ``initial``, ``start``, ``n_steps`` and ``frequency`` are those of :func:`agp_sparsity`; other
+    keyword arguments go to :func:`tensorcompress.pruning.prune`.
+    """
 
     def __init__(self, final: float, *, initial: float = 0.0, start: int = 0, n_steps: int = 10,
                  frequency: int = 1, **prune_options) -> None:
@@ -105,38 +127,56 @@ class AGP(PruningSchedule):
 
 def one_shot(amount: float, **prune_options) -> PruningSchedule:
     """Prune to ``amount`` before the first step, then fine-tune with the mask fixed."""
-    amount = _fraction(amount, "amount")
+    amount = check_fraction(amount, "amount")
     return PruningSchedule(lambda t: amount, every="epoch", **prune_options)
 
 
 def iterative(amounts: Sequence[float], *, epochs_per_step: int = 1, **prune_options) -> PruningSchedule:
     """Iterative prune–fine-tune: sparsity ``amounts[k]`` during epochs ``k·epochs_per_step`` to
-    ``(k+1)·epochs_per_step - 1`` (the last amount afterwards). ``amounts`` must not decrease."""
-    amounts = [_fraction(a, f"amounts[{i}]") for i, a in enumerate(amounts)]
+    ``(k+1)·epochs_per_step - 1`` (the last amount afterwards).
+
+    Parameters
+    ----------
+    amounts : non-decreasing sequence of floats in [0, 1]
+    epochs_per_step : int >= 1
+    **prune_options
+        Passed to :func:`tensorcompress.pruning.prune`.
+    """
+    amounts = [check_fraction(a, f"amounts[{i}]") for i, a in enumerate(amounts)]
     if not amounts or any(b < a for a, b in zip(amounts, amounts[1:], strict=False)):
         raise ValueError(f"amounts must be a non-empty non-decreasing sequence, got {amounts}")
-    if isinstance(epochs_per_step, bool) or not isinstance(epochs_per_step, int) or epochs_per_step < 1:
-        raise ValueError(f"epochs_per_step must be a positive int, got {epochs_per_step!r}")
+    check_positive_int(epochs_per_step, "epochs_per_step")
     return PruningSchedule(lambda e: amounts[min(e // epochs_per_step, len(amounts) - 1)], every="epoch",
                            **prune_options)
 
 
-def sensitivity_scan(model: nn.Module, data, amounts: Sequence[float], *, include=None, exclude=None,
+def sensitivity_scan(model: nn.Module, data, *, amounts: Sequence[float], include=None, exclude=None,
                      types: tuple[type, ...] = PRUNABLE, **prune_options) -> dict[str, list[float]]:
     """Accuracy (:func:`tensorcompress.evaluate` on ``data``) with each selected layer alone pruned to each amount.
 
-    Returns ``{layer name: [accuracy at amounts[0], ...]}``; the model is untouched. Use a validation split: the
-    per-layer amounts chosen from it are a decision.
+    Parameters
+    ----------
+    model : nn.Module
+        Left untouched.
+    data : Dataset or iterable of ``(x, y)`` batches
+        What :func:`tensorcompress.evaluate` reads. Use a validation split: the per-layer amounts chosen from it
+        are a decision.
+    amounts : sequence of floats in [0, 1]
+        The fractions each layer is pruned to, one at a time.
+    include, exclude, types
+        The layers scanned (see :func:`tensorcompress.pruning.prune`).
+    **prune_options
+        Passed to :func:`tensorcompress.pruning.prune` (``criterion``, ``structure``, ``example_input``, ...).
+
+    Returns
+    -------
+    dict
+        ``{layer name: [accuracy at amounts[0], ...]}``, accuracies as fractions.
     """
-    amounts = [_fraction(a, f"amounts[{i}]") for i, a in enumerate(amounts)]
-    chosen = surgery.select(model, types, include=include, exclude=exclude)
-    if not chosen:
-        raise ValueError("nothing to scan: no layer selected")
-    result = {}
-    for sel in chosen:
-        result[sel.name] = [evaluate(prune(model, a, include=[sel.name], types=types, **prune_options)[0],
-                                     data).accuracy for a in amounts]
-    return result
+    amounts = [check_fraction(a, f"amounts[{i}]") for i, a in enumerate(amounts)]
+    chosen = surgery.select(model, types, include=include, exclude=exclude, action="sensitivity_scan")
+    return {sel.name: [evaluate(prune(model, amount=a, include=sel, types=types, **prune_options)[0], data).accuracy
+                       for a in amounts] for sel in chosen}
 
 
 def _rewind(model: nn.Module, snapshot: dict[str, torch.Tensor]) -> None:
@@ -153,19 +193,40 @@ def lottery_ticket(model: nn.Module, train, *, rounds: int, amount: float = 0.2,
     """Iterative magnitude pruning with rewinding (Frankle & Carbin 2019; late rewinding, Frankle et al. 2020).
 
     A copy of ``model`` is trained ``rewind_epochs`` epochs (0: rewind to the initialisation) and its weights
-    saved; then ``rounds`` times: train ``epochs`` epochs (:func:`tensorcompress.fit` with ``fit_options``), prune
-    ``amount`` of the remaining weights (so :math:`1 - (1-p)^r` after round :math:`r`), rewind the kept weights to
-    the saved ones. Returns the ticket (masked, rewound, untrained: train it with :func:`tensorcompress.fit`) and
-    one record per round: ``round``, ``sparsity`` (after the round's pruning), ``train_loss`` of the round's last
-    epoch and, if ``val`` is given, ``val_accuracy`` of the network trained in that round *before* its pruning
-    (round 1: the dense network, trained ``rewind_epochs + epochs`` epochs).
+    saved; then ``rounds`` times: train ``epochs`` epochs, prune ``amount`` of the remaining weights (so
+    :math:`1 - (1-p)^r` after round :math:`r`), rewind the kept weights to the saved ones.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Left untouched.
+    train : Dataset
+        What :func:`tensorcompress.fit` trains on.
+    rounds : int >= 1
+    amount : float in [0, 1]
+        :math:`p`, the fraction of the remaining weights pruned per round.
+    rewind_epochs : int >= 0
+    epochs : int >= 1
+        Training epochs per round.
+    scope, include, exclude
+        As in :func:`tensorcompress.pruning.prune` (an empty selection is refused before any training).
+    val : Dataset, optional
+        Scored with :func:`tensorcompress.evaluate` before each round's pruning.
+    **fit_options
+        Passed to :func:`tensorcompress.fit` (``lr``, ``batch_size``, ``seed``, ...).
+
+    Returns
+    -------
+    (nn.Module, list of dict)
+        The ticket (masked, rewound, untrained: train it with :func:`tensorcompress.fit`) and one record per
+        round: ``round``, ``sparsity`` (after the round's pruning), ``train_loss`` of the round's last epoch and,
+        with ``val``, ``val_accuracy`` (a fraction) of the network trained in that round *before* its pruning
+        (round 1: the dense network, trained ``rewind_epochs + epochs`` epochs).
     """
-    amount = _fraction(amount, "amount")
-    for v, nm in ((rounds, "rounds"), (epochs, "epochs")):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{nm} must be a positive int, got {v!r}")
-    if isinstance(rewind_epochs, bool) or not isinstance(rewind_epochs, int) or rewind_epochs < 0:
-        raise ValueError(f"rewind_epochs must be an int >= 0, got {rewind_epochs!r}")
+    amount = check_fraction(amount, "amount")
+    check_positive_int(rounds, "rounds"), check_positive_int(epochs, "epochs")
+    check_positive_int(rewind_epochs, "rewind_epochs", minimum=0)
+    surgery.select(model, PRUNABLE, include=include, exclude=exclude, action="lottery_ticket")  # before training
     fit_options.setdefault("progress", False)
     ticket = surgery.copy_model(model)
     if rewind_epochs:
@@ -177,7 +238,7 @@ def lottery_ticket(model: nn.Module, train, *, rounds: int, amount: float = 0.2,
         record = {"round": r, "sparsity": 1 - (1 - amount) ** r, "train_loss": records[-1].get("loss", float("nan"))}
         if val is not None:
             record["val_accuracy"] = evaluate(ticket, val).accuracy
-        prune(ticket, record["sparsity"], scope=scope, include=include, exclude=exclude, inplace=True)
+        _prune(ticket, amount=record["sparsity"], scope=scope, include=include, exclude=exclude)
         _rewind(ticket, snapshot)
         history.append(record)
     return ticket, history
@@ -190,20 +251,33 @@ def random_reinit(model: nn.Module, *, seed: int = 0, include=None, exclude=None
     Every selected leaf module with a ``reset_parameters`` method (Linear, Conv, BatchNorm; all by default) draws
     new parameters from its own initialiser (PyTorch's defaults, the distribution the ticket's weights were first
     drawn from) under ``seed``; masks of ``torch.nn.utils.prune`` stay as they are, so the pruned weights stay zero
-    and only the values of the kept ones change (Frankle & Carbin 2019, "random reinitialization"). The input is
-    untouched. Returns ``(model, report)`` with one row per re-initialised module (``detail``: its ``sparsity``,
-    0 for an unpruned module).
+    and only the values of the kept ones change (Frankle & Carbin 2019, "random reinitialization").
+
+    Parameters
+    ----------
+    model : nn.Module
+        Left untouched.
+    seed : int
+        The generator state the new values are drawn under.
+    include, exclude : names or fnmatch patterns of modules with ``reset_parameters`` (default all).
+
+    Returns
+    -------
+    (nn.Module, list of LayerChange)
+        One row per re-initialised module (``detail``: its ``sparsity``, 0 for an unpruned module).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int, got {seed!r}")
     new = surgery.copy_model(model)
-    chosen = [sel for sel in surgery.select(new, nn.Module, include=include, exclude=exclude, exact_type=False)
-              if not list(sel.module.children()) and callable(getattr(sel.module, "reset_parameters", None))]
-    if not chosen:
-        raise ValueError(f"nothing to re-initialise: no module with reset_parameters selected "
-                         f"(include={include!r}, exclude={exclude!r})")
+    resettable = tuple(sorted({type(m) for m in new.modules()
+                               if not list(m.children()) and callable(getattr(m, "reset_parameters", None))},
+                              key=lambda t: t.__name__))
+    if not resettable:
+        raise ValueError("random_reinit: nothing to act on, the model has no module with reset_parameters")
+    chosen = [sel for sel in surgery.select(new, resettable, include=include, exclude=exclude, action="random_reinit")
+              if not list(sel.module.children())]
     report = []
     with set_seed(seed):
         for sel in chosen:

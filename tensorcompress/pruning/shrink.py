@@ -13,8 +13,10 @@ Fang et al. 2023, does this for general graphs).
 :func:`shrink` follows the data flow of one forward pass on ``example_input`` (every torch function and leaf
 module call, recorded through a ``TorchFunctionMode``): it accepts only a chain — each tensor used once, each
 operation reading one tensor — of known operations, and refuses branches, residual additions and unknown operations
-with a ``ValueError`` rather than build a wrong model. It then checks that the smaller model's output equals the
-masked model's.
+with a ``ValueError`` rather than build a wrong model. Channels are dim 1 throughout: a Linear counts only on
+``(batch, features)`` inputs (on ``(N, C, L)`` it acts on ``L``), a shape-changing operation only where it keeps
+dim 1 or flattens it in order, and a subclass of a known module is unknown (it may compute something else). Every
+check is made before anything is built; then the smaller model's output is compared with the masked model's.
 """
 
 from __future__ import annotations
@@ -66,28 +68,38 @@ def _chain(nodes: list[Node]) -> list[Node]:
         k = node.consumers[0]
 
 
+def _keeps_channels(node: Node) -> None:
+    """Refuse an operation whose output does not keep the input's channels at dim 1, or flatten them (in order)
+    into the features of a (batch, features) output."""
+    same_channels = len(node.out_shape) >= 2 and node.out_shape[:2] == node.in_shape[:2]
+    flattened = len(node.out_shape) == 2 and node.out_shape[1] == math.prod(node.in_shape[1:])
+    if not (same_channels or flattened):
+        raise ValueError(f"shrink cannot follow {node.label}: shape {node.in_shape} -> {node.out_shape} mixes "
+                         f"channels")
+
+
 def _check_op(node: Node) -> None:
     t = node.target
-    if isinstance(t, nn.Module):
-        if isinstance(t, _LAYERS) and getattr(t, "groups", 1) != 1:
-            raise ValueError(f"shrink does not handle grouped convolutions ({t})")
-        if isinstance(t, _LAYERS + _NORMS + _ZERO_MODULES):
-            return
+    if isinstance(t, nn.Module):  # exact classes: a subclass may compute something else, and is rebuilt as its base
+        if type(t) in _LAYERS and getattr(t, "groups", 1) != 1:
+            raise ValueError(f"shrink does not handle grouped convolutions ({node.label}: {t})")
+        if type(t) is nn.Linear and len(node.in_shape) != 2:
+            raise ValueError(f"shrink follows a Linear on (batch, features) inputs only: {node.label} is applied to "
+                             f"shape {node.in_shape}, acting on its last dimension, not on the channels (dim 1)")
+        if type(t) in _ZERO_MODULES:
+            return _keeps_channels(node)
+        if type(t) in _LAYERS + _NORMS:
+            return None
     elif node.name == "mean":
         (args, kwargs) = node.args
         dims = kwargs.get("dim", args[1] if len(args) > 1 else None)
         dims = (dims,) if isinstance(dims, int) else dims
         if dims is not None and all(d % len(node.in_shape) >= 2 for d in dims):
-            return
+            return None
         raise ValueError(f"shrink follows a mean over spatial dimensions (2, ...) only, got dim={dims}")
     elif node.name in _ZERO_FUNCTIONS:
-        same_channels = len(node.out_shape) >= 2 and node.out_shape[:2] == node.in_shape[:2]
-        flattened = len(node.out_shape) == 2 and node.out_shape[1] == math.prod(node.in_shape[1:])
-        if same_channels or flattened:
-            return
-        raise ValueError(f"shrink cannot follow {node.name}: shape {node.in_shape} -> {node.out_shape} mixes "
-                         f"channels")
-    raise ValueError(f"shrink cannot follow the operation {node.name!r} (not known to map a zero channel to a "
+        return _keeps_channels(node)
+    raise ValueError(f"shrink cannot follow the operation {node.label!r} (not known to map a zero channel to a "
                      f"zero channel); supported: Linear/Conv, BatchNorm, ReLU, pooling, mean, flatten, dropout")
 
 
@@ -96,10 +108,11 @@ def _dead_outputs(layer: nn.Module, norms: list[nn.Module]) -> torch.Tensor:
     dead = (w.flatten(1) == 0).all(1)
     if layer.bias is not None:
         dead &= layer.bias.detach() == 0
+    zeros = torch.zeros(len(dead), dtype=w.dtype, device=w.device)
     for bn in norms:  # a zero channel stays zero through BatchNorm only if beta = 0 and gamma * mean = 0
-        beta = bn.bias.detach() if bn.affine else torch.zeros_like(bn.running_mean)
-        gamma = bn.weight.detach() if bn.affine else torch.ones_like(bn.running_mean)
-        mean = bn.running_mean if bn.running_mean is not None else torch.zeros_like(beta)
+        beta = bn.bias.detach() if bn.affine else zeros  # no running statistics: the batch's, 0 on a zero channel
+        gamma = bn.weight.detach() if bn.affine else 1 + zeros
+        mean = bn.running_mean if bn.running_mean is not None else zeros
         dead &= (beta == 0) & (gamma * mean == 0)
     return dead
 
@@ -128,8 +141,9 @@ def _new_layer(old: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) 
 def _new_norm(old: nn.Module, keep: torch.Tensor) -> nn.Module:
     new = type(old)(len(keep), eps=old.eps, momentum=old.momentum, affine=old.affine,
                     track_running_stats=old.track_running_stats)
-    new = new.to(device=keep.device if old.running_mean is None else old.running_mean.device,
-                 dtype=(old.weight if old.affine else old.running_mean).dtype)
+    reference = old.weight if old.affine else old.running_mean
+    if reference is not None:  # a BatchNorm without affine or statistics holds no tensor
+        new = new.to(device=reference.device, dtype=reference.dtype)
     state = {k: (v[keep] if v.ndim == 1 else v) for k, v in old.state_dict().items()}
     new.load_state_dict(state)
     return new
@@ -168,7 +182,8 @@ def _segments(chain: list[Node]):
     return segs
 
 
-def shrink(model: nn.Module, example_input: torch.Tensor) -> tuple[nn.Module, list[surgery.LayerChange]]:
+def shrink(model: nn.Module, example_input: torch.Tensor, *, include=None,
+           exclude=None) -> tuple[nn.Module, list[surgery.LayerChange]]:
     """A physically smaller copy of ``model`` without the pruned (all-zero) filters, channels and neurons.
 
     Parameters
@@ -178,6 +193,9 @@ def shrink(model: nn.Module, example_input: torch.Tensor) -> tuple[nn.Module, li
         by :func:`tensorcompress.pruning.prune` or otherwise (zeros are what count). The input is untouched.
     example_input : tensor
         One batch the model accepts; the data flow of this forward pass is what is followed.
+    include, exclude : names or fnmatch patterns of Linear/Conv layers (see :func:`tensorcompress.surgery.select`)
+        The layers that lose their dead output channels (filters, neurons); default all. The next layer loses the
+        matching inputs with them, selected or not: it is the same channel.
 
     Returns
     -------
@@ -189,7 +207,8 @@ def shrink(model: nn.Module, example_input: torch.Tensor) -> tuple[nn.Module, li
     ------
     ValueError
         If the model is not such a chain (a branch, a residual addition, an unknown operation, a grouped
-        convolution), naming the offending operation.
+        convolution, a Linear acting on another dimension than the channels), naming the offending operation,
+        before anything is built; or if the selection is empty.
     RuntimeError
         If the smaller model's output differs from the masked model's (a bug guard; it should never happen).
     """
@@ -198,6 +217,8 @@ def shrink(model: nn.Module, example_input: torch.Tensor) -> tuple[nn.Module, li
     if not isinstance(example_input, torch.Tensor):
         raise TypeError(f"example_input must be a torch.Tensor, got {type(example_input).__name__}")
     new = surgery.copy_model(model)
+    selected = {id(sel.module) for sel in surgery.select(new, _LAYERS, include=include, exclude=exclude,
+                                                         action="shrink")}
     _permanent(new)
     nodes, reference = _trace(new, example_input)
     chain = _chain(nodes)
@@ -214,6 +235,8 @@ def shrink(model: nn.Module, example_input: torch.Tensor) -> tuple[nn.Module, li
         weights[id(m)] = [m.weight.detach().clone(), None if m.bias is None else m.bias.detach().clone()]
     keeps = {}
     for producer, norms, consumer, channels, group in _segments(chain):
+        if id(producer) not in selected:
+            continue
         dead = _dead_outputs(producer, norms) | _dead_inputs(consumer, channels, group)
         if bool(dead.all()):
             dead[0] = False  # keep one channel so the layers keep a valid shape
