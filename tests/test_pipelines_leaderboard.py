@@ -53,7 +53,7 @@ def test_add_measures_accuracy_bytes_flops_like_the_metrics():
     assert f"{100 * one.mean:.1f}" in text.splitlines()[3]
 
 
-def test_what_compression_report_did_parameters_bytes_flops_and_ratios():
+def test_parameters_bytes_flops_and_ratios_against_the_baseline():
     data = TensorDataset(torch.randn(40, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.arange(40) % 10)
     torch.manual_seed(0)
     original = tc.models.SmallCNN(input_size=8).eval()
