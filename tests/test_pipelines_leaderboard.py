@@ -183,6 +183,8 @@ def test_bad_rows_and_arguments():
         board.add("m", [], family="x")
     with pytest.raises(TypeError, match="example_input"):
         Leaderboard(_data(4), [0.0])
+    with pytest.raises(TypeError, match="example_input is needed"):
+        Leaderboard(torch.utils.data.DataLoader(_data(4), batch_size=2))
     with pytest.raises(TypeError, match="Entry"):
         board.add_entry({"name": "c"})
     with pytest.raises(ValueError, match="no fn"):

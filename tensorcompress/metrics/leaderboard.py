@@ -208,7 +208,11 @@ class Leaderboard:
     def __init__(self, test_data, example_input: torch.Tensor | None = None, *, metric: str | Metric = "accuracy",
                  measure_latency: bool = True, threads: int = 1) -> None:
         if example_input is None:
-            example_input = surgery.inputs_of(test_data[0]).unsqueeze(0)
+            try:
+                example_input = surgery.inputs_of(test_data[0]).unsqueeze(0)
+            except (TypeError, KeyError, IndexError, AttributeError) as err:
+                raise TypeError(f"example_input is needed when test_data has no first sample to take it from "
+                                f"(test_data is {type(test_data).__name__})") from err
         if not isinstance(example_input, torch.Tensor):
             raise TypeError(f"example_input must be a torch.Tensor, got {type(example_input).__name__}")
         if isinstance(metric, str):
