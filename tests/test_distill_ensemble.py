@@ -132,7 +132,7 @@ def test_members_may_return_features_too():
     torch.testing.assert_close(D.Ensemble(ms)(x), (ms[0].net(x) + ms[1].net(x)) / 2)
 
 
-def test_ensemble_in_evaluate_and_compression_report():
+def test_ensemble_in_evaluate_and_the_leaderboard():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(40, 4, generator=g)
     y = torch.randint(0, 5, (40,), generator=g)
@@ -146,11 +146,13 @@ def test_ensemble_in_evaluate_and_compression_report():
     assert ev.loss == pytest.approx(float(F.cross_entropy(z, y)), rel=1e-5)
     assert tc.count_parameters(ens) == sum(tc.count_parameters(m) for m in ms)
     assert tc.model_size_bytes(ens) > sum(p.numel() * 4 for m in ms for p in m.parameters())
-    report = tc.compression_report(ms[0], {"ensemble": ens}, data, measure_latency=False)
-    rows = {r.name: r for r in report.rows}
-    assert rows["ensemble"].params == 3 * rows[next(iter(rows))].params
+    board = tc.Leaderboard(data, measure_latency=False)
+    board.add("member", ms[0], family="baseline")
+    board.add("ensemble", ens, family="ensemble")
+    rows = {r.name: r for r in board.rows()}
+    assert rows["ensemble"].params == 3 * rows["member"].params
     assert rows["ensemble"].bytes == tc.model_size_bytes(ens)
-    assert rows["ensemble"].accuracy == pytest.approx(ev.accuracy)
+    assert rows["ensemble"].mean == pytest.approx(ev.accuracy)
 
 
 def test_ensemble_errors():

@@ -23,7 +23,8 @@ def test_mean_and_sample_std_match_numpy(values):
     scale = max(1.0, max(abs(v) for v in values))
     assert math.isclose(stats.mean, np.mean(values), rel_tol=1e-12, abs_tol=1e-12 * scale)
     assert math.isclose(stats.std, np.std(values, ddof=1), rel_tol=1e-9, abs_tol=1e-9 * scale)
-    assert stats.std >= 0
+    flipped = stats.scaled(-2.0)  # a negative factor flips the mean, never the spread (exact: a power of two)
+    assert flipped.mean == -2.0 * stats.mean and flipped.std == 2.0 * stats.std
 
 
 def test_sample_not_population_std():

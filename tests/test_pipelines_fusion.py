@@ -4,6 +4,7 @@ graphs it cannot follow are refused."""
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import torch
@@ -87,8 +88,8 @@ def test_each_pair_equals_pytorch_fusion_and_the_formula(dim, c_in, c_out, k, bi
 
 def test_linear_followed_by_batchnorm1d(dtype):
     model = _randomise_bn(nn.Sequential(nn.Linear(7, 5), nn.BatchNorm1d(5), nn.Linear(5, 3)), 3).to(dtype).eval()
-    fused, rows = fuse_conv_bn(model)
     x = torch.randn(9, 7, dtype=dtype)
+    fused, rows = fuse_conv_bn(model, x)
     with torch.no_grad():
         assert torch.allclose(fused(x), model(x), rtol=tolerance(dtype), atol=tolerance(dtype))
     assert [r.name for r in rows] == ["0"] and rows[0].type_after == "Linear"
@@ -125,6 +126,8 @@ def test_wired_model_needs_example_input_and_traces_only_true_pairs():
     x = torch.randn(3, 2, 6, 6)
     fused, rows = fuse_conv_bn(model, x)
     assert [(r.name, r.detail["batchnorm"]) for r in rows] == [("conv1", "bn1")]  # bn2 sees a ReLU's output
+    assert [(s.layer, s.batchnorm) for s in rows.skipped] == [(None, "bn2")]
+    assert "relu (ReLU)" in rows.skipped[0].reason  # the in-place ReLU is a node of its own
     assert isinstance(fused.bn1, nn.Identity) and isinstance(fused.bn2, nn.BatchNorm2d)
     with torch.no_grad():
         assert torch.allclose(fused(x), model(x), rtol=1e-5, atol=1e-5)
@@ -132,10 +135,150 @@ def test_wired_model_needs_example_input_and_traces_only_true_pairs():
 
 def test_a_layer_feeding_a_residual_is_detected():
     model = _randomise_bn(_Wired(residual=True), 5).eval()
-    with pytest.raises(ValueError, match="residual"):
+    with pytest.raises(ValueError, match=r"skipped conv1 -> bn1: .*also read by \['add'\].*residual"):
         fuse_conv_bn(model, torch.randn(2, 2, 6, 6))
     with pytest.raises(ValueError, match="no convolution.*include/exclude"):  # conv2 -> ReLU -> bn2 is no pair
         fuse_conv_bn(model, torch.randn(2, 2, 6, 6), exclude="conv1")
+
+
+# ---------------------------------------------------------------- pairs the traced graph must not fold
+# Each model below returns a tuple, so that comparing only a single tensor output would not notice a wrong fold,
+# and has one safe pair (conv2 -> bn2) besides the unsafe one.
+
+
+class _Unsafe(nn.Module):
+    """conv1 -> bn1 made unsafe by ``how``; conv2 -> bn2 a true pair."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.conv1, self.bn1 = nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.conv2, self.bn2 = nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        y = self.conv1(x)
+        z = self.bn1(y)
+        extra = {"residual": lambda: z + y, "output": lambda: y, "shared": lambda: self.conv1(x).relu(),
+                 "bn twice": lambda: self.bn1(z), "none": lambda: z}[self.how]()
+        return self.bn2(self.conv2(z)), extra
+
+
+@pytest.mark.parametrize(("how", "reason"), [
+    ("residual", r"also read by \['add'\]"), ("output", "output of the model"),
+    ("shared", "layer is called 2 times"), ("bn twice", "BatchNorm is called 2 times")])
+def test_an_unsafe_pair_of_a_tuple_output_is_skipped_with_its_reason(how, reason):
+    model = _randomise_bn(_Unsafe(how), 9).eval()
+    x = torch.randn(3, 2, 5, 5, generator=torch.Generator().manual_seed(2))
+    fused, report = fuse_conv_bn(model, x)
+    assert isinstance(fused.bn1, nn.BatchNorm2d)
+    assert [(s.layer, s.batchnorm) for s in report.skipped][0] == ("conv1", "bn1")
+    assert re.search(reason, report.skipped[0].reason) and "skipped conv1 -> bn1" in str(report)
+    assert [r.name for r in report] == ["conv2"]
+    x2 = torch.randn(4, 2, 5, 5, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        for a, b in zip(model(x2), fused(x2), strict=True):
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+
+
+def test_the_safe_variant_folds_both_pairs():
+    model = _randomise_bn(_Unsafe("none"), 9).eval()
+    fused, report = fuse_conv_bn(model, torch.randn(3, 2, 5, 5))
+    assert [r.name for r in report] == ["conv1", "conv2"] and report.skipped == []
+
+
+class _LinearBN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc, self.bn, self.head = nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.head(self.bn(self.fc(x))), x.sum()
+
+
+def test_linear_and_batchnorm1d_on_3d_inputs_are_not_folded():
+    model = _randomise_bn(_LinearBN(), 10).eval()
+    x3 = torch.randn(5, 4, 4)  # (N, L, C): BatchNorm1d normalises L, not the Linear's features
+    with pytest.raises(ValueError, match=r"skipped fc -> bn: the Linear's output has shape \[5, 4, 4\]"):
+        fuse_conv_bn(model, x3)
+    fused, report = fuse_conv_bn(model, torch.randn(5, 4))  # 2-D: a true pair
+    assert [r.name for r in report] == ["fc"]
+    seq = _randomise_bn(nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)), 11).eval()
+    with pytest.raises(ValueError, match="skipped 0 -> 1: BatchNorm1d normalises dimension 1.*example_input"):
+        fuse_conv_bn(seq)  # the module tree does not say the input's rank
+
+
+def test_without_a_trace_a_layer_also_registered_elsewhere_is_skipped():
+    class SidePath(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.block = nn.Sequential(nn.Conv2d(2, 3, 1), nn.BatchNorm2d(3))
+            self.again = nn.Sequential(nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3))
+            self.side = self.block[0]  # the same convolution, called without its BatchNorm
+
+        def forward(self, x):
+            return self.again(self.block(x)) + self.side(x)
+
+    model = _randomise_bn(SidePath(), 12).eval()
+    fused, report = fuse_conv_bn(model)
+    assert [r.name for r in report] == ["again.0"]
+    assert [s.layer for s in report.skipped] == ["block.0"] and "'side'" in report.skipped[0].reason
+    x = torch.randn(2, 2, 3, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), model(x), rtol=1e-5, atol=1e-5)
+    traced, report = fuse_conv_bn(model, x)  # the trace sees the second call
+    assert [r.name for r in report] == ["again.0"] and "called 2 times" in report.skipped[0].reason
+
+
+def test_a_shared_container_is_folded_once():
+    block = nn.Sequential(nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3))
+    model = _randomise_bn(nn.Sequential(block, block), 13).eval()
+    x = torch.randn(2, 3, 4, 4)
+    fused, report = fuse_conv_bn(model)  # the module tree: one pair under two names, folded once, the tie kept
+    assert [r.name for r in report] == ["0.0"] and report[0].aliases == ("1.0",) and fused[0] is fused[1]
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), model(x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="called 2 times"):  # the trace proves only a layer called once
+        fuse_conv_bn(model, x)
+
+
+@pytest.mark.parametrize("kind", ["tuple", "dict"])
+def test_every_output_is_compared(kind, monkeypatch):
+    from tensorcompress.surgery import fusion
+
+    class Two(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2)
+
+        def forward(self, x):
+            y = self.bn(self.conv(x))
+            return (x.mean(), y) if kind == "tuple" else {"x": x.mean(), "y": y}
+
+    wrong = fusion._fold
+
+    def off_by_one(layer, bn):
+        new = wrong(layer, bn)
+        with torch.no_grad():
+            new.bias.add_(1.0)
+        return new
+
+    monkeypatch.setattr(fusion, "_fold", off_by_one)
+    with pytest.raises(ValueError, match="changed output 1"):
+        fuse_conv_bn(_randomise_bn(Two(), 14).eval(), torch.randn(2, 1, 3, 3))
+
+
+@given(how=st.sampled_from(["residual", "output", "shared", "bn twice", "none"]), seed=st.integers(0, 2**16),
+       scale=st.sampled_from([1e-6, 1.0, 1e4]))
+def test_the_fused_model_computes_the_original_function(how, seed, scale):
+    model = _randomise_bn(_Unsafe(how), seed).double().eval()
+    g = torch.Generator().manual_seed(seed)
+    x = scale * torch.randn(2, 2, 4, 4, generator=g, dtype=torch.float64)
+    fused, report = fuse_conv_bn(model, x)
+    assert ("conv1" in [r.name for r in report]) == (how == "none")
+    x2 = scale * torch.randn(3, 2, 4, 4, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        for a, b in zip(model(x2), fused(x2), strict=True):
+            torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-9 * max(1.0, float(a.abs().max())))
 
 
 def test_include_exclude_flags_and_shared_modules():
@@ -162,8 +305,19 @@ def test_nothing_to_fold_and_bad_arguments():
     with pytest.raises(TypeError, match="example_input"):
         fuse_conv_bn(tc.models.SmallCNN().eval(), [1, 2])
     no_stats = nn.Sequential(nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2, track_running_stats=False)).eval()
-    with pytest.raises(ValueError):  # batch statistics even in eval mode: nothing fixed to fold
-        fuse_conv_bn(no_stats)
+    for x in (None, torch.randn(2, 1, 3, 3)):  # batch statistics even in eval mode: nothing fixed to fold
+        with pytest.raises(ValueError, match=r"BatchNorm '1' after '0' has no running statistics"):
+            fuse_conv_bn(no_stats, x)
+
+
+def test_a_transposed_convolution_is_refused_by_name():
+    model = nn.Sequential(nn.ConvTranspose2d(2, 3, 2), nn.BatchNorm2d(3), nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3))
+    model = _randomise_bn(model, 8).eval()
+    for x in (None, torch.randn(2, 2, 4, 4)):
+        with pytest.raises(ValueError, match=r"'0' \(ConvTranspose2d\) feeds BatchNorm '1'.*exclude='0'"):
+            fuse_conv_bn(model, x)
+        fused, rows = fuse_conv_bn(model, x, exclude="0")
+        assert [r.name for r in rows] == ["2"] and isinstance(fused[1], nn.BatchNorm2d)
 
 
 def test_flops_do_not_change_but_a_layer_goes():

@@ -1,4 +1,4 @@
-"""Honest measurements of a network: parameters, bytes on disk, FLOPs, latency, and a report comparing models.
+"""Honest measurements of a network: parameters, bytes on disk, FLOPs, latency.
 
 What each number is, and what it is not:
 
@@ -18,9 +18,7 @@ What each number is, and what it is not:
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -35,9 +33,6 @@ __all__ = [
     "flops",
     "latency",
     "Latency",
-    "compression_report",
-    "CompressionReport",
-    "ReportRow",
 ]
 
 
@@ -174,189 +169,3 @@ def latency(
     meas = timer.blocked_autorange(min_run_time=min_run_time)
     return Latency(median=float(meas.median), iqr=float(meas.iqr), runs=len(meas.times), device=str(device),
                    threads=threads)
-
-
-@dataclass(frozen=True)
-class ReportRow:
-    """One model in a :class:`CompressionReport`. Ratios are original ÷ this model (``> 1`` = smaller/faster)."""
-
-    name: str
-    accuracy: float
-    delta_accuracy: float
-    params: int
-    nonzero_params: int
-    bytes: int
-    flops: int
-    latency_s: float | None
-    compression_ratio: float
-    flops_ratio: float
-    speedup: float | None
-
-
-def _byte_label(b: float, digits: int = 3) -> str:
-    """A size in decimal units with ``digits`` significant digits: ``500 B``, ``20 kB``, ``1.5 MB``."""
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if b >= scale:
-            return f"{b / scale:.{digits}g} {unit}"
-    return f"{b:.{digits}g} B"
-
-
-def _byte_labels(ticks: list[float]) -> list[str]:
-    """Labels for ``ticks`` with as few significant digits (at least 3) as state each tick exactly."""
-    scales = {"B": 1.0, "kB": 1e3, "MB": 1e6, "GB": 1e9}
-
-    def exact(label: str, t: float) -> bool:
-        value, unit = label.split()
-        return math.isclose(float(value) * scales[unit], t, rel_tol=1e-9)
-
-    for digits in range(3, 16):
-        labels = [_byte_label(t, digits) for t in ticks]
-        if all(exact(label, t) for label, t in zip(labels, ticks, strict=True)):
-            break
-    return labels
-
-
-def _byte_ticks(lo: float, hi: float, most: int = 6) -> list[float]:
-    """Round tick positions in ``[lo, hi]`` for a log axis: the coarsest of ``{1}``, ``{1, 2, 5}``, ``{1, ..., 9}``
-    times powers of ten that gives at least two (thinned to at most ``most``); on a range too narrow for that,
-    round linear steps (matplotlib's ``MaxNLocator``)."""
-    from matplotlib.ticker import MaxNLocator
-
-    exponents = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
-    for subs in ((1,), (1, 2, 5), tuple(range(1, 10))):
-        ticks = [float(m * 10.0**e) for e in exponents for m in subs if lo <= m * 10.0**e <= hi]
-        if len(ticks) >= 2:
-            return ticks[:: math.ceil(len(ticks) / most)]
-    return [float(t) for t in MaxNLocator(nbins=4).tick_values(lo, hi) if lo <= t <= hi]
-
-
-@dataclass(frozen=True)
-class CompressionReport:
-    """Rows comparing compressed models with the original; ``str(report)`` is a text table, :meth:`plot` draws it."""
-
-    rows: tuple[ReportRow, ...]
-
-    def to_dict(self) -> list[dict]:
-        return [asdict(r) for r in self.rows]
-
-    def __str__(self) -> str:
-        header = ["model", "accuracy", "Δacc", "params", "nonzero", "bytes", "FLOPs", "latency ms", "size ×",
-                  "FLOPs ×", "speed-up ×"]
-        lines = []
-        for r in self.rows:
-            lines.append([
-                r.name,
-                f"{100 * r.accuracy:.2f}%",
-                f"{100 * r.delta_accuracy:+.2f}",
-                f"{r.params:,}",
-                f"{r.nonzero_params:,}",
-                f"{r.bytes:,}",
-                f"{r.flops:,}",
-                "-" if r.latency_s is None else f"{1e3 * r.latency_s:.3f}",
-                f"{r.compression_ratio:.2f}",
-                f"{r.flops_ratio:.2f}",
-                "-" if r.speedup is None else f"{r.speedup:.2f}",
-            ])
-        widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
-
-        def fmt(cells: list[str]) -> str:
-            pairs = enumerate(zip(cells, widths, strict=True))
-            return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in pairs)
-
-        return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, lines)])
-
-    def __repr__(self) -> str:
-        return str(self)
-
-    def plot(self, ax=None):
-        """Accuracy against bytes on disk (log scale), one labelled point per model; returns the axes.
-
-        The x ticks are a few round sizes in kB/MB (:func:`_byte_ticks`), so that their labels never overlap, however
-        close together or far apart the models' sizes are.
-        """
-        import matplotlib.pyplot as plt
-        from matplotlib.ticker import FixedFormatter, FixedLocator, NullLocator
-
-        if ax is None:
-            _, ax = plt.subplots(figsize=(5, 3.5))
-        for r in self.rows:
-            ax.scatter(r.bytes, 100 * r.accuracy)
-            ax.annotate(r.name, (r.bytes, 100 * r.accuracy), textcoords="offset points", xytext=(4, 4), fontsize=8)
-        ax.set_xscale("log")
-        ax.autoscale_view()
-        lo, hi = ax.get_xlim()
-        ticks = _byte_ticks(lo, hi)
-        ax.xaxis.set_major_locator(FixedLocator(ticks))
-        ax.xaxis.set_major_formatter(FixedFormatter(_byte_labels(ticks)))
-        ax.xaxis.set_minor_locator(NullLocator())  # the log scale's minor labels are what overlapped
-        ax.set_xlim(lo, hi)
-        ax.set_xlabel("bytes on disk (torch.save of the state_dict)")
-        ax.set_ylabel("test accuracy (%)")
-        ax.grid(True, alpha=0.3)
-        return ax
-
-
-def compression_report(
-    original: nn.Module,
-    compressed: nn.Module | Mapping[str, nn.Module],
-    test_data,
-    *,
-    example_input: torch.Tensor | None = None,
-    device: torch.device | str = "cpu",
-    measure_latency: bool = True,
-    threads: int = 1,
-) -> CompressionReport:
-    """Compare ``original`` with one or more compressed models on the same held-out ``test_data``.
-
-    Each row: test accuracy and its change from the original, parameters (all and non-zero), bytes on disk
-    (:func:`model_size_bytes`), FLOPs of one forward pass on ``example_input`` (:func:`flops`), latency
-    (:func:`latency`, optional) and the ratios original ÷ model. No model is changed (evaluation and timing use deep
-    copies on ``device``).
-
-    Parameters
-    ----------
-    original : nn.Module
-    compressed : nn.Module or mapping name → nn.Module
-        A single model is named ``"compressed"``.
-    test_data : Dataset
-        Yields ``(inputs, targets)``.
-    example_input : torch.Tensor, optional
-        Input for FLOPs and latency; default: the first sample of ``test_data`` as a batch of one.
-    """
-    from ..train import evaluate
-
-    _check_module(original, "original")
-    models = {"compressed": compressed} if isinstance(compressed, nn.Module) else dict(compressed)
-    if not models:
-        raise ValueError("compressed must hold at least one model, got an empty mapping")
-    for k, m in models.items():
-        _check_module(m, f"compressed[{k!r}]")
-    if example_input is None:
-        example_input = test_data[0][0].unsqueeze(0)
-    device = torch.device(device)
-
-    def measure(name: str, model: nn.Module) -> dict:
-        m = surgery.copy_model(model).to(device).eval()
-        x = example_input.to(device)
-        return {
-            "name": name,
-            "accuracy": evaluate(m, test_data, device=device).accuracy,
-            "params": count_parameters(m),
-            "nonzero_params": count_parameters(m, nonzero=True),
-            "bytes": model_size_bytes(m),
-            "flops": flops(m, x),
-            "latency_s": latency(m, x, device=device, threads=threads).median if measure_latency else None,
-        }
-
-    base = measure("original", original)
-    results = [base] + [measure(k, m) for k, m in models.items()]
-    rows = []
-    for r in results:
-        rows.append(ReportRow(
-            **r,
-            delta_accuracy=r["accuracy"] - base["accuracy"],
-            compression_ratio=base["bytes"] / r["bytes"],
-            flops_ratio=base["flops"] / r["flops"] if r["flops"] else math.inf,
-            speedup=None if r["latency_s"] is None else base["latency_s"] / r["latency_s"],
-        ))
-    return CompressionReport(rows=tuple(rows))

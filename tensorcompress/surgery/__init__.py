@@ -12,14 +12,14 @@ with the input model untouched. Submodules:
 * :mod:`.model` — :func:`copy_model`, :func:`device_of`, :func:`dtype_of`, :func:`kept_modes`, :func:`inputs_of`,
   :func:`input_batches`;
 * :mod:`.graph` — :func:`trace`: the data flow of one forward pass (:class:`Graph`, :class:`Node`);
-* :mod:`.fusion` — :func:`fuse_conv_bn`: fold each BatchNorm into the layer that feeds it.
+* :mod:`.fusion` — :func:`fuse_conv_bn`: fold each BatchNorm into the layer that feeds it (:class:`FusionReport`).
 """
 
 from .core import *  # noqa: F403
 from .core import __all__ as _core_all
-from .fusion import fuse_conv_bn
+from .fusion import FusionReport, Skipped, fuse_conv_bn
 from .graph import Graph, Node, trace
 from .model import *  # noqa: F403
 from .model import __all__ as _model_all
 
-__all__ = [*_core_all, *_model_all, "Graph", "Node", "trace", "fuse_conv_bn"]
+__all__ = [*_core_all, *_model_all, "Graph", "Node", "trace", "fuse_conv_bn", "FusionReport", "Skipped"]
