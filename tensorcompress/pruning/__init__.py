@@ -1,4 +1,4 @@
-"""Pruning (issue 11): importance criteria, masks through ``torch.nn.utils.prune``, physical removal of pruned
+"""Pruning: importance criteria, masks through ``torch.nn.utils.prune``, physical removal of pruned
 filters and neurons, schedules. Sparse storage (CSR with relative indices) is in :mod:`tensorcompress.export`.
 
 ``tc.pruning.prune(model, amount, ...)`` masks; ``tc.pruning.shrink(model, example_input)`` makes the pruned
