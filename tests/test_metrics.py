@@ -163,7 +163,7 @@ def test_nonzero_count_matches_torch_prune_property(amount, seed):
     assert tc.count_parameters(lin) == 54
 
 
-# ---------------------------------------------------------------- what flops counts (issue 9's erratum for 02)
+# ---------------------------------------------------------------- what flops counts (as notebook 02 states it)
 
 
 def test_flops_count_only_matmul_and_convolution_multiply_adds():

@@ -1,4 +1,4 @@
-"""The student-version generator, and every notebook's exercises (issue 14).
+"""The student-version generator, and every notebook's exercises.
 
 Per notebook (discovered, so notebooks added later are held to the same rule): at least two exercises numbered
 ``N.1, N.2, ...``; each has a check cell with at least one ``must_fail`` in its hidden tests; the stored notebook ran

@@ -229,7 +229,7 @@ def test_graded_spectra_as_accurate_as_tensorly(decades, noise, seed, float32):
 
 
 def test_float32_graded_rank16_30_cubed():
-    """The case from issue 8: exact multilinear rank 16, 30^3, graded core (spectra 1 ... 1e-3), float32: TensorLy's
+    """A hard case: exact multilinear rank 16, 30^3, graded core (spectra 1 ... 1e-3), float32: TensorLy's
     float32 tucker reaches ~3e-7; ours was 1e-4 to 5e-4 (Gram route) before the fix."""
     x = random_tucker((30, 30, 30), 16, decades=3.0, seed=3, dtype=torch.float32).tensor
     theirs = _tensorly_tucker_error(x, (16, 16, 16))
