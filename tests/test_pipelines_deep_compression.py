@@ -126,7 +126,7 @@ def _tiny(seed=0):
 
 def _shared(seed=0, sparsity=0.6, bits=3, index_bits=3):
     net, _ = tc.pruning.prune(_tiny(seed), sparsity)
-    return share_weights(net, bits, keep_zeros=True, index_bits=index_bits)[0]
+    return share_weights(net, bits=bits, keep_zeros=True, index_bits=index_bits)[0]
 
 
 # ---------------------------------------------------------------------------------------------------------- the file
@@ -155,7 +155,7 @@ def test_save_load_identical_and_size_is_the_reports(tmp_path, coder):
 
 
 def test_dense_shared_model_round_trips(tmp_path):
-    net, _ = share_weights(_tiny(), 2)  # keep_zeros=False: every position is a stored weight, no mask
+    net, _ = share_weights(_tiny(), bits=2)  # keep_zeros=False: every position is a stored weight, no mask
     assert net.fc.parametrizations.weight[0].packed_mask is None
     size = save_compressed(net, tmp_path / "d.tcdc", coder="ans")
     back = load_compressed(tmp_path / "d.tcdc", model=Tiny())
@@ -166,7 +166,7 @@ def test_dense_shared_model_round_trips(tmp_path):
 
 def test_lenet_from_header_and_report_accounting(tmp_path):
     net, _ = tc.pruning.prune(tc.models.LeNet300100(), 0.9)
-    net, _ = share_weights(net, 4, keep_zeros=True, index_bits=5)
+    net, _ = share_weights(net, bits=4, keep_zeros=True, index_bits=5)
     path = tmp_path / "lenet.tcdc"
     size = save_compressed(net, path)
     back = load_compressed(path)                              # architecture from the header

@@ -35,9 +35,10 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from .. import surgery
+from .._validation import check_bits
 from ..metrics.measure import model_size_bytes
 from ..pruning import AGP, PRUNABLE, prune
-from ..quantization.nonuniform import _check_index_bits, _check_share_bits, share_weights
+from ..quantization.nonuniform import share_weights
 from ..train import evaluate, fit
 from .coding import encode_compressed
 
@@ -224,7 +225,7 @@ def deep_compression(model: nn.Module, train, val, *, sparsity: float | Mapping[
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    index_bits = _check_index_bits(index_bits)
+    index_bits = check_bits(index_bits, "index_bits", hi=8, why=" (one-byte codes)")
     prune_epochs, share_epochs = _check_epochs(prune_epochs, "prune_epochs"), _check_epochs(share_epochs,
                                                                                           "share_epochs")
     for v, nm in ((lr, "lr"), (lr if share_lr is None else share_lr, "share_lr")):
@@ -236,7 +237,7 @@ def deep_compression(model: nn.Module, train, val, *, sparsity: float | Mapping[
                          f"exclude={exclude!r})")
     names = [s.name for s in chosen]
     amounts = surgery.per_layer(sparsity, names, _check_sparsity, "sparsity")
-    widths = surgery.per_layer(bits, names, _check_share_bits, "bits")
+    widths = surgery.per_layer(bits, names, lambda v, n: check_bits(v, n, hi=8, why=" (one-byte codes)"), "bits")
     options = {"batch_size": batch_size, "seed": seed, "device": device, "progress": False}
     accuracy = {"original": evaluate(model, val, device=device).accuracy}
 
@@ -250,7 +251,7 @@ def deep_compression(model: nn.Module, train, val, *, sparsity: float | Mapping[
         prune(net, amounts[n], include=[n], inplace=True)
     accuracy["pruned"] = evaluate(net, val, device=device).accuracy
 
-    net, _ = share_weights(net, widths, include=names, keep_zeros=True, index_bits=index_bits)
+    net, _ = share_weights(net, bits=widths, include=names, keep_zeros=True, index_bits=index_bits)
     accuracy["shared"] = evaluate(net, val, device=device).accuracy
     if share_epochs:
         fit(net, train, epochs=share_epochs, lr=lr if share_lr is None else share_lr, **options)

@@ -13,9 +13,11 @@
 """
 
 from .integer import (
-    IntegerGlobalPoolNet,
+    IntegerClamp,
+    IntegerFunction,
     IntegerLayer,
     IntegerMeanPool,
+    IntegerNet,
     quantize_multiplier,
     requantize,
     to_integer,
@@ -62,4 +64,4 @@ __all__ = ["QParams", "qparams", "qrange", "quantize", "dequantize", "fake_quant
            "quantize_model", "calibrate", "quantizers", "lsq_fake_quantize", "lsq_initial_step", "ActivationQuantizer",
            "WeightQuantizer", "QuantizedLayer",
            "quantize_multiplier", "requantize", "to_integer", "IntegerLayer",
-           "IntegerMeanPool", "IntegerGlobalPoolNet", *_precision_all]
+           "IntegerMeanPool", "IntegerClamp", "IntegerFunction", "IntegerNet", *_precision_all]
