@@ -25,8 +25,8 @@ with the network: :math:`\hat x = s\,\operatorname{round}(\operatorname{clip}(v,
 .. math:: \frac{\partial \hat x}{\partial s} = \begin{cases} \operatorname{round}(v) - v & q_{\min} < v <
           q_{\max} \\ q_{\min} & v \le q_{\min} \\ q_{\max} & v \ge q_{\max}, \end{cases}
 
-the derivative of :math:`\hat x` in :math:`s` wherever it exists outside the rounding steps (finite differences
-agree). The gradient of :math:`x` is the straight-through estimator through the rounding with the clip left as
+where the value is clipped the derivative of :math:`\hat x` itself (finite differences agree), inside the
+straight-through estimate through the rounding. The gradient of :math:`x` is the straight-through estimator through the rounding with the clip left as
 it is: 1 where :math:`q_{\min} \le v \le q_{\max}`, 0 outside. With a zero point :math:`Z` the bounds apply to
 :math:`v + Z` and the clip branches are :math:`q_{\min} - Z`, :math:`q_{\max} - Z`. The gradient of :math:`s` is
 multiplied by :math:`g = 1/\sqrt{N\,Q_P}` (:math:`N` the number of weights per step — of the layer, or of one
