@@ -635,5 +635,9 @@ def to_integer(model: nn.Module, example_input: torch.Tensor, *, include=None,
         if isinstance(node.target, _Leaf) and len(graph.calls(node.target)) > 1:
             raise ValueError(f"layer {node.module_name!r} is called {len(graph.calls(node.target))} times in the "
                              "forward pass: to_integer converts a chain that calls each layer once")
-    steps, rows = _build(model, _chain(graph), names)
+    chain = _chain(graph)
+    for node in chain:
+        if isinstance(node.target, surgery.LAYERS):
+            raise _refuse(node, "")
+    steps, rows = _build(model, chain, names)
     return IntegerNet(steps, tuple(example_input.shape[1:])).eval(), rows

@@ -26,23 +26,25 @@ with the network: :math:`\hat x = s\,\operatorname{round}(\operatorname{clip}(v,
           q_{\max} \\ q_{\min} & v \le q_{\min} \\ q_{\max} & v \ge q_{\max}, \end{cases}
 
 where the value is clipped the derivative of :math:`\hat x` itself (finite differences agree), inside the
-straight-through estimate through the rounding. The gradient of :math:`x` is the straight-through estimator through the rounding with the clip left as
-it is: 1 where :math:`q_{\min} \le v \le q_{\max}`, 0 outside. With a zero point :math:`Z` the bounds apply to
-:math:`v + Z` and the clip branches are :math:`q_{\min} - Z`, :math:`q_{\max} - Z`. The gradient of :math:`s` is
-multiplied by :math:`g = 1/\sqrt{N\,Q_P}` (:math:`N` the number of weights per step — of the layer, or of one
-output channel per-channel — or of activation features per sample; :math:`Q_P = q_{\max}`) so that steps and
-weights learn at comparable rates. PyTorch's ``_fake_quantize_learnable_per_tensor_affine`` decides the branches
-on the *rounded* code instead: in the half-step bands :math:`q_{\max} \le v < q_{\max} + 1/2` (and
-:math:`q_{\min} - 1/2 < v \le q_{\min}`), where rounding lands on the last code, it gives
-:math:`\operatorname{round}(v) - v` (:math:`-0.3` at :math:`v = 127.3`) where eq. 3 gives :math:`q_{\max}`
-(127), and passes the gradient of :math:`x` where eq. 3's clip stops it; elsewhere the two agree. A weight step
-starts from the observer
-(``lsq_init="observer"``: :math:`\max|w|/Q_P` with min-max) or from Esser et al.'s
-:math:`s_0 = 2\,\overline{|w|}/\sqrt{Q_P}` per channel (``lsq_init="mean"``), which at 2 and 3 bits clips the
-largest weights instead of rounding most of them to 0; activation steps start from :func:`calibrate`. Steps are
-ordinary parameters of the model, so ``tc.fit`` (or any optimizer built on ``model.parameters()``) trains them.
-The gradient scale matters for SGD; Adam divides every gradient by its own running magnitude, so :math:`g` has
-almost no effect there.
+straight-through estimate through the rounding. The gradient of :math:`x` is the straight-through estimator
+through the rounding with the clip left as it is: 1 where :math:`q_{\min} \le v \le q_{\max}`, 0 outside. With a
+zero point :math:`Z` the bounds apply to :math:`v + Z` and the clip branches are :math:`q_{\min} - Z`,
+:math:`q_{\max} - Z`. The gradient of :math:`s` is multiplied by :math:`g = 1/\sqrt{N\,Q_P}` (:math:`N` the number
+of weights per step — of the layer, or of one output channel per-channel — or of activation features per sample;
+:math:`Q_P = q_{\max}`) so that steps and weights learn at comparable rates.
+
+PyTorch's ``_fake_quantize_learnable_per_tensor_affine`` decides the branches on the *rounded* code instead: in
+the half-step bands :math:`q_{\max} \le v \le q_{\max} + 1/2` and :math:`q_{\min} - 1/2 \le v \le q_{\min}`, where
+rounding lands on the last code, it gives :math:`\operatorname{round}(v) - v` (:math:`-0.3` at :math:`v = 127.3`)
+where eq. 3 gives :math:`q_{\max}` (127, as finite differences do), and passes the gradient of :math:`x` where
+eq. 3's clip stops it; elsewhere the two agree.
+
+A weight step starts from the observer (``lsq_init="observer"``: :math:`\max|w|/Q_P` with min-max) or from Esser
+et al.'s :math:`s_0 = 2\,\overline{|w|}/\sqrt{Q_P}` per channel (``lsq_init="mean"``), which at 2 and 3 bits clips
+the largest weights instead of rounding most of them to 0; activation steps start from :func:`calibrate`. Steps
+are ordinary parameters of the model, so ``tc.fit`` (or any optimizer built on ``model.parameters()``) trains
+them. The gradient scale matters for SGD; Adam divides every gradient by its own running magnitude, so :math:`g`
+has almost no effect there.
 """
 
 from __future__ import annotations

@@ -181,7 +181,7 @@ def autocast(model: nn.Module, *, dtype: torch.dtype = torch.bfloat16) -> Autoca
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    return Autocast(copy.deepcopy(model), dtype)
+    return Autocast(surgery.copy_model(model), dtype)
 
 
 def _own_floating_state(module: nn.Module) -> bool:
