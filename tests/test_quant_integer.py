@@ -378,6 +378,29 @@ def test_functional_relu6_and_hardtanh_with_arguments():
     _agree_within_one_lsb(Net(), torch.randn(256, 6) * 4)
 
 
+class _Pooled(torch.nn.Module):
+    """Functional max-pooling with positional and keyword arguments (rebuilt as an nn.MaxPool2d)."""
+
+    def __init__(self, return_indices=False):
+        super().__init__()
+        torch.manual_seed(3)
+        self.return_indices = return_indices
+        self.conv, self.fc = torch.nn.Conv2d(1, 3, 3), torch.nn.Linear(3 * 16, 2)
+
+    def forward(self, x):
+        y = torch.nn.functional.max_pool2d(self.conv(x), 3, 2, padding=1, ceil_mode=True,
+                                           return_indices=self.return_indices)
+        return self.fc((y[0] if self.return_indices else y).flatten(1))
+
+
+def test_functional_max_pool_with_arguments():
+    im, _, _ = _agree_within_one_lsb(_Pooled(), torch.randn(128, 1, 9, 9))
+    pool = [m for m in im.modules() if isinstance(m, torch.nn.MaxPool2d)]
+    assert [(p.kernel_size, p.stride, p.padding, p.ceil_mode) for p in pool] == [(3, 2, 1, True)]
+    with pytest.raises(ValueError, match=r"cannot prove max_pool2d_with_indices exact"):
+        Q.to_integer(_calibrated(_Pooled(return_indices=True), torch.randn(16, 1, 9, 9)), torch.randn(2, 1, 9, 9))
+
+
 class _SpatialMean(torch.nn.Module):
     """conv - ReLU - max-pool - conv - ReLU - mean over (H, W) - linear: not a SmallCNN (on which to_integer once
     crashed inside torch)."""

@@ -14,7 +14,6 @@
 
 from .integer import (
     IntegerClamp,
-    IntegerFunction,
     IntegerLayer,
     IntegerMeanPool,
     IntegerNet,
@@ -64,4 +63,4 @@ __all__ = ["QParams", "qparams", "qrange", "quantize", "dequantize", "fake_quant
            "quantize_model", "calibrate", "quantizers", "lsq_fake_quantize", "lsq_initial_step", "ActivationQuantizer",
            "WeightQuantizer", "QuantizedLayer",
            "quantize_multiplier", "requantize", "to_integer", "IntegerLayer",
-           "IntegerMeanPool", "IntegerClamp", "IntegerFunction", "IntegerNet", *_precision_all]
+           "IntegerMeanPool", "IntegerClamp", "IntegerNet", *_precision_all]

@@ -56,8 +56,8 @@ from .. import surgery
 from .model import ActivationQuantizer, QuantizedLayer
 from .uniform import QParams, integer_dtype, quantize
 
-__all__ = ["quantize_multiplier", "requantize", "IntegerLayer", "IntegerMeanPool", "IntegerClamp", "IntegerFunction",
-           "IntegerNet", "to_integer"]
+__all__ = ["quantize_multiplier", "requantize", "IntegerLayer", "IntegerMeanPool", "IntegerClamp", "IntegerNet",
+           "to_integer"]
 
 # 31 + shift is the right shift of requantize: at least 1 (a rounding bit) and at most 62 (an int64 product)
 MULTIPLIER_RANGE = (2.0**-32, 2.0**30)
@@ -257,25 +257,10 @@ class IntegerClamp(nn.Module):
         return x.clamp(self.lo, self.hi)
 
 
-class IntegerFunction(nn.Module):
-    """A torch function replayed on integer codes with the arguments it was traced with (max-pooling, which
-    commutes with the monotone quantizer)."""
-
-    def __init__(self, fn, args: tuple, kwargs: dict):
-        super().__init__()
-        self.fn, self.args, self.kwargs = fn, tuple(args), dict(kwargs)
-
-    def extra_repr(self) -> str:
-        return f"{getattr(self.fn, '__name__', self.fn)}, args={self.args}, kwargs={self.kwargs}"
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fn(x, *self.args, **self.kwargs)
-
-
 class IntegerNet(nn.Sequential):
     """The integer network :func:`to_integer` builds: its steps in the traced order (reshaping of the float input,
-    :class:`IntegerLayer`, :class:`IntegerClamp`, max-pooling, flattening, :class:`IntegerMeanPool`), for inputs of
-    the per-sample shape ``input_shape`` the conversion was proven on."""
+    :class:`IntegerLayer`, :class:`IntegerClamp`, ``nn.MaxPool2d``, ``nn.Flatten``, :class:`IntegerMeanPool`), for
+    inputs of the per-sample shape ``input_shape`` the conversion was proven on."""
 
     def __init__(self, steps: dict[str, nn.Module], input_shape: tuple[int, ...]):
         super().__init__(collections.OrderedDict(steps))
@@ -332,15 +317,23 @@ def _clip_bounds(node: surgery.Node) -> tuple[float, float] | None:
     return float(bound.arguments["min_val"]), float(bound.arguments["max_val"])
 
 
-def _is_maxpool(node: surgery.Node) -> bool:
+_MAX_POOL_ARGS = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
+"""``F.max_pool2d``'s arguments after the input, in its order (``nn.MaxPool2d`` orders the last two otherwise)."""
+
+
+def _max_pool(node: surgery.Node) -> nn.MaxPool2d | None:
+    """The ``nn.MaxPool2d`` a max-pooling node computes (a copy of the module, or one built from the function's
+    arguments), ``None`` for another node or one that also returns indices."""
     t = node.target
     if isinstance(t, nn.MaxPool2d):
-        return not t.return_indices
-    if getattr(t, "__name__", None) not in ("max_pool2d", "_max_pool2d") or isinstance(t, nn.Module):
-        return False
+        return None if t.return_indices else copy.deepcopy(t)
+    if isinstance(t, nn.Module) or getattr(t, "__name__", None) not in ("max_pool2d", "_max_pool2d"):
+        return None
     args, kwargs = node.args
-    plain = not any(isinstance(a, torch.Tensor) for a in (*args[1:], *kwargs.values()))
-    return plain and not kwargs.get("return_indices", False) and not (len(args) > 6 and args[6])
+    given = {**dict(zip(_MAX_POOL_ARGS, args[1:], strict=False)), **kwargs}
+    if set(given) - set(_MAX_POOL_ARGS) or given.pop("return_indices", False) or len(args) > 7:
+        return None
+    return nn.MaxPool2d(**given)
 
 
 def _is_flatten(node: surgery.Node) -> bool:
@@ -501,9 +494,9 @@ class _Builder:
     def shape_op(self, node: surgery.Node, where: str) -> None:
         if _is_identity(node):
             return
-        if _is_maxpool(node):
-            self.add(node.module_name or node.name, copy.deepcopy(node.target) if isinstance(node.target, nn.Module)
-                     else IntegerFunction(node.target, node.args[0][1:], node.args[1]))
+        pool = _max_pool(node)
+        if pool is not None:
+            self.add(node.module_name or node.name, pool)
         elif _is_flatten(node):
             self.add(node.module_name or "flatten", nn.Flatten() if node.out_shape != node.in_shape else None)
         else:
