@@ -65,18 +65,22 @@ def test_requantize_errors():
         Q.requantize(acc, torch.tensor(2**31), torch.tensor(0))
 
 
-@pytest.mark.parametrize("m0, shift", [(2**31 - 1, 31), (2**31 - 1, -30), (2**30, 0), (1, 31)])
-def test_requantize_at_its_bound(m0, shift):
-    """|acc| < 2^32 is accepted and exact (the product, up to 2^63 - 2^32, and its rounding stay in int64, also at
-    the largest shift, where adding half before shifting overflowed); 2^32 and beyond are refused."""
-    edge = 2**32 - 1
-    acc = torch.tensor([edge, -edge, edge - 12345, 1, 0], dtype=torch.int64)
-    out = Q.requantize(acc, torch.tensor(m0), torch.tensor(shift))
-    want = [math.floor(Fraction(a * m0, 2 ** (31 + shift)) + Fraction(1, 2)) for a in acc.tolist()]
-    assert out.tolist() == want
-    for bad in (2**32, -(2**32), 2**36, -(2**40)):
-        with pytest.raises(ValueError, match=r"\|acc\| must stay below 2\^32"):
-            Q.requantize(torch.tensor([0, bad]), torch.tensor(m0), torch.tensor(shift))
+EDGE = 2**32 - 1
+
+
+@given(st.integers(-EDGE, EDGE) | st.sampled_from([EDGE, -EDGE, EDGE - 1, 2**31, -(2**31) - 1]),
+       st.integers(0, 2**31 - 1) | st.just(2**31 - 1), st.integers(-30, 31) | st.just(31))
+def test_requantize_is_exact_up_to_its_bound(acc, m0, shift):
+    """|acc| < 2^32 is accepted and exact for every multiplier and shift: the product (below 2^63) and its rounding
+    stay in int64, also at the largest shift, where adding half before shifting overflowed."""
+    out = Q.requantize(torch.tensor([acc]), torch.tensor(m0), torch.tensor(shift))
+    assert int(out) == math.floor(Fraction(acc * m0, 2 ** (31 + shift)) + Fraction(1, 2))
+
+
+@given(st.integers(2**32, 2**62) | st.integers(-(2**62), -(2**32)) | st.sampled_from([2**32, -(2**32), 2**36]))
+def test_requantize_refuses_accumulators_beyond_its_bound(acc):
+    with pytest.raises(ValueError, match=r"\|acc\| must stay below 2\^32"):
+        Q.requantize(torch.tensor([0, acc]), torch.tensor(2**30), torch.tensor(0))
 
 
 def _integer(qm, x):
@@ -347,8 +351,8 @@ def _agree_within_one_lsb(net, x, *, logits_lsb=2):
 
 
 def test_relu6_clamps_at_the_code_of_six():
-    """ReLU6 between two layers is a clamp of the codes to [q(0), q(6)], not to 6: with activations spread over
-    [-20, 20], clamping the codes at 6 would send every value above 6 * S to S * 6 (logits off by several units)."""
+    """ReLU6 between two layers is a clamp of the codes to [q(0), q(6)], not to 6: on this network (activations
+    spread over about [-20, 20]) a clamp of the codes at 6 moves the logits by about their whole range."""
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU6(), torch.nn.Flatten(),
                               torch.nn.Linear(4 * 36, 5), torch.nn.Hardtanh(-0.5, 0.25), torch.nn.Linear(5, 3))

@@ -612,7 +612,7 @@ def to_integer(model: nn.Module, example_input: torch.Tensor, *, include=None,
     chosen = surgery.select(model, QuantizedLayer, include=include, exclude=exclude, action="to_integer")
     everything = surgery.select(model, QuantizedLayer)
     left = [s.name for s in everything if s not in chosen]
-    for sel in chosen:
+    for sel in everything:  # each one the forward pass may call must be convertible, and runs while tracing
         _check_layer(sel.name, sel.module)
     new = surgery.copy_model(model)
     names = {}

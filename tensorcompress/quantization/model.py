@@ -277,7 +277,8 @@ def quantize_model(model: nn.Module, *, weight_bits: int | None = 8, act_bits: i
         :math:`2\,\overline{|w|}/\sqrt{Q_P}` per channel (:func:`lsq_initial_step`); activation steps always start
         from :func:`calibrate`.
     include, exclude : str or sequence of str, optional
-        ``fnmatch`` patterns on layer names (:func:`tensorcompress.surgery.select`).
+        Layer names or ``fnmatch`` patterns (:func:`tensorcompress.surgery.select`); a selection that keeps no
+        layer is a ``ValueError``.
 
     Returns
     -------

@@ -349,7 +349,8 @@ def share_weights(model: nn.Module, *, bits: int | Mapping[str, int] = 2, includ
     bits : int or mapping layer name -> int
         Index width, 1 to 8: ``k = 2**bits`` centroids per layer (a mapping names every selected layer).
     include, exclude : str or sequence of str, optional
-        ``fnmatch`` patterns on layer names (:func:`tensorcompress.surgery.select`).
+        Layer names or ``fnmatch`` patterns (:func:`tensorcompress.surgery.select`); a selection that keeps no
+        layer is a ``ValueError``.
     init, seed, n_iter_max
         Passed to :func:`kmeans_quantize`.
     keep_zeros : bool
