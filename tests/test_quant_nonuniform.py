@@ -153,6 +153,12 @@ def test_nonuniform_bad_input():
         Q.ternarize(torch.tensor([1.0, float("nan")]))
     with pytest.raises(ValueError, match="threshold must be in"):
         Q.ternarize(torch.ones(3), threshold=1.5)
+    with pytest.raises(TypeError, match="threshold must be a real number, got str"):
+        Q.ternarize(torch.ones(3), threshold="0.7")
+    with pytest.raises(TypeError, match="axis must be an int, got float"):
+        Q.binarize(torch.ones(2, 3), axis=1.0)
+    with pytest.raises(ValueError, match="axis=2 is out of range for a tensor of order 2"):
+        Q.ternarize(torch.ones(2, 3), axis=2)
     with pytest.raises(ValueError, match=r"init must be one of \('linear', 'random', 'density'\)"):
         Q.kmeans_quantize(torch.ones(3), 2, init="kmeans++")
     with pytest.raises(ValueError, match="bits must be between 1 and 16"):

@@ -87,9 +87,23 @@ def quantize_multiplier(m: float) -> tuple[int, int]:
 
 def requantize(acc: torch.Tensor, m0: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """:math:`\\operatorname{round}(\\text{acc}\\cdot m_0 / 2^{31 + \\text{shift}})` in integer arithmetic (int64
-    product, rounding right shift; ties toward :math:`+\\infty`), as an int64 tensor. ``m0`` and ``shift`` (from
-    :func:`quantize_multiplier`) broadcast against ``acc``.
+    product, rounding right shift; ties toward :math:`+\\infty`).
 
+    Parameters
+    ----------
+    acc : integer tensor
+        Accumulators, ``|acc| < 2^32``.
+    m0, shift : integer tensors
+        From :func:`quantize_multiplier` (``m0`` in ``[0, 2^31)``, ``shift`` in ``[-30, 31]``), broadcast against
+        ``acc``.
+
+    Returns
+    -------
+    tensor
+        int64, ``acc``'s broadcast shape.
+
+    Notes
+    -----
     ``|acc|`` must stay below :math:`2^{32}` (:data:`ACC_BOUND`: twice the int32 range, room for a sum of int32
     accumulators) so that the product, below :math:`2^{32} \\cdot 2^{31}`, fits in int64; a larger value is a
     ``ValueError``, not a silent overflow. The rounding takes the bit below the shift instead of adding half

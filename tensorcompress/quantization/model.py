@@ -106,9 +106,23 @@ class _LSQ(torch.autograd.Function):
 
 
 def lsq_initial_step(w: torch.Tensor, qmax: int, *, axis: int | None = None) -> torch.Tensor:
-    r"""Esser et al.'s initial step :math:`s_0 = 2\,\overline{|w|}/\sqrt{Q_P}` (``qmax`` = :math:`Q_P`), per tensor
-    (0-d) or per slice along ``axis`` (1-d), in float32; at least float32's epsilon so an all-zero weight still
-    has a valid step."""
+    r"""Esser et al.'s initial step :math:`s_0 = 2\,\overline{|w|}/\sqrt{Q_P}`, at least float32's epsilon so an
+    all-zero weight still has a valid step.
+
+    Parameters
+    ----------
+    w : tensor
+        The weight (floating point).
+    qmax : int
+        :math:`Q_P`, the largest code.
+    axis : int, optional
+        One step per slice along ``axis`` (a 1-d result); default one for the tensor (0-d).
+
+    Returns
+    -------
+    tensor
+        float32, on ``w``'s device.
+    """
     check_tensor(w, "w", floating=True)
     check_positive_int(qmax, "qmax")
     dims = tuple(d for d in range(w.ndim) if axis is None or d != axis % w.ndim)
@@ -118,10 +132,30 @@ def lsq_initial_step(w: torch.Tensor, qmax: int, *, axis: int | None = None) -> 
 
 def lsq_fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int, *,
                       axis: int | None = None, grad_factor: float = 1.0) -> torch.Tensor:
-    """Fake quantization with a learnable ``scale`` (0-d, or 1-d along ``axis``): the forward of
-    :func:`~tensorcompress.quantization.fake_quantize`, the gradient of ``scale`` of Esser et al.'s eq. 3 (see the
-    module docstring) times ``grad_factor``, the straight-through estimator for ``x`` (0 where the unrounded code
-    lies outside ``[qmin, qmax]``); ``zero_point`` is not learned."""
+    """Fake quantization with a learnable step: the forward of :func:`~tensorcompress.quantization.fake_quantize`,
+    the gradient of ``scale`` of Esser et al.'s eq. 3 (see the module docstring) times ``grad_factor``, the
+    straight-through estimator for ``x`` (0 where the unrounded code lies outside ``[qmin, qmax]``).
+
+    Parameters
+    ----------
+    x : tensor
+        Values to quantize (float16, bfloat16, float32 or float64).
+    scale : tensor
+        The step: 0-d (per tensor) or 1-d along ``axis``; receives the gradient.
+    zero_point : integer tensor
+        Shaped as ``scale``; not learned.
+    qmin, qmax : int
+        The code range.
+    axis : int, optional
+        The channel axis of a 1-d ``scale``.
+    grad_factor : float
+        Esser et al.'s :math:`g = 1/\\sqrt{N Q_P}`, multiplying the gradient of ``scale``.
+
+    Returns
+    -------
+    tensor
+        The fake-quantized ``x``, in ``x``'s dtype.
+    """
     return _LSQ.apply(x, scale, zero_point, qmin, qmax, axis, float(grad_factor))
 
 
@@ -339,6 +373,13 @@ def calibrate(model: nn.Module, data: Iterable | torch.Tensor | torch.utils.data
         ``x`` or ``(x, y, ...)`` batches (a ``DataLoader``).
     n_batches : int, optional
         Use at most this many batches (default: all).
+    batch_size : int
+        Batch size when ``data`` is a ``Dataset``.
+
+    Returns
+    -------
+    nn.Module
+        ``model`` itself.
 
     The model runs in eval mode without gradients; every submodule's train/eval mode is given back afterwards
     (a BatchNorm frozen in eval mode inside a training model stays frozen). Observers restart from scratch, so

@@ -46,7 +46,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .. import surgery
-from .._validation import check_bits, check_finite, check_positive_int, compute_dtype
+from .._validation import check_bits, check_finite, check_mode, check_positive_int, check_real, compute_dtype
 
 __all__ = ["log2_quantize", "binarize", "ternarize", "kmeans_quantize", "centroid_gradient", "pack_indices",
            "unpack_indices", "SharedWeight", "share_weights"]
@@ -81,9 +81,8 @@ def log2_quantize(w: torch.Tensor, bits: int) -> torch.Tensor:
 def _reduce_dims(w: torch.Tensor, axis: int | None) -> tuple[int, ...] | None:
     if axis is None:
         return None
-    if isinstance(axis, bool) or not isinstance(axis, int) or not -w.ndim <= axis < w.ndim:
-        raise ValueError(f"axis must be None or an int in [-{w.ndim}, {w.ndim}), got {axis!r}")
-    return tuple(d for d in range(w.ndim) if d != axis % w.ndim)
+    axis = check_mode(axis, w.ndim, "axis")
+    return tuple(d for d in range(w.ndim) if d != axis)
 
 
 def binarize(w: torch.Tensor, *, axis: int | None = None) -> torch.Tensor:
@@ -100,9 +99,24 @@ def binarize(w: torch.Tensor, *, axis: int | None = None) -> torch.Tensor:
 def ternarize(w: torch.Tensor, *, threshold: float = 0.7, axis: int | None = None) -> torch.Tensor:
     """TWN: :math:`\\alpha T` with :math:`\\Delta = ` ``threshold`` :math:`\\cdot\\operatorname{mean}|w|`,
     :math:`T_i = \\operatorname{sign}(w_i)\\,[|w_i| > \\Delta]` and :math:`\\alpha` the mean of :math:`|w_i|` over
-    the kept entries (per slice along ``axis`` if given)."""
+    the kept entries.
+
+    Parameters
+    ----------
+    w : tensor
+        Weights (floating point, finite).
+    threshold : float in [0, 1)
+        :math:`\\Delta` as a multiple of :math:`\\operatorname{mean}|w|` (TWN's 0.7).
+    axis : int, optional
+        One :math:`\\Delta` and :math:`\\alpha` per slice along ``axis``; default one for the tensor.
+
+    Returns
+    -------
+    tensor
+        Like ``w``.
+    """
     dt = _check_weight(w)
-    if not 0 <= threshold < 1:
+    if not 0 <= check_real(threshold, "threshold") < 1:
         raise ValueError(f"threshold must be in [0, 1) (a multiple of mean|w|), got {threshold}")
     x = w.detach().to(dt)
     dims = _reduce_dims(x, axis)
@@ -193,7 +207,22 @@ def kmeans_quantize(w: torch.Tensor, bits: int, *, seed: int = 0, init: str = "l
 
 def centroid_gradient(grad: torch.Tensor, indices: torch.Tensor, n_centroids: int) -> torch.Tensor:
     """The gradient of a shared codebook: :math:`\\partial L/\\partial c_k = \\sum_{i: \\text{idx}_i = k}
-    \\partial L/\\partial w_i` (Han et al. 2016, eq. 3), as a ``(n_centroids,)`` tensor."""
+    \\partial L/\\partial w_i` (Han et al. 2016, eq. 3).
+
+    Parameters
+    ----------
+    grad : tensor
+        :math:`\\partial L/\\partial w`, the weight's shape.
+    indices : integer tensor
+        Each weight's centroid, the weight's shape.
+    n_centroids : int
+        The codebook's length.
+
+    Returns
+    -------
+    tensor
+        ``(n_centroids,)``, ``grad``'s dtype and device.
+    """
     if grad.shape != indices.shape:
         raise ValueError(f"grad and indices must have one shape, got {tuple(grad.shape)} and {tuple(indices.shape)}")
     out = torch.zeros(n_centroids, dtype=grad.dtype, device=grad.device)

@@ -124,9 +124,19 @@ def layer_error_bound(layer: nn.Module, x: torch.Tensor, dtype: torch.dtype) -> 
     r"""Componentwise bound :math:`\gamma_{k+4}(|W||x| + |b|)` on the error of ``layer(x)`` computed in ``dtype``
     from float32 ``x`` and weights (each rounded once, output rounded once; see the module docstring).
 
-    ``layer`` is an ``nn.Linear`` or ``nn.Conv1d/2d/3d`` (:math:`k` = its input features, or input channels /
-    groups times the kernel size); the bound is computed in float64 with the layer's own operation applied to
-    :math:`|W|` and :math:`|x|`, so padding, stride and groups are followed exactly.
+    Parameters
+    ----------
+    layer : nn.Linear or nn.Conv1d/2d/3d
+        :math:`k` is its input features, or input channels / groups times the kernel size.
+    x : tensor
+        An input batch.
+    dtype : torch.float16 or torch.bfloat16
+
+    Returns
+    -------
+    tensor
+        float64, ``layer(x)``'s shape: computed with the layer's own operation applied to :math:`|W|` and
+        :math:`|x|`, so padding, stride and groups are followed exactly.
     """
     if not isinstance(layer, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
         raise TypeError(f"layer must be an nn.Linear or nn.Conv1d/2d/3d, got {type(layer).__name__}")

@@ -51,8 +51,19 @@ _HALF = (torch.float16, torch.bfloat16)
 def qrange(bits: int, *, signed: bool, narrow_range: bool = False) -> tuple[int, int]:
     """The integer range ``(qmin, qmax)`` of a ``bits``-bit code.
 
-    Signed: :math:`[-2^{b-1}, 2^{b-1} - 1]`; unsigned: :math:`[0, 2^b - 1]`. ``narrow_range`` drops the lowest code
-    (``[-127, 127]`` at 8 bits, so that a symmetric range maps to symmetric codes, as Jacob et al.'s int8 weights).
+    Parameters
+    ----------
+    bits : int
+        Code width, 1 to 16.
+    signed : bool
+        Signed: :math:`[-2^{b-1}, 2^{b-1} - 1]`; unsigned: :math:`[0, 2^b - 1]`.
+    narrow_range : bool
+        Drop the lowest code (``[-127, 127]`` at 8 bits, so that a symmetric range maps to symmetric codes, as
+        Jacob et al.'s int8 weights); needs ``bits >= 2``.
+
+    Returns
+    -------
+    (int, int)
     """
     check_bits(bits)
     qmin, qmax = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
@@ -266,8 +277,20 @@ def quantize(x: torch.Tensor, qp: QParams) -> torch.Tensor:
 
 
 def dequantize(q: torch.Tensor, qp: QParams, *, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """:math:`S\\,(q - Z)` as ``dtype``; ``dequantize(quantize(x, qp), qp, dtype=x.dtype) == fake_quantize(x, qp)``
-    bit for bit."""
+    """:math:`S\\,(q - Z)`; ``dequantize(quantize(x, qp), qp, dtype=x.dtype) == fake_quantize(x, qp)`` bit for bit.
+
+    Parameters
+    ----------
+    q : integer tensor
+        Codes in ``[qp.qmin, qp.qmax]``.
+    qp : QParams
+    dtype : floating torch.dtype
+        Of the result.
+
+    Returns
+    -------
+    tensor
+    """
     check_tensor(q, "q")
     if q.is_floating_point() or q.is_complex() or q.dtype == torch.bool:
         raise TypeError(f"q must be an integer tensor (from quantize), got dtype {q.dtype}")
