@@ -7,7 +7,7 @@ from fractions import Fraction
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tensorcompress as tc
@@ -380,6 +380,20 @@ def test_functional_relu6_and_hardtanh_with_arguments():
             return self.c(torch.nn.functional.hardtanh(self.b(x), -0.3, max_val=0.4))
 
     _agree_within_one_lsb(Net(), torch.randn(256, 6) * 4)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.floats(-4, 4, allow_subnormal=True) | st.sampled_from([0.0, -0.0, 1e-30, -6.0]),
+       st.floats(0.01, 8) | st.sampled_from([6.0, 1e30]), st.integers(0, 2**16))
+def test_any_clip_is_a_clamp_at_the_codes_of_its_bounds(lo, width, seed):
+    """Hardtanh(lo, hi) between two layers, for bounds inside, at the edge of and far outside the activations'
+    range (tiny, negative zero, huge): the integer network's codes stay within 1 of the fake-quantized codes."""
+    g = torch.Generator().manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Hardtanh(lo, lo + width), torch.nn.Linear(7, 3))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+    _agree_within_one_lsb(net, torch.randn(128, 5, generator=g) * 3, logits_lsb=3)
 
 
 class _Pooled(torch.nn.Module):
