@@ -31,7 +31,7 @@ def _shared(name: str, bits: int, index_bits: int) -> tuple[torch.nn.Module, tor
     model = tc.models.pretrained(name)
     for layer, s in SPARSITY[name].items():
         model, _ = tc.pruning.prune(model, amount=s, include=[layer])
-    shared, _ = tc.quantization.share_weights(model, bits, keep_zeros=True, index_bits=index_bits)
+    shared, _ = tc.quantization.share_weights(model, bits=bits, keep_zeros=True, index_bits=index_bits)
     return shared, model
 
 

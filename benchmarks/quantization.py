@@ -90,7 +90,7 @@ def rows_for(name: str, quick: bool) -> list[tuple[str, int, float | str]]:
         "float16 cast": copy.deepcopy(net).half(),
         "bfloat16 cast": copy.deepcopy(net).to(torch.bfloat16),
         "tc fake-quant W8A8": qm,
-        "tc to_integer W8A8": Q.to_integer(qm),
+        "tc to_integer W8A8": Q.to_integer(qm, x)[0],
         "torch int8 dynamic (linear)": torch_int8(model, x, dynamic=True),
         "torch int8 static W8A8": torch_int8(model, x, dynamic=False),
     }

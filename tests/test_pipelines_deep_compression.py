@@ -19,7 +19,7 @@ from tests.test_export import tiny as _tiny
 @pytest.mark.parametrize("coder", ["huffman", "ans"])
 @pytest.mark.parametrize("keep_zeros", [True, False])
 def test_report_bytes_are_the_file_s(tmp_path, coder, keep_zeros):
-    net = _shared() if keep_zeros else share_weights(_tiny(), 2)[0]
+    net = _shared() if keep_zeros else share_weights(_tiny(), bits=2)[0]
     assert measure_compressed(net).file_bytes[coder] == save_compressed(net, tmp_path / "m", coder=coder)
 
 
@@ -30,7 +30,7 @@ def test_report_needs_shared_weights():
 
 def test_lenet_from_header_and_report_accounting(tmp_path):
     net, _ = tc.pruning.prune(tc.models.LeNet300100(), amount=0.9)
-    net, _ = share_weights(net, 4, keep_zeros=True, index_bits=5)
+    net, _ = share_weights(net, bits=4, keep_zeros=True, index_bits=5)
     path = tmp_path / "lenet.tcdc"
     size = save_compressed(net, path)
     back = load_compressed(path)                              # architecture from the header

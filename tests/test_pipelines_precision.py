@@ -46,22 +46,26 @@ def test_bad_dtypes_are_refused_with_a_clear_error(bad):
     model = nn.Linear(3, 2)
     error = TypeError if not isinstance(bad, torch.dtype) else ValueError
     with pytest.raises(error, match="dtype"):
-        P.to_half(model, bad)
+        P.to_half(nn.Sequential(model), dtype=bad)
     with pytest.raises(error, match="dtype"):
-        P.autocast(model, bad)
+        P.autocast(model, dtype=bad)
     with pytest.raises((TypeError, ValueError), match="dtype"):
         P.dot_error_bound(4, bad) if bad not in (torch.float32,) else P.layer_error_bound(model, torch.ones(1, 3), bad)
 
 
 def test_not_a_module_is_refused():
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
-        P.to_half(torch.ones(3), torch.float16)
+        P.to_half(torch.ones(3), dtype=torch.float16)
+    with pytest.raises(TypeError, match="takes 1 positional argument"):
+        P.to_half(nn.Sequential(nn.Linear(3, 2)), torch.float16)  # dtype is keyword-only
+    with pytest.raises(TypeError, match="takes 1 positional argument"):
+        P.autocast(nn.Linear(3, 2), torch.float16)
     with pytest.raises(TypeError, match="layer must be"):
         P.layer_error_bound(nn.ReLU(), torch.ones(3), torch.float16)
 
 
 def _half_output(layer: nn.Module, x: torch.Tensor, dt: torch.dtype) -> torch.Tensor:
-    half, _ = P.to_half(layer, dt)
+    half, _ = P.to_half(nn.Sequential(layer), dtype=dt)
     with torch.no_grad():
         return half(x.to(dt)).to(torch.float64)
 
@@ -118,11 +122,16 @@ def test_the_bound_tells_the_formats_apart():
 def test_to_half_casts_a_copy_and_keeps_batchnorm_in_float32(dt, device):
     model = tc.models.pretrained("smallcnn").to(device).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    half, report = P.to_half(model, dt)
+    half, report = P.to_half(model, dtype=dt)
     assert all(torch.equal(v, model.state_dict()[k]) and v.dtype == model.state_dict()[k].dtype
                for k, v in before.items())
-    assert [r.type_after for r in report] == ["Float32Island"] * 4
-    assert [r.name for r in report] == ["features.0.1", "features.0.4", "features.1.1", "features.1.4"]
+    islands = [r for r in report if r.type_after == "Float32Island"]
+    assert [r.name for r in islands] == ["features.0.1", "features.0.4", "features.1.1", "features.1.4"]
+    assert all(r.detail == {"dtype": "torch.float32", "why": "keep_float32"} for r in islands)
+    cast = [r for r in report if r.type_after != "Float32Island"]
+    assert [r.name for r in cast] == ["features.0.0", "features.0.3", "features.1.0", "features.1.3", "classifier"]
+    assert all(r.type_after == r.type_before and r.detail == {"dtype": str(dt)} for r in cast)
+    assert all(r.params_after == r.params_before and 1.2 < r.compression < 2 for r in cast)  # 2 bytes a number
     for name, p in half.named_parameters():
         assert p.dtype == (torch.float32 if ".module." in name else dt), name
         assert p.device.type == device.type
@@ -138,21 +147,45 @@ def test_to_half_casts_a_copy_and_keeps_batchnorm_in_float32(dt, device):
 
 def test_to_half_keep_nothing_and_include():
     model = tc.models.pretrained("smallcnn").eval()
-    everything, report = P.to_half(model, torch.bfloat16, keep_float32=())
-    assert report == [] and all(p.dtype == torch.bfloat16 for p in everything.parameters())
-    some, report = P.to_half(model, torch.float16, include="features.0.*")
-    assert [r.name for r in report] == ["features.0.1", "features.0.4"]
-    assert some.features[1][1].weight.dtype == torch.float16
+    everything, report = P.to_half(model, dtype=torch.bfloat16, keep_float32=())
+    assert len(report) == 9 and all(p.dtype == torch.bfloat16 for p in everything.parameters())
+    assert not any(isinstance(m, P.Float32Island) for m in everything.modules())
+    # include picks what is cast; the rest stays float32 in islands, and the model still runs on half inputs
+    some, report = P.to_half(model, dtype=torch.float16, include="features.1.*")
+    assert [(r.name, r.detail.get("why")) for r in report if r.type_after == "Float32Island"] == [
+        ("features.0.0", "not selected"), ("features.0.1", "not selected"), ("features.0.3", "not selected"),
+        ("features.0.4", "not selected"), ("features.1.1", "keep_float32"), ("features.1.4", "keep_float32"),
+        ("classifier", "not selected")]
+    assert some.features[1][0].weight.dtype == torch.float16
+    assert some.features[0][0].module.weight.dtype == torch.float32
+    x = tc.data.load_digits()[1].tensors[0][:8]
+    with torch.no_grad():
+        assert some(x.half()).dtype == torch.float16
+        assert float((some(x.half()).float() - model(x)).abs().max()) < 0.05
     with pytest.raises(ValueError, match="match no"):
-        P.to_half(model, torch.float16, include="nope")
+        P.to_half(model, dtype=torch.float16, include="nope")
+    with pytest.raises(ValueError, match="to_half: nothing to act on"):
+        P.to_half(model, dtype=torch.float16, exclude="*")
+    with pytest.raises(ValueError, match="to_half: nothing to act on, the model has no"):
+        P.to_half(nn.Sequential(nn.ReLU()), dtype=torch.float16)
     with pytest.raises(TypeError, match="keep_float32"):
-        P.to_half(model, torch.float16, keep_float32=nn.BatchNorm2d)
+        P.to_half(model, dtype=torch.float16, keep_float32=nn.BatchNorm2d)
+
+
+def test_to_half_refuses_a_tie_between_a_float32_island_and_a_cast_layer():
+    shared = nn.Linear(4, 4)
+    model = nn.Sequential(shared, nn.ReLU(), nn.Linear(4, 4))
+    model[2].weight = shared.weight  # tied weights
+    with pytest.raises(ValueError, match=r"module '2' stays float32 but shares parameters with \['0.weight'\]"):
+        P.to_half(model, dtype=torch.float16, exclude="2")
+    half, _ = P.to_half(model, dtype=torch.float16)  # both cast: the tie is kept
+    assert half[0].weight is half[2].weight and half[0].weight.dtype == torch.float16
 
 
 @pytest.mark.parametrize("dt", HALF)
 def test_autocast_wrapper(dt):
     model = tc.models.pretrained("smallcnn").eval()
-    wrapped = P.autocast(model, dt)
+    wrapped = P.autocast(model, dtype=dt)
     assert wrapped.model is not model and wrapped.dtype == dt
     x = tc.data.load_digits()[1].tensors[0][:64]
     with torch.no_grad():

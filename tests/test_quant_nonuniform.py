@@ -110,7 +110,7 @@ def test_kmeans_other_initialisations_reach_a_lloyd_fixed_point(init):
 
 def test_kmeans_density_init_starts_at_the_quantiles():
     w = torch.arange(1000, dtype=torch.float64)  # uniform: the quantiles are already a fixed point
-    codebook, _ = Q.kmeans_quantize(w, 2, init="density", max_iter=0)
+    codebook, _ = Q.kmeans_quantize(w, 2, init="density", n_iter_max=0)
     assert codebook.tolist() == [125.0, 375.0, 624.0, 874.0]  # order statistics round((2j+1)/8 * 999)
 
 
@@ -154,10 +154,18 @@ def test_nonuniform_bad_input():
         Q.ternarize(torch.tensor([1.0, float("nan")]))
     with pytest.raises(ValueError, match="threshold must be in"):
         Q.ternarize(torch.ones(3), threshold=1.5)
+    with pytest.raises(TypeError, match="threshold must be a real number, got str"):
+        Q.ternarize(torch.ones(3), threshold="0.7")
+    with pytest.raises(TypeError, match="axis must be an int, got float"):
+        Q.binarize(torch.ones(2, 3), axis=1.0)
+    with pytest.raises(ValueError, match="axis=2 is out of range for a tensor of order 2"):
+        Q.ternarize(torch.ones(2, 3), axis=2)
     with pytest.raises(ValueError, match=r"init must be one of \('linear', 'random', 'density'\)"):
         Q.kmeans_quantize(torch.ones(3), 2, init="kmeans++")
     with pytest.raises(ValueError, match="bits must be between 1 and 16"):
         Q.kmeans_quantize(torch.ones(3), 17)
+    with pytest.raises(TypeError, match="n_iter_max must be an int, got float"):
+        Q.kmeans_quantize(torch.ones(3), 2, n_iter_max=10.0)
     assert torch.equal(Q.log2_quantize(torch.zeros(4), 3), torch.zeros(4))
 
 
@@ -216,7 +224,7 @@ def _mlp(dtype=torch.float32):
 def test_share_weights_is_kmeans_per_layer_and_leaves_the_input(bits, dtype, device):
     net = _mlp(dtype).to(device)
     before = copy.deepcopy(net.state_dict())
-    shared, report = Q.share_weights(net, bits)
+    shared, report = Q.share_weights(net, bits=bits)
     assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())  # input untouched
     assert [r.name for r in report] == ["0", "2"]
     for r, name in zip(report, ["0", "2"], strict=True):
@@ -233,7 +241,7 @@ def test_share_weights_is_kmeans_per_layer_and_leaves_the_input(bits, dtype, dev
 
 def test_share_weights_centroids_train_with_the_summed_member_gradients():
     net = _mlp(torch.float64)
-    shared, _ = Q.share_weights(net, 2)
+    shared, _ = Q.share_weights(net, bits=2)
     x = torch.randn(8, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     # reference: the same network with free (unshared) weights equal to the shared ones
     free = copy.deepcopy(net)
@@ -272,7 +280,7 @@ class _Tiny(nn.Module):
 def test_share_weights_keep_zeros_clusters_only_the_kept_weights(dtype, device):
     torch.manual_seed(0)
     pruned, _ = tc.pruning.prune(_Tiny().to(device, dtype), amount=0.5)  # torch.nn.utils.prune masks
-    net, report = Q.share_weights(pruned, 2, keep_zeros=True)
+    net, report = Q.share_weights(pruned, bits=2, keep_zeros=True)
     assert [r.name for r in report] == ["conv", "fc"]
     for r in report:
         w0 = pruned.get_submodule(r.name).weight.detach()
@@ -287,7 +295,7 @@ def test_share_weights_keep_zeros_clusters_only_the_kept_weights(dtype, device):
     assert hasattr(pruned.conv, "weight_mask")                # input untouched
     # without keep_zeros the zeros are clustered with the rest: half the weights pull a centroid to 0, and the
     # kept weights share the other three (Han et al.'s reason to cluster the kept weights only)
-    dense, _ = Q.share_weights(pruned, 2)
+    dense, _ = Q.share_weights(pruned, bits=2)
     kept = pruned.fc.weight != 0
     err = {m: float((n.fc.weight - pruned.fc.weight).detach()[kept].double().square().sum())
            for m, n in (("dense", dense), ("kept", net))}
@@ -296,7 +304,7 @@ def test_share_weights_keep_zeros_clusters_only_the_kept_weights(dtype, device):
     empty = _Tiny().to(device, dtype)
     with torch.no_grad():
         empty.fc.weight.zero_()
-    assert not Q.share_weights(empty, 3, keep_zeros=True)[0].fc.weight.any()
+    assert not Q.share_weights(empty, bits=3, keep_zeros=True)[0].fc.weight.any()
 
 
 @pytest.mark.parametrize("bits", [{"conv": 1, "fc": 3}])
@@ -304,7 +312,7 @@ def test_share_weights_bits_per_layer_and_torch_pruned_layers_after_a_forward_pa
     torch.manual_seed(1)
     net, _ = tc.pruning.prune(_Tiny(), amount=0.6)
     net(torch.randn(1, 2, 6, 6))  # the pruned weight is now a non-leaf tensor, which deepcopy refuses
-    shared, report = Q.share_weights(net, bits, keep_zeros=True)
+    shared, report = Q.share_weights(net, bits=bits, keep_zeros=True)
     assert {r.name: r.detail["centroids"] for r in report} == {"conv": 2, "fc": 8}
     for name, b in bits.items():
         w = shared.get_submodule(name).weight
@@ -314,7 +322,7 @@ def test_share_weights_bits_per_layer_and_torch_pruned_layers_after_a_forward_pa
 def test_keep_zeros_centroid_gradient_skips_the_pruned_positions():
     torch.manual_seed(2)
     pruned, _ = tc.pruning.prune(_Tiny().double(), amount=0.6)
-    net, _ = Q.share_weights(pruned, 3, keep_zeros=True)
+    net, _ = Q.share_weights(pruned, bits=3, keep_zeros=True)
     x = torch.randn(6, 2, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     net(x).square().sum().backward()
     sw = net.fc.parametrizations.weight[0]
@@ -330,7 +338,7 @@ def test_keep_zeros_centroid_gradient_skips_the_pruned_positions():
 
 def test_share_weights_state_dict_holds_packed_bytes():
     net = tc.models.pretrained("lenet300100")
-    shared, report = Q.share_weights(net, 2)
+    shared, report = Q.share_weights(net, bits=2)
     sd = shared.state_dict()
     packed = [v for k, v in sd.items() if k.endswith("packed")]
     assert [p.dtype for p in packed] == [torch.uint8] * 3
@@ -339,7 +347,7 @@ def test_share_weights_state_dict_holds_packed_bytes():
     payload = n_weights // 4 + 3 * 4 * 4 + sum(m.bias.numel() * 4 for m in net.modules() if isinstance(m, nn.Linear))
     assert payload < tc.model_size_bytes(shared) < payload + 8_000  # the zip/pickle container adds a few kB
     # a fresh copy loads the state and computes the same function
-    other, _ = Q.share_weights(net, 2)
+    other, _ = Q.share_weights(net, bits=2)
     with torch.no_grad():
         for m in other.modules():
             if hasattr(m, "parametrizations"):
@@ -364,27 +372,35 @@ def test_shared_weight_right_inverse_is_the_member_mean():
 
 def test_share_weights_bad_input():
     net = _mlp()
-    with pytest.raises(ValueError, match="bits must be between 1 and 8 for share_weights"):
-        Q.share_weights(net, 9)
-    with pytest.raises(ValueError, match="bits must be >= 1, got 0"):
-        Q.share_weights(net, 0)
+    with pytest.raises(ValueError, match=r"bits must be between 1 and 8 \(one-byte codes\), got 9"):
+        Q.share_weights(net, bits=9)
+    with pytest.raises(ValueError, match="bits must be between 1 and 8 .*, got 0"):
+        Q.share_weights(net, bits=0)
+    with pytest.raises(TypeError, match="bits must be an int, got str"):
+        Q.share_weights(net, bits="2")
+    with pytest.raises(TypeError, match="takes 1 positional argument"):
+        Q.share_weights(net, 2)  # bits is keyword-only
     with pytest.raises(ValueError, match="include entries"):
-        Q.share_weights(net, 2, include="conv*")
-    with pytest.raises(ValueError, match="model has no weight to share"):
-        Q.share_weights(net, 2, exclude="*")
+        Q.share_weights(net, bits=2, include="conv*")
+    with pytest.raises(ValueError, match="share_weights: nothing to act on"):
+        Q.share_weights(net, bits=2, exclude="*")
     with pytest.raises(ValueError, match="init must be one of"):
-        Q.share_weights(net, 2, init="kmeans++")
-    with pytest.raises(ValueError, match="index_bits must be an int in"):
-        Q.share_weights(net, 2, index_bits=9)
+        Q.share_weights(net, bits=2, init="kmeans++")
+    with pytest.raises(ValueError, match=r"index_bits must be between 1 and 8 \(one-byte codes\), got 9"):
+        Q.share_weights(net, bits=2, index_bits=9)
+    with pytest.raises(TypeError, match="index_bits must be an int, got bool"):
+        Q.share_weights(net, bits=2, index_bits=True)
+    with pytest.raises(ValueError, match="n_iter_max must be >= 0, got -1"):
+        Q.share_weights(net, bits=2, n_iter_max=-1)
     with pytest.raises(ValueError, match=r"bits as a mapping must name every selected layer exactly: unknown \['x'\]"):
-        Q.share_weights(net, {"0": 2, "2": 2, "x": 2})
+        Q.share_weights(net, bits={"0": 2, "2": 2, "x": 2})
     with pytest.raises(ValueError, match=r"bits\['2'\] must be between 1 and 8"):
-        Q.share_weights(net, {"0": 2, "2": 9})
+        Q.share_weights(net, bits={"0": 2, "2": 9})
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
-        Q.share_weights("net", 2)
-    shared, _ = Q.share_weights(net, 2)
+        Q.share_weights("net", bits=2)
+    shared, _ = Q.share_weights(net, bits=2)
     with pytest.raises(ValueError, match="already has a weight parametrization"):
-        Q.share_weights(shared, 2)
+        Q.share_weights(shared, bits=2)
     idx = torch.zeros(2, 3, dtype=torch.uint8)
     with pytest.raises(ValueError, match="codebook must be a 1-d tensor with at most 2\\*\\*bits = 4"):
         Q.SharedWeight(torch.zeros(5), idx, 2)
@@ -400,7 +416,7 @@ def test_share_weights_bad_input():
 
 def _pruned_shared(dtype=torch.float32):
     net, _ = tc.pruning.prune(_mlp(dtype), amount=0.5)
-    return Q.share_weights(net, 3, keep_zeros=True)[0]
+    return Q.share_weights(net, bits=3, keep_zeros=True)[0]
 
 
 def _uncached(layer):

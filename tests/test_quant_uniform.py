@@ -110,6 +110,19 @@ def test_ties_round_half_to_even():
     assert Q.quantize(x, qp).dtype == torch.int8
 
 
+@pytest.mark.filterwarnings("ignore:.*quantized tensor creation functions.*:UserWarning")
+def test_quantize_matches_fake_quant_kernel_not_quantize_per_tensor_on_ties():
+    """``quantize`` rounds x/S and then adds Z (the fake-quant kernels); ``torch.quantize_per_tensor`` rounds
+    x/S + Z. Both round half to even, so on a tie with an odd zero point they are one code apart."""
+    x = torch.tensor([1.25, 0.25, -0.25, 0.75, 2.25, 1.75, 0.3])  # x/S = 2.5, 0.5, -0.5, 1.5, 4.5, 3.5, 0.6
+    for zp, per_tensor in ((1, [4, 2, 0, 2, 6, 4, 2]), (0, [2, 0, 0, 2, 4, 4, 1])):
+        qp = Q.QParams(0.5, zp, 0, 255)
+        ours = Q.quantize(x, qp).tolist()
+        kernel = torch.fake_quantize_per_tensor_affine(x, 0.5, zp, 0, 255) / 0.5 + zp
+        assert ours == kernel.tolist() == [zp + c for c in (2, 0, 0, 2, 4, 4, 1)]
+        assert torch.quantize_per_tensor(x, 0.5, zp, torch.quint8).int_repr().tolist() == per_tensor
+
+
 def test_float32_reciprocal_not_division():
     """An input where x * float32(1/S) and x / S round to different codes: the library follows the kernel."""
     scale = torch.tensor(0.1)
@@ -222,7 +235,7 @@ def test_error_at_most_half_step_inside_range(bits, symmetric, seed):
 def test_bad_input_errors():
     with pytest.raises(ValueError, match="bits must be between 1 and 16, got 17"):
         Q.qparams(-1.0, 1.0, bits=17)
-    with pytest.raises(ValueError, match="bits must be >= 1, got 0"):
+    with pytest.raises(ValueError, match="bits must be between 1 and 16, got 0"):
         Q.qparams(-1.0, 1.0, bits=0)
     with pytest.raises(TypeError, match="bits must be an int"):
         Q.qparams(-1.0, 1.0, bits=8.0)

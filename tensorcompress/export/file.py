@@ -83,7 +83,7 @@ import torch.nn.utils.prune as tprune
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..quantization.integer import IntegerGlobalPoolNet, IntegerLayer, IntegerMeanPool
+from ..quantization.integer import IntegerLayer, IntegerMeanPool, IntegerNet
 from ..quantization.nonuniform import SharedWeight
 from . import architectures
 from .coding import ans_decode, ans_encode, entropy_bits, huffman_decode, huffman_encode, varint_bytes, varint_values
@@ -427,7 +427,7 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
 def _refuse_unstorable(model: nn.Module) -> None:
     for name, module in model.named_modules():
         where = repr(name) if name else "the model itself"
-        if isinstance(module, (IntegerLayer, IntegerMeanPool, IntegerGlobalPoolNet)):
+        if isinstance(module, (IntegerLayer, IntegerMeanPool, IntegerNet)):
             raise ValueError(f"layer {where} is an integer-arithmetic {type(module).__name__} "
                              f"(tc.quantization.to_integer): the compressed file does not store integer layers; "
                              f"save the calibrated fake-quantized model instead, or its state_dict with torch.save")

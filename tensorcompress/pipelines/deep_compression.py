@@ -258,7 +258,7 @@ def deep_compression(model: nn.Module, train, *, val, amount: float | Mapping[st
         net, _ = prune(net, amount=amounts[n], include=[n])
     accuracy["pruned"] = evaluate(net, val, device=device).accuracy
 
-    net, _ = share_weights(net, widths, include=names, keep_zeros=True, index_bits=index_bits)
+    net, _ = share_weights(net, bits=widths, include=names, keep_zeros=True, index_bits=index_bits)
     accuracy["shared"] = evaluate(net, val, device=device).accuracy
     if share_epochs:
         fit(net, train, epochs=share_epochs, lr=share_lr, **options)

@@ -13,9 +13,10 @@
 """
 
 from .integer import (
-    IntegerGlobalPoolNet,
+    IntegerClamp,
     IntegerLayer,
     IntegerMeanPool,
+    IntegerNet,
     quantize_multiplier,
     requantize,
     to_integer,
@@ -62,4 +63,4 @@ __all__ = ["QParams", "qparams", "qrange", "quantize", "dequantize", "fake_quant
            "quantize_model", "calibrate", "quantizers", "lsq_fake_quantize", "lsq_initial_step", "ActivationQuantizer",
            "WeightQuantizer", "QuantizedLayer",
            "quantize_multiplier", "requantize", "to_integer", "IntegerLayer",
-           "IntegerMeanPool", "IntegerGlobalPoolNet", *_precision_all]
+           "IntegerMeanPool", "IntegerClamp", "IntegerNet", *_precision_all]

@@ -19,21 +19,32 @@ Both live in the model (``state_dict`` included). The workflow:
 3. QAT: train ``qmodel`` with ``tc.fit``; gradients pass the rounding by the straight-through estimator.
 
 ``method="lsq"`` (Esser et al. 2019, "Learned step size quantization") makes every step size a parameter trained
-with the network: with :math:`v = x/s`,
+with the network: :math:`\hat x = s\,\operatorname{round}(\operatorname{clip}(v, q_{\min}, q_{\max}))` with
+:math:`v = x/s` (zero point 0), and their eq. 3,
 
-.. math:: \frac{\partial \hat x}{\partial s} = \begin{cases} \operatorname{round}(v) - v & q_{\min} \le v \le
-          q_{\max} \\ q_{\min} & v < q_{\min} \\ q_{\max} & v > q_{\max}, \end{cases}
+.. math:: \frac{\partial \hat x}{\partial s} = \begin{cases} \operatorname{round}(v) - v & q_{\min} < v <
+          q_{\max} \\ q_{\min} & v \le q_{\min} \\ q_{\max} & v \ge q_{\max}, \end{cases}
 
-(zero point 0) and the gradient of :math:`s` multiplied by :math:`g = 1/\sqrt{N\,Q_P}` (:math:`N` the number of
-weights per step — of the layer, or of one output channel per-channel — or of activation features per sample;
-:math:`Q_P = q_{\max}`) so that steps and weights learn at comparable rates. PyTorch's
-``_fake_quantize_learnable_per_tensor_affine`` computes the same gradient. A weight step starts from the observer
-(``lsq_init="observer"``: :math:`\max|w|/Q_P` with min-max) or from Esser et al.'s
-:math:`s_0 = 2\,\overline{|w|}/\sqrt{Q_P}` per channel (``lsq_init="mean"``), which at 2 and 3 bits clips the
-largest weights instead of rounding most of them to 0; activation steps start from :func:`calibrate`. Steps are
-ordinary parameters of the model, so ``tc.fit`` (or any optimizer built on ``model.parameters()``) trains them.
-The gradient scale matters for SGD; Adam divides every gradient by its own running magnitude, so :math:`g` has
-almost no effect there.
+where the value is clipped the derivative of :math:`\hat x` itself (finite differences agree), inside the
+straight-through estimate through the rounding. The gradient of :math:`x` is the straight-through estimator
+through the rounding with the clip left as it is: 1 where :math:`q_{\min} \le v \le q_{\max}`, 0 outside. With a
+zero point :math:`Z` the bounds apply to :math:`v + Z` and the clip branches are :math:`q_{\min} - Z`,
+:math:`q_{\max} - Z`. The gradient of :math:`s` is multiplied by :math:`g = 1/\sqrt{N\,Q_P}` (:math:`N` the number
+of weights per step — of the layer, or of one output channel per-channel — or of activation features per sample;
+:math:`Q_P = q_{\max}`) so that steps and weights learn at comparable rates.
+
+PyTorch's ``_fake_quantize_learnable_per_tensor_affine`` decides the branches on the *rounded* code instead: in
+the half-step bands :math:`q_{\max} \le v \le q_{\max} + 1/2` and :math:`q_{\min} - 1/2 \le v \le q_{\min}`, where
+rounding lands on the last code, it gives :math:`\operatorname{round}(v) - v` (:math:`-0.3` at :math:`v = 127.3`)
+where eq. 3 gives :math:`q_{\max}` (127, as finite differences do), and passes the gradient of :math:`x` where
+eq. 3's clip stops it; elsewhere the two agree.
+
+A weight step starts from the observer (``lsq_init="observer"``: :math:`\max|w|/Q_P` with min-max) or from Esser
+et al.'s :math:`s_0 = 2\,\overline{|w|}/\sqrt{Q_P}` per channel (``lsq_init="mean"``), which at 2 and 3 bits clips
+the largest weights instead of rounding most of them to 0; activation steps start from :func:`calibrate`. Steps
+are ordinary parameters of the model, so ``tc.fit`` (or any optimizer built on ``model.parameters()``) trains
+them. The gradient scale matters for SGD; Adam divides every gradient by its own running magnitude, so :math:`g`
+has almost no effect there.
 """
 
 from __future__ import annotations
@@ -48,9 +59,9 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .. import surgery
-from .._validation import check_positive_int, check_tensor
+from .._validation import check_bits, check_positive_int, check_tensor
 from .observers import OBSERVERS, Observer, make_observer
-from .uniform import QParams, check_bits, fake_quantize_unchecked, qrange
+from .uniform import QParams, fake_quantize_unchecked, qrange
 
 __all__ = ["ActivationQuantizer", "WeightQuantizer", "QuantizedLayer", "quantize_model", "calibrate",
            "lsq_fake_quantize", "lsq_initial_step", "quantizers"]
@@ -74,29 +85,44 @@ class _LSQ(torch.autograd.Function):
         inv = 1.0 / s
         z = _view(zero_point.to(torch.float32), x, axis)
         work = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
-        q = torch.round(x.to(work) * inv.to(work)) + z.to(work)
+        v = x.to(work) * inv.to(work)
+        q = torch.round(v) + z.to(work)
         out = ((q.clamp(qmin, qmax) - z.to(work)) * s.to(work)).to(x.dtype)
-        ctx.save_for_backward(x, out, q, inv, z)
+        ctx.save_for_backward(x, out, v + z.to(work), inv, z)
         ctx.qrange, ctx.axis, ctx.grad_factor = (qmin, qmax), axis, grad_factor
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        x, out, q, inv, z = ctx.saved_tensors
+        x, out, u, inv, z = ctx.saved_tensors
         qmin, qmax = ctx.qrange
-        below, above = q < qmin, q > qmax
-        inside = ~(below | above)
-        # PyTorch's learnable fake-quant: (x̂ - x)/s inside, qmin - Z below, qmax - Z above
+        # Esser et al.'s eq. 3 decides on the unrounded code u = x/s + Z, not on the rounded one (PyTorch's rule)
+        below, above = u <= qmin, u >= qmax
         d_scale = torch.where(below, qmin - z, torch.where(above, qmax - z, (out - x) * inv)) * grad
         dims = [d for d in range(x.ndim) if ctx.axis is None or d != ctx.axis % x.ndim]
         d_scale = (d_scale.sum(dim=dims) * ctx.grad_factor).reshape(-1 if ctx.axis is not None else ())
-        return grad * inside, d_scale.to(torch.float32), None, None, None, None, None
+        passed = (u >= qmin) & (u <= qmax)  # the clip's own derivative: 1 on the closed range
+        return grad * passed, d_scale.to(torch.float32), None, None, None, None, None
 
 
 def lsq_initial_step(w: torch.Tensor, qmax: int, *, axis: int | None = None) -> torch.Tensor:
-    r"""Esser et al.'s initial step :math:`s_0 = 2\,\overline{|w|}/\sqrt{Q_P}` (``qmax`` = :math:`Q_P`), per tensor
-    (0-d) or per slice along ``axis`` (1-d), in float32; at least float32's epsilon so an all-zero weight still
-    has a valid step."""
+    r"""Esser et al.'s initial step :math:`s_0 = 2\,\overline{|w|}/\sqrt{Q_P}`, at least float32's epsilon so an
+    all-zero weight still has a valid step.
+
+    Parameters
+    ----------
+    w : tensor
+        The weight (floating point).
+    qmax : int
+        :math:`Q_P`, the largest code.
+    axis : int, optional
+        One step per slice along ``axis`` (a 1-d result); default one for the tensor (0-d).
+
+    Returns
+    -------
+    tensor
+        float32, on ``w``'s device.
+    """
     check_tensor(w, "w", floating=True)
     check_positive_int(qmax, "qmax")
     dims = tuple(d for d in range(w.ndim) if axis is None or d != axis % w.ndim)
@@ -106,9 +132,30 @@ def lsq_initial_step(w: torch.Tensor, qmax: int, *, axis: int | None = None) -> 
 
 def lsq_fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int, *,
                       axis: int | None = None, grad_factor: float = 1.0) -> torch.Tensor:
-    """Fake quantization with a learnable ``scale`` (0-d, or 1-d along ``axis``): the forward of
-    :func:`~tensorcompress.quantization.fake_quantize`, LSQ's gradient for ``scale`` times ``grad_factor``, the
-    straight-through estimator for ``x``; ``zero_point`` is not learned."""
+    """Fake quantization with a learnable step: the forward of :func:`~tensorcompress.quantization.fake_quantize`,
+    the gradient of ``scale`` of Esser et al.'s eq. 3 (see the module docstring) times ``grad_factor``, the
+    straight-through estimator for ``x`` (0 where the unrounded code lies outside ``[qmin, qmax]``).
+
+    Parameters
+    ----------
+    x : tensor
+        Values to quantize (float16, bfloat16, float32 or float64).
+    scale : tensor
+        The step: 0-d (per tensor) or 1-d along ``axis``; receives the gradient.
+    zero_point : integer tensor
+        Shaped as ``scale``; not learned.
+    qmin, qmax : int
+        The code range.
+    axis : int, optional
+        The channel axis of a 1-d ``scale``.
+    grad_factor : float
+        Esser et al.'s :math:`g = 1/\\sqrt{N Q_P}`, multiplying the gradient of ``scale``.
+
+    Returns
+    -------
+    tensor
+        The fake-quantized ``x``, in ``x``'s dtype.
+    """
     return _LSQ.apply(x, scale, zero_point, qmin, qmax, axis, float(grad_factor))
 
 
@@ -264,7 +311,8 @@ def quantize_model(model: nn.Module, *, weight_bits: int | None = 8, act_bits: i
         :math:`2\,\overline{|w|}/\sqrt{Q_P}` per channel (:func:`lsq_initial_step`); activation steps always start
         from :func:`calibrate`.
     include, exclude : str or sequence of str, optional
-        ``fnmatch`` patterns on layer names (:func:`tensorcompress.surgery.select`).
+        Layer names or ``fnmatch`` patterns (:func:`tensorcompress.surgery.select`); a selection that keeps no
+        layer is a ``ValueError``.
 
     Returns
     -------
@@ -303,19 +351,13 @@ def quantize_model(model: nn.Module, *, weight_bits: int | None = 8, act_bits: i
             detail["lsq_init"] = lsq_init
         return QuantizedLayer(layer, aq), detail
 
-    if not surgery.select(model, (nn.Conv2d, nn.Linear), include=include, exclude=exclude):
-        raise ValueError("model has nothing to quantize: no nn.Conv2d / nn.Linear layer is selected "
-                         f"(include={include!r}, exclude={exclude!r})")
-    return surgery.transform(model, (nn.Conv2d, nn.Linear), build, include=include, exclude=exclude)
+    return surgery.transform(model, (nn.Conv2d, nn.Linear), build, include=include, exclude=exclude,
+                             action="quantize_model")
 
 
 def quantizers(model: nn.Module) -> list[ActivationQuantizer]:
     """The activation quantizers of ``model`` in module order."""
     return [m for m in model.modules() if isinstance(m, ActivationQuantizer)]
-
-
-def _inputs(batch: object) -> object:
-    return batch[0] if isinstance(batch, (tuple, list)) else batch
 
 
 def calibrate(model: nn.Module, data: Iterable | torch.Tensor | torch.utils.data.Dataset, *,
@@ -331,9 +373,17 @@ def calibrate(model: nn.Module, data: Iterable | torch.Tensor | torch.utils.data
         ``x`` or ``(x, y, ...)`` batches (a ``DataLoader``).
     n_batches : int, optional
         Use at most this many batches (default: all).
+    batch_size : int
+        Batch size when ``data`` is a ``Dataset``.
 
-    The model runs in eval mode without gradients; its train/eval mode is restored afterwards. Observers restart
-    from scratch, so calibrating twice does not mix the two runs.
+    Returns
+    -------
+    nn.Module
+        ``model`` itself.
+
+    The model runs in eval mode without gradients; every submodule's train/eval mode is given back afterwards
+    (a BatchNorm frozen in eval mode inside a training model stays frozen). Observers restart from scratch, so
+    calibrating twice does not mix the two runs.
     """
     aqs = quantizers(model)
     if not aqs:
@@ -341,30 +391,22 @@ def calibrate(model: nn.Module, data: Iterable | torch.Tensor | torch.utils.data
                          "act_bits set)")
     if n_batches is not None:
         check_positive_int(n_batches, "n_batches")
-    if isinstance(data, torch.Tensor):
-        batches: Iterable = [data]
-    elif isinstance(data, torch.utils.data.Dataset):
-        batches = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False)
-    else:
-        batches = data
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    was_training = model.training
-    model.eval()
+    check_positive_int(batch_size, "batch_size")
+    device = surgery.device_of(model)
     seen = 0
     try:
         for q in aqs:
             q.observer.reset()
             q.observing = True
-        with torch.no_grad():
-            for batch in batches:
+        with surgery.kept_modes(model, False), torch.no_grad():
+            for x in surgery.input_batches(data, batch_size=batch_size):
                 if n_batches is not None and seen >= n_batches:
                     break
-                model(_inputs(batch).to(device))
+                model(x.to(device))
                 seen += 1
     finally:
         for q in aqs:
             q.observing = False
-        model.train(was_training)
     if seen == 0:
         raise ValueError("data gave no batch to calibrate on")
     for q in aqs:

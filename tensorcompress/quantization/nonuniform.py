@@ -35,6 +35,7 @@ receive no gradient; the mask costs :math:`\lceil n/8\rceil` more bytes (the fil
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -46,8 +47,7 @@ from torch.nn.utils import parametrize
 
 from .. import surgery
 from .._bits import pack_bits, packed_size, unpack_bits
-from .._validation import check_finite, compute_dtype
-from .uniform import check_bits
+from .._validation import check_bits, check_finite, check_mode, check_positive_int, check_real, compute_dtype
 
 __all__ = ["log2_quantize", "binarize", "ternarize", "kmeans_quantize", "centroid_gradient", "pack_indices",
            "unpack_indices", "SharedWeight", "share_weights"]
@@ -82,9 +82,8 @@ def log2_quantize(w: torch.Tensor, bits: int) -> torch.Tensor:
 def _reduce_dims(w: torch.Tensor, axis: int | None) -> tuple[int, ...] | None:
     if axis is None:
         return None
-    if isinstance(axis, bool) or not isinstance(axis, int) or not -w.ndim <= axis < w.ndim:
-        raise ValueError(f"axis must be None or an int in [-{w.ndim}, {w.ndim}), got {axis!r}")
-    return tuple(d for d in range(w.ndim) if d != axis % w.ndim)
+    axis = check_mode(axis, w.ndim, "axis")
+    return tuple(d for d in range(w.ndim) if d != axis)
 
 
 def binarize(w: torch.Tensor, *, axis: int | None = None) -> torch.Tensor:
@@ -101,9 +100,24 @@ def binarize(w: torch.Tensor, *, axis: int | None = None) -> torch.Tensor:
 def ternarize(w: torch.Tensor, *, threshold: float = 0.7, axis: int | None = None) -> torch.Tensor:
     """TWN: :math:`\\alpha T` with :math:`\\Delta = ` ``threshold`` :math:`\\cdot\\operatorname{mean}|w|`,
     :math:`T_i = \\operatorname{sign}(w_i)\\,[|w_i| > \\Delta]` and :math:`\\alpha` the mean of :math:`|w_i|` over
-    the kept entries (per slice along ``axis`` if given)."""
+    the kept entries.
+
+    Parameters
+    ----------
+    w : tensor
+        Weights (floating point, finite).
+    threshold : float in [0, 1)
+        :math:`\\Delta` as a multiple of :math:`\\operatorname{mean}|w|` (TWN's 0.7).
+    axis : int, optional
+        One :math:`\\Delta` and :math:`\\alpha` per slice along ``axis``; default one for the tensor.
+
+    Returns
+    -------
+    tensor
+        Like ``w``.
+    """
     dt = _check_weight(w)
-    if not 0 <= threshold < 1:
+    if not 0 <= check_real(threshold, "threshold") < 1:
         raise ValueError(f"threshold must be in [0, 1) (a multiple of mean|w|), got {threshold}")
     x = w.detach().to(dt)
     dims = _reduce_dims(x, axis)
@@ -131,7 +145,7 @@ def _assign(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     return torch.bucketize(x, mid, right=False)
 
 
-def kmeans_quantize(w: torch.Tensor, bits: int, *, seed: int = 0, init: str = "linear", max_iter: int = 100,
+def kmeans_quantize(w: torch.Tensor, bits: int, *, seed: int = 0, init: str = "linear", n_iter_max: int = 100,
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cluster the entries of ``w`` into ``2**bits`` shared values by Lloyd's iteration.
 
@@ -148,8 +162,8 @@ def kmeans_quantize(w: torch.Tensor, bits: int, *, seed: int = 0, init: str = "l
         (Forgy): ``k`` distinct entries of ``w`` drawn with ``seed``. ``"density"``: the quantiles
         :math:`(2j + 1)/(2k)` of ``w`` (evenly spaced on the CDF's axis), which crowd the centroids where the weights
         are dense and leave few for the rare large ones.
-    max_iter : int
-        Lloyd iterations at most; stops earlier when no assignment changes.
+    n_iter_max : int
+        Lloyd iterations at most (0 keeps the initial centroids); stops earlier when no assignment changes.
 
     Returns
     -------
@@ -161,6 +175,7 @@ def kmeans_quantize(w: torch.Tensor, bits: int, *, seed: int = 0, init: str = "l
     dt = _check_weight(w)
     check_bits(bits)
     _check_init(init)
+    check_positive_int(n_iter_max, "n_iter_max", minimum=0)
     x = w.detach().to(dt).reshape(-1)
     k = 2**bits
     if init == "linear":
@@ -179,7 +194,7 @@ def kmeans_quantize(w: torch.Tensor, bits: int, *, seed: int = 0, init: str = "l
         if codebook.numel() < k:  # fewer distinct values than centroids
             codebook = torch.cat([codebook, codebook[-1:].expand(k - codebook.numel())])
     idx = _assign(x, codebook)
-    for _ in range(max_iter):
+    for _ in range(n_iter_max):
         sums = torch.zeros(k, dtype=dt, device=x.device).index_add_(0, idx, x)
         counts = torch.bincount(idx, minlength=k).to(dt)
         codebook = torch.where(counts > 0, sums / counts.clamp_min(1), codebook).sort().values
@@ -193,7 +208,22 @@ def kmeans_quantize(w: torch.Tensor, bits: int, *, seed: int = 0, init: str = "l
 
 def centroid_gradient(grad: torch.Tensor, indices: torch.Tensor, n_centroids: int) -> torch.Tensor:
     """The gradient of a shared codebook: :math:`\\partial L/\\partial c_k = \\sum_{i: \\text{idx}_i = k}
-    \\partial L/\\partial w_i` (Han et al. 2016, eq. 3), as a ``(n_centroids,)`` tensor."""
+    \\partial L/\\partial w_i` (Han et al. 2016, eq. 3).
+
+    Parameters
+    ----------
+    grad : tensor
+        :math:`\\partial L/\\partial w`, the weight's shape.
+    indices : integer tensor
+        Each weight's centroid, the weight's shape.
+    n_centroids : int
+        The codebook's length.
+
+    Returns
+    -------
+    tensor
+        ``(n_centroids,)``, ``grad``'s dtype and device.
+    """
     if grad.shape != indices.shape:
         raise ValueError(f"grad and indices must have one shape, got {tuple(grad.shape)} and {tuple(indices.shape)}")
     out = torch.zeros(n_centroids, dtype=grad.dtype, device=grad.device)
@@ -234,18 +264,8 @@ def unpack_indices(packed: torch.Tensor, bits: int, shape: tuple[int, ...] | tor
     return unpack_bits(packed, bits, n).reshape(tuple(shape))
 
 
-def _check_share_bits(bits: object, name: str = "bits") -> int:
-    check_bits(bits)
-    if bits > 8:
-        raise ValueError(f"{name} must be between 1 and 8 for share_weights (one byte codes at most), got {bits}")
-    return bits
-
-
-def _check_index_bits(index_bits: object, name: str = "index_bits") -> int:
-    if isinstance(index_bits, bool) or not isinstance(index_bits, int) or not 1 <= index_bits <= 8:
-        raise ValueError(f"{name} must be an int in [1, 8] (Deep Compression uses 5 for fully connected, 8 for "
-                         f"convolutional layers), got {index_bits!r}")
-    return index_bits
+ONE_BYTE = " (one-byte codes)"
+"""What the bound 8 on ``share_weights``' ``bits`` and ``index_bits`` is for, in their error messages."""
 
 
 def _versions(value: torch.Tensor | tuple) -> tuple[int, ...]:
@@ -286,7 +306,8 @@ class SharedWeight(nn.Module):
         if not isinstance(codebook, torch.Tensor) or codebook.ndim != 1 or codebook.numel() > 2**bits:
             raise ValueError(f"codebook must be a 1-d tensor with at most 2**bits = {2**bits} entries, "
                              f"got {getattr(codebook, 'shape', type(codebook).__name__)}")
-        self.bits, self.shape, self.index_bits = bits, tuple(indices.shape), _check_index_bits(index_bits)
+        self.bits, self.shape = bits, tuple(indices.shape)
+        self.index_bits = check_bits(index_bits, "index_bits", hi=8, why=ONE_BYTE)
         self.register_buffer("packed", pack_indices(indices, bits))
         if mask is not None and (not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool
                                  or tuple(mask.shape) != self.shape):
@@ -368,8 +389,8 @@ def _cluster(w: torch.Tensor, bits: int, keep_zeros: bool, **kmeans) -> tuple[to
     return codebook, indices, mask
 
 
-def share_weights(model: nn.Module, bits: int | Mapping[str, int] = 2, *, include=None, exclude=None,
-                  init: str = "linear", seed: int = 0, max_iter: int = 100, keep_zeros: bool = False,
+def share_weights(model: nn.Module, *, bits: int | Mapping[str, int] = 2, include=None, exclude=None,
+                  init: str = "linear", seed: int = 0, n_iter_max: int = 100, keep_zeros: bool = False,
                   index_bits: int = 5) -> tuple[nn.Module, list[surgery.LayerChange]]:
     """A copy of ``model`` whose selected ``nn.Linear`` / ``nn.Conv*d`` weights share ``2**bits`` values per layer.
 
@@ -385,15 +406,17 @@ def share_weights(model: nn.Module, bits: int | Mapping[str, int] = 2, *, includ
     bits : int or mapping layer name -> int
         Index width, 1 to 8: ``k = 2**bits`` centroids per layer (a mapping names every selected layer).
     include, exclude : str or sequence of str, optional
-        ``fnmatch`` patterns on layer names (:func:`tensorcompress.surgery.select`).
-    init, seed, max_iter
+        Layer names or ``fnmatch`` patterns (:func:`tensorcompress.surgery.select`); a selection that keeps no
+        layer is a ``ValueError``.
+    init, seed, n_iter_max
         Passed to :func:`kmeans_quantize`.
     keep_zeros : bool
         ``True`` for a pruned layer (Deep Compression, Han et al. 2016): its zeros form a mask, stay exactly 0 and
         are not clustered; only the non-zero weights share the ``2**bits`` values. ``False``: every entry is
         clustered (a zero becomes its centroid).
     index_bits : int in [1, 8]
-        Relative-index width stored with each layer for :func:`tensorcompress.export.save_compressed`.
+        Relative-index width stored with each layer for :func:`tensorcompress.export.save_compressed` (Deep
+        Compression uses 5 for fully connected, 8 for convolutional layers).
 
     Returns
     -------
@@ -406,15 +429,14 @@ def share_weights(model: nn.Module, bits: int | Mapping[str, int] = 2, *, includ
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     _check_init(init)
-    index_bits = _check_index_bits(index_bits)
+    check_bits(index_bits, "index_bits", hi=8, why=ONE_BYTE)
+    check_positive_int(n_iter_max, "n_iter_max", minimum=0)
     for sel in surgery.select(model, surgery.LAYERS, include=include, exclude=exclude, exact_type=False):
         if parametrize.is_parametrized(sel.module, "weight"):  # its class is now Parametrized<Linear>
             raise ValueError(f"layer {sel.name!r} already has a weight parametrization (shared already?)")
-    chosen = surgery.select(model, surgery.LAYERS, include=include, exclude=exclude)
-    if not chosen:
-        raise ValueError("model has no weight to share: no nn.Linear / nn.Conv*d layer is selected "
-                         f"(include={include!r}, exclude={exclude!r})")
-    widths = surgery.per_layer(bits, [s.name for s in chosen], _check_share_bits, "bits")
+    chosen = surgery.select(model, surgery.LAYERS, include=include, exclude=exclude, action="share_weights")
+    one_byte = functools.partial(check_bits, hi=8, why=ONE_BYTE)
+    widths = surgery.per_layer(bits, [s.name for s in chosen], one_byte, "bits")
     model = surgery.copy_model(model)  # deepcopy refuses a pruned weight computed by a forward pass
     for sel in surgery.select(model, surgery.LAYERS, include=include, exclude=exclude):
         if tprune.is_pruned(sel.module) and hasattr(sel.module, "weight_mask"):
@@ -424,7 +446,7 @@ def share_weights(model: nn.Module, bits: int | Mapping[str, int] = 2, *, includ
         # parametrizing changes the module's class in place: work on a copy so the report names the original type
         layer = copy.deepcopy(sel.module)
         w, b = layer.weight.detach(), widths[sel.name]
-        codebook, idx, mask = _cluster(w, b, keep_zeros, seed=seed, init=init, max_iter=max_iter)
+        codebook, idx, mask = _cluster(w, b, keep_zeros, seed=seed, init=init, n_iter_max=n_iter_max)
         sw = SharedWeight(codebook, idx, b, mask=mask, index_bits=index_bits)
         parametrize.register_parametrization(layer, "weight", sw)
         err = float((layer.weight.detach() - w).pow(2).sum() / w.pow(2).sum().clamp_min(torch.finfo(w.dtype).tiny))
@@ -433,4 +455,4 @@ def share_weights(model: nn.Module, bits: int | Mapping[str, int] = 2, *, includ
             detail |= {"kept": int(mask.sum()), "mask_bytes": sw.packed_mask.numel()}
         return layer, detail
 
-    return surgery.transform(model, surgery.LAYERS, build, include=include, exclude=exclude)
+    return surgery.transform(model, surgery.LAYERS, build, include=include, exclude=exclude, action="share_weights")

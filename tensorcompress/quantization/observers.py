@@ -27,8 +27,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .._validation import check_finite, check_tensor
-from .uniform import QParams, check_bits, fake_quantize_unchecked, qparams, qrange
+from .._validation import check_bits, check_finite, check_tensor
+from .uniform import QParams, fake_quantize_unchecked, qparams, qrange
 
 __all__ = ["Observer", "MinMaxObserver", "MovingAverageMinMaxObserver", "PercentileObserver", "MSEObserver",
            "OBSERVERS", "make_observer"]

@@ -124,9 +124,19 @@ def layer_error_bound(layer: nn.Module, x: torch.Tensor, dtype: torch.dtype) -> 
     r"""Componentwise bound :math:`\gamma_{k+4}(|W||x| + |b|)` on the error of ``layer(x)`` computed in ``dtype``
     from float32 ``x`` and weights (each rounded once, output rounded once; see the module docstring).
 
-    ``layer`` is an ``nn.Linear`` or ``nn.Conv1d/2d/3d`` (:math:`k` = its input features, or input channels /
-    groups times the kernel size); the bound is computed in float64 with the layer's own operation applied to
-    :math:`|W|` and :math:`|x|`, so padding, stride and groups are followed exactly.
+    Parameters
+    ----------
+    layer : nn.Linear or nn.Conv1d/2d/3d
+        :math:`k` is its input features, or input channels / groups times the kernel size.
+    x : tensor
+        An input batch.
+    dtype : torch.float16 or torch.bfloat16
+
+    Returns
+    -------
+    tensor
+        float64, ``layer(x)``'s shape: computed with the layer's own operation applied to :math:`|W|` and
+        :math:`|x|`, so padding, stride and groups are followed exactly.
     """
     if not isinstance(layer, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
         raise TypeError(f"layer must be an nn.Linear or nn.Conv1d/2d/3d, got {type(layer).__name__}")
@@ -173,7 +183,7 @@ class Autocast(nn.Module):
         return f"dtype={self.dtype}"
 
 
-def autocast(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> Autocast:
+def autocast(model: nn.Module, *, dtype: torch.dtype = torch.bfloat16) -> Autocast:
     """A deep copy of ``model`` wrapped in :class:`Autocast` (the input model is untouched).
 
     ``tc.evaluate``, ``tc.latency`` and ``tc.flops`` take the wrapper like any model. On the CPU autocast supports
@@ -181,40 +191,65 @@ def autocast(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> Autocast:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    return Autocast(copy.deepcopy(model), dtype)
+    return Autocast(surgery.copy_model(model), dtype)
 
 
-def to_half(model: nn.Module, dtype: torch.dtype = torch.float16, *,
+def _own_floating_state(module: nn.Module) -> bool:
+    """Whether ``module`` holds a floating parameter or buffer of its own (not of a child)."""
+    return any(t is not None and t.is_floating_point()
+               for t in (*module.parameters(recurse=False), *module.buffers(recurse=False)))
+
+
+def _cast_own_state(module: nn.Module, dtype: torch.dtype) -> None:
+    """Cast the floating parameters and buffers ``module`` holds itself to ``dtype`` (in place)."""
+    with torch.no_grad():
+        for p in module.parameters(recurse=False):
+            if p.is_floating_point():
+                p.data = p.data.to(dtype)
+        for name, b in module.named_buffers(recurse=False):
+            if b is not None and b.is_floating_point():
+                setattr(module, name, b.to(dtype))
+
+
+def to_half(model: nn.Module, *, dtype: torch.dtype = torch.float16,
             keep_float32: tuple[type[nn.Module], ...] = KEEP_FLOAT32, include=None,
             exclude=None) -> tuple[nn.Module, list[surgery.LayerChange]]:
-    """A copy of ``model`` with its floating point parameters and buffers cast to ``dtype``, except the modules of
-    the ``keep_float32`` types, which stay float32 inside a :class:`Float32Island`.
+    """A copy of ``model`` whose selected modules compute in ``dtype``; the modules of the ``keep_float32`` types
+    and those left out of the selection stay float32, each inside a :class:`Float32Island`.
 
-    The copy expects inputs of ``dtype`` and returns outputs of ``dtype`` (``tc.evaluate`` casts the inputs to the
-    model's dtype itself). Integer buffers (BatchNorm's ``num_batches_tracked``) are left alone.
+    The candidates are the submodules holding floating parameters or buffers of their own (``Linear``, convolutions,
+    BatchNorm, ...). A cast module has its parameters and floating buffers cast to ``dtype`` (integer buffers such as
+    BatchNorm's ``num_batches_tracked`` are left alone); an island keeps its module in float32 and casts inputs and
+    outputs. The copy expects inputs of ``dtype`` and returns outputs of ``dtype`` (``tc.evaluate`` casts the inputs
+    to the model's dtype itself). The root module's own parameters, if any, are cast with the rest; a lone layer
+    is no selection of submodules: wrap it in an ``nn.Sequential``.
 
     Parameters
     ----------
     model : nn.Module
-        Not modified (deep-copied).
+        Not modified (copied).
     dtype : torch.float16 or torch.bfloat16
     keep_float32 : tuple of module types
-        Kept in float32 (default :data:`KEEP_FLOAT32`: normalisation and softmax layers); ``()`` casts everything.
-    include, exclude : fnmatch patterns on the names of the ``keep_float32`` modules (see
-        :func:`tensorcompress.surgery.select`): which of them to keep in float32 (default all).
+        Kept in float32 even when selected (default :data:`KEEP_FLOAT32`: normalisation and softmax layers); ``()``
+        casts every selected module.
+    include, exclude : str or sequence of str, optional
+        Module names or ``fnmatch`` patterns (:func:`tensorcompress.surgery.select`): which candidates to cast
+        (default all); the others stay float32.
 
     Returns
     -------
     (nn.Module, list of LayerChange)
-        The cast copy, and one row per module kept in float32 (``type_after`` is ``Float32Island``), with ``detail``
-        giving the dtype of the rest of the model.
+        The copy, and one row per candidate module: a cast one keeps its type (``detail["dtype"]`` the new dtype),
+        one kept in float32 becomes a ``Float32Island`` (``detail["dtype"] = "torch.float32"`` and ``why``:
+        ``"keep_float32"`` or ``"not selected"``). A candidate inside an island has no row of its own.
 
     Raises
     ------
     TypeError
-        If ``dtype`` is not a torch.dtype or ``model`` not a module.
+        If ``dtype`` is not a torch.dtype, ``model`` not a module or ``keep_float32`` not a tuple of module types.
     ValueError
-        If ``dtype`` is not float16 or bfloat16 (float32 is not half precision; integers need quantization).
+        If ``dtype`` is not float16 or bfloat16 (float32 is not half precision; integers need quantization), if
+        the selection is empty, or if a module kept in float32 shares a parameter with a cast one.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -222,22 +257,40 @@ def to_half(model: nn.Module, dtype: torch.dtype = torch.float16, *,
     if not isinstance(keep_float32, tuple) or not all(isinstance(t, type) and issubclass(t, nn.Module)
                                                        for t in keep_float32):
         raise TypeError(f"keep_float32 must be a tuple of nn.Module subclasses, got {keep_float32!r}")
-    if keep_float32:
-        new, report = surgery.transform(
-            model, keep_float32, lambda sel: (Float32Island(sel.module), {"rest": str(dtype)}),
-            include=include, exclude=exclude, action=None)
-    else:
-        new, report = copy.deepcopy(model), []
-    islands = [m.module for m in new.modules() if isinstance(m, Float32Island)]
-    kept = {id(t) for isl in islands for t in (*isl.parameters(), *isl.buffers())}
-    with torch.no_grad():
-        for module in new.modules():
-            for p in module.parameters(recurse=False):
-                if id(p) not in kept and p.is_floating_point():
-                    p.data = p.data.to(dtype)
-            for name, b in module.named_buffers(recurse=False):
-                if id(b) not in kept and b is not None and b.is_floating_point():
-                    setattr(module, name, b.to(dtype))
-    for isl in islands:
-        isl.float()
+    new = surgery.copy_model(model)
+    types = tuple({type(m): None for name, m in new.named_modules() if name and _own_floating_state(m)})
+    chosen = surgery.select(new, types or surgery.LAYERS, include=include, exclude=exclude, action="to_half")
+    selected = {id(sel.module) for sel in chosen}
+    islands: list[str] = []  # names of the islands made so far: their insides stay float32 with them
+    report = []
+    for sel in surgery.select(new, types or surgery.LAYERS):
+        if not _own_floating_state(sel.module) or any(sel.name.startswith(i + ".") for i in islands):
+            continue
+        before = surgery.footprint(sel.module)
+        if id(sel.module) in selected and not isinstance(sel.module, keep_float32):
+            _cast_own_state(sel.module, dtype)
+            detail = {"dtype": str(dtype)}
+            after = surgery.footprint(sel.module)
+        else:
+            why = "keep_float32" if id(sel.module) in selected else "not selected"
+            island = Float32Island(sel.module)
+            surgery.replace(new, sel.names, island, old=sel.module)
+            islands += sel.names
+            detail = {"dtype": str(torch.float32), "why": why}
+            after = surgery.footprint(island)
+        report.append(surgery.LayerChange.between(sel.name, before, after, detail, sel.names[1:]))
+    _cast_own_state(new, dtype)
+    _check_island_ties(new, dtype)
     return new, report
+
+
+def _check_island_ties(model: nn.Module, dtype: torch.dtype) -> None:
+    """Refuse a parameter shared by a float32 island and a module cast to ``dtype`` (a tie the cast would have to
+    break: one tensor cannot hold both dtypes)."""
+    for name, m in model.named_modules():
+        if isinstance(m, Float32Island):
+            cast = [n for n in surgery.tied_parameters(model, m)
+                    if getattr(model.get_parameter(n), "dtype", None) == dtype]
+            if cast:
+                raise ValueError(f"module {name!r} stays float32 but shares parameters with {cast}, which are cast "
+                                 f"to {dtype}: untie them or select both modules alike")

@@ -40,28 +40,30 @@ from dataclasses import dataclass
 
 import torch
 
-from .._validation import check_finite, check_positive_int, check_tensor
+from .._validation import MAX_BITS, check_bits, check_finite, check_tensor
 
 __all__ = ["QParams", "qparams", "qrange", "quantize", "dequantize", "fake_quantize", "integer_dtype"]
 
-MAX_BITS = 16
 _EPS = torch.finfo(torch.float32).eps
 _HALF = (torch.float16, torch.bfloat16)
-
-
-def check_bits(bits: object, name: str = "bits") -> int:
-    """Return ``bits`` if it is an int in ``[1, 16]``, else raise naming ``name``."""
-    check_positive_int(bits, name)
-    if bits > MAX_BITS:
-        raise ValueError(f"{name} must be between 1 and {MAX_BITS}, got {bits}")
-    return bits
 
 
 def qrange(bits: int, *, signed: bool, narrow_range: bool = False) -> tuple[int, int]:
     """The integer range ``(qmin, qmax)`` of a ``bits``-bit code.
 
-    Signed: :math:`[-2^{b-1}, 2^{b-1} - 1]`; unsigned: :math:`[0, 2^b - 1]`. ``narrow_range`` drops the lowest code
-    (``[-127, 127]`` at 8 bits, so that a symmetric range maps to symmetric codes, as Jacob et al.'s int8 weights).
+    Parameters
+    ----------
+    bits : int
+        Code width, 1 to 16.
+    signed : bool
+        Signed: :math:`[-2^{b-1}, 2^{b-1} - 1]`; unsigned: :math:`[0, 2^b - 1]`.
+    narrow_range : bool
+        Drop the lowest code (``[-127, 127]`` at 8 bits, so that a symmetric range maps to symmetric codes, as
+        Jacob et al.'s int8 weights); needs ``bits >= 2``.
+
+    Returns
+    -------
+    (int, int)
     """
     check_bits(bits)
     qmin, qmax = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
@@ -260,7 +262,14 @@ def _dequant(q: torch.Tensor, qp: QParams, dtype: torch.dtype) -> torch.Tensor:
 
 def quantize(x: torch.Tensor, qp: QParams) -> torch.Tensor:
     """The integer codes :math:`\\operatorname{clamp}(Z + \\operatorname{round}(x/S), q_{\\min}, q_{\\max})`, as the
-    smallest integer dtype holding ``[qmin, qmax]`` (:func:`integer_dtype`), on ``x``'s device."""
+    smallest integer dtype holding ``[qmin, qmax]`` (:func:`integer_dtype`), on ``x``'s device.
+
+    These are the codes of PyTorch's fake-quant kernels, ``torch.fake_quantize_per_tensor_affine`` (``qp.axis is
+    None``) and ``torch.fake_quantize_per_channel_affine``: ``fake_quantize(x, qp) == dequantize(quantize(x, qp),
+    qp)`` bit for bit. ``torch.quantize_per_tensor`` (and ``quantize_per_channel``) differ on ties: they round
+    *after* adding the zero point, :math:`\\operatorname{round}(x/S + Z)`, and since both round half to even the
+    two disagree by one code wherever :math:`x/S` is a tie and :math:`Z` is odd (:math:`x/S = 2.5`, :math:`Z = 1`:
+    3 here, 4 there); with :math:`Z = 0` they agree."""
     _check_input(x, qp)
     check_finite(x)
     q, _ = _codes(x.detach(), qp)
@@ -268,8 +277,20 @@ def quantize(x: torch.Tensor, qp: QParams) -> torch.Tensor:
 
 
 def dequantize(q: torch.Tensor, qp: QParams, *, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """:math:`S\\,(q - Z)` as ``dtype``; ``dequantize(quantize(x, qp), qp, dtype=x.dtype) == fake_quantize(x, qp)``
-    bit for bit."""
+    """:math:`S\\,(q - Z)`; ``dequantize(quantize(x, qp), qp, dtype=x.dtype) == fake_quantize(x, qp)`` bit for bit.
+
+    Parameters
+    ----------
+    q : integer tensor
+        Codes in ``[qp.qmin, qp.qmax]``.
+    qp : QParams
+    dtype : floating torch.dtype
+        Of the result.
+
+    Returns
+    -------
+    tensor
+    """
     check_tensor(q, "q")
     if q.is_floating_point() or q.is_complex() or q.dtype == torch.bool:
         raise TypeError(f"q must be an integer tensor (from quantize), got dtype {q.dtype}")
