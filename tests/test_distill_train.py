@@ -4,6 +4,7 @@ documented sum, regressors are trained apart from the student, a real distillati
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import torch
@@ -50,7 +51,8 @@ class Spy(nn.Module):
 
 
 def snapshot(model: nn.Module):
-    return ({k: v.detach().clone() for k, v in model.state_dict().items()},
+    tensors = [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
+    return ({k: v.detach().clone() for k, v in tensors},
             {n: m.training for n, m in model.named_modules()},
             {n: p.requires_grad for n, p in model.named_parameters()})
 
@@ -288,12 +290,83 @@ def test_errors_found_when_training_starts_leave_the_teacher_as_it_was():
     assert_unchanged(teacher, before)
     with pytest.raises(ValueError, match="must not be the model being trained"):
         D.distill(teacher, teacher, data())
-    shared = mlp(2)
-    shared[0] = teacher[0]
-    with pytest.raises(ValueError, match="shares 2 parameter tensor"):
-        D.distill(shared, teacher, data())
     with pytest.raises(ValueError, match="teacher's logits have shape \\(16, 7\\) but the student's \\(16, 5\\)"):
         D.distill(mlp(3), mlp(4, k=7), data(), batch_size=16)
+    assert_unchanged(teacher, before)
+
+
+# ---------------------------------------------------------------- tensors shared with the student
+
+
+class Probe(nn.Module):
+    """A tensor-free module that records the mode of each forward pass it runs in."""
+
+    def __init__(self):
+        super().__init__()
+        self.modes: list[bool] = []
+
+    def forward(self, x):
+        self.modes.append(self.training)
+        return x
+
+
+def bn_pair(affine: bool):
+    torch.manual_seed(0)
+    bn = nn.BatchNorm1d(8, affine=affine)
+    teacher = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), bn, nn.Linear(8, 5))
+    student = nn.Sequential(nn.Linear(4, 8), bn, nn.Linear(8, 5))
+    return student, teacher
+
+
+@pytest.mark.parametrize(("affine", "names"), [
+    (False, "student '1.running_mean' is teacher '2.running_mean'"),  # buffers only: trained through, unseen before
+    (True, "student '1.weight' is teacher '2.weight'"),
+])
+def test_a_shared_batchnorm_is_refused_naming_it_in_both_models(affine, names):
+    student, teacher = bn_pair(affine)
+    teacher.train()
+    before = snapshot(teacher)
+    with pytest.raises(ValueError, match=re.escape(names)):
+        D.distill(student, teacher, data(), epochs=1)
+    assert_unchanged(teacher, before)
+
+
+def test_a_shared_linear_and_a_parameter_on_the_teachers_storage_are_refused():
+    teacher = mlp(0)
+    before = snapshot(teacher)
+    shared = mlp(2)
+    shared[3] = teacher[3]
+    with pytest.raises(ValueError, match=re.escape("shares 2 tensor(s) with the teacher (student '3.weight' is "
+                                                   "teacher '3.weight', student '3.bias' is teacher '3.bias')")):
+        D.distill(shared, teacher, data())
+    aliased = mlp(3)
+    aliased[0].weight = nn.Parameter(teacher[0].weight.data)  # another Parameter object, the teacher's memory
+    with pytest.raises(ValueError, match=re.escape("student '0.weight' is teacher '0.weight'")):
+        D.distill(aliased, teacher, data())
+    viewing = mlp(4)
+    viewing.register_buffer("rows", teacher[0].weight.data[1:3])  # a view of part of it
+    with pytest.raises(ValueError, match=re.escape("student 'rows' is teacher '0.weight'")):
+        D.distill(viewing, teacher, data())
+    assert_unchanged(teacher, before)
+
+
+def test_an_ensemble_teacher_sharing_a_batchnorm_with_the_student_is_refused():
+    student, member = bn_pair(affine=False)
+    teacher = D.Ensemble([member, mlp(5)])
+    with pytest.raises(ValueError, match=re.escape("student '1.running_var' is teacher 'members.0.2.running_var'")):
+        D.distill(student, teacher, data())
+
+
+def test_a_shared_tensor_free_module_runs_in_eval_mode_in_the_teacher():
+    probe = Probe()
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Linear(4, 8), probe, nn.Linear(8, 5))
+    student = nn.Sequential(nn.Linear(4, 8), probe, nn.Linear(8, 5))
+    teacher[2].train()  # mixed modes come back as they were
+    before = snapshot(teacher)
+    D.distill(student, teacher, data(), epochs=2, batch_size=25)
+    # per batch: the teacher's forward (eval), then the student's (train); 2 epochs of 2 batches
+    assert probe.modes == [False, True] * 4
     assert_unchanged(teacher, before)
 
 
