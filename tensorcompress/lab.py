@@ -17,9 +17,12 @@ import shlex
 import sys
 from collections.abc import Mapping, Sequence
 
+from ._extras import require
+
 __all__ = ["lab_command", "lab_env", "main"]
 
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+NEEDS = ("jupyterlab", "ipykernel", "matplotlib_inline")  # the server, its Python kernel, the kernels' back-end
 
 
 def _has_display(env: Mapping[str, str], platform: str) -> bool:
@@ -75,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_command:
         print(shlex.join(cmd))
         return 0
+    try:
+        require("tensorcompress.lab", NEEDS)
+    except ImportError as err:
+        parser.error(str(err))
     os.execve(cmd[0], cmd, lab_env())  # JupyterLab takes over the terminal and its Ctrl-C
 
 

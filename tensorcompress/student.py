@@ -47,7 +47,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nbformat
+from ._extras import missing_message
+
+try:
+    import nbformat
+except ImportError as exc:
+    raise ImportError(missing_message("tensorcompress.student", [exc.name]), name=exc.name) from exc
 
 __all__ = ["Exercise", "find_exercises", "student_source", "student_notebook", "convert", "main"]
 
