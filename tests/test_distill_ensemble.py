@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 
+import helpers
 import pytest
 import torch
-from conftest import randn, tolerance
+from helpers import randn, tolerance
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import TensorDataset
@@ -17,8 +18,7 @@ D = tc.distillation
 
 
 def mlp(seed: int, hidden: int = 6, k: int = 5, d: int = 4, dtype=torch.float64) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, k)).to(dtype)
+    return helpers.mlp(d, hidden, k, seed=seed, dtype=dtype)
 
 
 # ---------------------------------------------------------------- FeatureHooks

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import randn, tolerance
+from helpers import randn, tolerance
 from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn

@@ -6,6 +6,7 @@ from __future__ import annotations
 import matplotlib
 import pytest
 import torch
+from helpers import Sleep
 from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
@@ -48,11 +49,14 @@ def test_add_measures_accuracy_bytes_flops_like_the_metrics():
 
 
 def test_latency_is_measured_when_asked():
+    # the baseline sleeps 20 ms per forward pass, the other model not at all: the speed-up is > 1 on any machine
     data = _data()
     board = Leaderboard(data, data.tensors[0][:1])
-    e = board.add("m", _model(0), family="baseline")
-    assert e.latency_s is not None and e.latency_s > 0
-    assert board.rows()[0]["speedup"] == pytest.approx(1.0)
+    base = board.add("slow", nn.Sequential(_model(0), Sleep(0.02)), family="baseline")
+    fast = board.add("fast", _model(0), family="baseline")
+    assert base.latency_s >= 0.02 > fast.latency_s
+    speedup = board.rows()[1]["speedup"]
+    assert speedup == pytest.approx(base.latency_s / fast.latency_s) and speedup > 1
 
 
 @given(st.lists(st.tuples(st.integers(1, 50), st.integers(0, 100)), min_size=1, max_size=12))

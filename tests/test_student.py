@@ -190,8 +190,14 @@ def notebook(request):
     return request.param, nb, exercises, student.student_notebook(nb, request.param.name)
 
 
-def test_there_are_notebooks():
-    assert len(NOTEBOOKS) >= 7
+def test_the_checked_notebooks_are_every_notebook_numbered_01_to_n_and_the_readmes_table():
+    folder = Path(__file__).resolve().parents[1] / "notebooks"
+    # none escapes the pattern (and so these checks): every notebook of the folder is one of them
+    assert [p.name for p in NOTEBOOKS] == sorted(p.name for p in folder.glob("*.ipynb"))
+    assert [int(p.name[:2]) for p in NOTEBOOKS] == list(range(1, len(NOTEBOOKS) + 1))  # no gap, no number twice
+    readme = (folder.parent / "README.md").read_text(encoding="utf-8")
+    listed = re.findall(r"^\| [^\n]*\| `(\d\d_\w+)` \|[^\n]*\| \d+ \|$", readme, re.MULTILINE)
+    assert listed == [p.stem for p in NOTEBOOKS], "README's notebook table lists other notebooks, or in another order"
 
 
 def test_at_least_two_numbered_exercises(notebook):
