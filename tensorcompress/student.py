@@ -26,7 +26,7 @@ solution.
 A marker is recognised by what it says, not by how it is typed: a comment line of one or more ``#`` followed by
 ``BEGIN``/``END`` and ``SOLUTION``/``HIDDEN TESTS`` in any letter case and with any spacing (``# begin solution``,
 ``###END   HIDDEN TESTS``). Any other line that looks like a marker -- the words ``BEGIN``/``END`` next to
-``SOLUTION``/``HIDDEN`` anywhere in a line (``### BEGIN_SOLUTION``, ``x = 1  # END SOLUTION``,
+``SOLUTION``/``HIDDEN TEST`` anywhere in a line (``### BEGIN_SOLUTION``, ``x = 1  # END SOLUTION``,
 ``### BEGIN HIDDEN TEST``), or in a Markdown or raw cell, which the generator never blanks -- is a ``ValueError``:
 a marker the generator cannot read would otherwise leave its region, solution included, in the student version.
 
@@ -60,8 +60,11 @@ BEGIN_SOLUTION, END_SOLUTION = "### BEGIN SOLUTION", "### END SOLUTION"
 BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
 # A marker: the whole line, any case, any spacing. Marker-like: the same words anywhere, joined by anything.
 MARKER = re.compile(r"^\s*#+\s*(?P<edge>begin|end)\s+(?P<kind>solution|hidden\s+tests)\s*$", re.IGNORECASE)
-MARKER_LIKE = re.compile(r"(begin|end)[\W_]*(solution|hidden)|(solution|hidden[\W_]*tests?)[\W_]*(begin|end)\b",
-                         re.IGNORECASE)
+# (a comment line that starts with the words, e.g. "### BEGIN HIDDEN", or the words anywhere, "hidden" then only with
+# "test", so that "at the end, hidden units" in a comment is prose)
+_WHAT = r"(solution|hidden[\W_]*tests?)"
+MARKER_LIKE = re.compile(rf"^\s*#+\s*(begin|end)[\W_]*(solution|hidden)|\b(begin|end)[\W_]*{_WHAT}|"
+                         rf"\b{_WHAT}[\W_]*(begin|end)\b", re.IGNORECASE)
 HEADING = re.compile(r"^###\s+Exercise\s+(\d+)\.(\d+)\s*:\s*(\S.*?)\s*$", re.MULTILINE)
 PATTERN = "[0-9][0-9]_*.ipynb"
 

@@ -116,6 +116,7 @@ def test_markers_in_any_case_and_spacing_are_markers(begin, end):
     ([SOLUTION, f"### BEGIN-SOLUTION\n{LEAK}\n### END-SOLUTION"], "looks like a marker"),
     ([SOLUTION, f"### BEGINSOLUTION\n{LEAK}\n### ENDSOLUTION"], "looks like a marker"),
     ([SOLUTION, f"### BEGIN HIDDEN TEST\n{LEAK}\n### END HIDDEN TEST"], "looks like a marker"),
+    ([SOLUTION, f"### BEGIN HIDDEN-TESTS\n{LEAK}\n### END HIDDEN-TESTS"], "looks like a marker"),
     ([SOLUTION, f"### BEGIN HIDDEN\n{LEAK}\n### END HIDDEN"], "looks like a marker"),
     ([SOLUTION, f"x = 1  ### BEGIN SOLUTION\n{LEAK}\n### END SOLUTION"], "looks like a marker"),
     ([SOLUTION, f"### SOLUTION BEGIN\n{LEAK}\n### SOLUTION END"], "looks like a marker"),
@@ -127,6 +128,13 @@ def test_marker_like_lines_that_are_not_markers_are_errors(cells, message):
     # each of these left SECRET in the student version before markers were read by what they say
     with pytest.raises(ValueError, match=re.escape(message)):
         student.student_notebook(_nb("md:### Exercise 1.1: t", *cells, CHECK))
+
+
+@pytest.mark.parametrize("line", ["# append solutions to the list", "# at the end, hidden units saturate",
+                                  "# the solution ends here", "x = legend_solution"])
+def test_prose_near_the_marker_words_is_not_a_marker(line):
+    nb = _nb("md:### Exercise 1.1: t", SOLUTION, f"{line}\n{LEAK}", CHECK)
+    assert student.student_notebook(nb).cells[2].source == f"{line}\n{LEAK}"  # not an exercise cell: untouched
 
 
 def test_raw_cells_with_markers_are_errors():
