@@ -7,6 +7,8 @@ SSH) there is no browser to open. So the command adds ``--allow-root`` when the 
 JupyterLab prints). Kernels get matplotlib's inline back-end whatever ``MPLBACKEND`` the calling shell has (an
 inherited ``Agg`` would draw no figure). The server listens on loopback only (JupyterLab's default); add
 ``--ip=0.0.0.0`` yourself to reach it from outside a container. ``--print-command`` prints the command and exits.
+JupyterLab, the kernel and the inline back-end come with the ``notebooks`` extra
+(``pip install "tensorcompress[notebooks]"``, part of ``dev``); without them the command says so and starts nothing.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ Usage (what ``make student`` calls)::
     python -m tensorcompress.student notebooks/ build/student/   # every NN_*.ipynb of the folder
     python -m tensorcompress.student notebooks/03_low_rank_matrices.ipynb build/student/
 
+It needs the ``notebooks`` extra (``pip install "tensorcompress[notebooks]"``, part of ``dev``).
+
 The stored notebooks are the one source of truth (issue 14). An exercise is a Markdown cell headed
 ``### Exercise N.k: title``, one or more code cells after it holding the solution between the lines
 ``### BEGIN SOLUTION`` / ``### END SOLUTION``, and the check cell right after the last of them; checks only a

@@ -6,6 +6,8 @@ Usage (what ``make tour`` and ``make notebooks`` call)::
     python -m tensorcompress.tour notebooks/ --in-place           # execute and store the outputs in the notebooks
     python -m tensorcompress.tour notebooks/01_tensors.ipynb      # just one notebook
 
+It needs the ``notebooks`` extra (``pip install "tensorcompress[notebooks]"``, part of ``dev``).
+
 Notebooks are the files ``NN_*.ipynb`` of each folder given, run in name order (the number is the level order).
 Each runs in a fresh kernel of the current Python (the one running this module, so ``.venv`` when called from the
 Makefile) with the notebook's folder as working directory. A failing notebook does not stop the tour: the rest still

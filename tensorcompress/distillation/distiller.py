@@ -74,7 +74,7 @@ def _weight(value: object, name: str) -> float:
 
 def _storage_key(t: torch.Tensor) -> tuple:
     """Equal for two tensors that read or write the same memory (views included)."""
-    if t.numel() == 0 or t.device.type == "meta":
+    if t.numel() == 0 or t.device.type == "meta" or t.layout != torch.strided:  # no storage of its own to compare
         return ("object", id(t))
     return ("storage", t.device, t.untyped_storage().data_ptr())
 
