@@ -92,7 +92,16 @@ def assert_model_unchanged(model: nn.Module, before: tuple[dict, dict, dict, dic
     assert all(p.grad is None for p in model.parameters())
 
 
-# ---------------------------------------------------------------- files and ports
+# ---------------------------------------------------------------- notebooks, files and ports
+
+
+def notebook_of(*cells: str):
+    """An nbformat v4 notebook of code cells, or Markdown cells for sources starting with ``"md:"``."""
+    from nbformat import v4  # imported here: the helpers load with the library alone (no notebooks extra)
+
+    return v4.new_notebook(cells=[v4.new_markdown_cell(c[3:]) if c.startswith("md:") else v4.new_code_cell(c)
+                                  for c in cells])
+
 
 
 def checkpoint_manifest() -> dict:

@@ -17,17 +17,11 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from helpers import notebook_of
 
 from tensorcompress import student
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob(student.PATTERN))
-
-
-def _nb(*cells):
-    nb = nbformat.v4.new_notebook()
-    for c in cells:
-        nb.cells.append(nbformat.v4.new_markdown_cell(c[3:]) if c.startswith("md:") else nbformat.v4.new_code_cell(c))
-    return nb
 
 
 SOLUTION = '''def f(x):
@@ -55,9 +49,9 @@ def test_student_source_blanks_solution_with_its_indent_and_removes_hidden_tests
 
 
 def test_student_notebook_changes_only_exercise_cells():
-    nb = _nb("md:# 03 title", "x = 1", "md:### Exercise 3.1: double it\nWrite f.", SOLUTION, CHECK, "y = x + 1",
-             "md:### Exercise 3.2: again", "def h():\n    ### BEGIN SOLUTION\n    return 0\n    ### END SOLUTION",
-             "assert h() == 0")
+    nb = notebook_of("md:# 03 title", "x = 1", "md:### Exercise 3.1: double it\nWrite f.", SOLUTION, CHECK,
+                     "y = x + 1", "md:### Exercise 3.2: again",
+                     "def h():\n    ### BEGIN SOLUTION\n    return 0\n    ### END SOLUTION", "assert h() == 0")
     for i, cell in enumerate(nb.cells):
         if cell.cell_type == "code":
             cell.execution_count = i
@@ -87,7 +81,7 @@ def test_student_notebook_changes_only_exercise_cells():
 ])
 def test_malformed_markers_are_errors(cells, message):
     with pytest.raises(ValueError, match=re.escape(message)):
-        student.student_notebook(_nb(*cells))
+        student.student_notebook(notebook_of(*cells))
 
 
 # A second solution cell of an exercise that already has one well-marked cell: a marker the generator failed to read
@@ -105,7 +99,7 @@ LEAK = "SECRET = 42"
     ("### begin hidden tests", "### END Hidden  Tests"),
 ])
 def test_markers_in_any_case_and_spacing_are_markers(begin, end):
-    nb = _nb("md:### Exercise 1.1: t", SOLUTION, f"{begin}\n{LEAK}\n{end}\nprint(1)", CHECK)
+    nb = notebook_of("md:### Exercise 1.1: t", SOLUTION, f"{begin}\n{LEAK}\n{end}\nprint(1)", CHECK)
     out = student.student_notebook(nb)
     assert LEAK not in nbformat.writes(out) and "2 * y" not in nbformat.writes(out)
     assert not [ln for c in out.cells for ln in c.source.splitlines() if student.MARKER_LIKE.search(ln)]
@@ -127,18 +121,18 @@ def test_markers_in_any_case_and_spacing_are_markers(begin, end):
 def test_marker_like_lines_that_are_not_markers_are_errors(cells, message):
     # each of these left SECRET in the student version before markers were read by what they say
     with pytest.raises(ValueError, match=re.escape(message)):
-        student.student_notebook(_nb("md:### Exercise 1.1: t", *cells, CHECK))
+        student.student_notebook(notebook_of("md:### Exercise 1.1: t", *cells, CHECK))
 
 
 @pytest.mark.parametrize("line", ["# append solutions to the list", "# at the end, hidden units saturate",
                                   "# the solution ends here", "x = legend_solution"])
 def test_prose_near_the_marker_words_is_not_a_marker(line):
-    nb = _nb("md:### Exercise 1.1: t", SOLUTION, f"{line}\n{LEAK}", CHECK)
+    nb = notebook_of("md:### Exercise 1.1: t", SOLUTION, f"{line}\n{LEAK}", CHECK)
     assert student.student_notebook(nb).cells[2].source == f"{line}\n{LEAK}"  # not an exercise cell: untouched
 
 
 def test_raw_cells_with_markers_are_errors():
-    nb = _nb("md:### Exercise 1.1: t", SOLUTION, CHECK)
+    nb = notebook_of("md:### Exercise 1.1: t", SOLUTION, CHECK)
     nb.cells.append(nbformat.v4.new_raw_cell(f"### BEGIN SOLUTION\n{LEAK}\n### END SOLUTION"))
     with pytest.raises(ValueError, match="cell 3, line 1: .* in a raw cell"):
         student.student_notebook(nb)
@@ -147,8 +141,8 @@ def test_raw_cells_with_markers_are_errors():
 def test_main_writes_every_notebook(tmp_path, capsys):
     src = tmp_path / "src"
     src.mkdir()
-    nbformat.write(_nb("md:### Exercise 9.1: t", SOLUTION, CHECK), src / "09_x.ipynb")
-    nbformat.write(_nb("x = 1"), src / "notes.ipynb")  # not a numbered notebook: left out
+    nbformat.write(notebook_of("md:### Exercise 9.1: t", SOLUTION, CHECK), src / "09_x.ipynb")
+    nbformat.write(notebook_of("x = 1"), src / "notes.ipynb")  # not a numbered notebook: left out
     assert student.main([str(src), str(tmp_path / "out")]) == 0
     assert "09_x.ipynb: 1 exercises" in capsys.readouterr().out
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["09_x.ipynb"]
