@@ -347,6 +347,7 @@ def test_a_shared_tensor_free_module_runs_in_eval_mode_in_the_teacher():
     teacher = nn.Sequential(nn.Linear(4, 8), probe, nn.Linear(8, 5))
     student = nn.Sequential(nn.Linear(4, 8), probe, nn.Linear(8, 5))
     teacher[2].train()  # mixed modes come back as they were
+    teacher[0].weight.requires_grad_(False)  # and mixed requires_grad flags
     before = model_state(teacher)
     D.distill(student, teacher, data(), epochs=2, batch_size=25)
     # per batch: the teacher's forward (eval), then the student's (train); 2 epochs of 2 batches
