@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import helpers
 import pytest
@@ -44,6 +45,17 @@ def test_feature_hooks_single_name_and_the_model_itself():
     with D.FeatureHooks(model, "") as h:
         torch.testing.assert_close(h.model(x), h[""])
     assert h.names == ("",)
+
+
+@pytest.mark.parametrize("name", ["1", "3"])
+def test_feature_hooks_refuse_a_module_used_in_several_places(name):
+    # one Tanh at positions 1 and 3: a hook on it fires twice per forward pass and keeps the second output, so "1"
+    # would silently be the output of position 3 (and "3" was not found at all)
+    act = nn.Tanh()
+    model = nn.Sequential(nn.Linear(4, 4), act, nn.Linear(4, 4), act)
+    with pytest.raises(ValueError, match=re.escape("uses one module as the layers '1', '3'; a hook on " + repr(name))):
+        D.FeatureHooks(model, [name])
+    assert not any(m._forward_hooks for m in model.modules())
 
 
 def test_feature_hooks_errors():

@@ -341,6 +341,23 @@ def test_an_ensemble_teacher_sharing_a_batchnorm_with_the_student_is_refused():
         D.distill(student, teacher, data())
 
 
+@pytest.mark.parametrize(("hints", "attention", "message"), [
+    ({"1": "1"}, None, "the teacher layer '1' is also a layer of the student"),
+    ({"2": "0"}, None, "the student layer '2' is also a layer of the teacher"),
+    (None, {"1": "1"}, "the teacher layer '1' is also a layer of the student"),
+])
+def test_hint_and_attention_layers_shared_with_the_student_are_refused(hints, attention, message):
+    # one module in both networks: its hooks fire in both forward passes, the teacher's features would be the student's
+    act = nn.Tanh()
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Linear(4, 8), act, nn.Linear(8, 5))
+    student = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), act, nn.Linear(8, 5))
+    before = model_state(teacher)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        D.distill(student, teacher, data(), hints=hints, attention=attention)
+    assert_model_unchanged(teacher, before)
+
+
 def test_a_shared_tensor_free_module_runs_in_eval_mode_in_the_teacher():
     probe = Probe()
     torch.manual_seed(0)

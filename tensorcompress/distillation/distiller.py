@@ -242,11 +242,24 @@ class Distiller:
         self._shared_modules = [m for m in self.teacher.modules() if id(m) in in_student]
         self._student_hooks = FeatureHooks(student, [*self.hints, *self.attention],
                                            arg="hints/attention (student layers)")
+        self._check_hooked_layers_not_shared(student)
         self._freeze_teacher(state.device)
         self._teacher_hooks.attach()
         self._student_hooks.attach()
         if self.hints:
             self._build_regressors(state)
+
+    def _check_hooked_layers_not_shared(self, student: nn.Module) -> None:
+        """ValueError for a hint or attention layer that is one module in both networks: its forward hooks would fire
+        in both forward passes, so the teacher's recorded features would be the student's."""
+        shared = {id(m) for m in self._shared_modules}
+        for hooks, whose in ((self._teacher_hooks, "teacher"), (self._student_hooks, "student")):
+            layers = dict(hooks.model.named_modules())
+            for name in hooks.names:
+                if id(layers[name]) in shared:
+                    raise ValueError(f"hints/attention: the {whose} layer {name!r} is also a layer of the "
+                                     f"{'student' if whose == 'teacher' else 'teacher'}; its hooks would record both "
+                                     "networks' outputs: give the student its own copy of it")
 
     def _build_regressors(self, state) -> None:
         """One regressor per hint pair, sized on ``example_input``, on the student's device and dtype, added to the
