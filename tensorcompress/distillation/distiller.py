@@ -20,7 +20,8 @@ training ends or fails. A student that holds one of the teacher's tensors -- a s
 storage -- is refused with a ``ValueError`` naming the tensor in both models, rather than silently copying the
 teacher: the user decides whether the shared part should be the teacher's (``copy.deepcopy`` the student's part) or
 the student's (``copy.deepcopy(teacher)``). A shared module without tensors (an activation, ``Dropout``) is
-allowed and runs in eval mode in the teacher's forward pass, whatever mode training gives it.
+allowed and runs in eval mode in the teacher's forward pass, whatever mode training gives it; it cannot be a hint or
+attention layer (its hooks would fire in both networks' forward passes).
 
 **Caching the teacher.** Without data augmentation the teacher sees the same images every epoch and, frozen in eval
 mode, gives the same logits: for a small student its forward pass is a large share of the cost of a distillation

@@ -54,7 +54,8 @@ class FeatureHooks:
     model : nn.Module
     names : str or sequence of str
         Names from ``model.named_modules()`` (``""`` is the model itself). A name that is not there raises a
-        ``ValueError`` listing the layers and the closest names.
+        ``ValueError`` listing the layers and the closest names; so does a module the model uses in several places
+        (its hook would keep the output of the last call, whichever name was asked for).
     """
 
     def __init__(self, model: nn.Module, names: str | Iterable[str], *, arg: str = "names") -> None:
