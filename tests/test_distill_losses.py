@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import pytest
 import torch
 from helpers import randn, tolerance
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from torch import nn
 from torch.nn import functional as F
@@ -357,6 +358,52 @@ def test_attention_map_property(n, c, h, w, seed):
     torch.testing.assert_close(at.norm(dim=1), torch.ones(n, dtype=torch.float64))
     loss = D.attention_transfer_loss(a, randn((n, c + 1, h, w), seed + 1), beta=2.0)
     assert 0.0 <= float(loss) <= math.sqrt(2) + 1e-12  # β/2 = 1; unit vectors with entries >= 0 are <= √2 apart
+
+
+def _attention_closed_form(a):
+    """at(A) for p = 2 in exact rational arithmetic, each entry rounded once: sqrt(Q_j² / Σ_k Q_k²)."""
+    out = []
+    for sample in a:
+        c, hw = len(sample), len(sample[0])
+        q = [sum(Fraction(sample[k][j]) ** 2 for k in range(c)) for j in range(hw)]
+        total = sum(x * x for x in q)
+        out.append([0.0 if total == 0 else math.sqrt(float(x * x / total)) for x in q])
+    return out
+
+
+# subnormals, magnitudes whose squares overflow or underflow (1e200, 1e-200), exact ties, zeros
+MAGNITUDES = st.sampled_from([0.0, 5e-324, 1e-310, 1e-200, 1e-7, 1.0, 3.0, 1e20, 1e200, 1.7e308])
+
+
+@given(data=st.data())
+@example(data=None)
+def test_attention_map_against_exact_arithmetic_at_any_magnitude(data):
+    if data is None:  # activations of one magnitude, tiny: Q was below F.normalize's eps and the row not of norm 1
+        a = [[[1e-7] * 4] * 3]
+    else:
+        n, c, hw = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 3)), data.draw(st.integers(1, 4))
+        entry = st.tuples(MAGNITUDES, st.sampled_from([-1.0, 1.0])).map(lambda t: t[0] * t[1])
+        a = data.draw(st.lists(st.lists(st.lists(entry, min_size=hw, max_size=hw), min_size=c, max_size=c),
+                               min_size=n, max_size=n))
+    at = D.attention_map(torch.tensor(a, dtype=torch.float64))
+    # each entry is <= 1: an absolute tolerance of a few ulps of 1
+    torch.testing.assert_close(at, torch.tensor(_attention_closed_form(a), dtype=torch.float64), rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e-7, 1e7, 1e20, 1e30])
+def test_attention_map_and_transfer_are_scale_free_in_float32(scale):
+    s, t = randn((2, 3, 4, 4), 60, dtype=torch.float32), randn((2, 5, 4, 4), 61, dtype=torch.float32)
+    at = D.attention_map(s)
+    torch.testing.assert_close(D.attention_map(scale * s), at, rtol=1e-5, atol=1e-7)
+    s.requires_grad_()
+    loss = D.attention_transfer_loss(s, t)
+    (grad,) = torch.autograd.grad(loss, s)
+    s_scaled = (scale * s.detach()).requires_grad_()
+    loss_scaled = D.attention_transfer_loss(s_scaled, scale * t)
+    (grad_scaled,) = torch.autograd.grad(loss_scaled, s_scaled)
+    torch.testing.assert_close(loss_scaled, loss, rtol=1e-5, atol=1e-7)
+    # homogeneous of degree 0: the gradient at c·A is the gradient at A divided by c
+    torch.testing.assert_close(grad_scaled * scale, grad, rtol=1e-4, atol=1e-6)
 
 
 def test_attention_transfer_errors():
