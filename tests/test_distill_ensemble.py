@@ -78,6 +78,17 @@ def test_feature_hooks_errors():
 # ---------------------------------------------------------------- Ensemble
 
 
+class Const(nn.Module):
+    """A member that returns the same logits whatever its input."""
+
+    def __init__(self, z: torch.Tensor):
+        super().__init__()
+        self.register_buffer("z", z)
+
+    def forward(self, x):
+        return self.z
+
+
 def members(dtype=torch.float64, device="cpu", m=3):
     return [mlp(10 + i, dtype=dtype).to(device) for i in range(m)]
 
@@ -97,6 +108,20 @@ def test_mean_probs_is_the_log_of_the_mean_distribution(device, dtype):
     p = sum(torch.softmax(m(x), 1) for m in ms) / 3
     torch.testing.assert_close(out, p.log(), rtol=tolerance(dtype), atol=1e-6 if dtype == torch.float32 else 1e-13)
     torch.testing.assert_close(torch.softmax(out, 1), p, rtol=tolerance(dtype), atol=1e-7)
+
+
+@pytest.mark.parametrize("mode", ["mean_logits", "mean_probs", "vote"])
+def test_members_with_logits_near_the_largest_float32_give_finite_scores(mode):
+    big = torch.tensor([[3e38, -3e38, 0.0], [1e-45, 0.0, -1e-45]])  # near float32's max, and subnormal
+    same = [Const(big), Const(big.clone())]
+    out = D.Ensemble(same, mode=mode)(torch.zeros(2, 1))
+    assert out.dtype == torch.float32 and out.argmax(1).tolist() == [0, 0]
+    if mode == "mean_probs":  # log of a probability e^(-6e38): -inf is its float32 rounding, NaN would not be
+        assert not bool(out.isnan().any()) and out[0, 1] == -math.inf
+    else:
+        assert bool(torch.isfinite(out).all())
+    if mode == "mean_logits":  # the mean of equal logits is the logits, subnormals too (a float32 sum gave inf)
+        torch.testing.assert_close(out, big, rtol=0, atol=0)
 
 
 def test_mean_probs_stays_finite_for_confident_members():
