@@ -7,6 +7,8 @@ SSH) there is no browser to open. So the command adds ``--allow-root`` when the 
 JupyterLab prints). Kernels get matplotlib's inline back-end whatever ``MPLBACKEND`` the calling shell has (an
 inherited ``Agg`` would draw no figure). The server listens on loopback only (JupyterLab's default); add
 ``--ip=0.0.0.0`` yourself to reach it from outside a container. ``--print-command`` prints the command and exits.
+JupyterLab, the kernel and the inline back-end come with the ``notebooks`` extra
+(``pip install "tensorcompress[notebooks]"``, part of ``dev``); without them the command says so and starts nothing.
 """
 
 from __future__ import annotations
@@ -17,9 +19,12 @@ import shlex
 import sys
 from collections.abc import Mapping, Sequence
 
+from ._extras import require
+
 __all__ = ["lab_command", "lab_env", "main"]
 
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+NEEDS = ("jupyterlab", "ipykernel", "matplotlib_inline")  # the server, its Python kernel, the kernels' back-end
 
 
 def _has_display(env: Mapping[str, str], platform: str) -> bool:
@@ -75,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_command:
         print(shlex.join(cmd))
         return 0
+    try:
+        require("tensorcompress.lab", NEEDS)
+    except ImportError as err:
+        parser.error(str(err))
     os.execve(cmd[0], cmd, lab_env())  # JupyterLab takes over the terminal and its Ctrl-C
 
 

@@ -5,6 +5,8 @@ Usage (what ``make student`` calls)::
     python -m tensorcompress.student notebooks/ build/student/   # every NN_*.ipynb of the folder
     python -m tensorcompress.student notebooks/03_low_rank_matrices.ipynb build/student/
 
+It needs the ``notebooks`` extra (``pip install "tensorcompress[notebooks]"``, part of ``dev``).
+
 The stored notebooks are the one source of truth. An exercise is a Markdown cell headed
 ``### Exercise N.k: title``, one or more code cells after it holding the solution between the lines
 ``### BEGIN SOLUTION`` / ``### END SOLUTION``, and the check cell right after the last of them; checks only a
@@ -23,6 +25,13 @@ Every other cell, the notebook metadata and the cell order are untouched. Malfor
 naming the notebook, the cell and the line, so a broken notebook never yields a student version that leaks a
 solution.
 
+A marker is recognised by what it says, not by how it is typed: a comment line of one or more ``#`` followed by
+``BEGIN``/``END`` and ``SOLUTION``/``HIDDEN TESTS`` in any letter case and with any spacing (``# begin solution``,
+``###END   HIDDEN TESTS``). Any other line that looks like a marker -- the words ``BEGIN``/``END`` next to
+``SOLUTION``/``HIDDEN TEST`` anywhere in a line (``### BEGIN_SOLUTION``, ``x = 1  # END SOLUTION``,
+``### BEGIN HIDDEN TEST``), or in a Markdown or raw cell, which the generator never blanks -- is a ``ValueError``:
+a marker the generator cannot read would otherwise leave its region, solution included, in the student version.
+
 Why not nbgrader's or otter-grader's generator: both are course-management systems. nbgrader 0.9.6 brings 101
 packages into a fresh environment (73 MB of wheels; 10 packages and 28 MB beyond the ``dev`` extra: notebook,
 SQLAlchemy, alembic, ...) and needs its metadata on every graded cell and its course-folder layout; otter-grader 7.0
@@ -40,14 +49,24 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nbformat
+from ._extras import missing_message
+
+try:
+    import nbformat
+except ImportError as exc:
+    raise ImportError(missing_message("tensorcompress.student", [exc.name]), name=exc.name) from exc
 
 __all__ = ["Exercise", "find_exercises", "student_source", "student_notebook", "convert", "main"]
 
 BEGIN_SOLUTION, END_SOLUTION = "### BEGIN SOLUTION", "### END SOLUTION"
 BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
-_MARKERS = {BEGIN_SOLUTION: "solution", BEGIN_HIDDEN: "hidden"}
-_ENDS = {END_SOLUTION: "solution", END_HIDDEN: "hidden"}
+# A marker: the whole line, any case, any spacing. Marker-like: the same words anywhere, joined by anything.
+MARKER = re.compile(r"^\s*#+\s*(?P<edge>begin|end)\s+(?P<kind>solution|hidden\s+tests)\s*$", re.IGNORECASE)
+# (a comment line that starts with the words, e.g. "### BEGIN HIDDEN", or the words anywhere, "hidden" then only with
+# "test", so that "at the end, hidden units" in a comment is prose)
+_WHAT = r"(solution|hidden[\W_]*tests?)"
+MARKER_LIKE = re.compile(rf"^\s*#+\s*(begin|end)[\W_]*(solution|hidden)|\b(begin|end)[\W_]*{_WHAT}|"
+                         rf"\b{_WHAT}[\W_]*(begin|end)\b", re.IGNORECASE)
 HEADING = re.compile(r"^###\s+Exercise\s+(\d+)\.(\d+)\s*:\s*(\S.*?)\s*$", re.MULTILINE)
 PATTERN = "[0-9][0-9]_*.ipynb"
 
@@ -70,40 +89,64 @@ class Exercise:
         return sorted(set(self.solution_cells + extra + self.hidden_cells))
 
 
+def _marker(line: str) -> tuple[str, str] | None:
+    """``("begin" | "end", "solution" | "hidden")`` if ``line`` is a marker, None if it is not marker-like at all;
+    ValueError (naming the line, through the caller) for a line that looks like a marker but is not one."""
+    m = MARKER.match(line)
+    if m:
+        return m["edge"].lower(), m["kind"].split()[0].lower()
+    if MARKER_LIKE.search(line):
+        raise ValueError(f"{line.strip()!r} looks like a marker but is not one; write a whole comment line "
+                         f"{BEGIN_SOLUTION!r}, {END_SOLUTION!r}, {BEGIN_HIDDEN!r} or {END_HIDDEN!r}")
+    return None
+
+
 def _regions(source: str, where: str) -> list[tuple[str, int, int]]:
     """``(kind, first_line, last_line)`` of each marked region (marker lines included); ValueError if malformed."""
     regions, open_kind, start = [], None, 0
-    lines = source.splitlines()
-    for i, line in enumerate(lines):
-        s = line.strip()
-        if s in _MARKERS:
+    for i, line in enumerate(source.splitlines()):
+        try:
+            marker = _marker(line)
+        except ValueError as err:
+            raise ValueError(f"{where}, line {i + 1}: {err}") from None
+        if marker is None:
+            continue
+        edge, kind = marker
+        if edge == "begin":
             if open_kind is not None:
-                raise ValueError(f"{where}, line {i + 1}: {s!r} inside an open {open_kind} region")
-            open_kind, start = _MARKERS[s], i
-        elif s in _ENDS:
-            if open_kind != _ENDS[s]:
-                raise ValueError(f"{where}, line {i + 1}: {s!r} without a matching BEGIN")
+                raise ValueError(f"{where}, line {i + 1}: {line.strip()!r} inside an open {open_kind} region")
+            open_kind, start = kind, i
+        else:
+            if open_kind != kind:
+                raise ValueError(f"{where}, line {i + 1}: {line.strip()!r} without a matching BEGIN")
             regions.append((open_kind, start, i))
             open_kind = None
-        elif open_kind is None and re.match(r"#+\s*(BEGIN|END)\s+(SOLUTION|HIDDEN TESTS)\b", s):
-            raise ValueError(f"{where}, line {i + 1}: {s!r} is not a marker; write {BEGIN_SOLUTION!r}, "
-                             f"{END_SOLUTION!r}, {BEGIN_HIDDEN!r} or {END_HIDDEN!r}")
     if open_kind is not None:
         raise ValueError(f"{where}, line {start + 1}: the {open_kind} region is never closed")
     return regions
+
+
+def _refuse_markers(cell, where: str) -> None:
+    """ValueError for a marker or marker-like line in a Markdown or raw cell: the student version keeps those cells
+    as they are, so a solution marked there would leak."""
+    for i, line in enumerate(cell.source.splitlines()):
+        if MARKER.match(line) or MARKER_LIKE.search(line):
+            raise ValueError(f"{where}, line {i + 1}: {line.strip()!r} in a {cell.cell_type} cell, which the "
+                             "student version keeps as it is; solutions and hidden tests belong in code cells")
 
 
 def find_exercises(nb, name: str = "notebook") -> list[Exercise]:
     """The exercises of a notebook, in order; ValueError on malformed markers or duplicate numbers."""
     exercises: list[Exercise] = []
     for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            _refuse_markers(cell, f"{name}, cell {i}")
         if cell.cell_type == "markdown":
             for m in HEADING.finditer(cell.source):
                 number = f"{int(m.group(1))}.{int(m.group(2))}"
                 if any(e.number == number for e in exercises):
                     raise ValueError(f"{name}, cell {i}: exercise {number} is numbered twice")
                 exercises.append(Exercise(number, m.group(3), i))
-            continue
         if cell.cell_type != "code":
             continue
         kinds = {kind for kind, _, _ in _regions(cell.source, f"{name}, cell {i}")}

@@ -6,6 +6,8 @@ Usage (what ``make tour`` and ``make notebooks`` call)::
     python -m tensorcompress.tour notebooks/ --in-place           # execute and store the outputs in the notebooks
     python -m tensorcompress.tour notebooks/01_tensors.ipynb      # just one notebook
 
+It needs the ``notebooks`` extra (``pip install "tensorcompress[notebooks]"``, part of ``dev``).
+
 Notebooks are the files ``NN_*.ipynb`` of each folder given, run in name order (the number is the level order).
 Each runs in a fresh kernel of the current Python (the one running this module, so ``.venv`` when called from the
 Makefile) with the notebook's folder as working directory. A failing notebook does not stop the tour: the rest still
@@ -35,14 +37,21 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import ipykernel.kernelspec
-import nbformat
-from jupyter_client.kernelspec import KernelSpecManager
-from jupyter_client.manager import AsyncKernelManager
-from nbclient import NotebookClient
-from nbclient.exceptions import CellExecutionError, CellTimeoutError
-
+from ._extras import missing_message
 from ._validation import check_positive_int
+
+try:
+    import ipykernel.kernelspec
+    import jinja2
+    import jupyter_server_mathjax
+    import nbformat
+    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_client.manager import AsyncKernelManager
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError
+    from nbconvert import HTMLExporter
+except ImportError as exc:
+    raise ImportError(missing_message("tensorcompress.tour", [exc.name]), name=exc.name) from exc
 
 __all__ = ["NotebookResult", "find_notebooks", "run_notebook", "render_html", "install_mathjax", "write_index", "main"]
 
@@ -181,13 +190,6 @@ def run_notebook(
 
 def install_mathjax(html_dir: Path) -> Path:
     """Copy MathJax 2.7 (from ``jupyter-server-mathjax``) to ``html_dir/mathjax/`` unless that copy is there already."""
-    try:
-        import jupyter_server_mathjax
-    except ImportError as exc:
-        raise ImportError(
-            "rendering HTML needs the package jupyter-server-mathjax (a local MathJax, so that equations typeset "
-            "offline): pip install jupyter-server-mathjax, or pip install -e '.[dev]'"
-        ) from exc
     source = Path(jupyter_server_mathjax.__file__).resolve().parent / "static"
     target = html_dir / MATHJAX_DIR
     stamp = target / ".jupyter-server-mathjax-version"
@@ -200,9 +202,6 @@ def install_mathjax(html_dir: Path) -> Path:
 
 def render_html(nb: nbformat.NotebookNode, out: Path) -> Path:
     """Render ``nb`` to the page ``out`` that reads offline: MathJax from ``out``'s folder, no remote scripts."""
-    import jinja2
-    from nbconvert import HTMLExporter
-
     install_mathjax(out.parent)
     exporter = HTMLExporter(
         template_file=_TEMPLATE_NAME,

@@ -6,6 +6,9 @@ import os
 
 import pytest
 import torch
+
+# seeded tensors and tolerances live in helpers.py; re-exported for test files that import them from here
+from helpers import randn, tolerance  # noqa: F401
 from hypothesis import HealthCheck, settings
 
 import tensorcompress as tc
@@ -42,11 +45,6 @@ def dtype(request) -> torch.dtype:
     return request.param
 
 
-def tolerance(dtype: torch.dtype) -> float:
-    """A relative tolerance suited to ``dtype``."""
-    return 1e-4 if dtype == torch.float32 else 1e-10
-
-
 @pytest.fixture(autouse=True, scope="session")
 def _one_thread():
     """Unit tests use small tensors: one torch thread avoids waking (and, on a busy 2-core machine, oversubscribing)
@@ -55,9 +53,3 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def randn(shape, seed: int, device="cpu", dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """A seeded standard-normal tensor, drawn in float64 on the CPU so the values are the same on every device."""
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(tuple(shape), generator=g, dtype=torch.float64).to(device=device, dtype=dtype)

@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1] / "tensorcompress"
 
 FLOORS = {
-    "tensor": 0, "_validation": 0, "devices": 0, "_bits": 0,
+    "tensor": 0, "_validation": 0, "devices": 0, "_bits": 0, "_extras": 0,
     "surgery": 1,
     "train": 2, "metrics": 2, "data": 2, "models": 2,
     "decompositions": 3,
@@ -27,7 +27,7 @@ SIBLINGS_APART = {"layers", "quantization", "pruning", "distillation"}
 # within floor (c) the measurement sits on the training loop (accuracy is measured by evaluate), never the reverse
 SAME_FLOOR_ALLOWED = {("metrics", "train"), ("metrics", "models"), ("metrics", "data"), ("train", "data"),
                       ("pipelines", "export")}
-SHARED = {"tensor", "_validation", "devices", "_bits"}  # private to the library, shared by every package
+SHARED = {"tensor", "_validation", "devices", "_bits", "_extras"}  # private to the library, shared by every package
 
 
 def _package(path: Path) -> str:

@@ -17,6 +17,7 @@ import json
 
 import pytest
 import torch
+from helpers import checkpoint_manifest
 
 import tensorcompress as tc
 from tensorcompress import baselines
@@ -28,7 +29,7 @@ TEST_SIZES = {"lenet300100": 1000, "lenet5": 1000, "smallcnn": 360}
 
 @pytest.fixture(scope="module")
 def manifest():
-    return json.loads((CHECKPOINT_DIR / "manifest.json").read_text())
+    return checkpoint_manifest()
 
 
 @pytest.mark.parametrize("name", sorted(TARGETS))

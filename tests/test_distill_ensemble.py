@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+import re
 
+import helpers
 import pytest
 import torch
-from conftest import randn, tolerance
+from helpers import randn, tolerance
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import TensorDataset
@@ -17,8 +19,7 @@ D = tc.distillation
 
 
 def mlp(seed: int, hidden: int = 6, k: int = 5, d: int = 4, dtype=torch.float64) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, k)).to(dtype)
+    return helpers.mlp(d, hidden, k, seed=seed, dtype=dtype)
 
 
 # ---------------------------------------------------------------- FeatureHooks
@@ -46,6 +47,17 @@ def test_feature_hooks_single_name_and_the_model_itself():
     assert h.names == ("",)
 
 
+@pytest.mark.parametrize("name", ["1", "3"])
+def test_feature_hooks_refuse_a_module_used_in_several_places(name):
+    # one Tanh at positions 1 and 3: a hook on it fires twice per forward pass and keeps the second output, so "1"
+    # would silently be the output of position 3 (and "3" was not found at all)
+    act = nn.Tanh()
+    model = nn.Sequential(nn.Linear(4, 4), act, nn.Linear(4, 4), act)
+    with pytest.raises(ValueError, match=re.escape("uses one module as the layers '1', '3'; a hook on " + repr(name))):
+        D.FeatureHooks(model, [name])
+    assert not any(m._forward_hooks for m in model.modules())
+
+
 def test_feature_hooks_errors():
     model = mlp(2)
     with pytest.raises(ValueError, match="names: Sequential has no layer named 'fc1'.*Layers: '0', '1', '2'"):
@@ -64,6 +76,17 @@ def test_feature_hooks_errors():
 
 
 # ---------------------------------------------------------------- Ensemble
+
+
+class Const(nn.Module):
+    """A member that returns the same logits whatever its input."""
+
+    def __init__(self, z: torch.Tensor):
+        super().__init__()
+        self.register_buffer("z", z)
+
+    def forward(self, x):
+        return self.z
 
 
 def members(dtype=torch.float64, device="cpu", m=3):
@@ -85,6 +108,20 @@ def test_mean_probs_is_the_log_of_the_mean_distribution(device, dtype):
     p = sum(torch.softmax(m(x), 1) for m in ms) / 3
     torch.testing.assert_close(out, p.log(), rtol=tolerance(dtype), atol=1e-6 if dtype == torch.float32 else 1e-13)
     torch.testing.assert_close(torch.softmax(out, 1), p, rtol=tolerance(dtype), atol=1e-7)
+
+
+@pytest.mark.parametrize("mode", ["mean_logits", "mean_probs", "vote"])
+def test_members_with_logits_near_the_largest_float32_give_finite_scores(mode):
+    big = torch.tensor([[3e38, -3e38, 0.0], [1e-45, 0.0, -1e-45]])  # near float32's max, and subnormal
+    same = [Const(big), Const(big.clone())]
+    out = D.Ensemble(same, mode=mode)(torch.zeros(2, 1))
+    assert out.dtype == torch.float32 and out.argmax(1).tolist() == [0, 0]
+    if mode == "mean_probs":  # log of a probability e^(-6e38): -inf is its float32 rounding, NaN would not be
+        assert not bool(out.isnan().any()) and out[0, 1] == -math.inf
+    else:
+        assert bool(torch.isfinite(out).all())
+    if mode == "mean_logits":  # the mean of equal logits is the logits, subnormals too (a float32 sum gave inf)
+        torch.testing.assert_close(out, big, rtol=0, atol=0)
 
 
 def test_mean_probs_stays_finite_for_confident_members():

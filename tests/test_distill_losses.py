@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import pytest
 import torch
-from conftest import randn, tolerance
-from hypothesis import given
+from helpers import randn, tolerance
+from hypothesis import example, given
 from hypothesis import strategies as st
 from torch import nn
 from torch.nn import functional as F
@@ -85,6 +86,67 @@ def test_kd_loss_is_zero_for_identical_logits_and_positive_otherwise():
     z = logits(6, 5, 13)
     assert float(D.kd_loss(z, z.clone(), None)) == pytest.approx(0.0, abs=1e-14)
     assert float(D.kd_loss(z, logits(6, 5, 14), None)) > 0
+
+
+# ---------------------------------------------------------------- kd_loss at extreme logits, drawn
+
+
+def _log_softmax64(row, T):
+    """log softmax(row / T) in Python floats: (x - max) - log Σ exp(x - max), the sum by fsum (subtracting the max
+    first keeps the largest entries' log-probabilities exact, whatever the logits' magnitude)."""
+    d = [x / T - max(row) / T for x in row]
+    log_sum = math.log(math.fsum(math.exp(x) for x in d))
+    return [x - log_sum for x in d]
+
+
+def _kd_closed_form(z, v, y, T, alpha):
+    """The loss and its gradient in z, written out row by row in float64 without torch (module docstring)."""
+    n = len(z)
+    soft, hard, grad = [], [], []
+    for zr, vr, yr in zip(z, v, y, strict=True):
+        lq, lp, l1 = _log_softmax64(zr, T), _log_softmax64(vr, T), _log_softmax64(zr, 1.0)
+        soft.append(math.fsum(math.exp(a) * (a - b) for a, b in zip(lp, lq, strict=True)))
+        hard.append(-l1[yr])
+        grad.append([(alpha * T * (math.exp(b) - math.exp(a)) + (1 - alpha) * (math.exp(c) - (i == yr))) / n
+                     for i, (a, b, c) in enumerate(zip(lp, lq, l1, strict=True))])
+    return alpha * T * T * math.fsum(soft) / n + (1 - alpha) * math.fsum(hard) / n, grad
+
+
+# moderate values, subnormals, values whose exponentials under- or overflow (±745, ±710), and huge ones; drawn from
+# a pool so that ties within a row and between student and teacher are frequent
+EXTREME = st.one_of(st.floats(-1e6, 1e6), st.sampled_from([0.0, -0.0, 5e-324, -5e-324, 2.2e-308, 1e-300, 1.0, 710.0,
+                                                           -710.0, 745.0, -745.0, 1e12, -1e12, 1e15]))
+
+
+@given(data=st.data())
+def test_kd_loss_and_gradient_against_a_float64_closed_form_at_extreme_logits(data):
+    n, k = data.draw(st.integers(1, 4), label="n"), data.draw(st.integers(2, 6), label="k")
+    rows = st.lists(st.lists(EXTREME, min_size=k, max_size=k), min_size=n, max_size=n)
+    z, v = data.draw(rows, label="z"), data.draw(rows, label="v")
+    y = data.draw(st.lists(st.integers(0, k - 1), min_size=n, max_size=n), label="y")
+    T = data.draw(st.sampled_from([0.25, 1.0, 4.0, 50.0]), label="T")
+    alpha = data.draw(st.sampled_from([0.0, 0.3, 0.9, 1.0]), label="alpha")
+    zt = torch.tensor(z, dtype=torch.float64, requires_grad=True)
+    loss = D.kd_loss(zt, torch.tensor(v, dtype=torch.float64), torch.tensor(y), T=T, alpha=alpha)
+    loss.backward()
+    value, ref, ref_grad = float(loss.detach()), *_kd_closed_form(z, v, y, T, alpha)
+    # a log-probability x_i - max - log Σ carries an absolute error of a few ulps of |x_i - max|, so a probability
+    # p_i a relative one, and p_i |x_i - max| <= 1/e: T² KL is off by ulps of T · max|logit| per class, the hard term
+    # by ulps of max|logit|
+    eps, big = torch.finfo(torch.float64).eps, max(abs(x) for row in z + v for x in row)
+    assert math.isfinite(value) and bool(torch.isfinite(zt.grad).all())
+    assert abs(value - ref) <= 16 * eps * k * (T * big + T * T + big + 1) + 1e-13 * abs(ref)
+    grad_tol = 16 * eps * (T + 1) * (big / T + big + k) / n
+    assert torch.allclose(zt.grad, torch.tensor(ref_grad, dtype=torch.float64), rtol=0, atol=grad_tol)
+
+
+@given(data=st.data())
+def test_kd_loss_of_identical_logits_is_exactly_zero(data):
+    n, k = data.draw(st.integers(1, 4)), data.draw(st.integers(2, 6))
+    z = torch.tensor(data.draw(st.lists(st.lists(EXTREME, min_size=k, max_size=k), min_size=n, max_size=n)),
+                     dtype=torch.float64)
+    T = data.draw(st.sampled_from([0.25, 1.0, 4.0, 50.0]))
+    assert float(D.kd_loss(z, z.clone(), None, T=T)) == 0.0  # the same log-softmax on both sides: KL exactly 0
 
 
 def centred(z):
@@ -296,6 +358,52 @@ def test_attention_map_property(n, c, h, w, seed):
     torch.testing.assert_close(at.norm(dim=1), torch.ones(n, dtype=torch.float64))
     loss = D.attention_transfer_loss(a, randn((n, c + 1, h, w), seed + 1), beta=2.0)
     assert 0.0 <= float(loss) <= math.sqrt(2) + 1e-12  # β/2 = 1; unit vectors with entries >= 0 are <= √2 apart
+
+
+def _attention_closed_form(a):
+    """at(A) for p = 2 in exact rational arithmetic, each entry rounded once: sqrt(Q_j² / Σ_k Q_k²)."""
+    out = []
+    for sample in a:
+        c, hw = len(sample), len(sample[0])
+        q = [sum(Fraction(sample[k][j]) ** 2 for k in range(c)) for j in range(hw)]
+        total = sum(x * x for x in q)
+        out.append([0.0 if total == 0 else math.sqrt(float(x * x / total)) for x in q])
+    return out
+
+
+# subnormals, magnitudes whose squares overflow or underflow (1e200, 1e-200), exact ties, zeros
+MAGNITUDES = st.sampled_from([0.0, 5e-324, 1e-310, 1e-200, 1e-7, 1.0, 3.0, 1e20, 1e200, 1.7e308])
+
+
+@given(data=st.data())
+@example(data=None)
+def test_attention_map_against_exact_arithmetic_at_any_magnitude(data):
+    if data is None:  # activations of one magnitude, tiny: Q was below F.normalize's eps and the row not of norm 1
+        a = [[[1e-7] * 4] * 3]
+    else:
+        n, c, hw = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 3)), data.draw(st.integers(1, 4))
+        entry = st.tuples(MAGNITUDES, st.sampled_from([-1.0, 1.0])).map(lambda t: t[0] * t[1])
+        a = data.draw(st.lists(st.lists(st.lists(entry, min_size=hw, max_size=hw), min_size=c, max_size=c),
+                               min_size=n, max_size=n))
+    at = D.attention_map(torch.tensor(a, dtype=torch.float64))
+    # each entry is <= 1: an absolute tolerance of a few ulps of 1
+    torch.testing.assert_close(at, torch.tensor(_attention_closed_form(a), dtype=torch.float64), rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e-7, 1e7, 1e20, 1e30])
+def test_attention_map_and_transfer_are_scale_free_in_float32(scale):
+    s, t = randn((2, 3, 4, 4), 60, dtype=torch.float32), randn((2, 5, 4, 4), 61, dtype=torch.float32)
+    at = D.attention_map(s)
+    torch.testing.assert_close(D.attention_map(scale * s), at, rtol=1e-5, atol=1e-7)
+    s.requires_grad_()
+    loss = D.attention_transfer_loss(s, t)
+    (grad,) = torch.autograd.grad(loss, s)
+    s_scaled = (scale * s.detach()).requires_grad_()
+    loss_scaled = D.attention_transfer_loss(s_scaled, scale * t)
+    (grad_scaled,) = torch.autograd.grad(loss_scaled, s_scaled)
+    torch.testing.assert_close(loss_scaled, loss, rtol=1e-5, atol=1e-7)
+    # homogeneous of degree 0: the gradient at c·A is the gradient at A divided by c
+    torch.testing.assert_close(grad_scaled * scale, grad, rtol=1e-4, atol=1e-6)
 
 
 def test_attention_transfer_errors():

@@ -4,9 +4,12 @@ documented sum, regressors are trained apart from the student, a real distillati
 from __future__ import annotations
 
 import copy
+import re
 
+import helpers
 import pytest
 import torch
+from helpers import assert_model_unchanged, model_state, random_classification
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -21,8 +24,7 @@ def _quiet(monkeypatch):
 
 
 def data(n=50, d=4, k=5, seed=0, dtype=torch.float32):
-    g = torch.Generator().manual_seed(seed)
-    return TensorDataset(torch.randn(n, d, generator=g).to(dtype), torch.randint(0, k, (n,), generator=g))
+    return random_classification(n, d, k, seed, dtype)
 
 
 def images(n=24, seed=0):
@@ -32,8 +34,7 @@ def images(n=24, seed=0):
 
 
 def mlp(seed, d=4, hidden=8, k=5, dropout=0.0, dtype=torch.float32):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, k)).to(dtype)
+    return helpers.mlp(d, hidden, k, seed=seed, dropout=dropout, dtype=dtype)
 
 
 class Spy(nn.Module):
@@ -49,21 +50,6 @@ class Spy(nn.Module):
         return self.net(x)
 
 
-def snapshot(model: nn.Module):
-    return ({k: v.detach().clone() for k, v in model.state_dict().items()},
-            {n: m.training for n, m in model.named_modules()},
-            {n: p.requires_grad for n, p in model.named_parameters()})
-
-
-def assert_unchanged(model: nn.Module, before) -> None:
-    state, modes, flags = snapshot(model)
-    assert state.keys() == before[0].keys()
-    assert all(torch.equal(state[k], before[0][k]) for k in state)  # not trained: exactly equal
-    assert modes == before[1] and flags == before[2]
-    assert all(p.grad is None for p in model.parameters())
-    assert all(not m._forward_hooks for m in model.modules())
-
-
 # ---------------------------------------------------------------- the teacher
 
 
@@ -71,23 +57,23 @@ def test_teacher_is_frozen_in_eval_mode_called_once_per_batch_and_left_unchanged
     teacher = Spy(mlp(0, dropout=0.5, dtype=dtype))
     teacher.train()
     teacher.net[3].eval()  # mixed modes must come back as they were
-    before = snapshot(teacher)
+    before = model_state(teacher)
     student = mlp(1, dtype=dtype)
     history = D.distill(student, teacher, data(dtype=dtype), epochs=2, batch_size=16, device=device)
     assert len(history) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in history)
     assert teacher.calls == [(False, False)] * 8  # 2 epochs × 4 batches of 50 samples, eval mode, no grad
-    assert_unchanged(teacher, before)
+    assert_model_unchanged(teacher, before)
     assert next(teacher.parameters()).device.type == "cpu"  # moved back after training on `device`
     assert all(not m._forward_hooks for m in student.modules())
 
 
 def test_with_hints_the_teacher_runs_once_more_to_size_the_regressors():
     teacher, student = Spy(mlp(0, hidden=8)), mlp(1, hidden=3)
-    before = snapshot(teacher)
+    before = model_state(teacher)
     loader = DataLoader(data(), batch_size=10, shuffle=False)  # a DataLoader: the example batch comes from it
     D.distill(student, teacher, loader, epochs=2, hints={"1": "net.1"}, attention=None)
     assert teacher.calls == [(False, False)] * (1 + 2 * 5)
-    assert_unchanged(teacher, before)
+    assert_model_unchanged(teacher, before)
 
 
 def test_models_returning_features_too():
@@ -109,16 +95,16 @@ def test_models_returning_features_too():
 
 def test_teacher_of_another_dtype():
     teacher, student = mlp(0, dtype=torch.float32), mlp(1, dtype=torch.float64)
-    before = snapshot(teacher)
+    before = model_state(teacher)
     D.distill(student, teacher, data(dtype=torch.float64), epochs=1, batch_size=25)
-    assert_unchanged(teacher, before)
+    assert_model_unchanged(teacher, before)
     assert next(student.parameters()).dtype == torch.float64
 
 
 def test_teacher_restored_when_training_fails():
     teacher = mlp(0)
     teacher.train()
-    before = snapshot(teacher)
+    before = model_state(teacher)
 
     class Boom:
         def on_batch_end(self, state):
@@ -127,7 +113,7 @@ def test_teacher_restored_when_training_fails():
     student = mlp(1)
     with pytest.raises(RuntimeError, match="boom"):
         D.distill(student, teacher, data(), epochs=1, callbacks=[Boom()])
-    assert_unchanged(teacher, before)
+    assert_model_unchanged(teacher, before)
     assert all(not m._forward_hooks for m in student.modules())
 
 
@@ -220,7 +206,7 @@ def test_regressors_join_a_given_optimizer_instance():
 
 def test_an_ensemble_as_teacher():
     members = [mlp(s) for s in (0, 1, 2)]
-    befores = [snapshot(m) for m in members]
+    befores = [model_state(m) for m in members]
     ens = D.Ensemble(members, mode="mean_probs")
     student = mlp(3, hidden=4)
     d = D.Distiller(ens, T=2.0, alpha=0.5)
@@ -229,7 +215,7 @@ def test_an_ensemble_as_teacher():
         tc.fit(student, data(), epochs=1, batch_size=25, callbacks=[d, check])
     assert check.checked == 2
     for m, b in zip(members, befores, strict=True):
-        assert_unchanged(m, b)
+        assert_model_unchanged(m, b)
 
 
 def test_temperature_and_alpha_can_be_annealed_by_a_callback():
@@ -282,19 +268,108 @@ def test_distill_errors():
 def test_errors_found_when_training_starts_leave_the_teacher_as_it_was():
     teacher = mlp(0)
     teacher.train()
-    before = snapshot(teacher)
+    before = model_state(teacher)
     with pytest.raises(ValueError, match="student layers.*no layer named 'conv1'"):
         D.distill(mlp(1), teacher, data(), hints={"conv1": "0"})
-    assert_unchanged(teacher, before)
+    assert_model_unchanged(teacher, before)
     with pytest.raises(ValueError, match="must not be the model being trained"):
         D.distill(teacher, teacher, data())
-    shared = mlp(2)
-    shared[0] = teacher[0]
-    with pytest.raises(ValueError, match="shares 2 parameter tensor"):
-        D.distill(shared, teacher, data())
     with pytest.raises(ValueError, match="teacher's logits have shape \\(16, 7\\) but the student's \\(16, 5\\)"):
         D.distill(mlp(3), mlp(4, k=7), data(), batch_size=16)
-    assert_unchanged(teacher, before)
+    assert_model_unchanged(teacher, before)
+
+
+# ---------------------------------------------------------------- tensors shared with the student
+
+
+class Probe(nn.Module):
+    """A tensor-free module that records the mode of each forward pass it runs in."""
+
+    def __init__(self):
+        super().__init__()
+        self.modes: list[bool] = []
+
+    def forward(self, x):
+        self.modes.append(self.training)
+        return x
+
+
+def bn_pair(affine: bool):
+    torch.manual_seed(0)
+    bn = nn.BatchNorm1d(8, affine=affine)
+    teacher = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), bn, nn.Linear(8, 5))
+    student = nn.Sequential(nn.Linear(4, 8), bn, nn.Linear(8, 5))
+    return student, teacher
+
+
+@pytest.mark.parametrize(("affine", "names"), [
+    (False, "student '1.running_mean' is teacher '2.running_mean'"),  # buffers only: trained through, unseen before
+    (True, "student '1.weight' is teacher '2.weight'"),
+])
+def test_a_shared_batchnorm_is_refused_naming_it_in_both_models(affine, names):
+    student, teacher = bn_pair(affine)
+    teacher.train()
+    before = model_state(teacher)
+    with pytest.raises(ValueError, match=re.escape(names)):
+        D.distill(student, teacher, data(), epochs=1)
+    assert_model_unchanged(teacher, before)
+
+
+def test_a_shared_linear_and_a_parameter_on_the_teachers_storage_are_refused():
+    teacher = mlp(0)
+    before = model_state(teacher)
+    shared = mlp(2)
+    shared[3] = teacher[3]
+    with pytest.raises(ValueError, match=re.escape("shares 2 tensor(s) with the teacher (student '3.weight' is "
+                                                   "teacher '3.weight', student '3.bias' is teacher '3.bias')")):
+        D.distill(shared, teacher, data())
+    aliased = mlp(3)
+    aliased[0].weight = nn.Parameter(teacher[0].weight.data)  # another Parameter object, the teacher's memory
+    with pytest.raises(ValueError, match=re.escape("student '0.weight' is teacher '0.weight'")):
+        D.distill(aliased, teacher, data())
+    viewing = mlp(4)
+    viewing.register_buffer("rows", teacher[0].weight.data[1:3])  # a view of part of it
+    with pytest.raises(ValueError, match=re.escape("student 'rows' is teacher '0.weight'")):
+        D.distill(viewing, teacher, data())
+    assert_model_unchanged(teacher, before)
+
+
+def test_an_ensemble_teacher_sharing_a_batchnorm_with_the_student_is_refused():
+    student, member = bn_pair(affine=False)
+    teacher = D.Ensemble([member, mlp(5)])
+    with pytest.raises(ValueError, match=re.escape("student '1.running_var' is teacher 'members.0.2.running_var'")):
+        D.distill(student, teacher, data())
+
+
+@pytest.mark.parametrize(("hints", "attention", "message"), [
+    ({"1": "1"}, None, "the teacher layer '1' is also a layer of the student"),
+    ({"2": "0"}, None, "the student layer '2' is also a layer of the teacher"),
+    (None, {"1": "1"}, "the teacher layer '1' is also a layer of the student"),
+])
+def test_hint_and_attention_layers_shared_with_the_student_are_refused(hints, attention, message):
+    # one module in both networks: its hooks fire in both forward passes, the teacher's features would be the student's
+    act = nn.Tanh()
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Linear(4, 8), act, nn.Linear(8, 5))
+    student = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), act, nn.Linear(8, 5))
+    before = model_state(teacher)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        D.distill(student, teacher, data(), hints=hints, attention=attention)
+    assert_model_unchanged(teacher, before)
+
+
+def test_a_shared_tensor_free_module_runs_in_eval_mode_in_the_teacher():
+    probe = Probe()
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Linear(4, 8), probe, nn.Linear(8, 5))
+    student = nn.Sequential(nn.Linear(4, 8), probe, nn.Linear(8, 5))
+    teacher[2].train()  # mixed modes come back as they were
+    teacher[0].weight.requires_grad_(False)  # and mixed requires_grad flags
+    before = model_state(teacher)
+    D.distill(student, teacher, data(), epochs=2, batch_size=25)
+    # per batch: the teacher's forward (eval), then the student's (train); 2 epochs of 2 batches
+    assert probe.modes == [False, True] * 4
+    assert_model_unchanged(teacher, before)
 
 
 # ---------------------------------------------------------------- a real distillation
@@ -344,12 +419,12 @@ def test_cached_teacher_runs_once_per_sample_and_trains_like_the_uncached(device
     histories, students, counts = [], [], []
     for cache in (False, True):
         teacher, student = Counting(mlp(0, dtype=dtype)), mlp(1, dtype=dtype)
-        before = snapshot(teacher)
+        before = model_state(teacher)
         d = D.Distiller(teacher, T=3.0, alpha=0.7, cache_teacher=cache)
         with d:
             histories.append(tc.fit(student, train, epochs=3, batch_size=16, seed=0, progress=False,
                                     device=device, callbacks=[d]))
-        assert_unchanged(teacher, before)
+        assert_model_unchanged(teacher, before)
         students.append(student)
         counts.append((teacher.seen, d.teacher_calls))
     assert counts[0] == (120, 120)  # three epochs of 40 samples without the cache

@@ -12,7 +12,6 @@ import os
 import re
 import secrets
 import shlex
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers import free_port
 
 from tensorcompress import lab
 
@@ -65,12 +65,6 @@ def test_print_command_and_bad_folder(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _get(url: str) -> tuple[int, bytes]:
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never through a proxy
     try:
@@ -83,7 +77,7 @@ def _get(url: str) -> tuple[int, bytes]:
 def test_lab_server_answers_on_loopback(tmp_path):
     folder = tmp_path / "notebooks"
     folder.mkdir()
-    port, token = _free_port(), secrets.token_hex(16)
+    port, token = free_port(), secrets.token_hex(16)
     extra = [f"--port={port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}"]
     if not sys.platform.startswith("linux"):
         extra.append("--no-browser")  # elsewhere a display is assumed: do not open a browser in a test

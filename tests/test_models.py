@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 
 import pytest
 import torch
+from helpers import checkpoint_manifest
 
 import tensorcompress as tc
 from tensorcompress.models.pretrained import CHECKPOINT_DIR
@@ -82,13 +82,9 @@ def test_bad_constructor_arguments():
 # ---------------------------------------------------------------- pretrained
 
 
-def _manifest():
-    return json.loads((CHECKPOINT_DIR / "manifest.json").read_text())
-
-
 @pytest.mark.parametrize("name", ["lenet300100", "lenet5", "smallcnn"])
 def test_pretrained_loads_in_eval_mode_with_stored_accuracy(name):
-    entry = _manifest()[name]
+    entry = checkpoint_manifest()[name]
     model = tc.models.pretrained(name)
     assert not model.training and all(not m.training for m in model.modules())
     load = {"mnist_sample": tc.data.load_mnist_sample, "digits": tc.data.load_digits}[entry["dataset"]]

@@ -3,6 +3,8 @@ the pretrained baselines and a non-editable install loads them."""
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
 import json
 import os
 import re
@@ -37,8 +39,18 @@ def _pyproject() -> dict:
 
 
 def _pyproject_requirements() -> dict[str, str]:
+    """Runtime and ``dev`` requirements, the extras ``dev`` names of this package (``tensorcompress[notebooks]``)
+    expanded."""
     project = _pyproject()["project"]
-    specs = project["dependencies"] + project["optional-dependencies"]["dev"]
+    extras = project["optional-dependencies"]
+    specs, pending = list(project["dependencies"]), ["dev"]
+    while pending:
+        for spec in extras[pending.pop()]:
+            own = re.fullmatch(r"tensorcompress\[([^\]]*)\]", spec.strip())
+            if own:
+                pending += [e.strip() for e in own.group(1).split(",")]
+            else:
+                specs.append(spec)
     return dict(_requirement(s) for s in specs)
 
 
@@ -99,6 +111,93 @@ def test_readme_python_examples_run():
     assert blocks, "README.md has no python example"
     for block in blocks:
         exec(compile(block, "README.md", "exec"), {})  # its own asserts check the results
+
+
+# ---------------------------------------------------------------- the teaching tools' extra
+
+TEACHING_TOOLS = ["tour", "student", "lab", "exercises", "baselines"]
+
+
+def _extra(name: str) -> dict[str, str]:
+    return dict(_requirement(s) for s in _pyproject()["project"]["optional-dependencies"][name])
+
+
+def _imported_top_level(path: Path) -> set[str]:
+    """Top-level packages a module imports anywhere (at module level or inside functions), stdlib and relative
+    imports left out."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            found.add(node.module.split(".")[0])
+    return found - set(sys.stdlib_module_names) - {"__future__"}
+
+
+def test_dev_includes_the_notebooks_extra():
+    dev = _pyproject()["project"]["optional-dependencies"]["dev"]
+    assert "tensorcompress[notebooks]" in dev
+    assert set(_extra("notebooks")) <= set(_pyproject_requirements())
+
+
+def test_every_package_a_teaching_tool_imports_or_runs_is_declared():
+    from tensorcompress import lab
+
+    runtime = dict(_requirement(s) for s in _pyproject()["project"]["dependencies"])
+    notebooks = _extra("notebooks")
+    distributions = importlib.metadata.packages_distributions()
+    for tool in TEACHING_TOOLS:
+        modules = _imported_top_level(ROOT / "tensorcompress" / f"{tool}.py") - {"tensorcompress"}
+        if tool == "lab":
+            modules |= set(lab.NEEDS)  # run as `python -m jupyterlab`, kernels and their figure back-end
+        for module in modules:
+            names = {_requirement(d)[0] for d in distributions.get(module, [module])}
+            assert names & (set(runtime) | set(notebooks)), f"tensorcompress.{tool} needs {module} ({names}): " \
+                "declare it in the notebooks extra"
+    # and nothing in the extra that no tool needs (jupyter-client: tour's kernel manager)
+    used = set()
+    for tool in TEACHING_TOOLS:
+        for module in _imported_top_level(ROOT / "tensorcompress" / f"{tool}.py") | set(lab.NEEDS):
+            used |= {_requirement(d)[0] for d in distributions.get(module, [module])}
+    assert set(notebooks) <= used, f"notebooks extra names what no teaching tool uses: {set(notebooks) - used}"
+
+
+NOTEBOOK_MODULES = ["nbformat", "nbclient", "nbconvert", "jinja2", "ipykernel", "jupyter_client", "jupyterlab",
+                    "jupyter_server_mathjax", "matplotlib_inline", "jupyter_core", "IPython"]
+
+
+def _without(modules: list[str], code: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh Python where importing any of ``modules`` fails (``sys.modules[name] = None``)."""
+    block = f"import sys\nfor m in {modules!r}:\n    sys.modules[m] = None\n"
+    return subprocess.run([sys.executable, "-c", block + code], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_import_tensorcompress_needs_no_notebook_package():
+    code = ("import tensorcompress as tc, tensorcompress.exercises, tensorcompress.lab\n"
+            f"print(sorted(m for m in sys.modules if m.split('.')[0] in {NOTEBOOK_MODULES!r} "
+            "and sys.modules[m] is not None))")
+    done = _without(NOTEBOOK_MODULES, code)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["[]"]
+
+
+@pytest.mark.parametrize(("tool", "missing"), [("student", "nbformat"), ("tour", "nbclient"),
+                                               ("tour", "jupyter_server_mathjax"), ("tour", "nbconvert")])
+def test_teaching_tools_name_the_extra_when_a_package_is_missing(tool, missing):
+    done = _without([missing], f"import tensorcompress.{tool}")
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"ImportError: tensorcompress.{tool} needs '{missing}',"), last
+    assert 'pip install "tensorcompress[notebooks]"' in last
+
+
+def test_lab_names_the_extra_when_jupyterlab_is_missing():
+    # a lab that did not check would start a server here: the short timeout ends the test instead
+    done = _without(["jupyterlab"], "from tensorcompress import lab\nsys.exit(lab.main(['notebooks']))", timeout=60)
+    assert done.returncode == 2  # argparse's error status, before anything is started
+    assert "tensorcompress.lab needs 'jupyterlab'" in done.stderr
+    assert 'pip install "tensorcompress[notebooks]"' in done.stderr
 
 
 # ---------------------------------------------------------------- the wheel carries the pretrained baselines
@@ -167,3 +266,15 @@ def test_installed_wheel_loads_pretrained_without_the_source_tree(wheel, tmp_pat
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["LeNet5", "False", "False"]
+
+
+def test_wheel_declares_the_notebooks_extra_and_dev_includes_it(wheel):
+    with zipfile.ZipFile(wheel) as zf:
+        (name,) = [n for n in zf.namelist() if n.endswith(".dist-info/METADATA")]
+        metadata = zf.read(name).decode()
+    assert "Provides-Extra: notebooks" in metadata and "Provides-Extra: dev" in metadata
+    for requirement in _pyproject()["project"]["optional-dependencies"]["notebooks"]:
+        name, spec = _requirement(requirement)
+        assert re.search(rf"^Requires-Dist: {re.escape(requirement.split('>')[0])}\s*{re.escape(spec)}; "
+                         r'extra == "notebooks"$', metadata, re.M | re.I), (requirement, metadata)
+    assert re.search(r'^Requires-Dist: tensorcompress\[notebooks\]; extra == "dev"$', metadata, re.M)

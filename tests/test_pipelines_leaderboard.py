@@ -9,6 +9,7 @@ from dataclasses import replace
 import matplotlib
 import pytest
 import torch
+from helpers import Sleep
 from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
@@ -91,6 +92,17 @@ def test_latency_rows_state_their_batch_and_compare_only_like_with_like():
     assert "batch 32" not in {x.name for x in board.pareto("latency_s")}  # compared at the baseline's batch only
     with pytest.raises(ValueError, match="latency_s and latency_batch .* go together"):
         board.add_entry(Entry("no batch", "x", (0.5,), 100, latency_s=1e-3))
+
+
+def test_latency_is_measured_when_asked():
+    # the baseline sleeps 20 ms per forward pass, the other model not at all: the speed-up is > 1 on any machine
+    data = _data()
+    board = Leaderboard(data, data.tensors[0][:1])
+    base = board.add("slow", nn.Sequential(_model(0), Sleep(0.02)), family="baseline")
+    fast = board.add("fast", _model(0), family="baseline")
+    assert base.latency_s >= 0.02 > fast.latency_s
+    speedup = board.rows()[1].speedup
+    assert speedup == pytest.approx(base.latency_s / fast.latency_s) and speedup > 1
 
 
 def test_add_keeps_every_submodule_mode():

@@ -6,14 +6,13 @@ import time
 
 import nbformat
 import pytest
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from helpers import notebook_of
 
 from tensorcompress import tour
 
 
 def _write(path, *sources, title="A title"):
-    nb = new_notebook(cells=[new_markdown_cell(f"# {title}")] + [new_code_cell(s) for s in sources])
-    nbformat.write(nb, path)
+    nbformat.write(notebook_of(f"md:# {title}", *sources), path)
 
 
 def test_tour_runs_in_order_renders_html_and_fails_on_error(tmp_path, capsys):

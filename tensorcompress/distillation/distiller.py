@@ -13,8 +13,15 @@ capture (:class:`~tensorcompress.distillation.FeatureHooks`). The regressors :ma
 ``on_train_begin`` from the shapes of one example batch and added to the optimizer as their own param group (they
 are not part of the student, whose ``state_dict`` is unchanged; they are kept in ``Distiller.regressors``).
 
-The teacher is not changed: its parameters get no gradient, and its train/eval mode (per submodule) and device are
-restored when training ends or fails.
+The teacher is not changed: its parameters and buffers keep their values and ``requires_grad`` flags, they get no
+gradient, its forward hooks are removed, and its train/eval mode (per submodule) and device are restored when
+training ends or fails. A student that holds one of the teacher's tensors -- a shared layer, a shared
+``BatchNorm`` whose running statistics the student's forward would update, a parameter built on the teacher's
+storage -- is refused with a ``ValueError`` naming the tensor in both models, rather than silently copying the
+teacher: the user decides whether the shared part should be the teacher's (``copy.deepcopy`` the student's part) or
+the student's (``copy.deepcopy(teacher)``). A shared module without tensors (an activation, ``Dropout``) is
+allowed and runs in eval mode in the teacher's forward pass, whatever mode training gives it; it cannot be a hint or
+attention layer (its hooks would fire in both networks' forward passes).
 
 **Caching the teacher.** Without data augmentation the teacher sees the same images every epoch and, frozen in eval
 mode, gives the same logits: for a small student its forward pass is a large share of the cost of a distillation
@@ -65,6 +72,31 @@ def _weight(value: object, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     return float(value)
+
+
+def _storage_key(t: torch.Tensor) -> tuple:
+    """Equal for two tensors that read or write the same memory (views included)."""
+    if t.numel() == 0 or t.device.type == "meta" or t.layout != torch.strided:  # no storage of its own to compare
+        return ("object", id(t))
+    return ("storage", t.device, t.untyped_storage().data_ptr())
+
+
+def _named_tensors(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    return [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
+
+
+def _check_nothing_shared(student: nn.Module, teacher: nn.Module) -> None:
+    """ValueError naming each student tensor (parameter or buffer) whose memory is also one of the teacher's."""
+    held = {}
+    for name, t in _named_tensors(teacher):
+        held.setdefault(_storage_key(t), name)
+    shared = [(name, held[k]) for name, t in _named_tensors(student) if (k := _storage_key(t)) in held]
+    if shared:
+        pairs = ", ".join(f"student {s!r} is teacher {t!r}" for s, t in shared[:5])
+        more = f", ... ({len(shared)} in all)" if len(shared) > 5 else ""
+        raise ValueError(f"the student shares {len(shared)} tensor(s) with the teacher ({pairs}{more}); training the "
+                         "student would change the teacher (its weights, or a BatchNorm's running statistics): give "
+                         "the student its own copy of the shared layers, or pass copy.deepcopy(teacher)")
 
 
 class Distiller:
@@ -125,6 +157,7 @@ class Distiller:
         self.regressors = nn.ModuleDict()
         self._teacher_logits: torch.Tensor | None = None
         self._saved: tuple[dict[nn.Module, bool], torch.device | None] | None = None
+        self._shared_modules: list[nn.Module] = []
 
     # ------------------------------------------------------------ hyperparameters (a callback may anneal them)
 
@@ -150,8 +183,16 @@ class Distiller:
 
     def _teacher_forward(self, x: torch.Tensor) -> torch.Tensor:
         self.teacher_calls += x.shape[0]
-        with torch.no_grad():
-            return split_outputs(self.teacher(x.to(dtype_of(self.teacher))))[0]
+        # a module shared with the student (tensor-free: _check_nothing_shared) is in the mode training gave it
+        modes = {m: m.training for m in self._shared_modules}
+        for m in modes:
+            m.training = False
+        try:
+            with torch.no_grad():
+                return split_outputs(self.teacher(x.to(dtype_of(self.teacher))))[0]
+        finally:
+            for m, mode in modes.items():
+                m.training = mode
 
     def _cached_teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
         """The teacher's logits for ``x``, from the cache where present; the missing rows run as one batch."""
@@ -185,17 +226,29 @@ class Distiller:
         student = state.model
         if student is self.teacher:
             raise ValueError("the teacher must not be the model being trained")
-        shared = {id(p) for p in student.parameters()} & {id(p) for p in self.teacher.parameters()}
-        if shared:
-            raise ValueError(f"the teacher shares {len(shared)} parameter tensor(s) with the student; distillation "
-                             "would train the teacher: pass a copy (copy.deepcopy(teacher))")
+        _check_nothing_shared(student, self.teacher)
+        in_student = {id(m) for m in student.modules()}
+        self._shared_modules = [m for m in self.teacher.modules() if id(m) in in_student]
         self._student_hooks = FeatureHooks(student, [*self.hints, *self.attention],
                                            arg="hints/attention (student layers)")
+        self._check_hooked_layers_not_shared(student)
         self._freeze_teacher(state.device)
         self._teacher_hooks.attach()
         self._student_hooks.attach()
         if self.hints:
             self._build_regressors(state)
+
+    def _check_hooked_layers_not_shared(self, student: nn.Module) -> None:
+        """ValueError for a hint or attention layer that is one module in both networks: its forward hooks would fire
+        in both forward passes, so the teacher's recorded features would be the student's."""
+        shared = {id(m) for m in self._shared_modules}
+        for hooks, whose in ((self._teacher_hooks, "teacher"), (self._student_hooks, "student")):
+            layers = dict(hooks.model.named_modules())
+            for name in hooks.names:
+                if id(layers[name]) in shared:
+                    raise ValueError(f"hints/attention: the {whose} layer {name!r} is also a layer of the "
+                                     f"{'student' if whose == 'teacher' else 'teacher'}; its hooks would record both "
+                                     "networks' outputs: give the student its own copy of it")
 
     def _build_regressors(self, state) -> None:
         """One regressor per hint pair, sized on ``example_input``, on the student's device and dtype, added to the
@@ -284,7 +337,9 @@ def distill(student: nn.Module, teacher: nn.Module, train, *, T: float = 4.0, al
     Parameters
     ----------
     student, teacher : nn.Module
-        The teacher is left as it was (parameters, per-module train/eval mode, device).
+        The teacher is left as it was (parameters, buffers, ``requires_grad``, per-module train/eval mode,
+        device). A student holding one of the teacher's parameters or buffers is a ``ValueError`` naming both
+        (:class:`Distiller`, module docstring).
     train : Dataset or DataLoader
         ``(inputs, targets)``; the teacher sees the same batches as the student.
     T, alpha, hints, hint_weight, attention, beta, cache_teacher

@@ -3,7 +3,8 @@ r"""Ensembles of classifiers ("model fusion"): one ``nn.Module`` that averages i
 For members :math:`m = 1..M` with logits :math:`z^{(m)}` the ensemble returns scores :math:`s` whose ``argmax`` is
 its prediction and whose softmax is its class distribution, so it can be evaluated, measured and used as a teacher:
 
-* ``"mean_logits"``: :math:`s = \frac1M \sum_m z^{(m)}` (a geometric mean of the members' distributions);
+* ``"mean_logits"``: :math:`s = \frac1M \sum_m z^{(m)}` (a geometric mean of the members' distributions; summed in
+  float64, so float32 logits near float32's largest number do not overflow);
 * ``"mean_probs"``: :math:`s = \log \frac1M \sum_m \mathrm{softmax}(z^{(m)})`, computed as
   ``logsumexp(log_softmax(z), over m) - log M`` (no probability that underflowed is logged);
 * ``"vote"``: :math:`s = \log \max(f, \epsilon)` with :math:`f_k` the fraction of members whose ``argmax`` is
@@ -71,7 +72,8 @@ class Ensemble(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.member_logits(x)
         if self.mode == "mean_logits":
-            return z.mean(0)
+            # accumulated in float64 (at least): a float32 sum of logits near float32's largest number overflowed
+            return z.mean(0, dtype=torch.promote_types(z.dtype, torch.float64)).to(z.dtype)
         if self.mode == "mean_probs":
             return torch.logsumexp(F.log_softmax(z, dim=-1), dim=0) - math.log(z.shape[0])
         votes = F.one_hot(z.argmax(-1), z.shape[-1]).sum(0).to(z.dtype) / z.shape[0]

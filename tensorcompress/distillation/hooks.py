@@ -24,9 +24,15 @@ def _check_names(model: nn.Module, names: object, arg: str) -> tuple[str, ...]:
         raise TypeError(f"{arg} must be a layer name or a sequence of layer names, got {type(names).__name__}")
     names = tuple(names)
     layers = dict(model.named_modules())
+    every = list(model.named_modules(remove_duplicate=False))  # a module used in several places, by each name
+    aliases = {n: [k for k, other in every if other is m] for n, m in every}
     for name in names:
         if not isinstance(name, str):
             raise TypeError(f"{arg} must hold layer names (str), got {name!r}")
+        if len(aliases.get(name, ())) > 1:
+            raise ValueError(f"{arg}: {type(model).__name__} uses one module as the layers "
+                             f"{', '.join(map(repr, aliases[name]))}; a hook on {name!r} would record the output of "
+                             "whichever runs last: give each place its own module")
         if name not in layers:
             close = difflib.get_close_matches(name, [k for k in layers if k], n=3)
             hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
@@ -48,7 +54,8 @@ class FeatureHooks:
     model : nn.Module
     names : str or sequence of str
         Names from ``model.named_modules()`` (``""`` is the model itself). A name that is not there raises a
-        ``ValueError`` listing the layers and the closest names.
+        ``ValueError`` listing the layers and the closest names; so does a module the model uses in several places
+        (its hook would keep the output of the last call, whichever name was asked for).
     """
 
     def __init__(self, model: nn.Module, names: str | Iterable[str], *, arg: str = "names") -> None:

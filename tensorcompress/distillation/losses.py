@@ -222,11 +222,17 @@ def attention_map(feature: torch.Tensor, p: float = 2.0) -> torch.Tensor:
     torch.Tensor
         ``N × (H W ...)``, each row of unit norm (a row of zeros stays zero).
     """
-    a = check_tensor(feature, "feature", min_ndim=3, floating=True)
+    a = check_tensor(feature, "feature", min_ndim=3, floating=True).abs()
     p = _check_real(p, "p")
     if p <= 0:
         raise ValueError(f"p must be > 0, got {p}")
-    q = a.abs().pow(p).sum(1).flatten(1)
+    # at(cA) = at(A) for c > 0, so each sample is divided by its largest |A| first: |A|^p then neither overflows
+    # (inf/inf = nan from |A| ~ 1e20 in float32) nor falls below F.normalize's eps (1e-12: activations ~ 1e-7 gave
+    # rows of norm < 1), and the largest entry's Q is >= 1. The divisor is a constant for autograd: at is homogeneous
+    # of degree 0, so its gradient is the same with or without it.
+    top = a.detach().flatten(1).amax(1)
+    top = torch.where(top > 0, top, torch.ones_like(top)).view(-1, *[1] * (a.ndim - 1))
+    q = (a / top).pow(p).sum(1).flatten(1)
     return F.normalize(q, p=2.0, dim=1)
 
 
