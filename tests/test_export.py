@@ -669,7 +669,7 @@ def test_a_tie_the_file_cannot_keep_is_refused(tmp_path):
 @pytest.mark.parametrize("change, match", [
     ({"target": "nope"}, "not a tensor stored plainly earlier"),
     ({"target": "2.bias"}, "not a tensor stored plainly earlier"),      # later in the file
-    ({"target": 5}, "not a tensor stored plainly earlier"),
+    ({"target": 5}, "not a tensor stored plainly earlier"), ({"target": [1]}, "not a tensor stored plainly earlier"),
     ({"target": "2.weight"}, "not a tensor stored plainly earlier"),    # itself
     ({"target": "0.bias"}, "shape and dtype must agree"),
     ({"dtype": "float64"}, "shape and dtype must agree"),
@@ -679,6 +679,16 @@ def test_alias_fields_are_checked(tmp_path, change, match):
     msg = _hostile(tmp_path, lambda h, p: _entry(h, "2.weight").update(change), net=_tied(),
                    model=nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8)))
     assert "'2.weight'" in msg and match in msg
+
+
+def test_alias_of_a_buffer_by_a_parameter_is_refused(tmp_path):
+    def mutate(header, payload):  # bn.weight (a parameter) made an alias of bn.running_mean (a buffer)
+        start, end = _section(tiny(), "bn.weight")
+        e = _entry(header, "bn.weight")
+        e["kind"], e["target"] = "alias", "bn.running_mean"
+        return payload[:start] + payload[end:]
+    msg = _hostile(tmp_path, mutate, net=tiny())
+    assert "one is a parameter of the model and the other a buffer" in msg
 
 
 def test_alias_of_an_entry_not_stored_plainly_is_refused(tmp_path):
@@ -767,6 +777,23 @@ def test_a_4_bit_model_takes_about_an_eighth_of_the_float_file(make, pretrained)
             codes = sizes[name]["codes"]  # a Huffman code is never longer than the fixed 4-bit one
             assert codes.code_bits <= 4 * codes.n_symbols
             assert codes.payload <= packed_size(codes.n_symbols, 4) + 4
+
+
+def test_quantized_and_tied_models_on_any_device_and_dtype(tmp_path, device, dtype):
+    qm = _quantized(weight_bits=4).to(device=device, dtype=dtype)
+    tied = _tied().to(device=device, dtype=dtype)
+    for net, skeleton in ((qm, _skeleton(weight_bits=4).to(dtype)),
+                          (tied, nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8)))):
+        save_compressed(net, tmp_path / "m.tcdc")
+        back = load_compressed(tmp_path / "m.tcdc", model=skeleton)  # on the CPU, in the file's dtypes
+        with torch.no_grad():
+            for (name, a), (_, b) in zip(net.state_dict().items(), back.state_dict().items(), strict=True):
+                assert b.device.type == "cpu" and a.dtype == b.dtype, name
+                if not name.endswith("weight.original"):
+                    assert torch.equal(a.cpu(), b), name
+            for name, layer in _weight_quantized_layers(net):
+                assert torch.equal(back.get_submodule(name).weight, layer.weight.cpu())
+    assert back[0].weight is back[2].weight
 
 
 def test_conv_models_quantize_and_round_trip(tmp_path):

@@ -640,6 +640,14 @@ def _decode_alias(entry: dict, reader: Reader, shape: tuple[int, ...], coder: st
     return Decoded(first[1].dense, install)
 
 
+def _check_alias(entry: dict, model: nn.Module) -> None:
+    params = dict(model.named_parameters(remove_duplicate=False))
+    target = entry.get("target")
+    if isinstance(target, str) and target in model.state_dict() and (target in params) != (entry["name"] in params):
+        raise ValueError(f"corrupt header: tensor {entry['name']!r} is an alias of {target!r:.80}, but one is a "
+                         f"parameter of the model and the other a buffer")
+
+
 # raw -------------------------------------------------------------------------------------------------------------
 
 def _find_raw(model: nn.Module, state: dict[str, torch.Tensor]) -> list[Found]:
@@ -663,7 +671,7 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("pruned", _find_pruned, _encode_pruned, _decode_pruned, _check_parameter),
     Kind("quantized", _find_quantized, _encode_quantized, _decode_quantized, _check_quantized),
     Kind("integer", _find_integer, _encode_integer, _decode_integer, _check_integer),
-    Kind("alias", _find_alias, _encode_alias, _decode_alias),
+    Kind("alias", _find_alias, _encode_alias, _decode_alias, _check_alias),
     Kind("raw", _find_raw, _encode_raw, _decode_raw),
 )}
 
