@@ -779,6 +779,18 @@ def test_a_4_bit_model_takes_about_an_eighth_of_the_float_file(make, pretrained)
             assert codes.payload <= packed_size(codes.n_symbols, 4) + 4
 
 
+@pytest.mark.parametrize("make", [lambda: _quantized(weight_bits=4), lambda: _integer(_quantized(weight_bits=8)),
+                                  _tied, lambda: TiedLM()])
+def test_every_byte_of_the_new_kinds_is_accounted_for(make):
+    net = make()
+    for coder in F.CODERS:
+        data, sizes = encode_compressed(net, coder=coder)
+        total = sizes.pop("header")["bytes"]
+        for size in sizes.values():
+            total += sum(v if isinstance(v, int) else v.table + v.payload for v in size.values())
+        assert total == len(data)
+
+
 def test_quantized_and_tied_models_on_any_device_and_dtype(tmp_path, device, dtype):
     qm = _quantized(weight_bits=4).to(device=device, dtype=dtype)
     tied = _tied().to(device=device, dtype=dtype)

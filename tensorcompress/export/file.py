@@ -250,7 +250,19 @@ def _positions(mask: torch.Tensor, index_bits: int) -> tuple[np.ndarray, np.ndar
 def shared_streams(codebook_size: int, indices: torch.Tensor, mask: torch.Tensor,
                    index_bits: int) -> tuple[np.ndarray, np.ndarray]:
     """The two symbol streams a shared weight is stored as: per stored entry of the flattened weight's relative-index
-    row, its codebook index (``codebook_size`` for a filler), and its gap."""
+    row, its codebook index (``codebook_size`` for a filler), and its gap.
+
+    Parameters
+    ----------
+    codebook_size : int
+        :math:`k`, the codebook's length; a filler entry gets the symbol ``k``.
+    indices : tensor of int
+        The codebook index of every entry of the weight.
+    mask : tensor of bool
+        The kept entries (all of them for a dense shared weight).
+    index_bits : int
+        Width of the relative indices; a gap beyond :math:`2^{b}-1` is bridged by fillers.
+    """
     kept, gaps = _positions(mask, index_bits)
     symbols = np.full(len(gaps), codebook_size, dtype=np.int64)
     symbols[kept] = indices.detach().cpu().reshape(-1)[mask.detach().cpu().reshape(-1)].numpy()
@@ -734,10 +746,20 @@ def _architecture(model: nn.Module, shapes: dict[str, tuple[int, ...]]) -> dict 
 def encode_compressed(model: nn.Module, *, coder: str = "huffman", index_bits: int = 5) -> tuple[bytes, dict]:
     """The bytes :func:`save_compressed` writes, and per tensor what they hold.
 
-    Returns ``(data, sizes)``. ``sizes`` has, for a shared layer (keyed by the layer's name), ``{"codebook": bytes,
-    "weights": StreamSize, "index": StreamSize}``; for a pruned tensor ``{"values": bytes, "flags": StreamSize,
-    "index": StreamSize}``; for a plainly stored tensor ``{"plain": bytes}``; and ``sizes["header"] = {"bytes":
-    ...}`` for the magic, header and checksum.
+    Parameters
+    ----------
+    model, coder, index_bits
+        As :func:`save_compressed`.
+
+    Returns
+    -------
+    (bytes, dict)
+        ``(data, sizes)``. ``sizes`` has, for a shared layer (keyed by the layer's name), ``{"codebook": bytes,
+        "weights": StreamSize, "index": StreamSize}``; for a pruned tensor ``{"values": bytes, "flags":
+        StreamSize, "index": StreamSize}``; for a fake-quantized layer (keyed by the layer's name) ``{"scale":
+        bytes, "zero_point": bytes, "codes": StreamSize}``; for an integer layer's weight ``{"codes":
+        StreamSize}``; for a tied tensor's later names ``{"alias": 0}``; for a plainly stored tensor ``{"plain":
+        bytes}``; and ``sizes["header"] = {"bytes": ...}`` for the magic, header and checksum.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
