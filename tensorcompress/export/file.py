@@ -622,8 +622,8 @@ def _find_alias(model: nn.Module, state: dict[str, torch.Tensor]) -> list[Found]
     for keys in _ties(model):
         taken = [k for k in keys if k not in state]
         if taken:
-            raise ValueError(f"tensors {keys} are one tensor (tied) and {taken} are stored as pruned, shared or "
-                             f"quantized, which does not store the tensor itself: the file cannot keep this tie "
+            raise ValueError(f"tensors {keys} are one tensor (tied) and {taken} are stored as pruned, shared, "
+                             f"quantized or integer codes, not as the tensor itself: the file cannot keep this tie "
                              f"(untie them, or tie the layers again after loading)")
         out += [Found(k, tuple(state[k].shape), model, (k,), k) for k in keys[1:]]
     return out
