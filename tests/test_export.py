@@ -4,9 +4,12 @@ accounted for, and hostile files: every count and length bounded before anything
 the registry only, CRC before parsing, a failed write that leaves the old file."""
 
 import builtins
+import copy
+import dataclasses
 import errno
 import heapq
 import json
+import math
 import os
 import struct
 import zlib
@@ -21,6 +24,7 @@ from torch.nn.utils import prune as tprune
 
 import tensorcompress as tc
 import tensorcompress.export as E
+from tensorcompress._bits import packed_size
 from tensorcompress.export import FORMAT_VERSION, encode_compressed, load_compressed, save_compressed
 from tensorcompress.export import architectures as A
 from tensorcompress.export import file as F
@@ -290,17 +294,6 @@ def test_refuses_what_it_cannot_store(tmp_path):
     assert not (tmp_path / "m").exists()
 
 
-def test_integer_layers_are_refused_by_name(tmp_path):
-    torch.manual_seed(0)
-    qm, _ = tc.quantization.quantize_model(tc.models.LeNet300100())
-    data = torch.utils.data.TensorDataset(torch.randn(64, 784), torch.zeros(64, dtype=torch.long))
-    tc.quantization.calibrate(qm, data)
-    with pytest.raises(ValueError, match="integer-arithmetic IntegerNet"):
-        save_compressed(tc.quantization.to_integer(qm, torch.randn(2, 784))[0], tmp_path / "m")
-    with pytest.raises(ValueError, match="layer 'fc1.layer'.*WeightQuantizer"):  # fake-quantized: a parametrization
-        save_compressed(qm, tmp_path / "m")
-
-
 def test_a_new_kind_plugs_in(tmp_path, monkeypatch):
     """The rule for adding a kind, followed for a toy one: an all-zero float tensor stored as its shape alone."""
     def find(model, state):
@@ -375,15 +368,28 @@ def _write_file(path, header, payload, code=0, version=FORMAT_VERSION):
 
 def _hostile(tmp_path, mutate, net=None, model=True, **load):
     """Write ``net``, let ``mutate(header, payload)`` change it (returning the new payload or None), re-checksum and
-    load: the error the loader raises."""
+    load into ``model`` (``True``: a fresh ``Tiny``, ``False``: none, else the skeleton given): the error the loader
+    raises."""
     path = tmp_path / "h.tcdc"
     save_compressed(shared_tiny() if net is None else net, path)
     header, payload, code = _split_file(path)
     payload = mutate(header, payload) or payload
     _write_file(path, header, payload, code)
     with pytest.raises(ValueError) as err:
-        load_compressed(path, model=Tiny() if model else None, **load)
+        load_compressed(path, model=Tiny() if model is True else None if model is False else model, **load)
     return str(err.value)
+
+
+def _section(net, key):
+    """``(start, end)`` of the payload bytes of the entry whose sizes are reported under ``key``."""
+    _, sizes = encode_compressed(net)
+    start = 0
+    for k, size in sizes.items():
+        n = sum(v if isinstance(v, int) else v.table + v.payload for v in size.values())
+        if k == key:
+            return start, start + n
+        start += n
+    raise KeyError(key)
 
 
 def _entry(header, name):
@@ -583,3 +589,376 @@ def test_a_failed_write_leaves_the_old_file(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["m.tcdc"]  # no temporary file left behind
     save_compressed(shared_tiny(seed=1), path)  # and a write that succeeds replaces it
     assert path.read_bytes() != old
+
+
+# ---------------------------------------------------------------------------------------------- tied tensors
+
+def _tied(seed=0):
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8))
+    net[2].weight = net[0].weight
+    return net.eval()
+
+
+class TiedLM(nn.Module):
+    """A tied embedding and output head, with one buffer registered in two modules."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(11, 6)
+        self.mid = nn.Linear(6, 6)
+        self.head = nn.Linear(6, 11, bias=False)
+        self.head.weight = self.emb.weight
+        self.mid.register_buffer("gain", torch.full((6,), 1.5))
+        self.head.register_buffer("gain", self.mid.gain)
+
+    def forward(self, ids):
+        return self.head(torch.tanh(self.mid(self.emb(ids))) * self.head.gain)
+
+
+def _untied(net):
+    """A copy with every tie broken: each name its own tensor."""
+    out = copy.deepcopy(net)
+    for module in out.modules():
+        for key, p in list(module.named_parameters(recurse=False)):
+            setattr(module, key, nn.Parameter(p.detach().clone()))
+        for key, b in list(module.named_buffers(recurse=False)):
+            setattr(module, key, b.clone())
+    return out
+
+
+@pytest.mark.parametrize("coder", ["huffman", "ans"])
+@pytest.mark.parametrize("make, fresh, x, pairs", [
+    (_tied, lambda: nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8)), torch.randn(3, 8),
+     [("0.weight", "2.weight")]),
+    (lambda: TiedLM().eval(), TiedLM, torch.tensor([[1, 5, 10]]), [("emb.weight", "head.weight"),
+                                                                    ("mid.gain", "head.gain")]),
+])
+def test_tied_tensors_are_stored_once_and_tied_again(tmp_path, coder, make, fresh, x, pairs):
+    net = make()
+    path = tmp_path / "t.tcdc"
+    size = save_compressed(net, path, coder=coder)
+    untied = save_compressed(_untied(net), tmp_path / "u.tcdc", coder=coder)
+    tied_bytes = sum(net.get_parameter(b).numel() * 4 if b.endswith("weight") else 24 for _, b in pairs)
+    assert untied - size >= tied_bytes - 60 * len(pairs)  # the second copy is gone; an alias costs header bytes only
+    header, _, _ = _split_file(path)
+    assert [(e["target"], e["name"]) for e in header["tensors"] if e["kind"] == "alias"] == pairs
+    for skeleton in (fresh(), _untied(fresh())):  # a skeleton tied already, or not
+        back = load_compressed(path, model=skeleton)
+        for a, b in pairs:
+            pa, pb = (back.get_parameter(a), back.get_parameter(b)) if a.endswith("weight") else (
+                back.get_buffer(a), back.get_buffer(b))
+            assert pa is pb, (a, b)
+        _same_model(net, back, x)
+        assert save_compressed(back, tmp_path / "again.tcdc", coder=coder) == size
+        assert (tmp_path / "again.tcdc").read_bytes() == path.read_bytes()
+    back = load_compressed(path, model=fresh())
+    with torch.no_grad():  # one tensor: changing it through one name changes it through the other
+        back.get_parameter(pairs[0][0]).add_(1)
+    assert torch.equal(back.get_parameter(pairs[0][1]), net.get_parameter(pairs[0][1]) + 1)
+
+
+def test_a_tie_the_file_cannot_keep_is_refused(tmp_path):
+    net = _tied()
+    tprune.l1_unstructured(net[0], "weight", amount=0.5)  # 0.weight_orig is the tensor 2.weight also names
+    with pytest.raises(ValueError, match=r"\['0.weight_orig', '2.weight'\].*tied.*\['0.weight_orig'\]"):
+        save_compressed(net, tmp_path / "t")
+    assert not (tmp_path / "t").exists()
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"target": "nope"}, "not a tensor stored plainly earlier"),
+    ({"target": "2.bias"}, "not a tensor stored plainly earlier"),      # later in the file
+    ({"target": 5}, "not a tensor stored plainly earlier"), ({"target": [1]}, "not a tensor stored plainly earlier"),
+    ({"target": "2.weight"}, "not a tensor stored plainly earlier"),    # itself
+    ({"target": "0.bias"}, "shape and dtype must agree"),
+    ({"dtype": "float64"}, "shape and dtype must agree"),
+    ({"dtype": "object"}, "dtype 'object'"),
+])
+def test_alias_fields_are_checked(tmp_path, change, match):
+    msg = _hostile(tmp_path, lambda h, p: _entry(h, "2.weight").update(change), net=_tied(),
+                   model=nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8)))
+    assert "'2.weight'" in msg and match in msg
+
+
+def test_alias_of_a_buffer_by_a_parameter_is_refused(tmp_path):
+    def mutate(header, payload):  # bn.weight (a parameter) made an alias of bn.running_mean (a buffer)
+        start, end = _section(tiny(), "bn.weight")
+        e = _entry(header, "bn.weight")
+        e["kind"], e["target"] = "alias", "bn.running_mean"
+        return payload[:start] + payload[end:]
+    msg = _hostile(tmp_path, mutate, net=tiny())
+    assert "one is a parameter of the model and the other a buffer" in msg
+
+
+def test_alias_of_an_entry_not_stored_plainly_is_refused(tmp_path):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8))
+    tprune.l1_unstructured(net[0], "weight", amount=0.5)
+    start, end = _section(net, "2.weight")
+
+    def mutate(header, payload):  # 2.weight becomes an alias of the pruned 0.weight
+        e = _entry(header, "2.weight")
+        e["kind"], e["target"] = "alias", "0.weight"
+        return payload[:start] + payload[end:]
+    msg = _hostile(tmp_path, mutate, net=net, model=nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8)))
+    assert "alias of '0.weight', which is not a tensor stored plainly" in msg
+
+
+# ---------------------------------------------------------------------------------------------- quantized models
+
+Q = tc.quantization
+X784 = torch.randn(32, 784, generator=torch.Generator().manual_seed(3))
+
+
+def _quantized(make=tc.models.LeNet300100, calibration=X784, **options):
+    torch.manual_seed(0)
+    qm, _ = Q.quantize_model(make(), **options)
+    if options.get("act_bits", 8) is not None:
+        Q.calibrate(qm, calibration)
+    return qm.eval()
+
+
+def _skeleton(make=tc.models.LeNet300100, **options):
+    """A model quantized the same way, not calibrated, with other weights."""
+    torch.manual_seed(1)
+    return Q.quantize_model(make(), **options)[0]
+
+
+def _weight_quantized_layers(model):
+    return [(n, m) for n, m in model.named_modules() if F._weight_quantizer(m) is not None]
+
+
+@pytest.mark.parametrize("coder", ["huffman", "ans"])
+@pytest.mark.parametrize("options", [
+    {"weight_bits": 4}, {"weight_bits": 8, "per_channel": False}, {"weight_bits": 2, "observer": "mse"},
+    {"weight_bits": 3, "observer": "percentile", "per_channel": False}, {"weight_bits": 16},
+    {"weight_bits": 4, "method": "lsq", "lsq_init": "mean"}, {"weight_bits": 6, "act_bits": None},
+])
+def test_fake_quantized_models_round_trip_bit_exactly(tmp_path, coder, options):
+    qm = _quantized(**options)
+    before = {k: v.clone() for k, v in qm.state_dict().items()}
+    path = tmp_path / "q.tcdc"
+    size = save_compressed(qm, path, coder=coder)
+    assert all(torch.equal(before[k], v) for k, v in qm.state_dict().items())
+    header, _, _ = _split_file(path)
+    kinds = {e["name"]: e["kind"] for e in header["tensors"]}
+    assert [k for k, v in kinds.items() if v == "quantized"] == [
+        f"{n}.parametrizations.weight.original" for n in ("fc1.layer", "fc2.layer", "fc3.layer")]
+    back = load_compressed(path, model=_skeleton(**options))
+    for k, v in qm.state_dict().items():  # everything but the weights comes back as it was (the weight
+        if not k.endswith("weight.original"):  # observers' statistics until a forward re-reads the weights)
+            assert torch.equal(back.state_dict()[k], v), k
+    assert save_compressed(back, tmp_path / "again.tcdc", coder=coder) == size
+    assert (tmp_path / "again.tcdc").read_bytes() == path.read_bytes()
+    with torch.no_grad():
+        assert torch.equal(back(X784), qm(X784))
+        for name, layer in _weight_quantized_layers(qm):
+            # the loaded weight is PyTorch's fake quantization of the original, with the original's parameters
+            qp = layer.parametrizations.weight[0].qparams(layer.parametrizations.weight.original)
+            w = layer.parametrizations.weight.original
+            ref = (torch.fake_quantize_per_channel_affine(w, qp.scale, qp.zero_point, 0, qp.qmin, qp.qmax)
+                   if qp.axis is not None else
+                   torch.fake_quantize_per_tensor_affine(w, qp.scale, qp.zero_point, qp.qmin, qp.qmax))
+            loaded = back.get_submodule(name)
+            assert torch.equal(loaded.parametrizations.weight.original, ref)
+            assert torch.equal(loaded.weight, layer.weight)
+
+
+@pytest.mark.parametrize("make, pretrained", [(tc.models.LeNet300100, False), (tc.models.LeNet300100, True)])
+def test_a_4_bit_model_takes_about_an_eighth_of_the_float_file(make, pretrained):
+    build = (lambda: tc.models.pretrained("lenet300100")) if pretrained else make
+    dense = len(encode_compressed(build())[0])
+    for per_channel in (True, False):
+        qm = _quantized(build, weight_bits=4, per_channel=per_channel)
+        data, sizes = encode_compressed(qm)
+        assert len(data) < dense / 7
+        for name, _ in _weight_quantized_layers(qm):
+            codes = sizes[name]["codes"]  # a Huffman code is never longer than the fixed 4-bit one
+            assert codes.code_bits <= 4 * codes.n_symbols
+            assert codes.payload <= packed_size(codes.n_symbols, 4) + 4
+
+
+@pytest.mark.parametrize("make", [lambda: _quantized(weight_bits=4), lambda: _integer(_quantized(weight_bits=8)),
+                                  _tied, lambda: TiedLM()])
+def test_every_byte_of_the_new_kinds_is_accounted_for(make):
+    net = make()
+    for coder in F.CODERS:
+        data, sizes = encode_compressed(net, coder=coder)
+        total = sizes.pop("header")["bytes"]
+        for size in sizes.values():
+            total += sum(v if isinstance(v, int) else v.table + v.payload for v in size.values())
+        assert total == len(data)
+
+
+def test_quantized_and_tied_models_on_any_device_and_dtype(tmp_path, device, dtype):
+    qm = _quantized(weight_bits=4).to(device=device, dtype=dtype)
+    tied = _tied().to(device=device, dtype=dtype)
+    for net, skeleton in ((qm, _skeleton(weight_bits=4).to(dtype)),
+                          (tied, nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8)))):
+        save_compressed(net, tmp_path / "m.tcdc")
+        back = load_compressed(tmp_path / "m.tcdc", model=skeleton)  # on the CPU, in the file's dtypes
+        with torch.no_grad():
+            for (name, a), (_, b) in zip(net.state_dict().items(), back.state_dict().items(), strict=True):
+                assert b.device.type == "cpu" and a.dtype == b.dtype, name
+                if not name.endswith("weight.original"):
+                    assert torch.equal(a.cpu(), b), name
+            for name, layer in _weight_quantized_layers(net):
+                assert torch.equal(back.get_submodule(name).weight, layer.weight.cpu())
+    assert back[0].weight is back[2].weight
+
+
+def test_conv_models_quantize_and_round_trip(tmp_path):
+    make = lambda: tc.models.SmallCNN(channels=(4, 8), input_size=12)  # noqa: E731
+    x = torch.randn(6, 1, 12, 12, generator=torch.Generator().manual_seed(4))
+    qm = _quantized(make, x, weight_bits=5)
+    save_compressed(qm, tmp_path / "c.tcdc")
+    back = load_compressed(tmp_path / "c.tcdc", model=_skeleton(make, weight_bits=5))
+    with torch.no_grad():
+        assert torch.equal(back(x), qm(x))
+
+
+FLOATS32 = st.floats(width=32, allow_nan=False, allow_infinity=False)
+
+
+@given(values=st.lists(st.one_of(FLOATS32, st.sampled_from([0.0, 1e-45, -1e-40, 3.0])), min_size=12, max_size=12),
+       bits=st.integers(2, 16), per_channel=st.booleans(), observer=st.sampled_from(["minmax", "mse", "percentile"]))
+def test_any_weight_values_come_back_bit_exactly(tmp_path_factory, values, bits, per_channel, observer):
+    """Ties, denormals, zeros and extreme magnitudes: the loaded layer fake-quantizes to the same weight (stored as
+    codes when the quantizer re-reads them to the same parameters, else raw)."""
+    layer = nn.Linear(4, 3)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor(values).reshape(3, 4))
+    options = {"weight_bits": bits, "act_bits": None, "per_channel": per_channel, "observer": observer}
+    qm, _ = Q.quantize_model(nn.Sequential(layer), **options)
+    path = tmp_path_factory.mktemp("q") / "q.tcdc"
+    save_compressed(qm, path)
+    back = load_compressed(path, model=Q.quantize_model(nn.Sequential(nn.Linear(4, 3)), **options)[0])
+    with torch.no_grad():
+        assert torch.equal(back[0].layer.weight, qm[0].layer.weight)
+
+
+def test_a_quantizer_that_would_not_re_read_its_codes_stores_the_weight_raw(tmp_path, monkeypatch):
+    qm = _quantized(weight_bits=4)
+    real = F.dequantize
+    # a dequantization one step off: the writer's check that the codes come back finds the difference
+    monkeypatch.setattr(F, "dequantize", lambda q, qp, dtype: torch.nextafter(real(q, qp, dtype=dtype),
+                                                                               torch.tensor(math.inf)))
+    _, sizes = encode_compressed(qm)
+    monkeypatch.undo()
+    assert "plain" in sizes["fc1.layer.parametrizations.weight.original"] and "fc1.layer" not in sizes
+    save_compressed(qm, tmp_path / "q.tcdc")
+    with torch.no_grad():
+        assert torch.equal(load_compressed(tmp_path / "q.tcdc", model=_skeleton(weight_bits=4))(X784), qm(X784))
+
+
+W1 = "fc1.layer.parametrizations.weight.original"
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"qmin": 10**9}, "codes [1000000000, 7] with axis 0 do not fit"), ({"qmin": "-7"}, "codes ['-7', 7]"),
+    ({"qmax": -7}, "codes [-7, -7]"), ({"qmax": 2**17}, "codes [-7, 131072]"), ({"axis": 2}, "with axis 2 do not"),
+    ({"axis": "0"}, "with axis '0' do not"), ({"axis": None}, "with axis None do not"),
+    ({"dtype": "int8"}, "dtype 'int8'"), ({"codes_words": 10**9}, "codes_words"), ({"codes_table": 3}, "codes_table"),
+])
+def test_quantized_fields_are_checked(tmp_path, change, match):
+    msg = _hostile(tmp_path, lambda h, p: _entry(h, W1).update(change), net=_quantized(weight_bits=4),
+                   model=_skeleton(weight_bits=4))
+    assert f"'{W1}'" in msg and match in msg
+
+
+@pytest.mark.parametrize("change, match", [({"qmin": -(2**15) - 1}, "qmin = -32769"), ({"qmax": 2**16}, "qmax"),
+                                           ({"axis": 2}, "axis = 2"), ({"axis": "0"}, "axis")])
+def test_quantized_field_bounds_hold_whatever_the_skeleton(tmp_path, monkeypatch, change, match):
+    """The bounds the reader checks itself, behind the check against the skeleton's quantizer."""
+    monkeypatch.setitem(F.KINDS, "quantized", dataclasses.replace(F.KINDS["quantized"], check=None))
+    msg = _hostile(tmp_path, lambda h, p: _entry(h, W1).update(change), net=_quantized(weight_bits=4),
+                   model=_skeleton(weight_bits=4))
+    assert f"'{W1}'" in msg and match in msg
+
+
+@pytest.mark.parametrize("where, value, match", [
+    ("scale", float("nan"), "scale must be finite and > 0"), ("scale", 0.0, "scale must be finite and > 0"),
+    ("scale", -1.0, "scale must be finite and > 0"), ("zero_point", 99, "zero_point must lie in"),
+])
+def test_quantized_scales_and_zero_points_are_checked(tmp_path, where, value, match):
+    net = _quantized(weight_bits=4)
+    start, _ = _section(net, "fc1.layer")
+    at = start + (0 if where == "scale" else 4 * 300) + 4 * 17  # channel 17
+    word = struct.pack("<f" if where == "scale" else "<i", value)
+    msg = _hostile(tmp_path, lambda h, p: p[:at] + word + p[at + 4:], net=net, model=_skeleton(weight_bits=4))
+    assert f"'{W1}'" in msg and match in msg
+
+
+def test_quantized_entries_must_fit_the_skeleton_s_quantizer(tmp_path):
+    path = tmp_path / "q.tcdc"
+    save_compressed(_quantized(weight_bits=4), path)
+    with pytest.raises(ValueError, match=r"codes \[-7, 7\] with axis 0 do not fit the model's quantizer \(\[-127, "
+                                         r"127\], axis 0\)"):
+        load_compressed(path, model=_skeleton(weight_bits=8))
+    with pytest.raises(ValueError, match="axis None"):
+        load_compressed(path, model=_skeleton(weight_bits=4, per_channel=False))
+    with pytest.raises(ValueError, match="does not fit the model"):  # a float skeleton lacks the quantizers
+        load_compressed(path, model=tc.models.LeNet300100())
+    with pytest.raises(ValueError, match="no registered architecture"):
+        load_compressed(path)
+
+    def mutate(header, payload):  # a raw float tensor declared quantized
+        e = _entry(header, "fc1.layer.bias")
+        e.update(kind="quantized", qmin=-7, qmax=7, axis=None)
+    msg = _hostile(tmp_path, mutate, net=_quantized(weight_bits=4), model=_skeleton(weight_bits=4))
+    assert "'fc1.layer.bias' of kind 'quantized' is not the weight of a layer fake-quantized" in msg
+
+
+# ---------------------------------------------------------------------------------------------- integer models
+
+def _integer(qm, x=None):
+    """``to_integer``'s model, traced on ``x`` (default: LeNet-300-100's input)."""
+    return Q.to_integer(qm, (X784 if x is None else x)[:2])[0]
+
+
+@pytest.mark.parametrize("coder", ["huffman", "ans"])
+@pytest.mark.parametrize("make, x, bits", [
+    (tc.models.LeNet300100, X784, 8), (tc.models.LeNet300100, X784, 4),
+    (lambda: tc.models.SmallCNN(channels=(4, 8), input_size=12),
+     torch.randn(6, 1, 12, 12, generator=torch.Generator().manual_seed(4)), 6),
+])
+def test_integer_models_round_trip_bit_exactly(tmp_path, coder, make, x, bits):
+    im = _integer(_quantized(make, x, weight_bits=bits), x)
+    before = {k: v.clone() for k, v in im.state_dict().items()}
+    path = tmp_path / "i.tcdc"
+    size = save_compressed(im, path, coder=coder)
+    assert all(torch.equal(before[k], v) for k, v in im.state_dict().items())
+    header, _, _ = _split_file(path)
+    weights = [n for n, m in im.named_modules() if isinstance(m, Q.IntegerLayer)]
+    assert [e["name"] for e in header["tensors"] if e["kind"] == "integer"] == [f"{n}.weight" for n in weights]
+    skeleton = _integer(Q.calibrate(_skeleton(make, weight_bits=bits), x), x)
+    back = load_compressed(path, model=skeleton)
+    _same_model(im, back, x)
+    assert save_compressed(back, tmp_path / "again.tcdc", coder=coder) == size
+    _, sizes = encode_compressed(im, coder=coder)
+    for n in weights:  # codes of b bits cost at most b bits each: a fixed-length code is a prefix code too
+        assert sizes[f"{n}.weight"]["codes"].entropy_bits <= bits * im.get_submodule(n).weight.numel()
+        if coder == "huffman":
+            assert sizes[f"{n}.weight"]["codes"].code_bits <= bits * im.get_submodule(n).weight.numel()
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"dtype": "float32"}, "not one of the code dtypes"), ({"dtype": "int32"}, "not one of the code dtypes"),
+    ({"codes_words": 10**9}, "codes_words"), ({"codes_table": 10**6}, "codes_table"),
+    ({"kind": "quantized"}, "is not the weight of a layer fake-quantized"),
+])
+def test_integer_fields_are_checked(tmp_path, change, match):
+    im = _integer(_quantized(weight_bits=8))
+    skeleton = _integer(_quantized(weight_bits=8))
+    msg = _hostile(tmp_path, lambda h, p: _entry(h, "fc2.weight").update(change), net=im, model=skeleton)
+    assert "'fc2.weight'" in msg and match in msg
+
+
+def test_integer_kind_applies_to_integer_layer_weights_only(tmp_path):
+    im = _integer(_quantized(weight_bits=8))
+
+    def mutate(header, payload):
+        _entry(header, "fc2.m0").update(kind="integer", dtype="int8")
+    msg = _hostile(tmp_path, mutate, net=im, model=_integer(_quantized(weight_bits=8)))
+    assert "'fc2.m0' of kind 'integer' is not the weight of an IntegerLayer" in msg

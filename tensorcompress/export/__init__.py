@@ -1,8 +1,8 @@
 """Export: the one compressed-model file and its coding primitives.
 
 * :mod:`~tensorcompress.export.file` — :func:`save_compressed`, :func:`load_compressed`, :func:`encode_compressed`:
-  dense, pruned, shared and pruned-and-shared models in one CRC-checked, entropy-coded format, with its layout, its
-  rules for hostile files and for adding layer kinds;
+  dense, pruned, shared, pruned-and-shared, fake-quantized and integer models, tied weights kept, in one
+  CRC-checked, entropy-coded format, with its layout, its rules for hostile files and for adding layer kinds;
 * :mod:`~tensorcompress.export.architectures` — the registry of architectures a file may name
   (:func:`register_architecture`);
 * :mod:`~tensorcompress.export.coding` — entropy, Huffman and ANS coders (``constriction``), LEB128 varints;

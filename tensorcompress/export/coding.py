@@ -110,7 +110,17 @@ def huffman_encode(symbols: np.ndarray, alphabet: int) -> tuple[np.ndarray, np.n
 
 
 def huffman_decode(table: np.ndarray, words: np.ndarray, n: int) -> np.ndarray:
-    """Decode ``n`` symbols from a :func:`huffman_encode` stream and its length ``table``."""
+    """Decode ``n`` symbols from a :func:`huffman_encode` stream and its length ``table``.
+
+    Parameters
+    ----------
+    table : array of uint8
+        The code length of each symbol of the alphabet (0: unused), as :func:`huffman_encode` returns it.
+    words : array of uint32
+        The coded stream.
+    n : int
+        How many symbols to decode (the caller bounds it: a one-symbol code spends no bits per symbol).
+    """
     used, probs = _dyadic(np.asarray(table))
     if n == 0:
         return np.zeros(0, dtype=np.int64)
@@ -175,7 +185,17 @@ def ans_encode(symbols: np.ndarray, alphabet: int) -> tuple[np.ndarray, np.ndarr
 
 
 def ans_decode(counts: np.ndarray, words: np.ndarray, n: int) -> np.ndarray:
-    """Decode ``n`` symbols from an :func:`ans_encode` stream and its ``counts``."""
+    """Decode ``n`` symbols from an :func:`ans_encode` stream and its ``counts``.
+
+    Parameters
+    ----------
+    counts : array of int
+        How often each symbol of the alphabet occurs; they must add up to ``n``.
+    words : array of uint32
+        The coded stream.
+    n : int
+        How many symbols to decode.
+    """
     counts = np.asarray(counts)
     if n == 0:
         return np.zeros(0, dtype=np.int64)

@@ -2,19 +2,47 @@ r"""The compressed-model file: one format for every model the library produces.
 
 A model is written tensor by tensor, each entry tagged with a *kind* that says how its bytes are laid out:
 
-==========  ====================================================================================  =================
-kind        what it stores                                                                        made by
-==========  ====================================================================================  =================
-``raw``     the tensor's bytes (``tensor.view(uint8)``, little-endian, e.g. 4 per float32 entry)  any tensor
-``pruned``  a tensor masked by ``torch.nn.utils.prune``: its kept values (raw bytes), the         ``tc.pruning``
-            positions as relative indices (gap stream) and a filler flag per entry (flag stream)
-``shared``  a :class:`~tensorcompress.quantization.SharedWeight` weight: the codebook (raw        ``share_weights``
-            bytes), the codebook index per entry (``k`` for a filler) and the relative indices,   (also in
-            both coded                                                                            Deep Compression)
-==========  ====================================================================================  =================
+=============  =================================================================================  ===================
+kind           what it stores                                                                     made by
+=============  =================================================================================  ===================
+``raw``        the tensor's bytes (``tensor.view(uint8)``, little-endian, e.g. 4 per float32      any tensor
+               entry)
+``pruned``     a tensor masked by ``torch.nn.utils.prune``: its kept values (raw bytes), the      ``tc.pruning``
+               positions as relative indices (gap stream) and a filler flag per entry (flag
+               stream)
+``shared``     a :class:`~tensorcompress.quantization.SharedWeight` weight: the codebook (raw     ``share_weights``
+               bytes), the codebook index per entry (``k`` for a filler) and the relative         (also in Deep
+               indices, both coded                                                                Compression)
+``quantized``  a weight fake-quantized by a :class:`~tensorcompress.quantization.WeightQuantizer`  ``quantize_model``
+               (its ``parametrizations.weight.original``): the scales (float32) and zero points
+               (int32), one per tensor or per output channel, and the integer codes
+               :math:`q - q_{\min}` as a coded stream
+``integer``    the int8 / uint8 / int16 weight of an                                              ``to_integer``
+               :class:`~tensorcompress.quantization.IntegerLayer`: its codes, coded
+``alias``      nothing but the name of the first entry of the same tensor (tied weights:          tying weights
+               ``model[2].weight = model[0].weight``); loading makes both names one object
+=============  =================================================================================  ===================
 
-Integer-arithmetic layers (:func:`tensorcompress.quantization.to_integer`) and other weight parametrizations
-(fake quantizers) are refused with a ``ValueError`` naming the layer.
+Everything else — biases, BatchNorm statistics, an activation quantizer's scale, zero point and ``calibrated``
+flag, an integer layer's int32 bias and its multipliers ``m0`` and ``shift`` — is stored raw. A tie is kept when
+its first name is stored raw; a tie involving a pruned, shared or quantized tensor is refused, naming the tied
+names. Other weight parametrizations are refused with a ``ValueError`` naming the layer.
+
+**Quantized weights.** The codes :math:`q = \operatorname{clamp}(Z + \operatorname{round}(w/S), q_{\min},
+q_{\max})` of the quantizer's current parameters are stored, and loading puts the dequantized codes
+:math:`\hat w = S\,(q - Z)` in the weight's place. The quantizer re-reads :math:`\hat w` at its next forward; the
+writer checks (on copies of the quantizer) that it finds the same parameters and so computes bit for bit the same
+fake-quantized weight, and stores a weight for which it would not (an observer that could pick another range on
+:math:`\hat w`) raw instead. Entropy coding the codes costs at most what packing them at :math:`b` bits does (a
+Huffman code is no longer than a fixed-length one) plus a table of :math:`2^b` bytes; on trained weights, whose
+codes are far from uniform, it is smaller: LeNet-300-100's weight codes take 104,565 bytes (Huffman) against
+133,100 packed at 4 bits per channel, 243,137 against 266,200 at 8 bits. Integer codes are stored the same way.
+
+**Loading quantized and integer models** needs ``model=``: a skeleton made the same way
+(``quantize_model(fresh, weight_bits=..., per_channel=...)``, calibrated or not; for integer models
+``to_integer`` of such a calibrated skeleton), because the file's architecture record names the float network,
+which does not have these layers. The skeleton's non-tensor settings (code ranges, which layer is the entry or the
+last) come from how it was made; the file checks the quantizer's code range and axis against its own.
 
 **Positions** of a pruned or shared weight are Deep Compression's relative indices (Han et al. 2016, §2 and Fig. 2):
 the weight is flattened in row-major order to one CSR row (:func:`tensorcompress.export.csr_encode`), each kept
@@ -37,7 +65,9 @@ header (JSON)       ``{"arch": {"name", "kwargs"} or null, "tensors": [entry, ..
                     and its kind's counts: entries ``n``, bit widths, and per stream ``<s>_table`` (bytes)
                     and ``<s>_words`` (32-bit words)
 payload             the entries' sections in header order: ``raw``: the bytes; ``pruned``: values,
-                    flag stream, gap stream; ``shared``: codebook, symbol stream, gap stream
+                    flag stream, gap stream; ``shared``: codebook, symbol stream, gap stream;
+                    ``quantized``: scales, zero points, code stream; ``integer``: code stream;
+                    ``alias``: nothing
 u32                 CRC-32 (``zlib.crc32``) of every byte before it
 ==================  =================================================================================
 
@@ -51,15 +81,17 @@ are checked against their alphabets and the positions against the tensor's end. 
 the same folder, flushed to disk, then renamed over the target (``os.replace``): a failed write leaves the old file.
 
 **Adding a layer kind** (group-wise or NF4 weights, adapters): write a :class:`Kind` — ``find(model, state)``
-returns, among the ``state_dict`` entries no other kind took, the tensors it stores (:class:`Found`: the name of the
-state key a fresh model has, and the keys it stands for); ``encode(found, state, ctx)`` returns the entry's header
-fields, its payload sections and its sizes; ``decode(entry, reader, shape, coder)`` reads an entry back from the
-:class:`Reader` into a :class:`Decoded`: the dense tensor a fresh model loads, plus an optional ``install`` step (a
-parametrization, a prune mask) — and add it to :data:`KINDS` under its name (``raw`` always runs last and stores
-what no other kind took). Every count it reads goes through :func:`field` with its bound; every section through the
-reader, which checks the length left.
-Old files stay readable: a new kind needs no new version; :data:`FORMAT_VERSION` changes only when the meaning of an
-existing byte does.
+returns, among the ``state_dict`` entries no earlier kind took, the tensors it stores (:class:`Found`: the name of
+the state key a fresh model has, and the keys it stands for); ``encode(found, state, ctx)`` returns the entry's
+header fields, its payload sections and its sizes; ``decode(entry, reader, shape, coder)`` reads an entry back from
+the :class:`Reader` (whose ``earlier`` holds the entries already read) into a :class:`Decoded`: the dense tensor a
+fresh model loads, plus an optional ``install(model, name)`` step (a parametrization, a prune mask, a tie); and
+``check(entry, model)`` refuses a model whose tensor at the entry's name is not one the kind loads into. Add it to
+:data:`KINDS` under its name: kinds look for their tensors in the order of :data:`KINDS`, ``alias`` after every
+kind that stores a transformed tensor, ``raw`` last (it stores whatever no other kind took). Every count it reads
+goes through :func:`field` with its bound; every section through the reader, which checks the length left.
+Files stay readable: a new kind needs no new version (a reader that does not know it refuses the file, naming the
+kind); :data:`FORMAT_VERSION` changes only when the meaning of an existing byte or field does.
 
 References: Han, Mao & Dally (2016), *Deep Compression*, ICLR; Huffman (1952); Duda (2013), *Asymmetric numeral
 systems*; Bamler (2022), *constriction*.
@@ -68,6 +100,7 @@ systems*; Bamler (2022), *constriction*.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import os
@@ -83,8 +116,11 @@ import torch.nn.utils.prune as tprune
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..quantization.integer import IntegerLayer, IntegerMeanPool, IntegerNet
+from .._validation import MAX_BITS
+from ..quantization.integer import IntegerLayer
+from ..quantization.model import WeightQuantizer
 from ..quantization.nonuniform import SharedWeight
+from ..quantization.uniform import QParams, dequantize, quantize
 from . import architectures
 from .coding import ans_decode, ans_encode, entropy_bits, huffman_decode, huffman_encode, varint_bytes, varint_values
 from .csr import CSRRelative, csr_decode, csr_encode
@@ -127,10 +163,12 @@ def _dtype(entry: dict, *, floating: bool = False) -> torch.dtype:
 
 class Reader:
     """The payload of a file being read: :meth:`take` hands out the next ``n`` bytes after checking that they are
-    there, :meth:`tensor` the next ``count`` values of a dtype; :attr:`left` is what remains."""
+    there, :meth:`tensor` the next ``count`` values of a dtype; :attr:`left` is what remains; :attr:`earlier` holds
+    the entries already read (name -> ``(entry, Decoded)``), for a kind that refers to one."""
 
     def __init__(self, data: memoryview, start: int, end: int) -> None:
         self.data, self.off, self.end = data, start, end
+        self.earlier: dict[str, tuple[dict, Decoded]] = {}  # the entries read so far: name -> (entry, Decoded)
 
     @property
     def left(self) -> int:
@@ -212,7 +250,19 @@ def _positions(mask: torch.Tensor, index_bits: int) -> tuple[np.ndarray, np.ndar
 def shared_streams(codebook_size: int, indices: torch.Tensor, mask: torch.Tensor,
                    index_bits: int) -> tuple[np.ndarray, np.ndarray]:
     """The two symbol streams a shared weight is stored as: per stored entry of the flattened weight's relative-index
-    row, its codebook index (``codebook_size`` for a filler), and its gap."""
+    row, its codebook index (``codebook_size`` for a filler), and its gap.
+
+    Parameters
+    ----------
+    codebook_size : int
+        :math:`k`, the codebook's length; a filler entry gets the symbol ``k``.
+    indices : tensor of int
+        The codebook index of every entry of the weight.
+    mask : tensor of bool
+        The kept entries (all of them for a dense shared weight).
+    index_bits : int
+        Width of the relative indices; a gap beyond :math:`2^{b}-1` is bridged by fillers.
+    """
     kept, gaps = _positions(mask, index_bits)
     symbols = np.full(len(gaps), codebook_size, dtype=np.int64)
     symbols[kept] = indices.detach().cpu().reshape(-1)[mask.detach().cpu().reshape(-1)].numpy()
@@ -262,7 +312,7 @@ class Found:
 @dataclass(frozen=True)
 class Decoded:
     """An entry read back: the ``dense`` tensor a fresh model loads under the entry's name, and ``install``,
-    applied afterwards to the entry's module (or ``None``)."""
+    called afterwards as ``install(model, name)`` (or ``None``)."""
 
     dense: torch.Tensor
     install: Callable[[nn.Module, str], None] | None = None
@@ -270,12 +320,30 @@ class Decoded:
 
 @dataclass(frozen=True)
 class Kind:
-    """How one kind of tensor is found in a model, written and read (see the module docstring)."""
+    """How one kind of tensor is found in a model, written and read (see the module docstring); ``check(entry,
+    model)`` raises ``ValueError`` when the model's tensor at the entry's name is not one the kind loads into."""
 
     name: str
     find: Callable[[nn.Module, dict[str, torch.Tensor]], list[Found]]
     encode: Callable[[Found, dict[str, torch.Tensor], dict], tuple[dict, list[bytes], dict]]
     decode: Callable[[dict, Reader, tuple[int, ...], str], Decoded]
+    check: Callable[[dict, nn.Module], None] | None = None
+
+
+def _not_a(entry: dict, what: str) -> ValueError:
+    return ValueError(f"corrupt header: tensor {entry['name']!r} of kind {entry['kind']!r} is not {what} of the "
+                      f"model")
+
+
+def _check_parameter(entry: dict, model: nn.Module) -> None:
+    if entry["name"] not in dict(model.named_parameters(remove_duplicate=False)):
+        raise _not_a(entry, "a parameter")
+
+
+def _check_weight(entry: dict, model: nn.Module) -> None:
+    if _split(entry["name"])[1] != "weight":
+        raise _not_a(entry, "a weight")
+    _check_parameter(entry, model)
 
 
 def _split(name: str) -> tuple[str, str]:
@@ -288,9 +356,9 @@ def _split(name: str) -> tuple[str, str]:
 def _find_shared(model: nn.Module, state: dict[str, torch.Tensor]) -> list[Found]:
     out = []
     for name, module in model.named_modules():
-        if not parametrize.is_parametrized(module, "weight"):
+        if not parametrize.is_parametrized(module, "weight") or not isinstance(
+                sw := module.parametrizations.weight[0], SharedWeight):
             continue
-        sw = module.parametrizations.weight[0]
         base = f"{name}.parametrizations.weight." if name else "parametrizations.weight."
         covers = tuple(k for k in state if k.startswith(base))
         want = {base + "original", base + "0.packed"} | ({base + "0.packed_mask"} if sw.packed_mask is not None
@@ -336,7 +404,9 @@ def _decode_shared(entry: dict, reader: Reader, shape: tuple[int, ...], coder: s
     sw = SharedWeight(codebook, indices.reshape(shape), bits, mask=mask.reshape(shape) if masked else None,
                       index_bits=index_bits)
 
-    def install(module: nn.Module, param: str) -> None:
+    def install(net: nn.Module, name: str) -> None:
+        prefix, param = _split(name)
+        module = net.get_submodule(prefix)
         parametrize.register_parametrization(module, param, sw)
         with torch.no_grad():  # right_inverse averaged the members: set the codebook bit-exactly
             getattr(module.parametrizations, param).original.copy_(codebook)
@@ -389,10 +459,205 @@ def _decode_pruned(entry: dict, reader: Reader, shape: tuple[int, ...], coder: s
     dense = torch.zeros(numel, dtype=dtype)
     dense[mask] = values
 
-    def install(module: nn.Module, param: str) -> None:
-        tprune.custom_from_mask(module, param, mask.reshape(shape))
+    def install(net: nn.Module, name: str) -> None:
+        prefix, param = _split(name)
+        tprune.custom_from_mask(net.get_submodule(prefix), param, mask.reshape(shape))
 
     return Decoded(dense.reshape(shape), install)
+
+
+# codes: the integer codes of a quantized or integer weight, entropy coded ------------------------------------------
+
+def _put_codes(fields: dict, chunks: list[bytes], codes: torch.Tensor, lo: int, alphabet: int,
+               coder: str) -> StreamSize:
+    symbols = codes.detach().cpu().reshape(-1).to(torch.int64).numpy() - lo
+    return _put_stream(fields, chunks, "codes", symbols, alphabet, coder)
+
+
+def _get_codes(entry: dict, reader: Reader, lo: int, alphabet: int, shape: tuple[int, ...],
+               coder: str) -> torch.Tensor:
+    """The ``int64`` codes in ``[lo, lo + alphabet)`` of a tensor of ``shape``."""
+    symbols = _get_stream(entry, reader, "codes", alphabet, math.prod(shape), coder)
+    return (torch.from_numpy(symbols) + lo).reshape(shape)
+
+
+# quantized -------------------------------------------------------------------------------------------------------
+
+_ORIGINAL = "parametrizations.weight.original"
+
+
+def _weight_quantizer(module: nn.Module) -> WeightQuantizer | None:
+    """The :class:`WeightQuantizer` that alone parametrizes ``module.weight``, else ``None``."""
+    if not parametrize.is_parametrized(module, "weight"):
+        return None
+    plist = module.parametrizations.weight
+    return plist[0] if len(plist) == 1 and isinstance(plist[0], WeightQuantizer) else None
+
+
+def _stored_codes(module: nn.Module) -> tuple[torch.Tensor, QParams] | None:
+    """The codes and quantization parameters of ``module``'s fake-quantized weight, if a model loading the
+    dequantized codes computes bit for bit the same weight (its quantizer, re-reading them, finds the same
+    parameters), else ``None``. Runs on copies of the quantizer: the model is not touched."""
+    quantizer = _weight_quantizer(module)
+    original = module.parametrizations.weight.original.detach()
+    if quantizer is None or not original.is_floating_point() or original.numel() == 0:
+        return None
+    with torch.no_grad():
+        qp = copy.deepcopy(quantizer).qparams(original)
+        codes = quantize(original, qp)
+        stored = dequantize(codes, qp, dtype=original.dtype)
+        same = torch.equal(copy.deepcopy(quantizer)(stored), copy.deepcopy(quantizer)(original))
+    return (codes, qp) if same else None
+
+
+def _find_quantized(model: nn.Module, state: dict[str, torch.Tensor]) -> list[Found]:
+    out = []
+    for name, module in model.named_modules():
+        key = f"{name}.{_ORIGINAL}" if name else _ORIGINAL
+        if key in state and _stored_codes(module) is not None:  # else the float weight is stored raw
+            out.append(Found(key, tuple(state[key].shape), module, (key,), name))
+    return out
+
+
+def _encode_quantized(found: Found, state: dict, ctx: dict) -> tuple[dict, list[bytes], dict]:
+    codes, qp = _stored_codes(found.module)
+    fields = {"dtype": _dtype_name(state[found.name], found.name), "qmin": qp.qmin, "qmax": qp.qmax,
+              "axis": qp.axis}
+    chunks = [_raw_bytes(qp.scale), _raw_bytes(qp.zero_point)]
+    sizes = {"scale": len(chunks[0]), "zero_point": len(chunks[1]),
+             "codes": _put_codes(fields, chunks, codes, qp.qmin, qp.qmax - qp.qmin + 1, ctx["coder"])}
+    return fields, chunks, sizes
+
+
+def _qparams(entry: dict, reader: Reader, shape: tuple[int, ...]) -> QParams:
+    name = entry["name"]
+    qmin = field(entry, "qmin", -(2 ** (MAX_BITS - 1)), 2**MAX_BITS - 2)
+    qmax = field(entry, "qmax", qmin + 1, min(qmin + 2**MAX_BITS - 1, 2**MAX_BITS - 1))
+    axis = None if entry.get("axis") is None else field(entry, "axis", 0, len(shape) - 1)
+    n = 1 if axis is None else shape[axis]
+    scale = reader.tensor(n, torch.float32, f"tensor {name!r}: the scales")
+    zero_point = reader.tensor(n, torch.int32, f"tensor {name!r}: the zero points")
+    if axis is None:
+        scale, zero_point = scale.reshape(()), zero_point.reshape(())
+    try:
+        return QParams(scale, zero_point, qmin, qmax, axis)
+    except ValueError as err:
+        raise ValueError(f"corrupt file: tensor {name!r}: {err}") from err
+
+
+def _decode_quantized(entry: dict, reader: Reader, shape: tuple[int, ...], coder: str) -> Decoded:
+    dtype = _dtype(entry, floating=True)
+    qp = _qparams(entry, reader, shape)
+    codes = _get_codes(entry, reader, qp.qmin, qp.qmax - qp.qmin + 1, shape, coder)
+    return Decoded(dequantize(codes, qp, dtype=dtype))
+
+
+def _check_quantized(entry: dict, model: nn.Module) -> None:
+    name = entry["name"]
+    prefix = "" if name == _ORIGINAL else name[: -len(_ORIGINAL) - 1] if name.endswith("." + _ORIGINAL) else None
+    quantizer = None if prefix is None else _weight_quantizer(model.get_submodule(prefix))
+    if quantizer is None:
+        raise _not_a(entry, "the weight of a layer fake-quantized by a WeightQuantizer (pass model= made by "
+                            "tc.quantization.quantize_model the same way)")
+    axis = quantizer.observer.axis
+    if (quantizer.qmin, quantizer.qmax, axis) != (entry.get("qmin"), entry.get("qmax"), entry.get("axis")):
+        raise ValueError(f"tensor {entry['name']!r}: the file's codes [{entry.get('qmin')!r:.20}, "
+                         f"{entry.get('qmax')!r:.20}] with axis {entry.get('axis')!r:.20} do not fit the model's "
+                         f"quantizer ([{quantizer.qmin}, {quantizer.qmax}], axis {axis}); pass model= quantized "
+                         f"with the same bits and per_channel")
+
+
+# integer ---------------------------------------------------------------------------------------------------------
+
+_CODE_DTYPES = {torch.int8: -(2**7), torch.uint8: 0, torch.int16: -(2**15)}  # lowest code; 2**bits codes
+
+
+def _code_range(dtype: torch.dtype) -> tuple[int, int]:
+    return _CODE_DTYPES[dtype], 2 ** (8 * torch.empty(0, dtype=dtype).element_size())
+
+
+def _find_integer(model: nn.Module, state: dict[str, torch.Tensor]) -> list[Found]:
+    out = []
+    for name, module in model.named_modules():
+        key = f"{name}.weight" if name else "weight"
+        if isinstance(module, IntegerLayer) and key in state and state[key].dtype in _CODE_DTYPES:
+            out.append(Found(key, tuple(state[key].shape), module, (key,), key))
+    return out
+
+
+def _encode_integer(found: Found, state: dict, ctx: dict) -> tuple[dict, list[bytes], dict]:
+    codes = state[found.name]
+    fields, chunks = {"dtype": _dtype_name(codes, found.name)}, []
+    return fields, chunks, {"codes": _put_codes(fields, chunks, codes, *_code_range(codes.dtype), ctx["coder"])}
+
+
+def _decode_integer(entry: dict, reader: Reader, shape: tuple[int, ...], coder: str) -> Decoded:
+    dtype = _dtype(entry)
+    if dtype not in _CODE_DTYPES:
+        raise ValueError(f"corrupt header: tensor {entry['name']!r}: dtype {entry['dtype']!r} is not one of the "
+                         f"code dtypes {sorted(str(d).removeprefix('torch.') for d in _CODE_DTYPES)}")
+    return Decoded(_get_codes(entry, reader, *_code_range(dtype), shape, coder).to(dtype))
+
+
+def _check_integer(entry: dict, model: nn.Module) -> None:
+    prefix, attr = _split(entry["name"])
+    if attr != "weight" or not isinstance(model.get_submodule(prefix), IntegerLayer):
+        raise _not_a(entry, "the weight of an IntegerLayer (pass model= made by tc.quantization.to_integer the "
+                            "same way)")
+
+
+# alias -----------------------------------------------------------------------------------------------------------
+
+def _ties(model: nn.Module) -> list[list[str]]:
+    """The ``state_dict`` keys of each tensor registered under several names (tied weights), in ``state_dict``
+    order."""
+    groups: dict[int, list[str]] = {}
+    for key, t in model.state_dict(keep_vars=True).items():
+        groups.setdefault(id(t), []).append(key)
+    return [keys for keys in groups.values() if len(keys) > 1]
+
+
+def _find_alias(model: nn.Module, state: dict[str, torch.Tensor]) -> list[Found]:
+    out = []
+    for keys in _ties(model):
+        taken = [k for k in keys if k not in state]
+        if taken:
+            raise ValueError(f"tensors {keys} are one tensor (tied) and {taken} are stored as pruned, shared, "
+                             f"quantized or integer codes, not as the tensor itself: the file cannot keep this tie "
+                             f"(untie them, or tie the layers again after loading)")
+        out += [Found(k, tuple(state[k].shape), model, (k,), k) for k in keys[1:]]
+    return out
+
+
+def _encode_alias(found: Found, state: dict, ctx: dict) -> tuple[dict, list[bytes], dict]:
+    target = next(keys[0] for keys in _ties(found.module) if found.name in keys)
+    return {"target": target, "dtype": _dtype_name(state[found.name], found.name)}, [], {"alias": 0}
+
+
+def _decode_alias(entry: dict, reader: Reader, shape: tuple[int, ...], coder: str) -> Decoded:
+    name, target = entry["name"], entry.get("target")
+    first = reader.earlier.get(target) if isinstance(target, str) else None
+    if first is None or first[0]["kind"] != "raw":
+        raise ValueError(f"corrupt header: tensor {name!r} is an alias of {target!r:.80}, which is not a tensor "
+                         f"stored plainly earlier in the file")
+    if tuple(first[0]["shape"]) != shape or _dtype(entry) != _dtype(first[0]):
+        raise ValueError(f"corrupt header: tensor {name!r} ({entry.get('dtype')!r:.20}, {list(shape)}) is an alias "
+                         f"of {target!r} ({first[0]['dtype']}, {first[0]['shape']}): shape and dtype must agree")
+
+    def install(net: nn.Module, name: str) -> None:  # the same object under both names, as in the saved model
+        prefix, attr = _split(name)
+        target_prefix, target_attr = _split(target)
+        setattr(net.get_submodule(prefix), attr, getattr(net.get_submodule(target_prefix), target_attr))
+
+    return Decoded(first[1].dense, install)
+
+
+def _check_alias(entry: dict, model: nn.Module) -> None:
+    params = dict(model.named_parameters(remove_duplicate=False))
+    target = entry.get("target")
+    if isinstance(target, str) and target in model.state_dict() and (target in params) != (entry["name"] in params):
+        raise ValueError(f"corrupt header: tensor {entry['name']!r} is an alias of {target!r:.80}, but one is a "
+                         f"parameter of the model and the other a buffer")
 
 
 # raw -------------------------------------------------------------------------------------------------------------
@@ -414,8 +679,11 @@ def _decode_raw(entry: dict, reader: Reader, shape: tuple[int, ...], coder: str)
 
 
 KINDS: dict[str, Kind] = {k.name: k for k in (
-    Kind("shared", _find_shared, _encode_shared, _decode_shared),
-    Kind("pruned", _find_pruned, _encode_pruned, _decode_pruned),
+    Kind("shared", _find_shared, _encode_shared, _decode_shared, _check_weight),
+    Kind("pruned", _find_pruned, _encode_pruned, _decode_pruned, _check_parameter),
+    Kind("quantized", _find_quantized, _encode_quantized, _decode_quantized, _check_quantized),
+    Kind("integer", _find_integer, _encode_integer, _decode_integer, _check_integer),
+    Kind("alias", _find_alias, _encode_alias, _decode_alias, _check_alias),
     Kind("raw", _find_raw, _encode_raw, _decode_raw),
 )}
 
@@ -426,18 +694,14 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
 
 def _refuse_unstorable(model: nn.Module) -> None:
     for name, module in model.named_modules():
-        where = repr(name) if name else "the model itself"
-        if isinstance(module, (IntegerLayer, IntegerMeanPool, IntegerNet)):
-            raise ValueError(f"layer {where} is an integer-arithmetic {type(module).__name__} "
-                             f"(tc.quantization.to_integer): the compressed file does not store integer layers; "
-                             f"save the calibrated fake-quantized model instead, or its state_dict with torch.save")
         if not parametrize.is_parametrized(module):
             continue
         for tensor, plist in module.parametrizations.items():
-            if tensor != "weight" or len(plist) != 1 or not isinstance(plist[0], SharedWeight):
+            if tensor != "weight" or len(plist) != 1 or not isinstance(plist[0], (SharedWeight, WeightQuantizer)):
                 kinds = [type(p).__name__ for p in plist]
-                raise ValueError(f"layer {where}: its {tensor!r} has the parametrization {kinds}; the file stores "
-                                 f"one SharedWeight on 'weight' only (remove the others before save_compressed)")
+                raise ValueError(f"layer {repr(name) if name else 'the model itself'}: its {tensor!r} has the "
+                                 f"parametrization {kinds}; the file stores one SharedWeight or WeightQuantizer on "
+                                 f"'weight' only (remove the others before save_compressed)")
 
 
 def _found(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, tuple[Kind, Found]]:
@@ -482,10 +746,20 @@ def _architecture(model: nn.Module, shapes: dict[str, tuple[int, ...]]) -> dict 
 def encode_compressed(model: nn.Module, *, coder: str = "huffman", index_bits: int = 5) -> tuple[bytes, dict]:
     """The bytes :func:`save_compressed` writes, and per tensor what they hold.
 
-    Returns ``(data, sizes)``. ``sizes`` has, for a shared layer (keyed by the layer's name), ``{"codebook": bytes,
-    "weights": StreamSize, "index": StreamSize}``; for a pruned tensor ``{"values": bytes, "flags": StreamSize,
-    "index": StreamSize}``; for a plainly stored tensor ``{"plain": bytes}``; and ``sizes["header"] = {"bytes":
-    ...}`` for the magic, header and checksum.
+    Parameters
+    ----------
+    model, coder, index_bits
+        As :func:`save_compressed`.
+
+    Returns
+    -------
+    (bytes, dict)
+        ``(data, sizes)``. ``sizes`` has, for a shared layer (keyed by the layer's name), ``{"codebook": bytes,
+        "weights": StreamSize, "index": StreamSize}``; for a pruned tensor ``{"values": bytes, "flags":
+        StreamSize, "index": StreamSize}``; for a fake-quantized layer (keyed by the layer's name) ``{"scale":
+        bytes, "zero_point": bytes, "codes": StreamSize}``; for an integer layer's weight ``{"codes":
+        StreamSize}``; for a tied tensor's later names ``{"alias": 0}``; for a plainly stored tensor ``{"plain":
+        bytes}``; and ``sizes["header"] = {"bytes": ...}`` for the magic, header and checksum.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -530,7 +804,9 @@ def save_compressed(model: nn.Module, path: str | os.PathLike, *, coder: str = "
     ----------
     model : nn.Module
         Dense, pruned (``torch.nn.utils.prune``), shared (:func:`tensorcompress.quantization.share_weights`,
-        :func:`tensorcompress.pipelines.deep_compression`) or pruned and shared; left untouched.
+        :func:`tensorcompress.pipelines.deep_compression`), pruned and shared, fake-quantized
+        (:func:`tensorcompress.quantization.quantize_model`) or integer
+        (:func:`tensorcompress.quantization.to_integer`), with or without tied weights; left untouched.
     path : str or path-like
         Replaced atomically: a failed write leaves an existing file as it was.
     coder : {"huffman", "ans"}
@@ -596,15 +872,12 @@ def _check_fits(entries: list[dict], template: nn.Module) -> dict[str, tuple[int
         raise ValueError(f"the file does not fit the model {type(template).__name__}: missing "
                          f"{sorted(set(want) - set(names))}, unexpected {sorted(set(names) - set(want))[:20]}; pass "
                          f"model= (a fresh instance of the architecture)")
-    params = {k for k, _ in template.named_parameters(remove_duplicate=False)}
     for e in entries:
         if tuple(e["shape"]) != want[e["name"]]:
             raise ValueError(f"tensor {e['name']!r}: the file's shape {tuple(e['shape'])} does not fit the model's "
                              f"{want[e['name']]}; pass model= built with the right arguments")
-        if e["kind"] != "raw" and (e["name"] not in params or (e["kind"] == "shared"
-                                                               and _split(e["name"])[1] != "weight")):
-            raise ValueError(f"corrupt header: tensor {e['name']!r} of kind {e['kind']!r} is not a "
-                             f"{'weight' if e['kind'] == 'shared' else 'parameter'} of the model")
+        if KINDS[e["kind"]].check is not None:
+            KINDS[e["kind"]].check(e, template)
     return want
 
 
@@ -616,14 +889,17 @@ def load_compressed(path: str | os.PathLike, *, model: nn.Module | None = None, 
     """Read a file written by :func:`save_compressed`: the model, in eval mode, on the CPU, its tensors in the
     file's dtypes. Shared layers come back as :class:`~tensorcompress.quantization.SharedWeight` parametrizations
     (codebook, codes and mask bit-exact), pruned ones with their ``torch.nn.utils.prune`` mask (``weight_orig``
-    holds the kept values and zeros: the pruned values are not stored).
+    holds the kept values and zeros: the pruned values are not stored), fake-quantized weights as their
+    dequantized codes (the outputs are bit-exact), tied tensors as one object under each of their names.
 
     Parameters
     ----------
     path : str or path-like
     model : nn.Module, optional
         A fresh (unpruned, unshared) instance of the architecture to load into. Default: the architecture the file
-        names, from the registry of :mod:`tensorcompress.export.architectures`.
+        names, from the registry of :mod:`tensorcompress.export.architectures`. Required for fake-quantized and
+        integer models, which the registry cannot rebuild: pass a skeleton made the same way
+        (``quantize_model`` with the same bits and ``per_channel``; ``to_integer`` of such a calibrated model).
     max_bytes : int
         Largest model (bytes of its ``state_dict``) built from a file's architecture record; the check runs on the
         ``meta`` device, before anything is allocated.
@@ -643,13 +919,14 @@ def load_compressed(path: str | os.PathLike, *, model: nn.Module | None = None, 
         raise ValueError(f"the file's architecture {header['arch'].get('name')!r} with {header['arch'].get('kwargs')}"
                          f" holds {_model_bytes(template)} bytes, more than max_bytes={max_bytes}")
     reader = Reader(data, start, len(data) - _CRC)
-    decoded = {e["name"]: KINDS[e["kind"]].decode(e, reader, shapes[e["name"]], coder) for e in entries}
+    for e in entries:
+        reader.earlier[e["name"]] = (e, KINDS[e["kind"]].decode(e, reader, shapes[e["name"]], coder))
+    decoded = {name: d for name, (_, d) in reader.earlier.items()}
     if reader.left:
         raise ValueError(f"corrupt file: {reader.left} bytes left over after the last tensor")
     net = architectures.build(header["arch"]) if model is None else model
     net.load_state_dict({k: d.dense for k, d in decoded.items()}, assign=True)
     for name, d in decoded.items():
         if d.install is not None:
-            prefix, param = _split(name)
-            d.install(net.get_submodule(prefix), param)
+            d.install(net, name)
     return net.eval()
