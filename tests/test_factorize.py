@@ -143,7 +143,7 @@ def test_rows_are_layer_changes_and_print_one_line():
     new, rep = tc.factorize(net(), "tucker", rank=(4, 3), include="2.0")
     (row,) = rep
     assert isinstance(row, tc.FactorizedLayer) and isinstance(row, tc.surgery.LayerChange)
-    assert row.rank == (4, 3) == row.detail["rank"] == new[2][0].rank == new[2][0].ranks
+    assert row.rank == (4, 3) == row.detail["rank"] == new[2][0].rank
     assert str(row) == f"2.0: Conv2d -> TuckerConv2d, {16 * 24 * 9 + 24} -> {row.params_after} parameters, rank (4, 3)"
     _, rep = tc.factorize(net(), "svd", rank=3, include="6")
     assert str(rep[0]) == "6: Linear -> LowRankLinear, 610 -> 220 parameters, rank 3"

@@ -49,20 +49,20 @@ def check_tol(value: object, name: str, *, allow_none: bool = False, positive: b
     return float(value)
 
 
-def parse_ranks(ranks: object, shape: Sequence[int], name: str = "ranks") -> list[int]:
+def parse_ranks(rank: object, shape: Sequence[int], name: str = "rank") -> list[int]:
     """One rank per mode, ``1 <= R_n <= I_n``; an int means the same rank for every mode."""
     n = len(shape)
-    if isinstance(ranks, int) and not isinstance(ranks, bool):
-        ranks = [ranks] * n
-    elif isinstance(ranks, torch.Size):
-        ranks = list(ranks)
-    if not isinstance(ranks, Sequence) or isinstance(ranks, str):
-        raise TypeError(f"{name} must be an int or a sequence of {n} ints, got {type(ranks).__name__} ({ranks!r})")
-    if len(ranks) != n:
-        raise ValueError(f"{name} must hold one rank per mode ({n} for shape {tuple(shape)}), got {len(ranks)}: "
-                         f"{list(ranks)}")
+    if isinstance(rank, int) and not isinstance(rank, bool):
+        rank = [rank] * n
+    elif isinstance(rank, torch.Size):
+        rank = list(rank)
+    if not isinstance(rank, Sequence) or isinstance(rank, str):
+        raise TypeError(f"{name} must be an int or a sequence of {n} ints, got {type(rank).__name__} ({rank!r})")
+    if len(rank) != n:
+        raise ValueError(f"{name} must hold one rank per mode ({n} for shape {tuple(shape)}), got {len(rank)}: "
+                         f"{list(rank)}")
     out = []
-    for k, (r, size) in enumerate(zip(ranks, shape, strict=True)):
+    for k, (r, size) in enumerate(zip(rank, shape, strict=True)):
         check_positive_int(r, f"{name}[{k}]")
         if r > size:
             raise ValueError(f"{name}[{k}]={r} exceeds the size {size} of mode {k} (shape {tuple(shape)}): "

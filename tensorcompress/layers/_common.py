@@ -12,7 +12,7 @@ from .._validation import check_finite, compute_dtype
 from ..decompositions._common import rank_for_tail
 
 __all__ = ["check_linear", "check_conv2d", "conv_padding", "factory_kwargs", "check_rank", "check_energy",
-           "rank_for_energy", "weight_to_decompose", "check_pair", "rank_argument"]
+           "rank_for_energy", "weight_to_decompose", "check_pair"]
 
 
 def check_linear(linear: object, name: str = "linear") -> nn.Linear:
@@ -48,17 +48,6 @@ def check_pair(value: object, name: str, *, minimum: int) -> tuple[int, int]:
     if min(pair) < minimum:
         raise ValueError(f"{name}={value!r} is out of range: each entry must be >= {minimum}")
     return pair
-
-
-def rank_argument(rank: object, ranks: object, what: str = "rank") -> object:
-    """The rank given as ``rank`` (the library's name, as in :func:`tensorcompress.factorize`) or as ``ranks`` (the
-    name these layers used first, still accepted); giving both is a ``TypeError``."""
-    if ranks is None:
-        return rank
-    if rank is not None:
-        raise TypeError(f"give the {what} as rank= or as ranks= (its older name), not both: got rank={rank!r}, "
-                        f"ranks={ranks!r}")
-    return ranks
 
 
 def conv_padding(conv: nn.Conv2d) -> tuple[int, int]:
