@@ -23,8 +23,9 @@ Printed per dtype:
 
 ``--layouts`` prints instead CP-ALS's default GEMM layout (the fixed rule, ``layout="fixed"``) against the timed
 choice (``layout="auto"``): the sweeps alone (20, started from a given CPTensor) at each size, in float32 and
-float64, on 1 and 2 threads, the two interleaved in every repeat, with the 1-minute load average (``/proc/loadavg``)
-before and after.
+float64, on 1 and 2 threads, the two run back to back in every repeat (in alternating order); the ratio is the
+median of the paired ratios (wall-clock, and process CPU time, which a busy machine disturbs less), with the
+1-minute load average (``/proc/loadavg``) before and after.
 """
 
 from __future__ import annotations
@@ -175,13 +176,32 @@ def sweeps_with_layouts(x: torch.Tensor, rank: int, sweeps: int, layouts) -> lis
             for layout in layouts]
 
 
+def paired(first, second, repeats: int) -> tuple[float, float, float, float]:
+    """Median wall times of ``first()`` and ``second()``, and the medians of their paired ratios first / second in
+    wall time and in process CPU time: the two run back to back in every repeat, in alternating order, so that each
+    ratio compares two runs under nearly the same load."""
+    wall: dict[int, list[float]] = {0: [], 1: []}
+    ratios, cpu_ratios = [], []
+    for r in range(repeats):
+        w, c = [0.0, 0.0], [0.0, 0.0]
+        for i in ((0, 1) if r % 2 == 0 else (1, 0)):
+            start_w, start_c = time.perf_counter(), time.process_time()
+            (first, second)[i]()
+            w[i], c[i] = time.perf_counter() - start_w, time.process_time() - start_c
+            wall[i].append(w[i])
+        ratios.append(w[0] / w[1])
+        cpu_ratios.append(c[0] / c[1])
+    return (statistics.median(wall[0]), statistics.median(wall[1]), statistics.median(ratios),
+            statistics.median(cpu_ratios))
+
+
 def layout_rows(sizes: list[int], repeats: int) -> None:
-    """CP-ALS's default layout (fixed rule) against the timed choice, the sweeps alone, interleaved."""
+    """CP-ALS's default layout (fixed rule) against the timed choice, the sweeps alone, paired runs."""
     rank, sweeps = 16, 20
     print(f"1-minute load before: {load():.2f}")
     print(f"| {'size':>5} | {'dtype':>7} | {'threads':>7} | {'fixed (s)':>9} | {'auto (s)':>9} | "
-          f"{'fixed / auto':>12} | {'fixed choice':>27} | {'auto choice':>27} |")
-    print(f"|{'-' * 7}|{'-' * 9}|{'-' * 9}|{'-' * 11}|{'-' * 11}|{'-' * 14}|{'-' * 29}|{'-' * 29}|")
+          f"{'fixed / auto':>12} | {'(CPU time)':>10} | {'fixed choice':>27} | {'auto choice':>27} |")
+    print(f"|{'-' * 7}|{'-' * 9}|{'-' * 9}|{'-' * 11}|{'-' * 11}|{'-' * 14}|{'-' * 12}|{'-' * 29}|{'-' * 29}|")
     threads_before = torch.get_num_threads()
     for threads in (1, 2):
         torch.set_num_threads(threads)
@@ -189,19 +209,20 @@ def layout_rows(sizes: list[int], repeats: int) -> None:
             for n in sizes:
                 x = random_cp((n,) * 3, rank, noise=0.1, seed=0, dtype=dtype).tensor
                 cp_tuning._TIMED.clear()  # time afresh, under the load of this row
-                run = sweeps_with_layouts(x, rank, sweeps, ("fixed", "auto"))
-                for _, fn in run:  # untimed first calls (auto: the timing of the layouts)
+                run = dict(sweeps_with_layouts(x, rank, sweeps, ("fixed", "auto")))
+                for fn in run.values():  # untimed first calls (auto: the timing of the layouts)
                     fn()
-                t = {name: res[0] for name, res in interleaved(run, repeats).items()}
+                t_fixed, t_auto, ratio, cpu_ratio = paired(run["fixed"], run["auto"], repeats)
                 names = {kind: cp_tuning.LAYOUTS[cp_tuning.fixed_layout(kind, m)] for kind, m in
                          (("first", x.reshape(n, -1)), ("last", x.reshape(-1, n)))}
                 auto = {key[0]: cp_tuning.LAYOUTS[choice] for key, choice in cp_tuning._TIMED.items()}
-                print(f"| {n:>5} | {str(dtype).removeprefix('torch.'):>7} | {threads:>7} | {t['fixed']:9.3f} | "
-                      f"{t['auto']:9.3f} | {t['fixed'] / t['auto']:12.3f} | "
+                print(f"| {n:>5} | {str(dtype).removeprefix('torch.'):>7} | {threads:>7} | {t_fixed:9.3f} | "
+                      f"{t_auto:9.3f} | {ratio:12.3f} | {cpu_ratio:10.3f} | "
                       f"{names['first'] + ', ' + names['last']:>27} | {auto['first'] + ', ' + auto['last']:>27} |",
                       flush=True)
     torch.set_num_threads(threads_before)
-    print(f"1-minute load after: {load():.2f}  (choices: first-mode product, last-mode product)")
+    print(f"1-minute load after: {load():.2f}  (ratios: medians of paired runs; choices: first-mode product, "
+          f"last-mode product)")
 
 
 def print_table(title: str, rows: list[Row]) -> None:

@@ -14,13 +14,13 @@ last mode's factor :math:`A` (``I x R``) and :math:`X_{(N)}` viewed as ``P x I``
 The four give the same numbers up to rounding (a BLAS sums in an order that depends on the layout), but not the
 same bits, and their speed depends on the dtype, the BLAS, the CPU and the thread count by up to about 2x.
 
-``layout="fixed"`` (the default) picks one by a fixed rule of the product's kind and dtype (:func:`fixed_layout`):
-no timing and no state, so a seed gives the same bits on every run of a machine. ``layout="auto"`` times the four
-the first time a shape is seen (per dtype, device and thread count), together with the cheap contraction that
-follows, whose cost depends on the result's layout, and keeps the fastest for the rest of the process (a
-process-wide cache, :data:`_TIMED`): within a process a seed then gives the same bits, across processes it may
-not. A layout name forces that layout for both products. On CUDA ``"fixed"`` and ``"auto"`` both take
-``"rank_first_at"``.
+``layout="fixed"`` (the default) picks one by a fixed rule, the layout that reads no operand transposed
+(:func:`fixed_layout`): no timing and no state, so a seed gives the same bits on every run of a machine.
+``layout="auto"`` times the four the first time a shape is seen (per dtype, device and thread count), together with
+the cheap contraction that follows, whose cost depends on the result's layout, and keeps the fastest for the rest of
+the process (a process-wide cache, :data:`_TIMED`): within a process a seed then gives the same bits, across
+processes it may not. A layout name forces that layout for both products. On CUDA ``"fixed"`` and ``"auto"`` both
+take ``"rank_first_at"``.
 """
 
 from __future__ import annotations
@@ -62,15 +62,14 @@ def check_layout(layout: object) -> str:
 def fixed_layout(kind: str, m: torch.Tensor) -> int:
     """The default layout (an index into :data:`LAYOUTS`) of the product ``kind`` on the unfolding ``m``.
 
-    Measured on the benchmark sizes (100^3 to 250^3, R = 16, float32 and float64, one and two threads, MKL on an
-    AMD EPYC): for the first mode's product ``X_(1)^T``-side GEMM the rank-first result is never slower than the
-    rank-last by more than noise, and the contraction that follows it (a batched row vector times matrix) is the
-    cheaper one; for the last mode's product the rank-last result (``X_(N) A``, a plain NN GEMM with the small
-    operand on the right) is as fast or faster in float32 and in float64 up to a few million entries. The table of
-    rule against timed choice is in the README (benchmarks)."""
-    if m.device.type != "cpu":
-        return 0
-    if kind == "first":
+    On the CPU, the one layout of each product in which no operand is read through a transposed view: the
+    unfolding as stored (row-major), the factor in the contiguous form the product needs. ``kind="first"``:
+    :math:`A^\top X_{(1)}` from the stored :math:`A^\top` (``"rank_first_at"``); ``kind="last"``:
+    :math:`X_{(N)} A` from the stored :math:`A` (``"rank_last_a"``), used through its ``(R, P)`` view. It depends
+    on nothing else (not the dtype, the shape or the thread count), so it is the same in every process. On the
+    benchmark sizes it is within noise of the timed choice; the table is in the README (``python
+    benchmarks/decompositions.py --layouts``). Off the CPU, ``"rank_first_at"`` for both."""
+    if m.device.type != "cpu" or kind == "first":
         return 0
     return 2
 
