@@ -341,7 +341,7 @@ def cp_als(
     return_errors : bool
         Also return the list of relative errors, one per sweep.
     layout : str
-        The GEMM layout: ``"fixed"`` (a fixed rule of the dtype and device, :func:`.cp_tuning.fixed_layout`),
+        The GEMM layout: ``"fixed"`` (a fixed rule of the dtype, size and device, :func:`.cp_tuning.fixed_layout`),
         ``"auto"`` (the fastest of the four, timed once per shape, dtype and thread count and remembered for the
         process: results may then differ in the last bits between processes) or one of
         :data:`.cp_tuning.LAYOUTS` (``"rank_first_at"``, ``"rank_first_a"``, ``"rank_last_a"``,
