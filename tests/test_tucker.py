@@ -320,3 +320,34 @@ def test_rank_has_one_name():
     assert not hasattr(tc.hosvd(X, 2), "ranks")
     with pytest.raises(TypeError, match="ranks"):
         tc.random_tucker((4, 5), ranks=2)
+
+
+@given(values=st.lists(st.sampled_from([0.0, 1e-300, 1e-3, 0.5, 1.0, 1.0, 3.0, 1e150]), min_size=1, max_size=12),
+       energy=st.sampled_from([1e-9, 0.25, 0.5, 0.9, 0.999, 1.0]))
+def test_rank_for_energy_against_cumulative_sums(values, energy):
+    """``rank_for_energy`` is the smallest r >= 1 whose leading squares hold ``energy`` of the total (up to the
+    relative 1e-12 slack), checked against exact rational sums (ties, zeros, denormal-scale and huge values)."""
+    from fractions import Fraction
+
+    s = sorted(values, reverse=True)
+    squares = [Fraction(v) ** 2 for v in s]
+    total = sum(squares)
+    slack = Fraction(1e-12) * total
+    expected = next((r for r in range(1, len(s) + 1) if total - sum(squares[:r]) <= (1 - Fraction(energy)) * total
+                     + slack), len(s))
+    got = tc.rank_for_energy(torch.tensor(s, dtype=torch.float64), energy)
+    # the float64 sums may round a boundary case either way: the rank is the exact one or its neighbour at the
+    # 1e-12 slack, never further
+    assert abs(got - expected) <= 1 if total else got == 1, (got, expected)
+
+
+@pytest.mark.parametrize("args,exc,match", [
+    ((torch.ones(3), 0.0), ValueError, r"energy=0.0 is out of range: allowed 0 < energy <= 1"),
+    ((torch.ones(3), 1.5), ValueError, r"energy=1.5 is out of range"),
+    ((torch.ones(3), "0.5"), TypeError, r"energy must be a finite real number"),
+    ((torch.ones(2, 2), 0.5), ValueError, r"singular_values must be 1-D, got shape \(2, 2\)"),
+    (([1.0, 0.5], 0.5), TypeError, r"singular_values must be a torch.Tensor"),
+])
+def test_rank_for_energy_bad_input(args, exc, match):
+    with pytest.raises(exc, match=match):
+        tc.rank_for_energy(*args)

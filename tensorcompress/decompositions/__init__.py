@@ -23,6 +23,7 @@ Rules shared by every decomposition (``cp_als``, ``hosvd``, ``tucker``, ``tt_svd
 * iterative methods (``cp_als``, ``tucker``) take ``n_iter_max`` sweeps at most.
 """
 
+from ._common import rank_for_energy
 from .cp import CPTensor, cp_als, cp_to_tensor
 from .random import SyntheticTensor, add_noise, random_cp, random_tt, random_tucker
 from .tt import TTTensor, tt_inner, tt_round, tt_svd, tt_to_tensor
@@ -50,4 +51,5 @@ __all__ = [
     "random_tucker",
     "random_tt",
     "add_noise",
+    "rank_for_energy",
 ]

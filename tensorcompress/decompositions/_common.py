@@ -81,6 +81,31 @@ def rank_for_tail(sq_values: torch.Tensor, budget: float) -> int:
     return max(r, 1)
 
 
+def rank_for_energy(singular_values: torch.Tensor, energy: float) -> int:
+    r"""Smallest :math:`r \ge 1` with :math:`\sum_{i \le r} \sigma_i^2 \ge` ``energy`` :math:`\sum_i \sigma_i^2`.
+
+    The same rule as the decompositions' tail budget (:func:`rank_for_tail`): keeping a fraction ``energy`` of
+    :math:`\sum_i \sigma_i^2` is leaving a tail of at most :math:`(1 - \text{energy}) \sum_i \sigma_i^2` (plus a
+    relative :math:`10^{-12}` for rounding). Squares are summed in float64, so float32 singular values of any scale
+    neither overflow nor underflow. Used by the layers' ``energy=`` options.
+
+    Parameters
+    ----------
+    singular_values : torch.Tensor
+        Non-increasing singular values (1-D).
+    energy : float
+        The fraction to keep, ``0 < energy <= 1``.
+    """
+    check_tensor(singular_values, "singular_values")
+    if singular_values.ndim != 1:
+        raise ValueError(f"singular_values must be 1-D, got shape {tuple(singular_values.shape)}")
+    energy = check_tol(energy, "energy")
+    if not 0 < energy <= 1:
+        raise ValueError(f"energy={energy} is out of range: allowed 0 < energy <= 1")
+    sq = singular_values.detach().double() ** 2
+    return rank_for_tail(sq, (1 - energy + 1e-12) * float(sq.sum()))
+
+
 def generator(seed: int | None) -> torch.Generator:
     """A CPU generator: seeded if ``seed`` is given; random numbers are drawn on the CPU, then moved, so a seed
     gives the same numbers on every device."""

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .._validation import compute_dtype
-from ..decompositions import hosvd
+from ..decompositions import hosvd, rank_for_energy
 from ..tensor import mode_dot, multi_mode_dot, unfold
 from ._common import (
     check_conv2d,
@@ -30,7 +30,6 @@ from ._common import (
     check_pair,
     check_rank,
     conv_padding,
-    rank_for_energy,
     weight_to_decompose,
 )
 from .vbmf import evbmf
