@@ -144,8 +144,14 @@ def test_errors():
         tc.TTLinear.from_linear(lin, (2, 3), (2, 3))
     with pytest.raises(ValueError, match="same length"):
         tc.TTLinear((2, 3), (4,), 2)
-    with pytest.raises(ValueError, match="d - 1 = 1 inner ranks"):
+    with pytest.raises(ValueError, match=r"rank with d \+ 1 = 3 entries .* must start and end with 1"):
         tc.TTLinear((2, 3), (2, 2), [2, 2, 2])
+    with pytest.raises(ValueError, match="d - 1 = 1 inner ranks"):
+        tc.TTLinear((2, 3), (2, 2), [2, 2])
+    # the TT functions' rank rule on the merged modes (2*2, 2*3) = (4, 6): at most min(4, 6) = 4
+    with pytest.raises(ValueError, match=r"rank\[0\]=9 exceeds what the unfolding allows .* allowed 1\.\.4"):
+        tc.TTLinear((2, 3), (2, 2), [9])
+    assert tc.TTLinear((2, 3), (2, 2), 9).rank == (1, 4, 1)
     with pytest.raises(TypeError, match="in_modes must be a non-empty sequence"):
         tc.TTLinear(6, (2, 2), 2)
     with pytest.raises(ValueError, match="must have 6 features in its last dimension"):

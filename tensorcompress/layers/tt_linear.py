@@ -21,6 +21,7 @@ from torch import nn
 
 from .._validation import check_dims
 from ..decompositions import TTMatrix, tt_matrix_svd
+from ..decompositions.tt import parse_tt_rank
 from ._common import check_linear, check_rank, weight_to_decompose
 
 __all__ = ["TTLinear", "factor_dimension"]
@@ -46,19 +47,6 @@ def factor_dimension(n: int, d: int) -> tuple[int, ...]:
     return tuple(sorted(out, reverse=True))
 
 
-def _inner_ranks(rank: object, d: int, name: str = "rank") -> list[int]:
-    if isinstance(rank, int) and not isinstance(rank, bool):
-        return [check_rank(rank, name)] * (d - 1)
-    if isinstance(rank, str) or not isinstance(rank, Sequence):
-        raise TypeError(f"{name} must be an int or a sequence of ints, got {rank!r}")
-    rank = list(rank)
-    if len(rank) == d + 1 and rank[0] == 1 and rank[-1] == 1:
-        rank = rank[1:-1]
-    if len(rank) != d - 1:
-        raise ValueError(f"{name} must hold d - 1 = {d - 1} inner ranks (or d + 1 with 1 at both ends), got {rank}")
-    return [check_rank(r, f"{name}[{k}]") for k, r in enumerate(rank)]
-
-
 class TTLinear(nn.Module):
     r"""``y = W x + b`` with :math:`W` in TT-matrix format (see the module docstring).
 
@@ -68,7 +56,9 @@ class TTLinear(nn.Module):
         :math:`(n_1..n_d)` with product ``in_features`` and :math:`(m_1..m_d)` with product ``out_features`` (same
         length ``d``; pad with 1s).
     rank : int or sequence of int
-        The ``d - 1`` inner TT ranks (an int: all equal; ``d + 1`` values with 1 at both ends also accepted).
+        The ``d - 1`` inner TT ranks (an int: all equal, capped at what each unfolding of the merged modes
+        :math:`(m_k n_k)` allows; ``d + 1`` values with 1 at both ends also accepted; the rule of
+        :func:`tensorcompress.tt_svd`).
     bias : bool
     device, dtype : optional
 
@@ -97,7 +87,9 @@ class TTLinear(nn.Module):
         d = len(in_modes)
         if rank is None:
             raise TypeError("TTLinear needs rank= (an int or the d - 1 inner TT ranks)")
-        inner = _inner_ranks(rank, d)
+        # the rank rule of the TT functions, on the merged modes (m_k n_k): a sequence above what an unfolding
+        # allows is refused, an int is capped there (more could not be reached)
+        inner = parse_tt_rank(rank, [m * n for m, n in zip(out_modes, in_modes, strict=True)], strict=True)
         self.in_modes, self.out_modes, self.rank = in_modes, out_modes, (1, *inner, 1)
         self.in_features, self.out_features = math.prod(in_modes), math.prod(out_modes)
         std = (1.0 / self.in_features / math.prod(inner)) ** (0.5 / d)
@@ -163,8 +155,6 @@ class TTLinear(nn.Module):
             raise ValueError(f"in_modes {in_modes} and out_modes {out_modes} multiply to ({math.prod(in_modes)}, "
                              f"{math.prod(out_modes)}) but linear has in_features={linear.in_features}, "
                              f"out_features={linear.out_features}")
-        if rank is not None and not isinstance(rank, int):
-            rank = _inner_ranks(rank, len(in_modes))
         w = weight_to_decompose(linear, "linear")
         tt = tt_matrix_svd(w, out_modes, in_modes, rank, eps=eps)
         layer = cls(in_modes, out_modes, list(tt.rank), bias=linear.bias is not None, device=w.device,
