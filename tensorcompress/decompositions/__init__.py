@@ -1,7 +1,9 @@
 """Tensor decompositions: CP (:mod:`.cp`), Tucker (:mod:`.tucker`), tensor-train (:mod:`.tt`) and TT-matrix
 (:mod:`.tt_matrix`), each returning a small result class with ``to_tensor()``, ``n_params``, ``rank``,
 ``to(device or dtype)`` and conversion to and from TensorLy; seeded random tensors of known rank with their ground
-truth (:mod:`.random`: ``random_cp``, ``random_tucker``, ``random_tt``, ``add_noise``).
+truth (:mod:`.random`: ``random_cp``, ``random_tucker``, ``random_tt``, ``add_noise``); ``rank_for_energy``, the
+rank that keeps a fraction of a spectrum's energy. CP-ALS's GEMM layout rule and its opt-in timing live in
+:mod:`.cp_tuning`.
 
 ``cp_als``, ``hosvd``, ``tucker`` and ``tt_svd`` (hence ``tt_matrix_svd``) run under ``torch.no_grad()``: decomposing
 a trainable weight records no autograd graph. TT arithmetic, ``to_tensor`` and ``tt_matrix_vector_product`` are
