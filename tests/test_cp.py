@@ -4,6 +4,11 @@ Khatri–Rao formula, the cheap fit against the dense error, devices and dtypes,
 from __future__ import annotations
 
 import math
+import os
+import pathlib
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -16,7 +21,7 @@ from hypothesis import strategies as st
 from tensorly.decomposition import parafac
 
 import tensorcompress as tc
-from tensorcompress.data.synthetic import random_cp
+from tensorcompress.decompositions import cp_tuning, random_cp
 from tensorcompress.decompositions.cp import (
     _contract_left,
     _contract_right,
@@ -25,6 +30,7 @@ from tensorcompress.decompositions.cp import (
     _rank_last,
     _split,
 )
+from tensorcompress.decompositions.cp_tuning import LAYOUTS
 
 shapes = st.lists(st.integers(2, 5), min_size=2, max_size=5)
 
@@ -46,34 +52,84 @@ def test_dimension_tree_mttkrp_equals_khatri_rao_formula(shape, rank, seed):
         torch.testing.assert_close(got.mT, expected, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("layout", [0, 1, 2, 3])
-def test_every_gemm_layout_gives_the_mttkrp(layout, monkeypatch):
-    """CP-ALS times four layouts of each sweep GEMM (rank-first or rank-last result, the factor read as A or A^T)
-    and keeps the fastest: whichever wins, every MTTKRP equals X_(n) (⊙_{k≠n} A_k) with the Khatri–Rao product
-    formed, the partial contractions carry on in the result's layout, and the fits agree."""
-    import tensorcompress.decompositions.cp as cp_module
-
-    class Forced(dict):
-        def get(self, key, default=None):
-            return layout
-
-    monkeypatch.setattr(cp_module, "_LAYOUTS", Forced())
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_every_gemm_layout_gives_the_mttkrp(layout):
+    """Each of the four layouts of the sweep GEMMs (rank-first or rank-last result, the factor read as A or A^T),
+    forced by name: every MTTKRP equals X_(n) (⊙_{k≠n} A_k) with the Khatri–Rao product formed, the partial
+    contractions carry on in the result's layout, and CP-ALS agrees with the default to rounding."""
     shape, rank = (5, 6, 7, 4), 3
     x = _randn(shape, 3)
     factors = [_randn((s, rank), 4 + k) for k, s in enumerate(shape)]
     factors_t = [f.mT.contiguous() for f in factors]
     h = _split(shape)
-    t_left, t_right = _contract_right(x, factors, factors_t, h), _contract_left(x, factors, factors_t, h)
-    assert _rank_last(t_left) == _rank_last(t_right) == (layout >= 2)
+    t_left = _contract_right(x, factors, factors_t, h, layout)
+    t_right = _contract_left(x, factors, factors_t, h, layout)
+    assert _rank_last(t_left) == _rank_last(t_right) == layout.startswith("rank_last")
     for n in range(len(shape)):
         expected = tc.unfold(x, n) @ tc.khatri_rao(factors, skip=n)
         t, modes = (t_left, list(range(h))) if n < h else (t_right, list(range(h, len(shape))))
         got = _mttkrp_from_partial(t, factors, factors_t, modes, n)
         torch.testing.assert_close(got.mT, expected, rtol=1e-10, atol=1e-10)
-    _, errors = tc.cp_als(x, rank, n_iter_max=5, tol=0, return_errors=True)
-    monkeypatch.undo()
-    _, reference = tc.cp_als(x, rank, n_iter_max=5, tol=0, return_errors=True)
+    forced, errors = tc.cp_als(x, rank, n_iter_max=5, tol=0, return_errors=True, layout=layout)
+    default, reference = tc.cp_als(x, rank, n_iter_max=5, tol=0, return_errors=True)
     assert max(abs(a - b) for a, b in zip(errors, reference, strict=True)) < 1e-10
+    torch.testing.assert_close(forced.to_tensor(), default.to_tensor(), rtol=1e-9, atol=1e-12)
+
+
+def _bits(cp: tc.CPTensor) -> list[bytes]:
+    return [t.numpy().tobytes() for t in cp._tensors()]
+
+
+_FRESH_PROCESS = """
+import sys, torch
+import tensorcompress as tc
+torch.set_num_threads(int(sys.argv[1]))
+x = tc.random_cp((40, 41, 42), 6, noise=0.1, seed=0, dtype=torch.float32).tensor
+cp = tc.cp_als(x, 6, init="random", seed=1, n_iter_max=8, tol=0)
+sys.stdout.write("|".join(t.numpy().tobytes().hex() for t in cp._tensors()))
+"""
+
+
+def test_default_layout_gives_the_same_bits_in_every_process():
+    """The default layout is a fixed rule, so a seed gives bit-identical factors across calls and in a fresh
+    process (the timing-chosen layout could differ between processes)."""
+    x = random_cp((40, 41, 42), 6, noise=0.1, seed=0, dtype=torch.float32).tensor
+    first = tc.cp_als(x, 6, init="random", seed=1, n_iter_max=8, tol=0)
+    assert _bits(tc.cp_als(x, 6, init="random", seed=1, n_iter_max=8, tol=0)) == _bits(first)
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-c", _FRESH_PROCESS, str(torch.get_num_threads())], capture_output=True,
+                          text=True, timeout=120, env=env, check=True)
+    assert done.stdout.split("|") == [b.hex() for b in _bits(first)]
+
+
+def test_default_layout_never_times(monkeypatch):
+    """No timing and no process-wide state behind the default: with the clock disabled it runs and leaves the
+    cache of timed layouts empty; ``layout="auto"`` is what reads the clock."""
+    def no_clock():
+        raise AssertionError("the default layout read the clock")
+
+    monkeypatch.setattr(cp_tuning, "_TIMED", {})
+    monkeypatch.setattr(time, "perf_counter", no_clock)
+    x = _randn((6, 7, 8), 0)
+    tc.cp_als(x, 3, n_iter_max=3, tol=0)
+    assert cp_tuning._TIMED == {}
+    with pytest.raises(AssertionError, match="read the clock"):
+        tc.cp_als(x, 3, n_iter_max=3, tol=0, layout="auto")
+
+
+def test_auto_layout_times_once_and_agrees_with_the_default(monkeypatch):
+    """``layout="auto"`` times the four layouts of each product once per shape (one cache entry per product),
+    reuses the choice (same bits on a second call) and agrees with the default to rounding."""
+    monkeypatch.setattr(cp_tuning, "_TIMED", {})
+    x = random_cp((9, 10, 11), 3, noise=0.1, seed=2, dtype=torch.float64).tensor
+    a = tc.cp_als(x, 3, n_iter_max=10, tol=0, layout="auto")
+    assert sorted(key[0] for key in cp_tuning._TIMED) == ["first", "last"]
+    assert all(choice in range(len(LAYOUTS)) for choice in cp_tuning._TIMED.values())
+    b = tc.cp_als(x, 3, n_iter_max=10, tol=0, layout="auto")
+    assert len(cp_tuning._TIMED) == 2 and _bits(a) == _bits(b)
+    torch.testing.assert_close(a.to_tensor(), tc.cp_als(x, 3, n_iter_max=10, tol=0).to_tensor(), rtol=1e-9,
+                               atol=1e-12)
 
 
 def test_untracked_fit_changes_nothing():
@@ -219,6 +275,8 @@ X = torch.ones(3, 4, 5)
         (dict(x=X, rank=2, n_iter_max=0), ValueError, r"n_iter_max must be >= 1, got 0"),
         (dict(x=X, rank=2, l2_reg=float("nan")), TypeError, r"l2_reg must be a finite real number"),
         (dict(x=X, rank=2, seed="a"), TypeError, r"seed must be an int or None, got str"),
+        (dict(x=X, rank=2, layout="fastest"), ValueError, r"layout must be one of \('fixed', 'auto', 'rank_first_at'"),
+        (dict(x=X, rank=2, layout=2), TypeError, r"layout must be a str, one of .*got int \(2\)"),
         (dict(x=torch.zeros(3, 4), rank=1), ValueError, r"x is all zeros"),
         (dict(x=torch.ones(3, 0, 4), rank=1), ValueError, r"x must not be empty, got shape \(3, 0, 4\)"),
         (dict(x=torch.ones(3, 4, dtype=torch.bool), rank=1), TypeError, r"x must have a floating point dtype"),

@@ -72,7 +72,7 @@ def test_tucker_counts_and_hosvd_error(dtype):
         r_t, r_s = ranks
         assert layer.n_params == 12 * r_s + r_t * r_s * 9 + r_t * 10 + 10
         # same kernel as a truncated ST-HOSVD on the channel modes (library reference)
-        ref = tc.hosvd(w, ranks=[r_t, r_s, 3, 3]).to_tensor()
+        ref = tc.hosvd(w, [r_t, r_s, 3, 3]).to_tensor()
         assert rel(layer.to_dense().weight, ref) <= TOL[dtype] * 10
         # against TensorLy's partial Tucker (HOOI on the two channel modes, an independent reference): truncated
         # HOSVD is quasi-optimal (error <= sqrt(2) x the best, de Lathauwer et al. 2000); on this random kernel it is
@@ -113,11 +113,11 @@ def test_tucker_rank_selection():
     conv = nn.Conv2d(16, 24, 3).double()
     w = conv.weight.detach()
     layer = tc.TuckerConv2d.from_conv(conv, energy=0.7)
-    for n, r in zip((0, 1), layer.ranks, strict=True):
+    for n, r in zip((0, 1), layer.rank, strict=True):
         s2 = torch.linalg.svdvals(tc.unfold(w, n)) ** 2
         assert s2[:r].sum() >= 0.7 * s2.sum() > s2[: r - 1].sum()
     layer = tc.TuckerConv2d.from_conv(conv, "vbmf")
-    assert layer.ranks == tuple(max(tc.evbmf(tc.unfold(w, n)).rank, 1) for n in (0, 1))
+    assert layer.rank == tuple(max(tc.evbmf(tc.unfold(w, n)).rank, 1) for n in (0, 1))
 
 
 def test_against_tltorch_cp(dtype):
@@ -251,11 +251,14 @@ def test_constructor_arguments_checked(cls, rank):
 
 
 def test_tucker_rank_has_one_name():
+    """The rank is ``rank`` (argument and attribute) and nothing else: the older ``ranks`` is gone."""
     conv = nn.Conv2d(4, 6, 3)
-    assert tc.TuckerConv2d.from_conv(conv, ranks=(2, 3)).rank == (2, 3) == tc.TuckerConv2d.from_conv(conv, (2, 3)).ranks
-    assert tc.TuckerConv2d(4, 6, 3, ranks=(2, 3)).rank == tc.TuckerConv2d(4, 6, 3, rank=(2, 3)).rank == (2, 3)
-    with pytest.raises(TypeError, match="not both"):
-        tc.TuckerConv2d.from_conv(conv, (2, 3), ranks=(2, 3))
+    assert tc.TuckerConv2d.from_conv(conv, rank=(2, 3)).rank == (2, 3) == tc.TuckerConv2d(4, 6, 3, rank=(2, 3)).rank
+    assert not hasattr(tc.TuckerConv2d(4, 6, 3, (2, 3)), "ranks")
+    for call in (lambda: tc.TuckerConv2d.from_conv(conv, ranks=(2, 3)), lambda: tc.TuckerConv2d(4, 6, 3, ranks=(2, 3)),
+                 lambda: tc.layers.tucker2_ranks(conv.weight, ranks=(2, 3))):
+        with pytest.raises(TypeError, match="ranks"):
+            call()
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")

@@ -66,7 +66,7 @@ def test_tt_full_rank_reproduces(device, dtype, in_modes, data):
     assert layer.cores[0].device == lin.weight.device and layer.cores[0].dtype == dtype
     assert rel(layer(x), lin(x)) <= TOL[dtype]
     assert rel(layer.to_dense().weight, lin.weight) <= TOL[dtype]
-    r = layer.ranks
+    r = layer.rank
     closed = sum(r[k] * m * n * r[k + 1] for k, (m, n) in enumerate(zip(out_modes, in_modes, strict=True)))
     assert layer.n_params == closed + (lin.out_features if bias else 0)
 
@@ -90,8 +90,8 @@ def test_tt_init_variance():
 def test_tt_ranks_and_eps(dtype):
     lin = make_linear(64, 48, True, "cpu", dtype)
     layer = tc.TTLinear.from_linear(lin, (4, 4, 4), (4, 4, 3), rank=5)
-    assert layer.ranks == (1, 5, 5, 1)  # below the unfolding caps (16, 12): exactly the rank asked for
-    assert tc.TTLinear.from_linear(lin, (4, 4, 4), (4, 4, 3), rank=100).ranks == (1, 16, 12, 1)
+    assert layer.rank == (1, 5, 5, 1)  # below the unfolding caps (16, 12): exactly the rank asked for
+    assert tc.TTLinear.from_linear(lin, (4, 4, 4), (4, 4, 3), rank=100).rank == (1, 16, 12, 1)
     layer = tc.TTLinear.from_linear(lin, (4, 4, 4), (4, 4, 3), eps=0.3)
     assert rel(layer.to_dense().weight, lin.weight) <= 0.3 + 1e-6
 
@@ -103,7 +103,7 @@ def test_against_tltorch_blocktt(dtype):
                                    factorization="blocktt", rank=3, bias=True).to(dtype)
     with torch.no_grad():
         ref.bias.normal_()
-    ours = tc.TTLinear((3, 4), (5, 2), ranks=list(ref.weight.rank), dtype=dtype)
+    ours = tc.TTLinear((3, 4), (5, 2), rank=list(ref.weight.rank), dtype=dtype)
     with torch.no_grad():
         for p, c in zip(ours.cores, ref.weight.factors, strict=True):
             p.copy_(c)
@@ -117,7 +117,7 @@ def test_state_dict_round_trip():
     lin = make_linear(12, 10, True, "cpu", torch.float32)
     x = torch.randn(2, 12)
     for layer, fresh in ((tc.LowRankLinear.from_linear(lin, 3), tc.LowRankLinear(12, 10, 3)),
-                         (tc.TTLinear.from_linear(lin, (3, 4), (5, 2), ranks=2), tc.TTLinear((3, 4), (5, 2), 2))):
+                         (tc.TTLinear.from_linear(lin, (3, 4), (5, 2), rank=2), tc.TTLinear((3, 4), (5, 2), 2))):
         fresh.load_state_dict(layer.state_dict())
         torch.testing.assert_close(fresh(x), layer(x), rtol=0, atol=0)
 
@@ -144,8 +144,14 @@ def test_errors():
         tc.TTLinear.from_linear(lin, (2, 3), (2, 3))
     with pytest.raises(ValueError, match="same length"):
         tc.TTLinear((2, 3), (4,), 2)
-    with pytest.raises(ValueError, match="d - 1 = 1 inner ranks"):
+    with pytest.raises(ValueError, match=r"rank with d \+ 1 = 3 entries .* must start and end with 1"):
         tc.TTLinear((2, 3), (2, 2), [2, 2, 2])
+    with pytest.raises(ValueError, match="d - 1 = 1 inner ranks"):
+        tc.TTLinear((2, 3), (2, 2), [2, 2])
+    # the TT functions' rank rule on the merged modes (2*2, 2*3) = (4, 6): at most min(4, 6) = 4
+    with pytest.raises(ValueError, match=r"rank\[0\]=9 exceeds what the unfolding allows .* allowed 1\.\.4"):
+        tc.TTLinear((2, 3), (2, 2), [9])
+    assert tc.TTLinear((2, 3), (2, 2), 9).rank == (1, 4, 1)
     with pytest.raises(TypeError, match="in_modes must be a non-empty sequence"):
         tc.TTLinear(6, (2, 2), 2)
     with pytest.raises(ValueError, match="must have 6 features in its last dimension"):
@@ -232,12 +238,13 @@ def test_torchscript_equals_eager():
 def test_rank_has_one_name():
     lin = make_linear(12, 10, True, "cpu", torch.float64)
     a = tc.TTLinear.from_linear(lin, (3, 4), (5, 2), rank=2)
-    b = tc.TTLinear.from_linear(lin, (3, 4), (5, 2), ranks=2)  # the older name still works
-    assert a.rank == a.ranks == b.rank == (1, 2, 1)
-    assert tc.TTLinear((3, 4), (5, 2), ranks=[2]).rank == tc.TTLinear((3, 4), (5, 2), rank=2).rank
+    assert a.rank == (1, 2, 1) and not hasattr(a, "ranks")
+    assert tc.TTLinear((3, 4), (5, 2), rank=[2]).rank == tc.TTLinear((3, 4), (5, 2), rank=2).rank
     assert tc.LowRankLinear.from_linear(lin, rank=3).rank == 3
-    with pytest.raises(TypeError, match="as rank= or as ranks= .* not both"):
-        tc.TTLinear((3, 4), (5, 2), 2, ranks=2)
+    for call in (lambda: tc.TTLinear.from_linear(lin, (3, 4), (5, 2), ranks=2),
+                 lambda: tc.TTLinear((3, 4), (5, 2), ranks=2)):  # the older name is gone
+        with pytest.raises(TypeError, match="ranks"):
+            call()
     with pytest.raises(TypeError, match="TTLinear needs rank="):
         tc.TTLinear((3, 4), (5, 2))
 

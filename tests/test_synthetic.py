@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import tensorcompress as tc
-from tensorcompress.data.synthetic import SyntheticTensor, add_noise, random_cp, random_tt, random_tucker
+from tensorcompress.decompositions import SyntheticTensor, add_noise, random_cp, random_tt, random_tucker
 
 
 def _rank(m: torch.Tensor) -> int:
@@ -30,7 +30,7 @@ def test_known_ranks(shape, data, seed):
     inner = [data.draw(st.integers(1, min(math.prod(shape[:k + 1]), math.prod(shape[k + 1:]))))
              for k in range(len(shape) - 1)]
     x, truth = random_tt(shape, inner, seed=seed, dtype=torch.float64)
-    assert isinstance(truth, tc.TTTensor) and truth.ranks == (1, *inner, 1)
+    assert isinstance(truth, tc.TTTensor) and truth.rank == (1, *inner, 1)
     for k, r in enumerate(inner):  # the k-th TT unfolding has rank at most r_k (= r_k generically)
         assert _rank(x.reshape(math.prod(shape[:k + 1]), -1)) <= r
     cp_rank = data.draw(st.integers(1, 3))
@@ -76,10 +76,10 @@ def test_seeding_and_return_form():
         (lambda: random_cp((4, 5), 2, snr_db=float("inf")), TypeError, r"snr_db must be a finite real number"),
         (lambda: random_cp((4, 5), 2, dtype=torch.int64), TypeError, r"dtype must be a floating point torch.dtype"),
         (lambda: random_cp((4, 5), 2, seed=1.5), TypeError, r"seed must be an int or None, got float"),
-        (lambda: random_tucker((4, 5), (2, 6)), ValueError, r"ranks\[1\]=6 exceeds the size 5 of mode 1"),
-        (lambda: random_tucker((4, 5), (2,)), ValueError, r"ranks must hold one rank per mode"),
-        (lambda: random_tt((4, 5, 6), (5, 2)), ValueError, r"ranks\[0\]=5 exceeds what the unfolding allows"),
-        (lambda: random_tt((4, 5, 6), None), TypeError, r"ranks must be an int or a sequence of d - 1 ints"),
+        (lambda: random_tucker((4, 5), (2, 6)), ValueError, r"rank\[1\]=6 exceeds the size 5 of mode 1"),
+        (lambda: random_tucker((4, 5), (2,)), ValueError, r"rank must hold one rank per mode"),
+        (lambda: random_tt((4, 5, 6), (5, 2)), ValueError, r"rank\[0\]=5 exceeds what the unfolding allows"),
+        (lambda: random_tt((4, 5, 6), None), TypeError, r"rank must be an int or a sequence of d - 1 ints"),
     ],
 )
 def test_bad_input(call, exc, match):
@@ -90,7 +90,7 @@ def test_bad_input(call, exc, match):
 @pytest.mark.parametrize("decades", [0.0, 3.0, 8.0])
 def test_graded_tucker_spectrum_spans_the_decades(decades):
     x, truth = random_tucker((12, 12, 12), 6, decades=decades, seed=0, dtype=torch.float64)
-    assert truth.ranks == (6, 6, 6)
+    assert truth.rank == (6, 6, 6)
     for n in range(3):
         s = torch.linalg.svdvals(tc.unfold(x, n))
         spread = math.log10(float(s[0] / s[5]))

@@ -14,17 +14,17 @@ from hypothesis import strategies as st
 from tensorly.decomposition import tensor_train
 
 import tensorcompress as tc
-from tensorcompress.data.synthetic import random_tt
+from tensorcompress.decompositions import random_tt
 
 shapes = st.lists(st.integers(2, 5), min_size=2, max_size=5)
 
 
 def test_exact_recovery_float64(device):
     x, truth = random_tt((4, 5, 6, 3), (2, 3, 2), seed=0, dtype=torch.float64, device=device)
-    for tt in (tc.tt_svd(x), tc.tt_svd(x, max_rank=(2, 3, 2)), tc.tt_svd(x, eps=1e-10)):
+    for tt in (tc.tt_svd(x), tc.tt_svd(x, rank=(2, 3, 2)), tc.tt_svd(x, eps=1e-10)):
         assert float(tc.relative_error(x, tt)) < 1e-8
         assert tt.cores[0].device.type == device.type
-    assert tc.tt_svd(x, eps=1e-8).ranks == (1, 2, 3, 2, 1)  # eps finds the true TT ranks
+    assert tc.tt_svd(x, eps=1e-8).rank == (1, 2, 3, 2, 1)  # eps finds the true TT ranks
 
 
 @given(shape=shapes, eps=st.floats(0.0, 0.9), seed=st.integers(0, 999))
@@ -36,16 +36,16 @@ def test_tt_svd_meets_eps(shape, eps, seed):
     assert float(tc.relative_error(x, rounded)) <= eps * (1 + 1e-9) + 1e-12
 
 
-@given(shape=shapes, max_rank=st.integers(1, 6), seed=st.integers(0, 999))
-def test_error_no_worse_than_tensorly(shape, max_rank, seed):
+@given(shape=shapes, cap=st.integers(1, 6), seed=st.integers(0, 999))
+def test_error_no_worse_than_tensorly(shape, cap, seed):
     """Fixed ranks: TT-SVD error <= 1.001 x TensorLy's tensor_train + 1e-12, on the same tensor and ranks."""
     x = _randn(shape, seed)
-    tt = tc.tt_svd(x, max_rank=max_rank)
+    tt = tc.tt_svd(x, rank=cap)
     with tl.backend_context("numpy"):
-        ref = tl.tt_to_tensor(tensor_train(x.numpy(), [1] + list(tt.ranks[1:-1]) + [1]))
+        ref = tl.tt_to_tensor(tensor_train(x.numpy(), [1] + list(tt.rank[1:-1]) + [1]))
     theirs = float(tc.relative_error(x, torch.as_tensor(ref)))
     assert float(tc.relative_error(x, tt)) <= 1.001 * theirs + 1e-12
-    assert all(r <= max_rank for r in tt.ranks)
+    assert all(r <= cap for r in tt.rank)
 
 
 @given(shape=shapes, seed=st.integers(0, 999), rank=st.integers(1, 3))
@@ -64,30 +64,30 @@ def test_arithmetic_inner_norm_match_dense(shape, seed, rank):
     torch.testing.assert_close(a.norm(), torch.linalg.vector_norm(da), **close)
     torch.testing.assert_close((a - b).norm(), torch.linalg.vector_norm(da - db), **close)
     s = a + b
-    assert s.ranks[1:-1] == tuple(ra + rb for ra, rb in zip(a.ranks[1:-1], b.ranks[1:-1], strict=True))
+    assert s.rank[1:-1] == tuple(ra + rb for ra, rb in zip(a.rank[1:-1], b.rank[1:-1], strict=True))
 
 
 @given(shape=shapes, seed=st.integers(0, 999), rank=st.integers(1, 3))
 def test_round_of_a_plus_a_returns_to_a(shape, seed, rank):
     a = tc.tt_round(random_tt(shape, rank, seed=seed, dtype=torch.float64).decomposition)  # minimal ranks
     r = tc.tt_round(a + a, eps=1e-10)
-    assert r.ranks == a.ranks
+    assert r.rank == a.rank
     torch.testing.assert_close(r.to_tensor(), 2 * a.to_tensor(), rtol=1e-9, atol=1e-12)
-    assert tc.tt_round(a + a).ranks == a.ranks  # default eps: numerically zero directions only
-    capped = tc.tt_round(a + a, max_rank=1)
-    assert max(capped.ranks) == 1
+    assert tc.tt_round(a + a).rank == a.rank  # default eps: numerically zero directions only
+    capped = tc.tt_round(a + a, rank=1)
+    assert max(capped.rank) == 1
 
 
 def test_device_and_dtype_agree(device, dtype):
     x64 = random_tt((5, 6, 4, 3), 3, noise=0.05, seed=5, dtype=torch.float64).tensor
     x = x64.to(device=device, dtype=dtype)
-    ref = tc.tt_svd(x64, max_rank=3)
-    got = tc.tt_svd(x, max_rank=3)
-    assert got.dtype == dtype and got.device.type == device.type and got.ranks == ref.ranks
+    ref = tc.tt_svd(x64, rank=3)
+    got = tc.tt_svd(x, rank=3)
+    assert got.dtype == dtype and got.device.type == device.type and got.rank == ref.rank
     torch.testing.assert_close(got.to_tensor().cpu().double(), ref.to_tensor(), rtol=10 * tolerance(dtype),
                                atol=10 * tolerance(dtype))
     r64, r = tc.tt_round(ref, eps=0.1), tc.tt_round(got, eps=0.1)
-    assert r.ranks == r64.ranks
+    assert r.rank == r64.rank
     torch.testing.assert_close(r.to_tensor().cpu().double(), r64.to_tensor(), rtol=10 * tolerance(dtype),
                                atol=10 * tolerance(dtype))
     torch.testing.assert_close(got.norm().cpu().double(), ref.norm(), rtol=10 * tolerance(dtype), atol=0)
@@ -96,7 +96,7 @@ def test_device_and_dtype_agree(device, dtype):
 def test_no_mutation_and_tensorly_round_trip(device, dtype):
     x = _randn((4, 5, 6), 1, device, dtype)
     x_before = x.clone()
-    tt = tc.tt_svd(x, max_rank=3)
+    tt = tc.tt_svd(x, rank=3)
     torch.testing.assert_close(x, x_before, rtol=0, atol=0)
     cores_before = [c.clone() for c in tt.cores]
     tc.tt_round(tt, eps=0.5)
@@ -109,29 +109,29 @@ def test_no_mutation_and_tensorly_round_trip(device, dtype):
     with tl.backend_context("pytorch"):
         torch.testing.assert_close(tl.tt_to_tensor(tly), tt.to_tensor())
     torch.testing.assert_close(tc.TTTensor.from_tensorly(tly).to_tensor(), tt.to_tensor(), rtol=0, atol=0)
-    assert tt.shape == (4, 5, 6) and tt.ranks == tt.rank == (1, 3, 3, 1) and tt.n_params == 12 + 45 + 18
-    assert repr(tt).startswith("TTTensor(shape=(4, 5, 6), ranks=(1, 3, 3, 1), n_params=75")
+    assert tt.shape == (4, 5, 6) and tt.rank == (1, 3, 3, 1) and tt.n_params == 12 + 45 + 18
+    assert repr(tt).startswith("TTTensor(shape=(4, 5, 6), rank=(1, 3, 3, 1), n_params=75")
 
 
-def test_max_rank_one_rule_capped_and_tensorly_form():
+def test_rank_one_rule_capped_and_tensorly_form():
     """One rank-list rule for tt_svd, tt_round and tt_matrix_svd: an int or d - 1 inner ranks or TensorLy's
     [1, r_1, ..., 1], each capped at what its unfolding allows (failed before: a list entry above the cap raised in
     tt_svd/tt_matrix_svd while tt_round capped it, and TensorLy's form was refused)."""
     x = _randn((2, 3, 4), 0)
-    assert tc.tt_svd(x, max_rank=100).ranks == (1, 2, 4, 1)
-    assert tc.tt_svd(x, max_rank=[2, 1]).ranks == (1, 2, 1, 1)
-    assert tc.tt_svd(x, max_rank=[5, 9]).ranks == (1, 2, 4, 1)  # capped at min(2, 12) and min(6, 4)
-    assert tc.tt_svd(x, max_rank=[1, 2, 3, 1]).ranks == (1, 2, 3, 1)
+    assert tc.tt_svd(x, rank=100).rank == (1, 2, 4, 1)
+    assert tc.tt_svd(x, rank=[2, 1]).rank == (1, 2, 1, 1)
+    assert tc.tt_svd(x, rank=[5, 9]).rank == (1, 2, 4, 1)  # capped at min(2, 12) and min(6, 4)
+    assert tc.tt_svd(x, rank=[1, 2, 3, 1]).rank == (1, 2, 3, 1)
     full = tc.tt_svd(x)
-    assert tc.tt_round(full, max_rank=[5, 9]).ranks == (1, 2, 4, 1)
-    assert tc.tt_round(full, max_rank=[1, 2, 3, 1]).ranks == (1, 2, 3, 1)
+    assert tc.tt_round(full, rank=[5, 9]).rank == (1, 2, 4, 1)
+    assert tc.tt_round(full, rank=[1, 2, 3, 1]).rank == (1, 2, 3, 1)
     w = _randn((6, 8), 1)
-    assert tc.tt_matrix_svd(w, (2, 3), (2, 4), max_rank=[50]).ranks == (1, 4, 1)  # min(2 * 2, 3 * 4)
-    assert tc.tt_matrix_svd(w, (2, 3), (2, 4), max_rank=[1, 3, 1]).ranks == (1, 3, 1)
+    assert tc.tt_matrix_svd(w, (2, 3), (2, 4), rank=[50]).rank == (1, 4, 1)  # min(2 * 2, 3 * 4)
+    assert tc.tt_matrix_svd(w, (2, 3), (2, 4), rank=[1, 3, 1]).rank == (1, 3, 1)
     # the same ranks as TensorLy's tensor_train given the same list
     with tl.backend_context("pytorch"):
         theirs = tensor_train(x, [1, 2, 3, 1])
-    assert tuple(theirs.rank) == tc.tt_svd(x, max_rank=[1, 2, 3, 1]).ranks
+    assert tuple(theirs.rank) == tc.tt_svd(x, rank=[1, 2, 3, 1]).rank
 
 
 X = torch.ones(3, 4, 5)
@@ -140,12 +140,12 @@ X = torch.ones(3, 4, 5)
 @pytest.mark.parametrize(
     "kwargs,exc,match",
     [
-        (dict(x=X, max_rank=0), ValueError, r"max_rank must be >= 1, got 0"),
-        (dict(x=X, max_rank=[2]), ValueError, r"max_rank must hold d - 1 = 2 inner ranks \(or d \+ 1 = 4 with"),
-        (dict(x=X, max_rank=[2, 2, 2, 1]), ValueError, r"TensorLy's form\) must start and end with 1, got \[2, 2"),
-        (dict(x=X, max_rank=[2, 0]), ValueError, r"max_rank\[1\] must be >= 1, got 0"),
-        (dict(x=X, max_rank="3"), TypeError, r"max_rank must be an int or a sequence of 2 ints, got str"),
-        (dict(x=X, eps=0.1, max_rank=2), ValueError, r"give eps or max_rank, not both"),
+        (dict(x=X, rank=0), ValueError, r"rank must be >= 1, got 0"),
+        (dict(x=X, rank=[2]), ValueError, r"rank must hold d - 1 = 2 inner ranks \(or d \+ 1 = 4 with"),
+        (dict(x=X, rank=[2, 2, 2, 1]), ValueError, r"TensorLy's form\) must start and end with 1, got \[2, 2"),
+        (dict(x=X, rank=[2, 0]), ValueError, r"rank\[1\] must be >= 1, got 0"),
+        (dict(x=X, rank="3"), TypeError, r"rank must be an int or a sequence of 2 ints, got str"),
+        (dict(x=X, eps=0.1, rank=2), ValueError, r"give eps or rank, not both"),
         (dict(x=X, eps=-1), ValueError, r"eps must be >= 0, got -1"),
         (dict(x=torch.ones(5)), ValueError, r"x must have at least 2 dimensions"),
         (dict(x=torch.ones(3, 4, dtype=torch.int64)), TypeError, r"floating point dtype"),
@@ -159,12 +159,12 @@ def test_tt_svd_bad_input(kwargs, exc, match):
 
 
 def test_tt_round_arithmetic_and_construction_bad_input():
-    a = tc.tt_svd(_randn((3, 4, 5), 0), max_rank=2)
-    b = tc.tt_svd(_randn((3, 4, 6), 0), max_rank=2)
+    a = tc.tt_svd(_randn((3, 4, 5), 0), rank=2)
+    b = tc.tt_svd(_randn((3, 4, 6), 0), rank=2)
     with pytest.raises(TypeError, match=r"tt must be a TTTensor, got Tensor"):
         tc.tt_round(X)
-    with pytest.raises(ValueError, match=r"give eps or max_rank, not both"):
-        tc.tt_round(a, eps=0.1, max_rank=2)
+    with pytest.raises(ValueError, match=r"give eps or rank, not both"):
+        tc.tt_round(a, eps=0.1, rank=2)
     with pytest.raises(ValueError, match=r"\+ needs equal shapes, got \(3, 4, 5\) and \(3, 4, 6\)"):
         _ = a + b
     with pytest.raises(ValueError, match=r"needs one dtype and device"):
@@ -188,7 +188,7 @@ def test_eps_holds_at_extreme_scales_float32(scale):
     x = random_tt((6, 7, 8, 5), 3, noise=0.01, seed=4, dtype=torch.float32).tensor
     ref = tc.tt_svd(x, eps=0.05)
     for tt in (tc.tt_svd(x * scale, eps=0.05), tc.tt_round(tc.tt_svd(x * scale), eps=0.05)):
-        assert tt.ranks == ref.ranks and tt.ranks[1:-1] != (1, 1, 1)
+        assert tt.rank == ref.rank and tt.rank[1:-1] != (1, 1, 1)
         assert float(tc.relative_error((x * scale).double(), tt.to_tensor().double())) <= 0.05
     w = x.reshape(42, 40) * scale
     tm = tc.tt_matrix_svd(w, (6, 7), (8, 5), eps=0.05)
@@ -199,19 +199,19 @@ def test_eps_holds_at_extreme_scales_float32(scale):
 def test_half_precision_computes_in_float32(half):
     """Failed before: linalg_svd_cpu not implemented for 'Half'. Computed in float32, returned in the input's dtype."""
     x = random_tt((5, 6, 7), 2, noise=0.05, seed=5, dtype=torch.float32).tensor.to(half)
-    for fn in (lambda y: tc.tt_svd(y, max_rank=2), lambda y: tc.tt_svd(y, eps=0.2),
-               lambda y: tc.tt_round(tc.tt_svd(y), max_rank=2)):
+    for fn in (lambda y: tc.tt_svd(y, rank=2), lambda y: tc.tt_svd(y, eps=0.2),
+               lambda y: tc.tt_round(tc.tt_svd(y), rank=2)):
         got, ref = fn(x), fn(x.float())
-        assert got.dtype == half and all(c.dtype == half for c in got.cores) and got.ranks == ref.ranks
+        assert got.dtype == half and all(c.dtype == half for c in got.cores) and got.rank == ref.rank
         torch.testing.assert_close(got.to_tensor().float(), ref.to_tensor().to(half).float(), rtol=0.02, atol=0.02)
     w = x.reshape(30, 7)
-    tm = tc.tt_matrix_svd(w, (5, 6), (7, 1), max_rank=3)
+    tm = tc.tt_matrix_svd(w, (5, 6), (7, 1), rank=3)
     assert tm.dtype == half
     assert float(tc.relative_error(w.float(), tm.to_matrix().float())) < 0.5
 
 
 def test_round_refuses_nan_cores_and_tt_svd_refuses_empty():
-    tt = tc.tt_svd(_randn((3, 4, 5), 0), max_rank=2)
+    tt = tc.tt_svd(_randn((3, 4, 5), 0), rank=2)
     tt.cores[1][0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match=r"tt.cores\[1\] must be finite"):
         tc.tt_round(tt, eps=0.1)
@@ -219,3 +219,16 @@ def test_round_refuses_nan_cores_and_tt_svd_refuses_empty():
         tc.tt_svd(torch.ones(3, 0))
     with pytest.raises(ValueError, match=r"matrix must not be empty"):
         tc.tt_matrix_svd(torch.ones(0, 4), (1,), (4,))
+
+
+def test_rank_has_one_name():
+    """``rank`` is the one argument of every TT function (``max_rank=`` is refused) and the one attribute."""
+    x = _randn((3, 4, 5), 0)
+    tt = tc.tt_svd(x, 2)
+    assert tt.rank == tc.tt_svd(x, rank=2).rank == tc.tt_round(tt, 2).rank == (1, 2, 2, 1)
+    assert not hasattr(tt, "ranks")
+    for call in (lambda: tc.tt_svd(x, max_rank=2), lambda: tc.tt_round(tt, max_rank=2),
+                 lambda: tc.tt_matrix_svd(torch.ones(4, 6), (2, 2), (2, 3), max_rank=2),
+                 lambda: tc.random_tt((3, 4, 5), ranks=2)):
+        with pytest.raises(TypeError, match="max_rank|ranks"):
+            call()

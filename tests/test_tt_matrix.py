@@ -40,7 +40,7 @@ def test_tt_matrix_svd_and_tensorly_agree(pairs, seed, eps):
 def test_matvec_equals_dense_product_and_gradients(pairs, seed, batch, rank):
     rows, cols = tuple(p[0] for p in pairs), tuple(p[1] for p in pairs)
     w = _randn((math.prod(rows), math.prod(cols)), seed)
-    tt = tc.tt_matrix_svd(w, rows, cols, max_rank=rank)
+    tt = tc.tt_matrix_svd(w, rows, cols, rank=rank)
     dense = tt.to_matrix()
     x = _randn((batch, math.prod(cols)), seed + 1)
     torch.testing.assert_close(tt.matvec(x), x @ dense.mT, rtol=1e-10, atol=1e-10)
@@ -58,9 +58,9 @@ def test_matvec_equals_dense_product_and_gradients(pairs, seed, batch, rank):
 
 def test_device_dtype_and_round_trip(device, dtype):
     w64 = _randn((12, 20), 0)
-    ref = tc.tt_matrix_svd(w64, (3, 4), (4, 5), max_rank=4)
-    tt = tc.tt_matrix_svd(w64.to(device=device, dtype=dtype), (3, 4), (4, 5), max_rank=4)
-    assert tt.dtype == dtype and tt.device.type == device.type and tt.ranks == (1, 4, 1)
+    ref = tc.tt_matrix_svd(w64, (3, 4), (4, 5), rank=4)
+    tt = tc.tt_matrix_svd(w64.to(device=device, dtype=dtype), (3, 4), (4, 5), rank=4)
+    assert tt.dtype == dtype and tt.device.type == device.type and tt.rank == (1, 4, 1)
     torch.testing.assert_close(tt.to_matrix().cpu().double(), ref.to_matrix(), rtol=10 * tolerance(dtype),
                                atol=10 * tolerance(dtype))
     x = _randn((3, 20), 1, device, dtype)
@@ -71,7 +71,7 @@ def test_device_dtype_and_round_trip(device, dtype):
     assert isinstance(tt.to_tensorly(), tl.tt_matrix.TTMatrix)
     assert tt.shape == (12, 20) and tt.row_modes == (3, 4) and tt.col_modes == (4, 5)
     assert tt.tensorized_shape == (3, 4, 4, 5) and tt.n_params == 3 * 4 * 4 + 4 * 4 * 5
-    assert repr(tt).startswith("TTMatrix(shape=(12, 20), row_modes=(3, 4), col_modes=(4, 5), ranks=(1, 4, 1)")
+    assert repr(tt).startswith("TTMatrix(shape=(12, 20), row_modes=(3, 4), col_modes=(4, 5), rank=(1, 4, 1)")
     assert tt.to(torch.float64).dtype == torch.float64
 
 
@@ -87,9 +87,9 @@ W = torch.ones(6, 8)
         ((W, (2, 0), (2, 4)), {}, ValueError, r"row_modes\[1\] must be >= 1, got 0"),
         ((torch.ones(6, 8, 1), (6,), (8,)), {}, ValueError, r"matrix must be 2-D"),
         ((W.long(), (6,), (8,)), {}, TypeError, r"floating point dtype"),
-        ((W, (2, 3), (2, 4)), dict(eps=0.1, max_rank=2), ValueError, r"give eps or max_rank, not both"),
-        ((W, (2, 3), (2, 4)), dict(max_rank=[5, 1]), ValueError, r"max_rank must hold d - 1 = 1 inner ranks"),
-        ((W, (6,), (8,)), dict(max_rank=0), ValueError, r"max_rank must be >= 1, got 0"),
+        ((W, (2, 3), (2, 4)), dict(eps=0.1, rank=2), ValueError, r"give eps or rank, not both"),
+        ((W, (2, 3), (2, 4)), dict(rank=[5, 1]), ValueError, r"rank must hold d - 1 = 1 inner ranks"),
+        ((W, (6,), (8,)), dict(rank=0), ValueError, r"rank must be >= 1, got 0"),
     ],
 )
 def test_tt_matrix_svd_bad_input(args, kwargs, exc, match):

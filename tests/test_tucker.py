@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from tensorly.decomposition import tucker as tl_tucker
 
 import tensorcompress as tc
-from tensorcompress.data.synthetic import random_tucker
+from tensorcompress.decompositions import random_tucker
 
 
 def _tail_bound(x: torch.Tensor, ranks) -> float:
@@ -27,7 +27,7 @@ def test_exact_recovery_float64(device):
     for result in (tc.hosvd(x, (2, 3, 4)), tc.tucker(x, (2, 3, 4), n_iter_max=5), tc.hosvd(x, eps=1e-10)):
         assert float(tc.relative_error(x, result)) < 1e-8
         assert result.core.device.type == device.type
-    assert tc.hosvd(x, eps=1e-6).ranks == (2, 3, 4)  # eps finds the true multilinear rank
+    assert tc.hosvd(x, eps=1e-6).rank == (2, 3, 4)  # eps finds the true multilinear rank
 
 
 @given(shape=st.lists(st.integers(2, 6), min_size=2, max_size=4), data=st.data(), seed=st.integers(0, 999))
@@ -53,7 +53,7 @@ def test_hosvd_eps_meets_accuracy(shape, eps, seed):
     # would exceed it, so the ranks are minimal mode by mode (checked on the first mode, on X itself)
     s2 = torch.linalg.svdvals(tc.unfold(x, 0)) ** 2
     budget = eps**2 * float(s2.sum()) / len(shape)
-    r0 = t.ranks[0]
+    r0 = t.rank[0]
     assert float(s2[r0:].sum()) <= budget * (1 + 1e-9)
     assert r0 == 1 or float(s2[r0 - 1:].sum()) > budget * (1 - 1e-9)
 
@@ -114,8 +114,8 @@ def test_tuckertensor_matches_tensorly_and_round_trips(device, dtype):
         ref = tl.tucker_to_tensor((core.numpy(), [f.numpy() for f in factors]))
     torch.testing.assert_close(t.to_tensor().cpu().double(), torch.as_tensor(ref), rtol=tolerance(dtype),
                                atol=tolerance(dtype))
-    assert t.shape == (5, 6, 7) and t.ranks == t.rank == (2, 3, 4) and t.n_params == 24 + 10 + 18 + 28
-    assert repr(t).startswith("TuckerTensor(shape=(5, 6, 7), ranks=(2, 3, 4), n_params=80")
+    assert t.shape == (5, 6, 7) and t.rank == (2, 3, 4) and t.n_params == 24 + 10 + 18 + 28
+    assert repr(t).startswith("TuckerTensor(shape=(5, 6, 7), rank=(2, 3, 4), n_params=80")
     tly = t.to_tensorly()
     assert isinstance(tly, tl.tucker_tensor.TuckerTensor)
     torch.testing.assert_close(tc.TuckerTensor.from_tensorly(tly).to_tensor(), t.to_tensor(), rtol=0, atol=0)
@@ -129,26 +129,26 @@ X = torch.ones(3, 4, 5)
 @pytest.mark.parametrize(
     "fn,kwargs,exc,match",
     [
-        ("hosvd", dict(x=X, ranks=0), ValueError, r"ranks\[0\] must be >= 1, got 0"),
-        ("hosvd", dict(x=X, ranks=(2, 5, 2)), ValueError, r"ranks\[1\]=5 exceeds the size 4 of mode 1 .*1\.\.4"),
-        ("hosvd", dict(x=X, ranks=(2, 2)), ValueError, r"ranks must hold one rank per mode \(3 for shape"),
-        ("hosvd", dict(x=X, ranks=(2, 2, 2), eps=0.1), ValueError, r"give ranks or eps, not both"),
+        ("hosvd", dict(x=X, rank=0), ValueError, r"rank\[0\] must be >= 1, got 0"),
+        ("hosvd", dict(x=X, rank=(2, 5, 2)), ValueError, r"rank\[1\]=5 exceeds the size 4 of mode 1 .*1\.\.4"),
+        ("hosvd", dict(x=X, rank=(2, 2)), ValueError, r"rank must hold one rank per mode \(3 for shape"),
+        ("hosvd", dict(x=X, rank=(2, 2, 2), eps=0.1), ValueError, r"give rank or eps, not both"),
         ("hosvd", dict(x=X, eps=-0.1), ValueError, r"eps must be >= 0, got -0.1"),
-        ("hosvd", dict(x=X, ranks="2"), TypeError, r"ranks must be an int or a sequence of 3 ints, got str"),
+        ("hosvd", dict(x=X, rank="2"), TypeError, r"rank must be an int or a sequence of 3 ints, got str"),
         ("hosvd", dict(x=torch.ones(4)), ValueError, r"x must have at least 2 dimensions"),
         ("hosvd", dict(x=torch.ones(3, 4, dtype=torch.int32)), TypeError, r"floating point dtype"),
         ("hosvd", dict(x=torch.full((3, 4), float("nan"))), ValueError, r"x must be finite"),
         ("hosvd", dict(x=torch.ones(3, 0, 2)), ValueError, r"x must not be empty, got shape \(3, 0, 2\)"),
-        ("tucker", dict(x=torch.ones(3, 0), ranks=1), ValueError, r"x must not be empty"),
+        ("tucker", dict(x=torch.ones(3, 0), rank=1), ValueError, r"x must not be empty"),
         ("hosvd", dict(x=torch.ones(3, 4, dtype=torch.bool)), TypeError, r"floating point dtype .* got torch.bool"),
         ("hosvd", dict(x=torch.ones(3, 4, dtype=torch.complex64)), TypeError, r"floating point dtype"),
-        ("tucker", dict(x=X, ranks=(1, 2, 6)), ValueError, r"ranks\[2\]=6 exceeds the size 5 of mode 2"),
-        ("tucker", dict(x=X, ranks=2, init="svd"), ValueError, r"init must be 'hosvd', 'random' or a TuckerTensor"),
-        ("tucker", dict(x=X, ranks=2.5), TypeError, r"ranks must be an int or a sequence"),
-        ("tucker", dict(x=X, ranks=2, n_iter_max=0), ValueError, r"n_iter_max must be >= 1"),
-        ("tucker", dict(x=torch.tensor([[1.0, float("inf")]]), ranks=1), ValueError, r"x must be finite"),
-        ("tucker", dict(x=np.ones((3, 4)), ranks=1), TypeError, r"x must be a torch.Tensor"),
-        ("tucker", dict(x=torch.zeros(3, 4), ranks=1), ValueError, r"x is all zeros"),
+        ("tucker", dict(x=X, rank=(1, 2, 6)), ValueError, r"rank\[2\]=6 exceeds the size 5 of mode 2"),
+        ("tucker", dict(x=X, rank=2, init="svd"), ValueError, r"init must be 'hosvd', 'random' or a TuckerTensor"),
+        ("tucker", dict(x=X, rank=2.5), TypeError, r"rank must be an int or a sequence"),
+        ("tucker", dict(x=X, rank=2, n_iter_max=0), ValueError, r"n_iter_max must be >= 1"),
+        ("tucker", dict(x=torch.tensor([[1.0, float("inf")]]), rank=1), ValueError, r"x must be finite"),
+        ("tucker", dict(x=np.ones((3, 4)), rank=1), TypeError, r"x must be a torch.Tensor"),
+        ("tucker", dict(x=torch.zeros(3, 4), rank=1), ValueError, r"x is all zeros"),
     ],
 )
 def test_bad_input(fn, kwargs, exc, match):
@@ -158,7 +158,7 @@ def test_bad_input(fn, kwargs, exc, match):
 
 def test_bad_init_and_construction():
     init = tc.TuckerTensor(torch.ones(2, 2, 2), [torch.ones(3, 2), torch.ones(4, 2), torch.ones(5, 2)])
-    with pytest.raises(ValueError, match=r"init has shape \(3, 4, 5\) and ranks \(2, 2, 2\) but x has shape"):
+    with pytest.raises(ValueError, match=r"init has shape \(3, 4, 5\) and rank \(2, 2, 2\) but x has shape"):
         tc.tucker(X, 3, init=init)
     with pytest.raises(ValueError, match=r"init is torch.float32 on cpu but x is torch.float64"):
         tc.tucker(X.double(), 2, init=init)
@@ -207,7 +207,7 @@ def test_ill_conditioned_rank3_as_accurate_as_tensorly():
     assert _error64(x, tc.hosvd(x, 3)) <= 2 * theirs + 1e-14
     assert _error64(x, tc.tucker(x, 3)) <= 2 * theirs + 1e-14
     t = tc.hosvd(x, eps=1e-10)
-    assert t.ranks == (3, 3, 3) and _error64(x, t) <= 1e-10
+    assert t.rank == (3, 3, 3) and _error64(x, t) <= 1e-10
 
 
 @pytest.mark.filterwarnings("ignore:Trying to compute SVD with n_eigenvecs")
@@ -246,7 +246,7 @@ def test_eps_holds_at_extreme_scales_float32(scale):
     x = random_tucker((8, 9, 10), (2, 3, 3), noise=0.01, seed=0, dtype=torch.float32).tensor
     ref = tc.hosvd(x, eps=0.05)
     t = tc.hosvd(x * scale, eps=0.05)
-    assert t.ranks == ref.ranks == (2, 3, 3)
+    assert t.rank == ref.rank == (2, 3, 3)
     assert float(tc.relative_error((x * scale).double(), t.to_tensor().double())) <= 0.05
     h = tc.tucker(x * scale, (2, 3, 3), n_iter_max=5)
     assert abs(float(tc.relative_error((x * scale).double(), h.to_tensor().double())) - _error64(x, tc.tucker(
@@ -310,3 +310,44 @@ def test_unfolding_gram_equals_the_unfolding_times_its_transpose(shape, seed, da
     y = torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     expected = tc.unfold(y, mode) @ tc.unfold(y, mode).mT
     torch.testing.assert_close(unfolding_gram(y, mode), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_rank_has_one_name():
+    """``rank`` is the one argument and the one attribute: ``ranks=`` is refused, results have no ``.ranks``."""
+    for fn in (tc.hosvd, tc.tucker):
+        with pytest.raises(TypeError, match="ranks"):
+            fn(X, ranks=2)
+    assert not hasattr(tc.hosvd(X, 2), "ranks")
+    with pytest.raises(TypeError, match="ranks"):
+        tc.random_tucker((4, 5), ranks=2)
+
+
+@given(values=st.lists(st.sampled_from([0.0, 1e-300, 1e-3, 0.5, 1.0, 1.0, 3.0, 1e150]), min_size=1, max_size=12),
+       energy=st.sampled_from([1e-9, 0.25, 0.5, 0.9, 0.999, 1.0]))
+def test_rank_for_energy_against_cumulative_sums(values, energy):
+    """``rank_for_energy`` is the smallest r >= 1 whose leading squares hold ``energy`` of the total (up to the
+    relative 1e-12 slack), checked against exact rational sums (ties, zeros, denormal-scale and huge values)."""
+    from fractions import Fraction
+
+    s = sorted(values, reverse=True)
+    squares = [Fraction(v) ** 2 for v in s]
+    total = sum(squares)
+    slack = Fraction(1e-12) * total
+    expected = next((r for r in range(1, len(s) + 1) if total - sum(squares[:r]) <= (1 - Fraction(energy)) * total
+                     + slack), len(s))
+    got = tc.rank_for_energy(torch.tensor(s, dtype=torch.float64), energy)
+    # the float64 sums may round a boundary case either way: the rank is the exact one or its neighbour at the
+    # 1e-12 slack, never further
+    assert abs(got - expected) <= 1 if total else got == 1, (got, expected)
+
+
+@pytest.mark.parametrize("args,exc,match", [
+    ((torch.ones(3), 0.0), ValueError, r"energy=0.0 is out of range: allowed 0 < energy <= 1"),
+    ((torch.ones(3), 1.5), ValueError, r"energy=1.5 is out of range"),
+    ((torch.ones(3), "0.5"), TypeError, r"energy must be a finite real number"),
+    ((torch.ones(2, 2), 0.5), ValueError, r"singular_values must be 1-D, got shape \(2, 2\)"),
+    (([1.0, 0.5], 0.5), TypeError, r"singular_values must be a torch.Tensor"),
+])
+def test_rank_for_energy_bad_input(args, exc, match):
+    with pytest.raises(exc, match=match):
+        tc.rank_for_energy(*args)

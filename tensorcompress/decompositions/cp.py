@@ -11,7 +11,6 @@ SIAM Review 51(3), §3.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 
 import torch
@@ -19,6 +18,7 @@ import torch
 from .._validation import check_finite, check_matrices, check_positive_int, check_tensor
 from ..tensor import khatri_rao, ldexp
 from ._common import Factorized, check_tol, generator, leading_eigvecs, prepare, unfolding_gram, uniform
+from .cp_tuning import check_layout, gemm
 
 __all__ = ["CPTensor", "cp_als", "cp_to_tensor"]
 
@@ -136,51 +136,12 @@ def _split(shape: Sequence[int]) -> int:
     return min(range(1, n), key=lambda h: math.prod(shape[:h]) + math.prod(shape[h:]))
 
 
-# The two GEMMs of a sweep cost most of CP-ALS, and their speed depends on the operand layout in a way that varies
-# with the dtype, the BLAS, the CPU and the thread count (float32 on 2 cores: ``X @ A`` 2.3x faster than
-# ``A.T @ X.T``; float64 on 1 thread: the reverse). So each product has four layouts (a result rank-first or
-# rank-last, the factor read as A or as A^T), and the first time a shape is seen (per dtype, device and thread
-# count) each is timed on the real operands together with the cheap contraction that follows it, whose cost
-# depends on the result's layout; the fastest is used from then on, in every call, so that a seed keeps giving the
-# same result within a process. CUDA keeps the first layout.
+# The two GEMMs of a sweep cost most of CP-ALS; their operand layout (four per product, see cp_tuning) is chosen
+# by a fixed rule, by timing (layout="auto") or by name.
 #
 # A rank-last result is never transposed into place (a strided copy that costs half a GEMM: 16 x 10^4 float32,
 # 0.34 ms): the partial contraction is carried on in that layout, as a (R, ...) view with unit stride over the
 # rank (see _times_trailing).
-_LAYOUTS: dict[tuple, int] = {}
-
-
-def _fastest(key: tuple, candidates: Sequence, operands: tuple, then) -> torch.Tensor:
-    """``candidates[i](*operands)`` for the layout ``i`` for which ``then(candidates[i](*operands))`` ran fastest
-    (chosen once per key: the best of three timings each, the candidates taking turns so that a change of machine
-    load hits them alike)."""
-    choice = _LAYOUTS.get(key)
-    if choice is None:
-        if operands[0].device.type != "cpu":
-            choice = 0
-        else:
-            times = [math.inf] * len(candidates)
-            for _ in range(3):
-                for i, candidate in enumerate(candidates):
-                    start = time.perf_counter()
-                    then(candidate(*operands))
-                    times[i] = min(times[i], time.perf_counter() - start)
-            choice = min(range(len(candidates)), key=times.__getitem__)
-        _LAYOUTS[key] = choice
-    return candidates[choice](*operands)
-
-
-def _key(kind: str, m: torch.Tensor, a: torch.Tensor) -> tuple:
-    return kind, m.dtype, m.device.type, tuple(m.shape), a.shape[1], torch.get_num_threads()
-
-
-# T = A^T (X_(N) as P x I_N)^T, (R, P): one GEMM, into (R, P) or into (P, R) returned as its (R, P) view, with the
-# factor read as A (I, R) or as A^T (R, I), both held contiguous
-_LAST = (lambda m, a, at: at @ m.mT, lambda m, a, at: a.mT @ m.mT,
-         lambda m, a, at: (m @ a).mT, lambda m, a, at: (m @ at.mT).mT)
-# T = A^T (X_(1) as I_1 x Q), likewise
-_FIRST = (lambda m, a, at: at @ m, lambda m, a, at: a.mT @ m,
-          lambda m, a, at: (m.mT @ a).mT, lambda m, a, at: (m.mT @ at.mT).mT)
 
 
 def _rank_last(t: torch.Tensor) -> bool:
@@ -213,29 +174,28 @@ def _times_leading(t: torch.Tensor, a: torch.Tensor, at: torch.Tensor) -> torch.
 
 
 def _contract_right(x: torch.Tensor, factors: Sequence[torch.Tensor], factors_t: Sequence[torch.Tensor],
-                    h: int) -> torch.Tensor:
+                    h: int, layout: str = "fixed") -> torch.Tensor:
     r"""Partial MTTKRP :math:`T[r, i_1..i_h] = \sum_{i_{h+1}..i_N} X[i_1..i_N] \prod_{k > h} A_k[i_k, r]`,
     shape ``(R, I_1, ..., I_h)``, from the factors :math:`A_k` ``(I_k, R)`` and their transposes ``factors_t``
-    (all contiguous): one GEMM with :math:`A_N`, then cheap batched products with vectors."""
+    (all contiguous): one GEMM with :math:`A_N` in the ``layout`` of :func:`.cp_tuning.gemm`, then cheap batched
+    products with vectors."""
     shape = x.shape
     m = x.reshape(-1, shape[-1])
-    operands = (m, factors[-1], factors_t[-1])
     after = len(shape) - 2  # the mode contracted next, in here or in the MTTKRP of mode N-1
-    t = _fastest(_key("last", m, factors[-1]), _LAST, operands,  # (R, prod(shape[:-1])): one GEMM over the tensor
-                 lambda t: _times_trailing(t, factors[after], factors_t[after]))
+    t = gemm("last", layout, m, factors[-1], factors_t[-1],  # (R, prod(shape[:-1])): one GEMM over the tensor
+             lambda t: _times_trailing(t, factors[after], factors_t[after]))
     for k in range(len(shape) - 2, h - 1, -1):
         t = _times_trailing(t, factors[k], factors_t[k])
     return t.reshape(t.shape[0], *shape[:h])
 
 
 def _contract_left(x: torch.Tensor, factors: Sequence[torch.Tensor], factors_t: Sequence[torch.Tensor],
-                   h: int) -> torch.Tensor:
+                   h: int, layout: str = "fixed") -> torch.Tensor:
     r"""Partial MTTKRP over the left half, shape ``(R, I_{h+1}, ..., I_N)``."""
     shape = x.shape
     m = x.reshape(shape[0], -1)
-    operands = (m, factors[0], factors_t[0])
-    t = _fastest(_key("first", m, factors[0]), _FIRST, operands,  # (R, prod(shape[1:])): one GEMM
-                 lambda t: _times_trailing(t, factors[-1], factors_t[-1]))
+    t = gemm("first", layout, m, factors[0], factors_t[0],  # (R, prod(shape[1:])): one GEMM
+             lambda t: _times_trailing(t, factors[-1], factors_t[-1]))
     for k in range(1, h):
         t = _times_leading(t, factors[k], factors_t[k])
     return t.reshape(t.shape[0], *shape[h:])
@@ -326,6 +286,7 @@ def cp_als(
     seed: int | None = None,
     l2_reg: float = 0.0,
     return_errors: bool = False,
+    layout: str = "fixed",
 ) -> CPTensor | tuple[CPTensor, list[float]]:
     r"""CP decomposition by alternating least squares (CP-ALS).
 
@@ -347,9 +308,9 @@ def cp_als(
       :math:`\|X-\hat X\|^2 = \|X\|^2 + \lambda^\top V_{\text{all}} \lambda - 2 \sum_r \lambda_r (A_N^\top M_N)_{rr}`
       (accurate to about :math:`\sqrt{\epsilon_{\text{mach}}}` relative: use :func:`tensorcompress.relative_error`
       for errors below that). It is computed only when ``tol > 0`` or ``return_errors`` asks for it.
-    * The GEMM layout (result rank-first or rank-last, factor read as :math:`A` or :math:`A^\top`) is chosen by
-      timing the first time a shape, dtype and thread count is seen: within a process a seed gives the same result
-      every call, across machines the last bits may differ.
+    * The two GEMMs over the tensor have four operand layouts each (result rank-first or rank-last, factor read as
+      :math:`A` or :math:`A^\top`: :mod:`tensorcompress.decompositions.cp_tuning`), equal up to rounding. By
+      default a fixed rule picks them, so a seed gives the same bits on every run of a machine.
 
     The input is scaled by an exact power of two when its entries are far from 1 (no overflow of
     :math:`\|X\|^2` in float32 at 1e20 or underflow at 1e-25); float16/bfloat16 inputs are computed in float32 and
@@ -379,6 +340,12 @@ def cp_als(
         columns, so the result scales with :math:`X` for a fixed ``l2_reg``.
     return_errors : bool
         Also return the list of relative errors, one per sweep.
+    layout : str
+        The GEMM layout: ``"fixed"`` (a fixed rule of the dtype, size and device, :func:`.cp_tuning.fixed_layout`),
+        ``"auto"`` (the fastest of the four, timed once per shape, dtype and thread count and remembered for the
+        process: results may then differ in the last bits between processes) or one of
+        :data:`.cp_tuning.LAYOUTS` (``"rank_first_at"``, ``"rank_first_a"``, ``"rank_last_a"``,
+        ``"rank_last_at"``) for both products.
 
     Returns
     -------
@@ -391,6 +358,7 @@ def cp_als(
     check_positive_int(n_iter_max, "n_iter_max")
     tol = check_tol(tol, "tol")
     l2_reg = check_tol(l2_reg, "l2_reg")
+    layout = check_layout(layout)
     # every factor held twice, as A_n (I_n, R) and A_n^T (R, I_n), both contiguous: each cheap contraction reads
     # the one whose rank index runs its way (see _times_trailing)
     factors = [f.contiguous() for f in _init_factors(x, dtype, exp, rank, init, seed)]
@@ -417,10 +385,10 @@ def cp_als(
 
     track = bool(tol) or return_errors  # the fit costs a few small operations per sweep: only when it is used
     for _ in range(n_iter_max):
-        t_left = _contract_right(x, factors, factors_t, h)
+        t_left = _contract_right(x, factors, factors_t, h, layout)
         for n in left:
             weights = update(n, _mttkrp_from_partial(t_left, factors, factors_t, left, n))
-        t_right = _contract_left(x, factors, factors_t, h)
+        t_right = _contract_left(x, factors, factors_t, h, layout)
         for n in right:
             mttkrp_t = _mttkrp_from_partial(t_right, factors, factors_t, right, n)
             weights = update(n, mttkrp_t)

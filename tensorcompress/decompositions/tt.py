@@ -50,13 +50,9 @@ class CoreTrain(Factorized):
     cores: list[torch.Tensor]
 
     @property
-    def ranks(self) -> tuple[int, ...]:
-        return (1,) + tuple(c.shape[-1] for c in self.cores)
-
-    @property
     def rank(self) -> tuple[int, ...]:
-        """Alias of :attr:`ranks`."""
-        return self.ranks
+        """The TT ranks ``(1, r_1, ..., r_{d-1}, 1)``."""
+        return (1,) + tuple(c.shape[-1] for c in self.cores)
 
     @property
     def n_params(self) -> int:
@@ -88,7 +84,7 @@ class TTTensor(CoreTrain):
     ----------
     shape : tuple of int
         ``(I_1, ..., I_d)``.
-    ranks (= rank) : tuple of int
+    rank : tuple of int
         ``(r_0, r_1, ..., r_d)`` (TensorLy's convention, boundary ones included).
     n_params : int
         :math:`\sum_k r_{k-1} I_k r_k`.
@@ -107,7 +103,7 @@ class TTTensor(CoreTrain):
     _tensorly_class = ("tt_tensor", "TTTensor")
 
     def _rank_repr(self) -> str:
-        return f"ranks={self.ranks}"
+        return f"rank={self.rank}"
 
     def to_tensor(self) -> torch.Tensor:
         """The full tensor (contracting the cores left to right)."""
@@ -216,10 +212,10 @@ def _tt_rank_caps(shape: Sequence[int]) -> list[int]:
     return [min(math.prod(shape[: k + 1]), math.prod(shape[k + 1:])) for k in range(len(shape) - 1)]
 
 
-def _parse_max_rank(
-    max_rank: object, shape: Sequence[int], *, strict: bool = False, name: str = "max_rank"
+def parse_tt_rank(
+    rank: object, shape: Sequence[int], *, strict: bool = False, name: str = "rank"
 ) -> list[int] | None:
-    r"""``max_rank`` as the ``d - 1`` inner TT ranks — THE rank-list rule of the TT functions (tt_svd, tt_round,
+    r"""``rank`` as the ``d - 1`` inner TT ranks — THE rank-list rule of the TT functions (tt_svd, tt_round,
     tt_matrix_svd and the layers built on them):
 
     * an int ``r >= 1``: every inner rank ``r``;
@@ -228,31 +224,31 @@ def _parse_max_rank(
 
     each inner rank then capped at what its unfolding allows, :math:`\min(\prod_{j\le k} I_j, \prod_{j>k} I_j)`
     (a larger rank cannot be reached: the TT-SVD keeps all of the unfolding's singular values there). With
-    ``strict`` (only :func:`tensorcompress.data.synthetic.random_tt`, which promises the ranks it is given) an
+    ``strict`` (only :func:`tensorcompress.decompositions.random.random_tt`, which promises the ranks it is given) an
     entry above the cap is an error instead."""
-    if max_rank is None:
+    if rank is None:
         return None
     caps = _tt_rank_caps(shape)
     d = len(shape)
-    if isinstance(max_rank, int) and not isinstance(max_rank, bool):
-        check_positive_int(max_rank, name)
-        return [min(max_rank, c) for c in caps]
-    if isinstance(max_rank, torch.Size):
-        max_rank = list(max_rank)
-    if not isinstance(max_rank, Sequence) or isinstance(max_rank, str):
+    if isinstance(rank, int) and not isinstance(rank, bool):
+        check_positive_int(rank, name)
+        return [min(rank, c) for c in caps]
+    if isinstance(rank, torch.Size):
+        rank = list(rank)
+    if not isinstance(rank, Sequence) or isinstance(rank, str):
         raise TypeError(f"{name} must be an int or a sequence of {len(caps)} ints, got "
-                        f"{type(max_rank).__name__} ({max_rank!r})")
-    max_rank = list(max_rank)
-    if len(max_rank) == d + 1:  # TensorLy's form [1, r_1, ..., r_{d-1}, 1]
-        if max_rank[0] != 1 or max_rank[-1] != 1:
+                        f"{type(rank).__name__} ({rank!r})")
+    rank = list(rank)
+    if len(rank) == d + 1:  # TensorLy's form [1, r_1, ..., r_{d-1}, 1]
+        if rank[0] != 1 or rank[-1] != 1:
             raise ValueError(f"{name} with d + 1 = {d + 1} entries (TensorLy's form) must start and end with 1, "
-                             f"got {max_rank}")
-        max_rank = max_rank[1:-1]
-    if len(max_rank) != len(caps):
+                             f"got {rank}")
+        rank = rank[1:-1]
+    if len(rank) != len(caps):
         raise ValueError(f"{name} must hold d - 1 = {len(caps)} inner ranks (or d + 1 = {d + 1} with the boundary "
-                         f"1s) for shape {tuple(shape)}, got {len(max_rank)}: {max_rank}")
+                         f"1s) for shape {tuple(shape)}, got {len(rank)}: {rank}")
     out = []
-    for k, (r, cap) in enumerate(zip(max_rank, caps, strict=True)):
+    for k, (r, cap) in enumerate(zip(rank, caps, strict=True)):
         check_positive_int(r, f"{name}[{k}]")
         if strict and r > cap:
             raise ValueError(f"{name}[{k}]={r} exceeds what the unfolding allows for shape {tuple(shape)}: "
@@ -261,9 +257,10 @@ def _parse_max_rank(
     return out
 
 
-def _check_eps_max_rank(eps: object, max_rank: object) -> float | None:
-    if eps is not None and max_rank is not None:
-        raise ValueError(f"give eps or max_rank, not both (got eps={eps!r}, max_rank={max_rank!r})")
+def check_eps_rank(eps: object, rank: object) -> float | None:
+    """``eps`` checked (a real number ``>= 0`` or None), refused together with a ``rank``."""
+    if eps is not None and rank is not None:
+        raise ValueError(f"give eps or rank, not both (got eps={eps!r}, rank={rank!r})")
     return check_tol(eps, "eps", allow_none=True)
 
 
@@ -275,14 +272,14 @@ def _choose_rank(s: torch.Tensor, k: int, ranks: list[int] | None, delta2: float
     return s.shape[0]
 
 
-_MAX_RANK_DOC = """max_rank : int or sequence of int, optional
+RANK_DOC = """rank : int or sequence of int, optional
         Fixed ranks, one rule for every TT function: an int caps every inner rank; a sequence gives the ``d - 1``
         inner ranks :math:`r_1..r_{d-1}` or TensorLy's ``[1, r_1, ..., r_{d-1}, 1]``. Each is capped at what its
         unfolding allows, :math:`\\min(\\prod_{j\\le k} I_j, \\prod_{j>k} I_j)` (a larger rank cannot be reached)."""
 
 
 @torch.no_grad()
-def tt_svd(x: torch.Tensor, *, eps: float | None = None, max_rank: int | Sequence[int] | None = None) -> TTTensor:
+def tt_svd(x: torch.Tensor, rank: int | Sequence[int] | None = None, *, eps: float | None = None) -> TTTensor:
     r"""TT-SVD (Oseledets 2011, Alg. 1): sequential truncated SVDs of the reshaped remainder.
 
     For :math:`k = 1..d-1`, :math:`C \in \mathbb R^{r_{k-1} I_k \times \prod_{j>k} I_j}` is factored by a truncated
@@ -296,15 +293,15 @@ def tt_svd(x: torch.Tensor, *, eps: float | None = None, max_rank: int | Sequenc
     ----------
     x : torch.Tensor
         Floating point tensor of order ``d >= 2``, finite, no size-0 mode.
+    {rank}
     eps : float, optional
-        Relative accuracy :math:`\epsilon \ge 0`. Give ``eps`` or ``max_rank``, not both; neither is exact.
-    {max_rank}
+        Relative accuracy :math:`\epsilon \ge 0`. Give ``eps`` or ``rank``, not both; neither is exact.
     """
     dtype = x.dtype if isinstance(x, torch.Tensor) else None
     x, exp = prepare(x, "x")
-    eps = _check_eps_max_rank(eps, max_rank)
+    eps = check_eps_rank(eps, rank)
     shape = tuple(x.shape)
-    ranks = _parse_max_rank(max_rank, shape)
+    ranks = parse_tt_rank(rank, shape)
     d = len(shape)
     delta2 = None if eps is None else eps**2 * float(torch.linalg.vector_norm(x)) ** 2 / (d - 1)
     cores = []
@@ -321,10 +318,10 @@ def tt_svd(x: torch.Tensor, *, eps: float | None = None, max_rank: int | Sequenc
     return TTTensor(cores).to(dtype)
 
 
-tt_svd.__doc__ = tt_svd.__doc__.replace("{max_rank}", _MAX_RANK_DOC)
+tt_svd.__doc__ = tt_svd.__doc__.replace("{rank}", RANK_DOC)
 
 
-def tt_round(tt: TTTensor, *, eps: float | None = None, max_rank: int | Sequence[int] | None = None) -> TTTensor:
+def tt_round(tt: TTTensor, rank: int | Sequence[int] | None = None, *, eps: float | None = None) -> TTTensor:
     r"""TT rounding (Oseledets 2011, Alg. 2): recompress a TT tensor without forming the full tensor.
 
     A right-to-left QR sweep makes cores :math:`2..d` right-orthogonal; then truncated SVDs from left to right with
@@ -337,15 +334,15 @@ def tt_round(tt: TTTensor, *, eps: float | None = None, max_rank: int | Sequence
     ----------
     tt : TTTensor
         The tensor to round (not modified), finite.
+    {rank}
     eps : float, optional
-        Relative accuracy. Give ``eps`` or ``max_rank``, not both; neither rounds at ``eps`` = 100 × the compute
+        Relative accuracy. Give ``eps`` or ``rank``, not both; neither rounds at ``eps`` = 100 × the compute
         dtype's machine epsilon (drops only numerically zero directions, e.g. after ``a + a``).
-    {max_rank}
     """
     if not isinstance(tt, TTTensor):
         raise TypeError(f"tt must be a TTTensor, got {type(tt).__name__}")
-    eps = _check_eps_max_rank(eps, max_rank)
-    ranks = _parse_max_rank(max_rank, tt.shape)
+    eps = check_eps_rank(eps, rank)
+    ranks = parse_tt_rank(rank, tt.shape)
     work = compute_dtype(tt.cores[0], "tt.cores[0]")
     if eps is None and ranks is None:
         eps = 100 * torch.finfo(work).eps
@@ -372,4 +369,4 @@ def tt_round(tt: TTTensor, *, eps: float | None = None, max_rank: int | Sequence
     return TTTensor(cores).to(tt.dtype)
 
 
-tt_round.__doc__ = tt_round.__doc__.replace("{max_rank}", _MAX_RANK_DOC)
+tt_round.__doc__ = tt_round.__doc__.replace("{rank}", RANK_DOC)

@@ -20,7 +20,7 @@ import torch
 
 from .._validation import check_dims, check_tensor
 from ._common import check_input
-from .tt import _MAX_RANK_DOC, CoreTrain, _check_cores, _check_eps_max_rank, _parse_max_rank, tt_svd
+from .tt import RANK_DOC, CoreTrain, _check_cores, check_eps_rank, parse_tt_rank, tt_svd
 
 __all__ = ["TTMatrix", "tt_matrix_svd", "tt_matrix_vector_product"]
 
@@ -41,7 +41,7 @@ class TTMatrix(CoreTrain):
         ``(m_1..m_d)`` and ``(n_1..n_d)``.
     tensorized_shape : tuple of int
         ``(m_1, ..., m_d, n_1, ..., n_d)``, the shape of :meth:`to_tensor` (as TensorLy).
-    ranks (= rank) : tuple of int
+    rank : tuple of int
         ``(1, r_1, ..., r_{d-1}, 1)``.
     n_params : int
         :math:`\sum_k r_{k-1} m_k n_k r_k`.
@@ -69,7 +69,7 @@ class TTMatrix(CoreTrain):
     _tensorly_class = ("tt_matrix", "TTMatrix")
 
     def _rank_repr(self) -> str:
-        return f"row_modes={self.row_modes}, col_modes={self.col_modes}, ranks={self.ranks}"
+        return f"row_modes={self.row_modes}, col_modes={self.col_modes}, rank={self.rank}"
 
     def to_tensor(self) -> torch.Tensor:
         """The tensor of shape ``(m_1, ..., m_d, n_1, ..., n_d)`` (as TensorLy's ``TTMatrix.to_tensor``)."""
@@ -124,15 +124,15 @@ def tt_matrix_svd(
     matrix: torch.Tensor,
     row_modes: Sequence[int],
     col_modes: Sequence[int],
+    rank: int | Sequence[int] | None = None,
     *,
     eps: float | None = None,
-    max_rank: int | Sequence[int] | None = None,
 ) -> TTMatrix:
     r"""TT-matrix decomposition of a matrix by TT-SVD.
 
     The :math:`M \times N` matrix is reshaped to :math:`(m_1..m_d, n_1..n_d)`, permuted to
     :math:`(m_1, n_1, \dots, m_d, n_d)`, merged to the order-:math:`d` tensor of shape :math:`(m_1 n_1, \dots, m_d
-    n_d)` and decomposed by :func:`tt_svd` (same ``eps`` / ``max_rank`` meaning and guarantee
+    n_d)` and decomposed by :func:`tt_svd` (same ``rank`` / ``eps`` meaning and guarantee
     :math:`\|W - \hat W\|_F \le \epsilon \|W\|_F`, same scaling and dtype rule: float16/bfloat16 computed in
     float32 and returned in their dtype); each core is split back to :math:`(r_{k-1}, m_k, n_k, r_k)`.
 
@@ -142,10 +142,10 @@ def tt_matrix_svd(
         Floating point matrix of shape ``(prod(row_modes), prod(col_modes))``, finite.
     row_modes, col_modes : sequence of int
         The factorisations ``m_1..m_d`` and ``n_1..n_d`` (same length ``d >= 1``; use 1s to pad).
-    eps : float, optional
-        Relative accuracy :math:`\epsilon \ge 0`. Give ``eps`` or ``max_rank``, not both; neither is exact.
-    {max_rank}
+    {rank}
         The unfoldings are those of the merged tensor of shape :math:`(m_1 n_1, \dots, m_d n_d)`.
+    eps : float, optional
+        Relative accuracy :math:`\epsilon \ge 0`. Give ``eps`` or ``rank``, not both; neither is exact.
     """
     check_input(matrix, "matrix")
     if matrix.ndim != 2:
@@ -159,16 +159,16 @@ def tt_matrix_svd(
                          f"{col_modes} describe ({math.prod(row_modes)}, {math.prod(col_modes)})")
     d = len(row_modes)
     merged = tuple(m * n for m, n in zip(row_modes, col_modes, strict=True))
-    _parse_max_rank(max_rank, merged)  # checked here too: tt_svd is not called for d = 1
-    _check_eps_max_rank(eps, max_rank)
+    parse_tt_rank(rank, merged)  # checked here too: tt_svd is not called for d = 1
+    check_eps_rank(eps, rank)
     t = matrix.reshape(row_modes + col_modes)
     t = t.permute([p for k in range(d) for p in (k, d + k)])
     if d == 1:
         core = matrix.reshape(1, row_modes[0], col_modes[0], 1)
         return TTMatrix([core.clone()])
-    tt = tt_svd(t.reshape(merged), eps=eps, max_rank=max_rank)
+    tt = tt_svd(t.reshape(merged), rank, eps=eps)
     cores = [c.reshape(c.shape[0], m, n, c.shape[-1]) for c, m, n in zip(tt.cores, row_modes, col_modes, strict=True)]
     return TTMatrix(cores)
 
 
-tt_matrix_svd.__doc__ = tt_matrix_svd.__doc__.replace("{max_rank}", _MAX_RANK_DOC)
+tt_matrix_svd.__doc__ = tt_matrix_svd.__doc__.replace("{rank}", RANK_DOC)

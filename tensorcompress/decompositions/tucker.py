@@ -48,7 +48,7 @@ class TuckerTensor(Factorized):
 
     Attributes
     ----------
-    shape, rank (= ranks) : tuple of int
+    shape, rank : tuple of int
         ``(I_1..I_N)`` and ``(R_1..R_N)``.
     n_params : int
         :math:`\prod_n R_n + \sum_n I_n R_n`.
@@ -75,10 +75,8 @@ class TuckerTensor(Factorized):
         return tuple(f.shape[0] for f in self.factors)
 
     @property
-    def ranks(self) -> tuple[int, ...]:
+    def rank(self) -> tuple[int, ...]:
         return tuple(self.core.shape)
-
-    rank = ranks
 
     @property
     def n_params(self) -> int:
@@ -94,7 +92,7 @@ class TuckerTensor(Factorized):
     _tensorly_class = ("tucker_tensor", "TuckerTensor")
 
     def _rank_repr(self) -> str:
-        return f"ranks={self.ranks}"
+        return f"rank={self.rank}"
 
     def to_tensor(self) -> torch.Tensor:
         r"""The full tensor :math:`G \times_1 A_1 \cdots \times_N A_N`."""
@@ -108,17 +106,17 @@ def tucker_to_tensor(tucker: TuckerTensor) -> torch.Tensor:
     return multi_mode_dot(tucker.core, tucker.factors)
 
 
-def _check_ranks_eps(x: torch.Tensor, ranks: object, eps: object) -> tuple[list[int] | None, float | None]:
-    if ranks is not None and eps is not None:
-        raise ValueError(f"give ranks or eps, not both (got ranks={ranks!r}, eps={eps!r})")
+def _check_rank_eps(x: torch.Tensor, rank: object, eps: object) -> tuple[list[int] | None, float | None]:
+    if rank is not None and eps is not None:
+        raise ValueError(f"give rank or eps, not both (got rank={rank!r}, eps={eps!r})")
     eps = check_tol(eps, "eps", allow_none=True)
-    if ranks is None:
+    if rank is None:
         return None, eps
-    return parse_ranks(ranks, x.shape), None
+    return parse_ranks(rank, x.shape), None
 
 
 @torch.no_grad()
-def hosvd(x: torch.Tensor, ranks: int | Sequence[int] | None = None, *, eps: float | None = None) -> TuckerTensor:
+def hosvd(x: torch.Tensor, rank: int | Sequence[int] | None = None, *, eps: float | None = None) -> TuckerTensor:
     r"""Sequentially truncated higher-order SVD (ST-HOSVD).
 
     For :math:`n = 1..N`: :math:`A_n` = the leading :math:`R_n` left singular vectors of the unfolding
@@ -141,12 +139,12 @@ def hosvd(x: torch.Tensor, ranks: int | Sequence[int] | None = None, *, eps: flo
     ----------
     x : torch.Tensor
         Floating point tensor of order ``N >= 2``, finite, no size-0 mode.
-    ranks : int or sequence of int, optional
-        Multilinear ranks, ``1 <= R_n <= I_n`` (an int: the same for every mode).
+    rank : int or sequence of int, optional
+        Multilinear rank, ``1 <= R_n <= I_n`` (an int: the same for every mode).
     eps : float, optional
         Relative accuracy: each mode gets the smallest rank whose discarded energy is
         :math:`\le \epsilon^2 \|X\|^2 / N`, so :math:`\|X - \hat X\| \le \epsilon \|X\|` (as Tensor Toolbox's
-        ``hosvd(X, tol)``). Give ``ranks`` or ``eps``, not both; neither keeps full ranks (exact).
+        ``hosvd(X, tol)``). Give ``rank`` or ``eps``, not both; neither keeps full ranks (exact).
 
     Returns
     -------
@@ -155,17 +153,17 @@ def hosvd(x: torch.Tensor, ranks: int | Sequence[int] | None = None, *, eps: flo
     """
     dtype = x.dtype if isinstance(x, torch.Tensor) else None
     x, exp = prepare(x, "x")
-    ranks, eps = _check_ranks_eps(x, ranks, eps)
+    ranks, eps = _check_rank_eps(x, rank, eps)
     if ranks is None and eps is None:
         ranks = list(x.shape)
     budget = None if eps is None else eps**2 * float(torch.linalg.vector_norm(x)) ** 2 / x.ndim
     core = x
     factors = []
     for n in range(x.ndim):
-        rank = ranks[n] if ranks is not None else None
+        r_n = ranks[n] if ranks is not None else None
         # the factors keep the input's (compute) dtype; after the one pass over x, the shrinking core is carried in
         # float64 for float32 input (see _common.widen): exact projections on the stored factors, rounded once
-        factor = leading_left_singular(core, n, unfolding_gram(core, n), rank=rank, budget=budget).to(x.dtype)
+        factor = leading_left_singular(core, n, unfolding_gram(core, n), rank=r_n, budget=budget).to(x.dtype)
         factors.append(factor)
         core = widen(project(core, factor.to(core.dtype), n))
     return TuckerTensor(ldexp(core.to(x.dtype), exp), factors).to(dtype)
@@ -182,9 +180,9 @@ def _project(y: torch.Tensor, factors: Sequence[torch.Tensor], modes: Sequence[i
 def _init_tucker(x: torch.Tensor, dtype: torch.dtype, ranks: list[int], init: object,
                  seed: int | None) -> list[torch.Tensor]:
     if isinstance(init, TuckerTensor):
-        if init.shape != tuple(x.shape) or list(init.ranks) != ranks:
-            raise ValueError(f"init has shape {init.shape} and ranks {init.ranks} but x has shape "
-                             f"{tuple(x.shape)} and ranks={ranks}")
+        if init.shape != tuple(x.shape) or list(init.rank) != ranks:
+            raise ValueError(f"init has shape {init.shape} and rank {init.rank} but x has shape "
+                             f"{tuple(x.shape)} and rank={tuple(ranks)}")
         if init.device != x.device or init.dtype != dtype:
             raise ValueError(f"init is {init.dtype} on {init.device} but x is {dtype} on {x.device}: "
                              f"use init.to(x.device, x.dtype)")
@@ -216,7 +214,7 @@ def _leading_svd(y: torch.Tensor, mode: int, rank: int) -> torch.Tensor:
 @torch.no_grad()
 def tucker(
     x: torch.Tensor,
-    ranks: int | Sequence[int],
+    rank: int | Sequence[int],
     *,
     n_iter_max: int = 100,
     tol: float = 1e-8,
@@ -246,8 +244,8 @@ def tucker(
     ----------
     x : torch.Tensor
         Floating point tensor of order ``N >= 2``, finite, no size-0 mode. Not modified.
-    ranks : int or sequence of int
-        Multilinear ranks ``1 <= R_n <= I_n``.
+    rank : int or sequence of int
+        Multilinear rank ``1 <= R_n <= I_n`` (an int: the same for every mode).
     n_iter_max : int
         Maximum number of sweeps (``>= 1``).
     tol : float
@@ -263,7 +261,7 @@ def tucker(
     """
     dtype = x.dtype if isinstance(x, torch.Tensor) else None
     x, exp = prepare(x, "x")
-    ranks = parse_ranks(ranks, x.shape)
+    ranks = parse_ranks(rank, x.shape)
     check_positive_int(n_iter_max, "n_iter_max")
     tol = check_tol(tol, "tol")
     factors = _init_tucker(x, dtype, ranks, init, seed)

@@ -9,10 +9,9 @@ import torch
 from torch import nn
 
 from .._validation import check_finite, compute_dtype
-from ..decompositions._common import rank_for_tail
 
 __all__ = ["check_linear", "check_conv2d", "conv_padding", "factory_kwargs", "check_rank", "check_energy",
-           "rank_for_energy", "weight_to_decompose", "check_pair", "rank_argument"]
+           "weight_to_decompose", "check_pair"]
 
 
 def check_linear(linear: object, name: str = "linear") -> nn.Linear:
@@ -48,17 +47,6 @@ def check_pair(value: object, name: str, *, minimum: int) -> tuple[int, int]:
     if min(pair) < minimum:
         raise ValueError(f"{name}={value!r} is out of range: each entry must be >= {minimum}")
     return pair
-
-
-def rank_argument(rank: object, ranks: object, what: str = "rank") -> object:
-    """The rank given as ``rank`` (the library's name, as in :func:`tensorcompress.factorize`) or as ``ranks`` (the
-    name these layers used first, still accepted); giving both is a ``TypeError``."""
-    if ranks is None:
-        return rank
-    if rank is not None:
-        raise TypeError(f"give the {what} as rank= or as ranks= (its older name), not both: got rank={rank!r}, "
-                        f"ranks={ranks!r}")
-    return ranks
 
 
 def conv_padding(conv: nn.Conv2d) -> tuple[int, int]:
@@ -117,15 +105,3 @@ def check_energy(energy: object, name: str = "energy") -> float:
     if not 0 < energy <= 1:
         raise ValueError(f"{name}={energy} is out of range: allowed 0 < {name} <= 1")
     return float(energy)
-
-
-def rank_for_energy(singular_values: torch.Tensor, energy: float) -> int:
-    r"""Smallest :math:`r \ge 1` with :math:`\sum_{i \le r} \sigma_i^2 \ge` ``energy`` :math:`\sum_i \sigma_i^2`.
-
-    The same rule as the decompositions' tail budget (:func:`tensorcompress.decompositions._common.rank_for_tail`):
-    keeping a fraction ``energy`` of :math:`\sum_i \sigma_i^2` is leaving a tail of at most
-    :math:`(1 - \text{energy}) \sum_i \sigma_i^2` (plus a relative :math:`10^{-12}` for rounding). Squares are summed
-    in float64, so float32 singular values of any scale neither overflow nor underflow.
-    """
-    sq = singular_values.detach().double() ** 2
-    return rank_for_tail(sq, (1 - energy + 1e-12) * float(sq.sum()))

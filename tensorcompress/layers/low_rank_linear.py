@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._common import check_energy, check_linear, check_rank, rank_for_energy, weight_to_decompose
+from ..decompositions import rank_for_energy
+from ._common import check_energy, check_linear, check_rank, weight_to_decompose
 
 __all__ = ["LowRankLinear"]
 

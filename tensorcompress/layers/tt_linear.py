@@ -21,7 +21,8 @@ from torch import nn
 
 from .._validation import check_dims
 from ..decompositions import TTMatrix, tt_matrix_svd
-from ._common import check_linear, check_rank, rank_argument, weight_to_decompose
+from ..decompositions.tt import parse_tt_rank
+from ._common import check_linear, check_rank, weight_to_decompose
 
 __all__ = ["TTLinear", "factor_dimension"]
 
@@ -46,19 +47,6 @@ def factor_dimension(n: int, d: int) -> tuple[int, ...]:
     return tuple(sorted(out, reverse=True))
 
 
-def _inner_ranks(ranks: object, d: int, name: str = "ranks") -> list[int]:
-    if isinstance(ranks, int) and not isinstance(ranks, bool):
-        return [check_rank(ranks, name)] * (d - 1)
-    if isinstance(ranks, str) or not isinstance(ranks, Sequence):
-        raise TypeError(f"{name} must be an int or a sequence of ints, got {ranks!r}")
-    ranks = list(ranks)
-    if len(ranks) == d + 1 and ranks[0] == 1 and ranks[-1] == 1:
-        ranks = ranks[1:-1]
-    if len(ranks) != d - 1:
-        raise ValueError(f"{name} must hold d - 1 = {d - 1} inner ranks (or d + 1 with 1 at both ends), got {ranks}")
-    return [check_rank(r, f"{name}[{k}]") for k, r in enumerate(ranks)]
-
-
 class TTLinear(nn.Module):
     r"""``y = W x + b`` with :math:`W` in TT-matrix format (see the module docstring).
 
@@ -68,8 +56,9 @@ class TTLinear(nn.Module):
         :math:`(n_1..n_d)` with product ``in_features`` and :math:`(m_1..m_d)` with product ``out_features`` (same
         length ``d``; pad with 1s).
     rank : int or sequence of int
-        The ``d - 1`` inner TT ranks (an int: all equal; ``d + 1`` values with 1 at both ends also accepted).
-        ``ranks=`` (the older name) is accepted too.
+        The ``d - 1`` inner TT ranks (an int: all equal, capped at what each unfolding of the merged modes
+        :math:`(m_k n_k)` allows; ``d + 1`` values with 1 at both ends also accepted; the rule of
+        :func:`tensorcompress.tt_svd`).
     bias : bool
     device, dtype : optional
 
@@ -78,33 +67,34 @@ class TTLinear(nn.Module):
     cores : nn.ParameterList
         :math:`G_k` of shape ``(r_{k-1}, m_k, n_k, r_k)``; random normal at construction, scaled so that the
         entries of :math:`W` have variance ``1 / in_features``.
-    ranks, rank : tuple of int
-        The TT ranks ``(1, r_1, ..., r_{d-1}, 1)`` (two names for one value, as in :class:`tensorcompress.TTTensor`).
+    rank : tuple of int
+        The TT ranks ``(1, r_1, ..., r_{d-1}, 1)`` (as :attr:`tensorcompress.TTTensor.rank`).
     n_params : int
         :math:`\sum_k r_{k-1} m_k n_k r_k` (+ ``out_features``).
 
-    The layer can be compiled with ``torch.jit.script`` (``n_params`` and ``rank`` are Python-only properties); a
-    batch of zero inputs gives an empty output.
+    The layer can be compiled with ``torch.jit.script`` (``n_params`` is a Python-only property); a batch of zero
+    inputs gives an empty output.
     """
 
-    __jit_unused_properties__ = ["n_params", "rank"]
+    __jit_unused_properties__ = ["n_params"]
 
     def __init__(self, in_modes: Sequence[int], out_modes: Sequence[int], rank: int | Sequence[int] | None = None,
-                 bias: bool = True, *, device=None, dtype=None, ranks: int | Sequence[int] | None = None):
+                 bias: bool = True, *, device=None, dtype=None):
         super().__init__()
         in_modes, out_modes = check_dims(in_modes, "in_modes"), check_dims(out_modes, "out_modes")
         if len(in_modes) != len(out_modes):
             raise ValueError(f"in_modes and out_modes must have the same length, got {in_modes} and {out_modes}")
         d = len(in_modes)
-        rank = rank_argument(rank, ranks)
         if rank is None:
             raise TypeError("TTLinear needs rank= (an int or the d - 1 inner TT ranks)")
-        inner = _inner_ranks(rank, d, "rank")
-        self.in_modes, self.out_modes, self.ranks = in_modes, out_modes, (1, *inner, 1)
+        # the rank rule of the TT functions, on the merged modes (m_k n_k): a sequence above what an unfolding
+        # allows is refused, an int is capped there (more could not be reached)
+        inner = parse_tt_rank(rank, [m * n for m, n in zip(out_modes, in_modes, strict=True)], strict=True)
+        self.in_modes, self.out_modes, self.rank = in_modes, out_modes, (1, *inner, 1)
         self.in_features, self.out_features = math.prod(in_modes), math.prod(out_modes)
         std = (1.0 / self.in_features / math.prod(inner)) ** (0.5 / d)
         self.cores = nn.ParameterList(
-            nn.Parameter(torch.randn(self.ranks[k], out_modes[k], in_modes[k], self.ranks[k + 1], device=device,
+            nn.Parameter(torch.randn(self.rank[k], out_modes[k], in_modes[k], self.rank[k + 1], device=device,
                                      dtype=dtype) * std)
             for k in range(d))
         if bias:
@@ -141,15 +131,9 @@ class TTLinear(nn.Module):
         """Number of parameter entries (cores and bias)."""
         return sum(p.numel() for p in self.parameters())
 
-    @property
-    def rank(self) -> tuple[int, ...]:
-        """The TT ranks ``(1, r_1, ..., 1)``, the same as ``ranks``."""
-        return self.ranks
-
     @classmethod
     def from_linear(cls, linear: nn.Linear, in_modes: Sequence[int], out_modes: Sequence[int],
-                    rank: int | Sequence[int] | None = None, eps: float | None = None, *,
-                    ranks: int | Sequence[int] | None = None) -> TTLinear:
+                    rank: int | Sequence[int] | None = None, eps: float | None = None) -> TTLinear:
         r"""TT-SVD of ``linear.weight`` (:func:`tensorcompress.tt_matrix_svd`, row modes ``out_modes``, column modes
         ``in_modes``).
 
@@ -158,26 +142,22 @@ class TTLinear(nn.Module):
         linear : nn.Linear
             Not modified; its device, dtype and bias are kept.
         rank : int or sequence of int, optional
-            Maximum inner TT ranks (capped at what the unfoldings allow); ``ranks=`` (the older name) is accepted
-            too.
+            Maximum inner TT ranks (capped at what the unfoldings allow).
         eps : float, optional
             Relative accuracy :math:`\|W - \hat W\|_F \le \epsilon \|W\|_F` instead of ``rank``. Neither: exact.
 
         float16 / bfloat16 weights are decomposed in float32 and the layer is built in the weight's dtype; int,
         bool, complex, empty or non-finite weights are refused.
         """
-        ranks = rank_argument(rank, ranks)
         check_linear(linear)
         in_modes, out_modes = check_dims(in_modes, "in_modes"), check_dims(out_modes, "out_modes")
         if math.prod(in_modes) != linear.in_features or math.prod(out_modes) != linear.out_features:
             raise ValueError(f"in_modes {in_modes} and out_modes {out_modes} multiply to ({math.prod(in_modes)}, "
                              f"{math.prod(out_modes)}) but linear has in_features={linear.in_features}, "
                              f"out_features={linear.out_features}")
-        if ranks is not None and not isinstance(ranks, int):
-            ranks = _inner_ranks(ranks, len(in_modes), "rank")
         w = weight_to_decompose(linear, "linear")
-        tt = tt_matrix_svd(w, out_modes, in_modes, eps=eps, max_rank=ranks)
-        layer = cls(in_modes, out_modes, list(tt.ranks), bias=linear.bias is not None, device=w.device,
+        tt = tt_matrix_svd(w, out_modes, in_modes, rank, eps=eps)
+        layer = cls(in_modes, out_modes, list(tt.rank), bias=linear.bias is not None, device=w.device,
                     dtype=linear.weight.dtype)
         with torch.no_grad():
             for p, c in zip(layer.cores, tt.cores, strict=True):
@@ -198,4 +178,4 @@ class TTLinear(nn.Module):
         return dense
 
     def extra_repr(self) -> str:
-        return f"in_modes={self.in_modes}, out_modes={self.out_modes}, ranks={self.ranks}"
+        return f"in_modes={self.in_modes}, out_modes={self.out_modes}, rank={self.rank}"

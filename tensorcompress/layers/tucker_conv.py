@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .._validation import compute_dtype
-from ..decompositions import hosvd
+from ..decompositions import hosvd, rank_for_energy
 from ..tensor import mode_dot, multi_mode_dot, unfold
 from ._common import (
     check_conv2d,
@@ -30,8 +30,6 @@ from ._common import (
     check_pair,
     check_rank,
     conv_padding,
-    rank_argument,
-    rank_for_energy,
     weight_to_decompose,
 )
 from .vbmf import evbmf
@@ -39,26 +37,24 @@ from .vbmf import evbmf
 __all__ = ["TuckerConv2d", "tucker2_ranks"]
 
 
-def tucker2_ranks(weight: torch.Tensor, rank: object = None, *, energy: float | None = None,
-                  ranks: object = None) -> tuple[int, int]:
+def tucker2_ranks(weight: torch.Tensor, rank: object = None, *, energy: float | None = None) -> tuple[int, int]:
     r"""``(R_T, R_S)`` for a conv kernel: given (checked), ``"vbmf"`` (EVBMF rank of the mode-0 and mode-1
     unfoldings, at least 1), or by ``energy`` (smallest ranks keeping that fraction of each unfolding's
-    :math:`\sum \sigma_i^2`). ``ranks=`` is the older name of ``rank=``."""
-    ranks = rank_argument(rank, ranks)
+    :math:`\sum \sigma_i^2`)."""
     weight = weight.to(compute_dtype(weight, "weight"))  # float16 / bfloat16: the SVDs run in float32
     t, s = weight.shape[:2]
-    if (ranks is None) == (energy is None):
-        raise ValueError(f"give exactly one of rank or energy, got rank={ranks!r}, energy={energy!r}")
+    if (rank is None) == (energy is None):
+        raise ValueError(f"give exactly one of rank or energy, got rank={rank!r}, energy={energy!r}")
     if energy is not None:
         check_energy(energy)
         return tuple(rank_for_energy(torch.linalg.svdvals(unfold(weight, n)), energy) for n in (0, 1))
-    if isinstance(ranks, str):
-        if ranks != "vbmf":
-            raise ValueError(f"rank must be (r_out, r_in), 'vbmf', or None with energy=..., got {ranks!r}")
+    if isinstance(rank, str):
+        if rank != "vbmf":
+            raise ValueError(f"rank must be (r_out, r_in), 'vbmf', or None with energy=..., got {rank!r}")
         return tuple(max(evbmf(unfold(weight, n)).rank, 1) for n in (0, 1))
-    if not isinstance(ranks, Sequence) or len(ranks) != 2:
-        raise TypeError(f"rank must be a pair (r_out, r_in), 'vbmf', or None with energy=..., got {ranks!r}")
-    return check_rank(ranks[0], "rank[0] (r_out)", t), check_rank(ranks[1], "rank[1] (r_in)", s)
+    if not isinstance(rank, Sequence) or len(rank) != 2:
+        raise TypeError(f"rank must be a pair (r_out, r_in), 'vbmf', or None with energy=..., got {rank!r}")
+    return check_rank(rank[0], "rank[0] (r_out)", t), check_rank(rank[1], "rank[1] (r_in)", s)
 
 
 class TuckerConv2d(nn.Module):
@@ -70,7 +66,7 @@ class TuckerConv2d(nn.Module):
     kernel_size, stride, padding, dilation : int or (int, int)
         As ``nn.Conv2d`` (integer zero padding).
     rank : (int, int)
-        ``(R_T, R_S)``: output-side and input-side ranks (``ranks=``, the older name, is accepted too).
+        ``(R_T, R_S)``: output-side and input-side ranks.
     bias : bool
     device, dtype : optional
 
@@ -78,30 +74,29 @@ class TuckerConv2d(nn.Module):
     ----------
     first, core, last : nn.Conv2d
         Weights :math:`U^{(S)\top}` (R_S, S, 1, 1), :math:`G` (R_T, R_S, k_h, k_w), :math:`U^{(T)}` (T, R_T, 1, 1).
-    ranks, rank : (int, int)
-        ``(R_T, R_S)`` (two names for one value: ``rank`` as in the other layers and the decompositions).
+    rank : (int, int)
+        ``(R_T, R_S)``.
     n_params : int
         :math:`S R_S + R_T R_S k_h k_w + R_T T` (+ :math:`T`).
 
     Sizes, ranks, kernel size, stride and dilation must be ``>= 1``, padding ``>= 0`` (``ValueError`` otherwise).
-    The layer can be compiled with ``torch.jit.script`` (``n_params`` and ``rank`` are Python-only properties).
+    The layer can be compiled with ``torch.jit.script`` (``n_params`` is a Python-only property).
     """
 
-    __jit_unused_properties__ = ["n_params", "rank"]
+    __jit_unused_properties__ = ["n_params"]
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | Sequence[int],
                  rank: Sequence[int] | None = None, *, stride: int | Sequence[int] = 1,
                  padding: int | Sequence[int] = 0, dilation: int | Sequence[int] = 1, bias: bool = True, device=None,
-                 dtype=None, ranks: Sequence[int] | None = None):
+                 dtype=None):
         super().__init__()
         check_rank(in_channels, "in_channels")
         check_rank(out_channels, "out_channels")
-        rank = rank_argument(rank, ranks)
         if isinstance(rank, str) or not isinstance(rank, Sequence) or len(rank) != 2:
             raise TypeError(f"rank must be a pair (r_out, r_in), got {rank!r}")
         r_out, r_in = check_rank(rank[0], "rank[0] (r_out)"), check_rank(rank[1], "rank[1] (r_in)")
         kw_ = {"device": device, "dtype": dtype}
-        self.in_channels, self.out_channels, self.ranks = in_channels, out_channels, (r_out, r_in)
+        self.in_channels, self.out_channels, self.rank = in_channels, out_channels, (r_out, r_in)
         self.kernel_size = check_pair(kernel_size, "kernel_size", minimum=1)
         self.stride = check_pair(stride, "stride", minimum=1)
         self.padding = check_pair(padding, "padding", minimum=0)
@@ -119,14 +114,9 @@ class TuckerConv2d(nn.Module):
         """Number of parameter entries (weights and bias)."""
         return sum(p.numel() for p in self.parameters())
 
-    @property
-    def rank(self) -> tuple[int, int]:
-        """``(R_T, R_S)``, the same as ``ranks``."""
-        return self.ranks
-
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, rank: Sequence[int] | str | None = None, *,
-                  energy: float | None = None, ranks: Sequence[int] | str | None = None) -> TuckerConv2d:
+                  energy: float | None = None) -> TuckerConv2d:
         r"""Tucker-2 decomposition of ``conv.weight`` (HOSVD, spatial modes at full rank) as a :class:`TuckerConv2d`.
 
         Parameters
@@ -137,7 +127,6 @@ class TuckerConv2d(nn.Module):
         rank : (int, int) or "vbmf", optional
             ``(R_T, R_S)`` with ``1 <= R_T <= T``, ``1 <= R_S <= S`` (``(T, S)`` reproduces ``conv``), or
             ``"vbmf"``: chosen by :func:`evbmf` on the mode-0 and mode-1 unfoldings (Kim et al. 2016).
-            ``ranks=`` (the older name) is accepted too.
         energy : float, optional
             Instead of ``rank``: per mode, the smallest rank keeping this fraction of the unfolding's energy.
 
@@ -146,9 +135,9 @@ class TuckerConv2d(nn.Module):
         """
         check_conv2d(conv)
         w = weight_to_decompose(conv, "conv")
-        r_out, r_in = tucker2_ranks(w, rank_argument(rank, ranks), energy=energy)
+        r_out, r_in = tucker2_ranks(w, rank, energy=energy)
         kh, kw = w.shape[2:]
-        tk = hosvd(w, ranks=[r_out, r_in, kh, kw])
+        tk = hosvd(w, [r_out, r_in, kh, kw])
         core = multi_mode_dot(tk.core, tk.factors[2:], modes=[2, 3])  # absorb the (square, orthogonal) spatial ones
         layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, (r_out, r_in), stride=conv.stride,
                     padding=conv_padding(conv), dilation=conv.dilation, bias=conv.bias is not None,
@@ -164,8 +153,8 @@ class TuckerConv2d(nn.Module):
     def to_dense(self) -> nn.Conv2d:
         r"""The equivalent ``nn.Conv2d`` with kernel :math:`G \times_1 U^{(T)} \times_2 U^{(S)}`."""
         g = self.core.weight
-        u_t = self.last.weight.reshape(self.out_channels, self.ranks[0])
-        u_s = self.first.weight.reshape(self.ranks[1], self.in_channels).T
+        u_t = self.last.weight.reshape(self.out_channels, self.rank[0])
+        u_s = self.first.weight.reshape(self.rank[1], self.in_channels).T
         dense = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, stride=self.stride,
                           padding=self.padding, dilation=self.dilation, bias=self.last.bias is not None,
                           device=g.device, dtype=g.dtype)
@@ -176,5 +165,5 @@ class TuckerConv2d(nn.Module):
         return dense
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, ranks={self.ranks}, "
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, rank={self.rank}, "
                 f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}")

@@ -23,10 +23,10 @@ from typing import NamedTuple
 import torch
 
 from .._validation import check_positive_int
-from ..decompositions._common import check_tol, generator, parse_ranks
-from ..decompositions.cp import CPTensor
-from ..decompositions.tt import TTTensor, _parse_max_rank
-from ..decompositions.tucker import TuckerTensor
+from ._common import check_tol, generator, parse_ranks
+from .cp import CPTensor
+from .tt import TTTensor, parse_tt_rank
+from .tucker import TuckerTensor
 
 __all__ = ["SyntheticTensor", "random_cp", "random_tucker", "random_tt", "add_noise"]
 
@@ -123,7 +123,7 @@ def random_cp(
 
 def random_tucker(
     shape: Sequence[int],
-    ranks: int | Sequence[int],
+    rank: int | Sequence[int],
     *,
     decades: float = 0.0,
     noise: float = 0.0,
@@ -132,15 +132,15 @@ def random_tucker(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
 ) -> SyntheticTensor:
-    r"""A tensor of multilinear rank ``ranks``: standard normal core, orthonormal factors (QR of normal matrices).
+    r"""A tensor of multilinear rank ``rank``: standard normal core, orthonormal factors (QR of normal matrices).
 
-    ``ranks`` is an int (every mode) or one rank per mode, ``1 <= R_n <= I_n``. ``decades`` > 0 grades the core
+    ``rank`` is an int (every mode) or one rank per mode, ``1 <= R_n <= I_n``. ``decades`` > 0 grades the core
     (an ill-conditioned tensor): entry :math:`(i_1..i_N)` is multiplied by
     :math:`\prod_n 10^{-\text{decades}\, i_n / (R_n - 1)}`, so the singular values of every unfolding fall over
     at least about ``decades`` decades (the random core spreads them further). Other arguments as :func:`random_cp`.
     """
     shape = _check_shape(shape)
-    ranks = parse_ranks(ranks, shape)
+    ranks = parse_ranks(rank, shape)
     decades = check_tol(decades, "decades")
     dtype = _check_dtype(dtype)
     _noise_level(noise, snr_db)
@@ -157,7 +157,7 @@ def random_tucker(
 
 def random_tt(
     shape: Sequence[int],
-    ranks: int | Sequence[int],
+    rank: int | Sequence[int],
     *,
     noise: float = 0.0,
     snr_db: float | None = None,
@@ -165,15 +165,15 @@ def random_tt(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
 ) -> SyntheticTensor:
-    r"""A tensor of TT ranks ``ranks``: standard normal cores scaled by :math:`1/\sqrt{r_{k-1} I_k}`.
+    r"""A tensor of TT rank ``rank``: standard normal cores scaled by :math:`1/\sqrt{r_{k-1} I_k}`.
 
-    ``ranks`` is an int (capped at what each unfolding allows) or the ``d - 1`` inner ranks, each at most
+    ``rank`` is an int (capped at what each unfolding allows) or the ``d - 1`` inner ranks, each at most
     :math:`\min(\prod_{j \le k} I_j, \prod_{j > k} I_j)`; other arguments as :func:`random_cp`.
     """
     shape = _check_shape(shape)
-    inner = _parse_max_rank(ranks, shape, strict=True, name="ranks")
+    inner = parse_tt_rank(rank, shape, strict=True)
     if inner is None:
-        raise TypeError("ranks must be an int or a sequence of d - 1 ints, got None")
+        raise TypeError("rank must be an int or a sequence of d - 1 ints, got None")
     dtype = _check_dtype(dtype)
     _noise_level(noise, snr_db)
     gen = generator(seed)
