@@ -40,7 +40,23 @@ __all__ = ["TuckerConv2d", "tucker2_ranks"]
 def tucker2_ranks(weight: torch.Tensor, rank: object = None, *, energy: float | None = None) -> tuple[int, int]:
     r"""``(R_T, R_S)`` for a conv kernel: given (checked), ``"vbmf"`` (EVBMF rank of the mode-0 and mode-1
     unfoldings, at least 1), or by ``energy`` (smallest ranks keeping that fraction of each unfolding's
-    :math:`\sum \sigma_i^2`)."""
+    :math:`\sum \sigma_i^2`).
+
+    Parameters
+    ----------
+    weight : (T, S, ...) tensor
+        A conv kernel, output channels first; float16 and bfloat16 kernels are read in float32.
+    rank : (int, int) or ``"vbmf"``, optional
+        ``(R_T, R_S)`` with ``1 <= R_T <= T`` and ``1 <= R_S <= S`` (returned as given, after the check), or
+        ``"vbmf"``. Give exactly one of ``rank`` and ``energy``.
+    energy : float in (0, 1], optional
+        The fraction of each unfolding's squared singular values to keep.
+
+    Returns
+    -------
+    (int, int)
+        ``(R_T, R_S)``.
+    """
     weight = weight.to(compute_dtype(weight, "weight"))  # float16 / bfloat16: the SVDs run in float32
     t, s = weight.shape[:2]
     if (rank is None) == (energy is None):
