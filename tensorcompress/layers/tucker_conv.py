@@ -30,6 +30,7 @@ from ._common import (
     check_pair,
     check_rank,
     conv_padding,
+    dense_conv2d,
     weight_to_decompose,
 )
 from .vbmf import evbmf
@@ -171,14 +172,9 @@ class TuckerConv2d(nn.Module):
         g = self.core.weight
         u_t = self.last.weight.reshape(self.out_channels, self.rank[0])
         u_s = self.first.weight.reshape(self.rank[1], self.in_channels).T
-        dense = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, stride=self.stride,
-                          padding=self.padding, dilation=self.dilation, bias=self.last.bias is not None,
-                          device=g.device, dtype=g.dtype)
         with torch.no_grad():
-            dense.weight.copy_(mode_dot(mode_dot(g, u_t, 0), u_s, 1))
-            if self.last.bias is not None:
-                dense.bias.copy_(self.last.bias)
-        return dense
+            kernel = mode_dot(mode_dot(g, u_t, 0), u_s, 1)
+        return dense_conv2d(self, kernel, self.last.bias)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, rank={self.rank}, "
