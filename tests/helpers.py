@@ -50,6 +50,15 @@ def mlp(d: int, hidden: int, k: int, *, seed: int, dropout: float | None = None,
     return nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), *middle, nn.Linear(hidden, k)).to(dtype)
 
 
+def conv_net(*, seed: int = 0) -> nn.Sequential:
+    """For ``N x 2 x 6 x 6`` inputs and 3 classes: ``Conv2d(2, 4, 3) → ReLU → Flatten → Linear(64, 5) → ReLU →
+    Linear(5, 3)``, initialised after ``torch.manual_seed(seed)``: a conv and two linears to quantize, one excluded
+    by name (``"5"``)."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 5), nn.ReLU(),
+                         nn.Linear(5, 3))
+
+
 class Sleep(nn.Module):
     """Returns its input after sleeping ``seconds``: a forward pass that takes at least that long on any machine, so a
     latency test can bound a measurement from below (and a ratio of two such models) without timing real kernels."""

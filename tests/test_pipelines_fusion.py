@@ -8,7 +8,7 @@ import re
 
 import pytest
 import torch
-from conftest import tolerance
+from helpers import tolerance
 from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn

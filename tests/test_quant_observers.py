@@ -3,9 +3,9 @@ computations; per-channel statistics, state_dict round trip and bad input."""
 
 import pytest
 import torch
+from helpers import randn
 
 from tensorcompress import quantization as Q
-from tests.conftest import randn
 
 try:  # oracle only
     from torch.ao import quantization as ao
