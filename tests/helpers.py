@@ -75,22 +75,29 @@ class Sleep(nn.Module):
 # ---------------------------------------------------------------- "the model is not changed"
 
 
-def model_state(model: nn.Module) -> tuple[dict, dict, dict, dict]:
+def model_state(model: nn.Module) -> tuple[dict, dict, dict, dict, list, dict]:
     """Everything a transform must leave as it was: every parameter and buffer by name (tied names included, values
-    copied), every submodule's train/eval mode, every parameter's ``requires_grad`` and the number of hooks."""
+    copied), every submodule's train/eval mode, every parameter's ``requires_grad``, the number of hooks, the ties
+    (the groups of names that hold one parameter object) and every parameter's ``.grad`` (copied, or ``None``)."""
     tensors = [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
     hooks = {name: (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
              for name, m in model.named_modules(remove_duplicate=False)}
+    holders: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        holders.setdefault(id(p), []).append(name)
     return ({k: v.detach().clone() for k, v in tensors},
             {n: m.training for n, m in model.named_modules(remove_duplicate=False)},
             {n: p.requires_grad for n, p in model.named_parameters(remove_duplicate=False)},
-            hooks)
+            hooks,
+            sorted(sorted(names) for names in holders.values()),
+            {n: None if p.grad is None else p.grad.detach().clone()
+             for n, p in model.named_parameters(remove_duplicate=False)})
 
 
-def assert_model_unchanged(model: nn.Module, before: tuple[dict, dict, dict, dict]) -> None:
-    """``model`` is as :func:`model_state` saw it: the same tensors bit for bit (dtype too), modes, flags and hooks,
-    and no gradient on any parameter."""
-    tensors, modes, flags, hooks = model_state(model)
+def assert_model_unchanged(model: nn.Module, before: tuple[dict, dict, dict, dict, list, dict]) -> None:
+    """``model`` is as :func:`model_state` saw it: the same tensors bit for bit (dtype too), modes, flags, hooks,
+    ties and gradients (none where there was none)."""
+    tensors, modes, flags, hooks, ties, grads = model_state(model)
     assert tensors.keys() == before[0].keys()
     old = before[0]
     changed = [k for k, v in tensors.items() if v.dtype != old[k].dtype or not torch.equal(v, old[k])]
@@ -98,7 +105,10 @@ def assert_model_unchanged(model: nn.Module, before: tuple[dict, dict, dict, dic
     assert modes == before[1], "a submodule's train/eval mode changed"
     assert flags == before[2], "a parameter's requires_grad changed"
     assert hooks == before[3], "hooks were left on (or removed from) the model"
-    assert all(p.grad is None for p in model.parameters())
+    assert ties == before[4], f"tied parameters were untied or tied: {before[4]} became {ties}"
+    moved = [n for n, g in grads.items() if (g is None) != (before[5][n] is None)
+             or (g is not None and not torch.equal(g, before[5][n]))]
+    assert not moved, f"gradients appeared or changed: {moved}"
 
 
 # ---------------------------------------------------------------- notebooks, files and ports

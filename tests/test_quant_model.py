@@ -4,7 +4,7 @@ fake-quant, bad input is refused."""
 
 import pytest
 import torch
-from helpers import conv_net, randn
+from helpers import assert_model_unchanged, conv_net, model_state, randn
 from torch import nn
 
 import tensorcompress as tc
@@ -17,9 +17,9 @@ def _data(n=64, seed=1):
 
 def test_input_untouched_and_report():
     net = conv_net()
-    before = {k: v.clone() for k, v in net.state_dict().items()}
+    before = model_state(net)
     qm, report = Q.quantize_model(net, exclude="5")
-    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert_model_unchanged(net, before)
     assert [r.name for r in report] == ["0", "3"]
     assert [r.type_before for r in report] == ["Conv2d", "Linear"]
     assert all(r.type_after == "QuantizedLayer" for r in report)

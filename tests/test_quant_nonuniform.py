@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import mlp, randn
+from helpers import assert_model_unchanged, mlp, model_state, randn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -218,9 +218,9 @@ def test_pack_indices_bad_input():
 @pytest.mark.parametrize("bits", [1, 2, 3])
 def test_share_weights_is_kmeans_per_layer_and_leaves_the_input(bits, dtype, device):
     net = mlp(12, 16, 4, seed=0, dtype=dtype).to(device)
-    before = copy.deepcopy(net.state_dict())
+    before = model_state(net)
     shared, report = Q.share_weights(net, bits=bits)
-    assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())  # input untouched
+    assert_model_unchanged(net, before)
     assert [r.name for r in report] == ["0", "2"]
     for r, name in zip(report, ["0", "2"], strict=True):
         w = net.get_submodule(name).weight.detach()
@@ -275,7 +275,9 @@ class _Tiny(nn.Module):
 def test_share_weights_keep_zeros_clusters_only_the_kept_weights(dtype, device):
     torch.manual_seed(0)
     pruned, _ = tc.pruning.prune(_Tiny().to(device, dtype), amount=0.5)  # torch.nn.utils.prune masks
+    before = model_state(pruned)
     net, report = Q.share_weights(pruned, bits=2, keep_zeros=True)
+    assert_model_unchanged(pruned, before)
     assert [r.name for r in report] == ["conv", "fc"]
     for r in report:
         w0 = pruned.get_submodule(r.name).weight.detach()
