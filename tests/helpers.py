@@ -50,6 +50,15 @@ def mlp(d: int, hidden: int, k: int, *, seed: int, dropout: float | None = None,
     return nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), *middle, nn.Linear(hidden, k)).to(dtype)
 
 
+def tied_mlp(*, seed: int = 0, width: int = 8) -> nn.Sequential:
+    """``Linear(width, width) → ReLU → Linear(width, width)`` whose two layers hold one weight Parameter (names
+    ``0.weight`` and ``2.weight``), initialised after ``torch.manual_seed(seed)``; in training mode."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, width))
+    net[2].weight = net[0].weight
+    return net
+
+
 def conv_net(*, seed: int = 0) -> nn.Sequential:
     """For ``N x 2 x 6 x 6`` inputs and 3 classes: ``Conv2d(2, 4, 3) → ReLU → Flatten → Linear(64, 5) → ReLU →
     Linear(5, 3)``, initialised after ``torch.manual_seed(seed)``: a conv and two linears to quantize, one excluded

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import pytest
 import torch
-from helpers import assert_model_unchanged, model_state
+from helpers import assert_model_unchanged, model_state, tied_mlp
 from torch import nn
 
 import tensorcompress as tc
@@ -139,21 +139,14 @@ def test_empty_selection_is_one_error(entry):
         entry(entry.model(), exclude="*")
 
 
-def _tied() -> nn.Module:
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8))
-    model[2].weight = model[0].weight
-    return model
-
-
-TIE_ENTRIES = [Transform(t.name, t.fn, _tied, None if t.data is None else (lambda: torch.randn(4, 8)),
+TIE_ENTRIES = [Transform(t.name, t.fn, tied_mlp, None if t.data is None else (lambda: torch.randn(4, 8)),
                          {k: v for k, v in t.options.items() if k != "structure"})
                for t in REGISTRY if t.name in ("factorize", "prune", "quantize_model", "share_weights", "to_half")]
 
 
 @pytest.mark.parametrize("entry", TIE_ENTRIES, ids=[t.name for t in TIE_ENTRIES])
 def test_a_tie_is_kept_or_refused_naming_both(entry):
-    model = _tied()
+    model = tied_mlp()
     before = model_state(model)
     try:
         new, _ = entry(model)

@@ -4,14 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import assert_model_unchanged, mlp, model_state
+from helpers import assert_model_unchanged, mlp, model_state, tied_mlp
 from torch import nn
-
-
-def _tied() -> nn.Sequential:
-    net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4))
-    net[2].weight = net[0].weight
-    return net
 
 
 def _untie(net):
@@ -31,7 +25,7 @@ CHANGES = {
 
 @pytest.mark.parametrize("change", CHANGES.values(), ids=CHANGES.keys())
 def test_every_change_is_caught(change):
-    net = _tied()
+    net = tied_mlp(width=4)
     before = model_state(net)
     assert_model_unchanged(net, before)  # nothing changed: passes
     change(net)
