@@ -7,7 +7,7 @@ names the argument, the value received and what is allowed, instead of a silent 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -24,6 +24,7 @@ __all__ = [
     "check_matrices",
     "check_dims",
     "compute_dtype",
+    "Checked",
 ]
 
 
@@ -186,3 +187,28 @@ def compute_dtype(x: torch.Tensor, name: str = "x") -> torch.dtype:
     if x.numel() == 0:
         raise ValueError(f"{name} must not be empty, got shape {tuple(x.shape)}")
     return torch.float32 if x.dtype in _HALF else x.dtype
+
+
+class Checked:
+    """An attribute validated on every assignment, the constructor's included: ``T = Checked(check_temperature,
+    "The temperature ...")`` in a class body stores ``check(value)`` under ``_T`` and reads it back.
+
+    Parameters
+    ----------
+    check : callable ``value -> value``
+        Returns the value to store or raises (``TypeError``/``ValueError`` naming the attribute).
+    doc : str
+        The attribute's docstring.
+    """
+
+    def __init__(self, check: Callable[[object], object], doc: str) -> None:
+        self.check, self.__doc__ = check, doc
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.private = "_" + name
+
+    def __get__(self, obj: object, objtype: type | None = None) -> object:
+        return self if obj is None else getattr(obj, self.private)
+
+    def __set__(self, obj: object, value: object) -> None:
+        setattr(obj, self.private, self.check(value))

@@ -7,7 +7,8 @@ should see sit between ``### BEGIN HIDDEN TESTS`` and ``### END HIDDEN TESTS``.
 
 Each check raises :class:`ExerciseError` (an ``AssertionError``, so nbval and ``assert``-minded readers see a
 failure) with a message naming the exercise, the expected value, the value received and a hint; it returns
-``True`` on success so a notebook can ``assert`` it.
+``True`` on success so a notebook can ``assert`` it. Every check takes the exercise's number first (``"2.3"``) and
+an optional keyword ``hint``.
 
 A check cell defines ``check_N_k(candidate)`` running every check on the reader's function and calls it; its hidden
 tests call :func:`must_fail` with plausible wrong answers (a transpose, an off-by-one rank), so the test suite proves
@@ -43,7 +44,19 @@ def _summary(x) -> str:
 
 
 def check_shape(exercise: str, actual, shape, *, hint: str | None = None) -> bool:
-    """``actual`` must be a tensor of the given shape."""
+    """``actual`` must be a tensor of the given shape.
+
+    Parameters
+    ----------
+    exercise : str
+        The exercise's number, e.g. ``"2.3"``; it opens the message (``Exercise 2.3: ...``).
+    actual : object
+        The learner's answer; anything but a :class:`torch.Tensor` fails.
+    shape : sequence of int or torch.Size
+        The expected shape, compared as a tuple.
+    hint : str, optional
+        One line added to the message under ``Hint:`` when the check fails; ``None`` or ``""`` adds none.
+    """
     if not isinstance(actual, torch.Tensor):
         _fail(exercise, f"expected a torch.Tensor of shape {tuple(shape)}, got {type(actual).__name__}", hint)
     if tuple(actual.shape) != tuple(shape):
@@ -56,6 +69,19 @@ def check_close(exercise: str, actual, expected, *, rtol: float = 1e-6, atol: fl
     """``actual`` must equal ``expected`` within ``|a − e| ≤ atol + rtol·|e|`` elementwise (tensors or numbers).
 
     A missing answer (``None``), a wrong type, a wrong shape, or NaN fail with their own message.
+
+    Parameters
+    ----------
+    exercise, hint : str
+        As :func:`check_shape`.
+    actual : torch.Tensor or number
+        The learner's answer. Against a tensor it must be a tensor of the same shape with finite entries; against a
+        number, a real number or a one-element tensor. Compared in float64 on the CPU (complex stays complex).
+    expected : torch.Tensor or number
+        The reference value.
+    rtol, atol : float
+        Relative and absolute tolerance, both ``>= 0``; the default ``rtol=1e-6, atol=0`` asks for float32-level
+        agreement relative to ``expected``.
     """
     if actual is None:
         _fail(exercise, "got None: the solution cell returned nothing", hint)
@@ -85,7 +111,18 @@ def check_close(exercise: str, actual, expected, *, rtol: float = 1e-6, atol: fl
 
 
 def check_equal(exercise: str, actual, expected, *, hint: str | None = None) -> bool:
-    """``actual == expected`` exactly (ints, tuples, strings; tensors with ``torch.equal``)."""
+    """``actual == expected`` exactly (ints, tuples, strings; tensors with ``torch.equal``).
+
+    Parameters
+    ----------
+    exercise, hint : str
+        As :func:`check_shape`.
+    actual : object
+        The learner's answer.
+    expected : object
+        The reference. A tensor asks for a tensor of the same shape and identical entries (compared on the CPU,
+        so the devices may differ); anything else is compared with ``==``.
+    """
     if isinstance(expected, torch.Tensor):
         ok = isinstance(actual, torch.Tensor) and actual.shape == expected.shape and torch.equal(
             actual.detach().cpu(), expected.detach().cpu())
@@ -97,7 +134,17 @@ def check_equal(exercise: str, actual, expected, *, hint: str | None = None) -> 
 
 
 def check_true(exercise: str, condition: bool, message: str, *, hint: str | None = None) -> bool:
-    """A free-form check: ``condition`` must hold; ``message`` says what was expected and what was found."""
+    """A free-form check: ``condition`` must hold; ``message`` says what was expected and what was found.
+
+    Parameters
+    ----------
+    exercise, hint : str
+        As :func:`check_shape`.
+    condition : bool
+        What must hold; read with ``bool()``, so a one-element tensor works too.
+    message : str
+        The failure message after ``Exercise N.k:``; it should say what was expected and what was found.
+    """
     if not bool(condition):
         _fail(exercise, message, hint)
     return True

@@ -6,9 +6,6 @@ import os
 
 import pytest
 import torch
-
-# seeded tensors and tolerances live in helpers.py; re-exported for test files that import them from here
-from helpers import randn, tolerance  # noqa: F401
 from hypothesis import HealthCheck, settings
 
 import tensorcompress as tc

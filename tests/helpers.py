@@ -50,6 +50,24 @@ def mlp(d: int, hidden: int, k: int, *, seed: int, dropout: float | None = None,
     return nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), *middle, nn.Linear(hidden, k)).to(dtype)
 
 
+def tied_mlp(*, seed: int = 0, width: int = 8) -> nn.Sequential:
+    """``Linear(width, width) → ReLU → Linear(width, width)`` whose two layers hold one weight Parameter (names
+    ``0.weight`` and ``2.weight``), initialised after ``torch.manual_seed(seed)``; in training mode."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, width))
+    net[2].weight = net[0].weight
+    return net
+
+
+def conv_net(*, seed: int = 0) -> nn.Sequential:
+    """For ``N x 2 x 6 x 6`` inputs and 3 classes: ``Conv2d(2, 4, 3) → ReLU → Flatten → Linear(64, 5) → ReLU →
+    Linear(5, 3)``, initialised after ``torch.manual_seed(seed)``: a conv and two linears to quantize, one excluded
+    by name (``"5"``)."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 5), nn.ReLU(),
+                         nn.Linear(5, 3))
+
+
 class Sleep(nn.Module):
     """Returns its input after sleeping ``seconds``: a forward pass that takes at least that long on any machine, so a
     latency test can bound a measurement from below (and a ratio of two such models) without timing real kernels."""
@@ -66,22 +84,29 @@ class Sleep(nn.Module):
 # ---------------------------------------------------------------- "the model is not changed"
 
 
-def model_state(model: nn.Module) -> tuple[dict, dict, dict, dict]:
+def model_state(model: nn.Module) -> tuple[dict, dict, dict, dict, list, dict]:
     """Everything a transform must leave as it was: every parameter and buffer by name (tied names included, values
-    copied), every submodule's train/eval mode, every parameter's ``requires_grad`` and the number of hooks."""
+    copied), every submodule's train/eval mode, every parameter's ``requires_grad``, the number of hooks, the ties
+    (the groups of names that hold one parameter object) and every parameter's ``.grad`` (copied, or ``None``)."""
     tensors = [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
     hooks = {name: (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
              for name, m in model.named_modules(remove_duplicate=False)}
+    holders: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        holders.setdefault(id(p), []).append(name)
     return ({k: v.detach().clone() for k, v in tensors},
             {n: m.training for n, m in model.named_modules(remove_duplicate=False)},
             {n: p.requires_grad for n, p in model.named_parameters(remove_duplicate=False)},
-            hooks)
+            hooks,
+            sorted(sorted(names) for names in holders.values()),
+            {n: None if p.grad is None else p.grad.detach().clone()
+             for n, p in model.named_parameters(remove_duplicate=False)})
 
 
-def assert_model_unchanged(model: nn.Module, before: tuple[dict, dict, dict, dict]) -> None:
-    """``model`` is as :func:`model_state` saw it: the same tensors bit for bit (dtype too), modes, flags and hooks,
-    and no gradient on any parameter."""
-    tensors, modes, flags, hooks = model_state(model)
+def assert_model_unchanged(model: nn.Module, before: tuple[dict, dict, dict, dict, list, dict]) -> None:
+    """``model`` is as :func:`model_state` saw it: the same tensors bit for bit (dtype too), modes, flags, hooks,
+    ties and gradients (none where there was none)."""
+    tensors, modes, flags, hooks, ties, grads = model_state(model)
     assert tensors.keys() == before[0].keys()
     old = before[0]
     changed = [k for k, v in tensors.items() if v.dtype != old[k].dtype or not torch.equal(v, old[k])]
@@ -89,7 +114,10 @@ def assert_model_unchanged(model: nn.Module, before: tuple[dict, dict, dict, dic
     assert modes == before[1], "a submodule's train/eval mode changed"
     assert flags == before[2], "a parameter's requires_grad changed"
     assert hooks == before[3], "hooks were left on (or removed from) the model"
-    assert all(p.grad is None for p in model.parameters())
+    assert ties == before[4], f"tied parameters were untied or tied: {before[4]} became {ties}"
+    moved = [n for n, g in grads.items() if (g is None) != (before[5][n] is None)
+             or (g is not None and not torch.equal(g, before[5][n]))]
+    assert not moved, f"gradients appeared or changed: {moved}"
 
 
 # ---------------------------------------------------------------- notebooks, files and ports

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import pytest
 import torch
+from helpers import assert_model_unchanged, model_state, tied_mlp
 from torch import nn
 
 import tensorcompress as tc
@@ -93,31 +94,6 @@ def _rows(report) -> list:
     return list(report) if isinstance(report, (list, tuple)) else list(report.layers)
 
 
-def _snapshot(model: nn.Module) -> dict:
-    """Everything a transform must leave as it was."""
-    names: dict[int, list[str]] = {}
-    for mname, m in model.named_modules(remove_duplicate=False):
-        for pname, p in m.named_parameters(recurse=False, remove_duplicate=False):
-            names.setdefault(id(p), []).append(f"{mname}.{pname}")
-    return {
-        "state": {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()},
-        "ties": sorted(sorted(v) for v in names.values()),
-        "flags": {n: p.requires_grad for n, p in model.named_parameters()},
-        "modes": {n: m.training for n, m in model.named_modules()},
-        "hooks": {n: (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
-                  for n, m in model.named_modules()},
-    }
-
-
-def _same(a: dict, b: dict) -> None:
-    assert a["state"].keys() == b["state"].keys()
-    for k in a["state"]:
-        x, y = a["state"][k], b["state"][k]
-        assert x.dtype == y.dtype and x.shape == y.shape and torch.equal(x, y), k
-    for key in ("ties", "flags", "modes", "hooks"):
-        assert a[key] == b[key], key
-
-
 @pytest.mark.parametrize("entry", REGISTRY, ids=IDS)
 def test_signature(entry):
     params = list(inspect.signature(entry.fn()).parameters.values())
@@ -143,9 +119,9 @@ def test_result_is_a_new_model_and_rows_with_real_bytes(entry):
     model.register_forward_hook(lambda *a: None)
     first = next(model.parameters())
     first.requires_grad_(False)
-    before = _snapshot(model)
+    before = model_state(model)
     new, report = entry(model)
-    _same(before, _snapshot(model))
+    assert_model_unchanged(model, before)
     assert isinstance(new, nn.Module) and new is not model
     rows = _rows(report)
     assert rows and all(isinstance(r, tc.surgery.LayerChange) for r in rows)
@@ -163,22 +139,15 @@ def test_empty_selection_is_one_error(entry):
         entry(entry.model(), exclude="*")
 
 
-def _tied() -> nn.Module:
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8))
-    model[2].weight = model[0].weight
-    return model
-
-
-TIE_ENTRIES = [Transform(t.name, t.fn, _tied, None if t.data is None else (lambda: torch.randn(4, 8)),
+TIE_ENTRIES = [Transform(t.name, t.fn, tied_mlp, None if t.data is None else (lambda: torch.randn(4, 8)),
                          {k: v for k, v in t.options.items() if k != "structure"})
                for t in REGISTRY if t.name in ("factorize", "prune", "quantize_model", "share_weights", "to_half")]
 
 
 @pytest.mark.parametrize("entry", TIE_ENTRIES, ids=[t.name for t in TIE_ENTRIES])
 def test_a_tie_is_kept_or_refused_naming_both(entry):
-    model = _tied()
-    before = _snapshot(model)
+    model = tied_mlp()
+    before = model_state(model)
     try:
         new, _ = entry(model)
     except ValueError as e:
@@ -186,4 +155,4 @@ def test_a_tie_is_kept_or_refused_naming_both(entry):
     else:
         kept = {id(p) for p in new[0].parameters()} & {id(p) for p in new[2].parameters()}
         assert kept, "the transform untied the weights without a word"
-    _same(before, _snapshot(model))
+    assert_model_unchanged(model, before)

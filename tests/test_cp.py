@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 import tensorly as tl
 import torch
-from conftest import randn as _randn
-from conftest import tolerance
+from helpers import randn, tolerance
 from hypothesis import given
 from hypothesis import strategies as st
 from tensorly.decomposition import parafac
@@ -38,8 +37,8 @@ shapes = st.lists(st.integers(2, 5), min_size=2, max_size=5)
 @given(shape=shapes, rank=st.integers(1, 4), seed=st.integers(0, 2**16))
 def test_dimension_tree_mttkrp_equals_khatri_rao_formula(shape, rank, seed):
     """Every MTTKRP from the two partial contractions equals X_(n) (⊙_{k≠n} A_k), the Khatri–Rao product formed."""
-    x = _randn(shape, seed)
-    factors = [_randn((s, rank), seed + 1 + k) for k, s in enumerate(shape)]
+    x = randn(shape, seed)
+    factors = [randn((s, rank), seed + 1 + k) for k, s in enumerate(shape)]
     factors_t = [f.mT.contiguous() for f in factors]
     h = _split(shape)
     t_left, t_right = _contract_right(x, factors, factors_t, h), _contract_left(x, factors, factors_t, h)
@@ -58,8 +57,8 @@ def test_every_gemm_layout_gives_the_mttkrp(layout):
     forced by name: every MTTKRP equals X_(n) (⊙_{k≠n} A_k) with the Khatri–Rao product formed, the partial
     contractions carry on in the result's layout, and CP-ALS agrees with the default to rounding."""
     shape, rank = (5, 6, 7, 4), 3
-    x = _randn(shape, 3)
-    factors = [_randn((s, rank), 4 + k) for k, s in enumerate(shape)]
+    x = randn(shape, 3)
+    factors = [randn((s, rank), 4 + k) for k, s in enumerate(shape)]
     factors_t = [f.mT.contiguous() for f in factors]
     h = _split(shape)
     t_left = _contract_right(x, factors, factors_t, h, layout)
@@ -111,7 +110,7 @@ def test_default_layout_never_times(monkeypatch):
 
     monkeypatch.setattr(cp_tuning, "_TIMED", {})
     monkeypatch.setattr(time, "perf_counter", no_clock)
-    x = _randn((6, 7, 8), 0)
+    x = randn((6, 7, 8), 0)
     tc.cp_als(x, 3, n_iter_max=3, tol=0)
     assert cp_tuning._TIMED == {}
     with pytest.raises(AssertionError, match="read the clock"):
@@ -165,7 +164,7 @@ def test_error_no_worse_than_tensorly(shape, rank, seed):
 @given(shape=st.lists(st.integers(2, 6), min_size=2, max_size=4), rank=st.integers(1, 4), seed=st.integers(0, 999))
 def test_fit_is_monotone_and_equals_dense_error(shape, rank, seed):
     """ALS never increases the error; the cheap fit from norms and the last MTTKRP equals the dense error."""
-    x = _randn(shape, seed)
+    x = randn(shape, seed)
     cp, errors = tc.cp_als(x, rank, n_iter_max=15, tol=0, return_errors=True)
     assert len(errors) == 15
     assert all(b <= a + 1e-6 for a, b in zip(errors, errors[1:], strict=False)), errors
@@ -394,8 +393,8 @@ def test_no_autograd_graph_from_a_parameter():
 @given(rank=st.integers(1, 5), deficiency=st.integers(0, 3), seed=st.integers(0, 999))
 def test_min_norm_solve_equals_lstsq(rank, deficiency, seed):
     """The singular-V fallback used on CUDA equals LAPACK's minimum-norm least squares (gelsd)."""
-    b = _randn((max(rank - deficiency, 1), rank), seed)
+    b = randn((max(rank - deficiency, 1), rank), seed)
     gram = b.mT @ b
-    rhs = _randn((rank, 4), seed + 1)
+    rhs = randn((rank, 4), seed + 1)
     expected = torch.linalg.lstsq(gram, rhs, driver="gelsd").solution
     torch.testing.assert_close(_min_norm_solve(gram, rhs), expected, rtol=1e-7, atol=1e-7)

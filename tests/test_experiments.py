@@ -90,7 +90,7 @@ def _with_ties(elements):
         lambda pool: st.lists(st.sampled_from(pool), min_size=2, max_size=10))
 
 
-# no value so small that a deviation's square underflows (below 1e-154): that range is the xfail test's
+# moderate magnitudes, against a tolerance; the next test takes any magnitude, subnormals included, exactly
 MODERATE = st.floats(-1e6, 1e6).map(lambda v: v if abs(v) >= 1e-100 else 0.0)
 FINITE = st.floats(-1e300, 1e300)
 
@@ -105,10 +105,6 @@ def test_mean_and_std_within_an_ulp_of_the_largest_value_of_exact_arithmetic(val
     assert abs(stats.std - std) <= 2 * ulp + 1e-14 * std
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "over_seeds squares deviations in float (OverflowError from 1e154 on, 0 below 1e-162) and divides a rounded sum "
-    "(three seeds of 0.97 give a mean of 0.9700000000000001 and a std of 1.4e-16): exact rational arithmetic, "
-    "rounded once, makes both correctly rounded"))
 @given(values=st.one_of(st.lists(FINITE, min_size=2, max_size=10), _with_ties(FINITE)))
 @example(values=[0.97, 0.97, 0.97])
 @example(values=[1e300, -1e300])
@@ -121,6 +117,55 @@ def test_mean_and_std_correctly_rounded_at_any_magnitude_and_for_ties(values):
     assert abs(stats.std - std) <= math.ulp(std)
     if len(set(values)) == 1:
         assert stats.mean == values[0] and stats.std == 0.0
+
+
+def _rounds_to(r: float, x: Fraction) -> bool:
+    """Whether ``r`` is sqrt(x) rounded to the nearest float, ties to even, checked on squares (no square root):
+    x lies between the squares of the midpoints to r's neighbours, on a boundary only if r's last bit is 0."""
+    if x == 0:
+        return r == 0.0
+    down, up = Fraction(math.nextafter(r, 0.0)), Fraction(math.nextafter(r, math.inf))
+    lo, hi = (down + Fraction(r)) / 2, (Fraction(r) + up) / 2
+    even = (Fraction(r) / Fraction(math.ulp(r))).numerator % 2 == 0
+    return lo**2 < x < hi**2 or (even and x in (lo**2, hi**2))
+
+
+def _variance(values) -> Fraction:
+    xs = [Fraction(v) for v in values]
+    mean = sum(xs) / len(xs)
+    return sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)
+
+
+TINY = st.floats(-1e-300, 1e-300)  # subnormals and tiny normals: squares far below the smallest float
+HUGE = st.floats(1e300, 1.7e308).flatmap(lambda v: st.sampled_from([v, -v]))
+
+
+@given(values=st.one_of(*(st.lists(e, min_size=2, max_size=8) for e in (FINITE, TINY, HUGE)),
+                        _with_ties(TINY), _with_ties(HUGE)))
+@example(values=[5e-324, 0.0])
+@example(values=[5e-324, 1e-323, 0.0])
+@example(values=[1.7e308, 1.6e308])
+def test_std_is_the_correctly_rounded_square_root_of_the_exact_variance(values):
+    stats = tc.metrics.SeedStats.from_values(values, range(len(values)))
+    var = _variance(values)
+    if math.isinf(stats.std):  # beyond the largest float: only then
+        assert var >= (Fraction(math.nextafter(math.inf, 0.0)) + Fraction(math.ulp(1.7e308)) / 2) ** 2
+    else:
+        assert _rounds_to(stats.std, var), (stats.std, values)
+
+
+def test_the_rounding_check_can_fail():
+    assert _rounds_to(1.0, Fraction(1)) and _rounds_to(3.0, Fraction(9)) and _rounds_to(5e-324, Fraction(5e-324) ** 2)
+    assert not _rounds_to(math.nextafter(1.0, 2.0), Fraction(1))
+    assert not _rounds_to(math.sqrt(2.0), Fraction(2) + Fraction(1, 10**6))
+
+
+def test_a_spread_beyond_the_largest_float_is_inf_and_equal_values_give_zero():
+    big = 1.7e308
+    stats = tc.metrics.SeedStats.from_values([big, -big], [0, 1])  # std = big * sqrt(2)
+    assert stats.mean == 0.0 and stats.std == math.inf
+    stats = tc.metrics.SeedStats.from_values([0.97] * 3, [0, 1, 2])
+    assert stats.mean == 0.97 and stats.std == 0.0
 
 
 @pytest.mark.parametrize("seeds", [(0,), (), (1, 1), [2, 2, 3]])

@@ -17,6 +17,7 @@ import zlib
 import numpy as np
 import pytest
 import torch
+from helpers import tied_mlp
 from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
@@ -593,13 +594,6 @@ def test_a_failed_write_leaves_the_old_file(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------------------------------------- tied tensors
 
-def _tied(seed=0):
-    torch.manual_seed(seed)
-    net = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8))
-    net[2].weight = net[0].weight
-    return net.eval()
-
-
 class TiedLM(nn.Module):
     """A tied embedding and output head, with one buffer registered in two modules."""
 
@@ -629,7 +623,7 @@ def _untied(net):
 
 @pytest.mark.parametrize("coder", ["huffman", "ans"])
 @pytest.mark.parametrize("make, fresh, x, pairs", [
-    (_tied, lambda: nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8)), torch.randn(3, 8),
+    (lambda: tied_mlp().eval(), lambda: nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8)), torch.randn(3, 8),
      [("0.weight", "2.weight")]),
     (lambda: TiedLM().eval(), TiedLM, torch.tensor([[1, 5, 10]]), [("emb.weight", "head.weight"),
                                                                     ("mid.gain", "head.gain")]),
@@ -659,7 +653,7 @@ def test_tied_tensors_are_stored_once_and_tied_again(tmp_path, coder, make, fres
 
 
 def test_a_tie_the_file_cannot_keep_is_refused(tmp_path):
-    net = _tied()
+    net = tied_mlp().eval()
     tprune.l1_unstructured(net[0], "weight", amount=0.5)  # 0.weight_orig is the tensor 2.weight also names
     with pytest.raises(ValueError, match=r"\['0.weight_orig', '2.weight'\].*tied.*\['0.weight_orig'\]"):
         save_compressed(net, tmp_path / "t")
@@ -676,7 +670,7 @@ def test_a_tie_the_file_cannot_keep_is_refused(tmp_path):
     ({"dtype": "object"}, "dtype 'object'"),
 ])
 def test_alias_fields_are_checked(tmp_path, change, match):
-    msg = _hostile(tmp_path, lambda h, p: _entry(h, "2.weight").update(change), net=_tied(),
+    msg = _hostile(tmp_path, lambda h, p: _entry(h, "2.weight").update(change), net=tied_mlp().eval(),
                    model=nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8)))
     assert "'2.weight'" in msg and match in msg
 
@@ -780,7 +774,7 @@ def test_a_4_bit_model_takes_about_an_eighth_of_the_float_file(make, pretrained)
 
 
 @pytest.mark.parametrize("make", [lambda: _quantized(weight_bits=4), lambda: _integer(_quantized(weight_bits=8)),
-                                  _tied, lambda: TiedLM()])
+                                  lambda: tied_mlp().eval(), lambda: TiedLM()])
 def test_every_byte_of_the_new_kinds_is_accounted_for(make):
     net = make()
     for coder in F.CODERS:
@@ -793,7 +787,7 @@ def test_every_byte_of_the_new_kinds_is_accounted_for(make):
 
 def test_quantized_and_tied_models_on_any_device_and_dtype(tmp_path, device, dtype):
     qm = _quantized(weight_bits=4).to(device=device, dtype=dtype)
-    tied = _tied().to(device=device, dtype=dtype)
+    tied = tied_mlp().eval().to(device=device, dtype=dtype)
     for net, skeleton in ((qm, _skeleton(weight_bits=4).to(dtype)),
                           (tied, nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8)))):
         save_compressed(net, tmp_path / "m.tcdc")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import assert_model_unchanged, model_state
 from torch import nn
 
 import tensorcompress as tc
@@ -24,7 +25,7 @@ def net(dtype=torch.float32) -> nn.Module:
 
 def test_full_rank_is_exact_and_input_untouched():
     model = net(torch.float64)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
+    before = model_state(model)
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
     for method, kw in (("svd", {"rank": 1000}), ("tucker", {"rank": 1000}), ("tt", {"rank": 1000}),
                        ("cp", {"rank": 10**6})):
@@ -32,8 +33,7 @@ def test_full_rank_is_exact_and_input_untouched():
         assert new is not model
         torch.testing.assert_close(new(x), model(x), rtol=1e-10, atol=1e-10)
         assert len(report) == 2
-    for k, v in model.state_dict().items():
-        assert torch.equal(v, before[k])
+    assert_model_unchanged(model, before)
     assert all(type(m) in (nn.Conv2d, nn.Linear, nn.ReLU, nn.Flatten, nn.Sequential) for m in model.modules())
 
 

@@ -16,11 +16,6 @@ from tensorcompress.layers.tt_linear import factor_dimension
 TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 
 
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach(), b.detach()
-    return float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b))
-
-
 def make_linear(n_in: int, n_out: int, bias: bool, device, dtype, seed: int = 0) -> nn.Linear:
     torch.manual_seed(seed)
     return nn.Linear(n_in, n_out, bias=bias).to(device=device, dtype=dtype)
@@ -32,8 +27,8 @@ def test_low_rank_full_rank_reproduces(device, dtype, n_in, n_out, bias, batch):
     x = torch.randn(batch, n_in, device=device, dtype=dtype)
     layer = tc.LowRankLinear.from_linear(lin, min(n_in, n_out))
     assert layer.first.weight.device == lin.weight.device and layer.first.weight.dtype == dtype
-    assert rel(layer(x), lin(x)) <= TOL[dtype]
-    assert rel(layer.to_dense().weight, lin.weight) <= TOL[dtype]
+    assert tc.relative_error(lin(x), layer(x)).item() <= TOL[dtype]
+    assert tc.relative_error(lin.weight, layer.to_dense().weight).item() <= TOL[dtype]
     assert layer.n_params == min(n_in, n_out) * (n_in + n_out) + (n_out if bias else 0)
 
 
@@ -64,8 +59,8 @@ def test_tt_full_rank_reproduces(device, dtype, in_modes, data):
     x = torch.randn(3, lin.in_features, device=device, dtype=dtype)
     layer = tc.TTLinear.from_linear(lin, in_modes, out_modes)
     assert layer.cores[0].device == lin.weight.device and layer.cores[0].dtype == dtype
-    assert rel(layer(x), lin(x)) <= TOL[dtype]
-    assert rel(layer.to_dense().weight, lin.weight) <= TOL[dtype]
+    assert tc.relative_error(lin(x), layer(x)).item() <= TOL[dtype]
+    assert tc.relative_error(lin.weight, layer.to_dense().weight).item() <= TOL[dtype]
     r = layer.rank
     closed = sum(r[k] * m * n * r[k + 1] for k, (m, n) in enumerate(zip(out_modes, in_modes, strict=True)))
     assert layer.n_params == closed + (lin.out_features if bias else 0)
@@ -93,7 +88,7 @@ def test_tt_ranks_and_eps(dtype):
     assert layer.rank == (1, 5, 5, 1)  # below the unfolding caps (16, 12): exactly the rank asked for
     assert tc.TTLinear.from_linear(lin, (4, 4, 4), (4, 4, 3), rank=100).rank == (1, 16, 12, 1)
     layer = tc.TTLinear.from_linear(lin, (4, 4, 4), (4, 4, 3), eps=0.3)
-    assert rel(layer.to_dense().weight, lin.weight) <= 0.3 + 1e-6
+    assert tc.relative_error(lin.weight, layer.to_dense().weight).item() <= 0.3 + 1e-6
 
 
 def test_against_tltorch_blocktt(dtype):
@@ -109,7 +104,7 @@ def test_against_tltorch_blocktt(dtype):
             p.copy_(c)
         ours.bias.copy_(ref.bias)
     x = torch.randn(4, 12, dtype=dtype)
-    assert rel(ours(x), ref(x)) <= TOL[dtype]
+    assert tc.relative_error(ref(x), ours(x)).item() <= TOL[dtype]
     assert ours.n_params == sum(p.numel() for p in ref.parameters())
 
 
@@ -176,7 +171,7 @@ def test_half_precision_decomposed_in_float32(half):
             assert torch.equal(p, q)
         assert layer(x).dtype == half
     exact = tc.LowRankLinear.from_linear(lin, 10)
-    assert rel(exact(x).float(), lin(x).float()) < (2e-3 if half == torch.float16 else 2e-2)
+    assert tc.relative_error(lin(x).float(), exact(x).float()).item() < (2e-3 if half == torch.float16 else 2e-2)
 
 
 def test_bad_weights_get_clear_errors():

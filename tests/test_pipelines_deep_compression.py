@@ -4,6 +4,7 @@ with tc.quantization.share_weights in tests/test_quant_nonuniform.py."""
 
 import pytest
 import torch
+from helpers import assert_model_unchanged, model_state
 
 import tensorcompress as tc
 from tensorcompress.export import load_compressed, save_compressed
@@ -64,10 +65,10 @@ def test_deep_compression_pipeline(tmp_path):
     train, val = _data(256, 0), _data(128, 1)
     model = _tiny()
     tc.fit(model, train, epochs=3, lr=1e-2, progress=False)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
+    before = model_state(model)
     net, report = deep_compression(model, train, val=val, amount={"conv": 0.3, "fc": 0.8}, bits=3, index_bits=4,
                                    prune_epochs=1, share_epochs=1, lr=1e-3, batch_size=32)
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())   # input untouched
+    assert_model_unchanged(model, before)
     assert set(report.accuracy) == {"original", "pruned", "shared", "fine-tuned"}
     kept = {r.name: r.detail["kept %"] for r in report}
     assert kept["conv"] == pytest.approx(70, abs=100 / 72) and kept["fc"] == pytest.approx(20, abs=100 / 320)

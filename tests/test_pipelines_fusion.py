@@ -3,12 +3,11 @@ graphs it cannot follow are refused."""
 
 from __future__ import annotations
 
-import copy
 import re
 
 import pytest
 import torch
-from conftest import tolerance
+from helpers import assert_model_unchanged, model_state, tolerance
 from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
@@ -42,7 +41,7 @@ def _closed_form(layer: nn.Module, bn: nn.Module) -> tuple[torch.Tensor, torch.T
 
 def test_smallcnn_fused_equals_unfused_and_closed_form(device, dtype):
     model = _randomise_bn(tc.models.SmallCNN(input_size=8), 0).to(device, dtype).eval()
-    before = copy.deepcopy(model.state_dict())
+    before = model_state(model)
     fused, rows = fuse_conv_bn(model)
     x = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(1)).to(device, dtype)
     with torch.no_grad():
@@ -60,7 +59,7 @@ def test_smallcnn_fused_equals_unfused_and_closed_form(device, dtype):
         assert row.params_after == conv.weight.numel() + conv.out_channels
         assert new.weight.device == conv.weight.device and new.weight.dtype == dtype
     # the input is untouched
-    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert_model_unchanged(model, before)
     assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 4
 
 

@@ -9,7 +9,7 @@ from dataclasses import replace
 import matplotlib
 import pytest
 import torch
-from helpers import Sleep
+from helpers import Sleep, mlp
 from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
@@ -27,15 +27,10 @@ def _data(n=60, seed=0):
     return TensorDataset(x, (x[:, 0] > 0).long())
 
 
-def _model(seed):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 2))
-
-
 def test_add_measures_accuracy_bytes_flops_like_the_metrics():
     data = _data()
     board = Leaderboard(data, data.tensors[0][:1], measure_latency=False)
-    models = [_model(s) for s in range(3)]
+    models = [mlp(6, 8, 2, seed=s) for s in range(3)]
     e = board.add("three seeds", models, family="baseline")
     want = [tc.evaluate(m, data).accuracy for m in models]  # fractions: percent only when printed
     assert e.values == pytest.approx(want, abs=1e-12) and len(set(e.values)) > 1
@@ -44,7 +39,7 @@ def test_add_measures_accuracy_bytes_flops_like_the_metrics():
     assert e.bytes == tc.model_size_bytes(models[0]) and e.bytes_from == "torch.save"
     assert e.flops == tc.flops(models[0], data.tensors[0][:1]) == 2 * (6 * 8 + 8 * 2)
     assert e.params == tc.count_parameters(models[0]) and e.latency_s is None and e.latency_batch is None
-    one = board.add("coded file", _model(7), family="other", nbytes=123, bytes_from="a coded file")
+    one = board.add("coded file", mlp(6, 8, 2, seed=7), family="other", nbytes=123, bytes_from="a coded file")
     assert one.stats is None and one.bytes == 123
     rows = board.rows()
     assert rows[1].bytes_ratio == pytest.approx(e.bytes / 123) and rows[0].delta == 0
@@ -78,10 +73,10 @@ def test_parameters_bytes_flops_and_ratios_against_the_baseline():
 def test_latency_rows_state_their_batch_and_compare_only_like_with_like():
     data = _data()
     board = Leaderboard(data, data.tensors[0][:1])
-    e = board.add("m", _model(0), family="baseline")
+    e = board.add("m", mlp(6, 8, 2, seed=0), family="baseline")
     assert e.latency_batch == 1 and e.latency_s is not None
     wide = Leaderboard(data, data.tensors[0][:32])
-    w = wide.add("m at 32", _model(0), family="other")
+    w = wide.add("m at 32", mlp(6, 8, 2, seed=0), family="other")
     assert w.latency_batch == 32
     board.add_entry(Entry("same batch", "x", (0.5,), 100, latency_s=e.latency_s / 2, latency_batch=1))
     board.add_entry(replace(w, name="batch 32"))
@@ -98,8 +93,8 @@ def test_latency_is_measured_when_asked():
     # the baseline sleeps 20 ms per forward pass, the other model not at all: the speed-up is > 1 on any machine
     data = _data()
     board = Leaderboard(data, data.tensors[0][:1])
-    base = board.add("slow", nn.Sequential(_model(0), Sleep(0.02)), family="baseline")
-    fast = board.add("fast", _model(0), family="baseline")
+    base = board.add("slow", nn.Sequential(mlp(6, 8, 2, seed=0), Sleep(0.02)), family="baseline")
+    fast = board.add("fast", mlp(6, 8, 2, seed=0), family="baseline")
     assert base.latency_s >= 0.02 > fast.latency_s
     speedup = board.rows()[1].speedup
     assert speedup == pytest.approx(base.latency_s / fast.latency_s) and speedup > 1
@@ -124,7 +119,7 @@ def test_add_keeps_every_submodule_mode():
 
 def test_lower_is_better_metrics_rank_and_print_in_their_direction():
     data = _data()
-    good, bad = _model(0), _model(1)
+    good, bad = mlp(6, 8, 2, seed=0), mlp(6, 8, 2, seed=1)
     with torch.no_grad():
         good[2].weight.mul_(0.0)  # predicts the bias only: a cross-entropy that differs from the other model's
     board = Leaderboard(data, measure_latency=False, metric="cross_entropy")
@@ -200,13 +195,13 @@ def test_bad_rows_and_arguments():
     with pytest.raises(TypeError, match="Entry"):
         board.add_entry({"name": "c"})
     with pytest.raises(ValueError, match="no fn"):
-        Leaderboard(_data(4), metric=Metric("bleu", True)).add("m", _model(0), family="x")
+        Leaderboard(_data(4), metric=Metric("bleu", True)).add("m", mlp(6, 8, 2, seed=0), family="x")
 
 
 def test_a_half_precision_model_is_measured_with_inputs_in_its_dtype():
     data = _data()
     board = Leaderboard(data, data.tensors[0][:1], measure_latency=False)
-    model = _model(0)
+    model = mlp(6, 8, 2, seed=0)
     half, _ = tc.quantization.to_half(model, dtype=torch.bfloat16)
     board.add("float32", model, family="baseline")
     e = board.add("bfloat16", half, family="half")

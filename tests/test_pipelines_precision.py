@@ -5,6 +5,7 @@ from __future__ import annotations
 import hypothesis.strategies as st
 import pytest
 import torch
+from helpers import assert_model_unchanged, model_state
 from hypothesis import given
 from torch import nn
 
@@ -121,10 +122,9 @@ def test_the_bound_tells_the_formats_apart():
 @pytest.mark.parametrize("dt", HALF)
 def test_to_half_casts_a_copy_and_keeps_batchnorm_in_float32(dt, device):
     model = tc.models.pretrained("smallcnn").to(device).eval()
-    before = {k: v.clone() for k, v in model.state_dict().items()}
+    before = model_state(model)
     half, report = P.to_half(model, dtype=dt)
-    assert all(torch.equal(v, model.state_dict()[k]) and v.dtype == model.state_dict()[k].dtype
-               for k, v in before.items())
+    assert_model_unchanged(model, before)
     islands = [r for r in report if r.type_after == "Float32Island"]
     assert [r.name for r in islands] == ["features.0.1", "features.0.4", "features.1.1", "features.1.4"]
     assert all(r.detail == {"dtype": "torch.float32", "why": "keep_float32"} for r in islands)

@@ -4,12 +4,12 @@ Hessian, layer-wise OBS re-fits in closed form and beats magnitude, activation s
 import pytest
 import torch
 import torch.nn.utils.prune as tprune
+from helpers import randn
 from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
 from tensorcompress import pruning
-from tests.conftest import randn
 
 
 def _quadratic(d, seed):

@@ -6,6 +6,7 @@ import copy
 import pytest
 import torch
 import torch.nn.utils.prune as tprune
+from helpers import assert_model_unchanged, model_state
 from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
@@ -102,9 +103,9 @@ def test_prune_nm_on_a_model_and_amount_rule():
 def test_model_keeps_working_with_pytorch_tooling(dtype, device):
     torch.manual_seed(0)
     net = tc.models.LeNet300100().to(device=device, dtype=dtype)
-    before = copy.deepcopy(net.state_dict())
+    before = model_state(net)
     pruned, _ = prune(net, amount=0.9, scope="global")
-    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # input untouched
+    assert_model_unchanged(net, before)
     assert not tprune.is_pruned(net) and tprune.is_pruned(pruned)
     assert {"fc1.weight_orig", "fc1.weight_mask"} <= set(pruned.state_dict())
     x = torch.randn(4, 784, device=device, dtype=dtype)
@@ -360,8 +361,10 @@ def test_a_tie_that_cannot_be_kept_is_refused_naming_both():
     with pytest.raises(ValueError, match=r"head.weight is tied to emb.weight"):
         prune(_Embedded(), amount=0.5)
     model = _Tied()
+    before = model_state(model)
     prune(model, amount=0.5, scope="global")
-    assert model.b.weight is model.a.weight and not hasattr(model.a, "weight_mask")  # input untouched
+    assert_model_unchanged(model, before)  # the tie included
+    assert model.b.weight is model.a.weight and not hasattr(model.a, "weight_mask")
 
 
 def test_masked_layers_report_their_bytes_growing_and_modes_kept():

@@ -5,6 +5,7 @@ import copy
 
 import pytest
 import torch
+from helpers import mlp
 from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
@@ -45,13 +46,8 @@ def _data(n=240, seed=0):
     return TensorDataset(x, y)
 
 
-def _net():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 2))
-
-
 def test_agp_callback_moves_the_models_masks():
-    net, data = _net(), _data()
+    net, data = mlp(16, 32, 2, seed=0), _data()
     agp = pruning.AGP(0.8, n_steps=4, frequency=3, start=2)
     tc.fit(net, data, epochs=2, batch_size=40, progress=False, callbacks=[agp])  # 12 steps
     steps = [t for t, _ in agp.log]
@@ -65,13 +61,13 @@ def test_agp_callback_moves_the_models_masks():
 
 
 def test_one_shot_and_iterative():
-    net, data = _net(), _data()
+    net, data = mlp(16, 32, 2, seed=0), _data()
     shot = pruning.one_shot(0.5, scope="global")
     tc.fit(net, data, epochs=2, batch_size=60, progress=False, callbacks=[shot])
     assert shot.log == [(0, 0.5)]
     zeros = sum(int((m.weight == 0).sum()) for m in (net[0], net[2]))
     assert zeros == round(0.5 * (16 * 32 + 32 * 2))
-    net = _net()
+    net = mlp(16, 32, 2, seed=0)
     it = pruning.iterative([0.3, 0.6, 0.8], epochs_per_step=1)
     tc.fit(net, data, epochs=4, batch_size=60, progress=False, callbacks=[it])
     assert it.log == [(0, 0.3), (1, 0.6), (2, 0.8)]
@@ -81,7 +77,7 @@ def test_one_shot_and_iterative():
 
 
 def test_sensitivity_scan():
-    net, data = _net(), _data()
+    net, data = mlp(16, 32, 2, seed=0), _data()
     tc.fit(net, data, epochs=5, batch_size=40, progress=False)
     scan = pruning.sensitivity_scan(net, data, amounts=[0.0, 0.5, 1.0])
     assert list(scan) == ["0", "2"]
@@ -92,7 +88,7 @@ def test_sensitivity_scan():
 
 
 def test_lottery_ticket_rewinds_the_kept_weights():
-    net, data = _net(), _data()
+    net, data = mlp(16, 32, 2, seed=0), _data()
     init = {k: v.clone() for k, v in net.state_dict().items()}
     ticket, history = pruning.lottery_ticket(net, data, rounds=2, amount=0.5, epochs=1, batch_size=60)
     assert [h["sparsity"] for h in history] == [0.5, 0.75]
@@ -112,7 +108,7 @@ def test_lottery_ticket_rewinds_the_kept_weights():
 
 
 def test_lottery_ticket_records_validation_accuracy():
-    net, data = _net(), _data()
+    net, data = mlp(16, 32, 2, seed=0), _data()
     ticket, history = pruning.lottery_ticket(net, data, rounds=2, amount=0.5, epochs=2, batch_size=60, val=data)
     dense = copy.deepcopy(net)
     tc.fit(dense, data, epochs=2, batch_size=60, progress=False)  # round 1 trains the dense network, same seed
@@ -121,7 +117,7 @@ def test_lottery_ticket_records_validation_accuracy():
 
 
 def test_random_reinit_draws_the_initialisers_values_under_the_same_masks(dtype, device):
-    net = _net().to(device=device, dtype=dtype)
+    net = mlp(16, 32, 2, seed=0).to(device=device, dtype=dtype)
     ticket, _ = pruning.prune(net, amount=0.7, scope="global")
     state = copy.deepcopy(ticket.state_dict())
     control, report = pruning.random_reinit(ticket, seed=5)
@@ -170,6 +166,6 @@ def test_random_reinit_bad_input():
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
         pruning.random_reinit("net")
     with pytest.raises(TypeError, match="seed must be an int"):
-        pruning.random_reinit(_net(), seed=1.5)
+        pruning.random_reinit(mlp(16, 32, 2, seed=0), seed=1.5)
     with pytest.raises(ValueError, match="random_reinit: nothing to act on, the model has no module"):
         pruning.random_reinit(nn.Sequential(nn.ReLU()))

@@ -1,10 +1,10 @@
 """shrink: physically smaller LeNet-300-100, LeNet-5 and SmallCNN computing the masked model's function; refuses
 graphs it cannot follow."""
 
-import copy
 
 import pytest
 import torch
+from helpers import assert_model_unchanged, model_state
 from torch import nn
 
 import tensorcompress as tc
@@ -37,9 +37,9 @@ def test_shrink_equals_masked_model(make, shape, filters, channels, structure, d
     exclude = "features.0.0" if structure == "channels" else None  # the first layer's inputs are the image
     masked, _ = prune(model, amount=0.5, structure=structure, include=filters if structure == "filters" else channels,
                       exclude=exclude)
-    state = copy.deepcopy(masked.state_dict())
+    before = model_state(masked)
     small, report = shrink(masked, x)
-    assert all(torch.equal(state[k], v) for k, v in masked.state_dict().items())  # input untouched
+    assert_model_unchanged(masked, before)
     assert not small.training  # mode carried from the input model
     expected = masked(x)
     got = small(x)

@@ -4,17 +4,11 @@ fake-quant, bad input is refused."""
 
 import pytest
 import torch
+from helpers import assert_model_unchanged, conv_net, model_state, randn
 from torch import nn
 
 import tensorcompress as tc
 from tensorcompress import quantization as Q
-from tests.conftest import randn
-
-
-def _net():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 5), nn.ReLU(),
-                         nn.Linear(5, 3))
 
 
 def _data(n=64, seed=1):
@@ -22,10 +16,10 @@ def _data(n=64, seed=1):
 
 
 def test_input_untouched_and_report():
-    net = _net()
-    before = {k: v.clone() for k, v in net.state_dict().items()}
+    net = conv_net()
+    before = model_state(net)
     qm, report = Q.quantize_model(net, exclude="5")
-    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert_model_unchanged(net, before)
     assert [r.name for r in report] == ["0", "3"]
     assert [r.type_before for r in report] == ["Conv2d", "Linear"]
     assert all(r.type_after == "QuantizedLayer" for r in report)
@@ -35,7 +29,7 @@ def test_input_untouched_and_report():
 
 
 def test_weights_and_activations_equal_pytorch_fake_quant():
-    net = _net()
+    net = conv_net()
     x = _data()
     qm, _ = Q.quantize_model(net, weight_bits=4, act_bits=6)
     Q.calibrate(qm, x)
@@ -68,7 +62,7 @@ def test_weights_and_activations_equal_pytorch_fake_quant():
 
 
 def test_state_dict_round_trip_and_device(device):
-    net = _net().to(device)
+    net = conv_net().to(device)
     x = _data().to(device)
     qm, _ = Q.quantize_model(net, observer="mse", per_channel=False)
     Q.calibrate(qm, [x[:32], x[32:]])
@@ -79,7 +73,7 @@ def test_state_dict_round_trip_and_device(device):
 
 
 def test_uncalibrated_model_refuses_and_calibrate_restores_mode():
-    qm, _ = Q.quantize_model(_net())
+    qm, _ = Q.quantize_model(conv_net())
     with pytest.raises(RuntimeError, match="not calibrated: run tc.quantization.calibrate"):
         qm(_data())
     qm.train()
@@ -205,7 +199,7 @@ def test_lsq_step_gradient_in_the_band_is_eq3(z):
 
 
 def test_lsq_model_learns_its_steps():
-    qm, report = Q.quantize_model(_net(), method="lsq", weight_bits=3, act_bits=3)
+    qm, report = Q.quantize_model(conv_net(), method="lsq", weight_bits=3, act_bits=3)
     Q.calibrate(qm, _data())
     wq = qm[0].layer.parametrizations.weight[0]
     assert isinstance(wq.scale, nn.Parameter) and isinstance(qm[0].input_quantizer.scale, nn.Parameter)
@@ -218,26 +212,26 @@ def test_lsq_model_learns_its_steps():
 
 def test_quantize_model_bad_input():
     with pytest.raises(ValueError, match="observer must be one of"):
-        Q.quantize_model(_net(), observer="histogram")
+        Q.quantize_model(conv_net(), observer="histogram")
     with pytest.raises(ValueError, match="method must be one of"):
-        Q.quantize_model(_net(), method="gptq")
+        Q.quantize_model(conv_net(), method="gptq")
     with pytest.raises(ValueError, match="weight_bits must be between 1 and 16, got 32"):
-        Q.quantize_model(_net(), weight_bits=32)
+        Q.quantize_model(conv_net(), weight_bits=32)
     with pytest.raises(ValueError, match="quantize_model: nothing to act on, the model has no Conv2d/Linear module"):
         Q.quantize_model(nn.Sequential(nn.ReLU()))
     with pytest.raises(ValueError, match="quantize_model: nothing to act on"):
-        Q.quantize_model(_net(), exclude="*")
+        Q.quantize_model(conv_net(), exclude="*")
     with pytest.raises(TypeError, match="batch_size must be an int"):
-        Q.calibrate(Q.quantize_model(_net())[0], _data(), batch_size=2.0)
+        Q.calibrate(Q.quantize_model(conv_net())[0], _data(), batch_size=2.0)
     with pytest.raises(ValueError, match="nothing would be quantized"):
-        Q.quantize_model(_net(), weight_bits=None, act_bits=None)
+        Q.quantize_model(conv_net(), weight_bits=None, act_bits=None)
     with pytest.raises(ValueError, match="no activation quantizers"):
-        Q.calibrate(Q.quantize_model(_net(), act_bits=None)[0], _data())
+        Q.calibrate(Q.quantize_model(conv_net(), act_bits=None)[0], _data())
 
 
 def test_weight_qparams_follow_in_place_updates():
     """The cached weight parameters are recomputed after an in-place change (an optimizer step, load_state_dict)."""
-    qm, _ = Q.quantize_model(_net(), act_bits=None)
+    qm, _ = Q.quantize_model(conv_net(), act_bits=None)
     orig = qm[3].layer.parametrizations.weight.original
     before = qm[3].layer.weight.clone()
     with torch.no_grad():

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import assert_model_unchanged, mlp, model_state, randn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -14,7 +15,6 @@ from torch import nn
 import tensorcompress as tc
 from tensorcompress import quantization as Q
 from tensorcompress._bits import pack_bits, packed_size, unpack_bits
-from tests.conftest import randn
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 5])
@@ -215,17 +215,12 @@ def test_pack_indices_bad_input():
         Q.unpack_indices(torch.zeros(3, dtype=torch.uint8), 2, (8,))
 
 
-def _mlp(dtype=torch.float32):
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 4)).to(dtype)
-
-
 @pytest.mark.parametrize("bits", [1, 2, 3])
 def test_share_weights_is_kmeans_per_layer_and_leaves_the_input(bits, dtype, device):
-    net = _mlp(dtype).to(device)
-    before = copy.deepcopy(net.state_dict())
+    net = mlp(12, 16, 4, seed=0, dtype=dtype).to(device)
+    before = model_state(net)
     shared, report = Q.share_weights(net, bits=bits)
-    assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())  # input untouched
+    assert_model_unchanged(net, before)
     assert [r.name for r in report] == ["0", "2"]
     for r, name in zip(report, ["0", "2"], strict=True):
         w = net.get_submodule(name).weight.detach()
@@ -240,7 +235,7 @@ def test_share_weights_is_kmeans_per_layer_and_leaves_the_input(bits, dtype, dev
 
 
 def test_share_weights_centroids_train_with_the_summed_member_gradients():
-    net = _mlp(torch.float64)
+    net = mlp(12, 16, 4, seed=0, dtype=torch.float64)
     shared, _ = Q.share_weights(net, bits=2)
     x = torch.randn(8, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     # reference: the same network with free (unshared) weights equal to the shared ones
@@ -280,7 +275,9 @@ class _Tiny(nn.Module):
 def test_share_weights_keep_zeros_clusters_only_the_kept_weights(dtype, device):
     torch.manual_seed(0)
     pruned, _ = tc.pruning.prune(_Tiny().to(device, dtype), amount=0.5)  # torch.nn.utils.prune masks
+    before = model_state(pruned)
     net, report = Q.share_weights(pruned, bits=2, keep_zeros=True)
+    assert_model_unchanged(pruned, before)
     assert [r.name for r in report] == ["conv", "fc"]
     for r in report:
         w0 = pruned.get_submodule(r.name).weight.detach()
@@ -371,7 +368,7 @@ def test_shared_weight_right_inverse_is_the_member_mean():
 
 
 def test_share_weights_bad_input():
-    net = _mlp()
+    net = mlp(12, 16, 4, seed=0)
     with pytest.raises(ValueError, match=r"bits must be between 1 and 8 \(one-byte codes\), got 9"):
         Q.share_weights(net, bits=9)
     with pytest.raises(ValueError, match="bits must be between 1 and 8 .*, got 0"):
@@ -415,7 +412,7 @@ def test_share_weights_bad_input():
 # ---------------------------------------------------------------------------------------------------------- decode once
 
 def _pruned_shared(dtype=torch.float32):
-    net, _ = tc.pruning.prune(_mlp(dtype), amount=0.5)
+    net, _ = tc.pruning.prune(mlp(12, 16, 4, seed=0, dtype=dtype), amount=0.5)
     return Q.share_weights(net, bits=3, keep_zeros=True)[0]
 
 

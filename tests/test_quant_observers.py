@@ -3,9 +3,9 @@ computations; per-channel statistics, state_dict round trip and bad input."""
 
 import pytest
 import torch
+from helpers import randn
 
 from tensorcompress import quantization as Q
-from tests.conftest import randn
 
 try:  # oracle only
     from torch.ao import quantization as ao
@@ -127,9 +127,30 @@ def test_observer_bad_input():
         Q.MinMaxObserver().update(torch.tensor([1.0, float("inf")]))
     with pytest.raises(ValueError, match="percentile must be in"):
         Q.PercentileObserver(percentile=30)
-    with pytest.raises(ValueError, match="averaging_constant must be in"):
+    with pytest.raises(ValueError, match=r"averaging_constant must be a fraction in \(0, 1\], got 0"):
         Q.MovingAverageMinMaxObserver(averaging_constant=0)
     ob = Q.MinMaxObserver(axis=1)
     ob.update(torch.zeros(2, 3))
     with pytest.raises(ValueError, match="x has 4 channels along axis 1, the observer saw 3"):
         ob.update(torch.zeros(2, 4))
+
+
+@pytest.mark.parametrize("make, arg", [
+    (lambda v: Q.MovingAverageMinMaxObserver(averaging_constant=v), "averaging_constant"),
+    (lambda v: Q.PercentileObserver(percentile=v), "percentile"),
+    (lambda v: Q.MSEObserver(n_grid=v), "n_grid"),
+])
+@pytest.mark.parametrize("value", [True, "0.5", None])
+def test_observer_options_of_a_wrong_type_are_type_errors(make, arg, value):
+    """A bool is not a number here (``True`` would be a constant of 1), a string not a number at all."""
+    with pytest.raises(TypeError, match=arg):
+        make(value)
+
+
+def test_observer_options_out_of_range_name_the_bounds():
+    with pytest.raises(ValueError, match=r"percentile must be in \(50, 100\], got nan"):
+        Q.PercentileObserver(percentile=float("nan"))
+    with pytest.raises(ValueError, match="n_grid must be >= 1, got 0"):
+        Q.MSEObserver(n_grid=0)
+    with pytest.raises(ValueError, match="averaging_constant must be finite"):
+        Q.MovingAverageMinMaxObserver(averaging_constant=float("inf"))

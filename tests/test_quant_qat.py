@@ -7,19 +7,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import conv_net, randn
 from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
 import tensorcompress as tc
 from tensorcompress import quantization as Q
-from tests.conftest import randn
-
-
-def _net():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 5), nn.ReLU(),
-                         nn.Linear(5, 3))
 
 
 def _data(n=64, seed=1):
@@ -51,7 +45,7 @@ def test_lsq_initial_step_device_zero_weight_and_bad_input(device, dtype):
 
 
 def test_quantize_model_lsq_init_mean_sets_every_weight_step():
-    net = _net()
+    net = conv_net()
     qm, report = Q.quantize_model(net, method="lsq", lsq_init="mean", weight_bits=2, act_bits=4)
     for name in ("0", "3", "5"):
         w = net.get_submodule(name).weight.detach()
@@ -68,14 +62,14 @@ def test_quantize_model_lsq_init_mean_sets_every_weight_step():
 
 def test_lsq_init_bad_options():
     with pytest.raises(ValueError, match="lsq_init must be one of"):
-        Q.quantize_model(_net(), method="lsq", lsq_init="max")
+        Q.quantize_model(conv_net(), method="lsq", lsq_init="max")
     with pytest.raises(ValueError, match="needs method='lsq'"):
-        Q.quantize_model(_net(), method="ptq", lsq_init="mean")
+        Q.quantize_model(conv_net(), method="ptq", lsq_init="mean")
 
 
 @pytest.mark.parametrize("per_channel", [True, False])
 def test_weight_step_gradient_is_pytorchs_with_gradient_scale(per_channel):
-    net = _net()
+    net = conv_net()
     qm, _ = Q.quantize_model(net, method="lsq", weight_bits=3, act_bits=None, per_channel=per_channel)
     wq = qm[3].layer.parametrizations.weight[0]
     n_per_step = 64 if per_channel else 5 * 64
@@ -107,7 +101,7 @@ def test_weight_step_gradient_is_pytorchs_with_gradient_scale(per_channel):
 
 
 def test_activation_step_gradient_is_pytorchs_with_gradient_scale():
-    qm, _ = Q.quantize_model(_net(), method="lsq", weight_bits=None, act_bits=3)
+    qm, _ = Q.quantize_model(conv_net(), method="lsq", weight_bits=None, act_bits=3)
     x = _data().tensors[0]
     Q.calibrate(qm, x)
     aq = qm[3].input_quantizer
@@ -134,7 +128,7 @@ def test_fit_trains_weights_and_every_step(method):
     """QAT is `tc.fit` on the quantized model: the float weights move, LSQ's steps (weights' and activations')
     are parameters of the model, so the optimizer moves them too, and the training loss falls."""
     data = _data(128)
-    qm, _ = Q.quantize_model(_net(), method=method, weight_bits=3, act_bits=3)
+    qm, _ = Q.quantize_model(conv_net(), method=method, weight_bits=3, act_bits=3)
     Q.calibrate(qm, data)
     steps = [p for n, p in qm.named_parameters() if n.endswith("scale")]
     assert len(steps) == (6 if method == "lsq" else 0)
@@ -148,10 +142,10 @@ def test_fit_trains_weights_and_every_step(method):
 
 def test_lsq_state_dict_round_trip():
     data = _data()
-    qm, _ = Q.quantize_model(_net(), method="lsq", weight_bits=4, act_bits=4)
+    qm, _ = Q.quantize_model(conv_net(), method="lsq", weight_bits=4, act_bits=4)
     Q.calibrate(qm, data)
     tc.fit(qm, data, epochs=1, lr=0.01, optimizer="sgd", progress=False, seed=0)
-    fresh, _ = Q.quantize_model(_net(), method="lsq", weight_bits=4, act_bits=4)
+    fresh, _ = Q.quantize_model(conv_net(), method="lsq", weight_bits=4, act_bits=4)
     fresh.load_state_dict(qm.state_dict())
     x = data.tensors[0]
     with torch.no_grad():

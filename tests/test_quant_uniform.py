@@ -5,11 +5,11 @@ import math
 
 import pytest
 import torch
+from helpers import randn
 from hypothesis import given
 from hypothesis import strategies as st
 
 from tensorcompress import quantization as Q
-from tests.conftest import randn
 
 try:  # oracle only: torch.ao.quantization is being retired in favour of torchao
     from torch.ao.quantization import MinMaxObserver, PerChannelMinMaxObserver

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorly as tl
 import torch
-from conftest import tolerance
+from helpers import randn, tolerance
 from hypothesis import given
 from hypothesis import strategies as st
 from tensorly import tenalg
@@ -20,12 +20,6 @@ import tensorcompress as tc
 
 # ---------------------------------------------------------------------------------------------------------------------
 # helpers
-
-
-def _random(shape, seed: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """A seeded standard-normal tensor on ``device`` with ``dtype``, drawn in float64 on the CPU."""
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(tuple(shape), generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
 
 
 def _np(x: torch.Tensor) -> np.ndarray:
@@ -63,7 +57,7 @@ def _numpy_backend():
 
 @given(shape=shapes, data=st.data(), seed=seeds)
 def test_unfold_matches_tensorly(device, dtype, shape, data, seed):
-    x = _random(shape, seed, device, dtype)
+    x = randn(shape, seed, device, dtype)
     mode = data.draw(st.integers(-len(shape), len(shape) - 1), label="mode")
     _check(tc.unfold(x, mode), tl.unfold(_np(x), mode % len(shape)), device, dtype)
 
@@ -72,13 +66,13 @@ def test_unfold_matches_tensorly(device, dtype, shape, data, seed):
 def test_fold_matches_tensorly(device, dtype, shape, data, seed):
     mode = data.draw(st.integers(0, len(shape) - 1), label="mode")
     rest = int(np.prod([s for k, s in enumerate(shape) if k != mode]))
-    m = _random((shape[mode], rest), seed, device, dtype)
+    m = randn((shape[mode], rest), seed, device, dtype)
     _check(tc.fold(m, mode, shape), tl.fold(_np(m), mode, shape), device, dtype)
 
 
 @given(shape=shapes, data=st.data(), seed=seeds)
 def test_fold_unfold_is_identity(device, dtype, shape, data, seed):
-    x = _random(shape, seed, device, dtype)
+    x = randn(shape, seed, device, dtype)
     mode = data.draw(st.integers(0, len(shape) - 1), label="mode")
     assert torch.equal(tc.fold(tc.unfold(x, mode), mode, x.shape), x)
     m = tc.unfold(x, mode)
@@ -87,9 +81,9 @@ def test_fold_unfold_is_identity(device, dtype, shape, data, seed):
 
 @given(shape=shapes, data=st.data(), seed=seeds, rows=sizes)
 def test_mode_dot_matrix_matches_tensorly(device, dtype, shape, data, seed, rows):
-    x = _random(shape, seed, device, dtype)
+    x = randn(shape, seed, device, dtype)
     mode = data.draw(st.integers(0, len(shape) - 1), label="mode")
-    m = _random((rows, shape[mode]), seed + 1, device, dtype)
+    m = randn((rows, shape[mode]), seed + 1, device, dtype)
     x_before = x.clone()
     out = tc.mode_dot(x, m, mode)
     _check(out, tenalg.mode_dot(_np(x), _np(m), mode), device, dtype)
@@ -98,9 +92,9 @@ def test_mode_dot_matrix_matches_tensorly(device, dtype, shape, data, seed, rows
 
 @given(shape=shapes, data=st.data(), seed=seeds)
 def test_mode_dot_vector_matches_tensorly(device, dtype, shape, data, seed):
-    x = _random(shape, seed, device, dtype)
+    x = randn(shape, seed, device, dtype)
     mode = data.draw(st.integers(0, len(shape) - 1), label="mode")
-    v = _random((shape[mode],), seed + 1, device, dtype)
+    v = randn((shape[mode],), seed + 1, device, dtype)
     out = tc.mode_dot(x, v, mode)
     assert out.ndim == x.ndim - 1  # a vector contracts the mode away
     _check(out, tenalg.mode_dot(_np(x), _np(v), mode), device, dtype)
@@ -109,16 +103,16 @@ def test_mode_dot_vector_matches_tensorly(device, dtype, shape, data, seed):
 @given(shape=shapes, data=st.data(), seed=seeds, transpose=st.booleans())
 def test_multi_mode_dot_matches_tensorly(device, dtype, shape, data, seed, transpose):
     n = len(shape)
-    x = _random(shape, seed, device, dtype)
+    x = randn(shape, seed, device, dtype)
     modes = data.draw(st.permutations(range(n)).flatmap(lambda p: st.integers(1, n).map(lambda k: p[:k])), "modes")
     kinds = data.draw(st.lists(st.sampled_from(["matrix", "vector"]), min_size=len(modes), max_size=len(modes)))
     mats = []
     for i, (mode, kind) in enumerate(zip(modes, kinds, strict=True)):
         rows = data.draw(sizes, label=f"rows[{i}]")
         if kind == "vector":
-            mats.append(_random((shape[mode],), seed + i + 1, device, dtype))
+            mats.append(randn((shape[mode],), seed + i + 1, device, dtype))
         else:
-            mats.append(_random((shape[mode], rows) if transpose else (rows, shape[mode]), seed + i + 1, device, dtype))
+            mats.append(randn((shape[mode], rows) if transpose else (rows, shape[mode]), seed + i + 1, device, dtype))
     skip = data.draw(st.none() | st.integers(0, len(mats) - 1), label="skip")
     out = tc.multi_mode_dot(x, mats, modes=modes, skip=skip, transpose=transpose)
     # TensorLy's ``skip`` indexes the matrices sorted by mode; ours indexes the list as given.
@@ -129,8 +123,8 @@ def test_multi_mode_dot_matches_tensorly(device, dtype, shape, data, seed, trans
 
 @given(shape=shapes, seed=seeds, transpose=st.booleans())
 def test_multi_mode_dot_default_modes_matches_tensorly(device, dtype, shape, seed, transpose):
-    x = _random(shape, seed, device, dtype)
-    mats = [_random((s, 2) if transpose else (2, s), seed + k + 1, device, dtype) for k, s in enumerate(shape)]
+    x = randn(shape, seed, device, dtype)
+    mats = [randn((s, 2) if transpose else (2, s), seed + k + 1, device, dtype) for k, s in enumerate(shape)]
     ref = tenalg.multi_mode_dot(_np(x), [_np(m) for m in mats], transpose=transpose)
     _check(tc.multi_mode_dot(x, mats, transpose=transpose), ref, device, dtype)
 
@@ -138,7 +132,7 @@ def test_multi_mode_dot_default_modes_matches_tensorly(device, dtype, shape, see
 @given(data=st.data(), seed=seeds, n=st.integers(2, 5), rank=sizes)
 def test_khatri_rao_matches_tensorly(device, dtype, data, seed, n, rank):
     rows = data.draw(st.lists(sizes, min_size=n, max_size=n), label="rows")
-    mats = [_random((r, rank), seed + k, device, dtype) for k, r in enumerate(rows)]
+    mats = [randn((r, rank), seed + k, device, dtype) for k, r in enumerate(rows)]
     skip = data.draw(st.none() | st.integers(0, n - 1), label="skip")
     ref = tenalg.khatri_rao([_np(m) for m in mats], skip_matrix=skip)
     _check(tc.khatri_rao(mats, skip=skip), ref, device, dtype)
@@ -147,7 +141,7 @@ def test_khatri_rao_matches_tensorly(device, dtype, data, seed, n, rank):
 @given(data=st.data(), seed=seeds, n=st.integers(2, 4))
 def test_kronecker_matches_tensorly(device, dtype, data, seed, n):
     shapes_ = data.draw(st.lists(st.tuples(sizes, sizes), min_size=n, max_size=n), label="shapes")
-    mats = [_random(s, seed + k, device, dtype) for k, s in enumerate(shapes_)]
+    mats = [randn(s, seed + k, device, dtype) for k, s in enumerate(shapes_)]
     skip = data.draw(st.none() | st.integers(0, n - 1), label="skip")
     ref = tenalg.kronecker([_np(m) for m in mats], skip_matrix=skip)
     _check(tc.kronecker(mats, skip=skip), ref, device, dtype)
@@ -155,14 +149,14 @@ def test_kronecker_matches_tensorly(device, dtype, data, seed, n):
 
 @given(shape=shapes, seed=seeds, eps=st.floats(1e-3, 1.0))
 def test_relative_error_matches_numpy(device, dtype, shape, seed, eps):
-    x = _random(shape, seed, device, dtype)
-    approx = x + eps * _random(shape, seed + 1, device, dtype)
+    x = randn(shape, seed, device, dtype)
+    approx = x + eps * randn(shape, seed + 1, device, dtype)
     ref = np.linalg.norm(_np(x) - _np(approx)) / np.linalg.norm(_np(x))
     _check(tc.relative_error(x, approx), np.asarray(ref), device, dtype)
 
 
 def test_relative_error_accepts_objects_with_to_tensor(device, dtype):
-    x = _random((3, 4), 0, device, dtype)
+    x = randn((3, 4), 0, device, dtype)
 
     class Approx:
         def to_tensor(self):
@@ -179,9 +173,9 @@ def test_relative_error_accepts_objects_with_to_tensor(device, dtype):
 @given(shape=shapes, data=st.data(), seed=seeds, rows=sizes)
 def test_unfold_of_mode_product_is_matrix_product(device, dtype, shape, data, seed, rows):
     """(X x_n M)_(n) = M X_(n)."""
-    x = _random(shape, seed, device, dtype)
+    x = randn(shape, seed, device, dtype)
     mode = data.draw(st.integers(0, len(shape) - 1), label="mode")
-    m = _random((rows, shape[mode]), seed + 1, device, dtype)
+    m = randn((rows, shape[mode]), seed + 1, device, dtype)
     _check(tc.unfold(tc.mode_dot(x, m, mode), mode), m @ tc.unfold(x, mode), device, dtype)
 
 
@@ -189,19 +183,19 @@ def test_unfold_of_mode_product_is_matrix_product(device, dtype, shape, data, se
 def test_mode_products_on_distinct_modes_commute_and_on_one_mode_compose(device, dtype, shape, data, seed):
     """X x_m A x_n B = X x_n B x_m A (m != n) and X x_n A x_n B = X x_n (BA)."""
     m_, n_ = data.draw(st.permutations(range(len(shape))), label="modes")[:2]
-    x = _random(shape, seed, device, dtype)
-    a = _random((2, shape[m_]), seed + 1, device, dtype)
-    b = _random((3, shape[n_]), seed + 2, device, dtype)
+    x = randn(shape, seed, device, dtype)
+    a = randn((2, shape[m_]), seed + 1, device, dtype)
+    b = randn((3, shape[n_]), seed + 2, device, dtype)
     lhs = tc.mode_dot(tc.mode_dot(x, a, m_), b, n_)
     _check(lhs, tc.mode_dot(tc.mode_dot(x, b, n_), a, m_), device, dtype)
-    c = _random((4, 2), seed + 3, device, dtype)
+    c = randn((4, 2), seed + 3, device, dtype)
     _check(tc.mode_dot(tc.mode_dot(x, a, m_), c, m_), tc.mode_dot(x, c @ a, m_), device, dtype)
 
 
 @given(shape=shapes, data=st.data(), seed=seeds, rank=sizes)
 def test_cp_unfolding_is_factor_times_khatri_rao(device, dtype, shape, data, seed, rank):
     """unfold([[A_1..A_N]], n) = A_n (A_1 (.) ... A_{n-1} (.) A_{n+1} ... (.) A_N)^T, row-major convention."""
-    factors = [_random((s, rank), seed + k, device, dtype) for k, s in enumerate(shape)]
+    factors = [randn((s, rank), seed + k, device, dtype) for k, s in enumerate(shape)]
     # the CP tensor as a sum of outer products, built independently of khatri_rao
     letters = "abcde"[: len(shape)]
     x = torch.einsum(",".join(f"{c}r" for c in letters) + "->" + letters, *factors)
@@ -215,8 +209,8 @@ def test_cp_unfolding_is_factor_times_khatri_rao(device, dtype, shape, data, see
 def test_kronecker_mixed_product(device, dtype, data, seed):
     """(A (x) B)(C (x) D) = AC (x) BD."""
     m, n, p, q, k, l_ = data.draw(st.lists(sizes, min_size=6, max_size=6), label="sizes")
-    a, b = _random((m, n), seed, device, dtype), _random((p, q), seed + 1, device, dtype)
-    c, d = _random((n, k), seed + 2, device, dtype), _random((q, l_), seed + 3, device, dtype)
+    a, b = randn((m, n), seed, device, dtype), randn((p, q), seed + 1, device, dtype)
+    c, d = randn((n, k), seed + 2, device, dtype), randn((q, l_), seed + 3, device, dtype)
     lhs = tc.kronecker([a, b]) @ tc.kronecker([c, d])
     _check(lhs, tc.kronecker([a @ c, b @ d]), device, dtype)
 
@@ -225,7 +219,7 @@ def test_kronecker_mixed_product(device, dtype, data, seed):
 def test_khatri_rao_columns_are_kronecker_products(device, dtype, data, seed, rank):
     """(A (.) B)[:, r] = A[:, r] (x) B[:, r]."""
     i, j = data.draw(st.tuples(sizes, sizes), label="rows")
-    a, b = _random((i, rank), seed, device, dtype), _random((j, rank), seed + 1, device, dtype)
+    a, b = randn((i, rank), seed, device, dtype), randn((j, rank), seed + 1, device, dtype)
     kr = tc.khatri_rao([a, b])
     for r in range(rank):
         _check(kr[:, r], tc.kronecker([a[:, r : r + 1], b[:, r : r + 1]])[:, 0], device, dtype)
@@ -488,7 +482,7 @@ def test_max_abs_and_check_finite_agree_with_the_elementwise_definitions(shape, 
     non-finite entry (any position, either sign, any dtype, scales down to float32 subnormals)."""
     from tensorcompress._validation import check_finite, max_abs
 
-    x = (_random(shape, seed, torch.device("cpu"), torch.float64) * scale).to(dtype)
+    x = (randn(shape, seed, torch.device("cpu"), torch.float64) * scale).to(dtype)
     if bad is not None:
         x.view(-1)[seed % x.numel()] = float(bad)
     got, expected = max_abs(x), float(x.abs().max())

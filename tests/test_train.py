@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from helpers import mlp
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
@@ -19,11 +20,6 @@ def _blobs(n=120, d=5, classes=3, seed=0, dtype=torch.float32):
     y = torch.arange(n) % classes
     x = centres[y] + torch.randn(n, d, generator=g, dtype=dtype)
     return TensorDataset(x, y)
-
-
-def _model(seed=0, d=5, classes=3):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(d, 8), nn.ReLU(), nn.Linear(8, classes))
 
 
 def test_set_seed_reproduces_draws():
@@ -42,7 +38,7 @@ def test_set_seed_reproduces_draws():
 
 def test_fit_is_reproducible_and_seed_matters():
     data = _blobs()
-    m1, m2, m3 = _model(), _model(), _model()
+    m1, m2, m3 = mlp(5, 8, 3, seed=0), mlp(5, 8, 3, seed=0), mlp(5, 8, 3, seed=0)
     h1 = tc.fit(m1, data, epochs=3, lr=1e-2, batch_size=16, seed=5, progress=False)
     h2 = tc.fit(m2, data, epochs=3, lr=1e-2, batch_size=16, seed=5, progress=False)
     tc.fit(m3, data, epochs=3, lr=1e-2, batch_size=16, seed=6, progress=False)
@@ -54,7 +50,7 @@ def test_fit_is_reproducible_and_seed_matters():
 
 def test_fit_trains_in_place_and_reports_history(device, dtype):
     data, test = _blobs(dtype=dtype), _blobs(seed=1, dtype=dtype)
-    model = _model().to(dtype)
+    model = mlp(5, 8, 3, seed=0).to(dtype)
     before = [p.detach().clone() for p in model.parameters()]
     model.eval()
     history = tc.fit(model, data, epochs=6, lr=1e-2, batch_size=16, device=device, seed=0, progress=False, test=test)
@@ -79,7 +75,7 @@ def test_fit_history_loss_is_the_epoch_mean_of_batch_losses():
             self.losses.append((float(state.loss.detach()), state.batch[1].shape[0]))
 
     rec = Record()
-    h = tc.fit(_model(), _blobs(n=50), epochs=1, lr=1e-2, batch_size=16, progress=False, callbacks=[rec])
+    h = tc.fit(mlp(5, 8, 3, seed=0), _blobs(n=50), epochs=1, lr=1e-2, batch_size=16, progress=False, callbacks=[rec])
     assert [n for _, n in rec.losses] == [16, 16, 16, 2]
     assert h[0]["loss"] == pytest.approx(sum(l * n for l, n in rec.losses) / 50)
 
@@ -97,7 +93,8 @@ def test_callback_order_and_stop():
         def on_epoch_end(self, state):
             state.stop = state.epoch == 2
 
-    h = tc.fit(_model(), _blobs(n=32), epochs=5, lr=1e-2, batch_size=16, progress=False, callbacks=[Spy(), Stop()])
+    h = tc.fit(mlp(5, 8, 3, seed=0), _blobs(n=32), epochs=5, lr=1e-2, batch_size=16, progress=False,
+               callbacks=[Spy(), Stop()])
     assert len(h) == 2
     names = [e[0] for e in events]
     per_batch = ["on_batch_begin", "on_loss", "on_after_backward", "on_batch_end"]
@@ -107,7 +104,7 @@ def test_callback_order_and_stop():
 
 
 def test_gradient_mask_in_on_after_backward_freezes_weights():
-    model = _model()
+    model = mlp(5, 8, 3, seed=0)
     mask = torch.rand(model[0].weight.shape, generator=torch.Generator().manual_seed(0)) < 0.5
     frozen = model[0].weight.detach()[mask].clone()
 
@@ -117,7 +114,7 @@ def test_gradient_mask_in_on_after_backward_freezes_weights():
 
     tc.fit(model, _blobs(), epochs=2, lr=1e-1, optimizer="sgd", progress=False, callbacks=[MaskGrad()])
     assert torch.equal(model[0].weight.detach()[mask], frozen)
-    assert not torch.equal(model[0].weight.detach()[~mask], _model()[0].weight.detach()[~mask])
+    assert not torch.equal(model[0].weight.detach()[~mask], mlp(5, 8, 3, seed=0)[0].weight.detach()[~mask])
 
 
 def test_loss_fn_receives_outputs_targets_inputs():
@@ -129,14 +126,15 @@ def test_loss_fn_receives_outputs_targets_inputs():
         values.append(float(loss.detach()))
         return loss
 
-    h = tc.fit(_model(), _blobs(n=32), epochs=1, lr=1e-2, batch_size=16, progress=False, loss_fn=mse_to_one_hot)
+    h = tc.fit(mlp(5, 8, 3, seed=0), _blobs(n=32), epochs=1, lr=1e-2, batch_size=16, progress=False,
+               loss_fn=mse_to_one_hot)
     assert seen == [((16, 3), (16,), (16, 5))] * 2
     assert h[0]["loss"] == pytest.approx(sum(values) / 2)  # the history reports loss_fn's values, not cross-entropy
 
 
 def test_non_finite_loss_is_an_error():
     with pytest.raises(FloatingPointError, match="training loss became nan at epoch 1, step 1"):
-        tc.fit(_model(), _blobs(), epochs=1, progress=False, loss_fn=lambda o, t, x: o.sum() * math.nan)
+        tc.fit(mlp(5, 8, 3, seed=0), _blobs(), epochs=1, progress=False, loss_fn=lambda o, t, x: o.sum() * math.nan)
 
 
 class _Spy:
@@ -149,7 +147,7 @@ class _Spy:
 @pytest.mark.parametrize("name,cls", [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW),
                                       ("sgd", torch.optim.SGD)])
 def test_each_optimizer_is_built_as_documented_and_trains(name, cls):
-    spy, model = _Spy(), _model()
+    spy, model = _Spy(), mlp(5, 8, 3, seed=0)
     data = _blobs(n=120)
     before = tc.evaluate(model, data)
     h = tc.fit(model, data, epochs=5, lr=1e-2, batch_size=16, optimizer=name, weight_decay=1e-4, progress=False,
@@ -166,7 +164,7 @@ def test_each_optimizer_is_built_as_documented_and_trains(name, cls):
 
 
 def test_optimizer_instance_and_cosine_schedule():
-    model = _model()
+    model = mlp(5, 8, 3, seed=0)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     spy = _Spy()
     h = tc.fit(model, _blobs(n=16), epochs=4, optimizer=opt, scheduler="cosine", progress=False, callbacks=[spy])
@@ -178,28 +176,28 @@ def test_fit_bad_arguments():
     data = _blobs(n=8)
     msg = "optimizer must be 'adam', 'adamw', 'sgd' or a torch.optim.Optimizer, got 'lbfgs'"
     with pytest.raises(ValueError, match=msg):
-        tc.fit(_model(), data, optimizer="lbfgs", progress=False)
+        tc.fit(mlp(5, 8, 3, seed=0), data, optimizer="lbfgs", progress=False)
     with pytest.raises(ValueError, match="lr must be a positive finite number, got -1"):
-        tc.fit(_model(), data, lr=-1, progress=False)
+        tc.fit(mlp(5, 8, 3, seed=0), data, lr=-1, progress=False)
     with pytest.raises(ValueError, match="epochs must be >= 1, got 0"):
-        tc.fit(_model(), data, epochs=0, progress=False)
+        tc.fit(mlp(5, 8, 3, seed=0), data, epochs=0, progress=False)
     with pytest.raises(TypeError, match=r"callbacks\[0\] must have at least one of the methods on_train_begin, .*"
                                         r"got function"):
-        tc.fit(_model(), data, callbacks=[lambda s: None], progress=False)
+        tc.fit(mlp(5, 8, 3, seed=0), data, callbacks=[lambda s: None], progress=False)
     with pytest.raises(TypeError, match="train must be a torch Dataset or DataLoader, got list"):
-        tc.fit(_model(), [1, 2], progress=False)
+        tc.fit(mlp(5, 8, 3, seed=0), [1, 2], progress=False)
     with pytest.raises(ValueError, match="scheduler must be None, 'cosine' or a callable"):
-        tc.fit(_model(), data, scheduler="step", progress=False)
+        tc.fit(mlp(5, 8, 3, seed=0), data, scheduler="step", progress=False)
 
 
 def test_progress_bar_quiet(capsys, monkeypatch):
     monkeypatch.delenv("TQDM_DISABLE", raising=False)
-    tc.fit(_model(), _blobs(n=8), epochs=1, progress=False)
+    tc.fit(mlp(5, 8, 3, seed=0), _blobs(n=8), epochs=1, progress=False)
     assert capsys.readouterr().err == ""
-    tc.fit(_model(), _blobs(n=8), epochs=1, progress=True)
+    tc.fit(mlp(5, 8, 3, seed=0), _blobs(n=8), epochs=1, progress=True)
     assert "fit" in capsys.readouterr().err
     monkeypatch.setenv("TQDM_DISABLE", "1")
-    tc.fit(_model(), _blobs(n=8), epochs=1, progress=True)
+    tc.fit(mlp(5, 8, 3, seed=0), _blobs(n=8), epochs=1, progress=True)
     assert capsys.readouterr().err == ""
 
 
@@ -287,11 +285,11 @@ def test_evaluate_tuple_and_dict_outputs_use_the_logits():
 def test_fit_on_an_empty_data_set_is_a_clear_error():
     empty = TensorDataset(torch.zeros(0, 5), torch.zeros(0, dtype=torch.long))
     with pytest.raises(ValueError, match="train must hold at least one sample, got an empty data set"):
-        tc.fit(_model(), empty, progress=False)
+        tc.fit(mlp(5, 8, 3, seed=0), empty, progress=False)
     with pytest.raises(ValueError, match="train must hold at least one sample, got an empty data set"):
-        tc.fit(_model(), DataLoader(empty, batch_size=4), progress=False)
+        tc.fit(mlp(5, 8, 3, seed=0), DataLoader(empty, batch_size=4), progress=False)
     with pytest.raises(ValueError, match="test must hold at least one sample"):
-        tc.fit(_model(), _blobs(n=8), test=empty, progress=False)
+        tc.fit(mlp(5, 8, 3, seed=0), _blobs(n=8), test=empty, progress=False)
 
 
 def test_evaluate_refuses_nan_inputs_and_nan_logits():
@@ -301,10 +299,10 @@ def test_evaluate_refuses_nan_inputs_and_nan_logits():
     x[[3, 17], 1] = math.nan
     x[20, 0] = math.inf
     with pytest.raises(ValueError, match="data holds NaN or Inf inputs in 3 of its 30 samples"):
-        tc.evaluate(_model(), TensorDataset(x, y))
+        tc.evaluate(mlp(5, 8, 3, seed=0), TensorDataset(x, y))
     with pytest.raises(ValueError, match="data holds NaN or Inf inputs in 3 of its 30 samples"):
-        tc.evaluate(_model(), DataLoader(TensorDataset(x, y), batch_size=7))
-    broken = _model()
+        tc.evaluate(mlp(5, 8, 3, seed=0), DataLoader(TensorDataset(x, y), batch_size=7))
+    broken = mlp(5, 8, 3, seed=0)
     with torch.no_grad():
         broken[2].bias[0] = math.nan
     with pytest.raises(ValueError, match="the model returned NaN or Inf logits for 30 of 30 samples"):
@@ -318,7 +316,7 @@ def test_fit_names_non_finite_inputs_as_the_cause():
     data = TensorDataset(x, y)
     with pytest.raises(FloatingPointError, match=r"training loss became nan at epoch 1, step \d: 1 of the 16 inputs "
                                                  "of this batch hold NaN or Inf"):
-        tc.fit(_model(), data, epochs=1, batch_size=16, progress=False)
+        tc.fit(mlp(5, 8, 3, seed=0), data, epochs=1, batch_size=16, progress=False)
 
 
 # ---------------------------------------------------------------- global state is scoped
@@ -342,7 +340,7 @@ def test_fit_leaves_global_state_as_it_was(monkeypatch):
     torch.backends.cudnn.deterministic = False
     try:
         before = _global_state()
-        model, data = _model(), _blobs(n=16)
+        model, data = mlp(5, 8, 3, seed=0), _blobs(n=16)
         torch.manual_seed(123)
         random.seed(123)
         np.random.seed(123)  # noqa: NPY002 -- the legacy global state fit must not change
@@ -390,7 +388,7 @@ def test_fit_restores_the_mode_of_every_submodule():
 
 
 def test_evaluate_leaves_the_model_on_its_device(device):
-    model = _model().to(device)
+    model = mlp(5, 8, 3, seed=0).to(device)
     for where in {torch.device("cpu"), torch.device(device)}:
         ev = tc.evaluate(model, _blobs(n=16), device=where)
         assert ev.n == 16
@@ -429,7 +427,7 @@ def test_on_loss_extends_the_loss_before_backward():
         def on_loss(self, state):
             state.loss = state.loss + penalty(state.model)
 
-    a, b, c = _model(), _model(), _model()
+    a, b, c = mlp(5, 8, 3, seed=0), mlp(5, 8, 3, seed=0), mlp(5, 8, 3, seed=0)
     ha = tc.fit(a, _blobs(), epochs=2, lr=1e-2, progress=False, callbacks=[L2()])
     hb = tc.fit(b, _blobs(), epochs=2, lr=1e-2, progress=False,
                 loss_fn=lambda o, t, x: nn.functional.cross_entropy(o, t) + penalty(b))
@@ -442,16 +440,16 @@ def test_on_loss_extends_the_loss_before_backward():
         def on_loss(self, state):
             state.loss = state.outputs.sum() * 0  # no gradient signal at all
 
-    frozen = _model()
+    frozen = mlp(5, 8, 3, seed=0)
     tc.fit(frozen, _blobs(), epochs=1, lr=1e-2, optimizer="sgd", progress=False, callbacks=[Replace()])
-    assert all(torch.equal(p, q) for p, q in zip(frozen.parameters(), _model().parameters(), strict=True))
+    assert all(torch.equal(p, q) for p, q in zip(frozen.parameters(), mlp(5, 8, 3, seed=0).parameters(), strict=True))
 
     class NotScalar:
         def on_loss(self, state):
             state.loss = state.outputs
 
     with pytest.raises(TypeError, match=r"the loss must be a scalar tensor .* got Tensor\(16, 3\)"):
-        tc.fit(_model(), _blobs(), batch_size=16, progress=False, callbacks=[NotScalar()])
+        tc.fit(mlp(5, 8, 3, seed=0), _blobs(), batch_size=16, progress=False, callbacks=[NotScalar()])
 
 
 class _Learnable:
@@ -464,7 +462,7 @@ class _Learnable:
 
 @pytest.mark.parametrize("optimizer", ["adam", "sgd-instance"])
 def test_parameters_added_in_on_train_begin_are_trained(optimizer):
-    model = _model()
+    model = mlp(5, 8, 3, seed=0)
     opt = torch.optim.SGD(model.parameters(), lr=0.05) if optimizer == "sgd-instance" else optimizer
     spy = _Spy()
     tc.fit(model, _blobs(), epochs=2, lr=1e-2, optimizer=opt, progress=False, callbacks=[_Learnable(), spy])
@@ -478,7 +476,7 @@ def test_a_callback_may_give_its_parameter_its_own_group():
             super().on_train_begin(state)
             state.optimizer.add_param_group({"params": [state.model.scale], "lr": 0.0})
 
-    spy, model = _Spy(), _model()
+    spy, model = _Spy(), mlp(5, 8, 3, seed=0)
     tc.fit(model, _blobs(), epochs=2, lr=1e-2, progress=False, callbacks=[OwnGroup(), spy])
     assert len(spy.optimizer.param_groups) == 2  # not added twice
     assert model.scale.item() == pytest.approx(0.1)  # lr 0 in its own group
@@ -502,11 +500,11 @@ def test_models_returning_logits_and_features():
             seen.append((tuple(state.outputs.shape), tuple(h.shape)))
             state.loss = state.loss + 0.0 * h.square().mean()  # a feature regulariser, here of weight 0
 
-    plain = _model()
+    plain = mlp(5, 8, 3, seed=0)
     h_plain = tc.fit(plain, _blobs(n=32), epochs=2, lr=1e-2, batch_size=16, progress=False, test=_blobs(n=30, seed=1))
     for as_dict in (False, True):
         m = WithFeatures(as_dict)
-        m.body[0], m.head = _model()[0], _model()[2]  # the plain model's initial weights
+        m.body[0], m.head = mlp(5, 8, 3, seed=0)[0], mlp(5, 8, 3, seed=0)[2]  # the plain model's initial weights
         seen.clear()
         h = tc.fit(m, _blobs(n=32), epochs=2, lr=1e-2, batch_size=16, progress=False, callbacks=[SeeFeatures()],
                    test=_blobs(n=30, seed=1))
@@ -525,7 +523,7 @@ def test_duck_typed_callbacks_and_misspelt_hooks():
             self.epochs.append((state.epoch, state.rank, state.world_size, state.is_main))
 
     cb = OnlyEpochEnd()
-    tc.fit(_model(), _blobs(n=16), epochs=2, progress=False, callbacks=[cb])
+    tc.fit(mlp(5, 8, 3, seed=0), _blobs(n=16), epochs=2, progress=False, callbacks=[cb])
     assert cb.epochs == [(1, 0, 1, True), (2, 0, 1, True)]
 
     class Typo:
@@ -533,7 +531,7 @@ def test_duck_typed_callbacks_and_misspelt_hooks():
 
     with pytest.raises(TypeError, match=r"callbacks\[0\] \(Typo\) has method\(s\) \['on_epoch_ended'\] that fit never "
                                         "calls"):
-        tc.fit(_model(), _blobs(n=16), progress=False, callbacks=[Typo()])
+        tc.fit(mlp(5, 8, 3, seed=0), _blobs(n=16), progress=False, callbacks=[Typo()])
 
 
 def test_any_dataset_trains_exactly_as_its_tensor_dataset():
@@ -546,14 +544,14 @@ def test_any_dataset_trains_exactly_as_its_tensor_dataset():
         def __getitem__(self, i):
             return data[i]
 
-    a, b = _model(), _model()
+    a, b = mlp(5, 8, 3, seed=0), mlp(5, 8, 3, seed=0)
     ha = tc.fit(a, data, epochs=2, lr=1e-2, batch_size=16, seed=3, progress=False)
     hb = tc.fit(b, Wrapped(), epochs=2, lr=1e-2, batch_size=16, seed=3, progress=False)
     assert ha == hb and all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
 
 
 def test_checkpoint_holds_the_trained_state(tmp_path):
-    model = _model()
+    model = mlp(5, 8, 3, seed=0)
     tc.fit(model, _blobs(n=16), epochs=1, progress=False, checkpoint=tmp_path / "m.pt")
     state = torch.load(tmp_path / "m.pt", weights_only=True)
     assert state.keys() == model.state_dict().keys()
@@ -564,7 +562,7 @@ def test_checkpoint_holds_the_trained_state(tmp_path):
 def test_regression_outputs_have_no_accuracy():
     x = torch.randn(20, 5, generator=torch.Generator().manual_seed(0))
     data = TensorDataset(x, x[:, :3] * 2)  # float targets: a regression
-    h = tc.fit(_model(), data, epochs=2, lr=1e-2, progress=False,
+    h = tc.fit(mlp(5, 8, 3, seed=0), data, epochs=2, lr=1e-2, progress=False,
                loss_fn=lambda o, t, x: nn.functional.mse_loss(o, t))
     assert set(h[0]) == {"epoch", "loss", "lr"} and h[1]["loss"] < h[0]["loss"]
 

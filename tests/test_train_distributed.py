@@ -10,7 +10,6 @@ then differ only by the order of floating-point sums.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import free_port
 from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
@@ -86,12 +86,6 @@ WORKER = SETUP + textwrap.dedent('''
 ''')
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory):
     """Run the worker under ``torchrun --nproc_per_node 2`` on a free loopback port; return both ranks' results."""
@@ -101,7 +95,7 @@ def two_processes(tmp_path_factory):
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     env["OMP_NUM_THREADS"] = "1"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), str(out / "worker.py"), str(out)]
+           "--master_port", str(free_port()), str(out / "worker.py"), str(out)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import tensorly as tl
 import torch
-from conftest import randn as _randn
-from conftest import tolerance
+from helpers import randn, tolerance
 from hypothesis import given
 from hypothesis import strategies as st
 from tensorly.decomposition import tensor_train
@@ -29,7 +28,7 @@ def test_exact_recovery_float64(device):
 
 @given(shape=shapes, eps=st.floats(0.0, 0.9), seed=st.integers(0, 999))
 def test_tt_svd_meets_eps(shape, eps, seed):
-    x = _randn(shape, seed)
+    x = randn(shape, seed)
     tt = tc.tt_svd(x, eps=eps)
     assert float(tc.relative_error(x, tt)) <= eps * (1 + 1e-9) + 1e-12
     rounded = tc.tt_round(tc.tt_svd(x), eps=eps)  # rounding the exact TT meets the same guarantee
@@ -39,7 +38,7 @@ def test_tt_svd_meets_eps(shape, eps, seed):
 @given(shape=shapes, cap=st.integers(1, 6), seed=st.integers(0, 999))
 def test_error_no_worse_than_tensorly(shape, cap, seed):
     """Fixed ranks: TT-SVD error <= 1.001 x TensorLy's tensor_train + 1e-12, on the same tensor and ranks."""
-    x = _randn(shape, seed)
+    x = randn(shape, seed)
     tt = tc.tt_svd(x, rank=cap)
     with tl.backend_context("numpy"):
         ref = tl.tt_to_tensor(tensor_train(x.numpy(), [1] + list(tt.rank[1:-1]) + [1]))
@@ -94,7 +93,7 @@ def test_device_and_dtype_agree(device, dtype):
 
 
 def test_no_mutation_and_tensorly_round_trip(device, dtype):
-    x = _randn((4, 5, 6), 1, device, dtype)
+    x = randn((4, 5, 6), 1, device, dtype)
     x_before = x.clone()
     tt = tc.tt_svd(x, rank=3)
     torch.testing.assert_close(x, x_before, rtol=0, atol=0)
@@ -117,7 +116,7 @@ def test_rank_one_rule_capped_and_tensorly_form():
     """One rank-list rule for tt_svd, tt_round and tt_matrix_svd: an int or d - 1 inner ranks or TensorLy's
     [1, r_1, ..., 1], each capped at what its unfolding allows (failed before: a list entry above the cap raised in
     tt_svd/tt_matrix_svd while tt_round capped it, and TensorLy's form was refused)."""
-    x = _randn((2, 3, 4), 0)
+    x = randn((2, 3, 4), 0)
     assert tc.tt_svd(x, rank=100).rank == (1, 2, 4, 1)
     assert tc.tt_svd(x, rank=[2, 1]).rank == (1, 2, 1, 1)
     assert tc.tt_svd(x, rank=[5, 9]).rank == (1, 2, 4, 1)  # capped at min(2, 12) and min(6, 4)
@@ -125,7 +124,7 @@ def test_rank_one_rule_capped_and_tensorly_form():
     full = tc.tt_svd(x)
     assert tc.tt_round(full, rank=[5, 9]).rank == (1, 2, 4, 1)
     assert tc.tt_round(full, rank=[1, 2, 3, 1]).rank == (1, 2, 3, 1)
-    w = _randn((6, 8), 1)
+    w = randn((6, 8), 1)
     assert tc.tt_matrix_svd(w, (2, 3), (2, 4), rank=[50]).rank == (1, 4, 1)  # min(2 * 2, 3 * 4)
     assert tc.tt_matrix_svd(w, (2, 3), (2, 4), rank=[1, 3, 1]).rank == (1, 3, 1)
     # the same ranks as TensorLy's tensor_train given the same list
@@ -159,8 +158,8 @@ def test_tt_svd_bad_input(kwargs, exc, match):
 
 
 def test_tt_round_arithmetic_and_construction_bad_input():
-    a = tc.tt_svd(_randn((3, 4, 5), 0), rank=2)
-    b = tc.tt_svd(_randn((3, 4, 6), 0), rank=2)
+    a = tc.tt_svd(randn((3, 4, 5), 0), rank=2)
+    b = tc.tt_svd(randn((3, 4, 6), 0), rank=2)
     with pytest.raises(TypeError, match=r"tt must be a TTTensor, got Tensor"):
         tc.tt_round(X)
     with pytest.raises(ValueError, match=r"give eps or rank, not both"):
@@ -211,7 +210,7 @@ def test_half_precision_computes_in_float32(half):
 
 
 def test_round_refuses_nan_cores_and_tt_svd_refuses_empty():
-    tt = tc.tt_svd(_randn((3, 4, 5), 0), rank=2)
+    tt = tc.tt_svd(randn((3, 4, 5), 0), rank=2)
     tt.cores[1][0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match=r"tt.cores\[1\] must be finite"):
         tc.tt_round(tt, eps=0.1)
@@ -223,7 +222,7 @@ def test_round_refuses_nan_cores_and_tt_svd_refuses_empty():
 
 def test_rank_has_one_name():
     """``rank`` is the one argument of every TT function (``max_rank=`` is refused) and the one attribute."""
-    x = _randn((3, 4, 5), 0)
+    x = randn((3, 4, 5), 0)
     tt = tc.tt_svd(x, 2)
     assert tt.rank == tc.tt_svd(x, rank=2).rank == tc.tt_round(tt, 2).rank == (1, 2, 2, 1)
     assert not hasattr(tt, "ranks")

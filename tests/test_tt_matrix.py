@@ -8,8 +8,7 @@ import math
 import pytest
 import tensorly as tl
 import torch
-from conftest import randn as _randn
-from conftest import tolerance
+from helpers import randn, tolerance
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -21,7 +20,7 @@ modes = st.lists(st.tuples(st.integers(1, 4), st.integers(1, 4)), min_size=1, ma
 @given(pairs=modes, seed=st.integers(0, 999), eps=st.floats(0.0, 0.8))
 def test_tt_matrix_svd_and_tensorly_agree(pairs, seed, eps):
     rows, cols = tuple(p[0] for p in pairs), tuple(p[1] for p in pairs)
-    w = _randn((math.prod(rows), math.prod(cols)), seed)
+    w = randn((math.prod(rows), math.prod(cols)), seed)
     exact = tc.tt_matrix_svd(w, rows, cols)
     torch.testing.assert_close(exact.to_matrix(), w, rtol=1e-10, atol=1e-10)
     approx = tc.tt_matrix_svd(w, rows, cols, eps=eps)
@@ -39,10 +38,10 @@ def test_tt_matrix_svd_and_tensorly_agree(pairs, seed, eps):
 @given(pairs=modes, seed=st.integers(0, 999), batch=st.integers(1, 3), rank=st.integers(1, 3))
 def test_matvec_equals_dense_product_and_gradients(pairs, seed, batch, rank):
     rows, cols = tuple(p[0] for p in pairs), tuple(p[1] for p in pairs)
-    w = _randn((math.prod(rows), math.prod(cols)), seed)
+    w = randn((math.prod(rows), math.prod(cols)), seed)
     tt = tc.tt_matrix_svd(w, rows, cols, rank=rank)
     dense = tt.to_matrix()
-    x = _randn((batch, math.prod(cols)), seed + 1)
+    x = randn((batch, math.prod(cols)), seed + 1)
     torch.testing.assert_close(tt.matvec(x), x @ dense.mT, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(tc.tt_matrix_vector_product(tt, x[0]), dense @ x[0], rtol=1e-10, atol=1e-10)
     cores = [c.clone().requires_grad_(True) for c in tt.cores]
@@ -57,13 +56,13 @@ def test_matvec_equals_dense_product_and_gradients(pairs, seed, batch, rank):
 
 
 def test_device_dtype_and_round_trip(device, dtype):
-    w64 = _randn((12, 20), 0)
+    w64 = randn((12, 20), 0)
     ref = tc.tt_matrix_svd(w64, (3, 4), (4, 5), rank=4)
     tt = tc.tt_matrix_svd(w64.to(device=device, dtype=dtype), (3, 4), (4, 5), rank=4)
     assert tt.dtype == dtype and tt.device.type == device.type and tt.rank == (1, 4, 1)
     torch.testing.assert_close(tt.to_matrix().cpu().double(), ref.to_matrix(), rtol=10 * tolerance(dtype),
                                atol=10 * tolerance(dtype))
-    x = _randn((3, 20), 1, device, dtype)
+    x = randn((3, 20), 1, device, dtype)
     y = tt.matvec(x)
     assert y.dtype == dtype and y.device.type == device.type and y.shape == (3, 12)
     back = tc.TTMatrix.from_tensorly(tt.to_tensorly())

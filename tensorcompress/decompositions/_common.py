@@ -4,7 +4,7 @@ small base class every result (CPTensor, TuckerTensor, TTTensor, TTMatrix) deriv
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -304,3 +304,35 @@ class Factorized:
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(shape={tuple(self.shape)}, {self._rank_repr()}, n_params={self.n_params}, "
                 f"dtype={self.dtype}, device={self.device})")
+
+
+class FactorMatrices(Factorized):
+    """A result made of a head tensor (CP's ``weights``, Tucker's ``core``) and one factor matrix per mode:
+    ``shape`` is the factors' rows, ``n_params`` counts the head and the factors, and :meth:`_check_factors` checks
+    the factors against the head once, for both."""
+
+    factors: list[torch.Tensor]
+
+    @staticmethod
+    def _check_factors(factors: Sequence[torch.Tensor], head: torch.Tensor, head_name: str,
+                       columns: Sequence[int], why: Callable[[int], str]) -> list[torch.Tensor]:
+        """``factors`` as a list if each ``factors[k]`` has ``columns[k]`` columns (else ``ValueError`` ending with
+        ``why(k)``, what the head asks for) and ``head``'s dtype and device."""
+        for k, f in enumerate(factors):
+            if f.shape[1] != columns[k]:
+                raise ValueError(f"factors[{k}] has {f.shape[1]} columns (shape {tuple(f.shape)}) but {why(k)}")
+            if f.device != head.device or f.dtype != head.dtype:
+                raise ValueError(f"factors[{k}] is {f.dtype} on {f.device} but {head_name} is {head.dtype} on "
+                                 f"{head.device}: use one dtype and device")
+        return list(factors)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(f.shape[0] for f in self.factors)
+
+    @property
+    def n_params(self) -> int:
+        return self._parts()[0].numel() + sum(f.numel() for f in self.factors)
+
+    def _rank_repr(self) -> str:
+        return f"rank={self.rank}"

@@ -17,13 +17,13 @@ import torch
 
 from .._validation import check_finite, check_matrices, check_positive_int, check_tensor
 from ..tensor import khatri_rao, ldexp
-from ._common import Factorized, check_tol, generator, leading_eigvecs, prepare, unfolding_gram, uniform
+from ._common import FactorMatrices, check_tol, generator, leading_eigvecs, prepare, unfolding_gram, uniform
 from .cp_tuning import check_layout, gemm
 
 __all__ = ["CPTensor", "cp_als", "cp_to_tensor"]
 
 
-class CPTensor(Factorized):
+class CPTensor(FactorMatrices):
     r"""A tensor in CP format :math:`[\![\lambda; A_1, \dots, A_N]\!]`.
 
     Parameters
@@ -49,27 +49,14 @@ class CPTensor(Factorized):
             raise ValueError(f"weights must be a vector (1-D), got shape {tuple(weights.shape)}")
         factors = check_matrices(factors, "factors")
         rank = weights.shape[0]
-        for k, f in enumerate(factors):
-            if f.shape[1] != rank:
-                raise ValueError(f"factors[{k}] has {f.shape[1]} columns (shape {tuple(f.shape)}) but weights has "
-                                 f"length {rank}: every factor needs rank={rank} columns")
-            if f.device != weights.device or f.dtype != weights.dtype:
-                raise ValueError(f"factors[{k}] is {f.dtype} on {f.device} but weights is {weights.dtype} on "
-                                 f"{weights.device}: use one dtype and device")
+        self.factors = self._check_factors(factors, weights, "weights", [rank] * len(factors),
+                                           lambda k: f"weights has length {rank}: every factor needs rank={rank} "
+                                                     f"columns")
         self.weights = weights
-        self.factors = list(factors)
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(f.shape[0] for f in self.factors)
 
     @property
     def rank(self) -> int:
         return self.weights.shape[0]
-
-    @property
-    def n_params(self) -> int:
-        return self.rank + sum(f.numel() for f in self.factors)
 
     def _parts(self) -> tuple:
         return self.weights, self.factors
@@ -82,9 +69,6 @@ class CPTensor(Factorized):
         return cls(weights, factors)
 
     _tensorly_class = ("cp_tensor", "CPTensor")
-
-    def _rank_repr(self) -> str:
-        return f"rank={self.rank}"
 
     def to_tensor(self) -> torch.Tensor:
         r"""The full tensor, :math:`X_{(1)} = A_1 \operatorname{diag}(\lambda) (A_2 \odot \cdots \odot A_N)^\top`."""

@@ -17,7 +17,7 @@ gives the same tensor (up to rounding to ``dtype``) on every device.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
@@ -63,11 +63,23 @@ def _noise_level(noise: object, snr_db: object) -> float:
     return noise
 
 
-def add_noise(
-    x: torch.Tensor, *, noise: float = 0.0, snr_db: float | None = None, seed: int | None = None
-) -> torch.Tensor:
+def add_noise(x: torch.Tensor, *, noise: float = 0.0, snr_db: float | None = None,
+              seed: int | None = None) -> torch.Tensor:
     r"""``x`` plus Gaussian noise scaled so that :math:`\|N\|/\|X\|` = ``noise`` exactly (or the SNR is ``snr_db``
-    dB exactly). Returns a new tensor; ``x`` is not modified."""
+    dB exactly). Returns a new tensor; ``x`` is not modified.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        The signal, any shape, dtype and device; the noise is drawn in float64 on the CPU, then cast to ``x``'s.
+    noise : float >= 0
+        The relative level :math:`\|N\|_F/\|X\|_F`; ``0`` (and no ``snr_db``) returns a copy of ``x``.
+    snr_db : float, optional
+        The signal-to-noise ratio in dB instead, any finite real (``noise = 10**(-snr_db/20)``); give at most one of
+        ``noise`` and ``snr_db``.
+    seed : int, optional
+        Seed of the noise; ``None`` draws a fresh one.
+    """
     level = _noise_level(noise, snr_db)
     if level == 0:
         return x.clone()
@@ -77,24 +89,25 @@ def add_noise(
     return x + n.to(device=x.device, dtype=x.dtype)
 
 
-def _finish(truth, noise, snr_db, gen_seed, dtype, device) -> SyntheticTensor:
+def _synthetic(build: Callable[[torch.Generator], CPTensor | TuckerTensor | TTTensor], noise: object,
+               snr_db: object, seed: int | None, dtype: object, device: torch.device | str | None) -> SyntheticTensor:
+    """What every generator shares after checking its shape and rank: check ``dtype`` and the noise, build the truth
+    in float64 from a generator seeded with ``seed``, draw the noise's seed from the same generator after it, and
+    return the noisy tensor with its truth, both on ``device`` in ``dtype``."""
+    dtype = _check_dtype(dtype)
     level = _noise_level(noise, snr_db)
+    gen = generator(seed)
+    truth = build(gen)
+    noise_seed = int(torch.randint(0, 2**62, (1,), generator=gen))
     full = truth.to_tensor()
     if level:
-        full = add_noise(full, noise=level, seed=gen_seed)
+        full = add_noise(full, noise=level, seed=noise_seed)
     return SyntheticTensor(full.to(device=device, dtype=dtype), truth.to(device=device, dtype=dtype))
 
 
-def random_cp(
-    shape: Sequence[int],
-    rank: int,
-    *,
-    noise: float = 0.0,
-    snr_db: float | None = None,
-    seed: int | None = None,
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str | None = None,
-) -> SyntheticTensor:
+def random_cp(shape: Sequence[int], rank: int, *, noise: float = 0.0, snr_db: float | None = None,
+              seed: int | None = None, dtype: torch.dtype = torch.float32,
+              device: torch.device | str | None = None) -> SyntheticTensor:
     r"""A tensor of CP rank (at most, generically exactly) ``rank``: standard normal factors, unit weights.
 
     Parameters
@@ -104,81 +117,81 @@ def random_cp(
     rank : int
         Number of rank-one components.
     noise, snr_db : float
-        Relative noise :math:`\|N\|/\|X\|` or signal-to-noise ratio in dB (give at most one).
+        Relative noise :math:`\|N\|/\|X\|` or signal-to-noise ratio in dB (give at most one; see
+        :func:`add_noise`).
     seed : int, optional
         Seed of the factors and of the noise.
     dtype, device
-        Of the returned tensors.
+        Of the returned tensors (a floating point dtype).
     """
     shape = _check_shape(shape)
     check_positive_int(rank, "rank")
-    dtype = _check_dtype(dtype)
-    _noise_level(noise, snr_db)
-    gen = generator(seed)
-    factors = [torch.randn(s, rank, generator=gen, dtype=torch.float64) for s in shape]
-    truth = CPTensor(torch.ones(rank, dtype=torch.float64), factors)
-    noise_seed = int(torch.randint(0, 2**62, (1,), generator=gen))
-    return _finish(truth, noise, snr_db, noise_seed, dtype, device)
+
+    def build(gen: torch.Generator) -> CPTensor:
+        factors = [torch.randn(s, rank, generator=gen, dtype=torch.float64) for s in shape]
+        return CPTensor(torch.ones(rank, dtype=torch.float64), factors)
+
+    return _synthetic(build, noise, snr_db, seed, dtype, device)
 
 
-def random_tucker(
-    shape: Sequence[int],
-    rank: int | Sequence[int],
-    *,
-    decades: float = 0.0,
-    noise: float = 0.0,
-    snr_db: float | None = None,
-    seed: int | None = None,
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str | None = None,
-) -> SyntheticTensor:
+def random_tucker(shape: Sequence[int], rank: int | Sequence[int], *, decades: float = 0.0, noise: float = 0.0,
+                  snr_db: float | None = None, seed: int | None = None, dtype: torch.dtype = torch.float32,
+                  device: torch.device | str | None = None) -> SyntheticTensor:
     r"""A tensor of multilinear rank ``rank``: standard normal core, orthonormal factors (QR of normal matrices).
 
-    ``rank`` is an int (every mode) or one rank per mode, ``1 <= R_n <= I_n``. ``decades`` > 0 grades the core
-    (an ill-conditioned tensor): entry :math:`(i_1..i_N)` is multiplied by
-    :math:`\prod_n 10^{-\text{decades}\, i_n / (R_n - 1)}`, so the singular values of every unfolding fall over
-    at least about ``decades`` decades (the random core spreads them further). Other arguments as :func:`random_cp`.
+    Parameters
+    ----------
+    shape : sequence of int
+        At least two positive sizes :math:`I_n`.
+    rank : int or sequence of int
+        One rank for every mode, or one rank per mode, ``1 <= R_n <= I_n``.
+    decades : float >= 0
+        ``decades`` > 0 grades the core (an ill-conditioned tensor): entry :math:`(i_1..i_N)` is multiplied by
+        :math:`\prod_n 10^{-\text{decades}\, i_n / (R_n - 1)}`, so the singular values of every unfolding fall
+        over at least about ``decades`` decades (the random core spreads them further). ``0`` leaves it normal.
+    noise, snr_db, seed, dtype, device
+        As :func:`random_cp`.
     """
     shape = _check_shape(shape)
     ranks = parse_ranks(rank, shape)
     decades = check_tol(decades, "decades")
-    dtype = _check_dtype(dtype)
-    _noise_level(noise, snr_db)
-    gen = generator(seed)
-    core = torch.randn(tuple(ranks), generator=gen, dtype=torch.float64)
-    for n, r in enumerate(ranks):
-        grade = torch.logspace(0, -decades, r, dtype=torch.float64) if r > 1 else torch.ones(1, dtype=torch.float64)
-        core = core * grade.reshape([r if k == n else 1 for k in range(len(ranks))])
-    factors = [torch.linalg.qr(torch.randn(s, r, generator=gen, dtype=torch.float64)).Q
-               for s, r in zip(shape, ranks, strict=True)]
-    noise_seed = int(torch.randint(0, 2**62, (1,), generator=gen))
-    return _finish(TuckerTensor(core, factors), noise, snr_db, noise_seed, dtype, device)
+
+    def build(gen: torch.Generator) -> TuckerTensor:
+        core = torch.randn(tuple(ranks), generator=gen, dtype=torch.float64)
+        for n, r in enumerate(ranks):
+            grade = (torch.logspace(0, -decades, r, dtype=torch.float64) if r > 1
+                     else torch.ones(1, dtype=torch.float64))
+            core = core * grade.reshape([r if k == n else 1 for k in range(len(ranks))])
+        factors = [torch.linalg.qr(torch.randn(s, r, generator=gen, dtype=torch.float64)).Q
+                   for s, r in zip(shape, ranks, strict=True)]
+        return TuckerTensor(core, factors)
+
+    return _synthetic(build, noise, snr_db, seed, dtype, device)
 
 
-def random_tt(
-    shape: Sequence[int],
-    rank: int | Sequence[int],
-    *,
-    noise: float = 0.0,
-    snr_db: float | None = None,
-    seed: int | None = None,
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str | None = None,
-) -> SyntheticTensor:
+def random_tt(shape: Sequence[int], rank: int | Sequence[int], *, noise: float = 0.0, snr_db: float | None = None,
+              seed: int | None = None, dtype: torch.dtype = torch.float32,
+              device: torch.device | str | None = None) -> SyntheticTensor:
     r"""A tensor of TT rank ``rank``: standard normal cores scaled by :math:`1/\sqrt{r_{k-1} I_k}`.
 
-    ``rank`` is an int (capped at what each unfolding allows) or the ``d - 1`` inner ranks, each at most
-    :math:`\min(\prod_{j \le k} I_j, \prod_{j > k} I_j)`; other arguments as :func:`random_cp`.
+    Parameters
+    ----------
+    shape : sequence of int
+        At least two positive sizes :math:`I_1..I_d`.
+    rank : int or sequence of int
+        An int (capped at what each unfolding allows) or the ``d - 1`` inner ranks, each at most
+        :math:`\min(\prod_{j \le k} I_j, \prod_{j > k} I_j)`.
+    noise, snr_db, seed, dtype, device
+        As :func:`random_cp`.
     """
     shape = _check_shape(shape)
     inner = parse_tt_rank(rank, shape, strict=True)
     if inner is None:
         raise TypeError("rank must be an int or a sequence of d - 1 ints, got None")
-    dtype = _check_dtype(dtype)
-    _noise_level(noise, snr_db)
-    gen = generator(seed)
     full_ranks = [1, *inner, 1]
-    cores = [torch.randn(full_ranks[k], s, full_ranks[k + 1], generator=gen, dtype=torch.float64)
-             / math.sqrt(full_ranks[k] * s) for k, s in enumerate(shape)]
-    noise_seed = int(torch.randint(0, 2**62, (1,), generator=gen))
-    return _finish(TTTensor(cores), noise, snr_db, noise_seed, dtype, device)
+
+    def build(gen: torch.Generator) -> TTTensor:
+        return TTTensor([torch.randn(full_ranks[k], s, full_ranks[k + 1], generator=gen, dtype=torch.float64)
+                         / math.sqrt(full_ranks[k] * s) for k, s in enumerate(shape)])
+
+    return _synthetic(build, noise, snr_db, seed, dtype, device)

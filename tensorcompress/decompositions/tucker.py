@@ -19,7 +19,7 @@ import torch
 from .._validation import check_finite, check_matrices, check_positive_int, check_tensor
 from ..tensor import ldexp, multi_mode_dot, unfold
 from ._common import (
-    Factorized,
+    FactorMatrices,
     check_tol,
     generator,
     leading_eigvecs,
@@ -36,7 +36,7 @@ from ._common import (
 __all__ = ["TuckerTensor", "hosvd", "tucker", "tucker_to_tensor"]
 
 
-class TuckerTensor(Factorized):
+class TuckerTensor(FactorMatrices):
     r"""A tensor in Tucker format :math:`G \times_1 A_1 \cdots \times_N A_N`.
 
     Parameters
@@ -60,27 +60,13 @@ class TuckerTensor(Factorized):
         if core.ndim != len(factors):
             raise ValueError(f"core has order {core.ndim} (shape {tuple(core.shape)}) but {len(factors)} factors "
                              f"were given: give one factor per mode")
-        for k, f in enumerate(factors):
-            if f.shape[1] != core.shape[k]:
-                raise ValueError(f"factors[{k}] has {f.shape[1]} columns (shape {tuple(f.shape)}) but mode {k} of "
-                                 f"the core has size {core.shape[k]}")
-            if f.device != core.device or f.dtype != core.dtype:
-                raise ValueError(f"factors[{k}] is {f.dtype} on {f.device} but core is {core.dtype} on "
-                                 f"{core.device}: use one dtype and device")
+        self.factors = self._check_factors(factors, core, "core", core.shape,
+                                           lambda k: f"mode {k} of the core has size {core.shape[k]}")
         self.core = core
-        self.factors = list(factors)
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(f.shape[0] for f in self.factors)
 
     @property
     def rank(self) -> tuple[int, ...]:
         return tuple(self.core.shape)
-
-    @property
-    def n_params(self) -> int:
-        return self.core.numel() + sum(f.numel() for f in self.factors)
 
     def _parts(self) -> tuple:
         return self.core, self.factors
@@ -90,9 +76,6 @@ class TuckerTensor(Factorized):
         return cls(*parts)
 
     _tensorly_class = ("tucker_tensor", "TuckerTensor")
-
-    def _rank_repr(self) -> str:
-        return f"rank={self.rank}"
 
     def to_tensor(self) -> torch.Tensor:
         r"""The full tensor :math:`G \times_1 A_1 \cdots \times_N A_N`."""

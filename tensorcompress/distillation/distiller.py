@@ -42,6 +42,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from .._validation import Checked
 from ..surgery import device_of, dtype_of, kept_modes
 from ..train.loop import fit, split_outputs
 from .hooks import FeatureHooks
@@ -161,23 +162,9 @@ class Distiller:
 
     # ------------------------------------------------------------ hyperparameters (a callback may anneal them)
 
-    @property
-    def T(self) -> float:
-        """The temperature; may be changed between batches (validated: ``> 0``)."""
-        return self._T
-
-    @T.setter
-    def T(self, value: float) -> None:
-        self._T = check_temperature(value)
-
-    @property
-    def alpha(self) -> float:
-        """The weight of the soft targets; may be changed between batches (validated: in ``[0, 1]``)."""
-        return self._alpha
-
-    @alpha.setter
-    def alpha(self, value: float) -> None:
-        self._alpha = check_alpha(value)
+    T = Checked(check_temperature, "The temperature; may be changed between batches (validated: ``> 0``).")
+    alpha = Checked(check_alpha, "The weight of the soft targets; may be changed between batches (validated: in "
+                                 "``[0, 1]``).")
 
     # ------------------------------------------------------------ teacher
 

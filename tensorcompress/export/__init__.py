@@ -9,21 +9,14 @@
 * :mod:`~tensorcompress.export.csr` — CSR with Deep Compression's relative indices and filler zeros.
 """
 
-from .architectures import register_architecture, registered_architectures
+from . import architectures, coding, csr
+from .architectures import *  # noqa: F403
 from .coding import *  # noqa: F403
-from .coding import __all__ as _coding_all
-from .csr import CSRRelative, csr_decode, csr_encode
-from .file import (
-    FORMAT_VERSION,
-    KINDS,
-    Kind,
-    StreamSize,
-    encode_compressed,
-    load_compressed,
-    save_compressed,
-    shared_streams,
-)
+from .csr import *  # noqa: F403
+from .file import *  # noqa: F403
+from .file import __all__ as _file_all
 
-__all__ = ["save_compressed", "load_compressed", "encode_compressed", "shared_streams", "StreamSize", "Kind", "KINDS",
-           "FORMAT_VERSION", "register_architecture", "registered_architectures", "CSRRelative", "csr_encode",
-           "csr_decode", *_coding_all]
+_KIND_TOOLS = ("Found", "Decoded", "Reader", "field", "CODERS")
+"""Names for writing a new layer kind: public in :mod:`tensorcompress.export.file`, not re-exported here."""
+
+__all__ = [*(n for n in _file_all if n not in _KIND_TOOLS), *architectures.__all__, *csr.__all__, *coding.__all__]

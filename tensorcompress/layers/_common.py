@@ -11,7 +11,7 @@ from torch import nn
 from .._validation import check_finite, compute_dtype
 
 __all__ = ["check_linear", "check_conv2d", "conv_padding", "factory_kwargs", "check_rank", "check_energy",
-           "weight_to_decompose", "check_pair"]
+           "weight_to_decompose", "check_pair", "dense_conv2d"]
 
 
 def check_linear(linear: object, name: str = "linear") -> nn.Linear:
@@ -86,6 +86,19 @@ def check_conv2d(conv: object, name: str = "conv") -> nn.Conv2d:
 def factory_kwargs(tensor: torch.Tensor) -> dict:
     """``device`` and ``dtype`` of ``tensor``, for building modules that follow it."""
     return {"device": tensor.device, "dtype": tensor.dtype}
+
+
+def dense_conv2d(layer: nn.Module, kernel: torch.Tensor, bias: torch.Tensor | None) -> nn.Conv2d:
+    """The ``nn.Conv2d`` of ``layer``'s geometry (channels, kernel size, stride, padding, dilation) holding
+    ``kernel`` and ``bias`` (copies), in ``kernel``'s device and dtype: what a factorised conv's ``to_dense``
+    returns."""
+    dense = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, stride=layer.stride,
+                      padding=layer.padding, dilation=layer.dilation, bias=bias is not None, **factory_kwargs(kernel))
+    with torch.no_grad():
+        dense.weight.copy_(kernel)
+        if bias is not None:
+            dense.bias.copy_(bias)
+    return dense
 
 
 def check_rank(rank: object, name: str, maximum: int | None = None) -> int:

@@ -23,7 +23,7 @@ from torch import nn
 
 from ..decompositions import cp_als
 from ..tensor import unfold
-from ._common import check_conv2d, check_pair, check_rank, conv_padding, weight_to_decompose
+from ._common import check_conv2d, check_pair, check_rank, conv_padding, dense_conv2d, weight_to_decompose
 
 __all__ = ["CPConv2d", "cp_exact_rank"]
 
@@ -167,15 +167,9 @@ class CPConv2d(nn.Module):
         """The equivalent ``nn.Conv2d`` with kernel :math:`\\sum_r a^{(T)}_r \\circ a^{(S)}_r \\circ a^{(h)}_r \\circ
         a^{(w)}_r`."""
         a_t, a_s, a_h, a_w = self.factors()
-        w = self.last.weight
-        dense = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, stride=self.stride,
-                          padding=self.padding, dilation=self.dilation, bias=self.last.bias is not None,
-                          device=w.device, dtype=w.dtype)
         with torch.no_grad():
-            dense.weight.copy_(torch.einsum("tr,sr,ir,jr->tsij", a_t, a_s, a_h, a_w))
-            if self.last.bias is not None:
-                dense.bias.copy_(self.last.bias)
-        return dense
+            kernel = torch.einsum("tr,sr,ir,jr->tsij", a_t, a_s, a_h, a_w)
+        return dense_conv2d(self, kernel, self.last.bias)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, rank={self.rank}, "

@@ -30,6 +30,7 @@ from ._common import (
     check_pair,
     check_rank,
     conv_padding,
+    dense_conv2d,
     weight_to_decompose,
 )
 from .vbmf import evbmf
@@ -40,7 +41,23 @@ __all__ = ["TuckerConv2d", "tucker2_ranks"]
 def tucker2_ranks(weight: torch.Tensor, rank: object = None, *, energy: float | None = None) -> tuple[int, int]:
     r"""``(R_T, R_S)`` for a conv kernel: given (checked), ``"vbmf"`` (EVBMF rank of the mode-0 and mode-1
     unfoldings, at least 1), or by ``energy`` (smallest ranks keeping that fraction of each unfolding's
-    :math:`\sum \sigma_i^2`)."""
+    :math:`\sum \sigma_i^2`).
+
+    Parameters
+    ----------
+    weight : (T, S, ...) tensor
+        A conv kernel, output channels first; float16 and bfloat16 kernels are read in float32.
+    rank : (int, int) or ``"vbmf"``, optional
+        ``(R_T, R_S)`` with ``1 <= R_T <= T`` and ``1 <= R_S <= S`` (returned as given, after the check), or
+        ``"vbmf"``. Give exactly one of ``rank`` and ``energy``.
+    energy : float in (0, 1], optional
+        The fraction of each unfolding's squared singular values to keep.
+
+    Returns
+    -------
+    (int, int)
+        ``(R_T, R_S)``.
+    """
     weight = weight.to(compute_dtype(weight, "weight"))  # float16 / bfloat16: the SVDs run in float32
     t, s = weight.shape[:2]
     if (rank is None) == (energy is None):
@@ -155,14 +172,9 @@ class TuckerConv2d(nn.Module):
         g = self.core.weight
         u_t = self.last.weight.reshape(self.out_channels, self.rank[0])
         u_s = self.first.weight.reshape(self.rank[1], self.in_channels).T
-        dense = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, stride=self.stride,
-                          padding=self.padding, dilation=self.dilation, bias=self.last.bias is not None,
-                          device=g.device, dtype=g.dtype)
         with torch.no_grad():
-            dense.weight.copy_(mode_dot(mode_dot(g, u_t, 0), u_s, 1))
-            if self.last.bias is not None:
-                dense.bias.copy_(self.last.bias)
-        return dense
+            kernel = mode_dot(mode_dot(g, u_t, 0), u_s, 1)
+        return dense_conv2d(self, kernel, self.last.bias)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, rank={self.rank}, "

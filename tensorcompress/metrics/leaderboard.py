@@ -254,6 +254,29 @@ class Leaderboard:
         The metric is measured on every model; bytes (unless ``nbytes`` gives the size of the method's own file,
         described by ``bytes_from``), parameters, FLOPs and latency on the first. Models are not changed: every
         submodule keeps its train/eval mode (:func:`tensorcompress.surgery.kept_modes`).
+
+        Parameters
+        ----------
+        name : str
+            The row's name, unique on the board.
+        models : nn.Module or non-empty sequence of nn.Module
+            One model per seed (the row shows their mean and spread) or one deterministic model; each is measured
+            in eval mode.
+        family : str
+            The kind of method (``"baseline"`` marks the reference row, others are free text such as
+            ``"quantized"``).
+        nbytes : int > 0, optional
+            The size of the method's own compressed file; ``None`` measures what ``torch.save`` writes for the
+            first model (:func:`model_size_bytes`).
+        bytes_from : str, optional
+            What ``nbytes`` measured (printed with the table; ``"file"`` when ``nbytes`` is given without it).
+        note : str
+            Free text carried on the row.
+
+        Returns
+        -------
+        Entry
+            The row added.
         """
         if self.metric.fn is None:
             raise ValueError(f"metric {self.metric.name!r} has no fn to measure a model: add entries measured "

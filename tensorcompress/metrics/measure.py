@@ -150,6 +150,24 @@ def latency(
     Measured with :meth:`torch.utils.benchmark.Timer.blocked_autorange` (which synchronises CUDA), on a deep copy
     of the model in eval mode (``model`` itself is not moved or changed), with ``threads`` CPU threads.
     Machine-dependent: print it in notebooks only in cells marked ``# NBVAL_IGNORE_OUTPUT``.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The model timed (a copy of it is).
+    example_input : torch.Tensor
+        One batch; its batch size is part of what is measured.
+    device : torch.device or str
+        Where the copy and the input are moved for the measurement.
+    threads : int >= 1
+        CPU threads the timer runs with.
+    min_run_time : float
+        Seconds of measurement at least (passed to ``blocked_autorange``); longer gives a steadier median.
+
+    Returns
+    -------
+    Latency
+        Median and interquartile range in seconds per call, the number of timed blocks, the device and threads.
     """
     _check_module(model)
     check_tensor(example_input, "example_input")

@@ -9,6 +9,14 @@ mean and the **sample** standard deviation (Bessel's correction, ``ddof = 1``)
 the unbiased estimate of the variance across seeds (NumPy's ``np.std(x, ddof=1)``, PyTorch's ``torch.std`` default).
 With three seeds :math:`s` is itself rough (its relative standard error is about 50 %): read "97.1 ± 0.3" as "the
 first decimal is noise-level", not as a confidence interval.
+
+Both numbers are computed in exact rational arithmetic (:class:`fractions.Fraction`: every float is a rational) and
+rounded once, so they are the floats nearest the true values (ties to even) at any magnitude: equal values give
+their value and exactly 0, deviations near 1e300 neither overflow nor those near 1e-320 underflow in a square. The
+square root is taken on integers: with :math:`s^2 = p/q`, :math:`r = \lfloor\sqrt{\lfloor p\,4^m/q \rfloor}\rfloor`
+(``math.isqrt``) for :math:`m` making :math:`r \ge 2^{55}`, so every rounding boundary of a float at that scale is
+an integer and :math:`r\,2^{-m}` (exact) or :math:`(r + \tfrac12)\,2^{-m}` (inexact) rounds as
+:math:`\sqrt{p/q}` does.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import math
 import numbers
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from fractions import Fraction
 
 __all__ = ["SeedStats", "over_seeds"]
 
@@ -47,13 +56,32 @@ class SeedStats:
 
     @classmethod
     def from_values(cls, values: Iterable[float], seeds: Iterable[int]) -> SeedStats:
-        """Mean and sample standard deviation (ddof = 1) of at least two ``values``."""
+        """Mean and sample standard deviation (ddof = 1) of at least two finite ``values``, each correctly rounded
+        (module docstring); a standard deviation beyond the largest float is ``inf``."""
         values, seeds = tuple(float(v) for v in values), tuple(seeds)
         if len(values) < 2 or len(values) != len(seeds):
             raise ValueError(f"need at least two values, one per seed, got {len(values)} values for seeds {seeds}")
-        mean = math.fsum(values) / len(values)
-        std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1))
-        return cls(mean, std, values, seeds)
+        exact = [Fraction(v) for v in values]  # ValueError for NaN or Inf
+        mean = sum(exact) / len(exact)
+        var = sum((x - mean) ** 2 for x in exact) / (len(exact) - 1)
+        return cls(float(mean), _rounded_sqrt(var), values, seeds)
+
+
+def _rounded_sqrt(x: Fraction) -> float:
+    r""":math:`\sqrt{x}` for a rational ``x >= 0``, rounded once to the nearest float (ties to even); ``inf`` beyond
+    the largest float."""
+    p, q = x.numerator, x.denominator
+    if p == 0:
+        return 0.0
+    # p 4^m / q >= 2^110, so that r = isqrt(...) >= 2^55: float boundaries at that scale are integers
+    m = max(0, -((p.bit_length() - q.bit_length() - 111) // 2))
+    n = p << (2 * m)
+    r = math.isqrt(n // q)
+    inexact = r * r * q != n
+    try:
+        return (2 * r + inexact) / (1 << (m + 1))  # int / int is correctly rounded (subnormals included)
+    except OverflowError:
+        return math.inf
 
 
 def _check_seeds(seeds: object) -> tuple[int, ...]:

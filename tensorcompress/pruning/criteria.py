@@ -200,7 +200,22 @@ def hessian_diagonal(loss_fn: Callable[[], torch.Tensor], param: torch.Tensor, *
 def obd_saliency(loss_fn: Callable[[], torch.Tensor], param: torch.Tensor, **options) -> torch.Tensor:
     r"""Optimal Brain Damage saliency :math:`s_q = \tfrac12 h_{qq} w_q^2` (options go to :func:`hessian_diagonal`).
 
-    It predicts the loss increase of zeroing :math:`w_q` alone, exactly for a quadratic loss at its minimum."""
+    It predicts the loss increase of zeroing :math:`w_q` alone, exactly for a quadratic loss at its minimum.
+
+    Parameters
+    ----------
+    loss_fn : callable ``() -> scalar tensor``
+        Recomputes the loss from ``param``.
+    param : tensor with ``requires_grad``
+        The weights scored.
+    **options
+        ``method``, ``samples``, ``exact_max`` and ``generator`` of :func:`hessian_diagonal`.
+
+    Returns
+    -------
+    torch.Tensor
+        One saliency per weight, of ``param``'s shape; the smallest are pruned first.
+    """
     h = hessian_diagonal(loss_fn, param, **options)
     return 0.5 * h * param.detach() ** 2
 

@@ -114,8 +114,18 @@ class PruningSchedule(Callback):
 class AGP(PruningSchedule):
     """Automated gradual pruning (Zhu & Gupta 2017): :func:`agp_sparsity` by optimizer step.
 
-    ``final``, ``initial``, ``start``, ``n_steps`` and ``frequency`` are those of :func:`agp_sparsity`; other
-    keyword arguments go to :func:`tensorcompress.pruning.prune`.
+    Parameters
+    ----------
+    final, initial : float in [0, 1]
+        The sparsity reached after the last update and the one before ``start``.
+    start : int
+        The optimizer step of the first update.
+    n_steps : int >= 1
+        The number of updates after the first.
+    frequency : int >= 1
+        Optimizer steps between updates.
+    **prune_options
+        Passed to :func:`tensorcompress.pruning.prune` (not ``amount``, which the schedule sets).
     """
 
     def __init__(self, final: float, *, initial: float = 0.0, start: int = 0, n_steps: int = 10,

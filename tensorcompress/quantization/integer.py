@@ -153,7 +153,22 @@ class IntegerLayer(nn.Module):
     ``in_scale`` only for the ``entry`` layer, which quantizes the network's float input; ``out_scale`` (float32,
     per channel) only for the last layer, whose accumulator is returned as real numbers. With ``accumulate=True``
     (and no ``next_quantizer``) the layer returns its int32 accumulator (scale ``acc_scale``, zero point 0) for an
-    :class:`IntegerMeanPool`."""
+    :class:`IntegerMeanPool`.
+
+    Parameters
+    ----------
+    layer : QuantizedLayer
+        A calibrated ``Conv2d`` or ``Linear`` with weights of at most 8 bits and zero padding.
+    next_quantizer : ActivationQuantizer or None
+        The quantizer of the next layer's input: the layer returns codes in its ``[qmin, qmax]`` (requantized by a
+        fixed-point multiplier per channel); ``None`` returns float logits (or, with ``accumulate``, the
+        accumulator).
+    entry : bool
+        Whether the layer takes the network's float input and quantizes it; otherwise it takes integer codes and
+        refuses a float tensor.
+    accumulate : bool
+        Return the int32 accumulator; needs ``next_quantizer=None``.
+    """
 
     def __init__(self, layer: QuantizedLayer, next_quantizer: ActivationQuantizer | None, *, entry: bool = True,
                  accumulate: bool = False):
@@ -229,7 +244,19 @@ class IntegerMeanPool(nn.Module):
     """Global average pooling of int32 accumulators (scale ``acc_scale[c]`` per channel, zero point 0) into the
     codes of ``out_qp``: an int64 sum over the ``hw`` positions, then one requantization by
     :math:`M_c = S_{\\text{acc},c} / (S_{\\text{out}}\\, HW)`. Returns ``N x C`` codes (``N x C x 1 x 1`` with
-    ``keepdim``)."""
+    ``keepdim``).
+
+    Parameters
+    ----------
+    acc_scale : (C,) tensor
+        The scale of each channel's accumulator (:math:`S_x S_w` of the layer before).
+    out_qp : QParams
+        The per-tensor quantization of the pooled output (the next layer's input).
+    hw : int
+        The number of positions averaged, :math:`H W`; the input's ``H * W`` must equal it.
+    keepdim : bool
+        Return ``N x C x 1 x 1`` instead of ``N x C``.
+    """
 
     def __init__(self, acc_scale: torch.Tensor, out_qp: QParams, hw: int, *, keepdim: bool = False):
         super().__init__()

@@ -218,7 +218,24 @@ class WeightQuantizer(nn.Module):
     or per tensor. The observer re-reads the weight whenever it has changed (QAT follows the weights; the
     parameters are cached on the tensor's storage and version counter, which every in-place update such as an
     optimizer step bumps); with ``learnable=True`` (LSQ) the scale is a parameter initialised on ``weight`` from
-    the observer (``init="observer"``) or by :func:`lsq_initial_step` (``init="mean"``)."""
+    the observer (``init="observer"``) or by :func:`lsq_initial_step` (``init="mean"``).
+
+    Parameters
+    ----------
+    weight : torch.Tensor
+        The weight parametrized; it initialises a learnable scale (and only that).
+    bits : int
+        Code width; the codes lie in ``[-(2**(bits-1) - 1), 2**(bits-1) - 1]`` (narrow range from 2 bits on).
+    per_channel : bool
+        One scale per output channel (axis 0) or one for the tensor.
+    observer : str
+        A key of :data:`~tensorcompress.quantization.OBSERVERS` (``"minmax"``, ``"moving_average"``,
+        ``"percentile"``, ``"mse"``).
+    learnable : bool
+        Make the scale an ``nn.Parameter`` trained with LSQ's gradient.
+    init : ``"observer"`` or ``"mean"``
+        How a learnable scale starts.
+    """
 
     def __init__(self, weight: torch.Tensor, *, bits: int, per_channel: bool, observer: str,
                  learnable: bool = False, init: str = "observer"):

@@ -253,7 +253,24 @@ def pack_indices(indices: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 def unpack_indices(packed: torch.Tensor, bits: int, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
-    """The codes packed by :func:`pack_indices`, as an ``int64`` tensor of ``shape`` on ``packed``'s device."""
+    """The codes packed by :func:`pack_indices`, as an ``int64`` tensor of ``shape`` on ``packed``'s device.
+
+    Parameters
+    ----------
+    packed : uint8 tensor
+        The bit stream, exactly ``ceil(n * bits / 8)`` bytes for ``n = prod(shape)`` codes.
+    bits : int in [1, 16]
+        Bits per code, as packed.
+    shape : tuple of int or torch.Size
+        The shape of the codes.
+
+    Raises
+    ------
+    TypeError
+        ``packed`` is not a uint8 tensor, or ``bits`` not an int.
+    ValueError
+        ``bits`` out of range, or ``packed`` not of the size ``shape`` and ``bits`` need.
+    """
     check_bits(bits)
     if not isinstance(packed, torch.Tensor) or packed.dtype != torch.uint8:
         raise TypeError(f"packed must be a uint8 tensor, got {getattr(packed, 'dtype', type(packed).__name__)}")

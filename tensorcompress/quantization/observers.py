@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .._validation import check_bits, check_finite, check_tensor
+from .._validation import check_bits, check_finite, check_fraction, check_positive_int, check_tensor
 from .uniform import QParams, fake_quantize_unchecked, qparams, qrange
 
 __all__ = ["Observer", "MinMaxObserver", "MovingAverageMinMaxObserver", "PercentileObserver", "MSEObserver",
@@ -76,6 +76,11 @@ class Observer(nn.Module):
         return torch.aminmax(rows, dim=1)
 
     def _combine(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The range after a batch whose range is ``[lo, hi]``: by default each bound moved by :meth:`_move`."""
+        return self._move(self.min_val, lo), self._move(self.max_val, hi)
+
+    def _move(self, old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        """A running bound ``old`` moved towards the batch's bound ``new``."""
         raise NotImplementedError
 
     @torch.no_grad()
@@ -138,22 +143,18 @@ class MovingAverageMinMaxObserver(Observer):
 
     def __init__(self, *, averaging_constant: float = 0.01, **kwargs):
         super().__init__(**kwargs)
-        if not 0 < averaging_constant <= 1:
-            raise ValueError(f"averaging_constant must be in (0, 1], got {averaging_constant}")
-        self.averaging_constant = float(averaging_constant)
+        self.averaging_constant = check_fraction(averaging_constant, "averaging_constant", low_open=True)
 
-    def _combine(self, lo, hi):
+    def _move(self, old, new):
         # the same expression (and float32 order of operations) as torch.ao's observer
-        c = self.averaging_constant
-        return self.min_val + c * (lo - self.min_val), self.max_val + c * (hi - self.max_val)
+        return old + self.averaging_constant * (new - old)
 
 
 class _MeanOfBatches(Observer):
     """Per-batch ranges averaged over batches (running mean)."""
 
-    def _combine(self, lo, hi):
-        n = float(self.n_batches)
-        return self.min_val + (lo - self.min_val) / (n + 1), self.max_val + (hi - self.max_val) / (n + 1)
+    def _move(self, old, new):
+        return old + (new - old) / (float(self.n_batches) + 1)
 
 
 class PercentileObserver(_MeanOfBatches):
@@ -161,6 +162,8 @@ class PercentileObserver(_MeanOfBatches):
 
     def __init__(self, *, percentile: float = 99.99, **kwargs):
         super().__init__(**kwargs)
+        if isinstance(percentile, bool) or not isinstance(percentile, int | float):
+            raise TypeError(f"percentile must be a real number, got {type(percentile).__name__} ({percentile!r})")
         if not 50 < percentile <= 100:
             raise ValueError(f"percentile must be in (50, 100], got {percentile}")
         self.percentile = float(percentile)
@@ -179,9 +182,7 @@ class MSEObserver(_MeanOfBatches):
 
     def __init__(self, *, n_grid: int = 100, **kwargs):
         super().__init__(**kwargs)
-        if isinstance(n_grid, bool) or not isinstance(n_grid, int) or n_grid < 1:
-            raise ValueError(f"n_grid must be an int >= 1, got {n_grid!r}")
-        self.n_grid = n_grid
+        self.n_grid = check_positive_int(n_grid, "n_grid")
 
     def _batch_range(self, rows):
         lo, hi = torch.aminmax(rows, dim=1)
