@@ -156,3 +156,15 @@ def test_a_tie_is_kept_or_refused_naming_both(entry):
         kept = {id(p) for p in new[0].parameters()} & {id(p) for p in new[2].parameters()}
         assert kept, "the transform untied the weights without a word"
     assert_model_unchanged(model, before)
+
+
+def test_technique_details_are_typed():
+    _, rows = tc.pruning.prune(_cnn().eval(), _x(), amount=0.5, structure="filters", include="features.0.0")
+    (row,) = rows
+    assert isinstance(row, tc.pruning.PrunedLayer) and row.sparsity == 0.5 and row.batchnorm == "features.0.1"
+    assert row.nonzero_before == 288 and row.compression < 1  # the mask is stored beside the weight
+    _, rows = tc.quantization.share_weights(_cnn(), bits=3, include="classifier")
+    (row,) = rows
+    assert isinstance(row, tc.quantization.SharedLayer) and row.bits == 3 and 0 < row.rel_error < 1 and row.kept is None
+    _, rows = tc.factorize(_cnn(), method="svd", rank=2)
+    assert isinstance(rows[0], tc.FactorizedLayer) and rows[0].rank == 2

@@ -41,7 +41,7 @@ from .. import surgery
 from .._validation import check_positive_int, check_tensor
 from .criteria import _n_to_prune, magnitude, taylor
 
-__all__ = ["nm_mask", "prune", "PRUNABLE", "apply_mask", "sparsity"]
+__all__ = ["nm_mask", "prune", "PRUNABLE", "PrunedLayer", "apply_mask", "sparsity"]
 
 PRUNABLE = surgery.LAYERS
 _CRITERIA = {"magnitude": lambda m: magnitude(m.weight),
@@ -127,6 +127,27 @@ def apply_mask(module: nn.Module, mask: torch.Tensor, name: str = "weight") -> N
         setattr(module, name, getattr(module, f"{name}_orig") * buf)
 
 
+class PrunedLayer(surgery.LayerChange):
+    """A report row of :func:`prune` (and of ``random_reinit``): the fraction of the weight masked, the non-zero
+    weights before, and the BatchNorm masked with a filter-pruned layer, as typed attributes."""
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of the weight's entries that the mask zeroes."""
+        return float(self.detail["sparsity"])
+
+    @property
+    def nonzero_before(self) -> int | None:
+        """Non-zero weight entries before this call (``None`` where the row does not say)."""
+        v = self.detail.get("nonzero_before")
+        return None if v is None else int(v)
+
+    @property
+    def batchnorm(self) -> str | None:
+        """Name of the BatchNorm whose channels were masked with the layer's filters, if any."""
+        return self.detail.get("batchnorm")
+
+
 def sparsity(module: nn.Module, name: str = "weight") -> float:
     """Fraction of zero entries of ``module.<name>`` (after its mask)."""
     t = getattr(module, name)
@@ -156,7 +177,7 @@ def _scores(module: nn.Module, criterion: str | Callable) -> torch.Tensor:
 def prune(model: nn.Module, example_input: torch.Tensor | None = None, *, amount: float | int | None,
           criterion: str | Callable = "magnitude", scope: str = "layer", structure: str | tuple[int, int] | None = None,
           norm: float = 1, types: tuple[type, ...] = PRUNABLE, include=None,
-          exclude=None) -> tuple[nn.Module, list[surgery.LayerChange]]:
+          exclude=None) -> tuple[nn.Module, list[PrunedLayer]]:
     """Mask the weights of the selected layers of a copy of ``model``; returns ``(pruned_model, report)``.
 
     Parameters
@@ -242,7 +263,7 @@ def _prune(model: nn.Module, example_input: torch.Tensor | None = None, *, amoun
                   "nonzero_before": nonzero}
         if structure == "filters":
             detail["batchnorm"] = ", ".join(name for name, _ in norms[id(mod)]) or None
-        report.append(surgery.LayerChange.between(sel.name, footprint, surgery.footprint(mod, params=kept), detail,
+        report.append(PrunedLayer.between(sel.name, footprint, surgery.footprint(mod, params=kept), detail,
                                                   sel.names[1:]))
     return report
 

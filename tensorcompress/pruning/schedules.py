@@ -28,7 +28,7 @@ from torch import nn
 from .. import surgery
 from .._validation import check_fraction, check_positive_int
 from ..train import Callback, FitState, evaluate, fit, set_seed
-from .masks import PRUNABLE, _prune, prune
+from .masks import PRUNABLE, PrunedLayer, _prune, prune
 
 __all__ = ["agp_sparsity", "PruningSchedule", "AGP", "one_shot", "iterative", "sensitivity_scan",
            "lottery_ticket", "random_reinit"]
@@ -255,7 +255,7 @@ def lottery_ticket(model: nn.Module, train, *, rounds: int, amount: float = 0.2,
 
 
 def random_reinit(model: nn.Module, *, seed: int = 0, include=None, exclude=None
-                  ) -> tuple[nn.Module, list[surgery.LayerChange]]:
+                  ) -> tuple[nn.Module, list[PrunedLayer]]:
     """The lottery-ticket control: a copy of ``model`` with the same masks on freshly initialised weights.
 
     Every selected leaf module with a ``reset_parameters`` method (Linear, Conv, BatchNorm; all by default) draws
@@ -312,7 +312,7 @@ def _reinit(module: nn.Module, sel) -> surgery.LayerChange:
     mask = getattr(module, "weight_mask", None)
     sp = 0.0 if mask is None else round(float((mask == 0).sum()) / mask.numel(), 4)
     same = surgery.footprint(module)  # the same layer, re-initialised: nothing is smaller
-    return surgery.LayerChange.between(sel.name, same, same, {"sparsity": sp}, sel.names[1:])
+    return PrunedLayer.between(sel.name, same, same, {"sparsity": sp}, sel.names[1:])
 
 
 def _remask(module: nn.Module) -> None:

@@ -32,6 +32,7 @@ from .model import (
     quantizers,
 )
 from .nonuniform import (
+    SharedLayer,
     SharedWeight,
     binarize,
     centroid_gradient,
@@ -59,7 +60,7 @@ __all__ = ["QParams", "qparams", "qrange", "quantize", "dequantize", "fake_quant
            "Observer", "MinMaxObserver", "MovingAverageMinMaxObserver", "PercentileObserver", "MSEObserver",
            "OBSERVERS", "make_observer",
            "log2_quantize", "binarize", "ternarize", "kmeans_quantize", "centroid_gradient",
-           "pack_indices", "unpack_indices", "SharedWeight", "share_weights",
+           "pack_indices", "unpack_indices", "SharedWeight", "SharedLayer", "share_weights",
            "quantize_model", "calibrate", "quantizers", "lsq_fake_quantize", "lsq_initial_step", "ActivationQuantizer",
            "WeightQuantizer", "QuantizedLayer",
            "quantize_multiplier", "requantize", "to_integer", "IntegerLayer",

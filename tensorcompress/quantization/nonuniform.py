@@ -50,7 +50,7 @@ from .._bits import pack_bits, packed_size, unpack_bits
 from .._validation import check_bits, check_finite, check_mode, check_positive_int, check_real, compute_dtype
 
 __all__ = ["log2_quantize", "binarize", "ternarize", "kmeans_quantize", "centroid_gradient", "pack_indices",
-           "unpack_indices", "SharedWeight", "share_weights"]
+           "unpack_indices", "SharedWeight", "SharedLayer", "share_weights"]
 
 
 def _check_weight(w: object, name: str = "w") -> torch.dtype:
@@ -406,6 +406,27 @@ def _cluster(w: torch.Tensor, bits: int, keep_zeros: bool, **kmeans) -> tuple[to
     return codebook, indices, mask
 
 
+class SharedLayer(surgery.LayerChange):
+    """A report row of :func:`share_weights`: the codebook's width and the clustering's error, as typed
+    attributes."""
+
+    @property
+    def bits(self) -> int:
+        """Width of a weight's index: ``2**bits`` shared values."""
+        return int(self.detail["bits"])
+
+    @property
+    def rel_error(self) -> float:
+        """:math:`\\|W_{\text{shared}} - W\\|_F^2 / \\|W\\|_F^2` (rounded to six digits)."""
+        return float(self.detail["rel_error"])
+
+    @property
+    def kept(self) -> int | None:
+        """Weights kept by the mask (``keep_zeros=True``), else ``None``."""
+        v = self.detail.get("kept")
+        return None if v is None else int(v)
+
+
 def share_weights(model: nn.Module, *, bits: int | Mapping[str, int] = 2, include=None, exclude=None,
                   init: str = "linear", seed: int = 0, n_iter_max: int = 100, keep_zeros: bool = False,
                   index_bits: int = 5) -> tuple[nn.Module, list[surgery.LayerChange]]:
@@ -472,4 +493,5 @@ def share_weights(model: nn.Module, *, bits: int | Mapping[str, int] = 2, includ
             detail |= {"kept": int(mask.sum()), "mask_bytes": sw.packed_mask.numel()}
         return layer, detail
 
-    return surgery.transform(model, surgery.LAYERS, build, include=include, exclude=exclude, action="share_weights")
+    return surgery.transform(model, surgery.LAYERS, build, include=include, exclude=exclude, row_type=SharedLayer,
+                             action="share_weights")
