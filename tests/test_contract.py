@@ -165,6 +165,13 @@ def test_technique_details_are_typed():
     assert row.nonzero_before == 288 and row.compression < 1  # the mask is stored beside the weight
     _, rows = tc.quantization.share_weights(_cnn(), bits=3, include="classifier")
     (row,) = rows
-    assert isinstance(row, tc.quantization.SharedLayer) and row.bits == 3 and 0 < row.rel_error < 1 and row.kept is None
+    assert isinstance(row, tc.quantization.SharedLayer) and row.bits == 3 and row.kept is None
+    assert 0 < row.rel_error < 1
     _, rows = tc.factorize(_cnn(), method="svd", rank=2)
     assert isinstance(rows[0], tc.FactorizedLayer) and rows[0].rank == 2
+    _, report = tc.surgery.fuse_conv_bn(_cnn().eval(), _x())
+    assert all(isinstance(r, tc.surgery.FusedLayer) for r in report) and report[0].batchnorm == "features.0.1"
+    row = tc.pruning.PrunedLayer("a", "Linear", "Linear", 1, 1, 1, 1, {"sparsity": 0.5})
+    assert row.batchnorm is None  # optional: absent from a layer pruned without a BatchNorm
+    with pytest.raises(AttributeError, match="no 'batchnorm' in its detail"):
+        _ = tc.surgery.FusedLayer("a", "Conv2d", "Conv2d", 1, 1, 1, 1, {}).batchnorm

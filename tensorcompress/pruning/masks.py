@@ -128,24 +128,11 @@ def apply_mask(module: nn.Module, mask: torch.Tensor, name: str = "weight") -> N
 
 
 class PrunedLayer(surgery.LayerChange):
-    """A report row of :func:`prune` (and of ``random_reinit``): the fraction of the weight masked, the non-zero
-    weights before, and the BatchNorm masked with a filter-pruned layer, as typed attributes."""
+    """A report row of :func:`prune` (and of ``random_reinit``), its details typed."""
 
-    @property
-    def sparsity(self) -> float:
-        """Fraction of the weight's entries that the mask zeroes."""
-        return float(self.detail["sparsity"])
-
-    @property
-    def nonzero_before(self) -> int | None:
-        """Non-zero weight entries before this call (``None`` where the row does not say)."""
-        v = self.detail.get("nonzero_before")
-        return None if v is None else int(v)
-
-    @property
-    def batchnorm(self) -> str | None:
-        """Name of the BatchNorm whose channels were masked with the layer's filters, if any."""
-        return self.detail.get("batchnorm")
+    sparsity = surgery.Detail(float, "Fraction of the weight's entries that the mask zeroes.")
+    nonzero_before = surgery.Detail(int, "Non-zero weight entries before the call.", optional=True)
+    batchnorm = surgery.Detail(str, "The BatchNorm masked with the layer's filters.", optional=True)
 
 
 def sparsity(module: nn.Module, name: str = "weight") -> float:

@@ -407,24 +407,11 @@ def _cluster(w: torch.Tensor, bits: int, keep_zeros: bool, **kmeans) -> tuple[to
 
 
 class SharedLayer(surgery.LayerChange):
-    """A report row of :func:`share_weights`: the codebook's width and the clustering's error, as typed
-    attributes."""
+    """A report row of :func:`share_weights`, its details typed."""
 
-    @property
-    def bits(self) -> int:
-        """Width of a weight's index: ``2**bits`` shared values."""
-        return int(self.detail["bits"])
-
-    @property
-    def rel_error(self) -> float:
-        """:math:`\\|W_{\text{shared}} - W\\|_F^2 / \\|W\\|_F^2` (rounded to six digits)."""
-        return float(self.detail["rel_error"])
-
-    @property
-    def kept(self) -> int | None:
-        """Weights kept by the mask (``keep_zeros=True``), else ``None``."""
-        v = self.detail.get("kept")
-        return None if v is None else int(v)
+    bits = surgery.Detail(int, "Width of a weight's index: ``2**bits`` shared values.")
+    rel_error = surgery.Detail(float, "Relative squared error of the shared weight, to six digits.")
+    kept = surgery.Detail(int, "Weights kept by the mask (``keep_zeros=True``).", optional=True)
 
 
 def share_weights(model: nn.Module, *, bits: int | Mapping[str, int] = 2, include=None, exclude=None,

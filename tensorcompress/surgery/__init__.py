@@ -17,9 +17,9 @@ with the input model untouched. Submodules:
 
 from .core import *  # noqa: F403
 from .core import __all__ as _core_all
-from .fusion import FusionReport, Skipped, fuse_conv_bn
+from .fusion import FusedLayer, FusionReport, Skipped, fuse_conv_bn
 from .graph import Graph, Node, trace
 from .model import *  # noqa: F403
 from .model import __all__ as _model_all
 
-__all__ = [*_core_all, *_model_all, "Graph", "Node", "trace", "fuse_conv_bn", "FusionReport", "Skipped"]
+__all__ = [*_core_all, *_model_all, "Graph", "Node", "trace", "fuse_conv_bn", "FusedLayer", "FusionReport", "Skipped"]

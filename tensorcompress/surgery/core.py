@@ -49,7 +49,7 @@ from .model import copy_model
 LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 """The layers that hold a weight matrix or kernel: what pruning, weight sharing and quantization act on."""
 
-__all__ = ["LAYERS", "Patterns", "Selected", "Footprint", "LayerChange", "footprint", "state_bytes", "select",
+__all__ = ["LAYERS", "Patterns", "Selected", "Footprint", "LayerChange", "Detail", "footprint", "state_bytes", "select",
            "replace", "transform", "tied_parameters", "per_layer"]
 
 
@@ -155,6 +155,37 @@ class LayerChange:
 
 
 Patterns = Sequence["str | Selected"] | str | Selected | None
+
+
+class Detail:
+    """A typed attribute of a report row read from its ``detail``: declare ``sparsity = Detail(float, "...")`` on
+    a :class:`LayerChange` subclass, and ``row.sparsity`` is ``float(row.detail["sparsity"])`` (``None`` where an
+    ``optional`` entry is absent).
+
+    Parameters
+    ----------
+    kind : type
+        What the value is converted to (``int``, ``float``, ``str``).
+    doc : str
+        The attribute's docstring.
+    optional : bool
+        ``True``: a row without the entry gives ``None``; ``False``: an ``AttributeError`` naming it.
+    """
+
+    def __init__(self, kind: type, doc: str, *, optional: bool = False) -> None:
+        self.kind, self.optional, self.__doc__ = kind, optional, doc
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.key = name
+
+    def __get__(self, row: LayerChange | None, owner: type | None = None):
+        if row is None:
+            return self
+        if self.key not in row.detail:
+            if self.optional:
+                return None
+            raise AttributeError(f"this {type(row).__name__} row has no {self.key!r} in its detail")
+        return self.kind(row.detail[self.key])
 
 
 def _as_patterns(patterns: Patterns, name: str) -> list[str] | None:

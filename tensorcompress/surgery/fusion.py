@@ -50,11 +50,11 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
-from .core import LayerChange, Patterns, footprint, replace, select, tied_parameters
+from .core import Detail, LayerChange, Patterns, footprint, replace, select, tied_parameters
 from .graph import Graph, Node, _tensors, trace
 from .model import copy_model
 
-__all__ = ["fuse_conv_bn", "FusionReport", "Skipped"]
+__all__ = ["fuse_conv_bn", "FusedLayer", "FusionReport", "Skipped"]
 
 # A layer type and the BatchNorm type that may follow it (the spatial dimension must agree).
 _FOLDABLE: dict[type, type] = {
@@ -65,6 +65,13 @@ _FOLDABLE: dict[type, type] = {
 }
 _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+class FusedLayer(LayerChange):
+    """A report row of :func:`fuse_conv_bn`: the layer with the BatchNorm folded into it (its ``bytes_before``
+    counts both)."""
+
+    batchnorm = Detail(str, "The BatchNorm folded into the layer.")
 
 
 @dataclass(frozen=True)
@@ -352,7 +359,7 @@ def fuse_conv_bn(model: nn.Module, example_input: torch.Tensor | None = None, *,
         new = _fold(layer, bn)
         replace(fused, names, new, old=layer)
         replace(fused, bn_names, nn.Identity())
-        rows.append(LayerChange.between(pair.layer, before, footprint(new), {"batchnorm": pair.batchnorm},
+        rows.append(FusedLayer.between(pair.layer, before, footprint(new), {"batchnorm": pair.batchnorm},
                                         names[1:]))
     if example_input is not None:
         _check_same_function(model, fused, example_input)
