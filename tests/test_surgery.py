@@ -207,3 +207,38 @@ def test_an_empty_selection_is_one_error(kwargs, why):
     with pytest.raises(ValueError, match="^prune: nothing to act on, the model has no Conv2d module$"):
         surgery.select(_net(), nn.Conv2d, action="prune")
     assert surgery.select(_net(), nn.Conv2d) == []  # without an action an empty selection is an answer
+
+
+def test_capture_inputs_are_what_each_layer_receives():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3), nn.BatchNorm1d(3))
+    net.train()
+    net[3].eval()  # a frozen BatchNorm inside a training model: both modes come back
+    batches = [torch.randn(6, 5), torch.randn(2, 5), torch.randn(3, 5)]
+    got = surgery.capture_inputs(net, [(x, torch.zeros(len(x))) for x in batches], ["0", "2"], n_batches=2)
+    x = torch.cat(batches[:2])
+    with torch.no_grad():
+        assert torch.equal(got["0"], x) and torch.allclose(got["2"], torch.relu(net[0](x)), atol=0, rtol=0)
+    # the layer-wise Hessian of OBS/GPTQ from the captured inputs: H = 2/N X^T X
+    hessian = 2 / len(got["2"]) * got["2"].T @ got["2"]
+    assert torch.allclose(hessian, 2 * torch.relu(net[0](x)).T @ torch.relu(net[0](x)) / 8, atol=1e-6)
+    assert net.training and net[0].training and not net[3].training
+    assert not any(m._forward_pre_hooks for m in net.modules())
+    with pytest.raises(ValueError, match=r"names \['9'\] are not submodules"):
+        surgery.capture_inputs(net, batches[0], "9")
+    skipping = _Skip(nn.Sequential(nn.Linear(5, 5), nn.Linear(5, 5)))
+    with pytest.raises(ValueError, match=r"layers \['inner.1'\] were never called"):
+        surgery.capture_inputs(skipping, batches[0], ["inner.0", "inner.1"])
+    with pytest.raises(ValueError, match="no batch"):
+        surgery.capture_inputs(net, [], "0")
+
+
+class _Skip(nn.Module):
+    """Calls only the first of its two layers."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner[0](x)

@@ -139,13 +139,9 @@ def activation(model: nn.Module, module: nn.Module, data: torch.Tensor | Iterabl
 
     handle = module.register_forward_hook(hook)
     try:
-        with surgery.kept_modes(model, False):
-            for x in surgery.input_batches(data):
-                model(x)
+        surgery.run_over(model, data)
     finally:
         handle.remove()
-    if not sums:
-        raise ValueError("data gave no batch")
     mean, zeros = sums[0] / counts[0]
     return ActivationStats(mean, zeros)
 

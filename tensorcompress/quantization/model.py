@@ -409,23 +409,14 @@ def calibrate(model: nn.Module, data: Iterable | torch.Tensor | torch.utils.data
     if n_batches is not None:
         check_positive_int(n_batches, "n_batches")
     check_positive_int(batch_size, "batch_size")
-    device = surgery.device_of(model)
-    seen = 0
     try:
         for q in aqs:
             q.observer.reset()
             q.observing = True
-        with surgery.kept_modes(model, False), torch.no_grad():
-            for x in surgery.input_batches(data, batch_size=batch_size):
-                if n_batches is not None and seen >= n_batches:
-                    break
-                model(x.to(device))
-                seen += 1
+        surgery.run_over(model, data, n_batches=n_batches, batch_size=batch_size)
     finally:
         for q in aqs:
             q.observing = False
-    if seen == 0:
-        raise ValueError("data gave no batch to calibrate on")
     for q in aqs:
         q.freeze()
     return model

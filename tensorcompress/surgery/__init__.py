@@ -12,9 +12,11 @@ with the input model untouched. Submodules:
 * :mod:`.model` — :func:`copy_model`, :func:`device_of`, :func:`dtype_of`, :func:`kept_modes`, :func:`inputs_of`,
   :func:`input_batches`;
 * :mod:`.graph` — :func:`trace`: the data flow of one forward pass (:class:`Graph`, :class:`Node`);
+* :mod:`.capture` — :func:`capture_inputs`: what chosen layers receive, for calibration and layer-wise Hessians;
 * :mod:`.fusion` — :func:`fuse_conv_bn`: fold each BatchNorm into the layer that feeds it (:class:`FusionReport`).
 """
 
+from .capture import capture_inputs
 from .core import *  # noqa: F403
 from .core import __all__ as _core_all
 from .fusion import FusedLayer, FusionReport, Skipped, fuse_conv_bn
@@ -22,4 +24,5 @@ from .graph import Graph, Node, trace
 from .model import *  # noqa: F403
 from .model import __all__ as _model_all
 
-__all__ = [*_core_all, *_model_all, "Graph", "Node", "trace", "fuse_conv_bn", "FusedLayer", "FusionReport", "Skipped"]
+__all__ = [*_core_all, *_model_all, "capture_inputs", "Graph", "Node", "trace", "fuse_conv_bn", "FusedLayer",
+           "FusionReport", "Skipped"]

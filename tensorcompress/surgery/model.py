@@ -22,7 +22,7 @@ import torch
 import torch.nn.utils.prune as tprune
 from torch import nn
 
-__all__ = ["copy_model", "device_of", "dtype_of", "kept_modes", "inputs_of", "input_batches"]
+__all__ = ["copy_model", "device_of", "dtype_of", "kept_modes", "inputs_of", "input_batches", "run_over"]
 
 
 def copy_model(model: nn.Module) -> nn.Module:
@@ -98,3 +98,37 @@ def input_batches(data: object, *, batch_size: int = 64) -> Iterator[object]:
         raise TypeError(f"data must be a tensor, a Dataset or an iterable of batches, got {type(data).__name__}")
     for batch in data:
         yield inputs_of(batch)
+
+
+def run_over(model: nn.Module, data: object, *, n_batches: int | None = None, batch_size: int = 64) -> int:
+    """Run ``model`` over ``data`` for what its hooks and observers record: in eval mode, without gradients, each
+    batch moved to the model's device, every submodule's mode given back; the number of batches read.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The model; its state changes only through what its own hooks and observers do.
+    data : tensor, Dataset or iterable of batches
+        Read as :func:`input_batches` reads it.
+    n_batches : int, optional
+        Read at most this many batches (default: all).
+    batch_size : int
+        Batch size when ``data`` is a ``Dataset``.
+
+    Raises
+    ------
+    ValueError
+        If ``data`` gives no batch.
+    """
+    if n_batches is not None and (isinstance(n_batches, bool) or not isinstance(n_batches, int) or n_batches < 1):
+        raise ValueError(f"n_batches must be None or an int >= 1, got {n_batches!r}")
+    device, read = device_of(model), 0
+    with kept_modes(model, False), torch.no_grad():
+        for x in input_batches(data, batch_size=batch_size):
+            if n_batches is not None and read >= n_batches:
+                break
+            model(x.to(device))
+            read += 1
+    if read == 0:
+        raise ValueError("data gave no batch")
+    return read
