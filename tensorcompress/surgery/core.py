@@ -19,9 +19,9 @@ with the input model untouched. This module is the one place that does the three
   name component (``second.bias`` for ``bias``), else of the old ``weight`` (the factors of a factorised weight).
 * :func:`tied_parameters` — parameters of a module also registered in another module (a tied embedding and output
   layer); :func:`transform` refuses to replace such a module, since the replacement would untie them.
-* :class:`LayerChange` — one report row of one type (subclass it to add properties, as
-  :class:`tensorcompress.FactorizedLayer` adds ``rank``), which ``compression_report`` and the leaderboard can
-  read. Its sizes are real: ``bytes_before`` / ``bytes_after`` are what ``torch.save`` writes for the layer's state
+* :class:`LayerChange` — one report row of one type (subclass it to add typed details with :class:`Detail`, as
+  ``tc.pruning.PrunedLayer`` adds ``sparsity``), which every report and the leaderboard can read. Its sizes are
+  real: ``bytes_before`` / ``bytes_after`` are what ``torch.save`` writes for the layer's state
   (:func:`state_bytes`), and ``compression`` is their ratio — so a layer that gained a pruning mask honestly reports
   less than 1. ``print(row)`` gives one line, e.g.
   ``conv2: Conv2d -> CPConv2d, 25050 -> 2530 parameters, 102,053 -> 12,761 bytes (8.00x), rank 31``.
