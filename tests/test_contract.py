@@ -175,3 +175,33 @@ def test_technique_details_are_typed():
     assert row.batchnorm is None  # optional: absent from a layer pruned without a BatchNorm
     with pytest.raises(AttributeError, match="no 'batchnorm' in its detail"):
         _ = tc.surgery.FusedLayer("a", "Conv2d", "Conv2d", 1, 1, 1, 1, {}).batchnorm
+
+
+
+@pytest.mark.parametrize("entry", REGISTRY, ids=IDS)
+def test_every_transform_reports_typed_rows(entry):
+    model = entry.model()
+    if entry.name in ("fuse_conv_bn", "to_integer"):
+        model.eval()
+    _, report = entry(model)
+    row = _rows(report)[0]
+    typed = {name for name, value in vars(type(row)).items() if isinstance(value, (tc.surgery.Detail, property))}
+    if entry.name == "deep_compression":  # Han et al.'s per-stage byte table, not one technique's options
+        assert type(row) is tc.surgery.LayerChange and "P+Q+H" in row.detail
+        return
+    assert type(row) is not tc.surgery.LayerChange and typed, f"{entry.name} reports untyped rows"
+    for name in typed:  # every typed detail reads back without error
+        getattr(row, name)
+
+
+def test_typed_details_of_shrink_integer_and_half():
+    _, rows = tc.pruning.shrink(_pruned(), _x())
+    assert isinstance(rows[0], tc.pruning.ShrunkLayer) and rows[0].outputs[0] > rows[0].outputs[1]
+    _, rows = tc.quantization.to_integer(_calibrated(), torch.rand(2, 784))
+    assert isinstance(rows[0], tc.quantization.IntegerizedLayer) and rows[-1].output == "logits"
+    _, rows = tc.quantization.to_half(_cnn(), dtype=torch.float16)
+    assert all(isinstance(r, tc.quantization.HalfLayer) for r in rows)
+    assert {r.dtype for r in rows} == {"torch.float16", "torch.float32"}
+    _, rows = tc.quantization.quantize_model(_cnn(), weight_bits=4, act_bits=None)
+    assert isinstance(rows[0], tc.quantization.FakeQuantizedLayer) and rows[0].weight_bits == 4
+    assert rows[0].act_bits is None and rows[0].per_channel is True

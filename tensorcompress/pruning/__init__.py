@@ -11,6 +11,6 @@ from .masks import *  # noqa: F403
 from .masks import __all__ as _masks_all
 from .schedules import *  # noqa: F403
 from .schedules import __all__ as _schedules_all
-from .shrink import shrink
+from .shrink import ShrunkLayer, shrink
 
-__all__ = [*_criteria_all, *_masks_all, *_schedules_all, "shrink"]
+__all__ = [*_criteria_all, *_masks_all, *_schedules_all, "shrink", "ShrunkLayer"]

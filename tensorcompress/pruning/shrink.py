@@ -30,7 +30,7 @@ from torch import nn
 from .. import surgery
 from ..surgery.graph import Node
 
-__all__ = ["shrink"]
+__all__ = ["shrink", "ShrunkLayer"]
 
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -182,6 +182,18 @@ def _segments(chain: list[Node]):
     return segs
 
 
+def _before_after(text: str) -> tuple[int, int]:
+    before, _, after = text.partition(" -> ")
+    return int(before), int(after)
+
+
+class ShrunkLayer(surgery.LayerChange):
+    """A report row of :func:`shrink`, its details typed: channels or features before and after."""
+
+    outputs = surgery.Detail(_before_after, "Output channels (or features) before and after.", key="out")
+    inputs = surgery.Detail(_before_after, "Input channels (or features) before and after.", optional=True, key="in")
+
+
 def shrink(model: nn.Module, example_input: torch.Tensor, *, include=None,
            exclude=None) -> tuple[nn.Module, list[surgery.LayerChange]]:
     """A physically smaller copy of ``model`` without the pruned (all-zero) filters, channels and neurons.
@@ -269,7 +281,7 @@ def shrink(model: nn.Module, example_input: torch.Tensor, *, include=None,
         else:
             continue
         surgery.replace(new, names[id(m)], repl, old=m)
-        report.append(surgery.LayerChange.between(names[id(m)][0], surgery.footprint(m), surgery.footprint(repl),
+        report.append(ShrunkLayer.between(names[id(m)][0], surgery.footprint(m), surgery.footprint(repl),
                                                   detail, names[id(m)][1:]))
     with torch.no_grad(), surgery.kept_modes(new, False):
         out = new(example_input)

@@ -14,6 +14,7 @@
 
 from .integer import (
     IntegerClamp,
+    IntegerizedLayer,
     IntegerLayer,
     IntegerMeanPool,
     IntegerNet,
@@ -23,6 +24,7 @@ from .integer import (
 )
 from .model import (
     ActivationQuantizer,
+    FakeQuantizedLayer,
     QuantizedLayer,
     WeightQuantizer,
     calibrate,
@@ -62,6 +64,6 @@ __all__ = ["QParams", "qparams", "qrange", "quantize", "dequantize", "fake_quant
            "log2_quantize", "binarize", "ternarize", "kmeans_quantize", "centroid_gradient",
            "pack_indices", "unpack_indices", "SharedWeight", "SharedLayer", "share_weights",
            "quantize_model", "calibrate", "quantizers", "lsq_fake_quantize", "lsq_initial_step", "ActivationQuantizer",
-           "WeightQuantizer", "QuantizedLayer",
+           "WeightQuantizer", "QuantizedLayer", "FakeQuantizedLayer",
            "quantize_multiplier", "requantize", "to_integer", "IntegerLayer",
-           "IntegerMeanPool", "IntegerClamp", "IntegerNet", *_precision_all]
+           "IntegerMeanPool", "IntegerClamp", "IntegerNet", "IntegerizedLayer", *_precision_all]

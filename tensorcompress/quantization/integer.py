@@ -57,7 +57,7 @@ from .model import ActivationQuantizer, QuantizedLayer
 from .uniform import QParams, integer_dtype, quantize
 
 __all__ = ["quantize_multiplier", "requantize", "IntegerLayer", "IntegerMeanPool", "IntegerClamp", "IntegerNet",
-           "to_integer"]
+           "IntegerizedLayer", "to_integer"]
 
 # 31 + shift is the right shift of requantize: at least 1 (a rounding bit) and at most 62 (an int64 product)
 MULTIPLIER_RANGE = (2.0**-32, 2.0**30)
@@ -319,6 +319,13 @@ class IntegerNet(nn.Sequential):
 
 # ---------------------------------------------------------------------------------------------------------------
 # Reading the traced graph
+
+
+class IntegerizedLayer(surgery.LayerChange):
+    """A report row of :func:`to_integer`, its details typed."""
+
+    output = surgery.Detail(str, "What the integer layer returns: ``codes``, ``accumulator`` or ``logits``.")
+    folded = surgery.Detail(str, "The BatchNorm folded into the layer.", optional=True)
 
 
 class _Leaf(nn.Module):
@@ -610,7 +617,7 @@ def _build(model: nn.Module, chain: list[surgery.Node], names: dict[int, tuple[s
                 b.code_op(op, nxt.qparams())
         before = surgery.footprint(model.get_submodule(name), *([model.get_submodule(bn.module_name)] if bn else []))
         detail = {"output": layer.output, **({"folded": bn.module_name} if bn else {})}
-        b.rows.append(surgery.LayerChange.between(name, before, surgery.footprint(layer), detail,
+        b.rows.append(IntegerizedLayer.between(name, before, surgery.footprint(layer), detail,
                                                   names[id(ql)][1:]))
     return b.steps, b.rows
 

@@ -63,8 +63,8 @@ from .._validation import check_bits, check_positive_int, check_tensor
 from .observers import OBSERVERS, Observer, make_observer
 from .uniform import QParams, fake_quantize_unchecked, qrange
 
-__all__ = ["ActivationQuantizer", "WeightQuantizer", "QuantizedLayer", "quantize_model", "calibrate",
-           "lsq_fake_quantize", "lsq_initial_step", "quantizers"]
+__all__ = ["ActivationQuantizer", "WeightQuantizer", "QuantizedLayer", "FakeQuantizedLayer", "quantize_model",
+           "calibrate", "lsq_fake_quantize", "lsq_initial_step", "quantizers"]
 
 METHODS = ("ptq", "lsq")
 LSQ_INITS = ("observer", "mean")
@@ -302,6 +302,16 @@ def _check_optional_bits(bits: object, name: str) -> int | None:
     return None if bits is None else check_bits(bits, name)
 
 
+class FakeQuantizedLayer(surgery.LayerChange):
+    """A report row of :func:`quantize_model`, its details typed."""
+
+    weight_bits = surgery.Detail(int, "Bits of the weight codes (``None``: float weights).")
+    act_bits = surgery.Detail(int, "Bits of the input codes (``None``: float inputs).")
+    per_channel = surgery.Detail(bool, "One weight scale per output channel.")
+    observer = surgery.Detail(str, "How the ranges are observed.")
+    method = surgery.Detail(str, "``\"ptq\"`` (fixed steps) or ``\"lsq\"`` (learned steps).")
+
+
 def quantize_model(model: nn.Module, *, weight_bits: int | None = 8, act_bits: int | None = 8,
                    per_channel: bool = True, observer: str = "minmax", method: str = "ptq",
                    lsq_init: str = "observer", include=None,
@@ -369,7 +379,7 @@ def quantize_model(model: nn.Module, *, weight_bits: int | None = 8, act_bits: i
         return QuantizedLayer(layer, aq), detail
 
     return surgery.transform(model, (nn.Conv2d, nn.Linear), build, include=include, exclude=exclude,
-                             action="quantize_model")
+                             row_type=FakeQuantizedLayer, action="quantize_model")
 
 
 def quantizers(model: nn.Module) -> list[ActivationQuantizer]:

@@ -63,6 +63,7 @@ __all__ = [
     "KEEP_FLOAT32",
     "Autocast",
     "Float32Island",
+    "HalfLayer",
     "autocast",
     "dot_error_bound",
     "layer_error_bound",
@@ -211,6 +212,13 @@ def _cast_own_state(module: nn.Module, dtype: torch.dtype) -> None:
                 setattr(module, name, b.to(dtype))
 
 
+class HalfLayer(surgery.LayerChange):
+    """A report row of :func:`to_half`, its details typed."""
+
+    dtype = surgery.Detail(str, "The dtype the module now computes in.")
+    why = surgery.Detail(str, "Why a module stays float32: ``keep_float32`` or ``not selected``.", optional=True)
+
+
 def to_half(model: nn.Module, *, dtype: torch.dtype = torch.float16,
             keep_float32: tuple[type[nn.Module], ...] = KEEP_FLOAT32, include=None,
             exclude=None) -> tuple[nn.Module, list[surgery.LayerChange]]:
@@ -278,7 +286,7 @@ def to_half(model: nn.Module, *, dtype: torch.dtype = torch.float16,
             islands += sel.names
             detail = {"dtype": str(torch.float32), "why": why}
             after = surgery.footprint(island)
-        report.append(surgery.LayerChange.between(sel.name, before, after, detail, sel.names[1:]))
+        report.append(HalfLayer.between(sel.name, before, after, detail, sel.names[1:]))
     _cast_own_state(new, dtype)
     _check_island_ties(new, dtype)
     return new, report

@@ -164,19 +164,22 @@ class Detail:
 
     Parameters
     ----------
-    kind : type
-        What the value is converted to (``int``, ``float``, ``str``).
+    kind : callable
+        What the value is converted with (``int``, ``float``, ``str``, a parser); a stored ``None`` stays ``None``.
     doc : str
         The attribute's docstring.
     optional : bool
         ``True``: a row without the entry gives ``None``; ``False``: an ``AttributeError`` naming it.
+    key : str, optional
+        The entry's key in ``detail`` (default: the attribute's name).
     """
 
-    def __init__(self, kind: type, doc: str, *, optional: bool = False) -> None:
-        self.kind, self.optional, self.__doc__ = kind, optional, doc
+    def __init__(self, kind: Callable[[Any], Any], doc: str, *, optional: bool = False,
+                 key: str | None = None) -> None:
+        self.kind, self.optional, self.__doc__, self.key = kind, optional, doc, key
 
     def __set_name__(self, owner: type, name: str) -> None:
-        self.key = name
+        self.key = self.key or name
 
     def __get__(self, row: LayerChange | None, owner: type | None = None):
         if row is None:
@@ -185,7 +188,8 @@ class Detail:
             if self.optional:
                 return None
             raise AttributeError(f"this {type(row).__name__} row has no {self.key!r} in its detail")
-        return self.kind(row.detail[self.key])
+        value = row.detail[self.key]
+        return None if value is None else self.kind(value)
 
 
 def _as_patterns(patterns: Patterns, name: str) -> list[str] | None:
