@@ -22,6 +22,8 @@ import torch
 import torch.nn.utils.prune as tprune
 from torch import nn
 
+from .._validation import check_positive_int
+
 __all__ = ["copy_model", "device_of", "dtype_of", "kept_modes", "inputs_of", "input_batches", "run_over"]
 
 
@@ -120,8 +122,8 @@ def run_over(model: nn.Module, data: object, *, n_batches: int | None = None, ba
     ValueError
         If ``data`` gives no batch.
     """
-    if n_batches is not None and (isinstance(n_batches, bool) or not isinstance(n_batches, int) or n_batches < 1):
-        raise ValueError(f"n_batches must be None or an int >= 1, got {n_batches!r}")
+    if n_batches is not None:
+        check_positive_int(n_batches, "n_batches")
     device, read = device_of(model), 0
     with kept_modes(model, False), torch.no_grad():
         for x in input_batches(data, batch_size=batch_size):
