@@ -8,7 +8,9 @@ after a few thousand optimizer steps the weights differ (by 0.02 on an AMD EPYC 
 does not; different seeds of the same recipe move SmallCNN's accuracy by about one test image (0.3 %).
 
 Writes ``tensorcompress/models/checkpoints/{name}.pt`` (the ``state_dict``) and its ``manifest.json`` (SHA-256, test
-accuracy, seed, training settings, split sizes, torch version, training time) for each name in :data:`BASELINES`:
+accuracy on the 1,000 held-out images and on the protocol's validation and test halves
+(``splits``, read by :func:`tensorcompress.models.baseline`), seed, training settings, split sizes, torch version,
+training time) for each name in :data:`BASELINES`:
 the checkpoints ship inside the package (:data:`tensorcompress.models.pretrained.CHECKPOINT_DIR`), where
 :func:`tensorcompress.models.pretrained` loads them. Training runs on the CPU with one thread so that a rerun with the
 same seed reproduces the stored weights and accuracy on the same machine.
@@ -35,7 +37,8 @@ from . import data as tcdata
 from .models.pretrained import ARCHITECTURES, CHECKPOINT_DIR, sha256_file
 from .train import evaluate, fit, set_seed
 
-__all__ = ["BASELINES", "ACCURACY_TOLERANCE", "BaselineConfig", "train_baseline", "check_baseline", "main"]
+__all__ = ["BASELINES", "ACCURACY_TOLERANCE", "BaselineConfig", "train_baseline", "check_baseline", "split_scores",
+           "main"]
 
 #: How far (absolute, as a fraction) a retrained accuracy may lie from the stored one in ``--check``.
 ACCURACY_TOLERANCE = 0.01
@@ -91,6 +94,7 @@ def train_baseline(name: str, *, progress: bool = False) -> tuple[nn.Module, dic
     finally:
         torch.set_num_threads(threads)
     record = {
+        "splits": split_scores(model, cfg.dataset),
         "test_accuracy": ev.accuracy,
         "test_loss": round(ev.loss, 6),
         **asdict(cfg),
@@ -102,6 +106,17 @@ def train_baseline(name: str, *, progress: bool = False) -> tuple[nn.Module, dic
         "torch_version": torch.__version__,
     }
     return model.eval(), record
+
+
+def split_scores(model: nn.Module, dataset: str) -> dict[str, dict]:
+    """``{"val": {...}, "test": {...}}``: accuracy, loss (6 decimals) and size on the protocol's halves of the
+    held-out images (:func:`tensorcompress.data.load_splits`), the numbers every notebook quotes."""
+    splits = tcdata.load_splits(dataset)
+    scores = {}
+    for part in ("val", "test"):
+        ev = evaluate(model, getattr(splits, part), device="cpu")
+        scores[part] = {"accuracy": ev.accuracy, "loss": round(ev.loss, 6), "n": ev.n}
+    return scores
 
 
 def check_baseline(name: str, entry: dict | None, root: Path, *, tolerance: float = ACCURACY_TOLERANCE,

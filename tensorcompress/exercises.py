@@ -13,15 +13,24 @@ an optional keyword ``hint``.
 A check cell defines ``check_N_k(candidate)`` running every check on the reader's function and calls it; its hidden
 tests call :func:`must_fail` with plausible wrong answers (a transpose, an off-by-one rank), so the test suite proves
 that the check can fail.
+
+An exercise that asks the reader to write what the library already does names, in its Markdown, the library functions
+it may not call; the check computes the reference first (with the library), then runs the reader's function through
+:func:`call_without`, under which those functions raise :class:`ExerciseError` — so calling ``tc.cp_als`` inside an
+exercise that asks for CP-ALS by hand fails, with a message saying so.
 """
 
 from __future__ import annotations
 
+import contextlib
 import numbers
+import sys
+from collections.abc import Callable, Iterator
 
 import torch
 
-__all__ = ["ExerciseError", "check_close", "check_equal", "check_shape", "check_true", "must_fail"]
+__all__ = ["ExerciseError", "check_close", "check_equal", "check_shape", "check_true", "must_fail", "forbidden",
+           "call_without"]
 
 
 class ExerciseError(AssertionError):
@@ -166,3 +175,75 @@ def must_fail(check, *wrong_answers) -> bool:
         raise AssertionError(f"the check accepted wrong answer #{i} ({getattr(wrong, '__name__', repr(wrong))}); "
                              f"it must reject it")
     return True
+
+
+def _refusal(exercise: str, fn: Callable) -> Callable:
+    name = f"{getattr(fn, '__module__', None) or ''}.{getattr(fn, '__qualname__', repr(fn))}".lstrip(".")
+
+    def refuse(*args, **kwargs):
+        _fail(exercise, f"your answer called {name}, which this exercise asks you to write yourself",
+              "use only the operations the exercise allows")
+
+    return refuse
+
+
+@contextlib.contextmanager
+def forbidden(exercise: str, *functions: Callable, namespaces: tuple[dict, ...] = ()) -> Iterator[None]:
+    """Within the block, each of ``functions`` raises :class:`ExerciseError` wherever it is called.
+
+    Every loaded module that holds one of them as an attribute (``tc.cp_als`` and
+    ``tensorcompress.decompositions.cp.cp_als`` alike, ``torch.linalg.svd``) and each dictionary of ``namespaces``
+    (a notebook's globals, where ``from tensorcompress import cp_als`` put a name) gets a stand-in that raises; all
+    are restored on exit, also after an error. A library function that itself calls a forbidden one fails too, so
+    forbid only what the exercise asks the reader to write.
+
+    Parameters
+    ----------
+    exercise : str
+        The exercise's number, e.g. ``"4.1"``, for the message.
+    *functions : callable
+        The functions the reader may not call.
+    namespaces : tuple of dict
+        Further name → object dictionaries to patch (e.g. ``candidate.__globals__``).
+    """
+    if not functions:
+        raise ValueError("forbidden needs at least one function")
+    for fn in functions:
+        if not callable(fn):
+            raise TypeError(f"functions must be callables, got {type(fn).__name__} ({fn!r})")
+    stand_ins = {id(fn): _refusal(exercise, fn) for fn in functions}
+    dicts = [vars(m) for m in list(sys.modules.values()) if m is not None and hasattr(m, "__dict__")]
+    patched = []
+    try:
+        for d in [*dicts, *namespaces]:
+            for key, value in list(d.items()):
+                if id(value) in stand_ins:
+                    patched.append((d, key, value))
+                    d[key] = stand_ins[id(value)]
+        yield
+    finally:
+        for d, key, value in reversed(patched):
+            d[key] = value
+
+
+def call_without(exercise: str, functions: tuple[Callable, ...] | list[Callable], candidate: Callable, *args,
+                 **kwargs):
+    """``candidate(*args, **kwargs)`` with ``functions`` forbidden (:func:`forbidden`, the candidate's globals
+    included); returns what the candidate returns.
+
+    Parameters
+    ----------
+    exercise : str
+        The exercise's number, e.g. ``"4.1"``.
+    functions : sequence of callable
+        The library functions the exercise's Markdown names as not to be called.
+    candidate : callable
+        The reader's function.
+    *args, **kwargs
+        Passed to ``candidate``.
+    """
+    if not callable(candidate):
+        raise TypeError(f"candidate must be callable, got {type(candidate).__name__}")
+    namespaces = (candidate.__globals__,) if isinstance(getattr(candidate, "__globals__", None), dict) else ()
+    with forbidden(exercise, *functions, namespaces=namespaces):
+        return candidate(*args, **kwargs)

