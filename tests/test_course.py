@@ -141,3 +141,50 @@ def test_notebook_closes_with_what_to_take_away(path):
     assert exercises and exercises[-1] < len(cells) - 1, f"{path.name}: no exercise before the closing cell"
     closings = [i for i, c in enumerate(cells) if c["cell_type"] == "markdown" and TAKEAWAY in _source(c)]
     assert closings == [len(cells) - 1], f"{path.name}: '{TAKEAWAY}' appears in cells {closings}, not only the last"
+
+
+# ---------------------------------------------------------------- exercises that carry weight
+
+KIND = re.compile(r"^\*\*Kind:\*\*\s*(derivation|experiment|implementation)\b", re.MULTILINE)
+MAY_NOT_CALL = re.compile(r"^\*\*May not call:\*\*\s*(.+)$", re.MULTILINE)
+NAMED = re.compile(r"`([\w.]+)`")
+
+
+def _exercises(path):
+    """``(number, Markdown, check cell source)`` of each exercise: the heading cell and the cell defining
+    ``check_N_k``."""
+    cells = _cells(path)
+    found = []
+    for i, cell in enumerate(cells):
+        heading = EXERCISE.search(_source(cell)) if cell["cell_type"] == "markdown" else None
+        if heading:
+            number = heading.group(0).split()[-1]
+            check = next((_source(c) for c in cells[i + 1:]
+                          if f"def check_{number.replace('.', '_')}(" in _source(c)), "")
+            found.append((number, _source(cell), check))
+    return found
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_exercise_says_its_kind_and_what_it_may_not_call(path):
+    for number, markdown, check in _exercises(path):
+        assert KIND.search(markdown), (f"{path.name}: exercise {number} needs a line `**Kind:** derivation`, "
+                                       "`experiment` or `implementation`")
+        forbidden = MAY_NOT_CALL.search(markdown)
+        assert forbidden, f"{path.name}: exercise {number} needs a line `**May not call:** ...`"
+        names = NAMED.findall(forbidden.group(1))
+        if names:  # the check runs the reader's function with those functions patched to raise
+            assert "call_without(" in check, (f"{path.name}: exercise {number} forbids {names}, so its check must "
+                                              "call the candidate through tc.exercises.call_without")
+            for name in names:
+                assert name.split(".")[-1] in check, f"{path.name}: exercise {number}'s check never forbids {name}"
+        else:
+            assert "nothing" in forbidden.group(1).lower(), (f"{path.name}: exercise {number}: name the forbidden "
+                                                             "functions in backticks, or say `nothing is forbidden`")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_notebook_has_a_derivation_or_an_experiment(path):
+    kinds = [KIND.search(markdown) for _, markdown, _ in _exercises(path)]
+    assert any(k and k.group(1) in ("derivation", "experiment") for k in kinds), (
+        f"{path.name}: at least one exercise must be a derivation or an experiment with an interpretation")
