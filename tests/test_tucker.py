@@ -43,9 +43,11 @@ def test_hosvd_bound_and_orthonormal_factors(shape, data, seed):
     # not necessarily on the sequentially truncated HOSVD above, which may start it in a better basin
     classical = [torch.linalg.svd(tc.unfold(x, n), full_matrices=False)[0][:, :r] for n, r in enumerate(ranks)]
     start = tc.relative_error(x, tc.TuckerTensor(tc.multi_mode_dot(x, [f.T for f in classical]), classical))
-    assert errors[-1] <= float(start) + 1e-9
-    assert all(b <= a + 1e-9 for a, b in zip(errors, errors[1:], strict=False))  # monotone, sweep by sweep
-    assert abs(errors[-1] - float(tc.relative_error(x, hooi))) < 1e-7  # cheap error = dense error
+    # the cheap error sqrt(||x||² - ||G||²)/||x|| cancels where the fit is near exact: absolute error ~sqrt(2^-52)
+    cheap = 1e-7
+    assert errors[-1] <= float(start) + cheap
+    assert all(b <= a + cheap for a, b in zip(errors, errors[1:], strict=False))  # monotone, sweep by sweep
+    assert abs(errors[-1] - float(tc.relative_error(x, hooi))) < cheap  # cheap error = dense error
 
 
 @given(shape=st.lists(st.integers(2, 6), min_size=2, max_size=4), eps=st.floats(0.01, 0.9), seed=st.integers(0, 99))
