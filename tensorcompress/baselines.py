@@ -90,7 +90,7 @@ BASELINES: dict[str, BaselineConfig | LanguageModelConfig] = {
     "lenet300100": BaselineConfig(dataset="mnist_sample", epochs=10, lr=1e-3, augment=True),
     "lenet5": BaselineConfig(dataset="mnist_sample", epochs=8, lr=1e-3, augment=True),
     "smallcnn": BaselineConfig(dataset="digits", epochs=10, lr=1e-3),
-    "tinygpt": LanguageModelConfig(epochs=10, steps_per_epoch=300, lr=2e-3, batch_size=16),
+    "tinygpt": LanguageModelConfig(epochs=10, steps_per_epoch=150, lr=2e-3),
 }
 
 _LOADERS: dict[str, Callable[[], tuple[TensorDataset, TensorDataset]]] = {

@@ -108,6 +108,20 @@ def bits_per_character(model: nn.Module, tokens: torch.Tensor, *, context: int |
                        batch_size: int = 32) -> float:
     """:math:`\\log_2` of :func:`perplexity`: the mean bits per token (per character with character tokens).
 
-    Same arguments and errors as :func:`perplexity`.
+    Parameters
+    ----------
+    model : nn.Module
+        Maps integer tokens ``(B, T)`` to logits ``(B, T, V)``.
+    tokens : torch.Tensor
+        1-D integer tokens, at least 2.
+    context : int, optional
+        Tokens the model reads per window; default: ``model.context``.
+    batch_size : int
+        Windows per forward pass.
+
+    Raises
+    ------
+    ValueError
+        As :func:`perplexity`.
     """
     return _mean_nll(model, tokens, context, batch_size) / math.log(2)
