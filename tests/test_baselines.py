@@ -2,8 +2,10 @@
 
 A full retrain of LeNet-5 takes about four minutes and LeNet-300-100 about 15-30 s on two cores, so only the cheapest
 baseline (SmallCNN on digits, about 8 s) is retrained here in full with its stored recipe; the other two are checked
-through their hash and re-measured accuracy. ``python -m tensorcompress.baselines --check`` retrains all three and
-compares (run by hand; on this project's machine it reproduced all three accuracies exactly).
+through their hash and re-measured accuracy. The language model (TinyGPT, minutes of training) is checked through its
+hash, its manifest and its re-measured perplexity; its recipe runs here cut to two steps, which exercises the script's
+write and ``--check`` paths. ``python -m tensorcompress.baselines --check`` retrains all four and compares (run by
+hand; on this project's machine it reproduced the three accuracies exactly).
 
 Green on any machine: what is retrained is compared by test accuracy within ``baselines.ACCURACY_TOLERANCE`` (one
 percentage point), never by weights — another CPU sums in another order and the weights drift apart (0.02 for SmallCNN
@@ -107,5 +109,55 @@ def test_script_check_mode(tmp_path, monkeypatch, capsys):
 
 
 def test_train_baseline_unknown_name():
-    with pytest.raises(ValueError, match=r"name must be one of \['lenet300100', 'lenet5', 'smallcnn'\], got 'vgg'"):
+    with pytest.raises(ValueError, match=r"name must be one of \['lenet300100', 'lenet5', 'smallcnn', 'tinygpt'\], "
+                                         r"got 'vgg'"):
         baselines.train_baseline("vgg")
+
+
+# ---------------------------------------------------------------- the language model
+
+
+def test_tinygpt_manifest_entry_and_checkpoint(manifest):
+    entry = manifest["tinygpt"]
+    path = CHECKPOINT_DIR / entry["file"]
+    assert path.stat().st_size == entry["bytes"] <= 4 * 1024 * 1024
+    assert sha256_file(path) == entry["sha256"]
+    assert entry["test_bits_per_character"] <= 2.5  # the unigram model needs 4.69
+    assert entry["test_perplexity"] == pytest.approx(2 ** entry["test_bits_per_character"], rel=1e-5)
+    cfg = dataclasses.asdict(baselines.BASELINES["tinygpt"])
+    assert {k: entry[k] for k in cfg} == cfg
+    model = tc.models.ARCHITECTURES["tinygpt"]()
+    assert entry["architecture"] == {"vocab_size": 103, "d_model": 128, "n_layers": 4, "n_heads": 4, "context": 128}
+    assert entry["parameters"] == sum(p.numel() for p in model.parameters())
+    assert (entry["val_tokens"], entry["test_tokens"]) == (23_248, 23_249)
+    assert entry["threads"] == 1 and entry["train_seconds"] > 0  # wall-clock seconds: as loaded as the machine was
+    assert set(torch.load(path, weights_only=True)) == set(model.state_dict())
+
+
+@pytest.fixture
+def quick_tinygpt(monkeypatch):
+    """The language model's recipe cut to 2 steps (the real one takes minutes): the script's paths, not the score."""
+    quick = dataclasses.replace(baselines.BASELINES["tinygpt"], epochs=1, steps_per_epoch=2)
+    monkeypatch.setitem(baselines.BASELINES, "tinygpt", quick)
+
+
+def test_script_writes_and_checks_the_language_model(tmp_path, quick_tinygpt, capsys):
+    assert baselines.main(["tinygpt", "--out", str(tmp_path)]) == 0
+    entry = json.loads((tmp_path / "manifest.json").read_text())["tinygpt"]
+    assert entry["steps_per_epoch"] == 2 and entry["sha256"] == sha256_file(tmp_path / "tinygpt.pt")
+    assert "tinygpt: test perplexity" in capsys.readouterr().out
+    model = tc.models.pretrained("tinygpt", root=tmp_path)
+    corpus = tc.data.load_text()
+    assert tc.metrics.perplexity(model, corpus.test) == pytest.approx(entry["test_perplexity"], rel=1e-6)
+    assert tc.metrics.bits_per_character(model, corpus.val) == pytest.approx(entry["val_bits_per_character"],
+                                                                              rel=1e-6)
+    # --check: the perplexity within 3 % (relative) is reproduced, 5 % off is not
+    manifest_path = tmp_path / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    stored = entry["test_perplexity"]
+    for factor, status, tolerance in [(1.0, 0, []), (1.025, 0, []), (1.05, 1, []), (1.025, 1, ["--tolerance", "0.01"])]:
+        manifest["tinygpt"]["test_perplexity"] = stored * factor
+        manifest_path.write_text(json.dumps(manifest))
+        assert baselines.main(["tinygpt", "--out", str(tmp_path), "--check", *tolerance]) == status
+        out = capsys.readouterr().out
+        assert ("reproduced" if status == 0 else "DIFFERENT") in out and "SHA-256 as stored" in out

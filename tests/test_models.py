@@ -93,6 +93,16 @@ def test_pretrained_loads_in_eval_mode_with_stored_accuracy(name):
     assert abs(tc.evaluate(model, test).accuracy - entry["test_accuracy"]) <= 1 / len(test) + 1e-12
 
 
+def test_pretrained_tinygpt_has_its_stored_perplexity():
+    entry = checkpoint_manifest()["tinygpt"]
+    model = tc.models.pretrained("tinygpt")
+    assert isinstance(model, tc.models.TinyGPT) and not model.training
+    corpus = tc.data.load_text()
+    assert model.vocab_size == corpus.vocab_size
+    # same bytes; another CPU sums in another order, which moves the last digits only
+    assert tc.metrics.perplexity(model, corpus.test) == pytest.approx(entry["test_perplexity"], rel=1e-4)
+
+
 def test_pretrained_device(device):
     model = tc.models.pretrained("smallcnn", device=device)
     assert next(model.parameters()).device.type == torch.device(device).type
@@ -123,3 +133,96 @@ def test_pretrained_missing_files(tmp_path):
     (tmp_path / "manifest.json").write_text("{}")
     with pytest.raises(ValueError, match="has no entry 'lenet5'"):
         tc.models.pretrained("lenet5", root=tmp_path)
+
+
+# ---------------------------------------------------------------- TinyGPT
+
+
+def _gpt(**kw):
+    torch.manual_seed(0)
+    return tc.models.TinyGPT(**{"vocab_size": 11, "d_model": 64, "n_layers": 2, "n_heads": 4, "context": 16, **kw})
+
+
+def test_tinygpt_parameters_names_and_shapes():
+    v, d, L, t = 11, 64, 2, 16
+    m = _gpt()
+    assert _n_params(m) == L * (12 * d * d + 13 * d) + v * d + t * d + 2 * d + d * v
+    linears = {n for n, x in m.named_modules() if isinstance(x, torch.nn.Linear)}
+    assert linears == {f"blocks.{i}.{p}" for i in range(L) for p in
+                       ["attn.q", "attn.k", "attn.v", "attn.o", "mlp.fc1", "mlp.fc2"]} | {"head"}
+    assert m.head.bias is None and m.head.weight.data_ptr() != m.tok.weight.data_ptr()  # untied
+    assert m.blocks[0].mlp.fc1.out_features == 4 * d
+    assert not any(isinstance(x, torch.nn.Dropout) for x in m.modules())
+    x = torch.randint(0, v, (3, 9))
+    assert m(x).shape == (3, 9, v) and m(x[:, :1]).shape == (3, 1, v)
+
+
+def test_tinygpt_attention_equals_scaled_dot_product_attention(dtype):
+    from tensorcompress.models.tinygpt import causal_attention
+
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(2, 4, 7, 16, generator=g, dtype=dtype) for _ in range(3))
+    tol = {"atol": 1e-6, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 1e-12, "rtol": 1e-12}
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    torch.testing.assert_close(causal_attention(q, k, v), ref, **tol)
+    # the module: heads split, attended and merged as SDPA does it
+    m = _gpt().to(dtype).blocks[0].attn
+    x = torch.randn(2, 7, 64, generator=g, dtype=dtype)
+
+    def heads(y):
+        return y.view(2, 7, 4, 16).transpose(1, 2)
+
+    sdpa = torch.nn.functional.scaled_dot_product_attention(heads(m.q(x)), heads(m.k(x)), heads(m.v(x)),
+                                                            is_causal=True)
+    torch.testing.assert_close(m(x), m.o(sdpa.transpose(1, 2).reshape(2, 7, 64)), **tol)
+
+
+def test_tinygpt_is_causal():
+    m = _gpt().eval()
+    x = torch.randint(0, 11, (2, 16), generator=torch.Generator().manual_seed(2))
+    out = m(x)
+    for t in [0, 5, 15]:
+        y = x.clone()
+        y[:, t:] = (y[:, t:] + 1 + torch.arange(16 - t)) % 11  # every token from t on changed
+        changed = m(y)
+        assert torch.equal(changed[:, :t], out[:, :t])
+        assert not torch.allclose(changed[:, t], out[:, t])
+    assert torch.allclose(m(x[:, :9]), out[:, :9], atol=1e-6)  # a shorter input is the same prefix
+
+
+def test_tinygpt_flops_count_attention():
+    b, t, d, L, v = 2, 16, 64, 2, 11
+    m = _gpt()
+    linear = L * (4 * d * d + 2 * 4 * d * d) + d * v  # multiply-adds per token
+    attention = L * 2 * t * t * d  # QKᵀ and AV per sequence
+    assert tc.flops(m, torch.randint(0, v, (b, t))) == 2 * b * (t * linear + attention)
+
+
+def test_tinygpt_follows_device_and_dtype(device, dtype):
+    m = _gpt().to(device=device, dtype=dtype)
+    out = m(torch.randint(0, 11, (2, 5), device=device))
+    assert out.dtype == dtype and out.device.type == torch.device(device).type
+
+
+def test_tinygpt_bad_arguments():
+    with pytest.raises(ValueError, match="d_model must be a multiple of 64, got 96"):
+        _gpt(d_model=96)
+    with pytest.raises(ValueError, match="d_model must be >= 64, got 32"):
+        _gpt(d_model=32)
+    with pytest.raises(ValueError, match="n_heads must divide d_model = 64, got 3"):
+        _gpt(n_heads=3)
+    with pytest.raises(ValueError, match="vocab_size must be >= 2, got 1"):
+        _gpt(vocab_size=1)
+    with pytest.raises(TypeError, match=r"n_layers must be an int, got float \(2.0\)"):
+        _gpt(n_layers=2.0)
+    with pytest.raises(ValueError, match="context must be >= 1, got 0"):
+        _gpt(context=0)
+    with pytest.raises(TypeError):
+        tc.models.TinyGPT(11, 64, 2, 4, 16)  # keyword-only
+    m = _gpt()
+    with pytest.raises(ValueError, match=r"tokens of shape B x T with 1 <= T <= context = 16, got \(2, 17\)"):
+        m(torch.zeros(2, 17, dtype=torch.int64))
+    with pytest.raises(ValueError, match=r"got \(16,\)"):
+        m(torch.zeros(16, dtype=torch.int64))
+    with pytest.raises(TypeError, match="TinyGPT expects integer tokens, got dtype torch.float32"):
+        m(torch.zeros(2, 4))

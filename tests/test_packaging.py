@@ -1,5 +1,5 @@
 """Packaging: environment.yml and pyproject.toml describe one environment; the public API resolves; the wheel carries
-the pretrained baselines and a non-editable install loads them."""
+the pretrained baselines and the text corpus, and a non-editable install loads them."""
 
 from __future__ import annotations
 
@@ -225,7 +225,8 @@ def wheel(tmp_path_factory):
 def test_checkpoints_are_shipped_once_inside_the_package():
     names = {e["file"] for e in json.loads((CHECKPOINT_DIR / "manifest.json").read_text()).values()}
     assert CHECKPOINT_DIR.parent == ROOT / "tensorcompress" / "models"
-    assert names == {p.name for p in CHECKPOINT_DIR.glob("*.pt")} == {"lenet300100.pt", "lenet5.pt", "smallcnn.pt"}
+    assert names == {p.name for p in CHECKPOINT_DIR.glob("*.pt")} == {"lenet300100.pt", "lenet5.pt", "smallcnn.pt",
+                                                                      "tinygpt.pt"}
     # data/ is for data caches only: no second copy of the 3 MB of checkpoints
     assert not list((ROOT / "data").glob("*.pt")) and not (ROOT / "data" / "manifest.json").exists()
 
@@ -239,9 +240,20 @@ def test_wheel_contains_checkpoints_and_manifest(wheel):
             data = zf.read(f"tensorcompress/models/checkpoints/{entry['file']}")
             assert len(data) == entry["bytes"] and data == (CHECKPOINT_DIR / entry["file"]).read_bytes()
     assert shipped == {f"tensorcompress/models/checkpoints/{n}" for n in
-                       ["manifest.json", "lenet300100.pt", "lenet5.pt", "smallcnn.pt"]}
+                       ["manifest.json", "lenet300100.pt", "lenet5.pt", "smallcnn.pt", "tinygpt.pt"]}
     assert manifest == json.loads((CHECKPOINT_DIR / "manifest.json").read_text())
     assert sha256_file(CHECKPOINT_DIR / "lenet5.pt") == manifest["lenet5"]["sha256"]
+
+
+def test_wheel_contains_the_text_corpus_and_its_licence(wheel):
+    from tensorcompress.data import text
+
+    with zipfile.ZipFile(wheel) as zf:
+        corpora = {n for n in zf.namelist() if n.startswith("tensorcompress/data/corpora/")}
+        assert corpora == {"tensorcompress/data/corpora/python_topics.txt.xz",
+                           "tensorcompress/data/corpora/LICENSE-PSF.txt"}
+        assert zf.read("tensorcompress/data/corpora/python_topics.txt.xz") == text.TEXT_PATH.read_bytes()
+        assert zf.read("tensorcompress/data/corpora/LICENSE-PSF.txt") == text.TEXT_LICENSE_PATH.read_bytes()
 
 
 def test_installed_wheel_loads_pretrained_without_the_source_tree(wheel, tmp_path):
@@ -260,12 +272,14 @@ def test_installed_wheel_loads_pretrained_without_the_source_tree(wheel, tmp_pat
         "assert here.is_relative_to(pathlib.Path(sys.argv[1]).resolve()), here\n"
         "m = tc.models.pretrained('lenet5')\n"
         "print(type(m).__name__, m.training, tc.models.pretrained('smallcnn').training)\n"
+        "corpus = tc.data.load_text()\n"
+        "print(corpus.vocab_size, corpus.test.numel(), type(tc.models.pretrained('tinygpt')).__name__)\n"
     )
     env = {**os.environ, "PYTHONPATH": str(site)}
     out = subprocess.run([sys.executable, "-c", code, str(site)], cwd=tmp_path, env=env, capture_output=True,
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["LeNet5", "False", "False"]
+    assert out.stdout.split() == ["LeNet5", "False", "False", "103", "23249", "TinyGPT"]
 
 
 def test_wheel_declares_the_notebooks_extra_and_dev_includes_it(wheel):

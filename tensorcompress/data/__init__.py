@@ -5,7 +5,9 @@
 * :func:`load_mnist`, :func:`load_fashion_mnist` — the full sets from the IDX files in a folder;
 * :func:`load_splits` — the course's one protocol: train / validation / test of each data set;
 * :func:`shift_augment` — translated copies of a training set;
-* :func:`sample_image` — an RGB photograph, ``H × W × 3`` in ``[0, 1]``.
+* :func:`sample_image` — an RGB photograph, ``H × W × 3`` in ``[0, 1]``;
+* :func:`load_text` — the Python reference documentation as character tokens (train / val / test);
+  :func:`text_windows` — seeded windows of tokens.
 """
 
 from .augment import shift_augment
@@ -14,6 +16,7 @@ from .idx import load_fashion_mnist, load_mnist, read_idx
 from .image import sample_image
 from .protocol import SPLIT_SIZES, Splits, load_splits
 from .splits import train_val_split
+from .text import TextCorpus, load_text, text_windows
 
 __all__ = [
     "load_digits",
@@ -27,4 +30,7 @@ __all__ = [
     "load_splits",
     "Splits",
     "SPLIT_SIZES",
+    "load_text",
+    "text_windows",
+    "TextCorpus",
 ]

@@ -6,14 +6,16 @@ seeds.
 * :mod:`.leaderboard` — :class:`Leaderboard`, :class:`Metric`, :class:`Entry`, :class:`Row`;
 * :mod:`.seeds` — :func:`over_seeds`, :class:`SeedStats`;
 * :mod:`.fidelity` — :func:`fidelity` (accuracy, cross-entropy, KL to the uncompressed network, top-1 agreement) and
-  :func:`separated` (do two methods' mean ± std intervals overlap?).
+  :func:`separated` (do two methods' mean ± std intervals overlap?);
+* :mod:`.language` — :func:`perplexity`, :func:`bits_per_character` of a language model on held-out tokens.
 """
 
 from .fidelity import Fidelity, fidelity, separated
+from .language import bits_per_character, perplexity
 from .leaderboard import METRICS, Entry, Leaderboard, Metric, Row
 from .measure import *  # noqa: F403
 from .measure import __all__ as _measure_all
 from .seeds import SeedStats, over_seeds
 
 __all__ = [*_measure_all, "Entry", "Leaderboard", "Metric", "METRICS", "Row", "SeedStats", "over_seeds",
-           "Fidelity", "fidelity", "separated"]
+           "Fidelity", "fidelity", "separated", "perplexity", "bits_per_character"]
