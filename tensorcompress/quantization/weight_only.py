@@ -255,12 +255,11 @@ class WeightOnlyLinear(nn.Module):
             self.register_buffer("zeros", torch.zeros(packed_size(out_features * n_groups, bits), dtype=torch.uint8,
                                                       device=device))
         else:
-            self.zeros = None
-        if input_scale:
-            self.register_buffer("input_scale", torch.ones(in_features, device=device, dtype=dtype))
-        else:
-            self.input_scale = None
-        self.bias = nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype)) if bias else None
+            self.register_buffer("zeros", None)
+        self.register_buffer("input_scale", torch.ones(in_features, device=device, dtype=dtype) if input_scale
+                             else None)
+        self.register_parameter("bias", nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype))
+                                if bias else None)
 
     @property
     def n_groups(self) -> int:
