@@ -53,7 +53,7 @@ from torch import nn
 
 from .. import surgery
 from .._bits import pack_bits, packed_size, unpack_bits
-from .._validation import check_finite, check_int_in, check_tensor, compute_dtype
+from .._validation import check_finite, check_int_in, check_positive_int, check_tensor, compute_dtype
 
 __all__ = ["WeightOnlyLinear", "WeightOnlyLayer", "quantize_weights", "rtn", "rtn_grid", "minmax_grid", "grid_codes",
            "nf4_levels", "NF4_TABLE", "METHODS", "group_count"]
@@ -108,7 +108,7 @@ def group_count(in_features: int, group_size: int | None, *, where: str = "") ->
     ``group_size`` must be a positive int dividing ``in_features``."""
     if group_size is None:
         return in_features, 1
-    check_int_in(group_size, "group_size", 1, max(in_features, 1))
+    check_positive_int(group_size, "group_size")
     if in_features % group_size:
         raise ValueError(f"group_size={group_size} does not divide the {in_features} inputs{where}; choose a "
                          f"divisor of {in_features} or None (one group per row)")
@@ -433,6 +433,8 @@ def quantize_weights(model: nn.Module, *, bits: int, group_size: int | None = No
     """
     method = check_method(method)
     bits = check_weight_bits(bits, method)
+    if method == "nf4" and group_size is None:
+        group_size = NF4_BLOCK
     selected_linears(model, group_size, include, exclude, "quantize_weights")
 
     def build(sel: surgery.Selected) -> tuple[nn.Module, dict[str, Any]]:
