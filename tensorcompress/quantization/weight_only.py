@@ -146,7 +146,16 @@ def grid_codes(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: i
 
 
 def rtn(weight: torch.Tensor, bits: int, group_size: int | None = None) -> torch.Tensor:
-    """The round-to-nearest weight :math:`s(q - z)` of :func:`rtn_grid`, in the compute dtype (exact scales)."""
+    """The round-to-nearest weight :math:`s(q - z)` of :func:`rtn_grid`, in the compute dtype (exact scales).
+
+    Parameters
+    ----------
+    weight : tensor (m, n)
+        Rows are outputs.
+    bits : int in [2, 8]
+    group_size : int, optional
+        Consecutive inputs per grid, dividing ``n``; ``None``: one grid per row.
+    """
     codes, scales, zeros = rtn_grid(weight, bits, group_size)
     m, n = codes.shape
     k = scales.shape[1]
@@ -274,8 +283,22 @@ class WeightOnlyLinear(nn.Module):
     def from_codes(cls, codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None = None,
                    bias: torch.Tensor | None = None, *, bits: int, method: str = "rtn",
                    input_scale: torch.Tensor | None = None) -> WeightOnlyLinear:
-        """A layer holding given codes (int ``(out, in)``), scales (``(out, n_groups)``, rounded to float16 here),
-        zero points (int ``(out, n_groups)``, RTN only), ``bias`` and ``input_scale`` (copied)."""
+        """A layer holding given codes and grids (copied; the scales rounded to float16 here).
+
+        Parameters
+        ----------
+        codes : integer tensor (out, in)
+            In ``[0, 2**bits)``.
+        scales : tensor (out, n_groups)
+            RTN's steps or NF4's absmax per group; ``n_groups`` divides ``in``.
+        zeros : integer tensor (out, n_groups), optional
+            RTN's zero points in ``[0, 2**bits)``; ``None`` for NF4.
+        bias : tensor (out,), optional
+        bits : int
+        method : {"rtn", "nf4"}
+        input_scale : tensor (in,), optional
+            A factor applied to the input first.
+        """
         method = check_method(method)
         bits = check_weight_bits(bits, method)
         check_tensor(codes, "codes")
@@ -309,7 +332,18 @@ class WeightOnlyLinear(nn.Module):
     @classmethod
     def from_weight(cls, weight: torch.Tensor, bias: torch.Tensor | None = None, *, bits: int,
                     group_size: int | None = None, method: str = "rtn") -> WeightOnlyLinear:
-        """Quantize ``weight`` (``(out, in)``) by round to nearest (``"rtn"``) or NF4, keeping ``bias``."""
+        """Quantize ``weight`` by round to nearest (``"rtn"``) or NF4, keeping ``bias``.
+
+        Parameters
+        ----------
+        weight : tensor (out, in)
+        bias : tensor (out,), optional
+        bits : int
+            2 to 8 for RTN, 4 for NF4.
+        group_size : int, optional
+            As the class's.
+        method : {"rtn", "nf4"}
+        """
         method = check_method(method)
         bits = check_weight_bits(bits, method)
         if method == "nf4":
@@ -321,7 +355,14 @@ class WeightOnlyLinear(nn.Module):
     @classmethod
     def from_linear(cls, layer: nn.Linear, *, bits: int, group_size: int | None = None,
                     method: str = "rtn") -> WeightOnlyLinear:
-        """:meth:`from_weight` of an ``nn.Linear``'s weight and bias."""
+        """:meth:`from_weight` of an ``nn.Linear``'s weight and bias.
+
+        Parameters
+        ----------
+        layer : nn.Linear
+        bits, group_size, method
+            As :meth:`from_weight`.
+        """
         if not isinstance(layer, nn.Linear):
             raise TypeError(f"layer must be an nn.Linear, got {type(layer).__name__}")
         return cls.from_weight(layer.weight, layer.bias, bits=bits, group_size=group_size, method=method)
