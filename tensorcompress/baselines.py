@@ -3,9 +3,11 @@
 ``--check`` retrains and compares instead, writing nothing (exit status 1 on a difference): each stored checkpoint
 must still hash to the SHA-256 in the manifest (nothing retrained, so the bytes must be identical), and each retrained
 network's test accuracy must lie within ``--tolerance`` (default :data:`ACCURACY_TOLERANCE`, 1 percentage point) of
-the stored one. Retrained *weights* are never compared: another CPU, thread count or BLAS sums in another order, and
-after a few thousand optimizer steps the weights differ (by 0.02 on an AMD EPYC for SmallCNN) while the accuracy
-does not; different seeds of the same recipe move SmallCNN's accuracy by about one test image (0.3 %).
+the stored one; for the language model, its test perplexity within a relative ``--tolerance`` (default
+:data:`PERPLEXITY_TOLERANCE`, 3 %). Retrained *weights* are never compared: another CPU, thread count or BLAS
+sums in another order, and after a few thousand optimizer steps the weights differ (by 0.02 on an AMD EPYC for
+SmallCNN) while the accuracy does not; different seeds of the same recipe move SmallCNN's accuracy by about one test
+image (0.3 %).
 
 Writes ``tensorcompress/models/checkpoints/{name}.pt`` (the ``state_dict``) and its ``manifest.json`` (SHA-256, test
 accuracy, seed, training settings, split sizes, torch version, training time) for each name in :data:`BASELINES`:
@@ -13,9 +15,17 @@ the checkpoints ship inside the package (:data:`tensorcompress.models.pretrained
 :func:`tensorcompress.models.pretrained` loads them. Training runs on the CPU with one thread so that a rerun with the
 same seed reproduces the stored weights and accuracy on the same machine.
 
-Recipe (all): Adam, cosine learning-rate decay to 0, batch 64, seed 0, cross-entropy. The MNIST-sample networks
-train on the 4,000 training images plus their four one-pixel translations
+Recipe (the image classifiers): Adam, cosine learning-rate decay to 0, batch 64, seed 0, cross-entropy. The
+MNIST-sample networks train on the 4,000 training images plus their four one-pixel translations
 (:func:`tensorcompress.data.shift_augment`, 20,000 images per epoch); accuracies are on the untouched test split.
+
+Recipe (``tinygpt``, :class:`LanguageModelConfig`): :class:`~tensorcompress.models.TinyGPT` on the character tokens of
+:func:`tensorcompress.data.load_text`, trained by :func:`~tensorcompress.train.fit` on ``steps_per_epoch ×
+batch_size`` windows of ``context + 1`` tokens drawn once (seeded) from the train split (inputs: the first
+``context`` tokens, targets: the same shifted by one), AdamW with weight decay, cosine decay per epoch, two threads.
+The manifest records validation and test perplexity and bits per character
+(:func:`tensorcompress.metrics.perplexity`); the settings were chosen on the validation split, the test split was
+measured once.
 """
 
 from __future__ import annotations
@@ -32,13 +42,17 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from . import data as tcdata
+from .metrics import bits_per_character, perplexity
 from .models.pretrained import ARCHITECTURES, CHECKPOINT_DIR, sha256_file
 from .train import evaluate, fit, set_seed
 
-__all__ = ["BASELINES", "ACCURACY_TOLERANCE", "BaselineConfig", "train_baseline", "check_baseline", "main"]
+__all__ = ["BASELINES", "ACCURACY_TOLERANCE", "PERPLEXITY_TOLERANCE", "BaselineConfig", "LanguageModelConfig",
+           "train_baseline", "check_baseline", "main"]
 
 #: How far (absolute, as a fraction) a retrained accuracy may lie from the stored one in ``--check``.
 ACCURACY_TOLERANCE = 0.01
+#: How far (relative) a retrained language model's test perplexity may lie from the stored one in ``--check``.
+PERPLEXITY_TOLERANCE = 0.03
 
 
 @dataclass(frozen=True)
@@ -56,10 +70,27 @@ class BaselineConfig:
     augment: bool = False  # shift_augment the training split
 
 
-BASELINES: dict[str, BaselineConfig] = {
+@dataclass(frozen=True)
+class LanguageModelConfig:
+    """How the language model is trained (its architecture is ``ARCHITECTURES[name]``)."""
+
+    epochs: int
+    steps_per_epoch: int  # the training windows: steps_per_epoch * batch_size, drawn once from the train split
+    lr: float
+    batch_size: int = 32
+    seed: int = 0
+    optimizer: str = "adamw"
+    scheduler: str = "cosine"
+    weight_decay: float = 0.1
+    threads: int = 2
+    dataset: str = "python_topics"
+
+
+BASELINES: dict[str, BaselineConfig | LanguageModelConfig] = {
     "lenet300100": BaselineConfig(dataset="mnist_sample", epochs=10, lr=1e-3, augment=True),
     "lenet5": BaselineConfig(dataset="mnist_sample", epochs=8, lr=1e-3, augment=True),
     "smallcnn": BaselineConfig(dataset="digits", epochs=10, lr=1e-3),
+    "tinygpt": LanguageModelConfig(epochs=10, steps_per_epoch=150, lr=2e-3),
 }
 
 _LOADERS: dict[str, Callable[[], tuple[TensorDataset, TensorDataset]]] = {
@@ -76,6 +107,8 @@ def train_baseline(name: str, *, progress: bool = False) -> tuple[nn.Module, dic
     if name not in BASELINES:
         raise ValueError(f"name must be one of {sorted(BASELINES)}, got {name!r}")
     cfg = BASELINES[name]
+    if isinstance(cfg, LanguageModelConfig):
+        return _train_language_model(name, cfg, progress=progress)
     train, test = _LOADERS[cfg.dataset]()
     fit_data = tcdata.shift_augment(train) if cfg.augment else train
     threads = torch.get_num_threads()
@@ -104,12 +137,66 @@ def train_baseline(name: str, *, progress: bool = False) -> tuple[nn.Module, dic
     return model.eval(), record
 
 
-def check_baseline(name: str, entry: dict | None, root: Path, *, tolerance: float = ACCURACY_TOLERANCE,
+def _train_language_model(name: str, cfg: LanguageModelConfig, *, progress: bool) -> tuple[nn.Module, dict]:
+    """:func:`train_baseline` for a :class:`LanguageModelConfig`: ``record`` holds validation and test perplexity and
+    bits per character."""
+    corpus = tcdata.load_text()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        set_seed(cfg.seed)
+        model = ARCHITECTURES[name]()
+        windows = tcdata.text_windows(corpus.train, cfg.steps_per_epoch * cfg.batch_size, model.context + 1,
+                                      seed=cfg.seed)
+        start = time.perf_counter()
+        fit(model, TensorDataset(windows[:, :-1], windows[:, 1:]), epochs=cfg.epochs, lr=cfg.lr,
+            batch_size=cfg.batch_size, device="cpu", seed=cfg.seed, optimizer=cfg.optimizer,
+            scheduler=cfg.scheduler, weight_decay=cfg.weight_decay, progress=progress)
+        seconds = time.perf_counter() - start
+        scores = {f"{split}_{metric.__name__}": round(metric(model, getattr(corpus, split)), 6)
+                  for split in ("val", "test") for metric in (perplexity, bits_per_character)}
+    finally:
+        torch.set_num_threads(threads)
+    record = {
+        **scores,
+        **asdict(cfg),
+        "architecture": {k: getattr(model, k) for k in ("vocab_size", "d_model", "n_layers", "n_heads", "context")},
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "train_tokens": corpus.train.numel(),
+        "val_tokens": corpus.val.numel(),
+        "test_tokens": corpus.test.numel(),
+        "train_seconds": round(seconds, 1),
+        "torch_version": torch.__version__,
+    }
+    return model.eval(), record
+
+
+def _compare(name: str, entry: dict, record: dict, tolerance: float | None) -> tuple[bool, str]:
+    """Retrained ``record`` against the stored ``entry``: test accuracy (absolute ``tolerance``) or, for a language
+    model, test perplexity (relative ``tolerance``)."""
+    if "test_perplexity" in entry:
+        tolerance = PERPLEXITY_TOLERANCE if tolerance is None else tolerance
+        stored, new = entry["test_perplexity"], record["test_perplexity"]
+        ok = abs(new - stored) <= tolerance * stored
+        return ok, (f"{name}: retrained test perplexity {new:.4f}, stored {stored:.4f} (relative difference "
+                    f"{100 * abs(new - stored) / stored:.2f} %, tolerance {100 * tolerance:.2f} %): "
+                    f"{'reproduced' if ok else 'DIFFERENT'}")
+    tolerance = ACCURACY_TOLERANCE if tolerance is None else tolerance
+    stored, new = entry["test_accuracy"], record["test_accuracy"]
+    ok = abs(new - stored) <= tolerance
+    return ok, (f"{name}: retrained {100 * new:.2f}%, stored {100 * stored:.2f}% "
+                f"(|difference| {100 * abs(new - stored):.2f} points, tolerance {100 * tolerance:.2f}): "
+                f"{'reproduced' if ok else 'DIFFERENT'}")
+
+
+def check_baseline(name: str, entry: dict | None, root: Path, *, tolerance: float | None = None,
                    progress: bool = False) -> tuple[bool, str]:
     """Check one stored baseline against its manifest ``entry``: file hash (as stored) and retrained accuracy.
 
     Returns ``(ok, line)``: ``ok`` when the checkpoint in ``root`` hashes to the recorded SHA-256 and a retrained
-    network's test accuracy lies within ``tolerance`` of the recorded one; ``line`` says what was found.
+    network's test accuracy lies within ``tolerance`` of the recorded one (default :data:`ACCURACY_TOLERANCE`), or
+    for a language model its test perplexity within a relative ``tolerance`` (default
+    :data:`PERPLEXITY_TOLERANCE`); ``line`` says what was found.
     """
     if entry is None:
         return False, f"{name}: no entry in {root / 'manifest.json'}"
@@ -120,12 +207,8 @@ def check_baseline(name: str, entry: dict | None, root: Path, *, tolerance: floa
         hash_ok = sha256_file(path) == entry["sha256"]
         hash_note = "checkpoint SHA-256 as stored" if hash_ok else f"SHA-256 of {path} DIFFERS from the manifest"
     _, record = train_baseline(name, progress=progress)
-    stored, new = entry["test_accuracy"], record["test_accuracy"]
-    acc_ok = abs(new - stored) <= tolerance
-    line = (f"{name}: retrained {100 * new:.2f}%, stored {100 * stored:.2f}% "
-            f"(|difference| {100 * abs(new - stored):.2f} points, tolerance {100 * tolerance:.2f}): "
-            f"{'reproduced' if acc_ok else 'DIFFERENT'}; {hash_note}")
-    return hash_ok and acc_ok, line
+    ok, line = _compare(name, entry, record, tolerance)
+    return hash_ok and ok, f"{line}; {hash_note}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,14 +219,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true",
                         help="retrain and compare the test accuracy (and the stored files' SHA-256) with the manifest "
                              "in --out; write nothing")
-    parser.add_argument("--tolerance", type=float, default=ACCURACY_TOLERANCE, metavar="T",
+    parser.add_argument("--tolerance", type=float, default=None, metavar="T",
                         help=f"--check: largest |retrained - stored| test accuracy, a fraction "
-                             f"(default {ACCURACY_TOLERANCE})")
+                             f"(default {ACCURACY_TOLERANCE}), or relative test perplexity of a language model "
+                             f"(default {PERPLEXITY_TOLERANCE})")
     args = parser.parse_args(argv)
     unknown = sorted(set(args.names) - set(BASELINES))
     if unknown:
         parser.error(f"unknown baseline(s) {unknown}: choose from {list(BASELINES)}")
-    if not 0 <= args.tolerance < 1:
+    if args.tolerance is not None and not 0 <= args.tolerance < 1:
         parser.error(f"--tolerance must be in [0, 1) (a fraction of the test images), got {args.tolerance}")
     manifest_path = args.out / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
@@ -160,8 +244,10 @@ def main(argv: list[str] | None = None) -> int:
         path = args.out / f"{name}.pt"
         torch.save(model.state_dict(), path)
         manifest[name] = {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size, **record}
-        print(f"{name}: test accuracy {100 * record['test_accuracy']:.2f}% ({record['test_size']} images), "
-              f"{record['train_seconds']} s, {path.stat().st_size:,} bytes -> {path}")
+        score = (f"test perplexity {record['test_perplexity']:.4f} ({record['test_bits_per_character']:.4f} bits per "
+                 f"character, {record['test_tokens']} tokens)" if "test_perplexity" in record else
+                 f"test accuracy {100 * record['test_accuracy']:.2f}% ({record['test_size']} images)")
+        print(f"{name}: {score}, {record['train_seconds']} s, {path.stat().st_size:,} bytes -> {path}")
         manifest_path.write_text(json.dumps(dict(sorted(manifest.items())), indent=2) + "\n")
     return 0
 

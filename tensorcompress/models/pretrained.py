@@ -18,6 +18,7 @@ from torch import nn
 
 from .lenet import LeNet5, LeNet300100
 from .smallcnn import SmallCNN
+from .tinygpt import TinyGPT
 
 __all__ = ["pretrained", "manifest", "ARCHITECTURES", "CHECKPOINT_DIR", "sha256_file"]
 
@@ -29,6 +30,8 @@ ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {
     "lenet300100": lambda: LeNet300100(in_features=784, num_classes=10),
     "lenet5": lambda: LeNet5(in_channels=1, num_classes=10, input_size=28),
     "smallcnn": lambda: SmallCNN(in_channels=1, num_classes=10, input_size=8),
+    # the 103 characters of tensorcompress.data.load_text()'s corpus
+    "tinygpt": lambda: TinyGPT(103, d_model=128, n_layers=4, n_heads=4, context=128),
 }
 
 
@@ -58,9 +61,12 @@ def pretrained(name: str, *, root: str | Path | None = None, device: torch.devic
     ``lenet300100``  :class:`LeNet300100`           MNIST sample (:func:`~tensorcompress.data.load_mnist_sample`)
     ``lenet5``       :class:`LeNet5`                MNIST sample
     ``smallcnn``     :class:`SmallCNN` (8×8 input)  digits (:func:`~tensorcompress.data.load_digits`)
+    ``tinygpt``      :class:`TinyGPT` (d 128, 4     Python documentation characters
+                     layers, 4 heads, context 128)  (:func:`~tensorcompress.data.load_text`)
     ===============  =============================  =========================================
 
-    The test accuracy, seed and training settings are in ``manifest.json`` next to the checkpoints.
+    The test accuracy (perplexity for ``tinygpt``), seed and training settings are in ``manifest.json`` next to the
+    checkpoints.
 
     Parameters
     ----------

@@ -131,6 +131,22 @@ def _is_classification(logits: torch.Tensor, targets: torch.Tensor) -> bool:
     return logits.ndim == 2 and targets.ndim == 1 and not targets.is_floating_point()
 
 
+def per_token(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B, T, V)`` logits and ``(B, T)`` integer targets (a language model's next-token predictions) as
+    ``(B·T, V)`` and ``(B·T,)``, one row per token, so that loss and accuracy are per token; anything else as
+    given."""
+    if logits.ndim == 3 and targets.ndim == 2 and not targets.is_floating_point() \
+            and logits.shape[:2] == targets.shape:
+        return logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
+    return logits, targets
+
+
+def to_model(x: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Inputs moved to ``device``; floating inputs cast to the model's ``dtype``, integer ones (token ids, indices)
+    kept integer."""
+    return x.to(device=device, dtype=dtype) if x.is_floating_point() else x.to(device)
+
+
 # ---------------------------------------------------------------- evaluation
 
 
@@ -154,10 +170,11 @@ def _evaluate_sums(model: nn.Module, data: Data, device: torch.device, batch_siz
         batches = (_Batch(*_fetch(data, s, min(s + batch_size, stop), None), 1.0)
                    for s in range(start, stop, batch_size))
     for b in batches:
-        x, y = b.inputs.to(device=device, dtype=dtype), b.targets.to(device)
+        x, y = to_model(b.inputs, device, dtype), b.targets.to(device)
         logits, _ = split_outputs(model(x))
         bad_in += _non_finite_rows(x)
         bad_out += _non_finite_rows(logits)
+        logits, y = per_token(logits, y)
         total_loss += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
         correct += int((logits.argmax(1) == y).sum())
         n += y.shape[0]
@@ -194,14 +211,16 @@ def evaluate(
 
     Runs in eval mode under ``torch.no_grad``; the model is left as it was: its train/eval mode (of every submodule)
     is restored, and if ``device`` is not where it lives, it is moved there for the evaluation and moved back.
-    Inputs are cast to the model's dtype. A model may return ``(logits, features...)`` or a dict with ``"logits"``.
+    Floating inputs are cast to the model's dtype, integer ones (tokens) kept. A model may return
+    ``(logits, features...)`` or a dict with ``"logits"``. A language model's ``(B, T, V)`` logits with ``(B, T)``
+    targets count one prediction per token: ``N`` is the number of tokens, the loss and accuracy are per token.
     No communication between processes: under ``torchrun`` each process that calls it evaluates all of ``data``
     (rank 0 alone may call it); :func:`fit`'s ``test`` metrics are the sharded, summed ones.
 
     Parameters
     ----------
     model : nn.Module
-        A classifier returning logits ``N × C``.
+        A classifier returning logits ``N × C`` (or ``B × T × V`` per token).
     data : Dataset or DataLoader
         Yields ``(inputs, targets)``.
     device : torch.device or str, optional
@@ -279,7 +298,7 @@ def _batch_loss(run: _Run, logits: torch.Tensor, y: torch.Tensor, x: torch.Tenso
     if y.shape[0] == 0:  # an empty shard (a global batch smaller than the world): no loss, but a graph for DDP
         return logits.sum() * 0.0
     if run.loss_fn is None:
-        return nn.functional.cross_entropy(logits, y)
+        return nn.functional.cross_entropy(*per_token(logits, y))
     return run.loss_fn(logits, y, x)
 
 
@@ -297,11 +316,12 @@ def _check_loss(run: _Run, loss: object, x: torch.Tensor) -> torch.Tensor:
     return loss
 
 
-def _train_step(run: _Run, batch: _Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One optimizer step on ``batch``; returns the loss times the batch size and the number of correct predictions
-    (``None`` when the outputs are not class scores), both detached."""
+def _train_step(run: _Run, batch: _Batch) -> tuple[torch.Tensor, int, torch.Tensor | None]:
+    """One optimizer step on ``batch``; returns the loss times the number of predictions (samples, or tokens of a
+    language model), that number and the number of correct predictions (``None`` when the outputs are not class
+    scores), all detached."""
     state, opt = run.state, run.state.optimizer
-    x, y = batch.inputs.to(device=state.device, dtype=run.dtype), batch.targets.to(state.device)
+    x, y = to_model(batch.inputs, state.device, run.dtype), batch.targets.to(state.device)
     state.batch = (x, y)
     run.hooks("on_batch_begin", state)
     opt.zero_grad(set_to_none=True)
@@ -315,8 +335,9 @@ def _train_step(run: _Run, batch: _Batch) -> tuple[torch.Tensor, torch.Tensor | 
     opt.step()
     state.step += 1
     run.hooks("on_batch_end", state)
-    correct = (logits.detach().argmax(1) == y).sum() if _is_classification(logits, y) else None
-    return loss.detach().double() * y.shape[0], correct
+    scores, y = per_token(logits.detach(), y)
+    correct = (scores.argmax(1) == y).sum() if _is_classification(scores, y) else None
+    return loss.detach().double() * y.shape[0], y.shape[0], correct
 
 
 def _train_epoch(run: _Run, train: Data, batch_size: int, generator: torch.Generator | None) -> dict[str, float]:
@@ -327,13 +348,13 @@ def _train_epoch(run: _Run, train: Data, batch_size: int, generator: torch.Gener
     correct = torch.zeros((), dtype=torch.int64, device=device)
     n, classification = 0, True
     for batch in _batches(train, batch_size, run.group, shuffle=True, generator=generator):
-        loss_sum, c = _train_step(run, batch)
+        loss_sum, count, c = _train_step(run, batch)
         total_loss += loss_sum
         if c is None:
             classification = False
         else:
             correct += c
-        n += batch.targets.shape[0]
+        n += count
     total, right, n = run.group.sum([float(total_loss), float(correct), n], device)
     if n == 0:
         raise ValueError("train must hold at least one sample, got an empty data set")
