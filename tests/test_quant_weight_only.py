@@ -254,7 +254,8 @@ def _awq_model():
     lambda: Q.quantize_weights(lin_net(), bits=3, exclude="3")[0],
     lambda: Q.gptq(lin_net(), randn((16, 32), 3, dtype=torch.float32), bits=2, group_size=8)[0],
     _awq_model,
-], ids=["rtn", "nf4", "rtn-partial", "gptq", "awq-input-scale"])
+    lambda: Q.quantize_weights(lin_net(dtype=torch.float64), bits=6, group_size=8)[0].float(),
+], ids=["rtn", "nf4", "rtn-partial", "gptq", "awq-input-scale", "scales-cast-to-float32"])
 @pytest.mark.parametrize("coder", ["huffman", "ans"])
 def test_file_round_trip_is_bit_exact(tmp_path, make, coder):
     model = make()
@@ -268,7 +269,7 @@ def test_file_round_trip_is_bit_exact(tmp_path, make, coder):
             other = loaded.get_submodule(name)
             assert isinstance(other, Q.WeightOnlyLinear)
             for key, t in m.state_dict().items():
-                assert torch.equal(other.state_dict()[key], t), (name, key)
+                assert torch.equal(other.state_dict()[key].to(t.dtype), t), (name, key)
     payload = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     assert size < payload + 2000  # codes entropy coded: never much above their packed size
 

@@ -636,7 +636,8 @@ def _encode_weight_only(found: Found, state: dict, ctx: dict) -> tuple[dict, lis
     fields = {"dtype": str(dense).removeprefix("torch."), "method": layer.method, "bits": layer.bits,
               "group_size": layer.group_size, "input_scale": None if layer.input_scale is None else
               _dtype_name(layer.input_scale, found.name + " input_scale")}
-    chunks = [_raw_bytes(layer.scales)]
+    # float16 values, whatever dtype a model.to(...) cast the buffer to: the cast back is exact
+    chunks = [_raw_bytes(layer.scales.to(torch.float16))]
     sizes = {"scales": len(chunks[0]),
              "codes": _put_codes(fields, chunks, layer.code_matrix(), 0, 2**layer.bits, ctx["coder"])}
     if layer.zeros is not None:

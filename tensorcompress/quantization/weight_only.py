@@ -225,7 +225,9 @@ class WeightOnlyLinear(nn.Module):
     module where no preceding layer can absorb it). ``bias`` is a parameter, as in ``nn.Linear``.
 
     The forward dequantizes the whole weight every call (see the module docstring for why this is slower than
-    ``nn.Linear`` in eager PyTorch) and computes in the input's dtype.
+    ``nn.Linear`` in eager PyTorch) and computes in the input's dtype. ``model.to(dtype)`` casts ``scales`` as it
+    casts every floating buffer (the values stay those of float16; the bytes grow); the compressed file stores them
+    as float16 in any case.
 
     Parameters
     ----------
