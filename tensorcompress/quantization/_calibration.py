@@ -2,7 +2,7 @@ r"""What the data-driven weight quantizers read from calibration data, written o
 
 * :func:`calibration_batches` — the model inputs of ``calibration`` as a list (read once, so that one-shot
   iterables can be passed over several times);
-* :func:`input_statistics` — per layer, from one pass: the token count :math:`N`, :math:`X^\top X` (float64), the
+* :func:`input_statistics` — per layer, from one pass: the token count :math:`N`, :math:`X^\top X`, the
   mean and the maximum of :math:`|X_j|` per input channel, inputs flattened over every leading dimension (batch and
   position of a transformer's tokens). The layer-wise Hessian of GPTQ is :math:`H = 2X^\top X/N`;
 * :func:`input_groups` — the selected ``nn.Linear`` layers grouped by the tensor they read, in call order, on the
@@ -35,7 +35,7 @@ def calibration_batches(calibration: object) -> list:
 @dataclass
 class InputStats:
     """Statistics of the inputs one layer received: ``count`` tokens, ``xtx`` :math:`= X^\\top X` and the
-    per-channel ``abs_sum`` and ``abs_max`` of :math:`|X|`, all float64."""
+    per-channel ``abs_sum`` and ``abs_max`` of :math:`|X|` (float32, or float64 for float64 inputs)."""
 
     count: int
     xtx: torch.Tensor
@@ -52,13 +52,25 @@ class InputStats:
         return self.abs_sum / self.count
 
 
-def input_statistics(model: nn.Module, batches: list, modules: dict[str, nn.Module]) -> dict[str, InputStats]:
+class _Enough(Exception):
+    """Raised by a hook to end a forward pass once the layers of interest have seen their input."""
+
+
+def input_statistics(model: nn.Module, batches: list, modules: dict[str, nn.Module], *,
+                     stop_early: bool = False) -> dict[str, InputStats]:
     """One pass of ``model`` over ``batches`` (:func:`tensorcompress.surgery.run_over`) recording
-    :class:`InputStats` of the first positional input of each of ``modules`` (name -> module)."""
+    :class:`InputStats` of the first positional input of each of ``modules`` (name -> module).
+
+    Statistics accumulate in float64 for a float64 input, else in float32 (as the GPTQ reference code accumulates
+    its Hessian). With ``stop_early`` (only for modules called once per forward pass) each forward pass ends as soon
+    as every module has been called: what comes after them cannot change their inputs.
+    """
     stats: dict[str, InputStats] = {}
+    seen: set[str] = set()
 
     def record(name: str, x: torch.Tensor) -> None:
-        x = x.detach().reshape(-1, x.shape[-1]).double()
+        x = x.detach().reshape(-1, x.shape[-1])
+        x = x.double() if x.dtype == torch.float64 else x.float()
         a = x.abs()
         s = stats.get(name)
         if s is None:
@@ -68,10 +80,18 @@ def input_statistics(model: nn.Module, batches: list, modules: dict[str, nn.Modu
             s.xtx += x.T @ x
             s.abs_sum += a.sum(0)
             s.abs_max = torch.maximum(s.abs_max, a.amax(0))
+        seen.add(name)
+        if stop_early and len(seen) == len(modules):
+            raise _Enough
 
     handles = [m.register_forward_pre_hook(lambda _m, args, n=n: record(n, args[0])) for n, m in modules.items()]
     try:
-        surgery.run_over(model, batches)
+        for batch in batches:
+            seen.clear()
+            try:
+                surgery.run_over(model, [batch])
+            except _Enough:
+                pass
     finally:
         for h in handles:
             h.remove()
@@ -85,12 +105,14 @@ def input_statistics(model: nn.Module, batches: list, modules: dict[str, nn.Modu
 @dataclass
 class InputGroup:
     """Selected ``nn.Linear`` layers that read one tensor (``layers``, in call order), the traced ``producer`` node
-    of that tensor, and whether the tensor goes to these layers only, each called once (``exclusive``: scaling the
-    producer's output channels then changes nothing else)."""
+    of that tensor, whether the tensor goes to these layers only, each called once (``exclusive``: scaling the
+    producer's output channels then changes nothing else), and whether each of them is called once per forward
+    pass (``once``)."""
 
     layers: list[surgery.Selected]
     producer: surgery.Node
     exclusive: bool
+    once: bool
 
     @property
     def producer_module(self) -> nn.Module | None:
@@ -118,5 +140,5 @@ def input_groups(model: nn.Module, example: object, chosen: list[surgery.Selecte
         exclusive = len(source) == 1 and once and set(producer.consumers) == nodes
         if isinstance(producer.target, nn.Module) and len(graph.calls(producer.target)) != 1:
             exclusive = False
-        groups.append(InputGroup([sel for _, sel in members], producer, exclusive))
+        groups.append(InputGroup([sel for _, sel in members], producer, exclusive, once))
     return groups

@@ -40,6 +40,8 @@ factors and :math:`O(mn^2)` for the updates; memory :math:`O(n^2)`. The weights 
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -165,6 +167,15 @@ def gptq_layer(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int, group_
     return out
 
 
+def _float_twin(layer: WeightOnlyLinear, lin: nn.Linear) -> nn.Linear:
+    """An ``nn.Linear`` computing what ``layer`` computes (its dequantized weight, its bias): the later passes run
+    through it without unpacking the codes at every call."""
+    twin = copy.deepcopy(lin)
+    with torch.no_grad():
+        twin.weight.copy_(layer.dequantize(lin.weight.dtype))
+    return twin
+
+
 def gptq(model: nn.Module, calibration, *, bits: int, group_size: int | None = None, damp: float = 0.01,
          act_order: bool = False, include=None, exclude=None) -> tuple[nn.Module, list[surgery.LayerChange]]:
     """A copy of ``model`` whose selected ``nn.Linear`` layers are quantized by :func:`gptq_layer`, layer by layer
@@ -199,7 +210,7 @@ def gptq(model: nn.Module, calibration, *, bits: int, group_size: int | None = N
     built = {}
     for group in input_groups(work, batches[0].to(surgery.device_of(work)), chosen):
         first = group.layers[0]
-        stats = input_statistics(work, batches, {first.name: first.module})[first.name]
+        stats = input_statistics(work, batches, {first.name: first.module}, stop_early=group.once)[first.name]
         for sel in group.layers:
             lin = sel.module
             h = stats.hessian(compute_dtype(lin.weight))
@@ -207,6 +218,6 @@ def gptq(model: nn.Module, calibration, *, bits: int, group_size: int | None = N
                                                  act_order=act_order, return_qparams=True)
             layer = WeightOnlyLinear.from_codes(codes, scales, zeros, lin.bias, bits=bits)
             built[sel.name] = layer, weight_only_detail(layer, lin.weight, "gptq", h, act_order=act_order, damp=damp)
-            surgery.replace(work, sel.names, layer, old=lin)
+            surgery.replace(work, sel.names, _float_twin(layer, lin))
     return surgery.transform(model, nn.Linear, lambda sel: built[sel.name], include=include, exclude=exclude,
                              row_type=WeightOnlyLayer, action="gptq")
