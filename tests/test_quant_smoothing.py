@@ -192,3 +192,13 @@ def test_smoothquant_bad_input_and_nothing_to_act_on():
         Q.smoothquant(model, tokens(0), include=["q", "o"])
     _, rows = Q.smoothquant(model, tokens(0), exclude="fc1")
     assert sorted(r.name for r in rows) == ["k", "q", "v"]
+
+
+def test_awq_scales_bad_input():
+    w, x = randn((4, 8), 0), randn((16, 8), 1)
+    with pytest.raises(TypeError, match="weights must be a non-empty list"):
+        Q.awq_scales([], x.abs().mean(0), x.T @ x, bits=3)
+    with pytest.raises(ValueError, match="bits must be between 2 and 8"):
+        Q.awq_scales([w], x.abs().mean(0), x.T @ x, bits=9)
+    with pytest.raises(ValueError, match="n_grid must be >= 1"):
+        Q.awq_scales([w], x.abs().mean(0), x.T @ x, bits=3, n_grid=0)

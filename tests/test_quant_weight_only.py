@@ -348,3 +348,17 @@ def test_truncated_corrupted_and_misfit_files_are_refused(tmp_path):
     other[1] = OtherLinear(32, 48)
     with pytest.raises(ValueError, match="is not the weight of an nn.Linear"):
         tc.export.load_compressed(path, model=other)
+
+
+def test_from_codes_checks_its_arguments():
+    codes, scales, zeros = Q.rtn_grid(randn((4, 8), 0), 3, 4)
+    layer = Q.WeightOnlyLinear.from_codes(codes, scales, zeros, bits=3)
+    assert torch.equal(layer.code_matrix(), codes) and torch.equal(layer.zero_points(), zeros)
+    with pytest.raises(TypeError, match="codes must be an integer tensor"):
+        Q.WeightOnlyLinear.from_codes(codes.double(), scales, zeros, bits=3)
+    with pytest.raises(ValueError, match=r"codes must lie in \[0, 3\]"):
+        Q.WeightOnlyLinear.from_codes(codes, scales, zeros, bits=2)
+    with pytest.raises(ValueError, match="zeros must be given for method='rtn' and only then"):
+        Q.WeightOnlyLinear.from_codes(codes, scales, None, bits=3)
+    with pytest.raises(ValueError, match="must agree"):
+        Q.WeightOnlyLinear.from_codes(codes, scales[:2], zeros, bits=3)

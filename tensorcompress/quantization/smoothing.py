@@ -122,6 +122,10 @@ def awq_scales(weights: list[torch.Tensor], x_mean: torch.Tensor, hessian: torch
         The best :math:`s` (in the weights' compute dtype), its :math:`\alpha`, and the summed output error
         :math:`\sum_\ell \operatorname{tr}(\Delta_\ell H \Delta_\ell^\top)` for every :math:`\alpha` of the grid.
     """
+    if isinstance(weights, torch.Tensor) or not weights:
+        raise TypeError(f"weights must be a non-empty list of weight matrices, got {type(weights).__name__}")
+    bits = check_weight_bits(bits)
+    check_positive_int(n_grid, "n_grid")
     dt = compute_dtype(weights[0], "weights[0]")
     h, xm = hessian.to(dt), x_mean.to(dt)
     errors, best = [], None

@@ -304,6 +304,9 @@ class WeightOnlyLinear(nn.Module):
         method = check_method(method)
         bits = check_weight_bits(bits, method)
         check_tensor(codes, "codes")
+        check_tensor(scales, "scales", floating=True)
+        if codes.is_floating_point() or codes.is_complex():
+            raise TypeError(f"codes must be an integer tensor, got {codes.dtype}")
         if codes.ndim != 2 or scales.ndim != 2 or codes.shape[0] != scales.shape[0]:
             raise ValueError(f"codes (out, in) and scales (out, n_groups) must agree, got {tuple(codes.shape)} and "
                              f"{tuple(scales.shape)}")
