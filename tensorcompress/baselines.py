@@ -22,7 +22,7 @@ MNIST-sample networks train on the 4,000 training images plus their four one-pix
 Recipe (``tinygpt``, :class:`LanguageModelConfig`): :class:`~tensorcompress.models.TinyGPT` on the character tokens of
 :func:`tensorcompress.data.load_text`, trained by :func:`~tensorcompress.train.fit` on ``steps_per_epoch ×
 batch_size`` windows of ``context + 1`` tokens drawn once (seeded) from the train split (inputs: the first
-``context`` tokens, targets: the same shifted by one), AdamW with weight decay, cosine decay per epoch, two threads.
+``context`` tokens, targets: the same shifted by one), AdamW with weight decay, cosine decay per epoch, one thread.
 The manifest records validation and test perplexity and bits per character
 (:func:`tensorcompress.metrics.perplexity`); the settings were chosen on the validation split, the test split was
 measured once.
@@ -82,7 +82,7 @@ class LanguageModelConfig:
     optimizer: str = "adamw"
     scheduler: str = "cosine"
     weight_decay: float = 0.1
-    threads: int = 2
+    threads: int = 1
     dataset: str = "python_topics"
 
 
@@ -90,7 +90,7 @@ BASELINES: dict[str, BaselineConfig | LanguageModelConfig] = {
     "lenet300100": BaselineConfig(dataset="mnist_sample", epochs=10, lr=1e-3, augment=True),
     "lenet5": BaselineConfig(dataset="mnist_sample", epochs=8, lr=1e-3, augment=True),
     "smallcnn": BaselineConfig(dataset="digits", epochs=10, lr=1e-3),
-    "tinygpt": LanguageModelConfig(epochs=10, steps_per_epoch=150, lr=2e-3),
+    "tinygpt": LanguageModelConfig(epochs=10, steps_per_epoch=300, lr=2e-3, batch_size=16),
 }
 
 _LOADERS: dict[str, Callable[[], tuple[TensorDataset, TensorDataset]]] = {

@@ -302,3 +302,101 @@ def test_train_statistics_large_constant_set_is_caught_exactly():
     with pytest.raises(ValueError, match="x: the training images hold NaN or Inf pixels"):
         tc.data.datasets.train_statistics(np.array([[[[0.0, np.nan]]]], np.float32), "x")
     assert tc.data.datasets.train_statistics(np.array([[[[1.0, 3.0]]]], np.float32), "x") == (2.0, 1.0)
+
+
+# ---------------------------------------------------------------- the text corpus
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return tc.data.load_text()
+
+
+def test_load_text_is_the_frozen_python_topics(corpus):
+    import hashlib
+
+    from tensorcompress.data import text
+
+    whole = torch.cat([corpus.train, corpus.val, corpus.test])
+    decoded = corpus.decode(whole)
+    assert len(decoded) == 464_970 and hashlib.sha256(decoded.encode()).hexdigest() == text.TEXT_SHA256
+    assert text.TEXT_PATH.stat().st_size < 1_000_000
+    assert "PYTHON SOFTWARE FOUNDATION LICENSE VERSION 2" in text.TEXT_LICENSE_PATH.read_text()
+    # the vocabulary: the corpus' sorted characters, token i the i-th
+    assert corpus.vocab == "".join(sorted(set(decoded))) and corpus.vocab_size == len(corpus.vocab) == 103
+    # the frozen text still is what this Python's pydoc_data holds (it is the same 3.11.7 here)
+    import sys
+
+    if sys.version_info[:3] == (3, 11, 7):
+        from pydoc_data import topics
+
+        assert decoded == "".join(topics.topics[k] for k in sorted(topics.topics))
+
+
+def test_load_text_split_is_contiguous_90_5_5(corpus):
+    n = 464_970
+    sizes = [corpus.train.numel(), corpus.val.numel(), corpus.test.numel()]
+    assert sizes == [int(0.9 * n), int(0.05 * n), n - int(0.9 * n) - int(0.05 * n)] == [418_473, 23_248, 23_249]
+    for t in (corpus.train, corpus.val, corpus.test):
+        assert t.dtype == torch.int64 and t.ndim == 1 and int(t.min()) >= 0 and int(t.max()) < corpus.vocab_size
+    text = corpus.decode(torch.cat([corpus.train, corpus.val, corpus.test]))
+    assert corpus.decode(corpus.val) == text[418_473:418_473 + 23_248]
+
+
+def test_encode_decode_round_trip_and_unknown_character(corpus):
+    s = "def f(x):\n    return x ** 2  # “quoted”"
+    tokens = corpus.encode(s)
+    assert tokens.dtype == torch.int64 and corpus.decode(tokens) == s
+    assert [corpus.vocab[i] for i in tokens.tolist()] == list(s)
+    assert corpus.encode("").shape == (0,)
+    with pytest.raises(ValueError, match=r"character 'é' \(U\+00E9\), which is not in the vocabulary of 103"):
+        corpus.encode("café")
+    with pytest.raises(TypeError, match="text must be a str, got bytes"):
+        corpus.encode(b"abc")
+    with pytest.raises(ValueError, match=r"tokens must lie in 0 \.\. 102, got 103"):
+        corpus.decode(torch.tensor([1, 103]))
+    with pytest.raises(TypeError, match="tokens must be an integer torch.Tensor, got a tensor of dtype torch.float32"):
+        corpus.decode(torch.zeros(3))
+    with pytest.raises(ValueError, match=r"tokens must be 1-D, got shape \(1, 2\)"):
+        corpus.decode(torch.zeros(1, 2, dtype=torch.int64))
+
+
+def test_load_text_refuses_a_changed_file(tmp_path):
+    import lzma
+
+    from tensorcompress.data import text
+
+    path = tmp_path / "t.txt.xz"
+    path.write_bytes(lzma.compress(b"not the corpus"))
+    with pytest.raises(ValueError, match="SHA-256 .* not the recorded 37d06970"):
+        text.read_text(path)
+    assert text.read_text(path, sha256=__import__("hashlib").sha256(b"not the corpus").hexdigest()) == "not the corpus"
+
+
+def test_text_windows_are_seeded_slices():
+    tokens = torch.arange(1000)
+    w = tc.data.text_windows(tokens, 50, 17, seed=3)
+    assert w.shape == (50, 17) and w.dtype == torch.int64
+    assert torch.equal(w - w[:, :1], torch.arange(17).expand(50, 17))  # consecutive tokens
+    assert int(w[:, 0].min()) >= 0 and int(w[:, -1].max()) <= 999
+    assert torch.equal(w, tc.data.text_windows(tokens, 50, 17, seed=3))
+    assert not torch.equal(w, tc.data.text_windows(tokens, 50, 17, seed=4))
+    assert torch.equal(tc.data.text_windows(tokens.int(), 2, 1000), tokens.expand(2, 1000))  # the whole text
+    start = torch.randint(0, 1000 - 17 + 1, (50,), generator=torch.Generator().manual_seed(3))
+    assert torch.equal(w[:, 0], start)  # offsets drawn as documented
+
+
+def test_text_windows_bad_arguments():
+    tokens = torch.arange(10)
+    with pytest.raises(ValueError, match="n must be >= 1, got 0"):
+        tc.data.text_windows(tokens, 0, 4)
+    with pytest.raises(TypeError, match=r"context must be an int, got float \(4.0\)"):
+        tc.data.text_windows(tokens, 2, 4.0)
+    with pytest.raises(ValueError, match="context must be at most len\\(tokens\\) = 10, got 11"):
+        tc.data.text_windows(tokens, 2, 11)
+    with pytest.raises(ValueError, match="context must be >= 1, got 0"):
+        tc.data.text_windows(tokens, 2, 0)
+    with pytest.raises(TypeError, match="tokens must be an integer torch.Tensor"):
+        tc.data.text_windows(tokens.float(), 2, 4)
+    with pytest.raises(ValueError, match=r"tokens must be 1-D, got shape \(2, 5\)"):
+        tc.data.text_windows(tokens.view(2, 5), 2, 4)

@@ -459,3 +459,34 @@ def test_cache_errors():
         D.Distiller(teacher, cache_teacher=1)
     with pytest.raises(ValueError, match="cache_teacher=True caches the teacher's logits only"):
         D.distill(mlp(1), teacher, data(), attention={"0": "0"}, cache_teacher=True)
+
+
+def test_a_language_model_distils_per_token_from_integer_inputs():
+    class Table(nn.Module):  # tokens (B, T) -> logits (B, T, V); records what it was fed
+        def __init__(self, seed):
+            super().__init__()
+            torch.manual_seed(seed)
+            self.table, self.seen = nn.Embedding(7, 7), []
+
+        def forward(self, tokens):
+            self.seen.append(tokens.dtype)
+            return self.table(tokens)
+
+    g = torch.Generator().manual_seed(0)
+    windows = torch.randint(0, 7, (8, 6), generator=g)
+    train = TensorDataset(windows[:, :-1], windows[:, 1:])
+    teacher, student = Table(0), Table(1)
+
+    class Record(tc.Callback):
+        def __init__(self):
+            self.losses = []
+
+        def on_loss(self, state):
+            self.losses.append((state.loss.detach().clone(), state.batch, state.model.table.weight.detach().clone()))
+
+    rec = Record()
+    D.distill(student, teacher, train, T=2.0, alpha=0.5, epochs=1, batch_size=4, lr=0.1, callbacks=[rec])
+    assert set(teacher.seen) == set(student.seen) == {torch.int64}  # tokens never cast to float
+    for loss, (x, y), w in rec.losses:  # the kd loss over the B·T next-token predictions
+        z, v = w[x].reshape(-1, 7), teacher.table.weight.detach()[x].reshape(-1, 7)
+        torch.testing.assert_close(loss, D.kd_loss(z, v, y.reshape(-1), T=2.0, alpha=0.5))

@@ -231,3 +231,79 @@ def test_plot_tick_labels_are_few_exact_and_apart(sizes):
             assert a.x1 < b.x0, "x tick labels overlap"
     finally:
         plt.close(ax.figure)
+
+
+# ---------------------------------------------------------------- perplexity
+
+
+def _hand_nll(model, tokens, context):
+    """Token by token: token t (t >= 1) is predicted from its window's tokens before it, the windows starting at
+    0, context, 2 context, ... (mean negative log-likelihood, float64)."""
+    total = 0.0
+    for t in range(1, tokens.numel()):
+        start = (t - 1) // context * context
+        logits = model(tokens[start:t][None])[0, -1].double()
+        total -= float(torch.log_softmax(logits, -1)[tokens[t]])
+    return total / (tokens.numel() - 1)
+
+
+@pytest.mark.parametrize(("n", "context", "batch_size"), [(45, 8, 3), (41, 8, 32), (9, 8, 1), (2, 16, 4)])
+def test_perplexity_equals_a_token_by_token_computation(n, context, batch_size):
+    import math
+
+    torch.manual_seed(0)
+    model = tc.models.TinyGPT(13, d_model=64, n_layers=1, n_heads=2, context=16).eval()
+    tokens = torch.randint(0, 13, (n,), generator=torch.Generator().manual_seed(n))
+    with torch.no_grad():
+        expected = _hand_nll(model, tokens, context)
+    model.train()
+    ppl = tc.metrics.perplexity(model, tokens, context=context, batch_size=batch_size)
+    assert model.training  # mode restored
+    assert ppl == pytest.approx(math.exp(expected), rel=1e-5)
+    bpc = tc.metrics.bits_per_character(model, tokens, context=context, batch_size=batch_size)
+    assert bpc == pytest.approx(expected / math.log(2), rel=1e-5) and bpc == pytest.approx(math.log2(ppl), rel=1e-9)
+
+
+def test_perplexity_default_context_is_the_models():
+    torch.manual_seed(0)
+    model = tc.models.TinyGPT(13, d_model=64, n_layers=1, n_heads=2, context=8)
+    tokens = torch.randint(0, 13, (50,), generator=torch.Generator().manual_seed(0))
+    assert tc.metrics.perplexity(model, tokens) == tc.metrics.perplexity(model, tokens, context=8)
+    assert tc.metrics.perplexity(model, tokens) != tc.metrics.perplexity(model, tokens, context=4)
+
+
+class _Uniform(nn.Module):
+    def __init__(self, vocab):
+        super().__init__()
+        self.vocab = vocab
+        self.w = nn.Parameter(torch.zeros((), dtype=torch.float64))
+
+    def forward(self, tokens):
+        return self.w.expand(*tokens.shape, self.vocab)
+
+
+def test_uniform_model_has_perplexity_vocab_size():
+    tokens = torch.randint(0, 103, (1001,), generator=torch.Generator().manual_seed(0))
+    assert tc.metrics.perplexity(_Uniform(103), tokens, context=64) == pytest.approx(103, rel=1e-12)
+    assert tc.metrics.bits_per_character(_Uniform(128), tokens, context=64) == pytest.approx(7, rel=1e-12)
+
+
+def test_perplexity_bad_input():
+    model = _Uniform(5)
+    tokens = torch.tensor([1, 2, 3])
+    with pytest.raises(ValueError, match="context must be given: _Uniform has no `context` attribute"):
+        tc.metrics.perplexity(model, tokens)
+    with pytest.raises(ValueError, match=r"at least 2 tokens .*got shape \(1,\)"):
+        tc.metrics.perplexity(model, tokens[:1], context=4)
+    with pytest.raises(ValueError, match=r"tokens must be 1-D .*got shape \(1, 3\)"):
+        tc.metrics.perplexity(model, tokens[None], context=4)
+    with pytest.raises(TypeError, match="tokens must be an integer torch.Tensor, got a tensor of dtype torch.float32"):
+        tc.metrics.perplexity(model, tokens.float(), context=4)
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+        tc.metrics.perplexity(model, tokens, context=4, batch_size=0)
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module, got str"):
+        tc.metrics.perplexity("gpt", tokens, context=4)
+    with torch.no_grad():
+        model.w.fill_(float("nan"))
+    with pytest.raises(ValueError, match="cross-entropy on tokens is nan"):
+        tc.metrics.bits_per_character(model, tokens, context=4)

@@ -577,3 +577,64 @@ def test_model_dtype_is_the_first_floating_parameter_dtype_or_the_default():
     frozen_int = torch.nn.Module()
     frozen_int.w = torch.nn.Parameter(torch.ones(2, dtype=torch.int64), requires_grad=False)
     assert model_dtype(frozen_int) == torch.get_default_dtype()
+
+
+# ---------------------------------------------------------------- token inputs, per-token logits
+
+
+class _Bigram(nn.Module):
+    """A language model on integer tokens ``(B, T)`` → logits ``(B, T, V)``: a table lookup; records the inputs."""
+
+    def __init__(self, vocab=5, dtype=torch.float32):
+        super().__init__()
+        self.table = nn.Embedding(vocab, vocab, dtype=dtype)
+        self.seen = []
+
+    def forward(self, tokens):
+        self.seen.append(tokens.dtype)
+        return self.table(tokens)
+
+
+def _token_data(n=12, t=6, vocab=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, vocab, (n, t + 1), generator=g)
+    return TensorDataset(x[:, :-1], x[:, 1:])
+
+
+def test_evaluate_scores_token_logits_per_token(device, dtype):
+    torch.manual_seed(0)
+    model, data = _Bigram(dtype=dtype), _token_data()
+    ev = tc.evaluate(model, data, device=device, batch_size=5)
+    assert set(model.seen) == {torch.int64}  # tokens are not cast to the model's dtype
+    x, y = data.tensors
+    logits = model.table.weight.detach().cpu().double()[x]  # (12, 6, 5), by hand
+    nll = torch.logsumexp(logits, -1) - logits.gather(-1, y[..., None])[..., 0]
+    assert ev.n == 72 and ev.loss == pytest.approx(float(nll.mean()), rel=1e-6)
+    assert ev.accuracy == float((logits.argmax(-1) == y).double().mean())
+    flat = nn.functional.cross_entropy(logits.reshape(-1, 5), y.reshape(-1))  # the flattened cross-entropy
+    assert ev.loss == pytest.approx(float(flat), rel=1e-6)
+
+
+def test_fit_trains_on_tokens_with_per_token_loss_and_accuracy(dtype):
+    class Record(tc.Callback):
+        def __init__(self):
+            self.batches = []
+
+        def on_batch_begin(self, state):  # the weights the step's loss is computed with
+            self.batches.append((state.batch, state.model.table.weight.detach().clone()))
+
+    torch.manual_seed(0)
+    model, data, rec = _Bigram(dtype=dtype), _token_data(n=10), Record()
+    h = tc.fit(model, data, epochs=2, lr=0.1, batch_size=4, progress=False, callbacks=[rec])
+    assert set(model.seen) == {torch.int64}
+    assert set(h[0]) == {"epoch", "loss", "accuracy", "lr"}
+    first = rec.batches[:3]  # epoch 1: batches of 4, 4, 2 windows of 6 tokens
+    assert [b[0][0].shape for b in first] == [(4, 6), (4, 6), (2, 6)]
+    losses, correct = [], 0
+    for (x, y), w in first:
+        logits = w.double()[x]
+        losses.append(nn.functional.cross_entropy(logits.reshape(-1, 5), y.reshape(-1), reduction="sum"))
+        correct += int((logits.argmax(-1) == y).sum())
+    assert h[0]["loss"] == pytest.approx(float(sum(losses)) / 60, rel=1e-5)
+    assert h[0]["accuracy"] == correct / 60
+    assert h[1]["loss"] < h[0]["loss"]

@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from .._validation import Checked
 from ..surgery import device_of, dtype_of, kept_modes
-from ..train.loop import fit, split_outputs
+from ..train.loop import fit, per_token, split_outputs, to_model
 from .hooks import FeatureHooks
 from .losses import attention_transfer_loss, check_alpha, check_temperature, hint_loss, hint_regressor, kd_loss
 
@@ -176,7 +176,7 @@ class Distiller:
             m.training = False
         try:
             with torch.no_grad():
-                return split_outputs(self.teacher(x.to(dtype_of(self.teacher))))[0]
+                return split_outputs(self.teacher(to_model(x, x.device, dtype_of(self.teacher))))[0]
         finally:
             for m, mode in modes.items():
                 m.training = mode
@@ -264,6 +264,8 @@ class Distiller:
         if v.shape != z.shape:
             raise ValueError(f"the teacher's logits have shape {tuple(v.shape)} but the student's {tuple(z.shape)}: "
                              "they must classify the same classes")
+        z, y = per_token(z, y)  # a language model's (B, T, V) logits, (B, T) targets: one prediction per token
+        v = v.reshape(z.shape)
         loss = kd_loss(z, v.to(z.dtype), y, T=self.T, alpha=self.alpha)
         for k, (s_name, t_name) in enumerate(self.hints.items()):
             h = hint_loss(self._student_hooks[s_name], self._teacher_hooks[t_name], self.regressors[str(k)])

@@ -32,7 +32,9 @@ from .callbacks import HOOKS as HOOKS  # reachable as tc.train.NAME, kept out of
 from .callbacks import Callback, FitState
 from .distributed import is_main_process as is_main_process
 from .loop import Evaluation, evaluate, fit
+from .loop import per_token as per_token
 from .loop import split_outputs as split_outputs
+from .loop import to_model as to_model
 from .seed import SeedScope as SeedScope
 from .seed import set_seed
 

@@ -452,7 +452,10 @@ def fit(
     ``outputs = model(inputs)``, ``loss = loss_fn(logits, targets, inputs)`` (default: cross-entropy of the logits
     and ``targets``), lets the ``on_loss`` hooks change it, back-propagates and steps the optimizer. A model may
     return ``(logits, features...)`` or a dict with ``"logits"``: the loss and accuracy use the logits, the
-    callbacks see the features (:class:`~tensorcompress.train.FitState`). The model is left in the train/eval mode it
+    callbacks see the features (:class:`~tensorcompress.train.FitState`). Floating inputs are cast to the model's
+    dtype, integer inputs (tokens) are passed as they are; a language model's ``(B, T, V)`` logits with ``(B, T)``
+    integer targets are scored per token (cross-entropy and accuracy over the ``B·T`` next-token predictions, the
+    history's ``loss`` a mean over tokens). The model is left in the train/eval mode it
     had before the call, on ``device``. Global state is left as it was: seeding and deterministic mode are scoped
     to the call (``with set_seed(seed)``).
 
@@ -503,8 +506,8 @@ def fit(
     list of dict
         One record per epoch: ``epoch``, ``loss`` (mean training loss, after the ``on_loss`` hooks),
         ``accuracy`` (training accuracy over the epoch, measured on the fly while the weights change; left out when
-        the outputs are not ``N × C`` class scores for integer targets), ``lr``, and ``test_accuracy``/``test_loss``
-        if ``test`` was given.
+        the outputs are not ``N × C`` class scores, or ``B × T × V`` token scores, for integer targets), ``lr``,
+        and ``test_accuracy``/``test_loss`` if ``test`` was given.
     """
     _check_fit_arguments(model, epochs, batch_size, lr, weight_decay)
     train = _check_data(train, "train")
