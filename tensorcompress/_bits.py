@@ -36,6 +36,19 @@ def pack_bits(values: torch.Tensor, bits: int) -> torch.Tensor:
 def unpack_bits(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
     """The first ``n`` values of ``bits`` bits of the ``uint8`` tensor ``packed`` (inverse of :func:`pack_bits`),
     as ``int64`` on its device. ``packed`` must hold at least :func:`packed_size` ``(n, bits)`` bytes."""
-    stream = (packed.reshape(-1, 1).to(torch.int64) >> torch.arange(7, -1, -1, device=packed.device)) & 1
-    codes = stream.reshape(-1)[: n * bits].reshape(n, bits)
-    return (codes << torch.arange(bits - 1, -1, -1, device=packed.device)).sum(1)
+    flat = packed.reshape(-1)[: packed_size(n, bits)].to(torch.int64)
+    if bits == 8:
+        return flat
+    if bits < 8:
+        # 8 values fill exactly ``bits`` bytes: read each such chunk as one big-endian integer (at most 56 bits)
+        # and shift the 8 values out of it; n values cost O(n) work, not one element per bit
+        flat = torch.cat([flat, flat.new_zeros(-flat.numel() % bits)]).reshape(-1, bits)
+        word = (flat << (8 * torch.arange(bits - 1, -1, -1, device=flat.device))).sum(1)
+        shifts = bits * torch.arange(7, -1, -1, device=flat.device)
+        return ((word.unsqueeze(1) >> shifts) & ((1 << bits) - 1)).reshape(-1)[:n]
+    # 9 to 16 bits: value i lies within the 24-bit big-endian word of byte (i*b) // 8 and the next two
+    start = torch.arange(n, device=packed.device) * bits
+    first = start >> 3
+    p = torch.cat([flat, flat.new_zeros(2)])
+    word = (p[first] << 16) | (p[first + 1] << 8) | p[first + 2]
+    return (word >> (24 - bits - (start & 7))) & ((1 << bits) - 1)

@@ -53,6 +53,15 @@ def _pruned() -> nn.Module:
     return model
 
 
+def _ln_mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.LayerNorm(8), nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 4))
+
+
+def _tokens() -> torch.Tensor:
+    return torch.randn(4, 3, 8, generator=torch.Generator().manual_seed(3))
+
+
 def _calibrated() -> nn.Module:
     q, _ = tc.quantization.quantize_model(tc.models.LeNet300100().eval(), weight_bits=8, act_bits=8)
     return tc.quantization.calibrate(q, torch.rand(16, 784))
@@ -84,6 +93,12 @@ REGISTRY = [
     Transform("to_integer", lambda: tc.quantization.to_integer, _calibrated, lambda: torch.rand(2, 784)),
     Transform("to_half", lambda: tc.quantization.to_half, _cnn, options={"dtype": torch.bfloat16}),
     Transform("fuse_conv_bn", lambda: tc.surgery.fuse_conv_bn, lambda: _cnn().eval(), _x),
+    Transform("quantize_weights", lambda: tc.quantization.quantize_weights, _cnn, options={"bits": 4}),
+    Transform("quantize_weights_nf4", lambda: tc.quantization.quantize_weights, _ln_mlp,
+              options={"bits": 4, "method": "nf4", "group_size": 8}),
+    Transform("gptq", lambda: tc.quantization.gptq, _cnn, _x, {"bits": 3, "act_order": True}),
+    Transform("awq", lambda: tc.quantization.awq, _ln_mlp, _tokens, {"bits": 3, "group_size": 4}),
+    Transform("smoothquant", lambda: tc.quantization.smoothquant, _ln_mlp, _tokens),
     Transform("deep_compression", lambda: tc.pipelines.deep_compression, _cnn, _train_set,
               {"val": _train_set(), "amount": 0.5, "bits": 2, "prune_epochs": 1, "share_epochs": 1}),
 ]
@@ -141,7 +156,8 @@ def test_empty_selection_is_one_error(entry):
 
 TIE_ENTRIES = [Transform(t.name, t.fn, tied_mlp, None if t.data is None else (lambda: torch.randn(4, 8)),
                          {k: v for k, v in t.options.items() if k != "structure"})
-               for t in REGISTRY if t.name in ("factorize", "prune", "quantize_model", "share_weights", "to_half")]
+               for t in REGISTRY if t.name in ("factorize", "prune", "quantize_model", "share_weights", "to_half",
+                                               "quantize_weights", "gptq", "awq")]
 
 
 @pytest.mark.parametrize("entry", TIE_ENTRIES, ids=[t.name for t in TIE_ENTRIES])

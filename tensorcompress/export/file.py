@@ -2,26 +2,29 @@ r"""The compressed-model file: one format for every model the library produces.
 
 A model is written tensor by tensor, each entry tagged with a *kind* that says how its bytes are laid out:
 
-=============  =================================================================================  ===================
-kind           what it stores                                                                     made by
-=============  =================================================================================  ===================
-``raw``        the tensor's bytes (``tensor.view(uint8)``, little-endian, e.g. 4 per float32      any tensor
-               entry)
-``pruned``     a tensor masked by ``torch.nn.utils.prune``: its kept values (raw bytes), the      ``tc.pruning``
-               positions as relative indices (gap stream) and a filler flag per entry (flag
-               stream)
-``shared``     a :class:`~tensorcompress.quantization.SharedWeight` weight: the codebook (raw     ``share_weights``
-               bytes), the codebook index per entry (``k`` for a filler) and the relative         (also in Deep
-               indices, both coded                                                                Compression)
-``quantized``  a weight fake-quantized by a :class:`~tensorcompress.quantization.WeightQuantizer`  ``quantize_model``
-               (its ``parametrizations.weight.original``): the scales (float32) and zero points
-               (int32), one per tensor or per output channel, and the integer codes
-               :math:`q - q_{\min}` as a coded stream
-``integer``    the int8 / uint8 / int16 weight of an                                              ``to_integer``
-               :class:`~tensorcompress.quantization.IntegerLayer`: its codes, coded
-``alias``      nothing but the name of the first entry of the same tensor (tied weights:          tying weights
-               ``model[2].weight = model[0].weight``); loading makes both names one object
-=============  =================================================================================  ===================
+===============  =================================================================================  ===================
+kind             what it stores                                                                     made by
+===============  =================================================================================  ===================
+``raw``          the tensor's bytes (``tensor.view(uint8)``, little-endian, e.g. 4 per float32      any tensor
+                 entry)
+``pruned``       a tensor masked by ``torch.nn.utils.prune``: its kept values (raw bytes), the      ``tc.pruning``
+                 positions as relative indices (gap stream) and a filler flag per entry (flag
+                 stream)
+``shared``       a :class:`~tensorcompress.quantization.SharedWeight` weight: the codebook (raw     ``share_weights``
+                 bytes), the codebook index per entry (``k`` for a filler) and the relative         (also in Deep
+                 indices, both coded                                                                Compression)
+``quantized``    a weight fake-quantized by a :class:`~tensorcompress.quantization.WeightQuantizer`  ``quantize_model``
+                 (its ``parametrizations.weight.original``): the scales (float32) and zero points
+                 (int32), one per tensor or per output channel, and the integer codes
+                 :math:`q - q_{\min}` as a coded stream
+``integer``      the int8 / uint8 / int16 weight of an                                              ``to_integer``
+                 :class:`~tensorcompress.quantization.IntegerLayer`: its codes, coded
+``weight_only``  a :class:`~tensorcompress.quantization.WeightOnlyLinear` under its float layer's   weight-only
+                 ``weight`` name: method, bits and group size; the float16 scales (raw), the codes  quantizers (RTN,
+                 and (RTN) zero points as coded streams, the optional input scale (raw)             NF4, GPTQ, AWQ)
+``alias``        nothing but the name of the first entry of the same tensor (tied weights:          tying weights
+                 ``model[2].weight = model[0].weight``); loading makes both names one object
+===============  =================================================================================  ===================
 
 Everything else — biases, BatchNorm statistics, an activation quantizer's scale, zero point and ``calibrated``
 flag, an integer layer's int32 bias and its multipliers ``m0`` and ``shift`` — is stored raw. A tie is kept when
@@ -43,6 +46,12 @@ codes are far from uniform, it is smaller: LeNet-300-100's weight codes take 104
 ``to_integer`` of such a calibrated skeleton), because the file's architecture record names the float network,
 which does not have these layers. The skeleton's non-tensor settings (code ranges, which layer is the entry or the
 last) come from how it was made; the file checks the quantizer's code range and axis against its own.
+
+**Weight-only layers** are stored under the name a float ``nn.Linear`` gives its weight, so a fresh float
+instance of the architecture (from the registry, or ``model=``) loads them: loading puts the dequantized weight in
+that place, then replaces the ``nn.Linear`` by the :class:`~tensorcompress.quantization.WeightOnlyLinear` (its bias
+the one loaded); its forward is bit for bit the saved one's. The header's bits (2 to 8, NF4 4), group size (a
+divisor of the layer's inputs) and method are checked, the scales must be finite.
 
 **Positions** of a pruned or shared weight are Deep Compression's relative indices (Han et al. 2016, §2 and Fig. 2):
 the weight is flattened in row-major order to one CSR row (:func:`tensorcompress.export.csr_encode`), each kept
@@ -67,6 +76,7 @@ header (JSON)       ``{"arch": {"name", "kwargs"} or null, "tensors": [entry, ..
 payload             the entries' sections in header order: ``raw``: the bytes; ``pruned``: values,
                     flag stream, gap stream; ``shared``: codebook, symbol stream, gap stream;
                     ``quantized``: scales, zero points, code stream; ``integer``: code stream;
+                    ``weight_only``: scales, code stream, zero stream (RTN), input scale (if any);
                     ``alias``: nothing
 u32                 CRC-32 (``zlib.crc32``) of every byte before it
 ==================  =================================================================================
@@ -121,6 +131,8 @@ from ..quantization.integer import IntegerLayer
 from ..quantization.model import WeightQuantizer
 from ..quantization.nonuniform import SharedWeight
 from ..quantization.uniform import QParams, dequantize, quantize
+from ..quantization.weight_only import METHODS as WEIGHT_ONLY_METHODS
+from ..quantization.weight_only import WeightOnlyLinear
 from . import architectures
 from .coding import ans_decode, ans_encode, entropy_bits, huffman_decode, huffman_encode, varint_bytes, varint_values
 from .csr import CSRRelative, csr_decode, csr_encode
@@ -606,6 +618,80 @@ def _check_integer(entry: dict, model: nn.Module) -> None:
                             "same way)")
 
 
+# weight_only -----------------------------------------------------------------------------------------------------
+
+def _find_weight_only(model: nn.Module, state: dict[str, torch.Tensor]) -> list[Found]:
+    out = []
+    for name, module in model.named_modules():
+        if isinstance(module, WeightOnlyLinear):
+            base = f"{name}." if name else ""
+            covers = tuple(base + k for k in ("codes", "scales", "zeros", "input_scale") if base + k in state)
+            out.append(Found(base + "weight", (module.out_features, module.in_features), module, covers, name))
+    return out
+
+
+def _encode_weight_only(found: Found, state: dict, ctx: dict) -> tuple[dict, list[bytes], dict]:
+    layer: WeightOnlyLinear = found.module
+    dense = layer.bias.dtype if layer.bias is not None else torch.float32
+    fields = {"dtype": str(dense).removeprefix("torch."), "method": layer.method, "bits": layer.bits,
+              "group_size": layer.group_size, "input_scale": None if layer.input_scale is None else
+              _dtype_name(layer.input_scale, found.name + " input_scale")}
+    # float16 values, whatever dtype a model.to(...) cast the buffer to: the cast back is exact
+    chunks = [_raw_bytes(layer.scales.to(torch.float16))]
+    sizes = {"scales": len(chunks[0]),
+             "codes": _put_codes(fields, chunks, layer.code_matrix(), 0, 2**layer.bits, ctx["coder"])}
+    if layer.zeros is not None:
+        sizes["zeros"] = _put_stream(fields, chunks, "zeros", layer.zero_points().cpu().reshape(-1).numpy(),
+                                     2**layer.bits, ctx["coder"])
+    if layer.input_scale is not None:
+        chunks.append(_raw_bytes(layer.input_scale))
+        sizes["input_scale"] = len(chunks[-1])
+    return fields, chunks, sizes
+
+
+def _decode_weight_only(entry: dict, reader: Reader, shape: tuple[int, ...], coder: str) -> Decoded:
+    name, method = entry["name"], entry.get("method")
+    if len(shape) != 2 or method not in WEIGHT_ONLY_METHODS:
+        raise ValueError(f"corrupt header: tensor {name!r}: a weight-only entry needs a matrix and a method in "
+                         f"{WEIGHT_ONLY_METHODS}, got shape {list(shape)} and method {method!r:.40}")
+    out_f, in_f = shape
+    bits = field(entry, "bits", 4, 4) if method == "nf4" else field(entry, "bits", 2, 8)
+    group = field(entry, "group_size", 1, in_f)
+    if in_f % group:
+        raise ValueError(f"corrupt header: tensor {name!r}: group_size {group} does not divide its {in_f} inputs")
+    dtype = _dtype(entry, floating=True)
+    scales = reader.tensor(out_f * in_f // group, torch.float16, f"tensor {name!r}: the scales")
+    if not bool(torch.isfinite(scales).all()):
+        raise ValueError(f"corrupt file: tensor {name!r}: a scale is not finite")
+    codes = _get_codes(entry, reader, 0, 2**bits, shape, coder)
+    zeros = None
+    if method == "rtn":
+        zeros = _get_stream(entry, reader, "zeros", 2**bits, scales.numel(), coder)
+        zeros = torch.from_numpy(zeros).reshape(out_f, -1)
+    scale_in = entry.get("input_scale")
+    if scale_in is not None:
+        scale_in = reader.tensor(in_f, _dtype({"name": name, "dtype": scale_in}, floating=True),
+                                 f"tensor {name!r}: the input scale")
+    layer = WeightOnlyLinear.from_codes(codes, scales.reshape(out_f, -1), zeros, bits=bits, method=method,
+                                        input_scale=scale_in)
+
+    def install(net: nn.Module, name: str) -> None:
+        prefix = _split(name)[0]
+        old = net.get_submodule(prefix)
+        layer.bias = old.bias
+        parent, _, child = prefix.rpartition(".")
+        setattr(net.get_submodule(parent) if parent else net, child, layer.train(old.training))
+
+    with torch.no_grad():
+        return Decoded(layer.dequantize(dtype), install)
+
+
+def _check_linear_weight(entry: dict, model: nn.Module) -> None:
+    _check_weight(entry, model)
+    if type(model.get_submodule(_split(entry["name"])[0])) is not nn.Linear:
+        raise _not_a(entry, "the weight of an nn.Linear (pass model= a fresh float instance of the architecture)")
+
+
 # alias -----------------------------------------------------------------------------------------------------------
 
 def _ties(model: nn.Module) -> list[list[str]]:
@@ -683,6 +769,7 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("pruned", _find_pruned, _encode_pruned, _decode_pruned, _check_parameter),
     Kind("quantized", _find_quantized, _encode_quantized, _decode_quantized, _check_quantized),
     Kind("integer", _find_integer, _encode_integer, _decode_integer, _check_integer),
+    Kind("weight_only", _find_weight_only, _encode_weight_only, _decode_weight_only, _check_linear_weight),
     Kind("alias", _find_alias, _encode_alias, _decode_alias, _check_alias),
     Kind("raw", _find_raw, _encode_raw, _decode_raw),
 )}

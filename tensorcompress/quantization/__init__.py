@@ -9,9 +9,15 @@
 * :mod:`~tensorcompress.quantization.model` — :func:`quantize_model` (PTQ, QAT, LSQ) and :func:`calibrate`;
 * :mod:`~tensorcompress.quantization.integer` — integer-only inference: :func:`quantize_multiplier`,
   :func:`to_integer`;
-* :mod:`~tensorcompress.quantization.precision` — half precision: :func:`to_half`, :func:`autocast`.
+* :mod:`~tensorcompress.quantization.precision` — half precision: :func:`to_half`, :func:`autocast`;
+* :mod:`~tensorcompress.quantization.weight_only` — weight-only layers (:class:`WeightOnlyLinear`: packed codes,
+  float16 scales per group) and :func:`quantize_weights` (group-wise round to nearest, NF4);
+* :mod:`~tensorcompress.quantization.gptq` — :func:`gptq_layer`, :func:`gptq` (Frantar et al. 2022);
+* :mod:`~tensorcompress.quantization.smoothing` — :func:`awq` (Lin et al. 2023), :func:`smoothquant` (Xiao et al.
+  2023).
 """
 
+from .gptq import gptq, gptq_layer
 from .integer import (
     IntegerClamp,
     IntegerizedLayer,
@@ -56,7 +62,9 @@ from .observers import (
 )
 from .precision import *  # noqa: F403
 from .precision import __all__ as _precision_all
+from .smoothing import SmoothedLayer, awq, awq_scales, smoothquant
 from .uniform import QParams, dequantize, fake_quantize, integer_dtype, qparams, qrange, quantize
+from .weight_only import NF4_TABLE, WeightOnlyLayer, WeightOnlyLinear, nf4_levels, quantize_weights, rtn, rtn_grid
 
 __all__ = ["QParams", "qparams", "qrange", "quantize", "dequantize", "fake_quantize", "integer_dtype",
            "Observer", "MinMaxObserver", "MovingAverageMinMaxObserver", "PercentileObserver", "MSEObserver",
@@ -66,4 +74,6 @@ __all__ = ["QParams", "qparams", "qrange", "quantize", "dequantize", "fake_quant
            "quantize_model", "calibrate", "quantizers", "lsq_fake_quantize", "lsq_initial_step", "ActivationQuantizer",
            "WeightQuantizer", "QuantizedLayer", "FakeQuantizedLayer",
            "quantize_multiplier", "requantize", "to_integer", "IntegerLayer",
-           "IntegerMeanPool", "IntegerClamp", "IntegerNet", "IntegerizedLayer", *_precision_all]
+           "IntegerMeanPool", "IntegerClamp", "IntegerNet", "IntegerizedLayer", *_precision_all,
+           "WeightOnlyLinear", "WeightOnlyLayer", "quantize_weights", "rtn", "rtn_grid", "nf4_levels", "NF4_TABLE",
+           "gptq_layer", "gptq", "awq", "awq_scales", "smoothquant", "SmoothedLayer"]
