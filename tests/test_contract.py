@@ -86,6 +86,9 @@ REGISTRY = [
     Transform("fuse_conv_bn", lambda: tc.surgery.fuse_conv_bn, lambda: _cnn().eval(), _x),
     Transform("deep_compression", lambda: tc.pipelines.deep_compression, _cnn, _train_set,
               {"val": _train_set(), "amount": 0.5, "bits": 2, "prune_epochs": 1, "share_epochs": 1}),
+    Transform("auto_compress", lambda: tc.pipelines.auto_compress, _cnn, _train_set,
+              {"val": _train_set(), "budget": 150_000, "methods": ("prune", "quantize"),
+               "grid": {"prune": (0.5,), "quantize": (4,)}, "epochs": 1}),
 ]
 IDS = [t.name for t in REGISTRY]
 

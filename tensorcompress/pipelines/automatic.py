@@ -161,7 +161,7 @@ def allocate(options: Sequence[Sequence[tuple[int, float]]], budget: int) -> lis
     -------
     list of int
         ``choice[i]``, the index into ``options[i]``. Among choices of equal least loss (the sums taken layer by
-        layer, in order), the cheapest one; among those, the earliest options.
+        layer, in order), a cheapest one.
 
     Raises
     ------
@@ -374,13 +374,8 @@ class AutoReport:
     fine_tuning: dict = field(default_factory=dict)
 
     def __iter__(self):
+        """The rows (:attr:`layers`), one per layer."""
         return iter(self.layers)
-
-    def __len__(self) -> int:
-        return len(self.layers)
-
-    def __getitem__(self, i):
-        return self.layers[i]
 
     def table(self) -> str:
         """The sensitivity table: per layer, every option's cost change and loss change, the chosen one starred."""
@@ -404,8 +399,23 @@ class AutoReport:
         return "\n".join(lines)
 
     def add_to(self, board: Leaderboard, models: nn.Module | Sequence[nn.Module], *, name: str | None = None):
-        """Add the compressed ``models`` (one per seed) to ``board``, their bytes the compressed file's
-        (:attr:`file_bytes`); returns the :class:`~tensorcompress.metrics.Entry`."""
+        """Add the compressed ``models`` to ``board`` as one row of family ``"automatic"``, its bytes the compressed
+        file's (:attr:`file_bytes`), its note the choice per layer.
+
+        Parameters
+        ----------
+        board : Leaderboard
+            The board to add the row to.
+        models : nn.Module or sequence of nn.Module
+            The result of :func:`auto_compress`, one per fine-tuning seed (the row shows their mean ± std).
+        name : str, optional
+            The row's name (default: the cost and the budget).
+
+        Returns
+        -------
+        Entry
+            The row added.
+        """
         if not isinstance(board, Leaderboard):
             raise TypeError(f"board must be a tensorcompress.metrics.Leaderboard, got {type(board).__name__}")
         name = name or f"automatic, {self.cost} <= {self.budget:,}"
