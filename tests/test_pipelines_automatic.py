@@ -324,3 +324,24 @@ def test_auto_compress_refuses_bad_input(problem, scan):
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
         tc.pipelines.auto_compress("model", train, val=val, budget=10)
     assert_model_unchanged(model, before)
+
+
+def test_latency_budget(problem):
+    model, train, val = problem
+    # latency is measured (µs, noisy): a budget of 1 µs is below every combination, one of 1,000 s above the model
+    with pytest.raises(ValueError, match=r"budget=1 latency is below the cheapest combination of options, [1-9]"):
+        tc.pipelines.auto_compress(model, train, val=val, budget=1, cost="latency", methods=("factorize",),
+                                   grid={"factorize": (0.5,)}, epochs=0)
+    with pytest.raises(ValueError, match=r"above the model's own cost, [0-9,]+ latency"):
+        tc.pipelines.auto_compress(model, train, val=val, budget=10**9, cost="latency")
+
+
+def test_on_every_device(problem, scan, device):
+    model, train, val = problem
+    _, report = scan
+    on = TensorDataset(*(t.to(device) for t in val.tensors))
+    net, rep = tc.pipelines.auto_compress(tc.surgery.copy_model(model).to(device), train, val=on,
+                                          budget=report.budget, candidates=report, device=device, **OPTIONS)
+    assert tc.surgery.device_of(net).type == torch.device(device).type
+    assert rep.choice == report.choice and rep.file_bytes <= rep.budget
+    assert rep.file_bytes == len(tc.export.encode_compressed(net)[0])

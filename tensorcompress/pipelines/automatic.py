@@ -309,21 +309,15 @@ def _payload(size: Mapping) -> int:
     return sum(v if isinstance(v, int) else v.table + v.payload for v in size.values())
 
 
-def _coster(cost: str, x1: torch.Tensor):
-    """``measure(net, layer) -> int``: the cost of layer ``layer`` in ``net`` (bytes), or of ``net`` (FLOPs, µs)."""
+def _measure(cost: str, net: nn.Module, x1: torch.Tensor, layer: str | None = None) -> int:
+    """The cost of ``net`` — its file's bytes, its FLOPs or its latency in µs on ``x1`` — or, for bytes with a
+    ``layer``, that layer's bytes in the file."""
     if cost == "bytes":
-        return lambda net, layer: file_layer_bytes(net, [layer])[1][layer]
+        size, per_layer = file_layer_bytes(net, [] if layer is None else [layer])
+        return size if layer is None else per_layer[layer]
     if cost == "flops":
-        return lambda net, layer: count_flops(net, x1)
-    return lambda net, layer: round(1e6 * time_forward(net, x1).median)
-
-
-def _total(cost: str, model: nn.Module, x1: torch.Tensor) -> int:
-    if cost == "bytes":
-        return len(encode_compressed(model)[0])
-    if cost == "flops":
-        return count_flops(model, x1)
-    return round(1e6 * time_forward(model, x1).median)
+        return count_flops(net, x1)
+    return round(1e6 * time_forward(net, x1, device=x1.device).median)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -437,41 +431,42 @@ def _check_methods(methods: object) -> tuple[str, ...]:
     return tuple(dict.fromkeys(methods))
 
 
-def _logits(net: nn.Module, val, device) -> torch.Tensor:
-    net = net if device is None else net.to(device)
-    with surgery.kept_modes(net, False), torch.no_grad():
-        outs = [net(x.to(surgery.device_of(net))) for x in surgery.input_batches(val, batch_size=500)]
-    return torch.cat([o[0] if isinstance(o, (tuple, list)) else o for o in outs]).double()
+def _logits(net: nn.Module, val) -> torch.Tensor:
+    """``net``'s logits on ``val``, where ``net`` lives, in float64."""
+    device, dtype = surgery.device_of(net), surgery.dtype_of(net)
+    with surgery.kept_modes(net, False), torch.no_grad():  # inputs cast to the model's dtype, as evaluate does
+        outs = [net(x.to(device, dtype) if x.is_floating_point() else x.to(device))
+                for x in surgery.input_batches(val, batch_size=500)]
+    return torch.cat([o[0] if isinstance(o, (tuple, list)) else o for o in outs]).double().cpu()
 
 
 def _kl(reference: torch.Tensor, logits: torch.Tensor) -> float:
-    """Mean :math:`\\mathrm{KL}(p_{\\text{ref}} \\| p)` over the samples, nats."""
+    r"""Mean :math:`\mathrm{KL}(p_{\text{ref}} \| p)` over the samples, nats."""
     log_p, log_q = reference.log_softmax(1), logits.log_softmax(1)
     return float((log_p.exp() * (log_p - log_q)).sum(1).mean())
 
 
 class _Judge:
-    """The sensitivity of a changed model against the original, on the validation data."""
+    """The sensitivity of a changed model against the original, on the validation data (where each model lives)."""
 
-    def __init__(self, model: nn.Module, val, sensitivity: str, device) -> None:
-        self.val, self.sensitivity, self.device = val, sensitivity, device
-        self.base = evaluate(model, val, device=device)
-        self.reference = _logits(model, val, device) if sensitivity == "kl" else None
+    def __init__(self, model: nn.Module, val, sensitivity: str) -> None:
+        self.val, self.sensitivity = val, sensitivity
+        self.base = evaluate(model, val)
+        self.reference = _logits(model, val) if sensitivity == "kl" else None
 
     def __call__(self, net: nn.Module) -> tuple[float, float]:
         """``(loss, accuracy)``: the KL divergence from the original's outputs or the cross-entropy increase."""
-        ev = evaluate(net, self.val, device=self.device)
+        ev = evaluate(net, self.val)
         if self.sensitivity == "kl":
-            return _kl(self.reference, _logits(net, self.val, self.device)), ev.accuracy
+            return _kl(self.reference, _logits(net, self.val)), ev.accuracy
         return ev.loss - self.base.loss, ev.accuracy
 
 
 def _scan(model: nn.Module, names: list[str], grid: dict[str, tuple], judge: _Judge, cost: str, x1: torch.Tensor,
           seed: int) -> list[LayerOption]:
     """Every option of every layer applied alone: its cost change and its sensitivity."""
-    measure = _coster(cost, x1)
+    whole = None if cost == "bytes" else _measure(cost, model, x1)
     own = file_layer_bytes(model, names)[1] if cost == "bytes" else None
-    whole = None if cost == "bytes" else measure(model, None)
     options = []
     for name in names:
         before = own[name] if cost == "bytes" else whole
@@ -481,7 +476,8 @@ def _scan(model: nn.Module, names: list[str], grid: dict[str, tuple], judge: _Ju
                 net, rows = _apply_one(model, name, method, setting, seed)
                 loss, accuracy = judge(net)
                 rank = f"rank {rows[0].rank}" if method == "factorize" else ""
-                options.append(LayerOption(name, method, setting, measure(net, name) - before, loss, accuracy, rank))
+                after = _measure(cost, net, x1, name if cost == "bytes" else None)
+                options.append(LayerOption(name, method, setting, after - before, loss, accuracy, rank))
     return options
 
 
@@ -548,7 +544,7 @@ def auto_compress(model: nn.Module, train, *, val, budget: int, cost: str = "byt
     seed : int
         Seeds k-means (``share``) and the fine-tuning.
     epochs, lr, T, alpha : fine-tuning by distillation (``epochs=0``: none).
-    device : where to fine-tune and evaluate.
+    device : where to fine-tune (the scan measures each model where ``model`` lives).
     **fit_options
         Passed to :func:`tensorcompress.fit` through :func:`~tensorcompress.distillation.distill` (``batch_size``
         ...).
@@ -576,13 +572,14 @@ def auto_compress(model: nn.Module, train, *, val, budget: int, cost: str = "byt
     epochs = check_positive_int(epochs, "epochs", minimum=0)
     names = [s.name for s in surgery.select(model, (nn.Linear, nn.Conv2d), include=include, exclude=exclude,
                                             action="auto_compress")]
-    x1 = surgery.inputs_of(val[0]).unsqueeze(0)
-    original_cost = _total(cost, model, x1)
+    x1 = surgery.inputs_of(val[0]).unsqueeze(0).to(surgery.device_of(model))
+    x1 = x1.to(surgery.dtype_of(model)) if x1.is_floating_point() else x1
+    original_cost = _measure(cost, model, x1)
     if budget > original_cost:
         raise ValueError(f"budget={budget:,} is above the model's own cost, {original_cost:,} {cost}: it fits "
                          f"already; give a smaller budget")
 
-    judge = _Judge(model, val, sensitivity, device)
+    judge = _Judge(model, val, sensitivity)
     options = (_scan(model, names, grid, judge, cost, x1, seed) if candidates is None
                else _check_candidates(candidates, names))
     by_layer = [[o for o in options if o.layer == n] for n in names]
@@ -612,7 +609,7 @@ def auto_compress(model: nn.Module, train, *, val, budget: int, cost: str = "byt
     report = AutoReport(
         candidates=options, choice=choice, layers=rows, cost=cost, budget=budget, sensitivity=sensitivity,
         original_cost=original_cost, predicted_cost=original_cost + sum(o.cost for o in choice),
-        final_cost=file_bytes if cost == "bytes" else _total(cost, net, x1), file_bytes=file_bytes,
+        final_cost=file_bytes if cost == "bytes" else _measure(cost, net, x1), file_bytes=file_bytes,
         predicted_loss=math.fsum(o.loss for o in choice), measured_loss=combined[0], final_loss=final[0],
         original_accuracy=judge.base.accuracy, measured_accuracy=combined[1], final_accuracy=final[1],
         flops=count_flops(net, x1),
