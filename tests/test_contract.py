@@ -101,6 +101,9 @@ REGISTRY = [
     Transform("smoothquant", lambda: tc.quantization.smoothquant, _ln_mlp, _tokens),
     Transform("deep_compression", lambda: tc.pipelines.deep_compression, _cnn, _train_set,
               {"val": _train_set(), "amount": 0.5, "bits": 2, "prune_epochs": 1, "share_epochs": 1}),
+    Transform("auto_compress", lambda: tc.pipelines.auto_compress, _cnn, _train_set,
+              {"val": _train_set(), "budget": 150_000, "methods": ("prune", "quantize"),
+               "grid": {"prune": (0.5,), "quantize": (4,)}, "epochs": 1}),
 ]
 IDS = [t.name for t in REGISTRY]
 
