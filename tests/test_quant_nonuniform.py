@@ -485,3 +485,16 @@ def test_shared_weight_gradients_after_cached_forwards():
         opt.step()
         with torch.no_grad():  # the step changed the codebook: the cached weight follows
             assert torch.equal(layer.weight, _uncached(layer))
+
+
+def test_shared_weight_with_an_inference_codebook_decodes_without_caching():
+    net = _pruned_shared()
+    layer = net[0]
+    sw, codebook = layer.parametrizations.weight[0], layer.parametrizations.weight.original
+    with torch.inference_mode():
+        frozen = codebook.detach().clone() * 3  # an inference tensor: no version counter to watch
+    with torch.no_grad():
+        want = torch.where(sw.mask(), (3 * codebook)[sw.indices()], torch.zeros(()))
+        assert torch.equal(sw(frozen), want) and torch.equal(sw(frozen), want)
+        assert "weight" not in sw._cache or sw._cache["weight"][1] is not sw(frozen)
+        assert torch.equal(layer.weight, _uncached(layer))  # the parameter's own decoding is unaffected

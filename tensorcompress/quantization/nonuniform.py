@@ -350,19 +350,20 @@ class SharedWeight(nn.Module):
 
     def _cached(self, slot: str, tensors: tuple[torch.Tensor | None, ...], compute):
         """``compute()``, kept in ``slot`` until one of ``tensors`` is replaced, moved or changed in place (its
-        identity, storage, dtype, device or ``_version`` counter), or the kept value itself is changed in place.
-        Inference tensors have no version counter: with one among ``tensors`` nothing is cached."""
-        present = [t for t in tensors if t is not None]
-        if any(t.is_inference() for t in present):
+        identity, ``_version`` counter, storage, dtype or device), or the kept value itself is changed in place.
+        Inference tensors have no version counter: with one among ``tensors`` nothing is cached. The check runs on
+        every access of the weight, so it is kept to one tuple of plain numbers compared at once."""
+        try:
+            stamp = tuple((id(t), t._version, t.data_ptr(), t.dtype, t.device) for t in tensors if t is not None)
+        except RuntimeError:  # "Inference tensors do not track version counter"
             return compute()
-        stamp = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in present)
         hit = self._cache.get(slot)
-        if hit is not None and hit[1] == stamp and all(a is b for a, b in zip(hit[0], present, strict=True)) \
-                and _versions(hit[2]) == hit[3]:
-            return hit[2]
+        if hit is not None and hit[0] == stamp and _versions(hit[1]) == hit[2]:
+            return hit[1]
         with torch.inference_mode(False), torch.no_grad():  # a plain tensor, reusable outside inference mode
             value = compute()
-        self._cache[slot] = (present, stamp, value, _versions(value))  # holding the tensors keeps identities unique
+        # holding the tensors keeps their ids unique while the stamp names them
+        self._cache[slot] = (stamp, value, _versions(value), tensors)
         return value
 
     def _decode(self, codebook: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,162 @@
+"""Benchmark: the library's own paths against their floors — the fastest way to compute the same numbers.
+
+Run ``python benchmarks/floors.py`` (a few minutes on a quiet core; ``--quick`` for a smoke run, ``--only NAME`` for
+one section). Every section times the library's path beside its floor (the same result by the plainest fast means:
+a dense layer, PyTorch's own kernel, a float32 convolution) and, with ``--before DIR``, beside the library as it was
+(a second copy of the package, imported under another name from ``DIR/tensorcompress``) — every comparator on the
+same inputs, checked equal before timing. Protocol: one thread; the comparators interleaved in every repeat; each
+repeat one ``torch.utils.benchmark.Timer.blocked_autorange`` median; the table gives the median of the repeats (at
+least 7) and their interquartile range, and the ratio to the floor. The 1-minute load average is printed before and
+after: on a shared machine the absolute times move, the ratios much less. A path within 1.5x of its floor passes;
+otherwise the section says what is left and why.
+
+Sections:
+
+* ``shared`` — a k-means shared-weight LeNet-300-100 (pruned, shared, written and read back with
+  ``tc.export.load_compressed``) at batch 1 and 64, against the dense network and against the dense network with an
+  identity parametrization on the same layers (the cost of ``torch.nn.utils.parametrize`` itself).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib.util
+import os
+import statistics
+import sys
+import tempfile
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+from torch.utils import benchmark
+
+import tensorcompress as tc
+
+PASS = 1.5
+"""A path passes within this factor of its floor."""
+
+
+def load() -> float:
+    """The 1-minute load average."""
+    return os.getloadavg()[0]
+
+
+def import_before(directory: str | None):
+    """The package found in ``directory/tensorcompress`` under the name ``tc_before``, or ``None``."""
+    if directory is None:
+        return None
+    root = os.path.join(directory, "tensorcompress")
+    spec = importlib.util.spec_from_file_location("tc_before", os.path.join(root, "__init__.py"),
+                                                  submodule_search_locations=[root])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["tc_before"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def interleaved(cases: dict[str, Callable[[], object]], repeats: int, min_run_time: float
+                ) -> dict[str, tuple[float, float]]:
+    """``{name: (median, interquartile range)}`` in seconds, every case timed once per repeat, in turn."""
+    timers = {name: benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=1) for name, fn in cases.items()}
+    samples: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(repeats):
+        for name, timer in timers.items():
+            samples[name].append(timer.blocked_autorange(min_run_time=min_run_time).median)
+    out = {}
+    for name, s in samples.items():
+        q1, _, q3 = statistics.quantiles(s, n=4)
+        out[name] = (statistics.median(s), q3 - q1)
+    return out
+
+
+def report(title: str, cases: dict[str, Callable[[], object]], floor: str, path: str, args, left: str) -> None:
+    """Time ``cases`` and print the table; ``path`` (the library's path) is judged against ``floor``."""
+    times = interleaved(cases, args.repeats, args.min_run_time)
+    base = times[floor][0]
+    print(f"\n{title}")
+    print(f"  {'comparator':58s} {'median ms':>10s} {'IQR ms':>9s} {'x floor':>8s}")
+    for name, (med, iqr) in times.items():
+        print(f"  {name:58s} {1e3 * med:10.4f} {1e3 * iqr:9.4f} {med / base:8.2f}")
+    ratio = times[path][0] / base
+    verdict = f"within {PASS}x of the floor" if ratio <= PASS else f"{ratio:.2f}x the floor: {left}"
+    print(f"  -> {path}: {verdict}")
+
+
+def _equal_all(results: dict[str, object]) -> None:
+    """Every comparator computes the same numbers (bit for bit) before any is timed."""
+    items = list(results.items())
+    first_name, first = items[0]
+    for name, value in items[1:]:
+        a, b = (first, value) if isinstance(first, tuple) else ((first,), (value,))
+        if not all(torch.equal(x, y) for x, y in zip(a, b, strict=True)):
+            raise AssertionError(f"{name!r} differs from {first_name!r}: a floor must compute the same numbers")
+
+
+def _identity_parametrized(model: nn.Module, names: list[str]) -> nn.Module:
+    class Identity(nn.Module):
+        def forward(self, w: torch.Tensor) -> torch.Tensor:
+            return w
+
+    out = copy.deepcopy(model)
+    for name in names:
+        parametrize.register_parametrization(out.get_submodule(name), "weight", Identity())
+    return out
+
+
+def shared_section(args, before) -> None:
+    sparsity = {"fc1": 0.95, "fc2": 0.9, "fc3": 0.7}
+    model = tc.models.pretrained("lenet300100")
+    for layer, s in sparsity.items():
+        model, _ = tc.pruning.prune(model, amount=s, include=[layer])
+    shared, _ = tc.quantization.share_weights(model, bits=5, keep_zeros=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "lenet300100.tcdc")
+        tc.export.save_compressed(shared, path)
+        loaded = tc.export.load_compressed(path).eval()
+        old = before.export.load_compressed(path).eval() if before is not None else None
+    dense = tc.models.pretrained("lenet300100").eval()  # the decoded weights as plain parameters
+    with torch.no_grad():  # (removing a parametrization from a deep copy would strip the original's class too)
+        for name in sparsity:
+            dense.get_submodule(name).weight.copy_(loaded.get_submodule(name).weight)
+            dense.get_submodule(name).bias.copy_(loaded.get_submodule(name).bias)
+    identity = _identity_parametrized(dense, list(sparsity))
+    for batch in (1, 64):
+        x = torch.randn(batch, 1, 28, 28, generator=torch.Generator().manual_seed(batch))
+        models = {"dense float32 (floor)": dense, "dense + identity parametrization": identity,
+                  "shared weights, load_compressed": loaded}
+        if old is not None:
+            models["shared weights, load_compressed (before)"] = old
+        with torch.inference_mode():
+            _equal_all({name: m(x) for name, m in models.items()})
+            cases = {name: (lambda m=m, x=x: m(x)) for name, m in models.items()}
+            report(f"shared: LeNet-300-100 (pruned, 5-bit k-means codebooks) forward, batch {batch}, "
+                   "inference mode", cases, "dense float32 (floor)", "shared weights, load_compressed", args,
+                   "each weight access goes through torch.nn.utils.parametrize (see the identity row) and a "
+                   "Python check that the codebook, codes and mask are unchanged; a few microseconds per layer "
+                   "that only a batch large enough hides")
+
+
+SECTIONS = {"shared": shared_section}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="3 short repeats (a smoke run, not a measurement)")
+    parser.add_argument("--only", choices=sorted(SECTIONS), action="append", help="run only these sections")
+    parser.add_argument("--before", metavar="DIR", help="also time the package in DIR/tensorcompress")
+    args = parser.parse_args()
+    args.repeats, args.min_run_time = (3, 0.01) if args.quick else (7, 0.2)
+    torch.set_num_threads(1)
+    before = import_before(args.before)
+    start = load()
+    print(f"torch {torch.__version__}, 1 thread, {args.repeats} repeats, 1-minute load average before: {start:.2f}")
+    for name in args.only or SECTIONS:
+        SECTIONS[name](args, before)
+    print(f"\n1-minute load average: {start:.2f} before, {load():.2f} after")
+
+
+if __name__ == "__main__":
+    main()
