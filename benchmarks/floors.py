@@ -18,6 +18,9 @@ Sections:
 * ``to_integer`` — the integer LeNet-5 of ``tc.quantization.to_integer`` at batch 256 (its products in float32 or
   float64 by the per-layer rule of :mod:`tensorcompress.quantization.integer`) against the float32 network and the
   fake-quantized one; the outputs of the before and after packages are bit-identical.
+* ``kmeans`` — ``tc.quantization.kmeans_quantize`` of 10^6 weights (sorted once, boundaries by binary search)
+  against Lloyd's iteration with float64 prefix sums on the sorted values (the floor, rounding the centroids
+  differently); before and after are bit-identical.
 """
 
 from __future__ import annotations
@@ -167,7 +170,48 @@ def to_integer_section(args, before) -> None:
                "readable reference of the arithmetic, the fast int8 path is the exported model")
 
 
-SECTIONS = {"shared": shared_section, "to_integer": to_integer_section}
+def kmeans_prefix_sums(w: torch.Tensor, bits: int, n_iter_max: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
+    """The floor of 1-d k-means: Lloyd's iteration on the sorted values with float64 prefix sums, O(k log n) per
+    iteration after one sort. The same iteration, but each centroid's sum is rounded differently (a difference of
+    two float64 prefix sums instead of a float32 sum in the original order): not bit-identical."""
+    codebook, _ = tc.quantization.kmeans_quantize(w, bits, n_iter_max=0)
+    xs = w.reshape(-1).sort().values
+    cs = torch.cat([torch.zeros(1, dtype=torch.float64), xs.double().cumsum(0)])
+    ends = torch.tensor([0, xs.numel()])
+    pos = torch.searchsorted(xs, (codebook[1:] + codebook[:-1]) / 2, right=True)
+    for _ in range(n_iter_max):
+        b = torch.cat([ends[:1], pos, ends[1:]])
+        counts = torch.diff(b)
+        means = ((cs[b[1:]] - cs[b[:-1]]) / counts.clamp_min(1)).to(w.dtype)
+        codebook = torch.where(counts > 0, means, codebook).sort().values
+        new = torch.searchsorted(xs, (codebook[1:] + codebook[:-1]) / 2, right=True)
+        if torch.equal(new, pos):
+            break
+        pos = new
+    return codebook, pos
+
+
+def kmeans_section(args, before) -> None:
+    w = torch.randn(10**6, generator=torch.Generator().manual_seed(0)) ** 3  # heavy tails, as trained weights
+    bits = 5
+    cases = {"sorted, float64 prefix sums (floor, not bit-identical)": lambda: kmeans_prefix_sums(w, bits),
+             "kmeans_quantize": lambda: tc.quantization.kmeans_quantize(w, bits)}
+    if before is not None:
+        cases["kmeans_quantize (before)"] = lambda: before.quantization.kmeans_quantize(w, bits)
+        _equal_all({name: cases[name]() for name in ("kmeans_quantize", "kmeans_quantize (before)")})
+    codebook, idx = tc.quantization.kmeans_quantize(w, bits)
+    floor_codebook, _ = kmeans_prefix_sums(w, bits)
+    mse = float((codebook[idx.long()] - w).pow(2).mean())
+    floor_idx = torch.bucketize(w, (floor_codebook[1:] + floor_codebook[:-1]) / 2)
+    floor_mse = float((floor_codebook[floor_idx] - w).pow(2).mean())
+    report(f"kmeans: 1-d k-means of 10^6 float32 weights (N(0,1)^3), {2**bits} centroids, up to 100 iterations; "
+           f"MSE {mse:.6g}, floor's {floor_mse:.6g}", cases, "sorted, float64 prefix sums (floor, not bit-identical)",
+           "kmeans_quantize", args, "bit-identity with the textbook iteration needs each centroid summed in float32 "
+           "in the values' original order: one index_add_ over all n values per iteration (plus relabelling the "
+           "values a boundary crossed), where prefix sums need O(k log n)")
+
+
+SECTIONS = {"shared": shared_section, "to_integer": to_integer_section, "kmeans": kmeans_section}
 
 
 def main() -> None:
