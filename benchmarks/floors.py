@@ -21,6 +21,9 @@ Sections:
 * ``kmeans`` — ``tc.quantization.kmeans_quantize`` of 10^6 weights (sorted once, boundaries by binary search)
   against Lloyd's iteration with float64 prefix sums on the sorted values (the floor, rounding the centroids
   differently); before and after are bit-identical.
+* ``observers`` — a per-tensor ``MinMaxObserver`` against ``torch.aminmax`` alone, and an ``MSEObserver`` (100
+  candidate ranges) against its 100 fake-quantization kernels alone, on 10^6 activations; the ranges chosen before
+  and after are equal.
 """
 
 from __future__ import annotations
@@ -211,7 +214,38 @@ def kmeans_section(args, before) -> None:
            "values a boundary crossed), where prefix sums need O(k log n)")
 
 
-SECTIONS = {"shared": shared_section, "to_integer": to_integer_section, "kmeans": kmeans_section}
+def observers_section(args, before) -> None:
+    x = torch.randn(256, 4, 32, 32, generator=torch.Generator().manual_seed(0)).relu_()  # 10^6 activations
+    libs = {"": tc} | ({" (before)": before} if before is not None else {})
+    minmax = {suffix: lib.quantization.MinMaxObserver() for suffix, lib in libs.items()}
+    cases = {"torch.aminmax(x) (floor)": lambda: torch.aminmax(x)}
+    cases |= {f"MinMaxObserver.update{s}": (lambda o=o: o.update(x)) for s, o in minmax.items()}
+    report("observers: per-tensor MinMaxObserver.update on 10^6 activations", cases, "torch.aminmax(x) (floor)",
+           "MinMaxObserver.update", args, "argument checks and the running minimum/maximum in small tensors")
+    mse = {suffix: lib.quantization.MSEObserver(n_grid=100) for suffix, lib in libs.items()}
+    if before is not None:
+        mse[""].update(x)
+        mse[" (before)"].update(x)
+        _equal_all({"after": (mse[""].min_val, mse[""].max_val),
+                    "before": (mse[" (before)"].min_val, mse[" (before)"].max_val)})
+    rows = x.reshape(1, -1)
+    lo, hi = torch.aminmax(rows, dim=1)
+
+    def kernels_alone():  # the 100 candidates' fake-quantization kernels and nothing else
+        for k in range(1, 101):
+            qp = tc.quantization.qparams(k / 100 * lo, k / 100 * hi, axis=0)
+            torch.fake_quantize_per_channel_affine(rows, qp.scale, qp.zero_point, 0, qp.qmin, qp.qmax)
+
+    cases = {"100 fake-quantization kernels alone (floor)": kernels_alone}
+    cases |= {f"MSEObserver.update{s}": (lambda o=o: o.update(x)) for s, o in mse.items()}
+    report("observers: per-tensor MSEObserver.update (100 candidate ranges) on 10^6 activations", cases,
+           "100 fake-quantization kernels alone (floor)", "MSEObserver.update", args,
+           "each candidate's squared error (a subtraction into a buffer, a square, a mean) costs about as much as "
+           "its fake-quantization kernel")
+
+
+SECTIONS = {"shared": shared_section, "to_integer": to_integer_section, "kmeans": kmeans_section,
+            "observers": observers_section}
 
 
 def main() -> None:
