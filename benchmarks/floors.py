@@ -24,6 +24,9 @@ Sections:
 * ``observers`` — a per-tensor ``MinMaxObserver`` against ``torch.aminmax`` alone, and an ``MSEObserver`` (100
   candidate ranges) against its 100 fake-quantization kernels alone, on 10^6 activations; the ranges chosen before
   and after are equal.
+* ``quantize`` — ``fake_quantize`` (per tensor and per channel) against PyTorch's fake-quantization kernels, with
+  which it is bit-exact, and ``quantize`` against ``torch.quantize_per_tensor`` (a peer: it rounds ties
+  differently), on 10^6 activations.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import os
 import statistics
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -244,8 +248,49 @@ def observers_section(args, before) -> None:
            "its fake-quantization kernel")
 
 
+def quantize_section(args, before) -> None:
+    x = torch.randn(256, 4, 32, 32, generator=torch.Generator().manual_seed(0))  # 10^6 activations
+    libs = {"": tc} | ({" (before)": before} if before is not None else {})
+    Q = tc.quantization
+    per_tensor = Q.qparams(x.min(), x.max())
+    per_channel = Q.qparams(x.amin(dim=(0, 2, 3)), x.amax(dim=(0, 2, 3)), axis=1)
+    floors = {"per-tensor": lambda: torch.fake_quantize_per_tensor_affine(
+                  x, per_tensor.scale, per_tensor.zero_point, per_tensor.qmin, per_tensor.qmax),
+              "per-channel": lambda: torch.fake_quantize_per_channel_affine(
+                  x, per_channel.scale, per_channel.zero_point, 1, per_channel.qmin, per_channel.qmax)}
+
+    def own(lib, qp):  # each package checks for its own QParams class
+        return lib.quantization.QParams(qp.scale, qp.zero_point, qp.qmin, qp.qmax, qp.axis)
+
+    left = ("the library's arithmetic in separate elementwise passes (multiply, round, shift, clamp, shift back, "
+            "scale) where the kernel makes one")
+    with torch.inference_mode():
+        for kind, qp in (("per-tensor", per_tensor), ("per-channel", per_channel)):
+            cases = {f"torch.fake_quantize_{kind.replace('-', '_')}_affine (floor)": floors[kind]}
+            own_qp = {s: own(lib, qp) for s, lib in libs.items()}
+            cases |= {f"fake_quantize{s}": (lambda lib=lib, qp=own_qp[s]: lib.quantization.fake_quantize(x, qp))
+                      for s, lib in libs.items()}
+            _equal_all({name: fn() for name, fn in cases.items()})
+            report(f"quantize: fake_quantize {kind}, 10^6 float32 activations, inference mode", cases,
+                   next(iter(cases)), "fake_quantize", args, left)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # quantized tensors are deprecated: the peer row only
+            scale, zp = float(per_tensor.scale), int(per_tensor.zero_point)
+            cases = {"torch.quantize_per_tensor(...).int_repr() (peer, rounds ties after adding Z)":
+                     lambda: torch.quantize_per_tensor(x, scale, zp, torch.quint8).int_repr()}
+            own_qp = {s: own(lib, per_tensor) for s, lib in libs.items()}
+            cases |= {f"quantize{s}": (lambda lib=lib, qp=own_qp[s]: lib.quantization.quantize(x, qp))
+                      for s, lib in libs.items()}
+            _equal_all({name: cases[name]() for name in cases if name.startswith("quantize")})
+            report("quantize: quantize per-tensor to uint8 codes, 10^6 float32 activations", cases, next(iter(cases)),
+                   "quantize", args, "PyTorch's quantize kernel (deprecated with its quantized tensors) makes the "
+                   "codes in one vectorised pass but rounds x/S + Z, not Z + round(x/S) as its fake-quantization "
+                   "kernels and the library do (they differ on ties when Z is odd); the library's codes take a "
+                   "finiteness check, four elementwise passes and the narrowing cast")
+
+
 SECTIONS = {"shared": shared_section, "to_integer": to_integer_section, "kmeans": kmeans_section,
-            "observers": observers_section}
+            "observers": observers_section, "quantize": quantize_section}
 
 
 def main() -> None:
