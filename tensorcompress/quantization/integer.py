@@ -151,9 +151,24 @@ FLOAT32_EXACT = 2**24
 
 
 def float32_is_exact(fan_in: int, weight_bound: int, input_bound: int) -> bool:
-    """Whether every partial sum of ``fan_in`` products of integers bounded by ``weight_bound`` and ``input_bound``
+    r"""Whether every partial sum of ``fan_in`` products of integers bounded by ``weight_bound`` and ``input_bound``
     in magnitude stays within :data:`FLOAT32_EXACT`: the rule that lets :class:`IntegerLayer` compute its products
-    in float32 (see the module docstring)."""
+    in float32 (see the module docstring).
+
+    Parameters
+    ----------
+    fan_in : int
+        Terms per output: input channels per group times the kernel's area, or input features.
+    weight_bound : int
+        The largest magnitude of a weight code, :math:`\max(-q^w_{\min}, q^w_{\max})`.
+    input_bound : int
+        The largest magnitude of an input code minus its zero point, :math:`q^x_{\max} - q^x_{\min}` at most.
+
+    Returns
+    -------
+    bool
+        ``fan_in * weight_bound * input_bound <= 2**24``.
+    """
     return fan_in * weight_bound * input_bound <= FLOAT32_EXACT
 
 
