@@ -499,3 +499,71 @@ def test_integer_network_takes_other_float_inputs(lenet, dtype_in):
     assert out.dtype == torch.float32
     # the entry quantizes in float32: a cast of the input moves at most a few codes of its first layer
     assert (out.argmax(1) == ref.argmax(1)).float().mean() >= 0.9
+
+
+# ------------------------------------------------------------------------------- integer products in floating point
+
+def _int64_product(xi, w, conv_args):
+    """The oracle: the product in int64 arithmetic (PyTorch's integer kernels on the CPU)."""
+    xi, w = xi.long(), w.long()
+    return torch.nn.functional.conv2d(xi, w, **conv_args) if conv_args is not None else xi @ w.T
+
+
+def test_float32_rule_follows_bit_widths_and_fan_in():
+    assert Q.float32_is_exact(514, 128, 255) and not Q.float32_is_exact(515, 128, 255)  # 8-bit weights and inputs
+    assert Q.float32_is_exact(1040, 127, 127) and not Q.float32_is_exact(1041, 127, 127)
+    assert Q.float32_is_exact(2**24, 1, 1) and not Q.float32_is_exact(2**24 + 1, 1, 1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 6), st.sampled_from([1, 3, 5]), st.sampled_from([1, 2]), st.integers(1, 17),
+       st.sampled_from(["random", "extreme", "alternating"]), st.integers(0, 2**31 - 1))
+def test_float_products_equal_the_integer_products(cin, ksize, groups, batch, codes, seed):
+    from tensorcompress.quantization.integer import _integer_product
+
+    g = torch.Generator().manual_seed(seed)
+    cin, cout = cin * groups, 2 * groups
+    fan = (cin // groups) * ksize * ksize
+    shape_x, shape_w = (batch, cin, 6, 6), (cout, cin // groups, ksize, ksize)
+    if codes == "random":
+        xi, w = torch.randint(-255, 256, shape_x, generator=g), torch.randint(-128, 128, shape_w, generator=g)
+    elif codes == "extreme":  # every term at its bound: the sums reach fan-in x 128 x 255
+        xi, w = torch.full(shape_x, 255), torch.full(shape_w, -128)
+    else:
+        xi = torch.where(torch.rand(shape_x, generator=g) < 0.5, 255, -255)
+        w = torch.where(torch.rand(shape_w, generator=g) < 0.5, 127, -128)
+    args = dict(stride=1, padding=1, dilation=1, groups=groups)
+    want = _int64_product(xi, w, args)
+    for exact in (Q.float32_is_exact(fan, 128, 255), False):
+        assert torch.equal(_integer_product(xi.int() + 3, torch.tensor(3), w.to(torch.int8), args, exact).long(), want)
+    lin_x, lin_w = xi.reshape(batch, -1)[:, :fan], w.reshape(cout, -1)[:, :fan]
+    assert torch.equal(_integer_product(lin_x.int(), torch.tensor(0), lin_w.to(torch.int8), None, True).long(),
+                       _int64_product(lin_x, lin_w, None))
+
+
+def test_float32_beyond_the_bound_would_round():
+    """The bound is needed: 4096 terms near 127 x 255 sum beyond 2^24, where float32 loses the odd units."""
+    from tensorcompress.quantization.integer import _integer_product
+
+    g = torch.Generator().manual_seed(0)
+    xi, w = torch.randint(200, 256, (64, 4096), generator=g), torch.randint(100, 128, (8, 4096), generator=g)
+    want = _int64_product(xi, w, None)
+    assert not Q.float32_is_exact(4096, 127, 255)
+    float64 = _integer_product(xi.int(), torch.tensor(0), w.to(torch.int8), None, False)
+    assert torch.equal(float64.long(), want)
+    assert not torch.equal((xi.float() @ w.float().T).long(), want)  # float32 would round
+
+
+def test_integer_network_products_are_bit_identical_in_float32_and_float64(lenet, smallcnn):
+    for qm, x in ((lenet[1], lenet[2].tensors[0][:64]), (smallcnn[1], smallcnn[4][:64])):
+        im = _integer(qm, x[:2])
+        layers = [m for m in im.modules() if isinstance(m, Q.IntegerLayer)]
+        assert any(m.float32_exact for m in layers)
+        with torch.no_grad():
+            fast = im(x)
+            for m in layers:
+                m.float32_exact = False
+            assert torch.equal(im(x), fast)
+    lenet_int = _integer(lenet[1], lenet[2].tensors[0][:2])
+    assert [m.float32_exact for m in lenet_int.modules() if isinstance(m, Q.IntegerLayer)] \
+        == [True, True, False, True]  # LeNet-5: fc1's fan-in 800 exceeds 514

@@ -98,6 +98,56 @@ def test_kmeans_is_a_lloyd_fixed_point(bits, dtype):
         assert float(codebook[k]) == pytest.approx(float(members.mean()), rel=1e-5, abs=1e-6)
 
 
+
+def _lloyd_textbook(w, bits, init="linear", seed=0, n_iter_max=100):
+    """The oracle: Lloyd's iteration as written first — every value assigned by ``bucketize`` against the
+    midpoints, sums by ``index_add_``, counts by ``bincount``, stopped when no assignment changes — from the
+    library's own initial codebook (``n_iter_max=0``)."""
+    codebook, _ = Q.kmeans_quantize(w, bits, init=init, seed=seed, n_iter_max=0)
+    x = w.reshape(-1)
+    k = codebook.numel()
+
+    def assign(c):
+        return torch.bucketize(x, (c[1:] + c[:-1]) / 2, right=False)
+
+    idx = assign(codebook)
+    for _ in range(n_iter_max):
+        sums = torch.zeros(k, dtype=x.dtype).index_add_(0, idx, x)
+        counts = torch.bincount(idx, minlength=k).to(x.dtype)
+        codebook = torch.where(counts > 0, sums / counts.clamp_min(1), codebook).sort().values
+        new = assign(codebook)
+        if torch.equal(new, idx):
+            break
+        idx = new
+    return codebook, idx.reshape(w.shape)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 3000), st.integers(1, 8), st.sampled_from(["linear", "random", "density"]),
+       st.sampled_from([torch.float32, torch.float64]), st.sampled_from(["normal", "cubed", "few values", "zeros"]),
+       st.integers(0, 40), st.integers(0, 2**31 - 1))
+def test_kmeans_by_sorting_equals_the_textbook_iteration(n, bits, init, dtype, values, n_iter_max, seed):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, generator=g, dtype=dtype)
+    if values == "cubed":  # heavy tails: rare large weights
+        w = w**3
+    elif values == "few values":  # ties everywhere, and values on the midpoints of their centroids
+        w = torch.randint(-3, 4, (n,), generator=g).to(dtype) / 2
+    elif values == "zeros":
+        w = torch.where(w > 0, w, torch.zeros((), dtype=dtype) * -1)  # +0 and -0 among them
+    codebook, idx = Q.kmeans_quantize(w, bits, init=init, seed=seed, n_iter_max=n_iter_max)
+    want_codebook, want_idx = _lloyd_textbook(w, bits, init=init, seed=seed, n_iter_max=n_iter_max)
+    assert torch.equal(codebook, want_codebook) and torch.equal(idx.long(), want_idx)
+
+
+def test_kmeans_by_sorting_equals_the_textbook_iteration_on_a_large_layer():
+    w = torch.randn(200_000, generator=torch.Generator().manual_seed(3)) ** 3
+    for bits in (2, 5):
+        codebook, idx = Q.kmeans_quantize(w, bits, n_iter_max=30)
+        want_codebook, want_idx = _lloyd_textbook(w, bits, n_iter_max=30)
+        assert torch.equal(codebook, want_codebook) and torch.equal(idx.long(), want_idx)
+
+
 @pytest.mark.parametrize("init", ["random", "density"])
 def test_kmeans_other_initialisations_reach_a_lloyd_fixed_point(init):
     w = randn((40, 25), 11, dtype=torch.float64) ** 3
@@ -485,3 +535,16 @@ def test_shared_weight_gradients_after_cached_forwards():
         opt.step()
         with torch.no_grad():  # the step changed the codebook: the cached weight follows
             assert torch.equal(layer.weight, _uncached(layer))
+
+
+def test_shared_weight_with_an_inference_codebook_decodes_without_caching():
+    net = _pruned_shared()
+    layer = net[0]
+    sw, codebook = layer.parametrizations.weight[0], layer.parametrizations.weight.original
+    with torch.inference_mode():
+        frozen = codebook.detach().clone() * 3  # an inference tensor: no version counter to watch
+    with torch.no_grad():
+        want = torch.where(sw.mask(), (3 * codebook)[sw.indices()], torch.zeros(()))
+        assert torch.equal(sw(frozen), want) and torch.equal(sw(frozen), want)
+        assert "weight" not in sw._cache or sw._cache["weight"][1] is not sw(frozen)
+        assert torch.equal(layer.weight, _uncached(layer))  # the parameter's own decoding is unaffected

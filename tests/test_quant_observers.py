@@ -4,6 +4,8 @@ computations; per-channel statistics, state_dict round trip and bad input."""
 import pytest
 import torch
 from helpers import randn
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tensorcompress import quantization as Q
 
@@ -123,8 +125,13 @@ def test_observer_bad_input():
     assert isinstance(Q.make_observer("mse", bits=4), Q.MSEObserver)
     with pytest.raises(ValueError, match="bits must be between 1 and 16, got 20"):
         Q.MinMaxObserver(bits=20)
-    with pytest.raises(ValueError, match="x must be finite"):
-        Q.MinMaxObserver().update(torch.tensor([1.0, float("inf")]))
+    for bad in (float("inf"), -float("inf"), float("nan")):
+        for make in (Q.MinMaxObserver, lambda: Q.MinMaxObserver(axis=0), Q.MovingAverageMinMaxObserver,
+                     Q.PercentileObserver, Q.MSEObserver):
+            ob = make()
+            with pytest.raises(ValueError, match="x must be finite, but 1 of its 4 entries are NaN or Inf"):
+                ob.update(torch.tensor([1.0, bad, 0.0, 2.0]))
+            assert int(ob.n_batches) == 0  # nothing folded in
     with pytest.raises(ValueError, match="percentile must be in"):
         Q.PercentileObserver(percentile=30)
     with pytest.raises(ValueError, match=r"averaging_constant must be a fraction in \(0, 1\], got 0"):
@@ -154,3 +161,47 @@ def test_observer_options_out_of_range_name_the_bounds():
         Q.MSEObserver(n_grid=0)
     with pytest.raises(ValueError, match="averaging_constant must be finite"):
         Q.MovingAverageMinMaxObserver(averaging_constant=float("inf"))
+
+
+def _mse_range_expanded(obs, x):
+    """The oracle: the MSE observer's batch range as written first — the rows copied once per candidate of a chunk
+    of 10, fake-quantized by the library's per-channel ``fake_quantize``, the errors reduced 10 x rows at once."""
+    rows = obs._flat(x)
+    lo, hi = torch.aminmax(rows, dim=1)
+    alphas = torch.arange(1, obs.n_grid + 1, dtype=torch.float32) / obs.n_grid
+    errs = []
+    for a in alphas.split(10):
+        qp = Q.qparams((a[:, None] * lo).reshape(-1), (a[:, None] * hi).reshape(-1), bits=obs.bits,
+                       symmetric=obs.symmetric, signed=obs.signed, narrow_range=obs.narrow_range, axis=0)
+        expanded = rows.unsqueeze(0).expand(a.numel(), -1, -1).reshape(-1, rows.shape[1])
+        errs.append((Q.fake_quantize(expanded, qp) - expanded).pow(2).mean(dim=1).reshape(a.numel(), -1))
+    a = alphas[torch.cat(errs).argmin(dim=0)]
+    return a * lo, a * hi
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from([2, 4, 8]), st.booleans(), st.sampled_from([None, 0, 1]), st.sampled_from([1, 7, 10, 25, 100]),
+       st.sampled_from(["normal", "heavy tails", "few values"]), st.integers(0, 2**31 - 1))
+def test_mse_observer_ranges_equal_the_expanded_computation(bits, symmetric, axis, n_grid, values, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(6, 5, 40, generator=g)
+    if values == "heavy tails":
+        x = x**3
+    elif values == "few values":  # candidates with equal errors: the first (smallest) alpha must win in both
+        x = torch.randint(-2, 3, x.shape, generator=g).float()
+    obs = Q.MSEObserver(bits=bits, symmetric=symmetric, axis=axis, n_grid=n_grid)
+    lo, hi = obs._batch_range(obs._flat(x))
+    want_lo, want_hi = _mse_range_expanded(obs, x)
+    assert torch.equal(lo, want_lo) and torch.equal(hi, want_hi)
+
+
+@pytest.mark.parametrize("axis", [None, 1])
+def test_minmax_batch_range_is_the_exact_minimum_and_maximum(axis):
+    x = randn((64, 3, 8, 8), 0, dtype=torch.float32) ** 3
+    obs = Q.MinMaxObserver(axis=axis)
+    obs.update(x)
+    dims = None if axis is None else (0, 2, 3)
+    want_lo = x.min() if dims is None else x.amin(dim=dims)
+    want_hi = x.max() if dims is None else x.amax(dim=dims)
+    assert torch.equal(obs.min_val, want_lo) and torch.equal(obs.max_val, want_hi)
+    assert obs.min_val.shape == (() if axis is None else (3,))

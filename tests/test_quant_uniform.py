@@ -78,6 +78,15 @@ def _check_bit_exact(x, qp):
     assert torch.equal(x1.grad, x2.grad)
     # dequantize(quantize(x)) is the same number
     assert torch.equal(Q.dequantize(Q.quantize(x, qp), qp, dtype=x.dtype), ref.detach())
+    # without autograd (no straight-through mask made) the same numbers, and the input is never overwritten
+    before = x.clone()
+    with torch.no_grad():
+        assert torch.equal(Q.fake_quantize(x, qp), ref.detach())
+    with torch.inference_mode():
+        assert torch.equal(Q.fake_quantize(x, qp), ref.detach())
+        codes = Q.quantize(x, qp)
+        assert torch.equal(Q.dequantize(codes, qp, dtype=x.dtype), ref.detach())
+    assert torch.equal(x, before) and torch.equal(x1.detach(), before)
 
 
 @given(cases(per_channel=False))

@@ -24,6 +24,7 @@ from .integer import (
     IntegerLayer,
     IntegerMeanPool,
     IntegerNet,
+    float32_is_exact,
     quantize_multiplier,
     requantize,
     to_integer,
@@ -73,7 +74,7 @@ __all__ = ["QParams", "qparams", "qrange", "quantize", "dequantize", "fake_quant
            "pack_indices", "unpack_indices", "SharedWeight", "SharedLayer", "share_weights",
            "quantize_model", "calibrate", "quantizers", "lsq_fake_quantize", "lsq_initial_step", "ActivationQuantizer",
            "WeightQuantizer", "QuantizedLayer", "FakeQuantizedLayer",
-           "quantize_multiplier", "requantize", "to_integer", "IntegerLayer",
+           "quantize_multiplier", "requantize", "float32_is_exact", "to_integer", "IntegerLayer",
            "IntegerMeanPool", "IntegerClamp", "IntegerNet", "IntegerizedLayer", *_precision_all,
            "WeightOnlyLinear", "WeightOnlyLayer", "quantize_weights", "rtn", "rtn_grid", "nf4_levels", "NF4_TABLE",
            "gptq_layer", "gptq", "awq", "awq_scales", "smoothquant", "SmoothedLayer"]

@@ -37,6 +37,21 @@ input) and handing integer codes to the next; the last layer returns its accumul
 logits. A BatchNorm that reads a per-channel quantized convolution's output is folded into it first
 (``tc.surgery.fuse_conv_bn``): it scales each output channel, which per-channel weight codes absorb into their
 scale. Storage: 1 byte per weight, 4 per bias, 5 per output channel for the multiplier.
+
+**Integer products in floating point.** PyTorch's integer convolution is a generic loop (``_slow_conv2d_forward``),
+far slower than its float kernels, and off the CPU it has none. A float product of integers is exact when every
+partial sum is an integer the float format represents: for float32 every integer of magnitude at most
+:math:`2^{24}`. Each term of :math:`\sum_k q_{w,k}(q_{x,k} - Z_x)` is at most :math:`B_w B_x` in magnitude, with
+:math:`B_w = \max(-q^w_{\min}, q^w_{\max})` (the weight's bit width: 127 or 128 at 8 bits) and :math:`B_x =
+q^x_{\max} - q^x_{\min}` (the input's, 255 at 8 bits, since :math:`Z_x` lies in the range), so any partial sum
+of any order of summation stays within :math:`F B_w B_x` for a fan-in :math:`F` (input channels per group times the
+kernel's area, or input features). The rule, per layer: **float32 when** :math:`F B_w B_x \le 2^{24}` (at 8 bits
+:math:`F \le 514`: all of LeNet-5, SmallCNN's 3x3 convolutions up to 57 input channels), **float64 otherwise**
+(exact up to :math:`2^{53}`, beyond any int32 accumulator). The result is bit-identical to the integer product.
+float32 is used only where the kernels sum in float32: on the CPU, with oneDNN's direct convolution (without it
+PyTorch may hand a batch of 16 or more to NNPACK, whose Winograd and FFT transforms are not exact) and with
+float32 matrix products at ``"highest"`` / IEEE precision (``torch.set_float32_matmul_precision("medium")`` lets
+oneDNN use bfloat16); elsewhere float64.
 """
 
 from __future__ import annotations
@@ -56,8 +71,8 @@ from .. import surgery
 from .model import ActivationQuantizer, QuantizedLayer
 from .uniform import QParams, integer_dtype, quantize
 
-__all__ = ["quantize_multiplier", "requantize", "IntegerLayer", "IntegerMeanPool", "IntegerClamp", "IntegerNet",
-           "IntegerizedLayer", "to_integer"]
+__all__ = ["quantize_multiplier", "requantize", "float32_is_exact", "IntegerLayer", "IntegerMeanPool", "IntegerClamp",
+           "IntegerNet", "IntegerizedLayer", "to_integer"]
 
 # 31 + shift is the right shift of requantize: at least 1 (a rounding bit) and at most 62 (an int64 product)
 MULTIPLIER_RANGE = (2.0**-32, 2.0**30)
@@ -131,13 +146,54 @@ def _channel(t: torch.Tensor, ndim: int) -> torch.Tensor:
     return t.reshape(-1, *([1] * (ndim - 2))) if ndim > 2 else t
 
 
-def _integer_product(xi: torch.Tensor, w: torch.Tensor, conv_args: dict | None) -> torch.Tensor:
-    """The int32 accumulator of a conv (``conv_args``) or linear layer on int32 codes. PyTorch has integer
-    convolutions and matrix products on the CPU only; elsewhere they run in float64, exact for the integers here
-    (every partial sum stays far below 2^53)."""
-    if xi.device.type != "cpu":
-        xi, w = xi.double(), w.double()
-    acc = F.conv2d(xi, w, **conv_args) if conv_args is not None else xi @ w.T
+#: A float32 sum of integers is exact while every partial sum stays within this magnitude (24-bit significand).
+FLOAT32_EXACT = 2**24
+
+
+def float32_is_exact(fan_in: int, weight_bound: int, input_bound: int) -> bool:
+    r"""Whether every partial sum of ``fan_in`` products of integers bounded by ``weight_bound`` and ``input_bound``
+    in magnitude stays within :data:`FLOAT32_EXACT`: the rule that lets :class:`IntegerLayer` compute its products
+    in float32 (see the module docstring).
+
+    Parameters
+    ----------
+    fan_in : int
+        Terms per output: input channels per group times the kernel's area, or input features.
+    weight_bound : int
+        The largest magnitude of a weight code, :math:`\max(-q^w_{\min}, q^w_{\max})`.
+    input_bound : int
+        The largest magnitude of an input code minus its zero point, :math:`q^x_{\max} - q^x_{\min}` at most.
+
+    Returns
+    -------
+    bool
+        ``fan_in * weight_bound * input_bound <= 2**24``.
+    """
+    return fan_in * weight_bound * input_bound <= FLOAT32_EXACT
+
+
+def _float32_kernels_exact(device: torch.device, conv: bool) -> bool:
+    """Whether PyTorch's float32 kernels on ``device`` sum in IEEE float32 with no transform of the operands."""
+    if device.type != "cpu":
+        return False
+    onednn = torch.backends.mkldnn
+    if onednn.fp32_precision not in ("none", "ieee"):
+        return False
+    if conv:  # oneDNN's direct convolution; when it is off, NNPACK (Winograd, FFT) may take batches of 16 or more
+        return onednn.conv.fp32_precision in ("none", "ieee") and (
+            (onednn.is_available() and onednn.enabled) or not torch.backends.nnpack.is_available())
+    return onednn.matmul.fp32_precision in ("none", "ieee") and torch.get_float32_matmul_precision() == "highest"
+
+
+def _integer_product(x: torch.Tensor, zero_point: torch.Tensor, w: torch.Tensor, conv_args: dict | None,
+                     float32_exact: bool) -> torch.Tensor:
+    """The int32 accumulator :math:`\\sum_k w_k (x_k - Z)` of a conv (``conv_args``) or linear layer on integer
+    codes, computed in float32 where ``float32_exact`` (the layer's bound) and the kernels allow it, else in float64:
+    exact either way."""
+    conv = conv_args is not None
+    work = torch.float32 if float32_exact and _float32_kernels_exact(x.device, conv) else torch.float64
+    xi, w = x.to(work) - zero_point.to(work), w.to(work)
+    acc = F.conv2d(xi, w, **conv_args) if conv else xi @ w.T
     return acc.to(torch.int32)
 
 
@@ -199,6 +255,8 @@ class IntegerLayer(nn.Module):
                              "weight scale is too small for this bias")
         self.register_buffer("bias", qb.to(torch.int32))
         self.in_range, self.entry = (in_qp.qmin, in_qp.qmax), entry
+        fan_in = math.prod(w.shape[1:])  # input channels per group x kernel area, or input features
+        self.float32_exact = float32_is_exact(fan_in, max(-w_qp.qmin, w_qp.qmax), in_qp.qmax - in_qp.qmin)
         if entry:  # only the network's entry quantizes real numbers; later layers receive codes
             self.register_buffer("in_scale", in_qp.scale.clone())
         self.register_buffer("in_zero_point", in_qp.zero_point.clone())
@@ -228,8 +286,8 @@ class IntegerLayer(nn.Module):
                 raise TypeError("this IntegerLayer takes the integer codes of the previous layer, got a float "
                                 f"tensor ({x.dtype})")
             x = quantize(x, QParams(self.in_scale, self.in_zero_point, *self.in_range))
-        xi = x.to(torch.int32) - self.in_zero_point
-        acc = _integer_product(xi, self.weight.to(torch.int32), self.conv_args if self.kind == "conv" else None)
+        conv_args = self.conv_args if self.kind == "conv" else None
+        acc = _integer_product(x, self.in_zero_point, self.weight, conv_args, self.float32_exact)
         acc = acc + _channel(self.bias, acc.ndim)
         if self.output == "accumulator":
             return acc

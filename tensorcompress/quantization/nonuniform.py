@@ -139,10 +139,49 @@ def _check_init(init: object) -> None:
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
 
 
-def _assign(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-    """Index of the nearest centroid (codebook sorted ascending); a tie goes to the lower centroid."""
+def _boundaries(xs: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """For the sorted values ``xs`` and a sorted codebook, ``b[j]`` = the number of values at most the midpoint of
+    centroids ``j`` and ``j + 1``: centroid ``j`` owns the ranks ``b[j-1] <= r < b[j]`` (nearest centroid, a tie to
+    the lower one), exactly the assignment ``bucketize(x, midpoints)`` of each value."""
     mid = (codebook[1:] + codebook[:-1]) / 2
-    return torch.bucketize(x, mid, right=False)
+    return torch.searchsorted(xs, mid, right=True)
+
+
+def _moved_ranks(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """The ranks whose centroid changes when the boundaries move from ``old`` to ``new``: those between each
+    boundary's two positions (with repeats where ranges overlap)."""
+    lo, hi = torch.minimum(old, new), torch.maximum(old, new)
+    lengths = hi - lo
+    starts = torch.repeat_interleave(lo - (torch.cumsum(lengths, 0) - lengths), lengths)
+    return starts + torch.arange(int(lengths.sum()), device=old.device)
+
+
+def _lloyd(x: torch.Tensor, codebook: torch.Tensor, n_iter_max: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lloyd's iteration from ``codebook`` (sorted): ``(codebook, idx)``, ``idx`` each value's nearest centroid.
+
+    The values are sorted once: an assignment is then ``k - 1`` boundaries in the sorted order (a binary search
+    each), an iteration has converged when no boundary moves, and only the values between a boundary's old and new
+    positions are relabelled. The centroids are the members' sums over their counts, the sums accumulated by
+    ``index_add_`` over the values in their original order — the arithmetic of the textbook iteration (assign every
+    value, sum, divide), so that the result is the same to the bit."""
+    k = codebook.numel()
+    xs, perm = x.sort()  # any order of equal values: they share every boundary test
+    ranks = torch.arange(x.numel(), device=x.device)
+    pos = _boundaries(xs, codebook)
+    idx = torch.empty_like(perm)
+    idx[perm] = torch.searchsorted(pos, ranks, right=True)  # rank r belongs to the number of boundaries <= r
+    edges = torch.tensor([0, x.numel()], device=x.device)
+    for _ in range(n_iter_max):
+        sums = torch.zeros(k, dtype=x.dtype, device=x.device).index_add_(0, idx, x)
+        counts = torch.diff(torch.cat([edges[:1], pos, edges[1:]])).to(x.dtype)
+        codebook = torch.where(counts > 0, sums / counts.clamp_min(1), codebook).sort().values
+        new = _boundaries(xs, codebook)
+        if torch.equal(new, pos):
+            break
+        moved = _moved_ranks(pos, new)
+        idx[perm[moved]] = torch.searchsorted(new, moved, right=True)
+        pos = new
+    return codebook, idx
 
 
 def kmeans_quantize(w: torch.Tensor, bits: int, *, seed: int = 0, init: str = "linear", n_iter_max: int = 100,
@@ -193,15 +232,7 @@ def kmeans_quantize(w: torch.Tensor, bits: int, *, seed: int = 0, init: str = "l
         codebook = uniq[pick].sort().values
         if codebook.numel() < k:  # fewer distinct values than centroids
             codebook = torch.cat([codebook, codebook[-1:].expand(k - codebook.numel())])
-    idx = _assign(x, codebook)
-    for _ in range(n_iter_max):
-        sums = torch.zeros(k, dtype=dt, device=x.device).index_add_(0, idx, x)
-        counts = torch.bincount(idx, minlength=k).to(dt)
-        codebook = torch.where(counts > 0, sums / counts.clamp_min(1), codebook).sort().values
-        new = _assign(x, codebook)
-        if torch.equal(new, idx):
-            break
-        idx = new
+    codebook, idx = _lloyd(x, codebook, n_iter_max)
     index_dtype = torch.uint8 if bits <= 8 else torch.int32
     return codebook.to(w.dtype), idx.reshape(w.shape).to(index_dtype)
 
@@ -350,19 +381,20 @@ class SharedWeight(nn.Module):
 
     def _cached(self, slot: str, tensors: tuple[torch.Tensor | None, ...], compute):
         """``compute()``, kept in ``slot`` until one of ``tensors`` is replaced, moved or changed in place (its
-        identity, storage, dtype, device or ``_version`` counter), or the kept value itself is changed in place.
-        Inference tensors have no version counter: with one among ``tensors`` nothing is cached."""
-        present = [t for t in tensors if t is not None]
-        if any(t.is_inference() for t in present):
+        identity, ``_version`` counter, storage, dtype or device), or the kept value itself is changed in place.
+        Inference tensors have no version counter: with one among ``tensors`` nothing is cached. The check runs on
+        every access of the weight, so it is kept to one tuple of plain numbers compared at once."""
+        try:
+            stamp = tuple((id(t), t._version, t.data_ptr(), t.dtype, t.device) for t in tensors if t is not None)
+        except RuntimeError:  # "Inference tensors do not track version counter"
             return compute()
-        stamp = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in present)
         hit = self._cache.get(slot)
-        if hit is not None and hit[1] == stamp and all(a is b for a, b in zip(hit[0], present, strict=True)) \
-                and _versions(hit[2]) == hit[3]:
-            return hit[2]
+        if hit is not None and hit[0] == stamp and _versions(hit[1]) == hit[2]:
+            return hit[1]
         with torch.inference_mode(False), torch.no_grad():  # a plain tensor, reusable outside inference mode
             value = compute()
-        self._cache[slot] = (present, stamp, value, _versions(value))  # holding the tensors keeps identities unique
+        # holding the tensors keeps their ids unique while the stamp names them
+        self._cache[slot] = (stamp, value, _versions(value), tensors)
         return value
 
     def _decode(self, codebook: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .._validation import check_bits, check_finite, check_fraction, check_positive_int, check_tensor
-from .uniform import QParams, fake_quantize_unchecked, qparams, qrange
+from .uniform import QParams, qparams, qrange
 
 __all__ = ["Observer", "MinMaxObserver", "MovingAverageMinMaxObserver", "PercentileObserver", "MSEObserver",
            "OBSERVERS", "make_observer"]
@@ -37,6 +37,10 @@ __all__ = ["Observer", "MinMaxObserver", "MovingAverageMinMaxObserver", "Percent
 class Observer(nn.Module):
     """Base class: range statistics in buffers ``min_val`` / ``max_val``; subclasses override :meth:`_combine`.
 
+    A batch's range is its minimum and maximum unless a subclass overrides :meth:`_batch_range`; a NaN or an
+    infinity reaches the minimum or the maximum, so the batch is checked for them through its range, without a
+    pass of its own (``_range_is_min_max``).
+
     Parameters
     ----------
     bits, symmetric, signed, narrow_range
@@ -44,6 +48,8 @@ class Observer(nn.Module):
     axis : int, optional
         Per-channel statistics along this axis of the observed tensors; ``None``: per-tensor.
     """
+
+    _range_is_min_max = True
 
     def __init__(self, *, bits: int = 8, symmetric: bool = False, signed: bool | None = None,
                  narrow_range: bool = False, axis: int | None = None):
@@ -73,6 +79,9 @@ class Observer(nn.Module):
         return x.movedim(self.axis, 0).reshape(x.shape[self.axis], -1)
 
     def _batch_range(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if rows.shape[0] == 1:  # one row: the whole-tensor reduction is vectorised, the per-row one is not
+            lo, hi = torch.aminmax(rows)
+            return lo.reshape(1), hi.reshape(1)
         return torch.aminmax(rows, dim=1)
 
     def _combine(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,11 +96,14 @@ class Observer(nn.Module):
     def update(self, x: torch.Tensor) -> None:
         """Fold the batch ``x`` into the statistics."""
         check_tensor(x, "x", floating=True)
-        check_finite(x, "x")
+        if not self._range_is_min_max:
+            check_finite(x, "x")
         if x.numel() == 0:
             raise ValueError(f"x must not be empty, got shape {tuple(x.shape)}")
         rows = self._flat(x)
         lo, hi = self._batch_range(rows)
+        if self._range_is_min_max and not bool(torch.isfinite(lo).all() & torch.isfinite(hi).all()):
+            check_finite(x, "x")  # raises, counting the entries that are NaN or infinite
         if self.axis is None:
             lo, hi = lo[0], hi[0]
         elif self.n_batches > 0 and lo.shape != self.min_val.shape:
@@ -160,6 +172,8 @@ class _MeanOfBatches(Observer):
 class PercentileObserver(_MeanOfBatches):
     """The ``(100 - percentile)``-th and ``percentile``-th percentiles of each batch, averaged over batches."""
 
+    _range_is_min_max = False
+
     def __init__(self, *, percentile: float = 99.99, **kwargs):
         super().__init__(**kwargs)
         if isinstance(percentile, bool) or not isinstance(percentile, int | float):
@@ -180,21 +194,32 @@ class MSEObserver(_MeanOfBatches):
     """The range :math:`\\alpha\\,[\\min, \\max]`, :math:`\\alpha \\in \\{1/n, 2/n, \\dots, 1\\}` (``n = n_grid``),
     with the least fake-quantization MSE on each batch (per channel with ``axis``), averaged over batches."""
 
+    _range_is_min_max = False
+
     def __init__(self, *, n_grid: int = 100, **kwargs):
         super().__init__(**kwargs)
         self.n_grid = check_positive_int(n_grid, "n_grid")
 
     def _batch_range(self, rows):
-        lo, hi = torch.aminmax(rows, dim=1)
+        lo, hi = super()._batch_range(rows)
         alphas = torch.arange(1, self.n_grid + 1, dtype=torch.float32, device=rows.device) / self.n_grid
+        n_rows = rows.shape[0]
         errs = []
-        # candidates in chunks: one qparams/fake-quantize call per chunk, memory ~ chunk × the batch
+        # candidates in chunks of 10: one qparams call per chunk, then one fake-quantization kernel per candidate
+        # (PyTorch's per-channel kernel, bit-exact with fake_quantize) written as its difference from the rows
+        # into one buffer, whose rows are reduced together: the errors of reducing 10 x rows at once
+        buffer = torch.empty(min(10, self.n_grid) * n_rows, rows.shape[1], dtype=rows.dtype, device=rows.device)
         for a in alphas.split(10):
             lo_c, hi_c = (a[:, None] * lo).reshape(-1), (a[:, None] * hi).reshape(-1)
             qp = qparams(lo_c, hi_c, bits=self.bits, symmetric=self.symmetric, signed=self.signed,
                          narrow_range=self.narrow_range, axis=0)
-            x = rows.unsqueeze(0).expand(a.numel(), -1, -1).reshape(-1, rows.shape[1])
-            errs.append((fake_quantize_unchecked(x, qp) - x).pow(2).mean(dim=1).reshape(a.numel(), -1))
+            diff = buffer[:a.numel() * n_rows]
+            for i, part in enumerate(diff.split(n_rows)):
+                own = slice(i * n_rows, (i + 1) * n_rows)
+                fq = torch.fake_quantize_per_channel_affine(rows, qp.scale[own], qp.zero_point[own], 0, qp.qmin,
+                                                            qp.qmax)
+                torch.sub(fq, rows, out=part)
+            errs.append(diff.pow_(2).mean(dim=1).reshape(a.numel(), -1))
         best = torch.cat(errs).argmin(dim=0)  # first (smallest) alpha among equal errors
         a = alphas[best]
         return a * lo, a * hi

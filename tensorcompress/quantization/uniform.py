@@ -242,22 +242,24 @@ def _broadcast(t: torch.Tensor, x: torch.Tensor, axis: int | None) -> torch.Tens
     return t.reshape(shape)
 
 
-def _codes(x: torch.Tensor, qp: QParams) -> tuple[torch.Tensor, torch.Tensor]:
-    """``Z + round(x * inv_scale)`` in the kernel's precision (unclamped, floating) and the in-range mask."""
+def _codes(x: torch.Tensor, qp: QParams) -> torch.Tensor:
+    """``Z + round(x * inv_scale)`` in the kernel's precision (unclamped, floating), as a new tensor: the product is
+    the one full-size temporary, rounded and shifted in place."""
     work = torch.float32 if x.dtype in _HALF else x.dtype
-    inv = _broadcast(1.0 / qp.scale, x, qp.axis)  # float32 reciprocal, as the kernel's `1.0f / scale`
+    inv = _broadcast(1.0 / qp.scale, x, qp.axis).to(work)  # float32 reciprocal, as the kernel's `1.0f / scale`
     zp = _broadcast(qp.zero_point, x, qp.axis).to(work)
-    q = torch.round(x.to(work) * inv.to(work)) + zp
-    return q, (q >= qp.qmin) & (q <= qp.qmax)
+    q = x * inv if x.dtype == work else x.to(work).mul_(inv)
+    return q.round_().add_(zp)
 
 
-def _dequant(q: torch.Tensor, qp: QParams, dtype: torch.dtype) -> torch.Tensor:
+def _dequant(q: torch.Tensor, qp: QParams, dtype: torch.dtype, *, owned: bool = False) -> torch.Tensor:
+    """:math:`S(q - Z)` as ``dtype``; ``owned``: ``q`` is a temporary that may be overwritten."""
     # As the CPU kernels: per-tensor forms (q - Z) * S in float32 (int64 * float), per-channel in double
     # (std::fmin promotes), then one cast to the result dtype. The two differ for float64 and half results.
     work = torch.float32 if qp.axis is None else torch.float64
     zp = _broadcast(qp.zero_point, q, qp.axis).to(work)
     scale = _broadcast(qp.scale, q, qp.axis).to(work)
-    return ((q.to(work) - zp) * scale).to(dtype)
+    return q.to(work, copy=not owned).sub_(zp).mul_(scale).to(dtype)
 
 
 def quantize(x: torch.Tensor, qp: QParams) -> torch.Tensor:
@@ -272,8 +274,7 @@ def quantize(x: torch.Tensor, qp: QParams) -> torch.Tensor:
     3 here, 4 there); with :math:`Z = 0` they agree."""
     _check_input(x, qp)
     check_finite(x)
-    q, _ = _codes(x.detach(), qp)
-    return q.clamp(qp.qmin, qp.qmax).to(integer_dtype(qp.qmin, qp.qmax))
+    return _codes(x.detach(), qp).clamp_(qp.qmin, qp.qmax).to(integer_dtype(qp.qmin, qp.qmax))
 
 
 def dequantize(q: torch.Tensor, qp: QParams, *, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -310,9 +311,10 @@ def dequantize(q: torch.Tensor, qp: QParams, *, dtype: torch.dtype = torch.float
 class _FakeQuantize(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, qp):
-        q, mask = _codes(x, qp)
-        ctx.save_for_backward(mask)
-        return _dequant(q.clamp(qp.qmin, qp.qmax), qp, x.dtype)
+        q = _codes(x, qp)
+        # the straight-through mask only where a gradient is asked for: inference makes no boolean temporaries
+        ctx.save_for_backward(((q >= qp.qmin) & (q <= qp.qmax)) if ctx.needs_input_grad[0] else None)
+        return _dequant(q.clamp_(qp.qmin, qp.qmax), qp, x.dtype, owned=True)
 
     @staticmethod
     def backward(ctx, grad):
