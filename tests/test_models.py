@@ -109,7 +109,8 @@ def test_pretrained_device(device):
 
 
 def test_pretrained_unknown_name():
-    with pytest.raises(ValueError, match=r"name must be one of \['lenet300100', 'lenet5', 'smallcnn'\], got 'resnet'"):
+    with pytest.raises(ValueError, match=r"name must be one of \['lenet300100', 'lenet5', 'smallcnn', 'tinygpt'\], "
+                                         r"got 'resnet'"):
         tc.models.pretrained("resnet")
 
 
