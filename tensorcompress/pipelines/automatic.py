@@ -2,7 +2,9 @@ r"""Automatic compression: one technique per layer, chosen under one budget in r
 
 **The problem.** Layer :math:`i` of a network has a small set of options :math:`j` — keep it, factorise it at an
 energy level, prune a fraction of it, quantize its weights to :math:`b` bits, share its weights among :math:`2^b`
-values — each with a cost :math:`c_{ij}` and a loss :math:`\ell_{ij}`. Choose one option :math:`j_i` per layer:
+values, or (``"weight_only"``, asked for by name) store a Linear layer's weights as packed :math:`b`-bit
+round-to-nearest codes with a grid per group of inputs, as a language model's layers are stored — each with a
+cost :math:`c_{ij}` and a loss :math:`\ell_{ij}`. Choose one option :math:`j_i` per layer:
 
 .. math:: \min_{j_1, \dots, j_n} \sum_i \ell_{i j_i} \quad\text{subject to}\quad \sum_i c_{i j_i} \le B.
 
@@ -34,7 +36,8 @@ reaches only the points on the lower convex hull of the (cost, loss) trade-off.
 **Losses** are a sensitivity scan: each option applied alone, without fine-tuning, is measured on the validation
 data, by default as the mean KL divergence of its outputs from the original model's,
 :math:`\frac1N\sum_x \mathrm{KL}(p(x) \,\|\, \hat p(x))` (the loss distillation then minimises; never negative), or
-as the increase of the validation cross-entropy. On a few hundred validation images a well-trained network's
+as the increase of the validation cross-entropy; for a language model's ``(B, T, V)`` logits of ``(B, T)`` token
+windows, one sample is one token. On a few hundred validation images a well-trained network's
 cross-entropy moves by a few hundredths either way under a mild change, and an option that happens to lower it gets
 a negative loss that the allocation spends the budget on; the divergence from the original has no such sign. The
 options' sum predicts the combination's loss when the layers' errors do not interact; :class:`AutoReport` gives
