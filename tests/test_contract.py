@@ -62,6 +62,16 @@ def _tokens() -> torch.Tensor:
     return torch.randn(4, 3, 8, generator=torch.Generator().manual_seed(3))
 
 
+def _tiny_lm() -> nn.Module:
+    torch.manual_seed(0)
+    return tc.models.TinyGPT(11, d_model=64, n_layers=1, n_heads=2, context=8)
+
+
+def _token_windows() -> torch.utils.data.TensorDataset:
+    w = torch.randint(0, 11, (4, 9), generator=torch.Generator().manual_seed(4))
+    return torch.utils.data.TensorDataset(w[:, :-1], w[:, 1:])
+
+
 def _calibrated() -> nn.Module:
     q, _ = tc.quantization.quantize_model(tc.models.LeNet300100().eval(), weight_bits=8, act_bits=8)
     return tc.quantization.calibrate(q, torch.rand(16, 784))
@@ -104,6 +114,9 @@ REGISTRY = [
     Transform("auto_compress", lambda: tc.pipelines.auto_compress, _cnn, _train_set,
               {"val": _train_set(), "budget": 150_000, "methods": ("prune", "quantize"),
                "grid": {"prune": (0.5,), "quantize": (4,)}, "epochs": 1}),
+    Transform("auto_compress_weight_only", lambda: tc.pipelines.auto_compress, _tiny_lm, _token_windows,
+              {"val": _token_windows(), "budget": 100_000, "methods": ("weight_only",), "grid": {"weight_only": (4,)},
+               "group_size": 16, "epochs": 0}),
 ]
 IDS = [t.name for t in REGISTRY]
 

@@ -345,3 +345,84 @@ def test_on_every_device(problem, scan, device):
     assert tc.surgery.device_of(net).type == torch.device(device).type
     assert rep.choice == report.choice and rep.file_bytes <= rep.budget
     assert rep.file_bytes == len(tc.export.encode_compressed(net)[0])
+
+
+# ---------------------------------------------------------------- weight-only bits of a language model
+
+
+def _language_model(dtype=torch.float32):
+    """A one-block TinyGPT (random weights) and validation windows of tokens: (B, T) inputs, (B, T, V) logits."""
+    torch.manual_seed(0)
+    model = tc.models.TinyGPT(11, d_model=64, n_layers=1, n_heads=2, context=8).to(dtype).eval()
+    w = torch.randint(0, 11, (12, 9), generator=torch.Generator().manual_seed(1))
+    return model, TensorDataset(w[:, :-1], w[:, 1:])
+
+
+LM_OPTIONS = {"methods": ("weight_only",), "grid": {"weight_only": (2, 4, 8)}, "group_size": 16,
+              "exclude": ["head"], "epochs": 0}
+
+
+def _weight_only_by_hand(model, choice, group_size):
+    net = model
+    for o in choice:
+        if o.method == "weight_only":
+            net, _ = tc.quantization.quantize_weights(net, bits=o.setting, group_size=group_size, include=[o.layer])
+    return tc.surgery.copy_model(net)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_weight_only_bits_of_a_language_model(dtype, tmp_path):
+    model, val = _language_model(dtype)
+    before = model_state(model)
+    full = len(tc.export.encode_compressed(model)[0])
+    uniform4, _ = tc.quantization.quantize_weights(model, bits=4, group_size=16, exclude=["head"])
+    budget = len(tc.export.encode_compressed(uniform4)[0])  # the bytes of uniform 4-bit weights
+    net, report = tc.pipelines.auto_compress(model, None, val=val, budget=budget, **LM_OPTIONS)
+    assert_model_unchanged(model, before)
+    layers = ["blocks.0.attn.q", "blocks.0.attn.k", "blocks.0.attn.v", "blocks.0.attn.o", "blocks.0.mlp.fc1",
+              "blocks.0.mlp.fc2"]
+    assert list(dict.fromkeys(o.layer for o in report.candidates)) == layers and len(report.candidates) == 6 * 4
+    assert report.original_cost == full and report.group_size == 16
+    # the budget holds on the written file; the renamed tensors drop the architecture record, so it is below the sum
+    path = os.path.join(tmp_path, "lm.tcdc")
+    assert tc.export.save_compressed(net, path) == report.file_bytes <= report.predicted_cost <= budget
+    # the chosen configuration applied by hand is the model, and the file loads back into it
+    by_hand = _weight_only_by_hand(model, report.choice, 16)
+    assert _same(net, by_hand)
+    x = val.tensors[0]
+    restored = tc.export.load_compressed(path, model=_language_model(dtype)[0])  # a float skeleton
+    with torch.no_grad():
+        assert torch.equal(restored(x), net(x))
+    # every loss is the per-token KL divergence, every accuracy the per-token one (checked independently)
+    with torch.no_grad():
+        log_p = model(x).double().log_softmax(-1).reshape(-1, 11)
+    for o in report.candidates[:5]:
+        alone = _weight_only_by_hand(model, [o], 16)
+        with torch.no_grad():
+            log_q = alone(x).double().log_softmax(-1).reshape(-1, 11)
+        want = nn.functional.kl_div(log_q, log_p, log_target=True, reduction="batchmean")
+        assert o.loss == pytest.approx(float(want), rel=1e-9, abs=1e-15) and o.loss >= 0
+        assert o.accuracy == tc.evaluate(alone, val).accuracy
+        assert (o.cost < 0) == (o.method != "keep") and ("group 16" in o.label) == (o.method != "keep")
+    assert report.measured_loss > 0 and report.final_loss == report.measured_loss  # epochs=0: no fine-tuning
+    assert report.final_accuracy == tc.evaluate(net, val).accuracy
+
+
+def test_weight_only_skips_convolutions_and_checks_the_group_size():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)).eval()
+    g = torch.Generator().manual_seed(0)
+    val = TensorDataset(torch.randn(16, 1, 8, 8, generator=g), torch.randint(0, 3, (16,), generator=g))
+    full = len(tc.export.encode_compressed(model)[0])
+    _, report = tc.pipelines.auto_compress(model, None, val=val, budget=full // 2, methods=("quantize", "weight_only"),
+                                           grid={"quantize": (4,), "weight_only": (4,)}, group_size=48, epochs=0)
+    assert [(o.layer, o.method) for o in report.candidates] == [
+        ("0", "keep"), ("0", "quantize"), ("3", "keep"), ("3", "quantize"), ("3", "weight_only")]
+    with pytest.raises(ValueError, match=r"group_size=10 does not divide the 144 inputs of layer '3'"):
+        tc.pipelines.auto_compress(model, None, val=val, budget=full // 2, methods=("weight_only",), group_size=10)
+    with pytest.raises(ValueError, match=r"group_size must be"):
+        tc.pipelines.auto_compress(model, None, val=val, budget=full // 2, methods=("weight_only",), group_size=0)
+    with pytest.raises(ValueError, match=r"grid\['weight_only'\] entry must be bits in \[2, 8\], got 9"):
+        tc.pipelines.auto_compress(model, None, val=val, budget=full // 2, methods=("weight_only",),
+                                   grid={"weight_only": (9,)})
+    assert "weight_only" not in tc.pipelines.DEFAULT_METHODS and "weight_only" in tc.pipelines.METHODS

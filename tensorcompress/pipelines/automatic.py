@@ -2,7 +2,9 @@ r"""Automatic compression: one technique per layer, chosen under one budget in r
 
 **The problem.** Layer :math:`i` of a network has a small set of options :math:`j` — keep it, factorise it at an
 energy level, prune a fraction of it, quantize its weights to :math:`b` bits, share its weights among :math:`2^b`
-values — each with a cost :math:`c_{ij}` and a loss :math:`\ell_{ij}`. Choose one option :math:`j_i` per layer:
+values, or (``"weight_only"``, asked for by name) store a Linear layer's weights as packed :math:`b`-bit
+round-to-nearest codes with a grid per group of inputs, as a language model's layers are stored — each with a
+cost :math:`c_{ij}` and a loss :math:`\ell_{ij}`. Choose one option :math:`j_i` per layer:
 
 .. math:: \min_{j_1, \dots, j_n} \sum_i \ell_{i j_i} \quad\text{subject to}\quad \sum_i c_{i j_i} \le B.
 
@@ -34,7 +36,8 @@ reaches only the points on the lower convex hull of the (cost, loss) trade-off.
 **Losses** are a sensitivity scan: each option applied alone, without fine-tuning, is measured on the validation
 data, by default as the mean KL divergence of its outputs from the original model's,
 :math:`\frac1N\sum_x \mathrm{KL}(p(x) \,\|\, \hat p(x))` (the loss distillation then minimises; never negative), or
-as the increase of the validation cross-entropy. On a few hundred validation images a well-trained network's
+as the increase of the validation cross-entropy; for a language model's ``(B, T, V)`` logits of ``(B, T)`` token
+windows, one sample is one token. On a few hundred validation images a well-trained network's
 cross-entropy moves by a few hundredths either way under a mild change, and an option that happens to lower it gets
 a negative loss that the allocation spends the budget on; the divergence from the original has no such sign. The
 options' sum predicts the combination's loss when the layers' errors do not interact; :class:`AutoReport` gives
@@ -64,6 +67,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
+from torch.utils.data import DataLoader
 
 from .. import surgery
 from .._validation import check_fraction, check_positive_int, check_real
@@ -74,20 +78,24 @@ from ..metrics import Leaderboard
 from ..metrics.measure import flops as count_flops
 from ..metrics.measure import latency as time_forward
 from ..pruning import prune
-from ..quantization import WeightQuantizer, quantize_model, share_weights
+from ..quantization import WeightQuantizer, quantize_model, quantize_weights, share_weights
 from ..train import evaluate
 
 __all__ = ["allocate", "auto_compress", "AutoReport", "LayerOption", "AutoLayer", "file_layer_bytes", "METHODS",
-           "DEFAULT_GRID"]
+           "DEFAULT_METHODS", "DEFAULT_GRID"]
 
-METHODS = ("factorize", "prune", "quantize", "share")
-"""The techniques :func:`auto_compress` chooses among (one per layer, or none: ``"keep"``)."""
+METHODS = ("factorize", "prune", "quantize", "share", "weight_only")
+"""The techniques :func:`auto_compress` can choose among (one per layer, or none: ``"keep"``)."""
+
+DEFAULT_METHODS = METHODS[:4]
+"""Those it chooses among unless told: ``"weight_only"`` (a language model's layers) is asked for by name."""
 
 DEFAULT_GRID: dict[str, tuple] = {
     "factorize": (0.5, 0.7, 0.9, 0.97),  # singular-value energy kept (SVD for Linear, Tucker-2 for Conv2d)
     "prune": (0.5, 0.7, 0.8, 0.9, 0.95),  # fraction of the weights removed (magnitude, per layer)
     "quantize": (2, 3, 4, 6, 8),  # weight bits, per output channel, weights only
     "share": (2, 3, 4, 5),  # k-means codebook bits (2**bits shared values)
+    "weight_only": (2, 3, 4, 8),  # RTN weight bits per group of inputs (WeightOnlyLinear; Linear layers only)
 }
 """Each method's settings tried on every selected layer."""
 
@@ -228,7 +236,7 @@ class LayerOption:
         """e.g. ``"prune 0.9"``, ``"quantize 4 bits"``, ``"factorize energy 0.9 (rank 12)"``, ``"keep"``."""
         if self.method == "keep":
             return "keep"
-        unit = {"quantize": " bits", "share": " bits", "factorize": ""}.get(self.method, "")
+        unit = {"quantize": " bits", "share": " bits", "weight_only": " bits"}.get(self.method, "")
         what = f"energy {self.setting}" if self.method == "factorize" else f"{self.setting}{unit}"
         return f"{self.method} {what}" + (f" ({self.detail})" if self.detail else "")
 
@@ -242,7 +250,8 @@ def _check_grid(grid: Mapping[str, Sequence] | None, methods: tuple[str, ...]) -
         raise ValueError(f"grid names methods {unknown} the library does not know; allowed {list(METHODS)}")
     checks = {"factorize": functools.partial(check_fraction, low_open=True),
               "prune": functools.partial(check_fraction, high_open=True),
-              "quantize": lambda v, label: _bits(v, label, 2, 8), "share": lambda v, label: _bits(v, label, 1, 8)}
+              "quantize": lambda v, label: _bits(v, label, 2, 8), "share": lambda v, label: _bits(v, label, 1, 8),
+              "weight_only": lambda v, label: _bits(v, label, 2, 8)}
     out = {}
     for m in methods:
         settings = grid.get(m, DEFAULT_GRID[m])
@@ -259,7 +268,8 @@ def _bits(value: object, label: str, lo: int, hi: int) -> int:
     return v
 
 
-def _apply_one(net: nn.Module, name: str, method: str, setting, seed: int) -> tuple[nn.Module, list]:
+def _apply_one(net: nn.Module, name: str, method: str, setting, seed: int,
+               group_size: int | None = None) -> tuple[nn.Module, list]:
     """``net`` with one technique on layer ``name`` (a copy; ``net`` is untouched), and the transform's rows."""
     if method == "factorize":
         kind = "svd" if isinstance(net.get_submodule(name), nn.Linear) else "tucker"
@@ -270,13 +280,15 @@ def _apply_one(net: nn.Module, name: str, method: str, setting, seed: int) -> tu
         return quantize_model(net, weight_bits=setting, act_bits=None, include=[name])
     if method == "share":
         return share_weights(net, bits=setting, include=[name], seed=seed)
+    if method == "weight_only":
+        return quantize_weights(net, bits=setting, group_size=group_size, include=[name])
     return surgery.copy_model(net), []
 
 
-def _apply(model: nn.Module, choice: Sequence[LayerOption], seed: int) -> nn.Module:
+def _apply(model: nn.Module, choice: Sequence[LayerOption], seed: int, group_size: int | None) -> nn.Module:
     net = model
     for opt in choice:
-        net, _ = _apply_one(net, opt.layer, opt.method, opt.setting, seed)
+        net, _ = _apply_one(net, opt.layer, opt.method, opt.setting, seed, group_size)
     return surgery.copy_model(net) if net is model else net
 
 
@@ -345,7 +357,7 @@ class AutoReport:
     outputs; ``"cross_entropy"``: the validation cross-entropy's increase), ``predicted_loss`` (the chosen options'
     sum), ``measured_loss`` (the combination's, before fine-tuning) and ``final_loss`` (after), nats;
     ``original_accuracy``, ``measured_accuracy``, ``final_accuracy`` on the validation data; ``flops`` of the
-    result on one input; ``fine_tuning``: its settings.
+    result on one input; ``fine_tuning``: its settings; ``group_size``: that of ``weight_only`` options.
     """
 
     candidates: list[LayerOption]
@@ -366,6 +378,7 @@ class AutoReport:
     final_accuracy: float
     flops: int
     fine_tuning: dict = field(default_factory=dict)
+    group_size: int | None = None
 
     def __iter__(self):
         """The rows (:attr:`layers`), one per layer."""
@@ -441,9 +454,16 @@ def _logits(net: nn.Module, val) -> torch.Tensor:
 
 
 def _kl(reference: torch.Tensor, logits: torch.Tensor) -> float:
-    r"""Mean :math:`\mathrm{KL}(p_{\text{ref}} \| p)` over the samples, nats."""
-    log_p, log_q = reference.log_softmax(1), logits.log_softmax(1)
-    return float((log_p.exp() * (log_p - log_q)).sum(1).mean())
+    r"""Mean :math:`\mathrm{KL}(p_{\text{ref}} \| p)` over the samples (over the tokens of ``(B, T, V)`` logits),
+    nats."""
+    log_p, log_q = reference.log_softmax(-1), logits.log_softmax(-1)
+    return float((log_p.exp() * (log_p - log_q)).sum(-1).mean())
+
+
+def _targets(val) -> torch.Tensor:
+    """The targets of ``val`` (a Dataset or a DataLoader of ``(x, y)``), in the order :func:`_logits` reads it."""
+    batches = val if isinstance(val, DataLoader) else DataLoader(val, batch_size=500, shuffle=False)
+    return torch.cat([b[1].cpu() for b in batches])
 
 
 class _Judge:
@@ -453,18 +473,22 @@ class _Judge:
         self.val, self.sensitivity = val, sensitivity
         self.base = evaluate(model, val)
         self.reference = _logits(model, val) if sensitivity == "kl" else None
+        self.targets = _targets(val) if sensitivity == "kl" else None
 
     def __call__(self, net: nn.Module) -> tuple[float, float]:
         """``(loss, accuracy)``: the KL divergence from the original's outputs or the cross-entropy increase."""
+        if self.sensitivity == "kl":  # one forward pass: the accuracy (per sample or token) from the same logits
+            logits = _logits(net, self.val)
+            correct = int((logits.argmax(-1) == self.targets).sum())
+            return _kl(self.reference, logits), correct / self.targets.numel()
         ev = evaluate(net, self.val)
-        if self.sensitivity == "kl":
-            return _kl(self.reference, _logits(net, self.val)), ev.accuracy
         return ev.loss - self.base.loss, ev.accuracy
 
 
 def _scan(model: nn.Module, names: list[str], grid: dict[str, tuple], judge: _Judge, cost: str, x1: torch.Tensor,
-          seed: int) -> list[LayerOption]:
-    """Every option of every layer applied alone: its cost change and its sensitivity."""
+          seed: int, group_size: int | None) -> list[LayerOption]:
+    """Every option of every layer applied alone: its cost change and its sensitivity (``weight_only``: Linear
+    layers only)."""
     whole = None if cost == "bytes" else _measure(cost, model, x1)
     own = file_layer_bytes(model, names)[1] if cost == "bytes" else None
     options = []
@@ -472,12 +496,15 @@ def _scan(model: nn.Module, names: list[str], grid: dict[str, tuple], judge: _Ju
         before = own[name] if cost == "bytes" else whole
         options.append(LayerOption(name, "keep", None, 0, 0.0, judge.base.accuracy))
         for method, settings in grid.items():
+            if method == "weight_only" and not isinstance(model.get_submodule(name), nn.Linear):
+                continue
             for setting in settings:
-                net, rows = _apply_one(model, name, method, setting, seed)
+                net, rows = _apply_one(model, name, method, setting, seed, group_size)
                 loss, accuracy = judge(net)
-                rank = f"rank {rows[0].rank}" if method == "factorize" else ""
+                detail = (f"rank {rows[0].rank}" if method == "factorize"
+                          else f"group {rows[0].group_size}" if method == "weight_only" else "")
                 after = _measure(cost, net, x1, name if cost == "bytes" else None)
-                options.append(LayerOption(name, method, setting, after - before, loss, accuracy, rank))
+                options.append(LayerOption(name, method, setting, after - before, loss, accuracy, detail))
     return options
 
 
@@ -494,6 +521,17 @@ def _check_candidates(candidates: object, names: list[str]) -> list[LayerOption]
     return list(candidates)
 
 
+def _check_groups(model: nn.Module, names: list[str], group_size: object) -> None:
+    if group_size is None:
+        return
+    check_positive_int(group_size, "group_size")
+    for name in names:
+        layer = model.get_submodule(name)
+        if isinstance(layer, nn.Linear) and layer.in_features % group_size:
+            raise ValueError(f"group_size={group_size} does not divide the {layer.in_features} inputs of layer "
+                             f"{name!r}: give a divisor of every selected Linear layer's inputs, or None")
+
+
 def _freeze_codes(net: nn.Module) -> None:
     """Freeze every fake-quantized weight: its codes, and so their entropy-coded size, stay as allocated."""
     for module in net.modules():
@@ -503,10 +541,11 @@ def _freeze_codes(net: nn.Module) -> None:
 
 
 def auto_compress(model: nn.Module, train, *, val, budget: int, cost: str = "bytes",
-                  methods: Sequence[str] = METHODS, grid: Mapping[str, Sequence] | None = None,
-                  sensitivity: str = "kl", candidates: AutoReport | Sequence[LayerOption] | None = None,
-                  include=None, exclude=None, seed: int = 0, epochs: int = 2, lr: float = 5e-4, T: float = 4.0,
-                  alpha: float = 0.9, device=None, **fit_options) -> tuple[nn.Module, AutoReport]:
+                  methods: Sequence[str] = DEFAULT_METHODS, grid: Mapping[str, Sequence] | None = None,
+                  group_size: int | None = None, sensitivity: str = "kl",
+                  candidates: AutoReport | Sequence[LayerOption] | None = None, include=None, exclude=None,
+                  seed: int = 0, epochs: int = 2, lr: float = 5e-4, T: float = 4.0, alpha: float = 0.9, device=None,
+                  **fit_options) -> tuple[nn.Module, AutoReport]:
     """Choose one technique per layer under a budget, apply them together, fine-tune by distillation, measure.
 
     1. Per selected ``nn.Linear`` / ``nn.Conv2d`` layer, every setting of ``grid`` for each of ``methods``, plus
@@ -518,21 +557,28 @@ def auto_compress(model: nn.Module, train, *, val, budget: int, cost: str = "byt
     Parameters
     ----------
     model : nn.Module
-        A trained classifier; left untouched.
+        A trained classifier, or a language model returning ``(B, T, V)`` logits for ``(B, T)`` tokens (the
+        sensitivity and the accuracy are then per token); left untouched.
     train : Dataset
         Fine-tuning data.
     val : Dataset
-        Validation data: every number of the scan and of the report (decide here, test elsewhere).
+        Validation data, ``(inputs, targets)``: every number of the scan and of the report (decide here, test
+        elsewhere).
     budget : int
         The cost the result may have, in the unit of ``cost``: between the cheapest combination and the model's own.
     cost : {"bytes", "flops", "latency"}
         Bytes of the compressed file, FLOPs of one forward pass on one input, or its latency in microseconds.
-    methods : sequence of {"factorize", "prune", "quantize", "share"}
-        The techniques to choose among.
+    methods : sequence of {"factorize", "prune", "quantize", "share", "weight_only"}
+        The techniques to choose among (default :data:`DEFAULT_METHODS`, all but ``"weight_only"``).
     grid : mapping method -> settings, optional
         Settings per method (default :data:`DEFAULT_GRID`): energies in ``(0, 1]`` kept by ``factorize``
         (SVD for Linear, Tucker-2 for Conv2d layers), fractions in ``[0, 1)`` removed by ``prune``, weight bits in
-        ``[2, 8]`` for ``quantize``, codebook bits in ``[1, 8]`` for ``share``.
+        ``[2, 8]`` for ``quantize`` (fake-quantized per output channel) and for ``weight_only``
+        (:func:`~tensorcompress.quantization.quantize_weights`, RTN: packed codes with a grid per group of inputs,
+        Linear layers only), codebook bits in ``[1, 8]`` for ``share``.
+    group_size : int, optional
+        Inputs per grid of ``weight_only``, dividing every selected Linear layer's inputs; ``None``: one grid per
+        output row.
     sensitivity : {"kl", "cross_entropy"}
         An option's loss: the mean KL divergence of the changed model's outputs from the original's on ``val``
         (default; never negative), or the increase of the validation cross-entropy (negative where an option
@@ -572,6 +618,8 @@ def auto_compress(model: nn.Module, train, *, val, budget: int, cost: str = "byt
     epochs = check_positive_int(epochs, "epochs", minimum=0)
     names = [s.name for s in surgery.select(model, (nn.Linear, nn.Conv2d), include=include, exclude=exclude,
                                             action="auto_compress")]
+    if "weight_only" in methods:  # before the scan, not at its first Linear layer
+        _check_groups(model, names, group_size)
     x1 = surgery.inputs_of(val[0]).unsqueeze(0).to(surgery.device_of(model))
     x1 = x1.to(surgery.dtype_of(model)) if x1.is_floating_point() else x1
     original_cost = _measure(cost, model, x1)
@@ -580,7 +628,7 @@ def auto_compress(model: nn.Module, train, *, val, budget: int, cost: str = "byt
                          f"already; give a smaller budget")
 
     judge = _Judge(model, val, sensitivity)
-    options = (_scan(model, names, grid, judge, cost, x1, seed) if candidates is None
+    options = (_scan(model, names, grid, judge, cost, x1, seed, group_size) if candidates is None
                else _check_candidates(candidates, names))
     by_layer = [[o for o in options if o.layer == n] for n in names]
     floor = sum(min(o.cost for o in layer) for layer in by_layer)
@@ -592,14 +640,14 @@ def auto_compress(model: nn.Module, train, *, val, budget: int, cost: str = "byt
                       budget - original_cost - floor)
     choice = [layer[j] for layer, j in zip(by_layer, picked, strict=True)]
 
-    net = _apply(model, choice, seed)
+    net = _apply(model, choice, seed, group_size)
     combined = judge(net)
     if epochs:
         _freeze_codes(net)
         distill(net, model, train, T=T, alpha=alpha, epochs=epochs, lr=lr, seed=seed, device=device,
                 progress=False, **fit_options)
     net.eval()
-    final = judge(net)
+    final = judge(net) if epochs else combined
     file_bytes = len(encode_compressed(net)[0])
     rows = [AutoLayer.between(o.layer, surgery.footprint(model.get_submodule(o.layer)),
                               surgery.footprint(net.get_submodule(o.layer)),
@@ -613,5 +661,6 @@ def auto_compress(model: nn.Module, train, *, val, budget: int, cost: str = "byt
         predicted_loss=math.fsum(o.loss for o in choice), measured_loss=combined[0], final_loss=final[0],
         original_accuracy=judge.base.accuracy, measured_accuracy=combined[1], final_accuracy=final[1],
         flops=count_flops(net, x1),
-        fine_tuning={"epochs": epochs, "lr": lr, "T": T, "alpha": alpha, "seed": seed, **fit_options})
+        fine_tuning={"epochs": epochs, "lr": lr, "T": T, "alpha": alpha, "seed": seed, **fit_options},
+        group_size=group_size)
     return net, report
