@@ -24,6 +24,7 @@ __all__ = [
     "check_matrices",
     "check_dims",
     "compute_dtype",
+    "check_matrix",
     "Checked",
 ]
 
@@ -187,6 +188,16 @@ def compute_dtype(x: torch.Tensor, name: str = "x") -> torch.dtype:
     if x.numel() == 0:
         raise ValueError(f"{name} must not be empty, got shape {tuple(x.shape)}")
     return torch.float32 if x.dtype in _HALF else x.dtype
+
+
+def check_matrix(w: object, name: str = "weight") -> torch.dtype:
+    """A finite, non-empty, floating 2-d ``w`` (rows = outputs); the dtype to compute in (:func:`compute_dtype`)."""
+    check_tensor(w, name, floating=True)
+    if w.ndim != 2:
+        raise ValueError(f"{name} must be a matrix (rows = outputs), got shape {tuple(w.shape)}")
+    dt = compute_dtype(w, name)
+    check_finite(w, name)
+    return dt
 
 
 class Checked:

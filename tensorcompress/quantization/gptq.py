@@ -46,12 +46,18 @@ import torch
 from torch import nn
 
 from .. import surgery
-from .._validation import check_finite, check_real, check_tensor, compute_dtype
-from ._calibration import calibration_batches, input_groups, input_statistics
+from .._validation import check_matrix, compute_dtype
+from ..surgery.calibration import (
+    calibration_batches,
+    check_damp,
+    check_hessian,
+    input_groups,
+    input_statistics,
+    inverse_factor,
+)
 from .weight_only import (
     WeightOnlyLayer,
     WeightOnlyLinear,
-    check_matrix,
     check_weight_bits,
     grid_codes,
     group_count,
@@ -64,32 +70,6 @@ __all__ = ["gptq_layer", "gptq"]
 
 BLOCK = 128
 """Columns per lazy batch (the reference code's ``blocksize``), rounded to whole groups."""
-
-
-def check_damp(damp: object) -> float:
-    """``damp`` as a float in [0, 1]."""
-    d = check_real(damp, "damp")
-    if not 0 <= d <= 1:
-        raise ValueError(f"damp must be in [0, 1] (a fraction of the mean diagonal of H; 0.01 in the paper), got "
-                         f"{damp!r}")
-    return d
-
-
-def _check_hessian(hessian: object, n: int) -> None:
-    check_tensor(hessian, "hessian", floating=True)
-    if tuple(hessian.shape) != (n, n):
-        raise ValueError(f"hessian must be ({n}, {n}) for a weight with {n} inputs, got shape "
-                         f"{tuple(hessian.shape)}")
-    check_finite(hessian, "hessian")
-
-
-def _inverse_factor(h: torch.Tensor) -> torch.Tensor:
-    """The upper Cholesky factor :math:`U` of :math:`H^{-1}` (:math:`H^{-1} = U^\\top U`)."""
-    try:
-        lower = torch.linalg.cholesky(h)
-    except torch.linalg.LinAlgError as err:
-        raise ValueError(f"the dampened Hessian is not positive definite ({err}); increase damp") from err
-    return torch.linalg.cholesky(torch.cholesky_inverse(lower), upper=True)
 
 
 def gptq_layer(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int, group_size: int | None = None,
@@ -122,7 +102,7 @@ def gptq_layer(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int, group_
     dt = check_matrix(weight)
     bits = check_weight_bits(bits)
     m, n = weight.shape
-    _check_hessian(hessian, n)
+    check_hessian(hessian, n)
     damp = check_damp(damp)
     if not isinstance(act_order, bool):
         raise TypeError(f"act_order must be a bool, got {type(act_order).__name__}")
@@ -141,7 +121,7 @@ def gptq_layer(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int, group_
         n, device=w.device)
     w, h = w[:, perm], h[perm][:, perm]
     h.diagonal().add_(damp * torch.diagonal(h).mean())
-    u = _inverse_factor(h)
+    u = inverse_factor(h)
     group_of = (perm // g).tolist()
     block = BLOCK if static else g * max(1, BLOCK // g)  # non-static: every block starts on a group boundary
     q = torch.zeros_like(w)

@@ -50,7 +50,7 @@ from torch import nn
 
 from .. import surgery
 from .._validation import check_fraction, check_positive_int, compute_dtype
-from ._calibration import InputGroup, calibration_batches, input_groups, input_statistics
+from ..surgery.calibration import InputGroup, calibration_batches, input_groups, input_statistics
 from .weight_only import (
     WeightOnlyLayer,
     WeightOnlyLinear,

@@ -45,7 +45,6 @@ References: Frantar et al. (2022), *GPTQ*, arXiv:2210.17323 (the grid of its ref
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -53,7 +52,8 @@ from torch import nn
 
 from .. import surgery
 from .._bits import pack_bits, packed_size, unpack_bits
-from .._validation import check_finite, check_int_in, check_positive_int, check_tensor, compute_dtype
+from .._validation import check_int_in, check_matrix, check_positive_int, check_tensor
+from ..surgery.calibration import layer_error
 
 __all__ = ["WeightOnlyLinear", "WeightOnlyLayer", "quantize_weights", "rtn", "rtn_grid", "minmax_grid", "grid_codes",
            "nf4_levels", "NF4_TABLE", "METHODS", "group_count"]
@@ -113,16 +113,6 @@ def group_count(in_features: int, group_size: int | None, *, where: str = "") ->
         raise ValueError(f"group_size={group_size} does not divide the {in_features} inputs{where}; choose a "
                          f"divisor of {in_features} or None (one group per row)")
     return group_size, in_features // group_size
-
-
-def check_matrix(w: object, name: str = "weight") -> torch.dtype:
-    """A finite, non-empty, floating 2-d ``w``; the dtype to compute in."""
-    check_tensor(w, name, floating=True)
-    if w.ndim != 2:
-        raise ValueError(f"{name} must be a matrix (rows = outputs), got shape {tuple(w.shape)}")
-    dt = compute_dtype(w, name)
-    check_finite(w, name)
-    return dt
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -422,19 +412,6 @@ class WeightOnlyLayer(surgery.LayerChange):
                                     "``\"input_scale\"`` (the layer's own scaling of its input).", optional=True)
 
 
-def relative_error(delta: torch.Tensor, weight: torch.Tensor, hessian: torch.Tensor | None = None) -> float:
-    r""":math:`\|\Delta\|_F / \|W\|_F`, or with the inputs' second moment :math:`H \propto X^\top X` the output error
-    :math:`\|\Delta X\|_F / \|W X\|_F = \sqrt{\operatorname{tr}(\Delta H \Delta^\top) /
-    \operatorname{tr}(W H W^\top)}`, computed in float64."""
-    d, w = delta.detach().double(), weight.detach().double()
-    if hessian is None:
-        num, den = d.square().sum(), w.square().sum()
-    else:
-        h = hessian.detach().double()
-        num, den = ((d @ h) * d).sum(), ((w @ h) * w).sum()
-    return math.sqrt(float(num.clamp(min=0)) / float(den)) if float(den) > 0 else float(num > 0)
-
-
 def weight_only_detail(layer: WeightOnlyLinear, weight: torch.Tensor, method: str,
                        hessian: torch.Tensor | None = None, *, column_scale: torch.Tensor | None = None,
                        **extra: Any) -> dict[str, Any]:
@@ -448,9 +425,9 @@ def weight_only_detail(layer: WeightOnlyLinear, weight: torch.Tensor, method: st
             q = q * c.double()
         delta = q - weight.detach().double()
     detail = {"bits": layer.bits, "group_size": layer.group_size, "method": method,
-              "weight_error": round(relative_error(delta, weight), 6)}
+              "weight_error": round(layer_error(delta, weight), 6)}
     if hessian is not None:
-        detail["output_error"] = round(relative_error(delta, weight, hessian), 6)
+        detail["output_error"] = round(layer_error(delta, weight, hessian), 6)
     return detail | extra
 
 

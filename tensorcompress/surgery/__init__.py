@@ -13,6 +13,8 @@ with the input model untouched. Submodules:
   :func:`input_batches`;
 * :mod:`.graph` — :func:`trace`: the data flow of one forward pass (:class:`Graph`, :class:`Node`);
 * :mod:`.capture` — :func:`capture_inputs`: what chosen layers receive, for calibration and layer-wise Hessians;
+* :mod:`.calibration` — what the data-driven methods share: calibration batches, per-layer input statistics, the
+  layers grouped by the tensor they read, the dampened inverse Hessian factor, a layer's relative output error;
 * :mod:`.fusion` — :func:`fuse_conv_bn`: fold each BatchNorm into the layer that feeds it (:class:`FusionReport`).
 """
 

@@ -1,4 +1,5 @@
-r"""What the data-driven weight quantizers read from calibration data, written once.
+r"""What the data-driven compression methods (GPTQ, AWQ, SmoothQuant, Wanda, SparseGPT) read from calibration
+data and share, written once.
 
 * :func:`calibration_batches` — the model inputs of ``calibration`` as a list (read once, so that one-shot
   iterables can be passed over several times);
@@ -6,19 +7,29 @@ r"""What the data-driven weight quantizers read from calibration data, written o
   mean and the maximum of :math:`|X_j|` per input channel, inputs flattened over every leading dimension (batch and
   position of a transformer's tokens). The layer-wise Hessian of GPTQ is :math:`H = 2X^\top X/N`;
 * :func:`input_groups` — the selected ``nn.Linear`` layers grouped by the tensor they read, in call order, on the
-  traced graph (:func:`tensorcompress.surgery.trace`), with the node that produced that tensor.
+  traced graph (:func:`tensorcompress.surgery.trace`), with the node that produced that tensor;
+* :func:`check_damp`, :func:`check_hessian`, :func:`inverse_factor` — the dampened inverse Hessian of Optimal Brain
+  Surgeon's column-by-column methods (GPTQ, SparseGPT) through its upper Cholesky factor :math:`U`
+  (:math:`H^{-1} = U^\top U`);
+* :func:`layer_error` — the relative weight error :math:`\|\Delta\|_F/\|W\|_F` or output error
+  :math:`\|\Delta X\|_F/\|WX\|_F` of a changed weight.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .. import surgery
+from .._validation import check_finite, check_real, check_tensor
+from .core import Selected
+from .graph import Node, trace
+from .model import input_batches, run_over
 
-__all__ = ["calibration_batches", "InputStats", "input_statistics", "InputGroup", "input_groups"]
+__all__ = ["calibration_batches", "InputStats", "input_statistics", "InputGroup", "input_groups", "check_damp",
+           "check_hessian", "inverse_factor", "layer_error"]
 
 
 def calibration_batches(calibration: object) -> list:
@@ -26,7 +37,7 @@ def calibration_batches(calibration: object) -> list:
     batches), as a list; ``ValueError`` when it gives none."""
     if calibration is None:
         raise TypeError("calibration must be a tensor, a Dataset or an iterable of batches, got None")
-    batches = list(surgery.input_batches(calibration))
+    batches = list(input_batches(calibration))
     if not batches or all(isinstance(b, torch.Tensor) and b.numel() == 0 for b in batches):
         raise ValueError("calibration is empty: it gave no batch of inputs")
     return batches
@@ -58,7 +69,7 @@ class _Enough(Exception):
 
 def input_statistics(model: nn.Module, batches: list, modules: dict[str, nn.Module], *,
                      stop_early: bool = False) -> dict[str, InputStats]:
-    """One pass of ``model`` over ``batches`` (:func:`tensorcompress.surgery.run_over`) recording
+    """One pass of ``model`` over ``batches`` (:func:`tensorcompress.run_over`) recording
     :class:`InputStats` of the first positional input of each of ``modules`` (name -> module).
 
     Statistics accumulate in float64 for a float64 input, else in float32 (as the GPTQ reference code accumulates
@@ -89,7 +100,7 @@ def input_statistics(model: nn.Module, batches: list, modules: dict[str, nn.Modu
         for batch in batches:
             seen.clear()
             try:
-                surgery.run_over(model, [batch])
+                run_over(model, [batch])
             except _Enough:
                 pass
     finally:
@@ -109,8 +120,8 @@ class InputGroup:
     producer's output channels then changes nothing else), and whether each of them is called once per forward
     pass (``once``)."""
 
-    layers: list[surgery.Selected]
-    producer: surgery.Node
+    layers: list[Selected]
+    producer: Node
     exclusive: bool
     once: bool
 
@@ -122,11 +133,11 @@ class InputGroup:
         return t if isinstance(t, nn.Module) and self.producer.module_name is not None else None
 
 
-def input_groups(model: nn.Module, example: object, chosen: list[surgery.Selected]) -> list[InputGroup]:
+def input_groups(model: nn.Module, example: object, chosen: list[Selected]) -> list[InputGroup]:
     """The ``chosen`` layers of ``model`` grouped by the tensor they read, in the order of their first call on
     ``example``; ``ValueError`` for a layer the forward pass never calls."""
-    graph = surgery.trace(model, example)
-    by_source: dict[tuple[int, ...], list[tuple[int, surgery.Selected]]] = {}
+    graph = trace(model, example)
+    by_source: dict[tuple[int, ...], list[tuple[int, Selected]]] = {}
     for sel in chosen:
         calls = graph.calls(sel.module)
         if not calls:
@@ -142,3 +153,44 @@ def input_groups(model: nn.Module, example: object, chosen: list[surgery.Selecte
             exclusive = False
         groups.append(InputGroup([sel for _, sel in members], producer, exclusive, once))
     return groups
+
+
+def check_damp(damp: object) -> float:
+    """``damp`` as a float in [0, 1]."""
+    d = check_real(damp, "damp")
+    if not 0 <= d <= 1:
+        raise ValueError(f"damp must be in [0, 1] (a fraction of the mean diagonal of H; 0.01 in the paper), got "
+                         f"{damp!r}")
+    return d
+
+
+def check_hessian(hessian: object, n: int) -> None:
+    """``hessian`` a finite floating ``(n, n)`` tensor, for a weight with ``n`` inputs."""
+    check_tensor(hessian, "hessian", floating=True)
+    if tuple(hessian.shape) != (n, n):
+        raise ValueError(f"hessian must be ({n}, {n}) for a weight with {n} inputs, got shape "
+                         f"{tuple(hessian.shape)}")
+    check_finite(hessian, "hessian")
+
+
+def inverse_factor(h: torch.Tensor) -> torch.Tensor:
+    """The upper Cholesky factor :math:`U` of :math:`H^{-1}` (:math:`H^{-1} = U^\\top U`); ``ValueError`` when the
+    (dampened) ``h`` is not positive definite."""
+    try:
+        lower = torch.linalg.cholesky(h)
+    except torch.linalg.LinAlgError as err:
+        raise ValueError(f"the dampened Hessian is not positive definite ({err}); increase damp") from err
+    return torch.linalg.cholesky(torch.cholesky_inverse(lower), upper=True)
+
+
+def layer_error(delta: torch.Tensor, weight: torch.Tensor, hessian: torch.Tensor | None = None) -> float:
+    r""":math:`\|\Delta\|_F / \|W\|_F`, or with the inputs' second moment :math:`H \propto X^\top X` the output error
+    :math:`\|\Delta X\|_F / \|W X\|_F = \sqrt{\operatorname{tr}(\Delta H \Delta^\top) /
+    \operatorname{tr}(W H W^\top)}`, computed in float64."""
+    d, w = delta.detach().double(), weight.detach().double()
+    if hessian is None:
+        num, den = d.square().sum(), w.square().sum()
+    else:
+        h = hessian.detach().double()
+        num, den = ((d @ h) * d).sum(), ((w @ h) * w).sum()
+    return math.sqrt(float(num.clamp(min=0)) / float(den)) if float(den) > 0 else float(num > 0)
