@@ -38,6 +38,23 @@ def random_classification(n: int, d: int, k: int, seed: int, dtype: torch.dtype 
     return TensorDataset(torch.randn(n, d, generator=g).to(dtype), torch.randint(0, k, (n,), generator=g))
 
 
+def correlated_inputs(n_tokens: int, d: int, seed: int, dtype=torch.float64) -> torch.Tensor:
+    """Tokens with correlated features (a random mixing) and a few outlier features 10-30x larger, as
+    transformer activations have."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n_tokens, d, generator=g, dtype=torch.float64)
+    mix = torch.eye(d, dtype=torch.float64) + torch.randn(d, d, generator=g, dtype=torch.float64) / d**0.5
+    x = z @ mix
+    outliers = torch.randperm(d, generator=g)[: max(1, d // 16)]
+    x[:, outliers] *= 10 + 20 * torch.rand(len(outliers), generator=g, dtype=torch.float64)
+    return x.to(dtype)
+
+
+def hessian_of(x: torch.Tensor) -> torch.Tensor:
+    """The layer-wise Hessian 2 XᵀX / N of the tokens ``x`` (one per row)."""
+    return 2 * x.T @ x / x.shape[0]
+
+
 # ---------------------------------------------------------------- models
 
 

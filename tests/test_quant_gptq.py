@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import assert_model_unchanged, model_state, randn
+from helpers import assert_model_unchanged, correlated_inputs, hessian_of, model_state, randn
 from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
@@ -53,22 +53,6 @@ def obs_reference(weight, hessian, *, bits, group_size=None, damp=0.01, act_orde
         w[:, remaining] -= err[:, None] * hinv[0][None, :]
         remaining.pop(0)
     return q, codes
-
-
-def correlated_inputs(n_tokens: int, d: int, seed: int, dtype=torch.float64) -> torch.Tensor:
-    """Tokens with correlated features (a random mixing) and a few outlier features 10-30x larger, as
-    transformer activations have."""
-    g = torch.Generator().manual_seed(seed)
-    z = torch.randn(n_tokens, d, generator=g, dtype=torch.float64)
-    mix = torch.eye(d, dtype=torch.float64) + torch.randn(d, d, generator=g, dtype=torch.float64) / d**0.5
-    x = z @ mix
-    outliers = torch.randperm(d, generator=g)[: max(1, d // 16)]
-    x[:, outliers] *= 10 + 20 * torch.rand(len(outliers), generator=g, dtype=torch.float64)
-    return x.to(dtype)
-
-
-def hessian_of(x: torch.Tensor) -> torch.Tensor:
-    return 2 * x.T @ x / x.shape[0]
 
 
 CASES = [  # (m, n, bits, group_size, act_order)

@@ -141,7 +141,7 @@ def sparsity(module: nn.Module, name: str = "weight") -> float:
     return float((t == 0).sum()) / t.numel()
 
 
-def _check_structure(structure: object) -> str | tuple[int, int] | None:
+def check_structure(structure: object) -> str | tuple[int, int] | None:
     if structure is None or structure in _STRUCT_DIM:
         return structure
     if isinstance(structure, tuple) and len(structure) == 2:
@@ -222,11 +222,9 @@ def _prune(model: nn.Module, example_input: torch.Tensor | None = None, *, amoun
         raise ValueError(f"criterion must be one of {sorted(_CRITERIA)} or a callable, got {criterion!r}")
     if scope not in ("layer", "global"):
         raise ValueError(f"scope must be 'layer' or 'global', got {scope!r}")
-    structure = _check_structure(structure)
+    structure = check_structure(structure)
     if isinstance(structure, tuple):
-        n, m = structure
-        if amount is not None and not (isinstance(amount, float) and abs(amount - (1 - n / m)) < 1e-12):
-            raise ValueError(f"amount must be None (or {1 - n / m}) for an {n}:{m} structure, got {amount!r}")
+        check_nm_amount(amount, structure)
     elif amount is None:
         raise ValueError("amount must be given (a float in [0, 1] or an int count) unless structure is (n, m)")
     chosen = surgery.select(model, types, include=include, exclude=exclude, action="prune")
@@ -243,19 +241,32 @@ def _prune(model: nn.Module, example_input: torch.Tensor | None = None, *, amoun
         apply_mask(module, mask, pname)
     report = []
     for sel in chosen:
-        mod = sel.module
-        footprint, nonzero = before[id(mod)]
-        kept = int((mod.weight != 0).sum()) + (0 if mod.bias is None else int((mod.bias != 0).sum()))
-        detail = {"sparsity": round(float((mod.weight_mask == 0).sum()) / mod.weight_mask.numel(), 4),
-                  "nonzero_before": nonzero}
+        extra = {}
         if structure == "filters":
-            detail["batchnorm"] = ", ".join(name for name, _ in norms[id(mod)]) or None
-        report.append(PrunedLayer.between(sel.name, footprint, surgery.footprint(mod, params=kept), detail,
-                                                  sel.names[1:]))
+            extra["batchnorm"] = ", ".join(name for name, _ in norms[id(sel.module)]) or None
+        report.append(pruned_row(sel, *before[id(sel.module)], extra))
     return report
 
 
-def _stored(module: nn.Module, name: str) -> torch.Tensor:
+def pruned_row(sel: surgery.Selected, footprint: surgery.Footprint, nonzero: int, extra: dict,
+               row_type: type[PrunedLayer] = PrunedLayer) -> PrunedLayer:
+    """The report row of a layer just masked: ``footprint`` and ``nonzero`` weights before, the weights the mask
+    keeps (plus the bias) after, the achieved sparsity, and ``extra`` details."""
+    mod = sel.module
+    kept = int((mod.weight != 0).sum()) + (0 if mod.bias is None else int((mod.bias != 0).sum()))
+    detail = {"sparsity": round(float((mod.weight_mask == 0).sum()) / mod.weight_mask.numel(), 4),
+              "nonzero_before": nonzero} | extra
+    return row_type.between(sel.name, footprint, surgery.footprint(mod, params=kept), detail, sel.names[1:])
+
+
+def check_nm_amount(amount: object, structure: tuple[int, int]) -> None:
+    """An ``(n, m)`` structure fixes the amount: ``amount`` must be ``None`` or ``1 - n/m``."""
+    n, m = structure
+    if amount is not None and not (isinstance(amount, float) and abs(amount - (1 - n / m)) < 1e-12):
+        raise ValueError(f"amount must be None (or {1 - n / m}) for an {n}:{m} structure, got {amount!r}")
+
+
+def stored(module: nn.Module, name: str) -> torch.Tensor:
     """The parameter behind ``module.<name>``: ``<name>_orig`` once pruned."""
     return getattr(module, f"{name}_orig", None) if hasattr(module, f"{name}_mask") else getattr(module, name)
 
@@ -265,7 +276,7 @@ def _tie_groups(chosen: list[surgery.Selected]) -> list[list[surgery.Selected]]:
     (counted once by a global amount) and gets one mask, so the tie is kept."""
     groups: dict[int, list[surgery.Selected]] = {}
     for sel in chosen:
-        groups.setdefault(id(_stored(sel.module, "weight")), []).append(sel)
+        groups.setdefault(id(stored(sel.module, "weight")), []).append(sel)
     return list(groups.values())
 
 
@@ -291,7 +302,7 @@ def _check_ties(model: nn.Module, plan: list[tuple[nn.Module, str, torch.Tensor,
     module, asked of every masked tensor at once (a tensor kept by ``weight_orig`` counts as its ``weight``)."""
     planned: dict[int, dict[tuple[int, str], tuple[str, torch.Tensor]]] = {}
     for module, pname, mask, label in plan:
-        planned.setdefault(id(_stored(module, pname)), {})[(id(module), pname)] = (label, mask)
+        planned.setdefault(id(stored(module, pname)), {})[(id(module), pname)] = (label, mask)
     for entries in planned.values():
         (first, mask), *rest = entries.values()
         for label, other in rest:
