@@ -109,6 +109,11 @@ REGISTRY = [
     Transform("gptq", lambda: tc.quantization.gptq, _cnn, _x, {"bits": 3, "act_order": True}),
     Transform("awq", lambda: tc.quantization.awq, _ln_mlp, _tokens, {"bits": 3, "group_size": 4}),
     Transform("smoothquant", lambda: tc.quantization.smoothquant, _ln_mlp, _tokens),
+    Transform("wanda", lambda: tc.pruning.wanda, _ln_mlp, _tokens, {"amount": 0.5}),
+    Transform("wanda_2_4", lambda: tc.pruning.wanda, _ln_mlp, _tokens, {"amount": None, "structure": (2, 4)}),
+    Transform("sparsegpt", lambda: tc.pruning.sparsegpt, _ln_mlp, _tokens, {"amount": 0.5, "block_size": 4}),
+    Transform("sparsegpt_2_4", lambda: tc.pruning.sparsegpt, _ln_mlp, _tokens,
+              {"amount": None, "structure": (2, 4)}),
     Transform("deep_compression", lambda: tc.pipelines.deep_compression, _cnn, _train_set,
               {"val": _train_set(), "amount": 0.5, "bits": 2, "prune_epochs": 1, "share_epochs": 1}),
     Transform("auto_compress", lambda: tc.pipelines.auto_compress, _cnn, _train_set,
@@ -173,7 +178,7 @@ def test_empty_selection_is_one_error(entry):
 TIE_ENTRIES = [Transform(t.name, t.fn, tied_mlp, None if t.data is None else (lambda: torch.randn(4, 8)),
                          {k: v for k, v in t.options.items() if k != "structure"})
                for t in REGISTRY if t.name in ("factorize", "prune", "quantize_model", "share_weights", "to_half",
-                                               "quantize_weights", "gptq", "awq")]
+                                               "quantize_weights", "gptq", "awq", "wanda", "sparsegpt")]
 
 
 @pytest.mark.parametrize("entry", TIE_ENTRIES, ids=[t.name for t in TIE_ENTRIES])
