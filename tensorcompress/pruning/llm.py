@@ -60,10 +60,9 @@ from ..surgery.calibration import (
     calibration_batches,
     check_damp,
     check_hessian,
-    input_groups,
-    input_statistics,
     inverse_factor,
     layer_error,
+    layerwise_statistics,
 )
 from .criteria import _n_to_prune
 from .masks import PrunedLayer, apply_mask, check_nm_amount, check_structure, nm_mask, pruned_row, stored
@@ -213,21 +212,18 @@ def _one_shot(model: nn.Module, calibration: object,
                              f"update and mask, untying them. Untie the weights first or leave one out with exclude=")
     before = {id(s.module): (surgery.footprint(s.module), int((s.module.weight != 0).sum())) for s in chosen}
     report = []
-    for group in input_groups(work, batches[0].to(surgery.device_of(work)), chosen):
-        first = group.layers[0]
-        stats = input_statistics(work, batches, {first.name: first.module}, stop_early=group.once)[first.name]
-        for sel in group.layers:
-            lin = sel.module
-            old = lin.weight.detach().clone()
-            new, mask = prune_layer(old, stats)
-            if hasattr(lin, "weight_mask"):
-                mask = mask * lin.weight_mask
-            with torch.no_grad():
-                stored(lin, "weight").copy_(new)
-            apply_mask(lin, mask.to(old.dtype))
-            extra = {"method": method, "pattern": _pattern(structure),
-                     "output_error": round(layer_error(lin.weight - old, old, stats.xtx), 6)}
-            report.append(pruned_row(sel, *before[id(lin)], extra, CalibratedPrunedLayer))
+    for sel, stats in layerwise_statistics(work, batches, chosen):
+        lin = sel.module
+        old = lin.weight.detach().clone()
+        new, mask = prune_layer(old, stats)
+        if hasattr(lin, "weight_mask"):
+            mask = mask * lin.weight_mask
+        with torch.no_grad():
+            stored(lin, "weight").copy_(new)
+        apply_mask(lin, mask.to(old.dtype))
+        extra = {"method": method, "pattern": _pattern(structure),
+                 "output_error": round(layer_error(lin.weight - old, old, stats.xtx), 6)}
+        report.append(pruned_row(sel, *before[id(lin)], extra, CalibratedPrunedLayer))
     return work, report
 
 

@@ -51,9 +51,8 @@ from ..surgery.calibration import (
     calibration_batches,
     check_damp,
     check_hessian,
-    input_groups,
-    input_statistics,
     inverse_factor,
+    layerwise_statistics,
 )
 from .weight_only import (
     WeightOnlyLayer,
@@ -188,16 +187,13 @@ def gptq(model: nn.Module, calibration, *, bits: int, group_size: int | None = N
     work = surgery.copy_model(model)
     chosen = surgery.select(work, nn.Linear, include=include, exclude=exclude)
     built = {}
-    for group in input_groups(work, batches[0].to(surgery.device_of(work)), chosen):
-        first = group.layers[0]
-        stats = input_statistics(work, batches, {first.name: first.module}, stop_early=group.once)[first.name]
-        for sel in group.layers:
-            lin = sel.module
-            h = stats.hessian(compute_dtype(lin.weight))
-            _, codes, scales, zeros = gptq_layer(lin.weight, h, bits=bits, group_size=group_size, damp=damp,
-                                                 act_order=act_order, return_qparams=True)
-            layer = WeightOnlyLinear.from_codes(codes, scales, zeros, lin.bias, bits=bits)
-            built[sel.name] = layer, weight_only_detail(layer, lin.weight, "gptq", h, act_order=act_order, damp=damp)
-            surgery.replace(work, sel.names, _float_twin(layer, lin))
+    for sel, stats in layerwise_statistics(work, batches, chosen):
+        lin = sel.module
+        h = stats.hessian(compute_dtype(lin.weight))
+        _, codes, scales, zeros = gptq_layer(lin.weight, h, bits=bits, group_size=group_size, damp=damp,
+                                             act_order=act_order, return_qparams=True)
+        layer = WeightOnlyLinear.from_codes(codes, scales, zeros, lin.bias, bits=bits)
+        built[sel.name] = layer, weight_only_detail(layer, lin.weight, "gptq", h, act_order=act_order, damp=damp)
+        surgery.replace(work, sel.names, _float_twin(layer, lin))
     return surgery.transform(model, nn.Linear, lambda sel: built[sel.name], include=include, exclude=exclude,
                              row_type=WeightOnlyLayer, action="gptq")

@@ -8,6 +8,9 @@ data and share, written once.
   position of a transformer's tokens). The layer-wise Hessian of GPTQ is :math:`H = 2X^\top X/N`;
 * :func:`input_groups` — the selected ``nn.Linear`` layers grouped by the tensor they read, in call order, on the
   traced graph (:func:`tensorcompress.surgery.trace`), with the node that produced that tensor;
+* :func:`layerwise_statistics` — the chosen layers one at a time in the order of the forward pass, each with the
+  statistics of its inputs as the model is *when the layer is reached* (what the caller changed in earlier layers
+  shapes them: GPTQ's and SparseGPT's sequential mode);
 * :func:`check_damp`, :func:`check_hessian`, :func:`inverse_factor` — the dampened inverse Hessian of Optimal Brain
   Surgeon's column-by-column methods (GPTQ, SparseGPT) through its upper Cholesky factor :math:`U`
   (:math:`H^{-1} = U^\top U`);
@@ -18,6 +21,7 @@ data and share, written once.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -26,10 +30,10 @@ from torch import nn
 from .._validation import check_finite, check_real, check_tensor
 from .core import Selected
 from .graph import Node, trace
-from .model import input_batches, run_over
+from .model import device_of, input_batches, run_over
 
-__all__ = ["calibration_batches", "InputStats", "input_statistics", "InputGroup", "input_groups", "check_damp",
-           "check_hessian", "inverse_factor", "layer_error"]
+__all__ = ["calibration_batches", "InputStats", "input_statistics", "InputGroup", "input_groups",
+           "layerwise_statistics", "check_damp", "check_hessian", "inverse_factor", "layer_error"]
 
 
 def calibration_batches(calibration: object) -> list:
@@ -154,6 +158,19 @@ def input_groups(model: nn.Module, example: object, chosen: list[Selected]) -> l
         groups.append(InputGroup([sel for _, sel in members], producer, exclusive, once))
     return groups
 
+
+
+def layerwise_statistics(model: nn.Module, batches: list, chosen: list[Selected]
+                         ) -> Iterator[tuple[Selected, InputStats]]:
+    """Each of the ``chosen`` layers with the :class:`InputStats` of its inputs on ``batches``, in the order of the
+    forward pass (:func:`input_groups` on the first batch). The layers reading one tensor share one pass, taken when
+    the first of them is reached: what the caller changes in ``model`` between two items (an earlier layer
+    quantized or pruned) shapes the inputs of the later groups."""
+    for group in input_groups(model, batches[0].to(device_of(model)), chosen):
+        first = group.layers[0]
+        stats = input_statistics(model, batches, {first.name: first.module}, stop_early=group.once)[first.name]
+        for sel in group.layers:
+            yield sel, stats
 
 def check_damp(damp: object) -> float:
     """``damp`` as a float in [0, 1]."""
