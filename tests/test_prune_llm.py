@@ -6,6 +6,8 @@ by layer on the inputs of the already pruned earlier layers."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.utils.prune as tprune
@@ -313,3 +315,16 @@ def test_a_layer_pruned_before_stays_pruned():
     new, rows = P.wanda(model, torch.randn(4, 16), amount=0.5, include="1")
     assert torch.equal(new[1].weight_mask, new[1].weight_mask * model[1].weight_mask)
     assert rows[0].sparsity >= 0.8
+
+
+@pytest.mark.parametrize("half", [torch.float16, torch.bfloat16])
+def test_half_precision_models_are_pruned_in_float32(half):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 8)).to(half)
+    g = torch.Generator().manual_seed(9)
+    x = ((torch.rand(64, 16, generator=g) * 2 - 1) * 3e4).to(half)  # ||X_j|| over the tokens > float16's maximum
+    for method in ("wanda", "sparsegpt"):
+        new, rows = getattr(P, method)(model, x, amount=0.5)
+        ref, _ = getattr(P, method)(copy.deepcopy(model).float(), x.float(), amount=0.5)  # the same values
+        assert new[0].weight_orig.dtype == half and rows[0].sparsity == 0.5
+        assert torch.equal(new[0].weight_mask.float(), ref[0].weight_mask), method

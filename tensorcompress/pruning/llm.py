@@ -115,11 +115,7 @@ def _row_mask(scores: torch.Tensor, amount: float) -> torch.Tensor:
 
 def _block_mask(scores: torch.Tensor, amount: float) -> torch.Tensor:
     """Ones, with the ``round(amount · size)`` lowest scores of the whole block zeroed (ties by row-major index)."""
-    mask = torch.ones_like(scores)
-    k = _n_to_prune(amount, scores.numel())
-    if k:
-        mask.view(-1)[torch.sort(scores.reshape(-1), stable=True).indices[:k]] = 0
-    return mask
+    return _row_mask(scores.reshape(1, -1), amount).reshape(scores.shape)
 
 
 def sparsegpt_layer(weight: torch.Tensor, hessian: torch.Tensor, *, amount: float | None,
@@ -186,8 +182,10 @@ def sparsegpt_layer(weight: torch.Tensor, hessian: torch.Tensor, *, amount: floa
 def _wanda_layer(weight: torch.Tensor, stats: InputStats, amount: float | None,
                  structure: tuple[int, int] | None) -> tuple[torch.Tensor, torch.Tensor]:
     """The weight unchanged and its mask by :math:`|W_{ij}|\\,\\|X_j\\|_2` (per row, or N:M)."""
-    scores = weight.abs() * stats.xtx.diagonal().clamp(min=0).sqrt().to(weight)
-    return weight, _row_mask(scores, amount) if structure is None else nm_mask(weight, *structure, scores=scores)
+    dt = compute_dtype(weight)  # a norm over many tokens may pass float16's range
+    scores = weight.to(dt).abs() * stats.xtx.diagonal().clamp(min=0).sqrt().to(dt)
+    mask = _row_mask(scores, amount) if structure is None else nm_mask(scores, *structure, scores=scores)
+    return weight, mask
 
 
 def _one_shot(model: nn.Module, calibration: object,
