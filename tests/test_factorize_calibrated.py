@@ -74,7 +74,7 @@ def test_output_error_is_markedly_lower_with_outlier_features():
     w = model[0].weight.detach()
     aware, _ = tc.factorize(model, x, rank=8)
     plain, _ = tc.factorize(model, rank=8)
-    assert output_error(w, dense(aware[0]), x) < 0.7 * output_error(w, dense(plain[0]), x)
+    assert output_error(w, dense(aware[0]), x) < 0.5 * output_error(w, dense(plain[0]), x)  # measured: 0.12
 
 
 @pytest.mark.parametrize("c", [1.0, 37.5])

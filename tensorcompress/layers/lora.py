@@ -114,9 +114,12 @@ class LoRALinear(nn.Module):
     def delta_weight(self) -> torch.Tensor:
         r""":math:`\frac{\alpha}{r} BA` (``out_features × in_features``), computed in float32 for half-precision
         adapters and returned in their dtype."""
+        b = self.lora_b.weight
+        return self._delta(compute_dtype(b, "lora_b.weight")).to(b.dtype)
+
+    def _delta(self, dtype: torch.dtype) -> torch.Tensor:
         b, a = self.lora_b.weight.detach(), self.lora_a.weight.detach()
-        dtype = compute_dtype(b, "lora_b.weight")
-        return (self.scaling * (b.to(dtype) @ a.to(dtype))).to(b.dtype)
+        return self.scaling * (b.to(dtype) @ a.to(dtype))
 
     def merged(self) -> nn.Linear:
         r"""The ``nn.Linear`` with weight :math:`W + \frac{\alpha}{r} BA` and the base's bias (same device and dtype,
@@ -130,7 +133,7 @@ class LoRALinear(nn.Module):
         merged = nn.Linear(self.in_features, self.out_features, bias=self.base.bias is not None, device=w.device,
                            dtype=w.dtype)
         with torch.no_grad():
-            merged.weight.copy_(w.to(dtype) + self.delta_weight().to(dtype))
+            merged.weight.copy_(w.to(dtype) + self._delta(dtype))  # one rounding, at the end
             if self.base.bias is not None:
                 merged.bias.copy_(self.base.bias)
         for name, p in merged.named_parameters():
