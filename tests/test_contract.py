@@ -184,8 +184,8 @@ def test_empty_selection_is_one_error(entry):
 
 TIE_ENTRIES = [Transform(t.name, t.fn, tied_mlp, None if t.data is None else (lambda: torch.randn(4, 8)),
                          {k: v for k, v in t.options.items() if k != "structure"})
-               for t in REGISTRY if t.name in ("factorize", "add_lora", "prune", "quantize_model", "share_weights", "to_half",
-                                               "quantize_weights", "gptq", "awq")]
+               for t in REGISTRY if t.name in ("factorize", "add_lora", "prune", "quantize_model", "share_weights",
+                                               "to_half", "quantize_weights", "gptq", "awq")]
 
 
 @pytest.mark.parametrize("entry", TIE_ENTRIES, ids=[t.name for t in TIE_ENTRIES])
