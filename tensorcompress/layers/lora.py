@@ -27,7 +27,6 @@ ICLR 2022.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -154,15 +153,28 @@ class LoRALayer(LayerChange):
     alpha = Detail(float, r"The adapter's :math:`\alpha` (the update is scaled by :math:`\alpha/r`).")
 
 
-@dataclass
-class LoRAReport:
-    """What :func:`add_lora` did: one :class:`LoRALayer` per adapted layer (``layers``; the report iterates,
-    indexes and counts as that list), the ``trainable`` parameter entries of the new model (the adapters) and its
-    ``total`` (base and adapters)."""
+class LoRAReport(list):
+    """What :func:`add_lora` did: the list of :class:`LoRALayer` rows, one per adapted layer, with the parameter
+    counts of the new model.
 
-    layers: list[LayerChange]
-    trainable: int
-    total: int
+    Parameters
+    ----------
+    layers : list of LayerChange
+        The rows.
+    trainable : int
+        Parameter entries that require gradients (the adapters).
+    total : int
+        Every parameter entry of the new model, base and adapters.
+    """
+
+    def __init__(self, layers: list[LayerChange], trainable: int, total: int) -> None:
+        super().__init__(layers)
+        self.trainable, self.total = trainable, total
+
+    @property
+    def layers(self) -> list[LayerChange]:
+        """The rows, as a plain list."""
+        return list(self)
 
     @property
     def fraction(self) -> float:
@@ -174,19 +186,10 @@ class LoRAReport:
         """``trainable / (total - trainable)``: the adapters' size relative to the model they adapt."""
         return self.trainable / (self.total - self.trainable)
 
-    def __iter__(self) -> Iterator[LayerChange]:
-        return iter(self.layers)
-
-    def __len__(self) -> int:
-        return len(self.layers)
-
-    def __getitem__(self, i: int) -> LayerChange:
-        return self.layers[i]
-
     def __str__(self) -> str:
         summary = (f"{self.trainable:,} of {self.total:,} parameters trainable ({100 * self.fraction:.2f} %; "
                    f"{100 * self.fraction_of_base:.2f} % of the base model's {self.total - self.trainable:,})")
-        return "\n".join([*map(str, self.layers), summary])
+        return "\n".join([*map(str, self), summary])
 
 
 def _linear_maps(model: nn.Module) -> tuple[type, ...]:
