@@ -173,6 +173,13 @@ def test_nested_linear_maps_get_one_adapter_outside():
         L.add_lora(adapted, rank=1)  # layers inside adapters are no candidates
 
 
+def test_multihead_attention_projections_are_left_alone():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.MultiheadAttention(8, 2, batch_first=True))
+    adapted, report = L.add_lora(model, rank=2)
+    assert [r.name for r in report] == ["0"] and type(adapted[1].out_proj) is type(model[1].out_proj)
+
+
 def test_add_lora_refuses_bad_input():
     model = mlp(6, 4, 3, seed=0)
     with pytest.raises(ValueError, match=r"rank=4 exceeds min\(in_features, out_features\) of layers \[\('2', 3\)\]"):

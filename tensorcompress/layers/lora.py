@@ -201,10 +201,12 @@ def _linear_maps(model: nn.Module) -> tuple[type, ...]:
 
 
 def _outermost(model: nn.Module, chosen: list[Selected]) -> list[Selected]:
-    """``chosen`` without the modules that sit inside another chosen one or inside an adapter (the inner
-    ``nn.Linear`` of a factorised layer, an adapter's base)."""
+    """``chosen`` without the modules that sit inside another chosen one, inside an adapter (the inner
+    ``nn.Linear`` of a factorised layer, an adapter's base) or inside an ``nn.MultiheadAttention`` (which reads its
+    ``out_proj.weight`` directly instead of calling it)."""
     inside = {id(sub) for sel in chosen for sub in list(sel.module.modules())[1:]}
-    inside |= {id(sub) for m in model.modules() if isinstance(m, LoRALinear) for sub in m.modules()}
+    inside |= {id(sub) for m in model.modules() if isinstance(m, LoRALinear | nn.MultiheadAttention)
+               for sub in m.modules()}
     return [sel for sel in chosen if id(sel.module) not in inside]
 
 
@@ -226,7 +228,8 @@ def add_lora(model: nn.Module, *, rank: int, alpha: float | None = None, seed: i
     include, exclude : str or sequence of str, optional
         ``fnmatch`` patterns on module names, as :func:`tensorcompress.surgery.select` reads them. Candidates: every
         module with int ``in_features`` / ``out_features`` (``nn.Linear``, a factorised or weight-only layer), the
-        outermost one where they nest; modules inside an adapter are never candidates.
+        outermost one where they nest; modules inside an adapter or an ``nn.MultiheadAttention`` (which reads its
+        projection's weight without calling it) are never candidates.
 
     Returns
     -------
