@@ -72,6 +72,15 @@ def _token_windows() -> torch.utils.data.TensorDataset:
     return torch.utils.data.TensorDataset(w[:, :-1], w[:, 1:])
 
 
+def _adapted() -> nn.Module:
+    model, _ = tc.layers.add_lora(_ln_mlp(), rank=2)
+    with torch.no_grad():  # adapters as after fine-tuning, so that merging changes the weights
+        for m in model.modules():
+            if isinstance(m, tc.layers.LoRALinear):
+                m.lora_b.weight.normal_(generator=torch.Generator().manual_seed(5))
+    return model
+
+
 def _calibrated() -> nn.Module:
     q, _ = tc.quantization.quantize_model(tc.models.LeNet300100().eval(), weight_bits=8, act_bits=8)
     return tc.quantization.calibrate(q, torch.rand(16, 784))
@@ -94,6 +103,9 @@ class Transform:
 
 REGISTRY = [
     Transform("factorize", lambda: tc.factorize, _cnn, options={"method": "svd", "rank": 2}),
+    Transform("factorize_calibrated", lambda: tc.factorize, _ln_mlp, _tokens, {"method": "svd", "rank": 2}),
+    Transform("add_lora", lambda: tc.layers.add_lora, _ln_mlp, options={"rank": 2}),
+    Transform("merge_lora", lambda: tc.layers.merge_lora, _adapted),
     Transform("prune", lambda: tc.pruning.prune, _cnn, _x, {"amount": 0.5}),
     Transform("prune_filters", lambda: tc.pruning.prune, _cnn, _x, {"amount": 0.5, "structure": "filters"}),
     Transform("shrink", lambda: tc.pruning.shrink, _pruned, _x),
@@ -177,8 +189,8 @@ def test_empty_selection_is_one_error(entry):
 
 TIE_ENTRIES = [Transform(t.name, t.fn, tied_mlp, None if t.data is None else (lambda: torch.randn(4, 8)),
                          {k: v for k, v in t.options.items() if k != "structure"})
-               for t in REGISTRY if t.name in ("factorize", "prune", "quantize_model", "share_weights", "to_half",
-                                               "quantize_weights", "gptq", "awq", "wanda", "sparsegpt")]
+               for t in REGISTRY if t.name in ("factorize", "add_lora", "prune", "quantize_model", "share_weights",
+                                               "to_half", "quantize_weights", "gptq", "awq", "wanda", "sparsegpt")]
 
 
 @pytest.mark.parametrize("entry", TIE_ENTRIES, ids=[t.name for t in TIE_ENTRIES])

@@ -260,6 +260,93 @@ def test_kd_loss_refuses_bad_tensors():
         D.kd_loss(z[:0], v[:0], None)
 
 
+# ---------------------------------------------------------------- kd_loss: sequence logits
+
+
+def kd_as_written_before(z, v, y, T, alpha):
+    """The 2-D computation as the library wrote it before sequence logits (stored notebooks hold its outputs)."""
+    dtype = torch.float32 if z.dtype in (torch.float16, torch.bfloat16) else z.dtype
+    zc, vc = z.to(dtype), v.detach().to(dtype)
+    soft = F.kl_div(F.log_softmax(zc / T, dim=1), F.log_softmax(vc / T, dim=1), reduction="batchmean",
+                    log_target=True) * (T * T)
+    if y is None:
+        return soft.to(z.dtype)
+    return (alpha * soft + (1.0 - alpha) * F.cross_entropy(zc, y.to(z.device))).to(z.dtype)
+
+
+@pytest.mark.parametrize("T, alpha", [(1.0, 0.5), (4.0, 0.9), (2.0, 0.0)])
+@pytest.mark.parametrize("dt", [torch.float16, torch.bfloat16, torch.float32, torch.float64], ids=str)
+def test_two_dimensional_kd_loss_is_bit_identical_to_the_earlier_formula(device, dt, T, alpha):
+    z, v, y = logits(16, 10, 40, device, dt), logits(16, 10, 41, device, dt), labels(16, 10, 42, device)
+    for targets in (y, None):
+        assert torch.equal(D.kd_loss(z, v, targets, T=T, alpha=alpha), kd_as_written_before(z, v, targets, T, alpha))
+    zt = logits(10, 16, 43, device, dt).T  # a non-contiguous view goes through unchanged as well
+    assert torch.equal(D.kd_loss(zt, v, y, T=T, alpha=alpha), kd_as_written_before(zt, v, y, T, alpha))
+
+
+@given(b=st.integers(1, 4), L=st.integers(1, 6), k=st.integers(2, 9), seed=st.integers(0, 2**16),
+       T=st.sampled_from([1.0, 2.0, 4.0]), alpha=st.sampled_from([0.0, 0.5, 0.9, 1.0]))
+def test_sequence_kd_loss_equals_the_flattened_one(b, L, k, seed, T, alpha):
+    z, v = 3 * randn((b, L, k), seed), 3 * randn((b, L, k), seed + 1)
+    y = torch.randint(0, k, (b, L), generator=torch.Generator().manual_seed(seed + 2))
+    for targets, flat in ((y, y.reshape(-1)), (None, None)):
+        loss = D.kd_loss(z, v, targets, T=T, alpha=alpha)
+        torch.testing.assert_close(loss, D.kd_loss(z.reshape(-1, k), v.reshape(-1, k), flat, T=T, alpha=alpha),
+                                   rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(loss, kd_by_hand(z.reshape(-1, k), v.reshape(-1, k), flat, T, alpha), rtol=1e-10,
+                                   atol=1e-12)
+
+
+def test_sequence_kd_loss_per_token_mean_and_gradient(device, dtype):
+    z = logits(6, 5, 44, device, dtype).reshape(2, 3, 5).requires_grad_(True)
+    v, y = logits(6, 5, 45, device, dtype).reshape(2, 3, 5), labels(6, 5, 46, device).reshape(2, 3)
+    loss = D.kd_loss(z, v, y, T=2.0, alpha=0.7)
+    loss.backward()
+    assert loss.dtype == dtype and loss.shape == ()
+    torch.testing.assert_close(loss.double(), kd_by_hand(z.detach().reshape(6, 5), v.reshape(6, 5), y.reshape(6), 2.0,
+                                                         0.7), rtol=tolerance(dtype), atol=1e-6)
+    want = grad_by_hand(z.detach().reshape(6, 5), v.reshape(6, 5), y.reshape(6), 2.0, 0.7).reshape(2, 3, 5)
+    torch.testing.assert_close(z.grad, want, rtol=tolerance(dtype), atol=1e-6 if dtype == torch.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("ignore_index", [-100, 7])
+def test_ignored_tokens_are_left_out_of_both_terms(ignore_index):
+    z, v = logits(12, 5, 47).reshape(3, 4, 5), logits(12, 5, 48).reshape(3, 4, 5)
+    y = labels(12, 5, 49).reshape(3, 4)
+    y[0, :2] = ignore_index
+    y[2, 3] = ignore_index
+    keep = y != ignore_index
+    for alpha in (0.0, 0.6, 1.0):
+        loss = D.kd_loss(z, v, y, T=3.0, alpha=alpha, ignore_index=ignore_index)
+        torch.testing.assert_close(loss, kd_by_hand(z[keep], v[keep], y[keep], 3.0, alpha), rtol=1e-12, atol=1e-12)
+    # the hard term alone is cross_entropy with the same ignore_index, averaged over the kept tokens
+    torch.testing.assert_close(D.kd_loss(z, v, y, alpha=0.0, ignore_index=ignore_index),
+                               F.cross_entropy(z.reshape(-1, 5), y.reshape(-1), ignore_index=ignore_index))
+    flat = D.kd_loss(z.reshape(-1, 5), v.reshape(-1, 5), y.reshape(-1), alpha=0.6, ignore_index=ignore_index)
+    torch.testing.assert_close(D.kd_loss(z, v, y, alpha=0.6, ignore_index=ignore_index), flat, rtol=1e-12,
+                               atol=1e-12)
+    z = z.clone().requires_grad_(True)
+    D.kd_loss(z, v, y, ignore_index=ignore_index).backward()
+    assert torch.all(z.grad[~keep] == 0) and torch.all(z.grad[keep].abs().sum(-1) > 0)
+
+
+def test_sequence_kd_loss_refuses_bad_input():
+    z, v = logits(6, 5, 50).reshape(2, 3, 5), logits(6, 5, 51).reshape(2, 3, 5)
+    y = labels(6, 5, 52).reshape(2, 3)
+    with pytest.raises(ValueError, match="targets.*shape \\(2, 3\\).*\\(6,\\)"):
+        D.kd_loss(z, v, y.reshape(-1))
+    with pytest.raises(ValueError, match="same shape"):
+        D.kd_loss(z, v.reshape(6, 5), y)
+    with pytest.raises(ValueError, match="student_logits.*3 dimensions.*\\(1, 2, 3, 5\\)"):
+        D.kd_loss(z[None], v[None], None)
+    with pytest.raises(ValueError, match="every target equals ignore_index=-100"):
+        D.kd_loss(z, v, torch.full((2, 3), -100))
+    with pytest.raises(ValueError, match="targets.*\\[0, 4\\].*ignore_index=-100.*\\[-1, "):
+        D.kd_loss(z, v, torch.tensor([[0, 1, -1], [2, 3, 4]]))
+    with pytest.raises(TypeError, match="ignore_index must be an int"):
+        D.kd_loss(z, v, y, ignore_index=-100.0)
+
+
 # ---------------------------------------------------------------- hints
 
 

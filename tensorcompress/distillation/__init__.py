@@ -1,7 +1,8 @@
 """Knowledge distillation: teaching a small (or compressed) network from a larger one, or from an ensemble.
 
 * :func:`kd_loss` — soft targets at temperature ``T`` weighted by ``alpha`` against the labels (Hinton et al. 2015;
-  the :math:`T^2` factor derived in :mod:`~tensorcompress.distillation.losses`);
+  the :math:`T^2` factor derived in :mod:`~tensorcompress.distillation.losses`), for class scores or a language
+  model's per-token logits (averaged over the tokens, ``ignore_index`` left out);
 * :func:`hint_loss` with :func:`hint_regressor` (FitNets) and :func:`attention_transfer_loss` /
   :func:`attention_map` (Zagoruyko & Komodakis 2017) on features captured by :class:`FeatureHooks`;
 * :func:`distill` and the :class:`Distiller` callback: teacher–student training on :func:`~tensorcompress.fit`;

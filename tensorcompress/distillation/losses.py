@@ -76,42 +76,65 @@ def check_alpha(alpha: object) -> float:
 
 def _check_logits(z: object, name: str) -> torch.Tensor:
     z = check_tensor(z, name, floating=True)
-    if z.ndim != 2:
-        raise ValueError(f"{name} must be N × K class scores (2 dimensions), got shape {tuple(z.shape)}")
+    if z.ndim not in (2, 3):
+        raise ValueError(f"{name} must be N × K class scores (2 dimensions) or B × L × V sequence logits "
+                         f"(3 dimensions), got shape {tuple(z.shape)}")
     compute_dtype(z, name)  # refuses size 0
     return check_finite(z, name)
 
 
-def _check_targets(targets: object, n: int, k: int) -> torch.Tensor:
+def _check_targets(targets: object, shape: tuple[int, ...], k: int, ignore_index: int) -> torch.Tensor:
     y = check_tensor(targets, "targets")
     if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
         raise TypeError(f"targets must hold integer class indices, got dtype {y.dtype}")
-    if tuple(y.shape) != (n,):
-        raise ValueError(f"targets must have shape ({n},) to match the logits, got {tuple(y.shape)}")
-    lo, hi = int(y.min()), int(y.max())
+    if tuple(y.shape) != shape:
+        raise ValueError(f"targets must have shape {shape} to match the logits, got {tuple(y.shape)}")
+    counted = y[y != ignore_index]
+    if counted.numel() == 0:
+        raise ValueError(f"every target equals ignore_index={ignore_index}: no token to average the loss over")
+    lo, hi = int(counted.min()), int(counted.max())
     if lo < 0 or hi >= k:
-        raise ValueError(f"targets must be class indices in [0, {k - 1}], got values in [{lo}, {hi}]")
+        raise ValueError(f"targets must be class indices in [0, {k - 1}] (or ignore_index={ignore_index}), got "
+                         f"values in [{lo}, {hi}]")
     return y
 
 
+def _kd_rows(z: torch.Tensor, v: torch.Tensor, y: torch.Tensor | None, T: float, alpha: float) -> torch.Tensor:
+    """The loss of ``N × K`` scores ``z`` against ``v`` (and labels ``y``), checked, every row counted."""
+    dtype = compute_dtype(z, "student_logits")
+    zc, vc = z.to(dtype), v.detach().to(dtype)
+    soft = F.kl_div(F.log_softmax(zc / T, dim=1), F.log_softmax(vc / T, dim=1), reduction="batchmean",
+                    log_target=True) * (T * T)
+    if y is None:
+        return soft.to(z.dtype)
+    loss = alpha * soft + (1.0 - alpha) * F.cross_entropy(zc, y.to(z.device))
+    return loss.to(z.dtype)
+
+
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor | None = None, *,
-            T: float = 4.0, alpha: float = 0.9) -> torch.Tensor:
+            T: float = 4.0, alpha: float = 0.9, ignore_index: int = -100) -> torch.Tensor:
     r"""Knowledge-distillation loss :math:`\alpha T^2\,\mathrm{KL}(p(v/T)\|p(z/T)) + (1-\alpha)\,\mathrm{CE}(z, y)`.
 
-    KL and cross-entropy are means over the batch (module docstring for the derivation of :math:`T^2`).
+    KL and cross-entropy are means over the batch (module docstring for the derivation of :math:`T^2`); for
+    sequence logits, over the tokens: ``B × L × V`` logits with ``B × L`` targets give exactly the loss of the
+    flattened ``(B·L) × V`` logits and ``B·L`` targets, as language models are distilled (Sanh et al. 2019,
+    DistilBERT; Gu et al. 2024, MiniLLM).
 
     Parameters
     ----------
     student_logits, teacher_logits : torch.Tensor
-        ``N × K`` class scores of the same shape, on one device. Gradients flow into ``student_logits`` only (the
-        teacher's are detached).
+        ``N × K`` class scores, or ``B × L × V`` per-token logits, of the same shape, on one device. Gradients flow
+        into ``student_logits`` only (the teacher's are detached).
     targets : torch.Tensor or None
-        ``N`` integer labels in ``[0, K)``. ``None`` (unlabelled transfer data): the soft term alone,
-        :math:`T^2\,\mathrm{KL}` — the same as ``alpha=1``; ``alpha`` is then not used.
+        Integer labels in ``[0, K)``, of shape ``N`` (or ``B × L``). ``None`` (unlabelled transfer data): the soft
+        term alone, :math:`T^2\,\mathrm{KL}` — the same as ``alpha=1``; ``alpha`` is then not used.
     T : float
         Temperature, ``> 0``.
     alpha : float
         Weight of the soft term, in ``[0, 1]``.
+    ignore_index : int
+        A target equal to it (padding, a prompt token) is left out of both terms, as ``F.cross_entropy`` leaves it
+        out of its mean: the loss is the mean over the other rows (tokens).
 
     Returns
     -------
@@ -126,15 +149,18 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets:
     if z.device != v.device:
         raise ValueError(f"student_logits is on {z.device} but teacher_logits on {v.device}: use one device")
     T, alpha = check_temperature(T), check_alpha(alpha)
-    y = None if targets is None else _check_targets(targets, *z.shape)
-    dtype = compute_dtype(z, "student_logits")
-    zc, vc = z.to(dtype), v.detach().to(dtype)
-    soft = F.kl_div(F.log_softmax(zc / T, dim=1), F.log_softmax(vc / T, dim=1), reduction="batchmean",
-                    log_target=True) * (T * T)
-    if y is None:
-        return soft.to(z.dtype)
-    loss = alpha * soft + (1.0 - alpha) * F.cross_entropy(zc, y.to(z.device))
-    return loss.to(z.dtype)
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__} ({ignore_index!r})")
+    k = z.shape[-1]
+    if z.ndim == 3:  # tokens as rows; N × K logits go on untouched
+        z, v = z.reshape(-1, k), v.reshape(-1, k)
+    if targets is None:
+        return _kd_rows(z, v, None, T, alpha)
+    y = _check_targets(targets, tuple(student_logits.shape[:-1]), k, ignore_index).reshape(-1).to(z.device)
+    keep = y != ignore_index
+    if not bool(keep.all()):  # only then select rows, so that a loss without ignored targets is the plain one
+        z, v, y = z[keep], v[keep], y[keep]
+    return _kd_rows(z, v, y, T, alpha)
 
 
 def _shape(x: object, name: str) -> tuple[int, ...]:

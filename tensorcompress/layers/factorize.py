@@ -14,6 +14,11 @@ solving the closed-form parameter counts (:math:`T` out, :math:`S` in channels, 
   :math:`\sum_k r_{k-1} m_k n_k r_k \le \rho mn`.
 
 Every rank is at least 1 and at most what the layer allows, so the kept fraction can exceed ``ratio`` for tiny layers.
+
+With ``calibration`` data, ``"svd"`` is activation-aware (SVD-LLM; :mod:`.low_rank_linear`): each layer's factors
+minimise :math:`\|(W - W_r)X\|` on the inputs :math:`X` it receives when the original model runs over the data,
+through the Cholesky factor of :math:`XX^\top` accumulated in float64 over every token (batch and sequence
+positions alike). The ranks follow the same rules, ``energy`` read from the spectrum of :math:`WS`.
 """
 
 from __future__ import annotations
@@ -22,8 +27,10 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
+from .. import surgery
 from ..surgery import LayerChange, Patterns, Selected, transform
 from ._common import check_energy, check_rank
 from .cp_conv import CPConv2d, cp_exact_rank
@@ -123,14 +130,37 @@ def _layer_rank(method: str, layer: nn.Module, rank, ratio, tt_order: int):
     return rank  # "cp" and "tt": from_conv / the TT-SVD cap it
 
 
-def _builder(method: str, rank, ratio, energy, tt_order: int, n_iter_max: int):
+def _input_grams(model: nn.Module, calibration: object, chosen: list[Selected]) -> dict[str, torch.Tensor]:
+    """:math:`XX^\\top` (float64) of the inputs each ``chosen`` layer receives while ``model`` runs over
+    ``calibration`` (read as :func:`tensorcompress.surgery.input_batches` reads it), one batch at a time, inputs
+    flattened over every leading dimension; keyed by each layer's first name."""
+    names, grams, tokens = [sel.name for sel in chosen], {}, 0
+    for batch in surgery.input_batches(calibration):
+        try:
+            captured = surgery.capture_inputs(model, [batch], names)
+        except RuntimeError as e:
+            shape = tuple(batch.shape) if isinstance(batch, torch.Tensor) else type(batch).__name__
+            raise ValueError(f"calibration does not match the model: its forward pass fails on a batch {shape} "
+                             f"({e})") from e
+        for name, x in captured.items():
+            x = x.reshape(-1, x.shape[-1]).double()
+            grams[name] = x.T @ x if name not in grams else grams[name] + x.T @ x
+            tokens += x.shape[0]
+    if not tokens:
+        raise ValueError("calibration is empty: it gave no batch of inputs")
+    return grams
+
+
+def _builder(method: str, rank, ratio, energy, tt_order: int, n_iter_max: int,
+             grams: dict[str, torch.Tensor] | None = None):
     """The callback :func:`tensorcompress.surgery.transform` calls for each selected layer."""
 
     def build(sel: Selected) -> tuple[nn.Module, dict]:
         layer = sel.module
         r = _layer_rank(method, layer, rank, ratio, tt_order)
         if method == "svd":
-            new = LowRankLinear.from_linear(layer, r, energy=energy if r is None else None)
+            new = LowRankLinear.from_linear(layer, r, energy=energy if r is None else None,
+                                            gram=None if grams is None else grams[sel.name])
         elif method == "cp":
             new = CPConv2d.from_conv(layer, r, n_iter_max=n_iter_max)
         elif method == "tucker":
@@ -144,9 +174,9 @@ def _builder(method: str, rank, ratio, energy, tt_order: int, n_iter_max: int):
     return build
 
 
-def factorize(model: nn.Module, *, method: str = "svd", rank=None, ratio: float | None = None,
-              energy: float | None = None, tt_order: int = 3, n_iter_max: int = 100, include: Patterns = None,
-              exclude: Patterns = None) -> tuple[nn.Module, list[FactorizedLayer]]:
+def factorize(model: nn.Module, calibration: object = None, *, method: str = "svd", rank=None,
+              ratio: float | None = None, energy: float | None = None, tt_order: int = 3, n_iter_max: int = 100,
+              include: Patterns = None, exclude: Patterns = None) -> tuple[nn.Module, list[FactorizedLayer]]:
     r"""A copy of ``model`` with its ``nn.Linear`` (``"svd"``, ``"tt"``) or ``nn.Conv2d`` (``"cp"``, ``"tucker"``)
     layers replaced by factorised ones.
 
@@ -159,6 +189,10 @@ def factorize(model: nn.Module, *, method: str = "svd", rank=None, ratio: float 
     ----------
     model : nn.Module
         Not modified (deep-copied).
+    calibration : tensor, Dataset or iterable of batches, optional
+        Model inputs (``x`` of ``(x, y, ...)`` batches). Given, ``"svd"`` factors each layer in the metric of the
+        inputs it receives, minimising :math:`\|(W - W_r)X\|` instead of :math:`\|W - W_r\|` (module docstring);
+        ``None``: the plain truncated SVD. Only ``"svd"`` reads it.
     method : {"svd", "cp", "tucker", "tt"}, default "svd"
         :class:`LowRankLinear`, :class:`CPConv2d`, :class:`TuckerConv2d`, :class:`TTLinear`.
     rank : int, pair or "vbmf", optional
@@ -200,6 +234,12 @@ def factorize(model: nn.Module, *, method: str = "svd", rank=None, ratio: float 
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     _check_options(method, rank, ratio, energy, tt_order)
-    build = _builder(method, rank, ratio, energy, tt_order, n_iter_max)
+    grams = None
+    if calibration is not None:
+        if method != "svd":
+            raise ValueError(f"calibration is read by method='svd' only (activation-aware SVD), got method={method!r}")
+        grams = _input_grams(model, calibration, surgery.select(model, nn.Linear, include=include, exclude=exclude,
+                                                               action="factorize"))
+    build = _builder(method, rank, ratio, energy, tt_order, n_iter_max, grams)
     return transform(model, _TARGET[method], build, include=include, exclude=exclude, row_type=FactorizedLayer,
                      action="factorize")
