@@ -15,6 +15,7 @@ with the input model untouched. Submodules:
 * :mod:`.capture` — :func:`capture_inputs`: what chosen layers receive, for calibration and layer-wise Hessians;
 * :mod:`.calibration` — what the data-driven methods share: calibration batches, per-layer input statistics, the
   layers grouped by the tensor they read, the dampened inverse Hessian factor, a layer's relative output error;
+* :mod:`.ops` — :class:`Add`: a residual addition as a leaf module, so that quantization can attach to it;
 * :mod:`.fusion` — :func:`fuse_conv_bn`: fold each BatchNorm into the layer that feeds it (:class:`FusionReport`).
 """
 
@@ -25,6 +26,7 @@ from .fusion import FusedLayer, FusionReport, Skipped, fuse_conv_bn
 from .graph import Graph, Node, trace
 from .model import *  # noqa: F403
 from .model import __all__ as _model_all
+from .ops import Add
 
 __all__ = [*_core_all, *_model_all, "capture_inputs", "Graph", "Node", "trace", "fuse_conv_bn", "FusedLayer",
-           "FusionReport", "Skipped"]
+           "FusionReport", "Skipped", "Add"]
