@@ -32,6 +32,7 @@ from .integer import (
 from .model import (
     ActivationQuantizer,
     FakeQuantizedLayer,
+    QuantizedAdd,
     QuantizedLayer,
     WeightQuantizer,
     calibrate,
@@ -73,7 +74,7 @@ __all__ = ["QParams", "qparams", "qrange", "quantize", "dequantize", "fake_quant
            "log2_quantize", "binarize", "ternarize", "kmeans_quantize", "centroid_gradient",
            "pack_indices", "unpack_indices", "SharedWeight", "SharedLayer", "share_weights",
            "quantize_model", "calibrate", "quantizers", "lsq_fake_quantize", "lsq_initial_step", "ActivationQuantizer",
-           "WeightQuantizer", "QuantizedLayer", "FakeQuantizedLayer",
+           "WeightQuantizer", "QuantizedLayer", "QuantizedAdd", "FakeQuantizedLayer",
            "quantize_multiplier", "requantize", "float32_is_exact", "to_integer", "IntegerLayer",
            "IntegerMeanPool", "IntegerClamp", "IntegerNet", "IntegerizedLayer", *_precision_all,
            "WeightOnlyLinear", "WeightOnlyLayer", "quantize_weights", "rtn", "rtn_grid", "nf4_levels", "NF4_TABLE",

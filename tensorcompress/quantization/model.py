@@ -63,8 +63,8 @@ from .._validation import check_bits, check_positive_int, check_tensor
 from .observers import OBSERVERS, Observer, make_observer
 from .uniform import QParams, fake_quantize_unchecked, qrange
 
-__all__ = ["ActivationQuantizer", "WeightQuantizer", "QuantizedLayer", "FakeQuantizedLayer", "quantize_model",
-           "calibrate", "lsq_fake_quantize", "lsq_initial_step", "quantizers"]
+__all__ = ["ActivationQuantizer", "WeightQuantizer", "QuantizedLayer", "QuantizedAdd", "FakeQuantizedLayer",
+           "quantize_model", "calibrate", "lsq_fake_quantize", "lsq_initial_step", "quantizers"]
 
 METHODS = ("ptq", "lsq")
 LSQ_INITS = ("observer", "mean")
@@ -296,6 +296,28 @@ class QuantizedLayer(nn.Module):
         if self.input_quantizer is not None:
             x = self.input_quantizer(x)
         return self.layer(x)
+
+
+class QuantizedAdd(nn.Module):
+    """A residual addition (:class:`tc.surgery.Add <tensorcompress.surgery.Add>`) with an
+    :class:`ActivationQuantizer` on each input (``input_quantizers[0]`` for ``a``, ``[1]`` for ``b``) and one on
+    the sum (``output_quantizer``): ``q_out(q_a(a) + q_b(b))``.
+
+    An integer addition needs both inputs on one scale: the deployed graph requantizes each input code to the
+    output's scale and zero point and adds integers (ONNX Runtime's QDQ ``Add``, ``torch.ao``'s ``QFunctional``).
+    The fake-quantized sum models it by quantizing both inputs with their own parameters and the sum with the
+    output's.
+    """
+
+    def __init__(self, input_quantizers: tuple[ActivationQuantizer, ActivationQuantizer],
+                 output_quantizer: ActivationQuantizer):
+        super().__init__()
+        self.input_quantizers = nn.ModuleList(input_quantizers)
+        self.output_quantizer = output_quantizer
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """``q_out(q_a(a) + q_b(b))``."""
+        return self.output_quantizer(self.input_quantizers[0](a) + self.input_quantizers[1](b))
 
 
 def _check_optional_bits(bits: object, name: str) -> int | None:
