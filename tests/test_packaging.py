@@ -119,7 +119,9 @@ TEACHING_TOOLS = ["tour", "student", "lab", "exercises", "baselines"]
 
 
 def _extra(name: str) -> dict[str, str]:
-    return dict(_requirement(s) for s in _pyproject()["project"]["optional-dependencies"][name])
+    """The packages an extra names itself; another extra it includes (``tensorcompress[onnx]``) is left out."""
+    return dict(_requirement(s) for s in _pyproject()["project"]["optional-dependencies"][name]
+                if not s.startswith("tensorcompress["))
 
 
 def _imported_top_level(path: Path) -> set[str]:
@@ -138,6 +140,13 @@ def test_dev_includes_the_notebooks_extra():
     dev = _pyproject()["project"]["optional-dependencies"]["dev"]
     assert "tensorcompress[notebooks]" in dev
     assert set(_extra("notebooks")) <= set(_pyproject_requirements())
+
+
+def test_the_onnx_extra_is_part_of_notebooks_and_dev():
+    extras = _pyproject()["project"]["optional-dependencies"]
+    assert set(_extra("onnx")) == {"onnx", "onnxscript", "onnxruntime"}
+    assert "tensorcompress[onnx]" in extras["notebooks"]  # the deployment notebook runs ONNX Runtime
+    assert "tensorcompress[notebooks]" in extras["dev"]
 
 
 def test_every_package_a_teaching_tool_imports_or_runs_is_declared():
