@@ -25,7 +25,7 @@ from torch.overrides import TorchFunctionMode
 
 from .model import kept_modes
 
-__all__ = ["Node", "Graph", "trace"]
+__all__ = ["Node", "Graph", "trace", "tensors_in"]
 
 
 @dataclass
@@ -88,6 +88,12 @@ def _tensors(*objs: object) -> list[torch.Tensor]:
         elif isinstance(o, dict):
             out += _tensors(*o.values())
     return out
+
+
+def tensors_in(obj: object) -> list[torch.Tensor]:
+    """The tensors in ``obj`` — a tensor, or tuples, lists and dicts of them, nested — in order: the tensors of a
+    model's output, whatever it returns."""
+    return _tensors(obj)
 
 
 class _Recorder(TorchFunctionMode):
