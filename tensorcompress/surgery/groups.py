@@ -303,4 +303,7 @@ def _visit(sp: _Spaces, node: Node, ins: list[tuple[int, int]], calls: dict[int,
         problem = _unknown(node)
     for s, _ in ins:
         sp.why(s, None, problem)
-    return sp.new(channels, None, problem), 1
+    out = sp.new(channels, None, problem)
+    if type(t) in _LAYERS:  # its outputs, in a group that says why they are not followed
+        sp.member(out, "producers", node)
+    return out, 1
