@@ -69,9 +69,9 @@ class ChannelGroup:
     ``norms`` the BatchNorms over them, ``depthwise`` the depthwise convolutions they pass through (filters coupled
     in and out), ``consumers`` the layers that read them as input channels, mapped to the number of input features
     per channel (1, or :math:`HW` for a linear layer after a flatten); ``adds`` the residual additions that merged
-    them, ``passes`` the other pass-through operations (a module's name, a function's name). ``reason`` says why the group cannot be pruned
-    (``None`` where it can), and ``blocked`` is set when that is an operation the graph cannot follow.
-    ``modules`` maps each name to its module.
+    them, ``passes`` the other pass-through operations (a module's name, a function's name). ``reason`` says why
+    the group cannot be pruned (``None`` where it can), and ``blocked`` is set when that is an operation the graph
+    cannot follow. ``modules`` maps each name to its module.
     """
 
     channels: int
