@@ -22,6 +22,18 @@ the affine entries of a BatchNorm only where the traced graph (:func:`tensorcomp
 or, without an example input, where an ``nn.Sequential`` passes a convolution's output straight to it. A Linear's
 outputs are the channels of a BatchNorm1d only on 2-D inputs, which only a trace can tell.
 
+Coupled channels. Where the traced graph has a residual addition or a depthwise convolution, a filter is not a
+layer's own: channel :math:`j` of a residual stream is made by every layer that feeds the addition, and a depthwise
+convolution's filter :math:`j` reads channel :math:`j` only (:func:`tensorcompress.surgery.channel_groups`). There
+``structure="filters"`` prunes by group: a group's channels are scored by the sum over its producers :math:`P` of
+their per-filter L_n scores, :math:`s_j = \sum_{P} \|S^{P}_{j,:}\|_n` (Torch-Pruning's group importance, Fang et
+al. 2023, with the criterion's scores :math:`S`), and the ``k`` lowest channels of each group go from every producer
+(filter and bias), every depthwise convolution on it and every BatchNorm on it (:math:`\gamma_j = \beta_j = 0`),
+so the channel is exactly zero wherever it flows and :func:`tensorcompress.pruning.shrink` removes it. A group is
+pruned only when all its producers and depthwise convolutions are selected, and not when it reaches the model's
+input or output or an operation the graph cannot follow; its selected layers then get a mask of ones and a report
+row saying why (``skipped``). ``amount`` is per group (``scope="layer"`` only).
+
 A weight tied between selected layers (one ``Parameter`` in two modules) is ranked once — counted once by a global
 amount — and every module holding it gets the same mask, so the tie is kept (``weight_orig`` stays one tensor).
 A tied tensor that would be masked in one place and not in another (the other module not selected, or not a
@@ -133,6 +145,9 @@ class PrunedLayer(surgery.LayerChange):
     sparsity = surgery.Detail(float, "Fraction of the weight's entries that the mask zeroes.")
     nonzero_before = surgery.Detail(int, "Non-zero weight entries before the call.", optional=True)
     batchnorm = surgery.Detail(str, "The BatchNorm masked with the layer's filters.", optional=True)
+    group = surgery.Detail(str, "The layers whose filters were pruned with this one: one coupled channel group "
+                           "(residual additions, depthwise convolutions).", optional=True)
+    skipped = surgery.Detail(str, "Why the layer's channel group was left unpruned.", optional=True)
 
 
 def sparsity(module: nn.Module, name: str = "weight") -> float:
@@ -173,9 +188,11 @@ def prune(model: nn.Module, example_input: torch.Tensor | None = None, *, amount
         Left untouched.
     example_input : tensor, optional
         One batch the model accepts. ``structure="filters"`` traces one forward pass on it
-        (:func:`tensorcompress.surgery.trace`) to find the BatchNorm that reads each pruned layer's output; without
-        it, only a convolution followed by its BatchNorm inside an ``nn.Sequential`` is paired, and a model with
-        BatchNorm layers where that does not settle the question is refused.
+        (:func:`tensorcompress.surgery.trace`) to find the BatchNorm that reads each pruned layer's output and the
+        coupled channel groups (residual additions, depthwise convolutions: each group pruned as one, module
+        docstring); without it, only a convolution followed by its BatchNorm inside an ``nn.Sequential`` is paired,
+        and a model with BatchNorm layers where that does not settle the question, or with an
+        :class:`~tensorcompress.surgery.Add` or a depthwise convolution, is refused.
     amount : float in [0, 1] or int
         Fraction (or, as an int, count) of each layer's weights (or filters/channels) to be zero after the call —
         of all layers together for ``scope="global"``. Already pruned weights stay pruned. ``None`` (or
@@ -194,13 +211,15 @@ def prune(model: nn.Module, example_input: torch.Tensor | None = None, *, amount
     (nn.Module, list of LayerChange)
         One row per layer; ``params_after`` counts the weights left non-zero (plus the bias), ``detail`` holds
         ``sparsity`` (the fraction of the weight the mask zeroes), ``nonzero_before`` and, for filters, the
-        ``batchnorm`` masked with them. The bytes grow (the mask is stored too): ``compression`` is below 1.
+        ``batchnorm`` masked with them; on a coupled graph, ``group`` (the layers pruned together) or ``skipped``
+        (why the layer's group was left). The bytes grow (the mask is stored too): ``compression`` is below 1.
 
     Raises
     ------
     ValueError
         For an empty selection, a bad option, a weight tied to a module that would not get the same mask (both
-        names given), or ``structure="filters"`` on a model whose BatchNorm pairing needs ``example_input``.
+        names given), ``structure="filters"`` on a model whose BatchNorm pairing or channel coupling needs
+        ``example_input``, or ``scope="global"`` with filters on a coupled graph.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -228,6 +247,13 @@ def _prune(model: nn.Module, example_input: torch.Tensor | None = None, *, amoun
     elif amount is None:
         raise ValueError("amount must be given (a float in [0, 1] or an int count) unless structure is (n, m)")
     chosen = surgery.select(model, types, include=include, exclude=exclude, action="prune")
+    coupled = _coupled_groups(model, example_input) if structure == "filters" else None
+    if coupled is not None:
+        if scope != "layer":
+            raise ValueError(f"scope must be 'layer' for structure='filters' on a model with coupled channels "
+                             f"(residual additions, depthwise convolutions): each channel group is pruned by "
+                             f"amount on its own, got scope={scope!r}")
+        return _prune_groups(model, coupled, chosen, amount, criterion, norm)
     groups = _tie_groups(chosen)
     masks = _masks([g[0].module for g in groups], amount, criterion, scope, structure, norm)
     norms = _batchnorms(model, chosen, example_input) if structure == "filters" else {}
@@ -294,6 +320,73 @@ def _layer_plan(sel: surgery.Selected, mask: torch.Tensor, norms: list[tuple[str
     if mod.bias is not None:
         plan.append((mod, "bias", out, f"{sel.name}.bias"))
     return plan + [(bn, p, out, f"{name}.{p}") for name, bn in norms for p in ("weight", "bias")]
+
+
+def _coupled_groups(model: nn.Module, example_input: torch.Tensor | None) -> list[surgery.ChannelGroup] | None:
+    """The channel groups of ``model`` when its graph couples channels (a residual addition or a depthwise
+    convolution), else ``None`` (each layer's filters are its own). Coupling is read from the traced graph; a model
+    holding an :class:`~tensorcompress.surgery.Add` or a depthwise convolution needs ``example_input``."""
+    if example_input is None:
+        coupling = [n for n, m in model.named_modules() if type(m) is surgery.Add or surgery.is_depthwise(m)]
+        if coupling:
+            raise ValueError(f"prune(structure='filters') needs example_input (one batch the model accepts) for a "
+                             f"model with coupled channels: {coupling[:3]} couple the filters of several layers, "
+                             f"which only the traced forward pass shows")
+        return None
+    groups = surgery.channel_groups(surgery.trace(model, example_input))
+    return groups if any(g.adds or g.depthwise for g in groups) else None
+
+
+def _group_keep(group: surgery.ChannelGroup, amount, criterion, norm: float) -> torch.Tensor:
+    """1 for the channels of ``group`` that stay: the ``channels - k`` largest sums of the producers' per-filter
+    L_n scores; channels whose filters are already masked in every producer stay pruned."""
+    producers = [group.modules[n] for n in group.producers]
+    slices = [torch.norm(_scores(m, criterion).clamp_min(0), p=norm, dim=list(range(1, m.weight.ndim)))
+              for m in producers]
+    total = torch.stack(slices).sum(0)
+    keep = _slice_mask(total, _n_to_prune(amount, group.channels), total.shape, 0)
+    for m in producers:
+        if hasattr(m, "weight_mask"):
+            keep = keep * (m.weight_mask.flatten(1) != 0).any(1).to(keep)
+    return keep
+
+
+def _prune_groups(model: nn.Module, groups: list[surgery.ChannelGroup], chosen: list[surgery.Selected], amount,
+                  criterion, norm: float) -> list[PrunedLayer]:
+    """Filters pruned by coupled channel group: every producer and depthwise convolution of a group loses the same
+    channels, with their biases and the affine of every BatchNorm in the group; a group is pruned only when all
+    those layers are selected, and every selected layer gets a row (``skipped`` saying why where it was not)."""
+    by_id = {id(sel.module): sel for sel in chosen}
+    plan: list[tuple[nn.Module, str, torch.Tensor, str]] = []
+    extra: dict[int, dict] = {}
+    for group in groups:
+        members = [group.modules[n] for n in group.filters]
+        left = [n for n in group.filters if id(group.modules[n]) not in by_id]
+        if len(left) == len(members):
+            continue
+        why = group.reason or (f"{left} not selected (a channel group is pruned with all its producers and "
+                               f"depthwise convolutions, or not at all)" if left else None)
+        if why is not None:
+            extra.update({id(m): {"skipped": why} for m in members})
+            continue
+        keep = _group_keep(group, amount, criterion, norm)
+        for m in members:
+            view = [-1] + [1] * (m.weight.ndim - 1)
+            mask = keep.reshape(view).expand(m.weight.shape).to(m.weight.dtype).clone()
+            plan += _layer_plan(by_id[id(m)], mask, [])
+            extra[id(m)] = {"batchnorm": ", ".join(group.norms) or None, "group": ", ".join(group.filters)}
+        plan += [(group.modules[n], p, keep.to(group.modules[n].weight.dtype), f"{n}.{p}")
+                 for n in group.norms if group.modules[n].affine for p in ("weight", "bias")]
+    planned = {id(m) for m, *_ in plan}
+    for sel in chosen:
+        if id(sel.module) not in planned:  # a mask of ones, so that every selected layer is a pruned one
+            plan += _layer_plan(sel, torch.ones_like(sel.module.weight), None)
+            extra.setdefault(id(sel.module), {"skipped": "not in any channel group of the traced graph"})
+    _check_ties(model, plan)
+    before = {id(s.module): (surgery.footprint(s.module), int((s.module.weight != 0).sum())) for s in chosen}
+    for module, pname, mask, _ in plan:
+        apply_mask(module, mask, pname)
+    return [pruned_row(sel, *before[id(sel.module)], extra[id(sel.module)]) for sel in chosen]
 
 
 def _check_ties(model: nn.Module, plan: list[tuple[nn.Module, str, torch.Tensor, str]]) -> None:

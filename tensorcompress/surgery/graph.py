@@ -11,7 +11,8 @@ is a node of its own: the tensor it modified is attributed to it from then on.
 
 Transforms read it to decide what they may do: conv–BatchNorm folding (:mod:`.fusion`) folds a pair only where the
 BatchNorm reads exactly the layer's output and nothing else does; ``tc.pruning.prune(structure="filters")`` masks
-the BatchNorm that follows a convolution *in the forward*; ``tc.pruning.shrink`` follows a chain; integer-only
+the BatchNorm that follows a convolution *in the forward*; :func:`.groups.channel_groups` reads which channels
+must be removed together (``tc.pruning.prune`` and ``tc.pruning.shrink`` act on those groups); integer-only
 conversion refuses every node it cannot prove it handles.
 """
 
@@ -25,7 +26,7 @@ from torch.overrides import TorchFunctionMode
 
 from .model import kept_modes
 
-__all__ = ["Node", "Graph", "trace"]
+__all__ = ["Node", "Graph", "trace", "tensors_in"]
 
 
 @dataclass
@@ -88,6 +89,12 @@ def _tensors(*objs: object) -> list[torch.Tensor]:
         elif isinstance(o, dict):
             out += _tensors(*o.values())
     return out
+
+
+def tensors_in(obj: object) -> list[torch.Tensor]:
+    """The tensors in ``obj`` — a tensor, or tuples, lists and dicts of them, nested — in order: the tensors of a
+    model's output, whatever it returns."""
+    return _tensors(obj)
 
 
 class _Recorder(TorchFunctionMode):
