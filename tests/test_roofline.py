@@ -75,7 +75,7 @@ def test_rows_without_flops_move_bytes_views_do_not():
     rows = rows_by_name(Net(), x)
     act = 5 * 4 * 4 * 4 * 4  # bytes of one 5 x 4 x 4 x 4 float32 activation
     assert rows["relu"].flops == 0 and rows["relu"].bytes == 2 * act  # in place: read and written
-    assert rows["relu#2"].kind == "relu" and rows["relu#2"].bytes == 2 * act
+    assert rows["relu[2]"].kind == "relu" and rows["relu[2]"].bytes == 2 * act
     assert rows["add"].flops == 0 and rows["add"].bytes == 3 * act  # two inputs, one output
     assert rows["pool"].bytes == act + act // 4
     assert rows["pool"].binds == rows["add"].binds == "memory" and math.isnan(rows["flatten"].intensity)

@@ -401,13 +401,13 @@ def _row(node: surgery.Node, name: str, state: set[int], machine: MachinePeaks) 
 
 
 def _names(nodes: list[surgery.Node]) -> list[str]:
-    """Row names: the module's name (``#2`` for its second call), the function's name numbered (``add``, ``add#2``)."""
+    """Row names: the module's name (``fc[2]`` for its second call), a function's name numbered (``add[2]``)."""
     seen: dict[str, int] = {}
     out = []
     for node in nodes:
         base = node.module_name if node.module_name is not None else node.name
         seen[base] = seen.get(base, 0) + 1
-        out.append(base if seen[base] == 1 else f"{base}#{seen[base]}")
+        out.append(base if seen[base] == 1 else f"{base}[{seen[base]}]")
     return out
 
 
