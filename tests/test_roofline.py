@@ -98,6 +98,9 @@ def test_flops_outside_every_layer_are_one_row():
     assert outside.name == "(outside the traced layers)" and outside.flops == 2 * 6 * 2 * 6 and outside.bytes == 0
     matmul = r.rows[0]
     assert matmul.kind == "matmul" and matmul.flops == 2 * 4 * 6 * 6 and matmul.weight_bytes == 0
+    timed = roofline(model, x, machine=PEAKS, min_run_time=1e-4)
+    assert timed.rows[-1].measured is None and timed.rows[-1].attained is None  # runs only inside the whole pass
+    assert timed.rows[0].measured > 0 and timed.measured == timed.rows[0].measured
 
 
 @given(flops=st.floats(1e8, 1e15), bandwidth=st.floats(1e8, 1e13))

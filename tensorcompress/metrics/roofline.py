@@ -233,7 +233,8 @@ class LayerRoofline:
     once (an in-place operation reads and writes its tensor: both counted; a view or identity moves nothing);
     ``intensity`` = flops / bytes (NaN when nothing is moved); ``bound`` = max(flops / P, bytes / W) seconds and
     ``binds`` which term is the larger; ``measured`` and ``measured_iqr`` the layer's median time alone on the input
-    it received in the traced pass and its interquartile range (``None`` when not measured).
+    it received in the traced pass and its interquartile range (``None`` when not measured, and for the FLOPs
+    outside every traced layer, which run only inside the whole pass).
     """
 
     name: str
@@ -250,7 +251,7 @@ class LayerRoofline:
     @property
     def attained(self) -> float | None:
         """FLOP/s the layer attained (``flops / measured``), ``None`` when not measured."""
-        return None if self.measured is None else self.flops / self.measured
+        return None if not self.measured else self.flops / self.measured
 
 
 @dataclass(frozen=True)
@@ -285,8 +286,9 @@ class Roofline:
     @property
     def measured(self) -> float | None:
         """Sum of the layers' measured times (``None`` when not measured)."""
-        times = [r.measured for r in self.rows]
-        return None if None in times else sum(times)
+        if self.model_time is None:
+            return None
+        return sum(r.measured for r in self.rows if r.measured is not None)
 
     def share(self, binds: str) -> float:
         """Fraction of the layers' measured time spent in rows that ``binds`` ("compute", "memory" or "none")."""
@@ -295,7 +297,7 @@ class Roofline:
         total = self.measured
         if total is None:
             raise ValueError("share needs measured times: call roofline(..., measure=True)")
-        return sum(r.measured for r in self.rows if r.binds == binds) / total
+        return sum(r.measured for r in self.rows if r.binds == binds and r.measured is not None) / total
 
     def table(self) -> str:
         """The rows as a text table, with totals and the machine's peaks."""
@@ -476,7 +478,9 @@ def roofline(model: nn.Module, example_input: torch.Tensor, *, machine: MachineP
         times = _timed({k: _in_inference_mode(fn) for k, fn in cases.items()}, threads=machine.threads,
                        repeats=repeats, min_run_time=min_run_time)
         model_time = times.pop("model")[0]
-        rows = [_measured(r, times.get(i)) for i, r in enumerate(rows)]
+        # the FLOPs outside every traced layer (the last row, if any) ran only inside the whole pass: not timed
+        rows = [replace(r, measured=times[i][0], measured_iqr=times[i][1]) if i in times else r
+                for i, r in enumerate(rows)]
     return Roofline(tuple(rows), machine, int(example_input.shape[0]), model_time)
 
 
@@ -486,12 +490,6 @@ def _in_inference_mode(fn: Callable[[], object]) -> Callable[[], object]:
             return fn()
 
     return run
-
-
-def _measured(row: LayerRoofline, time: tuple[float, float] | None) -> LayerRoofline:
-    """``row`` with its measured median and IQR (zero for the FLOPs outside every layer, which are in no row)."""
-    median, iqr = time if time is not None else (0.0, 0.0)
-    return replace(row, measured=median, measured_iqr=iqr)
 
 
 # ---------------------------------------------------------------- latency against batch size
