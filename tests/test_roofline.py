@@ -3,6 +3,7 @@ machine's peaks and latency against batch size. No measured time or ratio is ass
 
 from __future__ import annotations
 
+import functools
 import math
 from types import SimpleNamespace
 
@@ -118,15 +119,30 @@ def test_intensity_and_bound_rule(flops, bandwidth):
     assert r.bound == pytest.approx(sum(row.bound for row in r.rows))
 
 
+@functools.cache
+def depthwise_and_dense_rows(machine: MachinePeaks = PEAKS):
+    """A depthwise 3x3 layer (about 2 FLOP/byte) and a dense 256-channel 3x3 convolution (about 330 FLOP/byte)."""
+    torch.manual_seed(0)
+    depthwise = nn.Sequential(nn.Conv2d(64, 64, 3, padding=1, groups=64, bias=False))
+    dense = nn.Sequential(nn.Conv2d(256, 256, 3, padding=1, bias=False))
+    return (rows_by_name(depthwise, torch.randn(8, 64, 14, 14), machine)["0"],
+            rows_by_name(dense, torch.randn(8, 256, 14, 14), machine)["0"])
+
+
+@pytest.mark.parametrize("ridge", [4.0, 200.0])
+def test_depthwise_memory_bound_dense_compute_bound_at_extreme_ridges(ridge):
+    """Plausible ridges: 4-200 FLOP/byte (CPUs about 5-50, GPUs up to a few hundred)."""
+    depthwise, dense = depthwise_and_dense_rows(MachinePeaks(ridge * 1e10, 1e10, 1))
+    assert depthwise.binds == "memory" and dense.binds == "compute"
+
+
 @given(ridge=st.floats(4.0, 200.0), bandwidth=st.floats(1e9, 1e12))
 def test_depthwise_memory_bound_dense_compute_bound_for_any_plausible_machine(ridge, bandwidth):
-    """Plausible ridges: 4-200 FLOP/byte (CPUs about 5-50, GPUs up to a few hundred)."""
     machine = MachinePeaks(ridge * bandwidth, bandwidth, 1)
-    torch.manual_seed(0)
-    depthwise = nn.Conv2d(64, 64, 3, padding=1, groups=64, bias=False)
-    dense = nn.Conv2d(256, 256, 3, padding=1, bias=False)
-    assert rows_by_name(nn.Sequential(depthwise), torch.randn(8, 64, 14, 14), machine)["0"].binds == "memory"
-    assert rows_by_name(nn.Sequential(dense), torch.randn(8, 256, 14, 14), machine)["0"].binds == "compute"
+    depthwise, dense = depthwise_and_dense_rows()
+    assert depthwise.intensity < 4 < 200 < dense.intensity
+    assert machine.bound(depthwise.flops, depthwise.bytes)[1] == "memory"
+    assert machine.bound(dense.flops, dense.bytes)[1] == "compute"
 
 
 def test_measured_roofline_table_plot_and_model_unchanged():

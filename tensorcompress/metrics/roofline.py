@@ -29,10 +29,11 @@ Bytes "moved once each" is a model, not a measurement: a layer whose tensors sta
 to and from memory, and a kernel that reads its input several times (an unfused im2col) moves more. Measured times
 are machine-dependent: print them in notebooks only in cells marked ``# NBVAL_IGNORE_OUTPUT``.
 
-Timing protocol (:func:`roofline`'s layers and :func:`latency_vs_batch`): every case is called once to warm up,
-then timed in ``repeats`` rounds (at least 7), the cases interleaved within each round, each round one
-:meth:`torch.utils.benchmark.Timer.blocked_autorange` median of wall-clock time; the result is the median of the
-rounds and their interquartile range.
+Timing protocol (:func:`roofline`'s layers and :func:`latency_vs_batch`): every case is called twice to warm up
+(the second call sizes its blocks: as many calls as fill ``min_run_time``, at least one), then timed in
+``repeats`` rounds (at least 7), the cases interleaved within each round, each round one block timed by
+:meth:`torch.utils.benchmark.Timer.timeit` (wall-clock time per call, the accelerator synchronised); the result is
+the median of the rounds and their interquartile range.
 """
 
 from __future__ import annotations
@@ -65,15 +66,21 @@ BINDS = ("compute", "memory", "none")
 def _timed(cases: dict[object, Callable[[], object]], *, threads: int, repeats: int, min_run_time: float
            ) -> dict[object, tuple[float, float]]:
     """``{key: (median, interquartile range)}`` in seconds per call: the protocol of the module docstring."""
+    import time
+
     from torch.utils import benchmark
 
-    for fn in cases.values():
+    timers, numbers = {}, {}
+    for k, fn in cases.items():
         fn()  # warm-up (allocations, lazy initialisation, caches)
-    timers = {k: benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads) for k, fn in cases.items()}
+        timers[k] = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
+        start = time.perf_counter()
+        timers[k].timeit(1)  # a second warm-up call, timed to size the blocks
+        numbers[k] = max(1, round(min_run_time / max(time.perf_counter() - start, 1e-9)))
     samples: dict[object, list[float]] = {k: [] for k in cases}
     for _ in range(repeats):
         for k, timer in timers.items():
-            samples[k].append(float(timer.blocked_autorange(min_run_time=min_run_time).median))
+            samples[k].append(float(timer.timeit(numbers[k]).median))
     out = {}
     for k, s in samples.items():
         q1, _, q3 = statistics.quantiles(s, n=4)
@@ -388,7 +395,7 @@ def _row(node: surgery.Node, name: str, state: set[int], machine: MachinePeaks) 
         read = _unique(_leaves(node.args))
         weights = [t for t in read if id(t) in state]
         inputs = [t for t in read if id(t) not in state]
-    versions = [t._version for t in inputs]
+    versions = [t._version for t in inputs]  # an in-place operation bumps the version of the tensor it writes
     counter = FlopCounterMode(display=False)
     with counter:
         outputs = _unique(_leaves(_call(node)()))
@@ -441,7 +448,7 @@ def roofline(model: nn.Module, example_input: torch.Tensor, *, machine: MachineP
     repeats : int >= 7
         Rounds of the timing protocol.
     min_run_time : float
-        Seconds of each ``blocked_autorange`` round per layer.
+        Seconds of each round's block per layer (a block holds at least one call).
 
     Returns
     -------
@@ -585,7 +592,7 @@ def latency_vs_batch(model, example_input, batch_sizes: Sequence[int] = (1, 8, 6
     threads : int
         Threads of the measurement.
     repeats, min_run_time :
-        Rounds (at least 7) and seconds of each round's ``blocked_autorange`` (the module docstring's protocol).
+        Rounds (at least 7) and seconds of each round's block per batch size (the module docstring's protocol).
     input_name : str, optional
         A session's input name (default: ``session.get_inputs()[0].name``).
 
