@@ -61,6 +61,20 @@ def test_hand_counts_linear_conv_depthwise(device, dtype):
     assert dw.bytes == (8 * 9 + 2 * 8 * 6 * 6 + 2 * 8 * 3 * 3) * size
 
 
+@given(n=st.integers(1, 3), groups=st.integers(1, 3), c_in_per=st.integers(1, 3), c_out_per=st.integers(1, 3),
+       k=st.integers(1, 3), stride=st.integers(1, 2), padding=st.integers(0, 1), size=st.integers(3, 7),
+       bias=st.booleans(), double=st.booleans())
+def test_conv_counts_closed_form(n, groups, c_in_per, c_out_per, k, stride, padding, size, bias, double):
+    dtype = torch.float64 if double else torch.float32
+    c_in, c_out = groups * c_in_per, groups * c_out_per
+    conv = nn.Sequential(nn.Conv2d(c_in, c_out, k, stride, padding, groups=groups, bias=bias)).to(dtype)
+    out = (size + 2 * padding - k) // stride + 1
+    row = rows_by_name(conv, torch.randn(n, c_in, size, size, dtype=dtype))["0"]
+    weights = c_out * c_in_per * k * k + (c_out if bias else 0)
+    assert row.flops == 2 * n * c_out * out * out * c_in_per * k * k
+    assert row.bytes == (weights + n * c_in * size * size + n * c_out * out * out) * (8 if double else 4)
+
+
 def test_rows_without_flops_move_bytes_views_do_not():
     class Net(nn.Module):
         def __init__(self):
@@ -163,9 +177,12 @@ def test_measured_roofline_table_plot_and_model_unchanged():
     assert all(row.name in text for row in r.rows)
     ax = r.plot()
     assert ax.get_xscale() == ax.get_yscale() == "log" and len(ax.collections) == 2
+    assert {t.get_text() for t in ax.texts} == {row.name for row in r.rows if row.flops > 0}
     plt.close(ax.figure)
     unmeasured = roofline(model, x, machine=PEAKS, measure=False)
-    plt.close(unmeasured.plot().figure)
+    ax = unmeasured.plot(labels=False)
+    assert not ax.texts
+    plt.close(ax.figure)
     with pytest.raises(ValueError, match="measure=True"):
         unmeasured.share("memory")
     with pytest.raises(ValueError, match="binds"):

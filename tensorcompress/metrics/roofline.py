@@ -331,10 +331,11 @@ class Roofline:
     def __str__(self) -> str:
         return self.table()
 
-    def plot(self, ax=None):
+    def plot(self, ax=None, labels: bool = True):
         """Log-log roofline: each layer that does FLOPs at its intensity and attained FLOP/s (at its bound when not
-        measured), coloured by what binds it, under the two ceilings min(P, I·W); returns the axes. Layers without
-        FLOPs (activations, pooling, additions) have no place on these axes: they are in :meth:`table`."""
+        measured), coloured by what binds it and named if ``labels``, under the two ceilings min(P, I·W); returns
+        the axes. Layers without FLOPs (activations, pooling, additions) have no place on these axes: they are in
+        :meth:`table`."""
         import matplotlib.pyplot as plt
 
         if ax is None:
@@ -350,7 +351,7 @@ class Roofline:
             pts = [r for r in rows if r.binds == binds]
             ys = [r.attained if r.measured is not None else r.flops / r.bound for r in pts]
             ax.scatter([r.intensity for r in pts], ys, color=colour, label=f"{binds}-bound", zorder=3)
-            for r, y in zip(pts, ys, strict=True):
+            for r, y in zip(pts, ys, strict=True) if labels else ():
                 ax.annotate(r.name, (r.intensity, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.set_xscale("log")
         ax.set_yscale("log")
