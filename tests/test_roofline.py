@@ -243,6 +243,26 @@ def test_latency_vs_batch_session():
     assert latency_vs_batch(quiet, x.numpy(), (2,), input_name="image", min_run_time=1e-4)[0].threads is None
 
 
+def test_latency_vs_batch_onnxruntime_session():
+    """A real ONNX Runtime session (a MatMul graph written with onnx.helper): its input name and threads are read."""
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    h = onnx.helper
+    w = onnx.numpy_helper.from_array(np.ones((4, 3), dtype=np.float32), "w")
+    graph = h.make_graph([h.make_node("MatMul", ["pixels", "w"], ["y"])], "g",
+                         [h.make_tensor_value_info("pixels", onnx.TensorProto.FLOAT, ["n", 4])],
+                         [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", 3])], [w])
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]).SerializeToString()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    out = latency_vs_batch(session, torch.randn(2, 4), (1, 3), min_run_time=1e-4)
+    assert [b.batch_size for b in out] == [1, 3] and all(b.median > 0 and b.threads == 1 for b in out)
+    with pytest.raises(ValueError, match="intra_op_num_threads"):
+        latency_vs_batch(session, torch.randn(2, 4), (1,), threads=2)
+
+
 def test_bad_input():
     lin = nn.Linear(2, 2)
     with pytest.raises(TypeError, match="model"):
