@@ -458,7 +458,10 @@ def quantize_model(model: nn.Module, example_input: torch.Tensor | None = None, 
             detail["lsq_init"] = lsq_init
         return QuantizedLayer(layer, aq), detail
 
-    types = (nn.Conv2d, nn.Linear) if act_bits is None else (nn.Conv2d, nn.Linear, surgery.Add)
+    # additions are candidates where there are some to observe (and only then named in a selection's errors)
+    adds = act_bits is not None and isinstance(model, nn.Module) and any(
+        type(m) is surgery.Add for m in model.modules())
+    types = (nn.Conv2d, nn.Linear, surgery.Add) if adds else (nn.Conv2d, nn.Linear)
     new, rows = surgery.transform(model, types, build, include=include, exclude=exclude,
                                   row_type=FakeQuantizedLayer, action="quantize_model")
     rows = [FakeQuantizedAdd(*(getattr(r, f.name) for f in dataclasses.fields(r))) if r.type_after == "QuantizedAdd"
