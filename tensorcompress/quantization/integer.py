@@ -351,10 +351,10 @@ class IntegerMeanPool(nn.Module):
         if out_qp.axis is not None:
             raise ValueError("IntegerMeanPool needs a per-tensor output quantizer")
         self.hw, self.keepdim, self.window = hw, keepdim, window
+        self.in_zero_point = int(in_zero_point)  # a constant of the conversion, like the window
         m0, shift = _multipliers(acc_scale.double() / (out_qp.scale.double() * hw))
         self.register_buffer("m0", m0)
         self.register_buffer("shift", shift)
-        self.register_buffer("in_zero_point", torch.as_tensor(in_zero_point, dtype=torch.int32).clone())
         self.register_buffer("out_zero_point", out_qp.zero_point.clone())
         self.out_range = (out_qp.qmin, out_qp.qmax)
         self.out_dtype = integer_dtype(out_qp.qmin, out_qp.qmax)
