@@ -265,8 +265,7 @@ def test_quantize_model_selection_and_options_reach_the_additions():
     assert torch.equal(qm.add(a, b), want)
 
 
-def test_float64_model_and_inputs(mnist):
-    train, x = mnist
+def test_float64_model_and_inputs():
     net = _Added().double().eval()
     x64 = torch.randn(128, 1, 6, 6, dtype=torch.float64)
     qm, _ = Q.quantize_model(net)
