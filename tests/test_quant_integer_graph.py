@@ -252,6 +252,8 @@ def test_quantize_model_selection_and_options_reach_the_additions():
     assert isinstance(qm.add, tc.surgery.Add) and [r.name for r in report] == ["conv1", "conv2", "fc"]
     with pytest.raises(TypeError, match="example_input must be a torch.Tensor or None"):
         Q.quantize_model(net, [1.0])
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module, got str"):
+        Q.quantize_model("net")
     qm, _ = Q.quantize_model(net)
     Q.calibrate(qm, x)
     qm.add.input_quantizers[1].calibrated.fill_(False)
