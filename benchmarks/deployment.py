@@ -50,17 +50,11 @@ def baseline(name: str) -> tuple[nn.Module, str]:
 
 
 def quantized(model: nn.Module, calibration: torch.Tensor) -> nn.Module:
-    """fuse_conv_bn (where there is a BatchNorm) → quantize_model → calibrate; a residual ``tc.surgery.Add`` that
-    ``quantize_model`` left as it is becomes a ``QuantizedAdd`` with min-max observers."""
+    """fuse_conv_bn (where there is a BatchNorm) → quantize_model (a ``QuantizedAdd`` at each residual addition) →
+    calibrate."""
     if any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
         model, _ = tc.surgery.fuse_conv_bn(model, calibration[:2])
     qmodel, _ = tc.quantization.quantize_model(model)
-    for name, m in list(qmodel.named_modules()):
-        if isinstance(m, tc.surgery.Add):
-            aqs = [tc.quantization.ActivationQuantizer(tc.quantization.make_observer("minmax", bits=8))
-                   for _ in range(3)]
-            parent, _, child = name.rpartition(".")
-            setattr(qmodel.get_submodule(parent), child, tc.quantization.QuantizedAdd((aqs[0], aqs[1]), aqs[2]))
     return tc.quantization.calibrate(qmodel, calibration)
 
 

@@ -14,7 +14,7 @@ from torch import nn
 
 import tensorcompress as tc
 from tensorcompress.export import onnx_session, to_onnx
-from tensorcompress.quantization import ActivationQuantizer, QuantizedAdd, calibrate, quantize, quantize_model
+from tensorcompress.quantization import ActivationQuantizer, calibrate, quantize, quantize_model
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
@@ -45,23 +45,12 @@ def _run(path, x: torch.Tensor) -> np.ndarray:
     return onnx_session(path).run(None, {"input": x.numpy()})[0]
 
 
-def _with_quantized_adds(qmodel: nn.Module) -> nn.Module:
-    """Swap each ``tc.surgery.Add`` of a ``quantize_model`` result for a ``QuantizedAdd`` (min-max observers at both
-    inputs and the output), in place: what ``quantize_model`` does itself once it handles residual additions."""
-    for name, m in list(qmodel.named_modules()):
-        if isinstance(m, tc.surgery.Add):
-            parent, _, child = name.rpartition(".")
-            aqs = [ActivationQuantizer(tc.quantization.make_observer("minmax", bits=8)) for _ in range(3)]
-            setattr(qmodel.get_submodule(parent), child, QuantizedAdd((aqs[0], aqs[1]), aqs[2]))
-    return qmodel
-
-
 def _quantized(model: nn.Module, calibration: torch.Tensor, **options) -> nn.Module:
-    """fuse_conv_bn (where there is a BatchNorm) → quantize_model → QuantizedAdds → calibrate."""
+    """fuse_conv_bn (where there is a BatchNorm) → quantize_model (a QuantizedAdd at each addition) → calibrate."""
     if any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
         model, _ = tc.surgery.fuse_conv_bn(model, calibration[:2])
     qmodel, _ = quantize_model(model, **options)
-    return calibrate(_with_quantized_adds(qmodel), calibration)
+    return calibrate(qmodel, calibration)
 
 
 def _initializers(path) -> dict[str, np.ndarray]:
@@ -280,7 +269,7 @@ def _tt_model():
     (lambda x: _quantized(_model("lenet5"), x, weight_bits=12), ["conv1", "int8"]),
     (lambda x: calibrate(quantize_model(_model("lenet5"), weight_bits=None)[0], x), ["conv1", "weight_bits"]),
     (lambda x: quantize_model(_model("lenet5"), act_bits=None)[0], ["conv1", "act_bits"]),
-    (lambda x: calibrate(_with_quantized_adds(quantize_model(_model("resnet8"))[0]), x), ["stem.1", "fuse_conv_bn"]),
+    (lambda x: calibrate(quantize_model(_model("resnet8"))[0], x), ["stem.1", "fuse_conv_bn"]),
     (lambda x: _model("lenet5").double(), ["conv1.weight", "float64"]),
 ], ids=["integer", "weight_only", "tt", "uncalibrated", "act_bits4", "weight_bits12", "inputs_only",
         "weights_only", "batchnorm_unfolded", "float64"])
