@@ -126,10 +126,10 @@ def test_integer_graph_agrees_with_fake_quantization(converted, mnist):
                  .le(1).float().mean()) >= 0.99
 
 
+@pytest.mark.parametrize("converted", ["MobileNetV2Tiny"], indirect=True)  # ResNet-8 has no ReLU6
 def test_relu6_is_a_clamp_at_the_code_of_six(converted):
     net, _, qm, _, im, _ = converted
-    if not isinstance(net, tc.models.MobileNetV2Tiny):
-        pytest.skip("ResNet-8 has no ReLU6")
+    assert isinstance(net, tc.models.MobileNetV2Tiny)
     # each ReLU6 acts on the codes of the quantizer that reads it next: a clamp to [q(0), q(6)] = [Z, round(6/S) + Z]
     readers = {"stem.2": "blocks.0.expand.0"}
     for k in range(len(net.blocks)):
