@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import tensorcompress as tc
+from tensorcompress.decompositions import tt_matrix
 from tensorcompress.layers.tt_linear import factor_dimension
 
 TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
@@ -66,14 +67,20 @@ def test_tt_full_rank_reproduces(device, dtype, in_modes, data):
     assert layer.n_params == closed + (lin.out_features if bias else 0)
 
 
-def test_tt_never_forms_weight_and_batches(monkeypatch):
+def test_tt_forms_weight_only_when_cheaper_and_batches(monkeypatch):
+    # (4, 7) -> (5, 6), rank 3: from the last core 1728 FLOPs a vector, forming W 5040 once then 1680 a vector, so
+    # W is formed from a batch of 106 on (a tie at 105 goes to the cores)
     layer = tc.TTLinear((4, 7), (5, 6), 3)
-    x = torch.randn(2, 5, 28)
-    monkeypatch.setattr(tc.TTMatrix, "to_matrix", lambda self: pytest.fail("forward formed the full weight"))
-    y = layer(x)
+    assert tc.contraction_flops((5, 6), (4, 7), layer.rank, 1) == {"left": 2100, "right": 1728, "dense": 6720}
+    x = torch.randn(2, 53, 28)
+    monkeypatch.setattr(tt_matrix, "_dense", lambda cores: pytest.fail("forward formed the full weight"))
+    y = layer(x[:, :5])
     assert y.shape == (2, 5, 30)
     monkeypatch.undo()
-    torch.testing.assert_close(y, layer.to_dense()(x))
+    torch.testing.assert_close(y, layer.to_dense()(x[:, :5]))
+    assert tc.contraction_order((5, 6), (4, 7), layer.rank, 105) == "right"
+    assert tc.contraction_order((5, 6), (4, 7), layer.rank, 106) == "dense"
+    torch.testing.assert_close(layer(x.detach()), layer.to_dense()(x))
 
 
 def test_tt_init_variance():

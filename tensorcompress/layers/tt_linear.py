@@ -7,7 +7,8 @@ The weight :math:`W \in \mathbb R^{M \times N}`, :math:`M = \prod_k m_k` (``out_
           G_k \in \mathbb R^{r_{k-1} \times m_k \times n_k \times r_k},\ r_0 = r_d = 1,
 
 with :math:`\sum_k r_{k-1} m_k n_k r_k` parameters. The forward pass :math:`y = W x + b` contracts the cores with the
-input one at a time (:func:`tensorcompress.tt_matrix_vector_product`), never forming :math:`W`.
+input one at a time, from the left or from the right, or forms :math:`W` once, whichever takes the fewest FLOPs for
+the batch (:func:`tensorcompress.contraction_flops`; :func:`tensorcompress.tt_matrix_vector_product`).
 Novikov, Podoprikhin, Osokin & Vetrov (2015), "Tensorizing neural networks", NIPS.
 """
 
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 
 from .._validation import check_dims
-from ..decompositions import TTMatrix, tt_matrix_svd
+from ..decompositions import TTMatrix, tt_matrix_contract, tt_matrix_svd
 from ..decompositions.tt import parse_tt_rank
 from ._common import check_linear, check_rank, weight_to_decompose
 
@@ -107,19 +108,17 @@ class TTLinear(nn.Module):
         return TTMatrix(list(self.cores))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # The contraction of :func:`tensorcompress.tt_matrix_vector_product`, written with explicit sizes (no -1
-        # in a reshape, so a batch of 0 works) and without the TTMatrix object (so torch.jit.script compiles it).
+        # The kernel of :func:`tensorcompress.tt_matrix_vector_product` in the order with the fewest FLOPs for this
+        # batch, without the TTMatrix object and its checks (so torch.jit.script compiles it).
         if x.ndim == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"x must have {self.in_features} features in its last dimension, got shape "
                              f"{list(x.shape)}")
         shape = list(x.shape[:-1])
         shape.append(self.out_features)
-        t = x.reshape(x.numel() // self.in_features, 1, self.in_features)  # (P, r_{k-1}, n_k * rest)
+        cores: list[torch.Tensor] = []
         for core in self.cores:
-            r0, m, n, r1 = core.shape[0], core.shape[1], core.shape[2], core.shape[3]
-            rest = t.shape[2] // n
-            t = torch.einsum("pans,amnr->pmrs", [t.reshape(t.shape[0], r0, n, rest), core])  # (P, m_k, r_k, rest)
-            t = t.reshape(t.shape[0] * m, r1, rest)
+            cores.append(core)
+        t = tt_matrix_contract(cores, x.reshape(x.numel() // self.in_features, self.in_features))
         y = t.reshape(shape)
         bias = self.bias
         if bias is not None:
