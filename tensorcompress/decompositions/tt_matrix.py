@@ -19,8 +19,9 @@ A product :math:`W x` for a batch of :math:`B` vectors has three orders (:func:`
 * ``"dense"``: :math:`W` formed once (:math:`2 \sum_{k\ge2} r_{k-1} r_k \prod_{j\le k} m_j n_j`) and multiplied
   (:math:`2BMN`): the cheapest for a batch large enough, since forming :math:`W` does not grow with :math:`B`.
 
-:func:`tt_matrix_vector_product` and the TT layers take the order with the fewest FLOPs (the first of these on a
-tie); every order computes the same product up to floating-point rounding.
+:func:`tt_matrix_vector_product` takes the order with the fewest FLOPs (the first of these on a tie), a
+:class:`~tensorcompress.TTLinear` layer the one it is given (``order="auto"`` for the fewest); every order computes
+the same product up to floating-point rounding.
 """
 
 from __future__ import annotations
@@ -130,7 +131,7 @@ def tt_matrix_vector_product(tt_matrix: TTMatrix, x: torch.Tensor, *, order: str
     if x.device != tt_matrix.device or x.dtype != tt_matrix.dtype:
         raise ValueError(f"x is {x.dtype} on {x.device} but the TT-matrix is {tt_matrix.dtype} on "
                          f"{tt_matrix.device}: use one dtype and device")
-    y = tt_matrix_contract(list(tt_matrix.cores), x.reshape(-1, n_cols), "" if order is None else order)
+    y = tt_matrix_contract(list(tt_matrix.cores), x.reshape(-1, n_cols), "auto" if order is None else order)
     return y.reshape(n_rows) if x.ndim == 1 else y
 
 
@@ -163,8 +164,8 @@ def contraction_flops(row_modes: Sequence[int], col_modes: Sequence[int], rank: 
 
 
 def contraction_order(row_modes: Sequence[int], col_modes: Sequence[int], rank: Sequence[int], batch: int) -> str:
-    """The order :func:`tt_matrix_vector_product` and the TT layers take: the one of :data:`ORDERS` with the fewest
-    FLOPs by :func:`contraction_flops`, the earlier on a tie.
+    """The order :func:`tt_matrix_vector_product` takes (and a TT layer with ``order="auto"``): the one of
+    :data:`ORDERS` with the fewest FLOPs by :func:`contraction_flops`, the earlier on a tie.
 
     Parameters
     ----------
@@ -174,7 +175,7 @@ def contraction_order(row_modes: Sequence[int], col_modes: Sequence[int], rank: 
     return _cheapest(list(contraction_flops(row_modes, col_modes, rank, batch).values()))
 
 
-def tt_matrix_contract(cores: list[torch.Tensor], x: torch.Tensor, order: str = "") -> torch.Tensor:
+def tt_matrix_contract(cores: list[torch.Tensor], x: torch.Tensor, order: str = "auto") -> torch.Tensor:
     """``x @ W.T`` for the TT-matrix ``W`` of ``cores``: the kernel of :func:`tt_matrix_vector_product` and of the
     TT layers, unchecked and compilable by ``torch.jit.script`` (sizes explicit, so ``B = 0`` works).
 
@@ -185,7 +186,7 @@ def tt_matrix_contract(cores: list[torch.Tensor], x: torch.Tensor, order: str = 
     x : torch.Tensor
         Shape ``(B, N)``, same dtype and device as the cores.
     order : str
-        One of :data:`ORDERS`; ``""``: the one with the fewest FLOPs (:func:`contraction_order`).
+        One of :data:`ORDERS`, or ``"auto"``: the one with the fewest FLOPs (:func:`contraction_order`).
     """
     row_modes: list[int] = []
     col_modes: list[int] = []
@@ -194,7 +195,7 @@ def tt_matrix_contract(cores: list[torch.Tensor], x: torch.Tensor, order: str = 
         row_modes.append(core.shape[1])
         col_modes.append(core.shape[2])
         rank.append(core.shape[3])
-    if order == "":
+    if order == "auto":
         order = _cheapest(_flops(row_modes, col_modes, rank, x.shape[0]))
     if order == "dense":
         return torch.nn.functional.linear(x, _dense(cores))
