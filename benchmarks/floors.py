@@ -34,8 +34,8 @@ Sections:
   took): 1024 x 1024 at rank 4 and 784 x 300 at rank 8, batch 64, inference mode; every order equal to the dense
   product to 1e-5 relative.
 * ``channels_last`` — LeNet-5 and SmallCNN at batch 256 (forward, inference mode) and a training step (forward,
-  backward, SGD) at batch 64, on images in NCHW memory order (as before) and channels-last (as ``tc.fit`` and
-  ``tc.evaluate`` pass them, ``tc.train.to_model``); logits equal to 1e-5 relative.
+  backward, SGD) at batch 64, on images in NCHW memory order (as before, and as ``tc.evaluate`` passes them) and
+  channels-last (as ``tc.fit`` trains on them, ``tc.train.channels_last_images``); logits equal to 1e-5 relative.
 """
 
 from __future__ import annotations
@@ -352,20 +352,18 @@ def _train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[
 
 
 def channels_last_section(args, before) -> None:
-    cpu = torch.device("cpu")
     for make in (tc.models.LeNet5, tc.models.SmallCNN):
         torch.manual_seed(0)
         model = make().eval()
         name = type(model).__name__
         x = torch.randn(256, 1, 28, 28)
-        x_cl = tc.train.to_model(x, cpu, torch.float32)
-        cases = {"channels-last images (tc.fit / tc.evaluate)": lambda m=model, x=x_cl: m(x),
-                 "NCHW images (before)": lambda m=model, x=x: m(x)}
+        x_cl = tc.train.channels_last_images(x)
+        cases = {"channels-last images": lambda m=model, x=x_cl: m(x),
+                 "NCHW images (before; tc.evaluate)": lambda m=model, x=x: m(x)}
         with torch.inference_mode():
             _close_all({label: fn() for label, fn in cases.items()})
-            report(f"channels_last: {name} forward, batch 256, inference mode", cases,
-                   "channels-last images (tc.fit / tc.evaluate)", "channels-last images (tc.fit / tc.evaluate)",
-                   args, "")
+            report(f"channels_last: {name} forward, batch 256, inference mode", cases, "channels-last images",
+                   "channels-last images", args, "")
         y = torch.randint(0, 10, (64,))
         cases = {"channels-last images (tc.fit)": _train_step(copy.deepcopy(model).train(), x_cl[:64], y),
                  "NCHW images (before)": _train_step(copy.deepcopy(model).train(), x[:64], y)}
