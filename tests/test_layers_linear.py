@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import tensorcompress as tc
+from tensorcompress.decompositions import tt_matrix
 from tensorcompress.layers.tt_linear import factor_dimension
 
 TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
@@ -68,12 +70,50 @@ def test_tt_full_rank_reproduces(device, dtype, in_modes, data):
 
 def test_tt_never_forms_weight_and_batches(monkeypatch):
     layer = tc.TTLinear((4, 7), (5, 6), 3)
-    x = torch.randn(2, 5, 28)
-    monkeypatch.setattr(tc.TTMatrix, "to_matrix", lambda self: pytest.fail("forward formed the full weight"))
+    x = torch.randn(2, 53, 28)
+    monkeypatch.setattr(tt_matrix, "_dense", lambda cores: pytest.fail("forward formed the full weight"))
     y = layer(x)
-    assert y.shape == (2, 5, 30)
+    assert y.shape == (2, 53, 30)
     monkeypatch.undo()
     torch.testing.assert_close(y, layer.to_dense()(x))
+
+
+def test_tt_order_auto_forms_weight_only_when_cheaper(monkeypatch):
+    # (4, 7) -> (5, 6), rank 3: from the last core 1728 FLOPs a vector, forming W 5040 once then 1680 a vector, so
+    # W is formed from a batch of 106 on (a tie at 105 goes to the cores)
+    layer = tc.TTLinear((4, 7), (5, 6), 3, order="auto")
+    assert tc.contraction_flops((5, 6), (4, 7), layer.rank, 1) == {"left": 2100, "right": 1728, "dense": 6720}
+    assert tc.contraction_order((5, 6), (4, 7), layer.rank, 105) == "right"
+    assert tc.contraction_order((5, 6), (4, 7), layer.rank, 106) == "dense"
+    x = torch.randn(2, 53, 28)
+    monkeypatch.setattr(tt_matrix, "_dense", lambda cores: pytest.fail("forward formed the full weight"))
+    y = layer(x[:, :52])
+    monkeypatch.undo()
+    torch.testing.assert_close(y, layer.to_dense()(x[:, :52]))
+    calls, dense = [], tt_matrix._dense
+    monkeypatch.setattr(tt_matrix, "_dense", lambda cores: calls.append(len(cores)) or dense(cores))
+    y = layer(x)
+    assert calls == [2]  # formed once for the batch of 106
+    torch.testing.assert_close(y, layer.to_dense()(x))
+
+
+@pytest.mark.parametrize("order", ["left", "right", "dense", "auto"])
+def test_tt_every_order_equals_the_dense_layer(order, dtype):
+    torch.manual_seed(0)
+    layer = tc.TTLinear((4, 3, 2), (2, 5, 3), [3, 4], order=order, dtype=dtype)
+    x = torch.randn(7, 24, dtype=dtype, requires_grad=True)
+    ref_layer = copy.deepcopy(layer)
+    ref_layer.order = "left"
+    y, ref = layer(x), ref_layer(x)
+    torch.testing.assert_close(y, ref, rtol=TOL[dtype], atol=TOL[dtype] * ref.abs().max().item())
+    grads = torch.autograd.grad(y.square().sum(), [x, *layer.parameters()])
+    ref_grads = torch.autograd.grad(ref.square().sum(), [x, *ref_layer.parameters()])
+    for a, b in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=TOL[dtype], atol=TOL[dtype] * b.abs().max().item())
+    with pytest.raises(ValueError, match=r"order must be one of \('left', 'right', 'dense', 'auto'\), got 'up'"):
+        tc.TTLinear((4, 3), (2, 5), 2, order="up")
+    with pytest.raises(TypeError, match="order must be a str, got NoneType"):
+        tc.TTLinear((4, 3), (2, 5), 2, order=None)
 
 
 def test_tt_init_variance():
@@ -224,7 +264,7 @@ def test_torchscript_equals_eager():
     lin = nn.Linear(12, 10)
     x = torch.randn(4, 12)
     for layer in (tc.LowRankLinear.from_linear(lin, 3), tc.TTLinear.from_linear(lin, (3, 4), (5, 2), rank=2),
-                  tc.TTLinear((3, 4), (5, 2), 2, bias=False)):
+                  tc.TTLinear((3, 4), (5, 2), 2, bias=False), tc.TTLinear((3, 4), (5, 2), 2, order="auto")):
         scripted = torch.jit.script(layer)
         assert torch.equal(scripted(x), layer(x))
         assert scripted(x[:0]).shape == (0, 10)

@@ -638,3 +638,55 @@ def test_fit_trains_on_tokens_with_per_token_loss_and_accuracy(dtype):
     assert h[0]["loss"] == pytest.approx(float(sum(losses)) / 60, rel=1e-5)
     assert h[0]["accuracy"] == correct / 60
     assert h[1]["loss"] < h[0]["loss"]
+
+
+# ---------------------------------------------------------------- images in channels-last memory order
+
+
+@pytest.mark.parametrize("make", [tc.models.LeNet5, tc.models.SmallCNN, lambda: tc.models.LeNet5(in_channels=3)])
+def test_images_enter_channels_last_with_nchw_logits(make):
+    torch.manual_seed(0)
+    model = make().eval()
+    x = torch.randn(5, model.in_channels, 28, 28)
+    moved = tc.train.channels_last_images(x)
+    assert torch.equal(moved, x) and moved.shape == x.shape
+    assert moved.is_contiguous(memory_format=torch.channels_last) and moved.stride()[1] == 1
+    first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    assert first(moved).is_contiguous(memory_format=torch.channels_last)  # and not NCHW: the layout is in effect
+    assert not first(moved).is_contiguous()
+    with torch.no_grad():
+        ref = model(x)
+        torch.testing.assert_close(model(moved), ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+
+
+def test_flatten_after_channels_last_reads_nchw_order():
+    conv = nn.Conv2d(3, 4, 3)
+    x = torch.randn(2, 3, 6, 6)
+    moved = tc.train.channels_last_images(x)
+    with torch.no_grad():
+        torch.testing.assert_close(conv(moved).flatten(1), conv(x).flatten(1), rtol=1e-6, atol=1e-6)
+    # token ids, integer codes, vectors and sequences are passed as they are
+    for t in (torch.randint(0, 9, (2, 3, 4, 5)), torch.randn(2, 5), torch.randn(2, 3, 5)):
+        assert tc.train.channels_last_images(t) is t
+
+
+def test_training_on_channels_last_images_keeps_the_state_dict():
+    torch.manual_seed(0)
+    model, fresh = tc.models.LeNet5(), tc.models.LeNet5()
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(32, 1, 28, 28, generator=g), torch.randint(0, 10, (32,), generator=g))
+    seen = []
+    hook = model.conv1.register_forward_pre_hook(lambda m, args: seen.append(args[0].stride()))
+    tc.fit(model, data, epochs=1, batch_size=16, progress=False)
+    assert seen == [(784, 1, 28, 1)] * 2  # training batches channels-last
+    after, before = model.state_dict(), fresh.state_dict()
+    assert list(after) == list(before)
+    for name, t in after.items():
+        assert t.shape == before[name].shape and t.stride() == before[name].stride() and t.is_contiguous(), name
+    with torch.no_grad():  # evaluate against the plain forward pass
+        logits = model.eval()(data.tensors[0])
+    result = tc.evaluate(model, data)
+    assert seen[2:] == [(784, 784, 28, 1)] * 2  # the plain forward and evaluate, NCHW (integer networks need it)
+    hook.remove()
+    assert result.accuracy == (logits.argmax(1) == data.tensors[1]).float().mean().item()
+    assert math.isclose(result.loss, nn.functional.cross_entropy(logits, data.tensors[1]).item(), rel_tol=1e-5)

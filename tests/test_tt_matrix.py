@@ -11,6 +11,7 @@ import torch
 from helpers import randn, tolerance
 from hypothesis import given
 from hypothesis import strategies as st
+from torch.utils.flop_counter import FlopCounterMode
 
 import tensorcompress as tc
 
@@ -139,3 +140,103 @@ def test_shared_base_round_trips(obj):
     half = obj.to(torch.float32)
     assert half.dtype == torch.float32 and type(half) is type(obj) and len(half._tensors()) == len(obj._tensors())
     assert repr(obj).startswith(f"{type(obj).__name__}(shape=")
+
+
+# ---------------------------------------------------------------- contraction orders
+
+ORDERS = tc.decompositions.tt_matrix.ORDERS
+
+
+def _left_to_right_oracle(cores, x):
+    """The product as the library computed it before the order was chosen (cores from the first to the last), kept
+    as a test-only oracle."""
+    t = x.reshape(x.shape[0], 1, x.shape[1])
+    for core in cores:
+        r0, m, n, r1 = core.shape
+        rest = t.shape[2] // n
+        t = torch.einsum("pans,amnr->pmrs", t.reshape(t.shape[0], r0, n, rest), core)
+        t = t.reshape(t.shape[0] * m, r1, rest)
+    return t.reshape(x.shape[0], -1)
+
+
+def _random_cores(pairs, ranks, seed, dtype=torch.float64):
+    rank = (1, *(ranks[: len(pairs) - 1]), 1)
+    return [randn((rank[k], m, n, rank[k + 1]), seed + k, dtype=dtype) for k, (m, n) in enumerate(pairs)]
+
+
+ranks = st.lists(st.integers(1, 5), min_size=3, max_size=3)
+
+
+@given(pairs=st.lists(st.tuples(st.integers(2, 4), st.integers(2, 4)), min_size=1, max_size=4),
+       ranks=st.lists(st.integers(2, 5), min_size=3, max_size=3), batch=st.integers(0, 70))
+def test_flop_count_is_what_torch_counts(pairs, ranks, batch):
+    # torch's FLOP counter (2 per multiply-add of every matrix product it dispatches) is the independent count; sizes
+    # from 2 up, since einsum multiplies elementwise (uncounted) when a contracted size is 1
+    tt = tc.TTMatrix(_random_cores(pairs, ranks, 0))
+    flops = tc.contraction_flops(tt.row_modes, tt.col_modes, tt.rank, batch)
+    assert list(flops) == list(ORDERS)
+    x = randn((batch, tt.shape[1]), 1)
+    for order in ORDERS:
+        with FlopCounterMode(display=False) as counter:
+            tc.tt_matrix_vector_product(tt, x, order=order)
+        assert counter.get_total_flops() == flops[order], order
+
+
+@given(pairs=modes, ranks=ranks, batch=st.integers(0, 70))
+def test_the_chosen_order_has_the_fewest_flops(pairs, ranks, batch):
+    tt = tc.TTMatrix(_random_cores(pairs, ranks, 0))
+    flops = tc.contraction_flops(tt.row_modes, tt.col_modes, tt.rank, batch)
+    chosen = tc.contraction_order(tt.row_modes, tt.col_modes, tt.rank, batch)
+    assert flops[chosen] == min(flops.values())
+    assert all(flops[o] > flops[chosen] for o in ORDERS[: ORDERS.index(chosen)])  # ties go to the earlier order
+    x = randn((batch, tt.shape[1]), 1)
+    assert torch.equal(tc.tt_matrix_vector_product(tt, x), tc.tt_matrix_vector_product(tt, x, order=chosen))
+
+
+@given(pairs=modes, ranks=ranks, batch=st.integers(1, 5), seed=st.integers(0, 999))
+def test_every_order_equals_the_dense_product_and_its_gradients(pairs, ranks, batch, seed):
+    cores = _random_cores(pairs, ranks, seed)
+    dense = tc.TTMatrix(cores).to_matrix()
+    x = randn((batch, dense.shape[1]), seed + 10)
+    torch.testing.assert_close(_left_to_right_oracle(cores, x), x @ dense.mT, rtol=1e-12, atol=1e-12)
+    grads = []
+    for order in ORDERS:
+        leaves = [c.clone().requires_grad_(True) for c in cores] + [x.clone().requires_grad_(True)]
+        y = tc.tt_matrix_vector_product(tc.TTMatrix(leaves[:-1]), leaves[-1], order=order)
+        torch.testing.assert_close(y, x @ dense.mT, rtol=1e-12, atol=1e-12)
+        y.square().sum().backward()
+        grads.append([leaf.grad for leaf in leaves])
+    for other in grads[1:]:
+        for a, b in zip(grads[0], other, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_every_order_equals_the_former_product_in_float32(order):
+    cores = _random_cores([(4, 8), (8, 4), (2, 4)], [3, 4, 1], 0, dtype=torch.float32)
+    x = randn((6, 128), 5, dtype=torch.float32)
+    y, ref = tc.tt_matrix_vector_product(tc.TTMatrix(cores), x, order=order), _left_to_right_oracle(cores, x)
+    # 1e-5 relative to the output's scale: an entry near 0 is a difference of large sums
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+
+
+def test_contraction_flops_closed_form_and_bad_input():
+    # 1024 x 1024 as (8, 8, 4, 4) x (8, 8, 4, 4), rank 4: left and right mirror each other; forming W costs more
+    rank = (1, 4, 4, 4, 1)
+    flops = tc.contraction_flops((8, 8, 4, 4), (8, 8, 4, 4), rank, 64)
+    per_core = [256, 1024, 256, 64]  # r_{k-1} m_k n_k r_k
+    left = 2 * 64 * (per_core[0] * 128 + per_core[1] * 8 * 16 + per_core[2] * 64 * 4 + per_core[3] * 256)
+    assert flops["left"] == flops["right"] == left
+    # forming W: (m_1 n_1, r_1) @ (r_1, m_2 n_2 r_2), ... with (r_{k-1} r_k) = 16, 16, 4; then 2 B M N
+    assert flops["dense"] == 2 * 64 * 1024 * 1024 + 2 * 16 * (64 ** 2 + 256 ** 2) + 2 * 4 * 1024 ** 2
+    assert tc.contraction_order((8, 8, 4, 4), (8, 8, 4, 4), rank, 64) == "left"
+    assert tc.contraction_order((16, 2), (2, 16), (1, 1, 1), 5) == "right"  # 64 FLOPs a vector per core, not 512
+    assert tc.contraction_order((4, 4), (4, 4), (1, 16, 1), 100) == "dense"  # full rank, a large batch
+    with pytest.raises(ValueError, match=r"rank \(1, 2\) d \+ 1 values"):
+        tc.contraction_flops((2, 2), (2, 2), (1, 2), 3)
+    with pytest.raises(ValueError, match="batch must be >= 0, got -1"):
+        tc.contraction_flops((2,), (2,), (1, 1), -1)
+    with pytest.raises(TypeError, match="batch must be an int"):
+        tc.contraction_flops((2,), (2,), (1, 1), 2.0)
+    with pytest.raises(ValueError, match=r"order must be one of \('left', 'right', 'dense'\) or None, got 'up'"):
+        tc.tt_matrix_vector_product(tc.TTMatrix([torch.ones(1, 2, 2, 1)]), torch.ones(2), order="up")

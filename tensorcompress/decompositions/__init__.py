@@ -29,7 +29,14 @@ from ._common import rank_for_energy
 from .cp import CPTensor, cp_als, cp_to_tensor
 from .random import SyntheticTensor, add_noise, random_cp, random_tt, random_tucker
 from .tt import TTTensor, tt_inner, tt_round, tt_svd, tt_to_tensor
-from .tt_matrix import TTMatrix, tt_matrix_svd, tt_matrix_vector_product
+from .tt_matrix import (
+    TTMatrix,
+    contraction_flops,
+    contraction_order,
+    tt_matrix_contract,
+    tt_matrix_svd,
+    tt_matrix_vector_product,
+)
 from .tucker import TuckerTensor, hosvd, tucker, tucker_to_tensor
 
 __all__ = [
@@ -48,6 +55,9 @@ __all__ = [
     "TTMatrix",
     "tt_matrix_svd",
     "tt_matrix_vector_product",
+    "tt_matrix_contract",
+    "contraction_flops",
+    "contraction_order",
     "SyntheticTensor",
     "random_cp",
     "random_tucker",

@@ -7,7 +7,10 @@ The weight :math:`W \in \mathbb R^{M \times N}`, :math:`M = \prod_k m_k` (``out_
           G_k \in \mathbb R^{r_{k-1} \times m_k \times n_k \times r_k},\ r_0 = r_d = 1,
 
 with :math:`\sum_k r_{k-1} m_k n_k r_k` parameters. The forward pass :math:`y = W x + b` contracts the cores with the
-input one at a time (:func:`tensorcompress.tt_matrix_vector_product`), never forming :math:`W`.
+input one at a time, from the first to the last (``order="left"``, the default: :math:`2B \sum_k r_{k-1} m_k n_k
+r_k \prod_{j<k} m_j \prod_{j>k} n_j` FLOPs, which can exceed the dense layer's :math:`2BMN`); ``order="auto"``
+takes, for each batch, the order with the fewest FLOPs: from the left, from the right, or :math:`W` formed once
+(:func:`tensorcompress.contraction_flops`, :func:`tensorcompress.tt_matrix_vector_product`).
 Novikov, Podoprikhin, Osokin & Vetrov (2015), "Tensorizing neural networks", NIPS.
 """
 
@@ -20,8 +23,9 @@ import torch
 from torch import nn
 
 from .._validation import check_dims
-from ..decompositions import TTMatrix, tt_matrix_svd
+from ..decompositions import TTMatrix, tt_matrix_contract, tt_matrix_svd
 from ..decompositions.tt import parse_tt_rank
+from ..decompositions.tt_matrix import ORDERS
 from ._common import check_linear, check_rank, weight_to_decompose
 
 __all__ = ["TTLinear", "factor_dimension"]
@@ -60,6 +64,10 @@ class TTLinear(nn.Module):
         :math:`(m_k n_k)` allows; ``d + 1`` values with 1 at both ends also accepted; the rule of
         :func:`tensorcompress.tt_svd`).
     bias : bool
+    order : str
+        The contraction order of the forward pass: one of ``"left"`` (default), ``"right"``, ``"dense"`` (see
+        :func:`tensorcompress.contraction_flops`) or ``"auto"``, the one with the fewest FLOPs for each batch. The
+        output is the same up to floating-point rounding; an attribute, not in ``state_dict``.
     device, dtype : optional
 
     Attributes
@@ -79,7 +87,7 @@ class TTLinear(nn.Module):
     __jit_unused_properties__ = ["n_params"]
 
     def __init__(self, in_modes: Sequence[int], out_modes: Sequence[int], rank: int | Sequence[int] | None = None,
-                 bias: bool = True, *, device=None, dtype=None):
+                 bias: bool = True, *, order: str = "left", device=None, dtype=None):
         super().__init__()
         in_modes, out_modes = check_dims(in_modes, "in_modes"), check_dims(out_modes, "out_modes")
         if len(in_modes) != len(out_modes):
@@ -87,6 +95,11 @@ class TTLinear(nn.Module):
         d = len(in_modes)
         if rank is None:
             raise TypeError("TTLinear needs rank= (an int or the d - 1 inner TT ranks)")
+        if not isinstance(order, str):
+            raise TypeError(f"order must be a str, got {type(order).__name__}")
+        if order not in (*ORDERS, "auto"):
+            raise ValueError(f"order must be one of {(*ORDERS, 'auto')}, got {order!r}")
+        self.order = order
         # the rank rule of the TT functions, on the merged modes (m_k n_k): a sequence above what an unfolding
         # allows is refused, an int is capped there (more could not be reached)
         inner = parse_tt_rank(rank, [m * n for m, n in zip(out_modes, in_modes, strict=True)], strict=True)
@@ -107,19 +120,17 @@ class TTLinear(nn.Module):
         return TTMatrix(list(self.cores))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # The contraction of :func:`tensorcompress.tt_matrix_vector_product`, written with explicit sizes (no -1
-        # in a reshape, so a batch of 0 works) and without the TTMatrix object (so torch.jit.script compiles it).
+        # The kernel of :func:`tensorcompress.tt_matrix_vector_product`, without the TTMatrix object and its checks
+        # (so torch.jit.script compiles it).
         if x.ndim == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"x must have {self.in_features} features in its last dimension, got shape "
                              f"{list(x.shape)}")
         shape = list(x.shape[:-1])
         shape.append(self.out_features)
-        t = x.reshape(x.numel() // self.in_features, 1, self.in_features)  # (P, r_{k-1}, n_k * rest)
+        cores: list[torch.Tensor] = []
         for core in self.cores:
-            r0, m, n, r1 = core.shape[0], core.shape[1], core.shape[2], core.shape[3]
-            rest = t.shape[2] // n
-            t = torch.einsum("pans,amnr->pmrs", [t.reshape(t.shape[0], r0, n, rest), core])  # (P, m_k, r_k, rest)
-            t = t.reshape(t.shape[0] * m, r1, rest)
+            cores.append(core)
+        t = tt_matrix_contract(cores, x.reshape(x.numel() // self.in_features, self.in_features), self.order)
         y = t.reshape(shape)
         bias = self.bias
         if bias is not None:
@@ -178,4 +189,5 @@ class TTLinear(nn.Module):
         return dense
 
     def extra_repr(self) -> str:
-        return f"in_modes={self.in_modes}, out_modes={self.out_modes}, rank={self.rank}"
+        order = "" if self.order == "left" else f", order={self.order!r}"
+        return f"in_modes={self.in_modes}, out_modes={self.out_modes}, rank={self.rank}{order}"

@@ -32,6 +32,7 @@ from .callbacks import HOOKS as HOOKS  # reachable as tc.train.NAME, kept out of
 from .callbacks import Callback, FitState
 from .distributed import is_main_process as is_main_process
 from .loop import Evaluation, evaluate, fit
+from .loop import channels_last_images as channels_last_images
 from .loop import per_token as per_token
 from .loop import split_outputs as split_outputs
 from .loop import to_model as to_model
