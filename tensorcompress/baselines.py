@@ -92,6 +92,8 @@ BASELINES: dict[str, BaselineConfig | LanguageModelConfig] = {
     "lenet300100": BaselineConfig(dataset="mnist_sample", epochs=10, lr=1e-3, augment=True),
     "lenet5": BaselineConfig(dataset="mnist_sample", epochs=8, lr=1e-3, augment=True),
     "smallcnn": BaselineConfig(dataset="digits", epochs=10, lr=1e-3),
+    "resnet8": BaselineConfig(dataset="mnist_sample", epochs=6, lr=2e-3, augment=True),
+    "mobilenetv2_tiny": BaselineConfig(dataset="mnist_sample", epochs=4, lr=2e-3, augment=True),
     "tinygpt": LanguageModelConfig(epochs=10, steps_per_epoch=150, lr=2e-3),
 }
 

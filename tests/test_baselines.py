@@ -25,8 +25,8 @@ import tensorcompress as tc
 from tensorcompress import baselines
 from tensorcompress.models.pretrained import CHECKPOINT_DIR, sha256_file
 
-TARGETS = {"lenet300100": 0.95, "lenet5": 0.975, "smallcnn": 0.97}
-TEST_SIZES = {"lenet300100": 1000, "lenet5": 1000, "smallcnn": 360}
+TARGETS = {"lenet300100": 0.95, "lenet5": 0.975, "smallcnn": 0.97, "resnet8": 0.98, "mobilenetv2_tiny": 0.98}
+TEST_SIZES = {"lenet300100": 1000, "lenet5": 1000, "smallcnn": 360, "resnet8": 1000, "mobilenetv2_tiny": 1000}
 
 
 @pytest.fixture(scope="module")
@@ -109,8 +109,8 @@ def test_script_check_mode(tmp_path, monkeypatch, capsys):
 
 
 def test_train_baseline_unknown_name():
-    with pytest.raises(ValueError, match=r"name must be one of \['lenet300100', 'lenet5', 'smallcnn', 'tinygpt'\], "
-                                         r"got 'vgg'"):
+    names = r"\['lenet300100', 'lenet5', 'mobilenetv2_tiny', 'resnet8', 'smallcnn', 'tinygpt'\]"
+    with pytest.raises(ValueError, match=rf"name must be one of {names}, got 'vgg'"):
         baselines.train_baseline("vgg")
 
 
