@@ -1,11 +1,12 @@
 """The stored baselines: targets met, files intact and small, retraining reproduces them, the script round-trips.
 
 A full retrain of LeNet-5 takes about four minutes and LeNet-300-100 about 15-30 s on two cores, so only the cheapest
-baseline (SmallCNN on digits, about 8 s) is retrained here in full with its stored recipe; the other two are checked
-through their hash and re-measured accuracy. The language model (TinyGPT, minutes of training) is checked through its
-hash, its manifest and its re-measured perplexity; its recipe runs here cut to two steps, which exercises the script's
-write and ``--check`` paths. ``python -m tensorcompress.baselines --check`` retrains all four and compares (run by
-hand; on this project's machine it reproduced the three accuracies exactly).
+baseline (SmallCNN on digits, about 8 s) is retrained here in full with its stored recipe; the other image classifiers
+(the LeNets, ResNet-8 and MobileNetV2-tiny, minutes each) are checked through their hash and re-measured accuracy. The
+language model (TinyGPT, minutes of training) is checked through its hash, its manifest and its re-measured
+perplexity; its recipe runs here cut to two steps, which exercises the script's write and ``--check`` paths.
+``python -m tensorcompress.baselines --check`` retrains all six and compares (run by hand; on this project's machine it
+reproduced the LeNets' and SmallCNN's accuracies exactly).
 
 Green on any machine: what is retrained is compared by test accuracy within ``baselines.ACCURACY_TOLERANCE`` (one
 percentage point), never by weights — another CPU sums in another order and the weights drift apart (0.02 for SmallCNN
