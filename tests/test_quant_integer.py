@@ -310,19 +310,20 @@ class _Pair(torch.nn.Module):
 
 
 @pytest.mark.parametrize("net, x, message", [
-    (_Residual(), torch.randn(16, 1, 6, 6), r"the output of relu is read by 2 operations "
-                                            r"\['conv2 \(QuantizedLayer\)', 'add'\]: a branch"),
+    (_Residual(), torch.randn(16, 1, 6, 6), r"add of relu and conv2 \(QuantizedLayer\) is an addition written with "
+                                            r"`\+`.* Write it as tc.surgery.Add"),
     (_Twice(), torch.randn(16, 4), "layer 'fc' is called 2 times"),
     (_Pair(), torch.randn(16, 4), "returns one tensor, got tuple"),
     (torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LeakyReLU(), torch.nn.Linear(3, 2)), torch.randn(16, 4),
      r"cannot prove 1 \(LeakyReLU\) exact on integer codes"),
     (torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2), torch.nn.Softmax(1)), torch.randn(16, 4),
      r"cannot prove 2 \(Softmax\) exact after the last quantized layer"),
-    (torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3), torch.nn.ReLU6(), torch.nn.AdaptiveAvgPool2d(1),
-                         torch.nn.Flatten(), torch.nn.Linear(3, 2)), torch.randn(16, 1, 6, 6),
-     r"cannot prove 1 \(ReLU6\) exact on the per-channel accumulators before the mean"),
-    (torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3), torch.nn.AvgPool2d(2), torch.nn.Flatten(),
+    (torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3), torch.nn.AvgPool2d(2, ceil_mode=True), torch.nn.Flatten(),
                          torch.nn.Linear(12, 2)), torch.randn(16, 1, 6, 6), r"cannot prove 1 \(AvgPool2d\) exact"),
+    (torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.GELU(), torch.nn.Linear(3, 2)), torch.randn(16, 4),
+     r"cannot prove 1 \(GELU\) exact on integer codes"),
+    (torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Sigmoid(), torch.nn.Linear(3, 2)), torch.randn(16, 4),
+     r"cannot prove 1 \(Sigmoid\) exact on integer codes"),
 ])
 def test_to_integer_refuses_every_graph_it_cannot_prove(net, x, message):
     qm = _calibrated(net, x)
@@ -448,6 +449,42 @@ def test_a_spatial_mean_becomes_one_integer_mean_pool(keepdim):
     assert isinstance(im.get_submodule("2"), Q.IntegerMeanPool)
     with pytest.raises(ValueError, match=r"expected input of shape N x 2 x 10 x 10, got \(3, 2, 8, 8\)"):
         im(x[:3, :, :8, :8])
+
+
+def test_relu6_before_a_mean_clamps_the_accumulators_at_the_code_of_six():
+    """ReLU6 on accumulators that a global mean reads: a clamp per channel at the accumulator code nearest 6 (half
+    an accumulator step from 6, far below an output step)."""
+    torch.manual_seed(4)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3), torch.nn.ReLU6(), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(3, 2))
+    with torch.no_grad():
+        net[0].weight.mul_(8)  # many activations above 6
+    im, report, qm = _agree_within_one_lsb(net, torch.randn(256, 1, 6, 6) * 2)
+    assert [r.detail["output"] for r in report] == ["accumulator", "logits"]
+    clamp, layer = im.get_submodule("1"), im.get_submodule("0")
+    assert clamp.lo.flatten().tolist() == [0, 0, 0]
+    assert torch.equal(clamp.hi.flatten(), torch.round(6 / layer.acc_scale).long())
+
+
+@pytest.mark.parametrize("pool", [torch.nn.AvgPool2d(2), torch.nn.AvgPool2d(3, stride=2, padding=1)])
+def test_average_pooling_is_a_window_sum_and_one_requantization(pool):
+    torch.manual_seed(5)
+    net = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3, padding=1), torch.nn.ReLU(), pool, torch.nn.Flatten(),
+                              torch.nn.LazyLinear(3))
+    x = torch.randn(128, 2, 8, 8)
+    net(x)  # materialise the linear layer
+    im, _, _ = _agree_within_one_lsb(net, x)
+    step = im.get_submodule("2")
+    assert isinstance(step, Q.IntegerMeanPool) and step.window == ((pool.kernel_size,) * 2, (pool.stride,) * 2,
+                                                                    (pool.padding,) * 2)
+    assert step.hw == pool.kernel_size**2
+
+
+def test_grouped_convolution():
+    torch.manual_seed(6)
+    net = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3, groups=2), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, groups=8),
+                              torch.nn.ReLU6(), torch.nn.Flatten(), torch.nn.Linear(8 * 16, 3))
+    _agree_within_one_lsb(net, torch.randn(128, 4, 8, 8))
 
 
 def test_to_integer_folds_batchnorm_with_negative_scale():

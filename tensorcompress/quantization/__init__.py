@@ -19,11 +19,13 @@
 
 from .gptq import gptq, gptq_layer
 from .integer import (
+    IntegerAdd,
     IntegerClamp,
     IntegerizedLayer,
     IntegerLayer,
     IntegerMeanPool,
     IntegerNet,
+    IntegerRequantize,
     float32_is_exact,
     quantize_multiplier,
     requantize,
@@ -31,6 +33,7 @@ from .integer import (
 )
 from .model import (
     ActivationQuantizer,
+    FakeQuantizedAdd,
     FakeQuantizedLayer,
     QuantizedAdd,
     QuantizedLayer,
@@ -74,8 +77,9 @@ __all__ = ["QParams", "qparams", "qrange", "quantize", "dequantize", "fake_quant
            "log2_quantize", "binarize", "ternarize", "kmeans_quantize", "centroid_gradient",
            "pack_indices", "unpack_indices", "SharedWeight", "SharedLayer", "share_weights",
            "quantize_model", "calibrate", "quantizers", "lsq_fake_quantize", "lsq_initial_step", "ActivationQuantizer",
-           "WeightQuantizer", "QuantizedLayer", "QuantizedAdd", "FakeQuantizedLayer",
+           "WeightQuantizer", "QuantizedLayer", "QuantizedAdd", "FakeQuantizedLayer", "FakeQuantizedAdd",
            "quantize_multiplier", "requantize", "float32_is_exact", "to_integer", "IntegerLayer",
-           "IntegerMeanPool", "IntegerClamp", "IntegerNet", "IntegerizedLayer", *_precision_all,
+           "IntegerMeanPool", "IntegerClamp", "IntegerAdd", "IntegerRequantize", "IntegerNet", "IntegerizedLayer",
+           *_precision_all,
            "WeightOnlyLinear", "WeightOnlyLayer", "quantize_weights", "rtn", "rtn_grid", "nf4_levels", "NF4_TABLE",
            "gptq_layer", "gptq", "awq", "awq_scales", "smoothquant", "SmoothedLayer"]

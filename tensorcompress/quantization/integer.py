@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import dataclasses
 import inspect
 import math
 import numbers
@@ -68,11 +69,11 @@ from torch.nn import functional as F
 from torch.nn.utils import parametrize
 
 from .. import surgery
-from .model import ActivationQuantizer, QuantizedLayer
+from .model import ADDITIONS, ActivationQuantizer, QuantizedAdd, QuantizedLayer, bare_additions
 from .uniform import QParams, integer_dtype, quantize
 
 __all__ = ["quantize_multiplier", "requantize", "float32_is_exact", "IntegerLayer", "IntegerMeanPool", "IntegerClamp",
-           "IntegerNet", "IntegerizedLayer", "to_integer"]
+           "IntegerAdd", "IntegerRequantize", "IntegerNet", "IntegerizedLayer", "to_integer"]
 
 # 31 + shift is the right shift of requantize: at least 1 (a rounding bit) and at most 62 (an int64 product)
 MULTIPLIER_RANGE = (2.0**-32, 2.0**30)
@@ -299,71 +300,195 @@ class IntegerLayer(nn.Module):
 
 
 class IntegerMeanPool(nn.Module):
-    """Global average pooling of int32 accumulators (scale ``acc_scale[c]`` per channel, zero point 0) into the
-    codes of ``out_qp``: an int64 sum over the ``hw`` positions, then one requantization by
-    :math:`M_c = S_{\\text{acc},c} / (S_{\\text{out}}\\, HW)`. Returns ``N x C`` codes (``N x C x 1 x 1`` with
-    ``keepdim``).
+    """Average pooling of integers into the codes of ``out_qp``: int64 sums over each window (over every position
+    for global pooling), then one requantization by :math:`M_c = S_{\\text{in},c} / (S_{\\text{out}}\\, n)` — the
+    rounded division by the count :math:`n` folded into the fixed-point multiplier. The input is int32
+    accumulators (scale ``acc_scale[c]`` per channel, zero point 0) or codes (their scale for every channel, zero
+    point ``in_zero_point``, subtracted first so that zero padding pads the real 0). Returns ``N x C`` codes for
+    global pooling (``N x C x 1 x 1`` with ``keepdim``), ``N x C x H' x W'`` for a window.
 
     Parameters
     ----------
     acc_scale : (C,) tensor
-        The scale of each channel's accumulator (:math:`S_x S_w` of the layer before).
+        The real value of one unit of each input channel (:math:`S_x S_w` of the layer before, or the codes'
+        scale).
     out_qp : QParams
-        The per-tensor quantization of the pooled output (the next layer's input).
+        The per-tensor quantization of the pooled output (the next quantizer's).
     hw : int
-        The number of positions averaged, :math:`H W`; the input's ``H * W`` must equal it.
+        The count :math:`n` averaged: :math:`HW` for global pooling (the input's ``H * W`` must equal it), the
+        window's area otherwise.
     keepdim : bool
-        Return ``N x C x 1 x 1`` instead of ``N x C``.
+        Global pooling: return ``N x C x 1 x 1`` instead of ``N x C``.
+    in_zero_point : int or integer tensor
+        The zero point of input codes (0 for accumulators).
+    window : (kernel_size, stride, padding) of int pairs, optional
+        Windowed average pooling (``nn.AvgPool2d`` counting the padded zeros); ``None``: global pooling.
     """
 
-    def __init__(self, acc_scale: torch.Tensor, out_qp: QParams, hw: int, *, keepdim: bool = False):
+    def __init__(self, acc_scale: torch.Tensor, out_qp: QParams, hw: int, *, keepdim: bool = False,
+                 in_zero_point: int | torch.Tensor = 0, window: tuple | None = None):
         super().__init__()
         if out_qp.axis is not None:
             raise ValueError("IntegerMeanPool needs a per-tensor output quantizer")
-        self.hw, self.keepdim = hw, keepdim
+        self.hw, self.keepdim, self.window = hw, keepdim, window
         m0, shift = _multipliers(acc_scale.double() / (out_qp.scale.double() * hw))
         self.register_buffer("m0", m0)
         self.register_buffer("shift", shift)
+        self.register_buffer("in_zero_point", torch.as_tensor(in_zero_point, dtype=torch.int32).clone())
         self.register_buffer("out_zero_point", out_qp.zero_point.clone())
         self.out_range = (out_qp.qmin, out_qp.qmax)
         self.out_dtype = integer_dtype(out_qp.qmin, out_qp.qmax)
 
     def extra_repr(self) -> str:
-        return f"hw={self.hw}, channels={self.m0.numel()}, keepdim={self.keepdim}"
+        where = "" if self.window is None else f", window={self.window}"
+        return f"hw={self.hw}, channels={self.m0.numel()}, keepdim={self.keepdim}{where}"
 
     def forward(self, acc: torch.Tensor) -> torch.Tensor:
-        if acc.is_floating_point() or acc.ndim != 4 or acc.shape[2] * acc.shape[3] != self.hw:
+        if acc.is_floating_point() or acc.ndim != 4 or (self.window is None and acc.shape[2] * acc.shape[3] != self.hw):
             raise ValueError(f"IntegerMeanPool expects integer accumulators N x C x H x W with H·W = {self.hw}, "
                              f"got {acc.dtype} {tuple(acc.shape)}")
-        total = acc.to(torch.int64).sum(dim=(2, 3))
-        y = requantize(total, self.m0, self.shift) + self.out_zero_point
+        x = acc.to(torch.int64) - self.in_zero_point
+        if self.window is None:
+            total = x.sum(dim=(2, 3))
+        else:  # window sums of integers in float64 are exact (far below 2^53)
+            total = F.avg_pool2d(x.double(), *self.window, divisor_override=1).round().to(torch.int64)
+        y = requantize(total, _channel(self.m0, total.ndim), _channel(self.shift, total.ndim)) + self.out_zero_point
         y = y.clamp(*self.out_range).to(self.out_dtype)
-        return y[:, :, None, None] if self.keepdim else y
+        return y[:, :, None, None] if self.keepdim and self.window is None else y
 
 
 class IntegerClamp(nn.Module):
-    """``clamp(x, lo, hi)`` on integer codes or accumulators (``None``: no bound): a ReLU, ReLU6 or hardtanh
-    applied in the integer domain, with the bounds the codes of the real bounds (see the module docstring)."""
+    """``clamp(x, lo, hi)`` on integer codes or accumulators (``None``: no bound; a tensor: one bound per channel):
+    a ReLU, ReLU6 or hardtanh applied in the integer domain, with the bounds the codes of the real bounds (see the
+    module docstring)."""
 
-    def __init__(self, lo: int | None, hi: int | None):
+    def __init__(self, lo: int | torch.Tensor | None, hi: int | torch.Tensor | None):
         super().__init__()
-        self.lo, self.hi = lo, hi
+        for name, bound in (("lo", lo), ("hi", hi)):
+            if isinstance(bound, torch.Tensor):
+                self.register_buffer(name, bound)
+            else:
+                setattr(self, name, bound)
 
     def extra_repr(self) -> str:
-        return f"lo={self.lo}, hi={self.hi}"
+        def shown(b):
+            return "per channel" if isinstance(b, torch.Tensor) else b
+        return f"lo={shown(self.lo)}, hi={shown(self.hi)}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.clamp(self.lo, self.hi)
 
 
+def _per_tensor(qp: QParams, what: str) -> None:
+    if qp.axis is not None:
+        raise ValueError(f"{what} needs per-tensor quantization parameters, got axis={qp.axis}")
+
+
+class IntegerRequantize(nn.Module):
+    """Integer codes or accumulators into the codes of another quantizer, where one tensor meets a quantizer of
+    other parameters (the output of an addition read by the next layer, an accumulator read by two quantizers):
+
+    .. math:: q = \\operatorname{clamp}\\bigl(Z_{\\text{out}} + \\operatorname{round}(M (x - Z_{\\text{in}})),
+              q_{\\min}, q_{\\max}\\bigr), \\qquad M = S_{\\text{in}} / S_{\\text{out}},
+
+    :math:`M` by :func:`requantize`'s multiplier and shift (per channel for accumulators), then each of
+    ``bounds``: the clamps at the codes of the clips (ReLU6, hardtanh) met on the way, which commute with the
+    monotone requantization.
+
+    Parameters
+    ----------
+    in_scale : tensor
+        The real value of one input unit: 0-d for codes, per channel (broadcast over one sample) for accumulators.
+    in_zero_point : int or integer tensor
+        The input's zero point (0 for accumulators).
+    out_qp : QParams
+        The per-tensor quantization of the output.
+    bounds : sequence of (int or None, int or None)
+        Clamps applied in order to the output codes.
+    """
+
+    def __init__(self, in_scale: torch.Tensor, in_zero_point: int | torch.Tensor, out_qp: QParams, *,
+                 bounds: tuple = ()):
+        super().__init__()
+        _per_tensor(out_qp, "IntegerRequantize")
+        m = in_scale.double() / out_qp.scale.double()
+        m0, shift = _multipliers(m.reshape(-1))
+        self.register_buffer("m0", m0.reshape(m.shape))
+        self.register_buffer("shift", shift.reshape(m.shape))
+        self.register_buffer("in_zero_point", torch.as_tensor(in_zero_point, dtype=torch.int32).clone())
+        self.register_buffer("out_zero_point", out_qp.zero_point.clone())
+        self.out_range, self.bounds = (out_qp.qmin, out_qp.qmax), tuple(bounds)
+        self.out_dtype = integer_dtype(out_qp.qmin, out_qp.qmax)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.m0.numel()}, bounds={list(self.bounds)}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_floating_point():
+            raise TypeError(f"IntegerRequantize takes integer codes or accumulators, got {x.dtype}")
+        y = requantize(x.to(torch.int64) - self.in_zero_point, self.m0, self.shift) + self.out_zero_point
+        y = y.clamp(*self.out_range)
+        for lo, hi in self.bounds:
+            y = y.clamp(lo, hi)
+        return y.to(self.out_dtype)
+
+
+class IntegerAdd(nn.Module):
+    """A residual addition on integer codes: each input's codes requantized to the output's scale and zero point
+    by a fixed-point multiplier and shift (as a layer's output is), then added and clamped,
+
+    .. math:: q_o = \\operatorname{clamp}\\bigl(Z_o + \\operatorname{round}(M_a (q_a - Z_a)) +
+              \\operatorname{round}(M_b (q_b - Z_b)), q_{\\min}, q_{\\max}\\bigr), \\qquad M_a = S_a / S_o,\\;
+              M_b = S_b / S_o.
+
+    The fake-quantized :class:`~tensorcompress.quantization.QuantizedAdd` rounds the exact sum once; the two
+    roundings here are at most one output step away from it.
+
+    Parameters
+    ----------
+    a_qp, b_qp, out_qp : QParams
+        The per-tensor parameters of the two inputs and of the sum.
+    """
+
+    def __init__(self, a_qp: QParams, b_qp: QParams, out_qp: QParams):
+        super().__init__()
+        for qp in (a_qp, b_qp, out_qp):
+            _per_tensor(qp, "IntegerAdd")
+        m0, shift = _multipliers(torch.stack([a_qp.scale.double(), b_qp.scale.double()]) / out_qp.scale.double())
+        self.register_buffer("m0", m0)
+        self.register_buffer("shift", shift)
+        self.register_buffer("in_zero_point", torch.stack([a_qp.zero_point, b_qp.zero_point]).to(torch.int32))
+        self.register_buffer("out_zero_point", out_qp.zero_point.clone())
+        self.out_range = (out_qp.qmin, out_qp.qmax)
+        self.out_dtype = integer_dtype(out_qp.qmin, out_qp.qmax)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if a.is_floating_point() or b.is_floating_point():
+            raise TypeError(f"IntegerAdd takes integer codes, got {a.dtype} and {b.dtype}")
+        total = self.out_zero_point.to(torch.int64)
+        for k, codes in enumerate((a, b)):
+            total = total + requantize(codes.to(torch.int64) - self.in_zero_point[k], self.m0[k], self.shift[k])
+        return total.clamp(*self.out_range).to(self.out_dtype)
+
+
 class IntegerNet(nn.Sequential):
     """The integer network :func:`to_integer` builds: its steps in the traced order (reshaping of the float input,
-    :class:`IntegerLayer`, :class:`IntegerClamp`, ``nn.MaxPool2d``, ``nn.Flatten``, :class:`IntegerMeanPool`), for
-    inputs of the per-sample shape ``input_shape`` the conversion was proven on."""
+    :class:`IntegerLayer`, :class:`IntegerClamp`, ``nn.MaxPool2d``, ``nn.Flatten``, :class:`IntegerMeanPool`,
+    :class:`IntegerAdd`, :class:`IntegerRequantize`), for inputs of the per-sample shape ``input_shape`` the
+    conversion was proven on.
 
-    def __init__(self, steps: dict[str, nn.Module], input_shape: tuple[int, ...]):
+    ``wiring[k]`` lists the values step ``k`` reads: value 0 is the input, value ``j + 1`` the output of step
+    ``j``; the network returns value ``output``. ``wiring=None`` is a chain, each step reading the one before.
+    """
+
+    def __init__(self, steps: dict[str, nn.Module], input_shape: tuple[int, ...],
+                 wiring: list[tuple[int, ...]] | None = None, output: int | None = None):
         super().__init__(collections.OrderedDict(steps))
         self.input_shape = tuple(input_shape)
+        chain = [(k,) for k in range(len(steps))]
+        output = len(steps) if output is None else output
+        self.wiring = None if wiring is None or (wiring == chain and output == len(steps)) else list(wiring)
+        self.output = output
 
     def extra_repr(self) -> str:
         return f"input_shape=N x {' x '.join(map(str, self.input_shape))}"
@@ -372,7 +497,12 @@ class IntegerNet(nn.Sequential):
         if not isinstance(x, torch.Tensor) or tuple(x.shape[1:]) != self.input_shape or x.ndim < 1:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"expected input of shape N x {' x '.join(map(str, self.input_shape))}, got {shape}")
-        return super().forward(x)
+        if self.wiring is None:
+            return super().forward(x)
+        values = [x]
+        for step, reads in zip(self, self.wiring, strict=True):
+            values.append(step(*(values[k] for k in reads)))
+        return values[self.output]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -387,15 +517,22 @@ class IntegerizedLayer(surgery.LayerChange):
 
 
 class _Leaf(nn.Module):
-    """A quantized layer as one leaf of the traced graph: the layer is held outside the module tree, so the tracer
-    records one node for it instead of the fake quantizers' arithmetic inside."""
+    """A quantized layer, or a quantizer of an addition, as one leaf of the traced graph: it is held outside the
+    module tree, so the tracer records one node for it instead of the fake quantizers' arithmetic inside. An
+    addition is traced as its input quantizers, the sum and its output quantizer: nodes that say which input is
+    which."""
 
-    def __init__(self, layer: QuantizedLayer):
+    def __init__(self, layer: QuantizedLayer | ActivationQuantizer):
         super().__init__()
         self.__dict__["layer"] = layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layer(x)
+
+
+def _held(node: surgery.Node) -> nn.Module | None:
+    """The quantized layer or quantizer a :class:`_Leaf` node stands for (``None`` for another node)."""
+    return node.target.layer if isinstance(node.target, _Leaf) else None
 
 
 _RELU = {"relu", "relu_"}
@@ -476,35 +613,59 @@ def _mean_keepdim(node: surgery.Node) -> bool | None:
     return keepdim if dims is not None and {d % 4 for d in dims} == {2, 3} and len(dims) == 2 else None
 
 
-def _chain(graph: surgery.Graph) -> list[surgery.Node]:
-    """The nodes after the input, if the graph is one chain (each node read by exactly the next one, the last one
-    the model's only output); else a ``ValueError`` naming the node where it branches."""
-    nodes, out, i = graph.nodes, [], 0
-    if len(graph.outputs) != 1 or not isinstance(graph.output, torch.Tensor):
-        raise ValueError(f"to_integer needs a model that returns one tensor, got {type(graph.output).__name__} "
-                         f"from {len(graph.outputs)} traced operations")
-    why = "cannot be proven exact in integer codes: to_integer handles a chain of operations"
-    while nodes[i].consumers:
-        readers = nodes[i].consumers
-        if len(readers) > 1:
-            raise ValueError(f"the output of {_label(nodes[i])} is read by {len(readers)} operations "
-                             f"{[_label(nodes[j]) for j in readers]}: a branch (a residual connection, a tensor used "
-                             f"twice) {why}")
-        if nodes[readers[0]].inputs != [i]:
-            raise ValueError(f"{_label(nodes[readers[0]])} reads {len(nodes[readers[0]].inputs)} tensors, of "
-                             f"{[_label(nodes[k]) for k in nodes[readers[0]].inputs]}: a join (a residual addition, "
-                             f"a concatenation) {why}")
-        i = readers[0]
-        out.append(nodes[i])
-    if graph.outputs != [i]:
-        raise ValueError(f"to_integer needs the last operation to be the model's output, got {_label(nodes[i])} "
-                         f"after the output {_label(nodes[graph.outputs[0]])}")
-    return out
+def _pair(v: int | tuple) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+_AVG_POOL_ARGS = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")
+"""``F.avg_pool2d``'s arguments after the input, in its order."""
+
+
+def _avg_window(node: surgery.Node) -> tuple | None:
+    """``(kernel_size, stride, padding)`` of an average-pooling node whose every window divides by the kernel's
+    area (zero padding counted, no ceil mode, no divisor override), ``None`` for another node."""
+    t = node.target
+    if isinstance(t, nn.AvgPool2d):
+        given = {k: getattr(t, k) for k in _AVG_POOL_ARGS}
+    elif not isinstance(t, nn.Module) and getattr(t, "__name__", None) == "avg_pool2d":
+        args, kwargs = node.args
+        given = {**dict(zip(_AVG_POOL_ARGS, args[1:], strict=False)), **kwargs}
+    else:
+        return None
+    kernel = _pair(given["kernel_size"])
+    stride, padding = _pair(given.get("stride") or kernel), _pair(given.get("padding", 0))
+    if given.get("ceil_mode") or given.get("divisor_override") is not None or (
+            not given.get("count_include_pad", True) and any(padding)):
+        return None
+    return kernel, stride, padding
+
+
+def _pooling(node: surgery.Node) -> tuple[tuple | None, bool] | None:
+    """``(window, keepdim)`` of an average-pooling node (``window`` ``None`` for a global mean), ``None`` for
+    another node."""
+    if len(node.inputs) != 1:
+        return None
+    keepdim = _mean_keepdim(node)
+    if keepdim is not None:
+        return None, keepdim
+    window = _avg_window(node)
+    return None if window is None else (window, False)
+
+
+def _transparent(node: surgery.Node) -> bool:
+    """A one-input node that commutes with every quantizer: a clip, max-pooling, flattening, identity."""
+    return len(node.inputs) == 1 and (_clip_bounds(node) is not None or _max_pool(node) is not None
+                                      or _is_flatten(node) or _is_identity(node))
 
 
 def _label(node: surgery.Node) -> str:
     """How errors name a node: ``name (Class)`` of a module, with a quantized layer's own class."""
-    return f"{node.module_name} (QuantizedLayer)" if isinstance(node.target, _Leaf) else node.label
+    held = _held(node)
+    return node.label if held is None else f"{node.module_name} ({type(held).__name__})"
+
+
+_HANDLED = ("it handles quantized Conv2d / Linear layers and additions (tc.surgery.Add), a BatchNorm2d right after "
+            "a convolution, ReLU, ReLU6/hardtanh, max, average and global average pooling and flattening")
 
 
 def _refuse(node: surgery.Node, where: str) -> ValueError:
@@ -514,27 +675,47 @@ def _refuse(node: surgery.Node, where: str) -> ValueError:
     if isinstance(node.target, nn.modules.batchnorm._BatchNorm):
         return ValueError(f"{node.label} does not directly follow a per-channel quantized nn.Conv2d: fold it before "
                           "quantize_model (tc.surgery.fuse_conv_bn)")
-    return ValueError(f"to_integer cannot prove {node.label} exact {where}; it handles ReLU, ReLU6/hardtanh, "
-                      "max-pooling, flattening and a global spatial mean between quantized layers")
+    if isinstance(node.target, surgery.Add):
+        return ValueError(f"addition {node.module_name!r} is not quantized: quantize_model (with act_bits) makes "
+                          "each tc.surgery.Add a QuantizedAdd with quantizers at its inputs and output")
+    return ValueError(f"to_integer cannot prove {node.label} exact {where}; {_HANDLED}")
+
+
+#: How errors say where a refused node sits, by what its input holds.
+_WHERE = {"real": "before the first quantized layer (the network quantizes its input there; only reshaping may come "
+                  "first)",
+          "logits": "after the last quantized layer (its float logits are the output)",
+          "codes": "on integer codes", "accumulator": "on the per-channel accumulators"}
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Building the integer network
 
 
+def _check_activations(kind: str, name: str, q: ActivationQuantizer | None,
+                       what: str = "input quantizer") -> None:
+    if q is None or not bool(q.calibrated):
+        raise ValueError(f"{kind} {name!r} has no calibrated {what}: quantize activations (act_bits <= 8) and run "
+                         "tc.quantization.calibrate first")
+    qp: QParams = q.qparams()
+    if qp.qmin < -128 or qp.qmax > 255 or qp.axis is not None:
+        raise ValueError(f"to_integer needs per-tensor activations of at most 8 bits, {kind} {name!r} has codes "
+                         f"[{qp.qmin}, {qp.qmax}]")
+
+
 def _check_layer(name: str, m: QuantizedLayer) -> None:
     base = parametrize.type_before_parametrizations(m.layer)
     if base not in (nn.Conv2d, nn.Linear):
         raise ValueError(f"layer {name!r} wraps a {base.__name__}: integer inference has nn.Conv2d and nn.Linear")
-    if m.input_quantizer is None or not bool(m.input_quantizer.calibrated):
-        raise ValueError(f"layer {name!r} has no calibrated input quantizer: quantize activations "
-                         f"(act_bits <= 8) and run tc.quantization.calibrate first")
+    _check_activations("layer", name, m.input_quantizer)
     if not hasattr(m.layer, "parametrizations"):
         raise ValueError(f"layer {name!r} has float weights: quantize weights (weight_bits <= 8)")
-    qp: QParams = m.input_quantizer.qparams()
-    if qp.qmin < -128 or qp.qmax > 255 or qp.axis is not None:
-        raise ValueError(f"to_integer needs per-tensor activations of at most 8 bits, layer {name!r} has "
-                         f"codes [{qp.qmin}, {qp.qmax}]")
+
+
+def _check_addition(name: str, m: QuantizedAdd) -> None:
+    for k, q in enumerate(m.input_quantizers):
+        _check_activations("addition", name, q, f"quantizer of input {k}")
+    _check_activations("addition", name, m.output_quantizer, "output quantizer")
 
 
 def _fold(ql: QuantizedLayer, bn: nn.Module, bn_name: str) -> None:
@@ -573,111 +754,273 @@ def _code(value: float, qp: QParams) -> int | None:
     return int(quantize(torch.tensor(value, dtype=torch.float32), qp))
 
 
+def _same(qps: list[QParams]) -> bool:
+    """Whether the quantization parameters are all equal."""
+    return all(torch.equal(q.scale, qps[0].scale) and torch.equal(q.zero_point, qps[0].zero_point)
+               and (q.qmin, q.qmax) == (qps[0].qmin, qps[0].qmax) for q in qps)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Value:
+    """What the integer network holds for one traced tensor: the value ``slot`` it is computed into and its
+    ``kind`` — ``"real"`` (the float input), ``"codes"`` (of ``qp``), ``"accumulator"`` (worth ``scale`` each, a
+    float64 tensor broadcast over one sample) or ``"logits"``. An accumulator's ``clips`` are ``(lo, hi, name)``
+    clips still to apply: they commute with what follows up to the quantizer that reads it."""
+
+    slot: int
+    kind: str
+    qp: QParams | None = None
+    scale: torch.Tensor | None = None
+    clips: tuple = ()
+
+
+_OUTPUT = -1  # the model's output, among the readers of a tensor
+
+
 class _Builder:
-    """Collects the named steps of the integer network and the report rows."""
+    """Walks the traced graph in call order and emits the integer steps, the value each reads, and the report rows.
 
-    def __init__(self):
+    ``model`` is the caller's (for the report's footprints); the graph is traced on a copy whose quantized layers
+    and the quantizers of its additions are :class:`_Leaf` stand-ins; ``names`` maps a quantized layer of the copy
+    to its names, ``adds`` an input quantizer of an addition to ``(names, (input quantizers..., output quantizer),
+    position)``.
+    """
+
+    def __init__(self, model: nn.Module, graph: surgery.Graph, names: dict[int, tuple[str, ...]],
+                 adds: dict[int, tuple[tuple[str, ...], tuple, int]]):
+        self.model, self.graph, self.names, self.adds = model, graph, names, adds
         self.steps: dict[str, nn.Module] = {}
+        self.wiring: list[tuple[int, ...]] = []
         self.rows: list[surgery.LayerChange] = []
+        self.values: dict[int, _Value] = {0: _Value(0, "real")}
+        self.converted: dict[tuple, int] = {}
+        self.done: set[int] = set()  # folded BatchNorms and additions' output quantizers: built with their producer
+        self.bare = {id(n): name for n, name in bare_additions(graph, _label)}
+        nodes = graph.nodes
+        self.reaches = [False] * len(nodes)  # whether a node's output reaches a quantizer
+        for i in reversed(range(len(nodes))):
+            self.reaches[i] = any(self.quantizer(nodes[c]) is not None or self.reaches[c] for c in nodes[i].consumers)
 
-    def add(self, base: str, step: nn.Module | None) -> None:
-        if step is None:
-            return
+    # ------------------------------------------------------------------ reading the graph
+
+    def quantizer(self, node: surgery.Node) -> ActivationQuantizer | None:
+        """The quantizer through which ``node`` reads its input: a quantized layer's, or an addition's input."""
+        held = _held(node)
+        if isinstance(held, QuantizedLayer):
+            return held.input_quantizer
+        return held if id(held) in self.adds else None
+
+    def readers(self, i: int) -> list[int]:
+        """The nodes that read node ``i``'s output past clips, pooling by max, flattening and identities (which
+        act on codes and accumulators alike), and :data:`_OUTPUT` if the model returns it."""
+        found, stack, seen = [], [i], {i}
+        while stack:
+            n = stack.pop()
+            if n in self.graph.outputs:
+                found.append(_OUTPUT)
+            for c in self.graph.nodes[n].consumers:
+                if c not in seen:
+                    seen.add(c)
+                    (stack if _transparent(self.graph.nodes[c]) else found).append(c)
+        return found
+
+    def refuse(self, node: surgery.Node, where: str) -> ValueError:
+        if id(node) in self.bare:
+            return ValueError(f"{self.bare[id(node)]} is an addition written with `+`, a torch function: integer "
+                              "inference needs quantizers at its inputs and output, which a module swap cannot attach "
+                              "to it. Write it as tc.surgery.Add, then quantize_model and calibrate")
+        return _refuse(node, where)
+
+    def target(self, i: int, what: str) -> ActivationQuantizer | None:
+        """The one quantizer (up to equal parameters) that reads node ``i`` past transparent nodes, or ``None``
+        when several with different parameters, or an average pooling, read it; an error for anything else."""
+        readers = self.readers(i)
+        quantizers = [self.quantizer(self.graph.nodes[c]) if c != _OUTPUT else None for c in readers]
+        if all(q is not None for q in quantizers) and _same([q.qparams() for q in quantizers]):
+            return quantizers[0]
+        for c in readers:
+            if c == _OUTPUT:
+                raise ValueError(f"the output of {what} is an output of the model and is read by quantized "
+                                 "operations: to_integer returns the logits of the last quantized layer only")
+            if self.quantizer(self.graph.nodes[c]) is None and _pooling(self.graph.nodes[c]) is None:
+                raise self.refuse(self.graph.nodes[c], _WHERE["codes"])
+        return None
+
+    def inner_addition(self, node: surgery.Node) -> tuple[tuple[str, ...], tuple, int] | None:
+        """``(names, quantizers, index of its output quantizer's node)`` when ``node`` is the sum inside a
+        :class:`QuantizedAdd` (reading its two input quantizers, read by its output quantizer only)."""
+        if isinstance(node.target, nn.Module) or node.name not in ADDITIONS or len(node.inputs) != 2:
+            return None
+        a, b = (self.adds.get(id(_held(self.graph.nodes[j]))) for j in node.inputs)
+        if a is None or b is None or a[1] is not b[1] or (a[2], b[2]) != (0, 1) or len(node.consumers) != 1:
+            return None
+        out = node.consumers[0]
+        return (a[0], a[1], out) if _held(self.graph.nodes[out]) is a[1][2] else None
+
+    def folded_batchnorm(self, i: int) -> int | None:
+        """The BatchNorm node that alone reads layer node ``i``'s output (and reads nothing else), to fold."""
+        node = self.graph.nodes[i]
+        if len(node.consumers) != 1 or i in self.graph.outputs:
+            return None
+        bn = self.graph.nodes[node.consumers[0]]
+        if isinstance(bn.target, nn.modules.batchnorm._BatchNorm) and bn.inputs == [i] and len(
+                self.graph.calls(bn.target)) == 1:
+            return node.consumers[0]
+        return None
+
+    # ------------------------------------------------------------------ emitting steps
+
+    def emit(self, base: str, step: nn.Module, *reads: int) -> int:
+        """Add ``step`` reading values ``reads``; returns the value it computes."""
         name, k = base.replace(".", "_"), 1
         while name in self.steps:
             name, k = f"{base.replace('.', '_')}_{k}", k + 1
         self.steps[name] = step
+        self.wiring.append(reads)
+        return len(self.wiring)
 
-    def code_op(self, node: surgery.Node, qp: QParams) -> None:
-        """A step on integer codes of the per-tensor parameters ``qp``."""
-        clip = _clip_bounds(node)
-        if clip is not None:
-            lo, hi = _code(clip[0], qp), _code(clip[1], qp)
-            self.add(node.module_name or node.name, IntegerClamp(lo, hi))
+    def codes(self, src: _Value, q: ActivationQuantizer, name: str) -> int:
+        """The value holding ``src`` as codes of ``q``: itself, or requantized once (cached)."""
+        qp = q.qparams()
+        if src.kind == "codes" and _same([src.qp, qp]):
+            return src.slot
+        if src.kind not in ("codes", "accumulator"):
+            raise ValueError(f"{name!r} reads the network's {'input' if src.kind == 'real' else 'logits'} in "
+                             "floating point: to_integer quantizes the input at quantized layers only")
+        key = (src.slot, src.clips, float(qp.scale), int(qp.zero_point), qp.qmin, qp.qmax)
+        if key not in self.converted:
+            if src.kind == "codes":
+                step = IntegerRequantize(src.qp.scale, src.qp.zero_point, qp)
+            else:
+                step = IntegerRequantize(src.scale, 0, qp, bounds=[(_code(lo, qp), _code(hi, qp))
+                                                                    for lo, hi, _ in src.clips])
+            self.converted[key] = self.emit(f"{name}.requantize", step, src.slot)
+        return self.converted[key]
+
+    def clipped(self, src: _Value) -> _Value:
+        """``src`` with its pending clips applied on the accumulators' own grid: per channel at the accumulator
+        code nearest each bound (0 exactly; half an accumulator step for others)."""
+        for lo, hi, name in src.clips:
+            lo_c, hi_c = (None if math.isinf(v) else torch.round(v / src.scale).to(torch.int64) for v in (lo, hi))
+            src = dataclasses.replace(src, slot=self.emit(name, IntegerClamp(lo_c, hi_c), src.slot))
+        return dataclasses.replace(src, clips=())
+
+    # ------------------------------------------------------------------ one node of each kind
+
+    def run(self) -> None:
+        for i, node in enumerate(self.graph.nodes):
+            if i == 0 or i in self.done:
+                continue
+            inner = self.inner_addition(node)
+            if isinstance(_held(node), QuantizedLayer):
+                self.layer(i, node)
+            elif self.quantizer(node) is not None:
+                self.addition_input(i, node)
+            elif inner is not None:
+                self.addition(i, node, *inner)
+            elif _pooling(node) is not None:
+                self.pool(i, node)
+            elif _transparent(node):
+                self.values[i] = self.transparent(node, self.values[node.inputs[0]])
+            else:
+                raise self.refuse(node, _WHERE[self.values[node.inputs[0]].kind])
+
+    def layer(self, i: int, node: surgery.Node) -> None:
+        ql, name = _held(node), node.module_name
+        src = self.values[node.inputs[0]]
+        entry = src.kind == "real"  # the layer quantizes the network's float input itself
+        reads = src.slot if entry else self.codes(src, ql.input_quantizer, name)
+        bn = self.folded_batchnorm(i)
+        out = i if bn is None else bn
+        if bn is not None:
+            _fold(ql, self.graph.nodes[bn].target, self.graph.nodes[bn].module_name)
+            self.done.add(bn)
+        nxt = self.target(out, _label(node)) if self.reaches[out] else None
+        layer = IntegerLayer(ql, nxt, entry=entry, accumulate=self.reaches[out] and nxt is None)
+        slot = self.emit(name, layer, reads)
+        scale = _channel(layer.acc_scale, len(self.graph.nodes[out].out_shape))
+        self.values[out] = _Value(slot, layer.output, nxt.qparams() if nxt is not None else None, scale)
+        merged = [self.model.get_submodule(self.graph.nodes[bn].module_name)] if bn is not None else []
+        detail = {"output": layer.output, **({"folded": self.graph.nodes[bn].module_name} if bn is not None else {})}
+        self.rows.append(IntegerizedLayer.between(name, surgery.footprint(self.model.get_submodule(name), *merged),
+                                                  surgery.footprint(layer), detail, self.names[id(ql)][1:]))
+
+    def addition_input(self, i: int, node: surgery.Node) -> None:
+        q = _held(node)
+        name = self.adds[id(q)][0][0]
+        if len(self.graph.calls(node.target)) > 1:
+            raise ValueError(f"addition {name!r} is called {len(self.graph.calls(node.target))} times in the forward "
+                             "pass: to_integer converts each addition called once")
+        slot = self.codes(self.values[node.inputs[0]], q, name)
+        self.values[i] = _Value(slot, "codes", q.qparams())
+
+    def addition(self, i: int, node: surgery.Node, names: tuple[str, ...], quantizers: tuple, out: int) -> None:
+        a, b = (self.values[j] for j in node.inputs)
+        qp = quantizers[2].qparams()
+        step = IntegerAdd(a.qp, b.qp, qp)
+        slot = self.emit(names[0], step, a.slot, b.slot)
+        self.values[i] = self.values[out] = _Value(slot, "codes", qp)
+        self.done.add(out)
+        self.rows.append(IntegerizedLayer.between(names[0], surgery.footprint(self.model.get_submodule(names[0])),
+                                                  surgery.footprint(step), {"output": "codes"}, names[1:]))
+
+    def pool(self, i: int, node: surgery.Node) -> None:
+        src = self.values[node.inputs[0]]
+        if src.kind not in ("codes", "accumulator"):
+            raise self.refuse(node, _WHERE[src.kind])
+        q = self.target(i, node.label) if self.reaches[i] else None
+        if q is None:
+            readers = [_label(self.graph.nodes[c]) if c != _OUTPUT else "the output" for c in self.readers(i)]
+            raise ValueError(f"{node.label} is read by {readers}: to_integer requantizes an average once, into the "
+                             "codes of the one quantizer that reads it")
+        window, keepdim = _pooling(node)
+        src = self.clipped(src)
+        channels = node.in_shape[1]
+        if src.kind == "codes":
+            scale, zero_point = src.qp.scale.expand(channels), src.qp.zero_point
         else:
-            self.shape_op(node, "on integer codes")
+            scale, zero_point = src.scale.reshape(-1).expand(channels), 0
+        count = node.in_shape[2] * node.in_shape[3] if window is None else math.prod(window[0])
+        step = IntegerMeanPool(scale, q.qparams(), count, keepdim=keepdim, in_zero_point=zero_point, window=window)
+        self.values[i] = _Value(self.emit(node.module_name or node.name, step, src.slot), "codes", q.qparams())
 
-    def shape_op(self, node: surgery.Node, where: str) -> None:
+    def transparent(self, node: surgery.Node, src: _Value) -> _Value:
+        """A clip, max-pooling, flattening or identity node, on whatever its input holds."""
+        clip = _clip_bounds(node)
+        name = node.module_name or node.name
+        if clip is None or src.kind in ("real", "logits"):
+            return self.reshaped(node, src)
+        if src.kind == "codes":
+            step = IntegerClamp(_code(clip[0], src.qp), _code(clip[1], src.qp))
+            return dataclasses.replace(src, slot=self.emit(name, step, src.slot))
+        if clip == (0.0, math.inf) and not src.clips:  # a ReLU is exact on accumulators: q(0) = Z, acc(0) = 0
+            return dataclasses.replace(src, slot=self.emit(name, IntegerClamp(0, None), src.slot))
+        return dataclasses.replace(src, clips=(*src.clips, (*clip, name)))  # applied where it is requantized
+
+    def reshaped(self, node: surgery.Node, src: _Value) -> _Value:
+        """Max-pooling, flattening or identity (an error for any other node)."""
         if _is_identity(node):
-            return
+            return src
         pool = _max_pool(node)
         if pool is not None:
-            self.add(node.module_name or node.name, pool)
-        elif _is_flatten(node):
-            self.add(node.module_name or "flatten", nn.Flatten() if node.out_shape != node.in_shape else None)
-        else:
-            raise _refuse(node, where)
+            return dataclasses.replace(src, slot=self.emit(node.module_name or node.name, pool, src.slot))
+        if not _is_flatten(node):
+            raise self.refuse(node, _WHERE[src.kind])
+        if node.out_shape == node.in_shape:
+            return src
+        scale = None if src.scale is None or src.kind != "accumulator" else \
+            src.scale.expand(node.in_shape[1:]).reshape(-1)
+        return dataclasses.replace(src, slot=self.emit(node.module_name or "flatten", nn.Flatten(), src.slot),
+                                   scale=scale)
 
-
-def _segments(chain: list[surgery.Node]) -> tuple[list[surgery.Node], list[tuple[surgery.Node, list]]]:
-    """The nodes before the first quantized layer, and each quantized layer's node with the nodes up to the next."""
-    prefix: list[surgery.Node] = []
-    segments: list[tuple[surgery.Node, list]] = []
-    for node in chain:
-        if isinstance(node.target, _Leaf):
-            segments.append((node, []))
-        elif segments:
-            segments[-1][1].append(node)
-        else:
-            prefix.append(node)
-    if not segments:
-        raise ValueError("no quantized layer is called in the forward pass of example_input")
-    return prefix, segments
-
-
-def _build(model: nn.Module, chain: list[surgery.Node], names: dict[int, tuple[str, ...]]
-           ) -> tuple[dict[str, nn.Module], list[surgery.LayerChange]]:
-    """The integer steps of a chain traced on a copy of ``model`` (its quantized layers behind ``_Leaf`` stand-ins)
-    and one report row per integer layer."""
-    b = _Builder()
-    prefix, segments = _segments(chain)
-    for node in prefix:
-        b.shape_op(node, "before the first quantized layer (the network quantizes its input there; only reshaping "
-                         "may come first)")
-    for k, (node, ops) in enumerate(segments):
-        ql, name = node.target.layer, node.module_name
-        bn = None
-        if ops and isinstance(ops[0].target, nn.modules.batchnorm._BatchNorm):
-            bn, ops = ops[0], ops[1:]
-            _fold(ql, bn.target, bn.module_name)
-        nxt = segments[k + 1][0].target.layer.input_quantizer if k + 1 < len(segments) else None
-        means = [i for i, op in enumerate(ops) if _mean_keepdim(op) is not None]
-        if nxt is None:
-            layer = IntegerLayer(ql, None, entry=k == 0)
-            b.add(name, layer)
-            for op in ops:
-                b.shape_op(op, "after the last quantized layer (its float logits are the output)")
-        elif means:
-            pool_at = means[0]
-            layer = IntegerLayer(ql, None, entry=k == 0, accumulate=True)
-            b.add(name, layer)
-            for op in ops[:pool_at]:
-                if _clip_bounds(op) == (0.0, math.inf):
-                    b.add(op.module_name or op.name, IntegerClamp(0, None))
-                elif _clip_bounds(op) is None:
-                    b.shape_op(op, "on the per-channel accumulators before the mean (only ReLU and max-pooling "
-                                   "are exact there)")
-                else:
-                    raise _refuse(op, "on the per-channel accumulators before the mean (only ReLU and max-pooling "
-                                      "are exact there)")
-            mean = ops[pool_at]
-            qp = nxt.qparams()
-            b.add(mean.module_name or "mean", IntegerMeanPool(layer.acc_scale, qp, mean.in_shape[2] * mean.in_shape[3],
-                                                              keepdim=_mean_keepdim(mean)))
-            for op in ops[pool_at + 1:]:
-                if _mean_keepdim(op) is not None:
-                    raise _refuse(op, "after a global mean")
-                b.code_op(op, qp)
-        else:
-            layer = IntegerLayer(ql, nxt, entry=k == 0)
-            b.add(name, layer)
-            for op in ops:
-                b.code_op(op, nxt.qparams())
-        before = surgery.footprint(model.get_submodule(name), *([model.get_submodule(bn.module_name)] if bn else []))
-        detail = {"output": layer.output, **({"folded": bn.module_name} if bn else {})}
-        b.rows.append(IntegerizedLayer.between(name, before, surgery.footprint(layer), detail,
-                                                  names[id(ql)][1:]))
-    return b.steps, b.rows
+    def network(self, input_shape: tuple[int, ...]) -> IntegerNet:
+        out = self.values[self.graph.outputs[0]]
+        if out.kind != "logits":
+            raise ValueError(f"the model's output comes from {_label(self.graph.nodes[self.graph.outputs[0]])}: "
+                             "to_integer returns the float logits of the last quantized layer")
+        if not any(isinstance(s, IntegerLayer) for s in self.steps.values()):
+            raise ValueError("no quantized layer is called in the forward pass of example_input")
+        return IntegerNet(self.steps, input_shape, self.wiring, out.slot).eval()
 
 
 def to_integer(model: nn.Module, example_input: torch.Tensor, *, include=None,
@@ -687,13 +1030,14 @@ def to_integer(model: nn.Module, example_input: torch.Tensor, *, include=None,
 
     ``model`` comes from :func:`~tensorcompress.quantization.quantize_model` (weights and activations at most 8
     bits) and :func:`~tensorcompress.quantization.calibrate`. Its forward pass on ``example_input`` is traced
-    (:func:`tensorcompress.surgery.trace`, each quantized layer one node) and converted only if the graph is one
-    chain of operations each of which is exact on integers (see the module docstring): quantized ``nn.Conv2d`` /
-    ``nn.Linear`` layers; an ``nn.BatchNorm2d`` reading a per-channel quantized convolution (folded into it, on a
-    copy); ReLU, ReLU6 and hardtanh (clamps at the codes of their real bounds); max-pooling; flattening; one global
-    spatial mean before a layer (an :class:`IntegerMeanPool`); identity and dropout. Any other node — a residual
-    addition, a tensor read twice, an activation without an exact integer form, a float layer — is refused with a
-    ``ValueError`` naming it.
+    (:func:`tensorcompress.surgery.trace`, each quantized layer one node) and converted node by node if every node
+    has an exact integer form (see the module docstring): quantized ``nn.Conv2d`` (dense, grouped, depthwise) and
+    ``nn.Linear`` layers; an ``nn.BatchNorm2d`` that alone reads a per-channel quantized convolution (folded into
+    it, on a copy, by :func:`tensorcompress.surgery.fuse_conv_bn`); :class:`~tensorcompress.quantization.QuantizedAdd`
+    residual additions (an :class:`IntegerAdd`); ReLU, ReLU6 and hardtanh (clamps at the codes of their real
+    bounds); max-pooling; average and global average pooling (an :class:`IntegerMeanPool`); flattening; identity
+    and dropout. Any other node — an addition written with ``+``, an activation without an exact integer form, a
+    float layer — is refused with a ``ValueError`` naming it.
 
     Parameters
     ----------
@@ -708,8 +1052,8 @@ def to_integer(model: nn.Module, example_input: torch.Tensor, *, include=None,
     -------
     (IntegerNet, list of LayerChange)
         The network (float inputs, float32 outputs; int8/uint8 codes and int32 accumulators in between, in eval
-        mode) and one row per integer layer (``detail``: its ``output`` — codes, accumulator or logits — and the
-        BatchNorm ``folded`` into it).
+        mode) and one row per integer layer and addition (``detail``: its ``output`` — codes, accumulator or
+        logits — and the BatchNorm ``folded`` into it).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -721,22 +1065,31 @@ def to_integer(model: nn.Module, example_input: torch.Tensor, *, include=None,
     for sel in everything:  # each one the forward pass may call must be convertible, and runs while tracing
         _check_layer(sel.name, sel.module)
     new = surgery.copy_model(model)
-    names = {}
+    names, adds = {}, {}
     for sel in surgery.select(new, QuantizedLayer):
-        leaf = _Leaf(sel.module)
-        surgery.replace(new, sel.names, leaf, old=sel.module)
+        surgery.replace(new, sel.names, _Leaf(sel.module), old=sel.module)
         names[id(sel.module)] = sel.names
+    for sel in surgery.select(new, QuantizedAdd):
+        _check_addition(sel.name, sel.module)
+        quantizers = (*sel.module.input_quantizers, sel.module.output_quantizer)
+        adds.update({id(q): (sel.names, quantizers, k) for k, q in enumerate(quantizers[:2])})
+        sel.module.input_quantizers = nn.ModuleList([_Leaf(q) for q in quantizers[:2]])
+        sel.module.output_quantizer = _Leaf(quantizers[2])
     graph = surgery.trace(new, example_input)
     for node in graph.nodes:
-        if isinstance(node.target, _Leaf) and node.module_name in left:
+        if isinstance(node.target, (*surgery.LAYERS, surgery.Add)):  # a float layer or addition, wherever it is
+            raise _refuse(node, "")
+        if not isinstance(_held(node), QuantizedLayer):
+            continue
+        if node.module_name in left:
             raise ValueError(f"layer {node.module_name!r} is left out by include/exclude, but integer inference "
                              "runs every quantized layer of the forward pass in integers")
-        if isinstance(node.target, _Leaf) and len(graph.calls(node.target)) > 1:
+        if len(graph.calls(node.target)) > 1:
             raise ValueError(f"layer {node.module_name!r} is called {len(graph.calls(node.target))} times in the "
-                             "forward pass: to_integer converts a chain that calls each layer once")
-    chain = _chain(graph)
-    for node in chain:
-        if isinstance(node.target, surgery.LAYERS):
-            raise _refuse(node, "")
-    steps, rows = _build(model, chain, names)
-    return IntegerNet(steps, tuple(example_input.shape[1:])).eval(), rows
+                             "forward pass: to_integer converts each layer called once")
+    if len(graph.outputs) != 1 or not isinstance(graph.output, torch.Tensor):
+        raise ValueError(f"to_integer needs a model that returns one tensor, got {type(graph.output).__name__} "
+                         f"from {len(graph.outputs)} traced operations")
+    builder = _Builder(model, graph, names, adds)
+    builder.run()
+    return builder.network(tuple(example_input.shape[1:])), builder.rows

@@ -9,7 +9,12 @@ with fake-quantized weights and inputs, where a deployed int8 model (Jacob et al
   each forward so that QAT follows them;
 * **activations** — an :class:`ActivationQuantizer` module on the *input* of each quantized layer (affine unsigned
   codes). A ReLU or max-pool between two layers commutes with the monotone quantizer, so this is the same as
-  quantizing after the ReLU as a fused int8 conv-ReLU does. The network's output (the logits) stays float.
+  quantizing after the ReLU as a fused int8 conv-ReLU does. The network's output (the logits) stays float;
+* **residual additions** — each :class:`tc.surgery.Add <tensorcompress.surgery.Add>` becomes a
+  :class:`QuantizedAdd`, an :class:`ActivationQuantizer` at both inputs and at the sum, since an integer addition
+  needs the sum's scale (``torch.ao``'s ``FloatFunctional`` for the same reason). An addition written with ``+`` is
+  a torch function, which no module swap reaches: given an ``example_input``, :func:`quantize_model` traces the
+  forward pass and reports each such addition as a skipped row.
 
 Both live in the model (``state_dict`` included). The workflow:
 
@@ -50,8 +55,9 @@ has almost no effect there.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -64,7 +70,7 @@ from .observers import OBSERVERS, Observer, make_observer
 from .uniform import QParams, fake_quantize_unchecked, qrange
 
 __all__ = ["ActivationQuantizer", "WeightQuantizer", "QuantizedLayer", "QuantizedAdd", "FakeQuantizedLayer",
-           "quantize_model", "calibrate", "lsq_fake_quantize", "lsq_initial_step", "quantizers"]
+           "FakeQuantizedAdd", "quantize_model", "calibrate", "lsq_fake_quantize", "lsq_initial_step", "quantizers"]
 
 METHODS = ("ptq", "lsq")
 LSQ_INITS = ("observer", "mean")
@@ -334,19 +340,62 @@ class FakeQuantizedLayer(surgery.LayerChange):
     method = surgery.Detail(str, "``\"ptq\"`` (fixed steps) or ``\"lsq\"`` (learned steps).")
 
 
-def quantize_model(model: nn.Module, *, weight_bits: int | None = 8, act_bits: int | None = 8,
-                   per_channel: bool = True, observer: str = "minmax", method: str = "ptq",
+class FakeQuantizedAdd(surgery.LayerChange):
+    """A report row of :func:`quantize_model` for a residual addition: a ``tc.surgery.Add`` made a
+    :class:`QuantizedAdd`, or an addition written with ``+`` that stays in floating point (``skipped`` says why)."""
+
+    act_bits = surgery.Detail(int, "Bits of the input and output codes.")
+    observer = surgery.Detail(str, "How the ranges are observed.")
+    method = surgery.Detail(str, "``\"ptq\"`` (fixed steps) or ``\"lsq\"`` (learned steps).")
+    skipped = surgery.Detail(str, "Why the addition is left in floating point (``None``: it is quantized).",
+                             optional=True)
+
+
+#: Names under which the tracer records an addition of tensors written with ``+``, ``+=`` or ``torch.add``.
+ADDITIONS = ("add", "add_", "__add__", "__iadd__", "__radd__")
+
+
+def bare_additions(graph: surgery.Graph, label: Callable[[surgery.Node], str] | None = None
+                   ) -> list[tuple[surgery.Node, str]]:
+    """The additions of two tensors written as torch functions (``a + b``) in a traced graph, each with a name that
+    says what it adds (``"add of conv2 (Conv2d) and relu"``, its inputs named by ``label``, default
+    :attr:`Node.label <tensorcompress.surgery.Node.label>`)."""
+    label = label or (lambda n: n.label)
+    found = []
+    for node in graph.nodes:
+        if isinstance(node.target, nn.Module) or node.name not in ADDITIONS:
+            continue
+        args, kwargs = node.args
+        if sum(isinstance(a, torch.Tensor) for a in (*args, *kwargs.values())) >= 2:
+            found.append((node, f"{node.name} of {' and '.join(label(graph.nodes[i]) for i in node.inputs)}"))
+    return found
+
+
+def _skipped_additions(model: nn.Module, example_input: torch.Tensor, detail: dict[str, Any]
+                       ) -> list[FakeQuantizedAdd]:
+    reason = ("written with `+`, a torch function that a module swap cannot reach: write it as tc.surgery.Add "
+              "to put quantizers at its inputs and output")
+    return [FakeQuantizedAdd(name, node.name, node.name, 0, 0, 0, 0, {**detail, "skipped": reason})
+            for node, name in bare_additions(surgery.trace(model, example_input))]
+
+
+def quantize_model(model: nn.Module, example_input: torch.Tensor | None = None, *, weight_bits: int | None = 8,
+                   act_bits: int | None = 8, per_channel: bool = True, observer: str = "minmax", method: str = "ptq",
                    lsq_init: str = "observer", include=None,
                    exclude=None) -> tuple[nn.Module, list[surgery.LayerChange]]:
     r"""A fake-quantized copy of ``model``: every selected ``nn.Conv2d`` / ``nn.Linear`` becomes a
-    :class:`QuantizedLayer`.
+    :class:`QuantizedLayer` and, with ``act_bits``, every selected ``tc.surgery.Add`` a :class:`QuantizedAdd`.
 
     Parameters
     ----------
     model : nn.Module
         Left untouched.
+    example_input : tensor, optional
+        A batch the model accepts. With it the forward pass is traced (:func:`tensorcompress.surgery.trace`) and
+        every addition written with ``+`` (which stays in floating point) gets a skipped report row naming it.
     weight_bits, act_bits : int or None
-        Code widths (1 to 16); ``None`` leaves weights or activations in floating point.
+        Code widths (1 to 16); ``None`` leaves weights or activations in floating point (``act_bits=None`` also
+        leaves the additions).
     per_channel : bool
         One weight scale per output channel (default) or one per tensor.
     observer : {"minmax", "moving_average", "percentile", "mse"}
@@ -360,13 +409,14 @@ def quantize_model(model: nn.Module, *, weight_bits: int | None = 8, act_bits: i
         :math:`2\,\overline{|w|}/\sqrt{Q_P}` per channel (:func:`lsq_initial_step`); activation steps always start
         from :func:`calibrate`.
     include, exclude : str or sequence of str, optional
-        Layer names or ``fnmatch`` patterns (:func:`tensorcompress.surgery.select`); a selection that keeps no
-        layer is a ``ValueError``.
+        Layer and addition names or ``fnmatch`` patterns (:func:`tensorcompress.surgery.select`); a selection that
+        keeps no module is a ``ValueError``.
 
     Returns
     -------
     (nn.Module, list of LayerChange)
-        The model (activation quantizers still to be calibrated) and one report row per layer.
+        The model (activation quantizers still to be calibrated), one :class:`FakeQuantizedLayer` row per layer and
+        one :class:`FakeQuantizedAdd` row per addition (quantized, or skipped).
     """
     weight_bits = _check_optional_bits(weight_bits, "weight_bits")
     act_bits = _check_optional_bits(act_bits, "act_bits")
@@ -381,27 +431,41 @@ def quantize_model(model: nn.Module, *, weight_bits: int | None = 8, act_bits: i
     if lsq_init != "observer" and method != "lsq":
         raise ValueError(f"lsq_init={lsq_init!r} needs method='lsq' (steps are learned only by LSQ), got "
                          f"method={method!r}")
+    if example_input is not None and not isinstance(example_input, torch.Tensor):
+        raise TypeError(f"example_input must be a torch.Tensor or None, got {type(example_input).__name__}")
     learnable = method == "lsq"
+    device = next((p.device for p in model.parameters()), torch.device("cpu")) if isinstance(model, nn.Module) \
+        else None
+    add_detail = {"act_bits": act_bits, "observer": observer, "method": method}
+
+    def activation_quantizer() -> ActivationQuantizer:
+        return ActivationQuantizer(make_observer(observer, bits=act_bits), learnable=learnable)
 
     def build(sel: surgery.Selected) -> tuple[nn.Module, dict[str, Any]]:
+        if isinstance(sel.module, surgery.Add):  # fresh quantizers, like the layers' input quantizers
+            add = QuantizedAdd((activation_quantizer(), activation_quantizer()), activation_quantizer())
+            return add.to(device), dict(add_detail)
         # parametrizing changes the module's class in place: work on a copy so the report names the original type
         layer = copy.deepcopy(sel.module)
         if weight_bits is not None:
             wq = WeightQuantizer(layer.weight, bits=weight_bits, per_channel=per_channel, observer=observer,
                                  learnable=learnable, init=lsq_init)
             parametrize.register_parametrization(layer, "weight", wq.to(layer.weight.device))
-        aq = None
-        if act_bits is not None:
-            aq = ActivationQuantizer(make_observer(observer, bits=act_bits), learnable=learnable)
-            aq.to(layer.weight.device)
+        aq = None if act_bits is None else activation_quantizer().to(layer.weight.device)
         detail = {"weight_bits": weight_bits, "act_bits": act_bits, "per_channel": per_channel,
                   "observer": observer, "method": method}
         if learnable:
             detail["lsq_init"] = lsq_init
         return QuantizedLayer(layer, aq), detail
 
-    return surgery.transform(model, (nn.Conv2d, nn.Linear), build, include=include, exclude=exclude,
-                             row_type=FakeQuantizedLayer, action="quantize_model")
+    types = (nn.Conv2d, nn.Linear) if act_bits is None else (nn.Conv2d, nn.Linear, surgery.Add)
+    new, rows = surgery.transform(model, types, build, include=include, exclude=exclude,
+                                  row_type=FakeQuantizedLayer, action="quantize_model")
+    rows = [FakeQuantizedAdd(*(getattr(r, f.name) for f in dataclasses.fields(r))) if r.type_after == "QuantizedAdd"
+            else r for r in rows]
+    if example_input is not None:
+        rows += _skipped_additions(model, example_input, add_detail)
+    return new, rows
 
 
 def quantizers(model: nn.Module) -> list[ActivationQuantizer]:
