@@ -53,6 +53,20 @@ def _pruned() -> nn.Module:
     return model
 
 
+def _resnet() -> nn.Module:
+    """A residual network (coupled channels): prune and shrink act by channel group."""
+    torch.manual_seed(0)
+    return tc.models.ResNet8(widths=(4, 6, 8)).eval()
+
+
+def _x28() -> torch.Tensor:
+    return torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+
+
+def _pruned_resnet() -> nn.Module:
+    return tc.pruning.prune(_resnet(), _x28(), amount=0.5, structure="filters")[0]
+
+
 def _ln_mlp() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.LayerNorm(8), nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 4))
@@ -109,6 +123,8 @@ REGISTRY = [
     Transform("prune", lambda: tc.pruning.prune, _cnn, _x, {"amount": 0.5}),
     Transform("prune_filters", lambda: tc.pruning.prune, _cnn, _x, {"amount": 0.5, "structure": "filters"}),
     Transform("shrink", lambda: tc.pruning.shrink, _pruned, _x),
+    Transform("prune_coupled", lambda: tc.pruning.prune, _resnet, _x28, {"amount": 0.5, "structure": "filters"}),
+    Transform("shrink_coupled", lambda: tc.pruning.shrink, _pruned_resnet, _x28),
     Transform("random_reinit", lambda: tc.pruning.random_reinit, _pruned, options={"seed": 3}),
     Transform("quantize_model", lambda: tc.quantization.quantize_model, _cnn, options={"weight_bits": 4}),
     Transform("share_weights", lambda: tc.quantization.share_weights, _cnn, options={"bits": 2}),

@@ -97,6 +97,15 @@ def _codes_by_quantizer(path, qmodel: nn.Module, x: torch.Tensor) -> list[tuple[
             for n, g in zip(qnodes, got, strict=True)]
 
 
+def _assert_codes_agree_end_to_end(codes) -> None:
+    """The network's input codes equal; every later quantizer's within one step but for under 1 % of them. A code
+    that rounds the other way at a tie moves the next layers' inputs too, and untrained networks amplify it."""
+    assert np.array_equal(codes[0][1], codes[0][2]), codes[0][0]
+    for q, ort_codes, lib_codes in codes:
+        diff = np.abs(ort_codes.astype(np.int64) - lib_codes.astype(np.int64))
+        assert (diff > 1).mean() < 0.01 and diff.mean() < 0.1, q
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # float graphs
 # ---------------------------------------------------------------------------------------------------------------
@@ -236,13 +245,7 @@ def test_qdq_residual_networks_quantize_both_inputs_and_the_output_of_each_add(n
         assert all(made_by[i].op_type == "DequantizeLinear" for i in add.input)
         consumers = [n for n in proto.graph.node if add.output[0] in n.input]
         assert [n.op_type for n in consumers] == ["QuantizeLinear"]
-    # a code that rounds the other way at a tie moves the next layers' inputs too, and untrained networks amplify it:
-    # end to end, nearly every code still agrees within one step
-    codes = _codes_by_quantizer(path, qmodel, x)
-    assert np.array_equal(codes[0][1], codes[0][2])  # the network's input: the same codes
-    for q, ort_codes, lib_codes in codes:
-        diff = np.abs(ort_codes.astype(np.int64) - lib_codes.astype(np.int64))
-        assert (diff > 1).mean() < 0.01 and diff.mean() < 0.1, q
+    _assert_codes_agree_end_to_end(_codes_by_quantizer(path, qmodel, x))
     with torch.no_grad():
         want = qmodel(x).numpy()
     assert (_run(path, x).argmax(1) == want.argmax(1)).mean() >= 0.95  # 64 random inputs: at most 3 flips
@@ -346,3 +349,26 @@ def test_missing_extra_is_named(tmp_path, monkeypatch):
 def test_import_tensorcompress_needs_no_onnx():
     code = "import sys, tensorcompress; assert not {'onnx', 'onnxruntime'} & set(sys.modules), 'imported'"
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.mark.parametrize("options", [{"per_channel": False}, {"method": "lsq"}, {"weight_bits": 4}],
+                         ids=["per_tensor", "lsq", "weight_bits4"])
+def test_qdq_other_quantizer_settings_carry_their_parameters(options, tmp_path):
+    x = _inputs(64)
+    qmodel = _quantized(_model("lenet5"), x, **options)
+    path = tmp_path / "m.onnx"
+    to_onnx(qmodel, x[:2], path)
+    stored = _initializers(path)
+    for name in ("conv1", "fc1"):
+        layer = getattr(qmodel, name).layer
+        w = layer.parametrizations.weight.original.detach()
+        qp = layer.parametrizations.weight[0].qparams(w)
+        np.testing.assert_array_equal(stored[f"{name}.layer.codes"], quantize(w, qp).numpy())
+        np.testing.assert_array_equal(stored[f"{name}.layer.w_scale"], qp.scale.numpy())
+    if "weight_bits" in options:
+        # the int32 bias is rounded to half an accumulator step S_x S_c, 16x coarser with 4-bit weights: at conv1
+        # (25 inputs per output) that is a sizeable part of conv2's input step, and codes move from there on
+        with torch.no_grad():
+            assert (_run(path, x).argmax(1) == qmodel(x).numpy().argmax(1)).mean() >= 0.95
+    else:
+        _assert_codes_agree_end_to_end(_codes_by_quantizer(path, qmodel, x))

@@ -3,6 +3,7 @@ machine's peaks and latency against batch size. No measured time or ratio is ass
 
 from __future__ import annotations
 
+import functools
 import math
 from types import SimpleNamespace
 
@@ -60,6 +61,20 @@ def test_hand_counts_linear_conv_depthwise(device, dtype):
     assert dw.bytes == (8 * 9 + 2 * 8 * 6 * 6 + 2 * 8 * 3 * 3) * size
 
 
+@given(n=st.integers(1, 3), groups=st.integers(1, 3), c_in_per=st.integers(1, 3), c_out_per=st.integers(1, 3),
+       k=st.integers(1, 3), stride=st.integers(1, 2), padding=st.integers(0, 1), size=st.integers(3, 7),
+       bias=st.booleans(), double=st.booleans())
+def test_conv_counts_closed_form(n, groups, c_in_per, c_out_per, k, stride, padding, size, bias, double):
+    dtype = torch.float64 if double else torch.float32
+    c_in, c_out = groups * c_in_per, groups * c_out_per
+    conv = nn.Sequential(nn.Conv2d(c_in, c_out, k, stride, padding, groups=groups, bias=bias)).to(dtype)
+    out = (size + 2 * padding - k) // stride + 1
+    row = rows_by_name(conv, torch.randn(n, c_in, size, size, dtype=dtype))["0"]
+    weights = c_out * c_in_per * k * k + (c_out if bias else 0)
+    assert row.flops == 2 * n * c_out * out * out * c_in_per * k * k
+    assert row.bytes == (weights + n * c_in * size * size + n * c_out * out * out) * (8 if double else 4)
+
+
 def test_rows_without_flops_move_bytes_views_do_not():
     class Net(nn.Module):
         def __init__(self):
@@ -98,6 +113,9 @@ def test_flops_outside_every_layer_are_one_row():
     assert outside.name == "(outside the traced layers)" and outside.flops == 2 * 6 * 2 * 6 and outside.bytes == 0
     matmul = r.rows[0]
     assert matmul.kind == "matmul" and matmul.flops == 2 * 4 * 6 * 6 and matmul.weight_bytes == 0
+    timed = roofline(model, x, machine=PEAKS, min_run_time=1e-4)
+    assert timed.rows[-1].measured is None and timed.rows[-1].attained is None  # runs only inside the whole pass
+    assert timed.rows[0].measured > 0 and timed.measured == timed.rows[0].measured
 
 
 @given(flops=st.floats(1e8, 1e15), bandwidth=st.floats(1e8, 1e13))
@@ -115,15 +133,30 @@ def test_intensity_and_bound_rule(flops, bandwidth):
     assert r.bound == pytest.approx(sum(row.bound for row in r.rows))
 
 
+@functools.cache
+def depthwise_and_dense_rows(machine: MachinePeaks = PEAKS):
+    """A depthwise 3x3 layer (about 2 FLOP/byte) and a dense 256-channel 3x3 convolution (about 330 FLOP/byte)."""
+    torch.manual_seed(0)
+    depthwise = nn.Sequential(nn.Conv2d(64, 64, 3, padding=1, groups=64, bias=False))
+    dense = nn.Sequential(nn.Conv2d(256, 256, 3, padding=1, bias=False))
+    return (rows_by_name(depthwise, torch.randn(8, 64, 14, 14), machine)["0"],
+            rows_by_name(dense, torch.randn(8, 256, 14, 14), machine)["0"])
+
+
+@pytest.mark.parametrize("ridge", [4.0, 200.0])
+def test_depthwise_memory_bound_dense_compute_bound_at_extreme_ridges(ridge):
+    """Plausible ridges: 4-200 FLOP/byte (CPUs about 5-50, GPUs up to a few hundred)."""
+    depthwise, dense = depthwise_and_dense_rows(MachinePeaks(ridge * 1e10, 1e10, 1))
+    assert depthwise.binds == "memory" and dense.binds == "compute"
+
+
 @given(ridge=st.floats(4.0, 200.0), bandwidth=st.floats(1e9, 1e12))
 def test_depthwise_memory_bound_dense_compute_bound_for_any_plausible_machine(ridge, bandwidth):
-    """Plausible ridges: 4-200 FLOP/byte (CPUs about 5-50, GPUs up to a few hundred)."""
     machine = MachinePeaks(ridge * bandwidth, bandwidth, 1)
-    torch.manual_seed(0)
-    depthwise = nn.Conv2d(64, 64, 3, padding=1, groups=64, bias=False)
-    dense = nn.Conv2d(256, 256, 3, padding=1, bias=False)
-    assert rows_by_name(nn.Sequential(depthwise), torch.randn(8, 64, 14, 14), machine)["0"].binds == "memory"
-    assert rows_by_name(nn.Sequential(dense), torch.randn(8, 256, 14, 14), machine)["0"].binds == "compute"
+    depthwise, dense = depthwise_and_dense_rows()
+    assert depthwise.intensity < 4 < 200 < dense.intensity
+    assert machine.bound(depthwise.flops, depthwise.bytes)[1] == "memory"
+    assert machine.bound(dense.flops, dense.bytes)[1] == "compute"
 
 
 def test_measured_roofline_table_plot_and_model_unchanged():
@@ -144,9 +177,12 @@ def test_measured_roofline_table_plot_and_model_unchanged():
     assert all(row.name in text for row in r.rows)
     ax = r.plot()
     assert ax.get_xscale() == ax.get_yscale() == "log" and len(ax.collections) == 2
+    assert {t.get_text() for t in ax.texts} == {row.name for row in r.rows if row.flops > 0}
     plt.close(ax.figure)
     unmeasured = roofline(model, x, machine=PEAKS, measure=False)
-    plt.close(unmeasured.plot().figure)
+    ax = unmeasured.plot(labels=False)
+    assert not ax.texts
+    plt.close(ax.figure)
     with pytest.raises(ValueError, match="measure=True"):
         unmeasured.share("memory")
     with pytest.raises(ValueError, match="binds"):
@@ -205,6 +241,26 @@ def test_latency_vs_batch_session():
     assert np.array_equal(_batch(x.numpy(), 4), x.numpy()[[0, 1, 2, 0]])  # rows repeated cyclically
     quiet = SimpleNamespace(run=FakeSession().run)  # no get_inputs, no get_session_options
     assert latency_vs_batch(quiet, x.numpy(), (2,), input_name="image", min_run_time=1e-4)[0].threads is None
+
+
+def test_latency_vs_batch_onnxruntime_session():
+    """A real ONNX Runtime session (a MatMul graph written with onnx.helper): its input name and threads are read."""
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    h = onnx.helper
+    w = onnx.numpy_helper.from_array(np.ones((4, 3), dtype=np.float32), "w")
+    graph = h.make_graph([h.make_node("MatMul", ["pixels", "w"], ["y"])], "g",
+                         [h.make_tensor_value_info("pixels", onnx.TensorProto.FLOAT, ["n", 4])],
+                         [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", 3])], [w])
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]).SerializeToString()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    out = latency_vs_batch(session, torch.randn(2, 4), (1, 3), min_run_time=1e-4)
+    assert [b.batch_size for b in out] == [1, 3] and all(b.median > 0 and b.threads == 1 for b in out)
+    with pytest.raises(ValueError, match="intra_op_num_threads"):
+        latency_vs_batch(session, torch.randn(2, 4), (1,), threads=2)
 
 
 def test_bad_input():

@@ -66,6 +66,7 @@ import os
 import tempfile
 import warnings
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import torch.nn.utils.prune as tprune
@@ -359,6 +360,23 @@ def _merge_twin_quantizers(model_proto) -> None:
     model_proto.graph.initializer.extend(kept)
 
 
+def _flatten_as_reshape(model_proto) -> None:
+    """Write each ``Flatten(axis=1)`` as ``Reshape(x, [0, -1])`` (the same map), in place: ONNX Runtime moves a
+    ``QuantizeLinear`` backwards through ``Reshape`` and ``MaxPool`` but not through ``Flatten``, and only a
+    ``QuantizeLinear`` right after a convolution lets it run the convolution in int8 (LeNet-5's ``conv2`` →
+    max-pool → flatten → ``fc1``)."""
+    from onnx import helper, numpy_helper
+
+    shape = "flatten_as_reshape.shape"
+    for i, node in enumerate(model_proto.graph.node):
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        if node.op_type == "Flatten" and axis == 1:
+            if not any(t.name == shape for t in model_proto.graph.initializer):
+                model_proto.graph.initializer.append(numpy_helper.from_array(np.array([0, -1], np.int64), shape))
+            model_proto.graph.node[i].CopyFrom(helper.make_node("Reshape", [node.input[0], shape], list(node.output),
+                                                                name=node.name.replace("Flatten", "Reshape")))
+
+
 def _check_folded(model_proto) -> None:
     """ValueError naming a BatchNorm that reads the output of a layer with a dequantized weight."""
     made_by = {out: node for node in model_proto.graph.node for out in node.output}
@@ -456,6 +474,7 @@ def to_onnx(model: nn.Module, example_input: torch.Tensor, path: str | os.PathLi
         _check_folded(proto)
         _inline_identities(proto)
         _merge_twin_quantizers(proto)
+        _flatten_as_reshape(proto)
         data = proto.SerializeToString()
     if preprocess:
         data = _preprocess(data)

@@ -29,10 +29,11 @@ Bytes "moved once each" is a model, not a measurement: a layer whose tensors sta
 to and from memory, and a kernel that reads its input several times (an unfused im2col) moves more. Measured times
 are machine-dependent: print them in notebooks only in cells marked ``# NBVAL_IGNORE_OUTPUT``.
 
-Timing protocol (:func:`roofline`'s layers and :func:`latency_vs_batch`): every case is called once to warm up,
-then timed in ``repeats`` rounds (at least 7), the cases interleaved within each round, each round one
-:meth:`torch.utils.benchmark.Timer.blocked_autorange` median of wall-clock time; the result is the median of the
-rounds and their interquartile range.
+Timing protocol (:func:`roofline`'s layers and :func:`latency_vs_batch`): every case is called twice to warm up
+(the second call sizes its blocks: as many calls as fill ``min_run_time``, at least one), then timed in
+``repeats`` rounds (at least 7), the cases interleaved within each round, each round one block timed by
+:meth:`torch.utils.benchmark.Timer.timeit` (wall-clock time per call, the accelerator synchronised); the result is
+the median of the rounds and their interquartile range.
 """
 
 from __future__ import annotations
@@ -65,15 +66,21 @@ BINDS = ("compute", "memory", "none")
 def _timed(cases: dict[object, Callable[[], object]], *, threads: int, repeats: int, min_run_time: float
            ) -> dict[object, tuple[float, float]]:
     """``{key: (median, interquartile range)}`` in seconds per call: the protocol of the module docstring."""
+    import time
+
     from torch.utils import benchmark
 
-    for fn in cases.values():
+    timers, numbers = {}, {}
+    for k, fn in cases.items():
         fn()  # warm-up (allocations, lazy initialisation, caches)
-    timers = {k: benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads) for k, fn in cases.items()}
+        timers[k] = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
+        start = time.perf_counter()
+        timers[k].timeit(1)  # a second warm-up call, timed to size the blocks
+        numbers[k] = max(1, round(min_run_time / max(time.perf_counter() - start, 1e-9)))
     samples: dict[object, list[float]] = {k: [] for k in cases}
     for _ in range(repeats):
         for k, timer in timers.items():
-            samples[k].append(float(timer.blocked_autorange(min_run_time=min_run_time).median))
+            samples[k].append(float(timer.timeit(numbers[k]).median))
     out = {}
     for k, s in samples.items():
         q1, _, q3 = statistics.quantiles(s, n=4)
@@ -233,7 +240,8 @@ class LayerRoofline:
     once (an in-place operation reads and writes its tensor: both counted; a view or identity moves nothing);
     ``intensity`` = flops / bytes (NaN when nothing is moved); ``bound`` = max(flops / P, bytes / W) seconds and
     ``binds`` which term is the larger; ``measured`` and ``measured_iqr`` the layer's median time alone on the input
-    it received in the traced pass and its interquartile range (``None`` when not measured).
+    it received in the traced pass and its interquartile range (``None`` when not measured, and for the FLOPs
+    outside every traced layer, which run only inside the whole pass).
     """
 
     name: str
@@ -250,7 +258,7 @@ class LayerRoofline:
     @property
     def attained(self) -> float | None:
         """FLOP/s the layer attained (``flops / measured``), ``None`` when not measured."""
-        return None if self.measured is None else self.flops / self.measured
+        return None if not self.measured else self.flops / self.measured
 
 
 @dataclass(frozen=True)
@@ -285,8 +293,9 @@ class Roofline:
     @property
     def measured(self) -> float | None:
         """Sum of the layers' measured times (``None`` when not measured)."""
-        times = [r.measured for r in self.rows]
-        return None if None in times else sum(times)
+        if self.model_time is None:
+            return None
+        return sum(r.measured for r in self.rows if r.measured is not None)
 
     def share(self, binds: str) -> float:
         """Fraction of the layers' measured time spent in rows that ``binds`` ("compute", "memory" or "none")."""
@@ -295,7 +304,7 @@ class Roofline:
         total = self.measured
         if total is None:
             raise ValueError("share needs measured times: call roofline(..., measure=True)")
-        return sum(r.measured for r in self.rows if r.binds == binds) / total
+        return sum(r.measured for r in self.rows if r.binds == binds and r.measured is not None) / total
 
     def table(self) -> str:
         """The rows as a text table, with totals and the machine's peaks."""
@@ -322,10 +331,11 @@ class Roofline:
     def __str__(self) -> str:
         return self.table()
 
-    def plot(self, ax=None):
+    def plot(self, ax=None, labels: bool = True):
         """Log-log roofline: each layer that does FLOPs at its intensity and attained FLOP/s (at its bound when not
-        measured), coloured by what binds it, under the two ceilings min(P, I·W); returns the axes. Layers without
-        FLOPs (activations, pooling, additions) have no place on these axes: they are in :meth:`table`."""
+        measured), coloured by what binds it and named if ``labels``, under the two ceilings min(P, I·W); returns
+        the axes. Layers without FLOPs (activations, pooling, additions) have no place on these axes: they are in
+        :meth:`table`."""
         import matplotlib.pyplot as plt
 
         if ax is None:
@@ -341,7 +351,7 @@ class Roofline:
             pts = [r for r in rows if r.binds == binds]
             ys = [r.attained if r.measured is not None else r.flops / r.bound for r in pts]
             ax.scatter([r.intensity for r in pts], ys, color=colour, label=f"{binds}-bound", zorder=3)
-            for r, y in zip(pts, ys, strict=True):
+            for r, y in zip(pts, ys, strict=True) if labels else ():
                 ax.annotate(r.name, (r.intensity, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -386,7 +396,7 @@ def _row(node: surgery.Node, name: str, state: set[int], machine: MachinePeaks) 
         read = _unique(_leaves(node.args))
         weights = [t for t in read if id(t) in state]
         inputs = [t for t in read if id(t) not in state]
-    versions = [t._version for t in inputs]
+    versions = [t._version for t in inputs]  # an in-place operation bumps the version of the tensor it writes
     counter = FlopCounterMode(display=False)
     with counter:
         outputs = _unique(_leaves(_call(node)()))
@@ -439,7 +449,7 @@ def roofline(model: nn.Module, example_input: torch.Tensor, *, machine: MachineP
     repeats : int >= 7
         Rounds of the timing protocol.
     min_run_time : float
-        Seconds of each ``blocked_autorange`` round per layer.
+        Seconds of each round's block per layer (a block holds at least one call).
 
     Returns
     -------
@@ -476,7 +486,9 @@ def roofline(model: nn.Module, example_input: torch.Tensor, *, machine: MachineP
         times = _timed({k: _in_inference_mode(fn) for k, fn in cases.items()}, threads=machine.threads,
                        repeats=repeats, min_run_time=min_run_time)
         model_time = times.pop("model")[0]
-        rows = [_measured(r, times.get(i)) for i, r in enumerate(rows)]
+        # the FLOPs outside every traced layer (the last row, if any) ran only inside the whole pass: not timed
+        rows = [replace(r, measured=times[i][0], measured_iqr=times[i][1]) if i in times else r
+                for i, r in enumerate(rows)]
     return Roofline(tuple(rows), machine, int(example_input.shape[0]), model_time)
 
 
@@ -486,12 +498,6 @@ def _in_inference_mode(fn: Callable[[], object]) -> Callable[[], object]:
             return fn()
 
     return run
-
-
-def _measured(row: LayerRoofline, time: tuple[float, float] | None) -> LayerRoofline:
-    """``row`` with its measured median and IQR (zero for the FLOPs outside every layer, which are in no row)."""
-    median, iqr = time if time is not None else (0.0, 0.0)
-    return replace(row, measured=median, measured_iqr=iqr)
 
 
 # ---------------------------------------------------------------- latency against batch size
@@ -587,7 +593,7 @@ def latency_vs_batch(model, example_input, batch_sizes: Sequence[int] = (1, 8, 6
     threads : int
         Threads of the measurement.
     repeats, min_run_time :
-        Rounds (at least 7) and seconds of each round's ``blocked_autorange`` (the module docstring's protocol).
+        Rounds (at least 7) and seconds of each round's block per batch size (the module docstring's protocol).
     input_name : str, optional
         A session's input name (default: ``session.get_inputs()[0].name``).
 

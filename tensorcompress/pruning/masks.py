@@ -22,6 +22,18 @@ the affine entries of a BatchNorm only where the traced graph (:func:`tensorcomp
 or, without an example input, where an ``nn.Sequential`` passes a convolution's output straight to it. A Linear's
 outputs are the channels of a BatchNorm1d only on 2-D inputs, which only a trace can tell.
 
+Coupled channels. Where the traced graph has a residual addition or a depthwise convolution, a filter is not a
+layer's own: channel :math:`j` of a residual stream is made by every layer that feeds the addition, and a depthwise
+convolution's filter :math:`j` reads channel :math:`j` only (:func:`tensorcompress.surgery.channel_groups`). There
+``structure="filters"`` prunes by group: a group's channels are scored by the sum over its producers :math:`P` of
+their per-filter L_n scores, :math:`s_j = \sum_{P} \|S^{P}_{j,:}\|_n` (Torch-Pruning's group importance, Fang et
+al. 2023, with the criterion's scores :math:`S`), and the ``k`` lowest channels of each group go from every producer
+(filter and bias), every depthwise convolution on it and every BatchNorm on it (:math:`\gamma_j = \beta_j = 0`),
+so the channel is exactly zero wherever it flows and :func:`tensorcompress.pruning.shrink` removes it. A group is
+pruned only when all its producers and depthwise convolutions are selected, and not when it reaches the model's
+input or output or an operation the graph cannot follow; its selected layers then get a mask of ones and a report
+row saying why (``skipped``). ``amount`` is per group (``scope="layer"`` only).
+
 A weight tied between selected layers (one ``Parameter`` in two modules) is ranked once — counted once by a global
 amount — and every module holding it gets the same mask, so the tie is kept (``weight_orig`` stays one tensor).
 A tied tensor that would be masked in one place and not in another (the other module not selected, or not a
@@ -176,9 +188,11 @@ def prune(model: nn.Module, example_input: torch.Tensor | None = None, *, amount
         Left untouched.
     example_input : tensor, optional
         One batch the model accepts. ``structure="filters"`` traces one forward pass on it
-        (:func:`tensorcompress.surgery.trace`) to find the BatchNorm that reads each pruned layer's output; without
-        it, only a convolution followed by its BatchNorm inside an ``nn.Sequential`` is paired, and a model with
-        BatchNorm layers where that does not settle the question is refused.
+        (:func:`tensorcompress.surgery.trace`) to find the BatchNorm that reads each pruned layer's output and the
+        coupled channel groups (residual additions, depthwise convolutions: each group pruned as one, module
+        docstring); without it, only a convolution followed by its BatchNorm inside an ``nn.Sequential`` is paired,
+        and a model with BatchNorm layers where that does not settle the question, or with an
+        :class:`~tensorcompress.surgery.Add` or a depthwise convolution, is refused.
     amount : float in [0, 1] or int
         Fraction (or, as an int, count) of each layer's weights (or filters/channels) to be zero after the call —
         of all layers together for ``scope="global"``. Already pruned weights stay pruned. ``None`` (or
@@ -197,13 +211,15 @@ def prune(model: nn.Module, example_input: torch.Tensor | None = None, *, amount
     (nn.Module, list of LayerChange)
         One row per layer; ``params_after`` counts the weights left non-zero (plus the bias), ``detail`` holds
         ``sparsity`` (the fraction of the weight the mask zeroes), ``nonzero_before`` and, for filters, the
-        ``batchnorm`` masked with them. The bytes grow (the mask is stored too): ``compression`` is below 1.
+        ``batchnorm`` masked with them; on a coupled graph, ``group`` (the layers pruned together) or ``skipped``
+        (why the layer's group was left). The bytes grow (the mask is stored too): ``compression`` is below 1.
 
     Raises
     ------
     ValueError
         For an empty selection, a bad option, a weight tied to a module that would not get the same mask (both
-        names given), or ``structure="filters"`` on a model whose BatchNorm pairing needs ``example_input``.
+        names given), ``structure="filters"`` on a model whose BatchNorm pairing or channel coupling needs
+        ``example_input``, or ``scope="global"`` with filters on a coupled graph.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")

@@ -434,15 +434,19 @@ class IntegerRequantize(nn.Module):
 
 
 class IntegerAdd(nn.Module):
-    """A residual addition on integer codes: each input's codes requantized to the output's scale and zero point
-    by a fixed-point multiplier and shift (as a layer's output is), then added and clamped,
+    r"""A residual addition on integer codes: each input's codes requantized to the output's scale by a fixed-point
+    multiplier and shift (as a layer's output is), with ``guard`` extra fraction bits, added, then rounded once to
+    the output's step, offset by its zero point and clamped,
 
-    .. math:: q_o = \\operatorname{clamp}\\bigl(Z_o + \\operatorname{round}(M_a (q_a - Z_a)) +
-              \\operatorname{round}(M_b (q_b - Z_b)), q_{\\min}, q_{\\max}\\bigr), \\qquad M_a = S_a / S_o,\\;
-              M_b = S_b / S_o.
+    .. math:: q_o = \operatorname{clamp}\Bigl(Z_o + \Bigl\lfloor \frac{r_a + r_b}{2^k} \Bigr\rceil,
+              q_{\min}, q_{\max}\Bigr), \qquad r = \operatorname{round}\bigl(2^k M (q - Z)\bigr), \quad
+              M_a = \frac{S_a}{S_o},\; M_b = \frac{S_b}{S_o},
 
-    The fake-quantized :class:`~tensorcompress.quantization.QuantizedAdd` rounds the exact sum once; the two
-    roundings here are at most one output step away from it.
+    :math:`k` = ``guard`` (16 unless :math:`2^k M` would reach :func:`quantize_multiplier`'s range). The two
+    requantized terms carry :math:`2^{-k-1}` of an output step of rounding each, so the sum is rounded once, as
+    the fake-quantized :class:`~tensorcompress.quantization.QuantizedAdd` rounds the exact sum (without the guard
+    bits, two roundings to the output step leave about a quarter of the codes one step off; TensorFlow Lite's
+    integer addition keeps 20 such bits).
 
     Parameters
     ----------
@@ -450,11 +454,16 @@ class IntegerAdd(nn.Module):
         The per-tensor parameters of the two inputs and of the sum.
     """
 
+    GUARD_BITS = 16
+
     def __init__(self, a_qp: QParams, b_qp: QParams, out_qp: QParams):
         super().__init__()
         for qp in (a_qp, b_qp, out_qp):
             _per_tensor(qp, "IntegerAdd")
-        m0, shift = _multipliers(torch.stack([a_qp.scale.double(), b_qp.scale.double()]) / out_qp.scale.double())
+        m = torch.stack([a_qp.scale.double(), b_qp.scale.double()]) / out_qp.scale.double()
+        # the largest k with 2^k M below quantize_multiplier's bound 2^30
+        self.guard = max(0, min(self.GUARD_BITS, math.floor(math.log2(2.0**30 / float(m.max()))) - 1))
+        m0, shift = _multipliers(m * 2.0**self.guard)
         self.register_buffer("m0", m0)
         self.register_buffer("shift", shift)
         self.register_buffer("in_zero_point", torch.stack([a_qp.zero_point, b_qp.zero_point]).to(torch.int32))
@@ -462,13 +471,18 @@ class IntegerAdd(nn.Module):
         self.out_range = (out_qp.qmin, out_qp.qmax)
         self.out_dtype = integer_dtype(out_qp.qmin, out_qp.qmax)
 
+    def extra_repr(self) -> str:
+        return f"guard={self.guard}"
+
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         if a.is_floating_point() or b.is_floating_point():
             raise TypeError(f"IntegerAdd takes integer codes, got {a.dtype} and {b.dtype}")
-        total = self.out_zero_point.to(torch.int64)
-        for k, codes in enumerate((a, b)):
-            total = total + requantize(codes.to(torch.int64) - self.in_zero_point[k], self.m0[k], self.shift[k])
-        return total.clamp(*self.out_range).to(self.out_dtype)
+        total = sum(requantize(codes.to(torch.int64) - self.in_zero_point[k], self.m0[k], self.shift[k])
+                    for k, codes in enumerate((a, b)))
+        if self.guard:  # round half up to the output's step, as requantize does
+            k = self.guard
+            total = torch.bitwise_right_shift(total, k) + (torch.bitwise_right_shift(total, k - 1) & 1)
+        return (total + self.out_zero_point).clamp(*self.out_range).to(self.out_dtype)
 
 
 class IntegerNet(nn.Sequential):

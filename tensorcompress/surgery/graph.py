@@ -11,7 +11,8 @@ is a node of its own: the tensor it modified is attributed to it from then on.
 
 Transforms read it to decide what they may do: conv–BatchNorm folding (:mod:`.fusion`) folds a pair only where the
 BatchNorm reads exactly the layer's output and nothing else does; ``tc.pruning.prune(structure="filters")`` masks
-the BatchNorm that follows a convolution *in the forward*; ``tc.pruning.shrink`` follows a chain; integer-only
+the BatchNorm that follows a convolution *in the forward*; :func:`.groups.channel_groups` reads which channels
+must be removed together (``tc.pruning.prune`` and ``tc.pruning.shrink`` act on those groups); integer-only
 conversion refuses every node it cannot prove it handles.
 """
 

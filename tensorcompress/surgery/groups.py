@@ -69,9 +69,9 @@ class ChannelGroup:
     ``norms`` the BatchNorms over them, ``depthwise`` the depthwise convolutions they pass through (filters coupled
     in and out), ``consumers`` the layers that read them as input channels, mapped to the number of input features
     per channel (1, or :math:`HW` for a linear layer after a flatten); ``adds`` the residual additions that merged
-    them, ``passes`` the other pass-through operations (labels). ``reason`` says why the group cannot be pruned
-    (``None`` where it can), and ``blocked`` is set when that is an operation the graph cannot follow.
-    ``modules`` maps each name to its module.
+    them, ``passes`` the other pass-through operations (a module's name, a function's name). ``reason`` says why
+    the group cannot be pruned (``None`` where it can), and ``blocked`` is set when that is an operation the graph
+    cannot follow. ``modules`` maps each name to its module.
     """
 
     channels: int
@@ -303,4 +303,7 @@ def _visit(sp: _Spaces, node: Node, ins: list[tuple[int, int]], calls: dict[int,
         problem = _unknown(node)
     for s, _ in ins:
         sp.why(s, None, problem)
-    return sp.new(channels, None, problem), 1
+    out = sp.new(channels, None, problem)
+    if type(t) in _LAYERS:  # its outputs, in a group that says why they are not followed
+        sp.member(out, "producers", node)
+    return out, 1
