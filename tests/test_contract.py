@@ -100,6 +100,20 @@ def _calibrated() -> nn.Module:
     return tc.quantization.calibrate(q, torch.rand(16, 784))
 
 
+def _resnet() -> nn.Module:
+    torch.manual_seed(0)
+    return tc.models.ResNet8(widths=(4, 8, 8))
+
+
+def _images() -> torch.Tensor:
+    return torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(6))
+
+
+def _calibrated_resnet() -> nn.Module:
+    q, _ = tc.quantization.quantize_model(_resnet().eval())
+    return tc.quantization.calibrate(q, torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(7)))
+
+
 @dataclass
 class Transform:
     """One registry entry: how to get the function, a model it acts on, the data it reads, its options."""
@@ -129,6 +143,8 @@ REGISTRY = [
     Transform("quantize_model", lambda: tc.quantization.quantize_model, _cnn, options={"weight_bits": 4}),
     Transform("share_weights", lambda: tc.quantization.share_weights, _cnn, options={"bits": 2}),
     Transform("to_integer", lambda: tc.quantization.to_integer, _calibrated, lambda: torch.rand(2, 784)),
+    Transform("quantize_model_residual", lambda: tc.quantization.quantize_model, _resnet, _images),
+    Transform("to_integer_residual", lambda: tc.quantization.to_integer, _calibrated_resnet, _images),
     Transform("to_half", lambda: tc.quantization.to_half, _cnn, options={"dtype": torch.bfloat16}),
     Transform("fuse_conv_bn", lambda: tc.surgery.fuse_conv_bn, lambda: _cnn().eval(), _x),
     Transform("quantize_weights", lambda: tc.quantization.quantize_weights, _cnn, options={"bits": 4}),
@@ -178,7 +194,7 @@ def test_result_is_a_new_model_and_rows_with_real_bytes(entry):
         if isinstance(m, nn.BatchNorm2d):
             m.eval()
             break
-    if entry.name in ("fuse_conv_bn", "to_integer"):
+    if entry.name in ("fuse_conv_bn", "to_integer", "to_integer_residual"):
         model.eval()
     model.register_forward_hook(lambda *a: None)
     first = next(model.parameters())
@@ -246,7 +262,7 @@ def test_technique_details_are_typed():
 @pytest.mark.parametrize("entry", REGISTRY, ids=IDS)
 def test_every_transform_reports_typed_rows(entry):
     model = entry.model()
-    if entry.name in ("fuse_conv_bn", "to_integer"):
+    if entry.name in ("fuse_conv_bn", "to_integer", "to_integer_residual"):
         model.eval()
     _, report = entry(model)
     row = _rows(report)[0]

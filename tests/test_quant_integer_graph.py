@@ -252,6 +252,8 @@ def test_quantize_model_selection_and_options_reach_the_additions():
     assert isinstance(qm.add, tc.surgery.Add) and [r.name for r in report] == ["conv1", "conv2", "fc"]
     with pytest.raises(TypeError, match="example_input must be a torch.Tensor or None"):
         Q.quantize_model(net, [1.0])
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module, got str"):
+        Q.quantize_model("net")
     qm, _ = Q.quantize_model(net)
     Q.calibrate(qm, x)
     qm.add.input_quantizers[1].calibrated.fill_(False)
@@ -265,8 +267,7 @@ def test_quantize_model_selection_and_options_reach_the_additions():
     assert torch.equal(qm.add(a, b), want)
 
 
-def test_float64_model_and_inputs(mnist):
-    train, x = mnist
+def test_float64_model_and_inputs():
     net = _Added().double().eval()
     x64 = torch.randn(128, 1, 6, 6, dtype=torch.float64)
     qm, _ = Q.quantize_model(net)

@@ -14,29 +14,49 @@ convolution pads the real 0). The real multiplier :math:`M` (per output channel)
 M_0)` (:func:`quantize_multiplier`), the product is an int64 multiplication followed by a rounding right shift by
 :math:`31 + n` bits (:func:`requantize`).
 
-**What acts on codes.** Each layer requantizes straight into the codes of the *next* layer's input quantizer
-:math:`q(\cdot)`; the fake-quantized model applies the operations in between to real numbers first. An operation
-:math:`f` may run on the codes instead when :math:`q(f(y)) = f_q(q(y))`. Max-pooling and flattening commute with
-the monotone :math:`q`. A clip :math:`f(y) = \min(\max(y, a), b)` — ReLU (:math:`a = 0, b = \infty`), ReLU6
-(:math:`a = 0, b = 6`), hardtanh — becomes the clamp of the codes to :math:`[q(a), q(b)]` (:class:`IntegerClamp`),
-since :math:`q(\min(\max(y, a), b)) = \min(\max(q(y), q(a)), q(b))` for monotone :math:`q`; :math:`q(0) = Z` exactly.
-A ReLU6 is *not* a clamp of the codes to 6. Anything else (a leaky ReLU, a residual addition, a concatenation) has
-no such form and is refused.
+**What acts on codes.** A layer requantizes straight into the codes of the quantizer that reads its output
+next :math:`q(\cdot)`; the fake-quantized model applies the operations in between to real numbers first. An
+operation :math:`f` may run on the codes instead when :math:`q(f(y)) = f_q(q(y))`. Max-pooling and flattening
+commute with the monotone :math:`q`. A clip :math:`f(y) = \min(\max(y, a), b)` — ReLU (:math:`a = 0, b = \infty`),
+ReLU6 (:math:`a = 0, b = 6`), hardtanh — becomes the clamp of the codes to :math:`[q(a), q(b)]`
+(:class:`IntegerClamp`), since :math:`q(\min(\max(y, a), b)) = \min(\max(q(y), q(a)), q(b))` for monotone
+:math:`q`; :math:`q(0) = Z` exactly. A ReLU6 is *not* a clamp of the codes to 6: its bound is the code of 6,
+:math:`q_6 = \operatorname{round}(6/S) + Z`. Anything else (a leaky ReLU, a sigmoid, a concatenation, an addition
+written with ``+``) has no such form and is refused by name.
 
-**Global average pooling** (a mean over the feature map) does not commute with rounding, so the convolution before
-it hands over its int32 accumulators (scale :math:`S_x S_{w,c}` per channel, zero point 0; a ReLU — clamp at 0 —
-and max-pooling act on them unchanged) and :class:`IntegerMeanPool` sums them over the :math:`HW` positions in
-int64 and requantizes once, with :math:`M_c = S_x S_{w,c} / (S_y\,HW)`: one rounding, as in the fake-quantized
-model, instead of two.
+**Branches.** A tensor read by several quantizers (a residual block's input, read by its first convolution and
+by its shortcut) is requantized once per quantizer; where all of them have the same parameters (min-max
+calibration of one tensor gives the same) the layer requantizes once and hands its codes to all. Otherwise the
+layer hands over its int32 accumulators (scale :math:`S_x S_{w,c}` per channel, zero point 0; a ReLU acts on them
+as the clamp at 0, other clips wait for the requantization, max-pooling and flattening act unchanged) and each
+reader gets its own :class:`IntegerRequantize`; so does a reader of codes of other parameters (the output of an
+addition read by the next block), :math:`q' = Z' + \operatorname{round}(S/S' \cdot (q - Z))`, the one rounding
+the fake-quantized model does there too.
+
+**Residual addition** (:class:`~tensorcompress.quantization.QuantizedAdd`, fake quantization at both inputs and at
+the sum): :class:`IntegerAdd` requantizes both input codes to the sum's scale with a multiplier and shift each,
+adds them and requantizes once more to the sum's step with its zero point:
+
+.. math:: q_o = Z_o + \operatorname{round}\bigl(M_a (q_a - Z_a) + M_b (q_b - Z_b)\bigr), \qquad M_a = S_a / S_o,
+          \quad M_b = S_b / S_o,
+
+the two terms kept with 16 extra fraction bits so that the sum is rounded once, as the fake-quantized sum is.
+
+**Average pooling** (a mean over each window, or over the feature map for global average pooling) does not commute
+with rounding, so its input is summed in int64 (accumulators with scale :math:`S_x S_{w,c}`, or codes minus their
+zero point) and :class:`IntegerMeanPool` requantizes once, with :math:`M_c = S_c / (S_y\,n)` for :math:`n`
+positions: the rounded integer division by :math:`n` folded into the multiplier, one rounding as in the
+fake-quantized model, instead of two. A ReLU6 before it clamps the accumulators at the accumulator code of 6 per
+channel, :math:`\operatorname{round}(6 / S_x S_{w,c})` (half an accumulator step from 6).
 
 :func:`to_integer` reads the traced graph of a calibrated model from
 :func:`~tensorcompress.quantization.quantize_model` (weights and activations at most 8 bits) and builds an
 :class:`IntegerNet`: each quantized layer an :class:`IntegerLayer` holding int8 weights, an int32 bias and
-per-channel ``(m0, shift)``, taking the integer codes of the previous step (the first one quantizes the float
-input) and handing integer codes to the next; the last layer returns its accumulator dequantized to float32
-logits. A BatchNorm that reads a per-channel quantized convolution's output is folded into it first
-(``tc.surgery.fuse_conv_bn``): it scales each output channel, which per-channel weight codes absorb into their
-scale. Storage: 1 byte per weight, 4 per bias, 5 per output channel for the multiplier.
+per-channel ``(m0, shift)``, taking integer codes (the first one quantizes the float input) and handing integer
+codes or accumulators on; the last layer returns its accumulator dequantized to float32 logits. A BatchNorm that
+alone reads a per-channel quantized convolution's output is folded into it first (``tc.surgery.fuse_conv_bn``): it
+scales each output channel, which per-channel weight codes absorb into their scale. Storage: 1 byte per weight, 4
+per bias, 5 per output channel for the multiplier.
 
 **Integer products in floating point.** PyTorch's integer convolution is a generic loop (``_slow_conv2d_forward``),
 far slower than its float kernels, and off the CPU it has none. A float product of integers is exact when every
@@ -210,7 +230,7 @@ class IntegerLayer(nn.Module):
     ``in_scale`` only for the ``entry`` layer, which quantizes the network's float input; ``out_scale`` (float32,
     per channel) only for the last layer, whose accumulator is returned as real numbers. With ``accumulate=True``
     (and no ``next_quantizer``) the layer returns its int32 accumulator (scale ``acc_scale``, zero point 0) for an
-    :class:`IntegerMeanPool`.
+    :class:`IntegerMeanPool` or :class:`IntegerRequantize`.
 
     Parameters
     ----------
@@ -331,10 +351,10 @@ class IntegerMeanPool(nn.Module):
         if out_qp.axis is not None:
             raise ValueError("IntegerMeanPool needs a per-tensor output quantizer")
         self.hw, self.keepdim, self.window = hw, keepdim, window
+        self.in_zero_point = int(in_zero_point)  # a constant of the conversion, like the window
         m0, shift = _multipliers(acc_scale.double() / (out_qp.scale.double() * hw))
         self.register_buffer("m0", m0)
         self.register_buffer("shift", shift)
-        self.register_buffer("in_zero_point", torch.as_tensor(in_zero_point, dtype=torch.int32).clone())
         self.register_buffer("out_zero_point", out_qp.zero_point.clone())
         self.out_range = (out_qp.qmin, out_qp.qmax)
         self.out_dtype = integer_dtype(out_qp.qmin, out_qp.qmax)
@@ -491,8 +511,17 @@ class IntegerNet(nn.Sequential):
     :class:`IntegerAdd`, :class:`IntegerRequantize`), for inputs of the per-sample shape ``input_shape`` the
     conversion was proven on.
 
-    ``wiring[k]`` lists the values step ``k`` reads: value 0 is the input, value ``j + 1`` the output of step
-    ``j``; the network returns value ``output``. ``wiring=None`` is a chain, each step reading the one before.
+    Parameters
+    ----------
+    steps : dict of str to nn.Module
+        The steps, by name, in the order they run.
+    input_shape : tuple of int
+        The shape of one input sample.
+    wiring : list of tuple of int, optional
+        ``wiring[k]`` lists the values step ``k`` reads: value 0 is the input, value ``j + 1`` the output of step
+        ``j``. ``None`` (and a wiring that is one) is a chain, each step reading the one before.
+    output : int, optional
+        The value the network returns (default: the last step's).
     """
 
     def __init__(self, steps: dict[str, nn.Module], input_shape: tuple[int, ...],

@@ -418,6 +418,8 @@ def quantize_model(model: nn.Module, example_input: torch.Tensor | None = None, 
         The model (activation quantizers still to be calibrated), one :class:`FakeQuantizedLayer` row per layer and
         one :class:`FakeQuantizedAdd` row per addition (quantized, or skipped).
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     weight_bits = _check_optional_bits(weight_bits, "weight_bits")
     act_bits = _check_optional_bits(act_bits, "act_bits")
     if weight_bits is None and act_bits is None:
@@ -434,8 +436,7 @@ def quantize_model(model: nn.Module, example_input: torch.Tensor | None = None, 
     if example_input is not None and not isinstance(example_input, torch.Tensor):
         raise TypeError(f"example_input must be a torch.Tensor or None, got {type(example_input).__name__}")
     learnable = method == "lsq"
-    device = next((p.device for p in model.parameters()), torch.device("cpu")) if isinstance(model, nn.Module) \
-        else None
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))  # where an addition's quantizers live
     add_detail = {"act_bits": act_bits, "observer": observer, "method": method}
 
     def activation_quantizer() -> ActivationQuantizer:
@@ -458,7 +459,9 @@ def quantize_model(model: nn.Module, example_input: torch.Tensor | None = None, 
             detail["lsq_init"] = lsq_init
         return QuantizedLayer(layer, aq), detail
 
-    types = (nn.Conv2d, nn.Linear) if act_bits is None else (nn.Conv2d, nn.Linear, surgery.Add)
+    # additions are candidates where there are some to observe (and only then named in a selection's errors)
+    adds = act_bits is not None and any(type(m) is surgery.Add for m in model.modules())
+    types = (nn.Conv2d, nn.Linear, surgery.Add) if adds else (nn.Conv2d, nn.Linear)
     new, rows = surgery.transform(model, types, build, include=include, exclude=exclude,
                                   row_type=FakeQuantizedLayer, action="quantize_model")
     rows = [FakeQuantizedAdd(*(getattr(r, f.name) for f in dataclasses.fields(r))) if r.type_after == "QuantizedAdd"
