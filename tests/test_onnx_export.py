@@ -372,3 +372,20 @@ def test_qdq_other_quantizer_settings_carry_their_parameters(options, tmp_path):
             assert (_run(path, x).argmax(1) == qmodel(x).numpy().argmax(1)).mean() >= 0.95
     else:
         _assert_codes_agree_end_to_end(_codes_by_quantizer(path, qmodel, x))
+
+
+class _BatchAsNumber(nn.Module):
+    """A forward pass that turns the batch size into a Python number: tracing fixes it."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(x) / float(x.shape[0])
+
+
+def test_graph_fixed_to_one_batch_size_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="batch size 4"):
+        to_onnx(_BatchAsNumber(), torch.ones(3, 4), tmp_path / "m.onnx")
+    assert not os.listdir(tmp_path)

@@ -8,7 +8,9 @@ axis (0) dynamic; :func:`onnx_session` opens it in ONNX Runtime on the CPU with 
 evaluated once and stored as a plain weight (a shared codebook decoded, :math:`W = c[I]`), and the forward pass
 is exported as it is: a factorised layer becomes its convolutions or linear maps (Tucker-2: 1×1, k×k, 1×1; CP:
 1×1, k×1, 1×k, 1×1; SVD: two linear maps), a ``tc.surgery.Add`` an ``Add``. The exporter folds each BatchNorm
-into the convolution before it (eval mode).
+into the convolution before it (eval mode). The graph is traced, so :func:`to_onnx` runs it in ONNX Runtime on
+``example_input`` plus one sample and compares with the model: a forward pass that fixed the batch size as a
+Python number is refused rather than written.
 
 **Fake-quantized models** (:func:`tensorcompress.quantization.quantize_model`, calibrated) become QDQ graphs that
 carry the library's own parameters, in the operator semantics of ONNX (opset 13 on):
@@ -62,6 +64,7 @@ Inference*, CVPR.
 from __future__ import annotations
 
 import io
+import math
 import os
 import tempfile
 import warnings
@@ -98,12 +101,9 @@ OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 INSTALL = 'pip install "tensorcompress[onnx]"'
 
+_INTEGER = "an integer-only model (to_integer): export the calibrated quantize_model model it was made from"
 _REFUSED: dict[type, str] = {
-    IntegerLayer: "an integer-only layer (to_integer): export the calibrated quantize_model model it was made from",
-    IntegerMeanPool: "an integer-only layer (to_integer): export the calibrated quantize_model model it was made "
-                     "from",
-    IntegerClamp: "an integer-only layer (to_integer): export the calibrated quantize_model model it was made from",
-    IntegerNet: "an integer-only model (to_integer): export the calibrated quantize_model model it was made from",
+    **dict.fromkeys((IntegerLayer, IntegerMeanPool, IntegerClamp, IntegerNet), _INTEGER),
     WeightOnlyLinear: "a weight-only quantized layer: ONNX has no kernel for its group-wise codes",
     TTLinear: "a TT layer has no convolution or linear form short of its dense weight (layer.to_dense())",
     Autocast: "an autocast wrapper: export the float32 model",
@@ -406,6 +406,28 @@ def _export(model: nn.Module, example_input: torch.Tensor) -> bytes:
     return buf.getvalue()
 
 
+def _check_traced(data: bytes, model: nn.Module, x: torch.Tensor) -> None:
+    """ValueError unless the exported float graph computes what ``model`` does on a batch one larger than ``x`` (the
+    batch axis is declared dynamic, but a forward pass that turns the batch size into a Python number is traced
+    with that number fixed), and unless the model returns one tensor."""
+    x = torch.cat([x, x[:1]])
+    with torch.no_grad():
+        want = model(x)
+    if not isinstance(want, torch.Tensor):
+        raise ValueError(f"model returns {type(want).__name__}: to_onnx writes models with one output tensor")
+    try:
+        got = torch.from_numpy(_session(data, 1).run(None, {INPUT_NAME: x.numpy()})[0])
+        err = float((got - want).abs().max()) if got.shape == want.shape else math.inf
+    except Exception as e:  # onnxruntime's own errors (a Reshape to the traced batch size)
+        err, why = math.inf, f" ({str(e).splitlines()[0][:200]})"
+    else:
+        why = ""
+    if err > 1e-4 * (1 + float(want.abs().max())):
+        raise ValueError(f"the exported graph differs from the model at batch size {len(x)} (max |difference| "
+                         f"{err:.3g}){why}: the forward pass uses the batch size as a Python number, which tracing "
+                         f"fixes at example_input's")
+
+
 def _preprocess(data: bytes) -> bytes:
     import onnx
     from onnxruntime.quantization import quant_pre_process
@@ -449,7 +471,8 @@ def to_onnx(model: nn.Module, example_input: torch.Tensor, path: str | os.PathLi
         ``model`` is not an ``nn.Module``, ``example_input`` not a float32 tensor, ``preprocess`` not a bool.
     ValueError
         A model the export refuses (named: integer-only, weight-only, TT layers, uncalibrated or non-8-bit
-        quantizers, a BatchNorm after a quantized layer, non-float32 state).
+        quantizers, a BatchNorm after a quantized layer, non-float32 state), or a float graph that does not
+        compute what the model does at another batch size (a batch size traced as a fixed number).
     OSError
         ``path`` cannot be written (the message names it).
     ImportError
@@ -469,7 +492,9 @@ def to_onnx(model: nn.Module, example_input: torch.Tensor, path: str | os.PathLi
     quantized = _is_quantized(model)
     copy = _qdq_copy(model) if quantized else _float_copy(model)
     data = _export(copy, example_input.detach().cpu())
-    if quantized:
+    if not quantized:
+        _check_traced(data, copy, example_input.detach().cpu())
+    else:
         proto = onnx.load_from_string(data)
         _check_folded(proto)
         _inline_identities(proto)
@@ -508,6 +533,10 @@ def onnx_session(path: str | os.PathLike, *, threads: int = 1):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no ONNX file at {os.fspath(path)!r}")
     _require()
+    return _session(os.fspath(path), threads)
+
+
+def _session(model: str | bytes, threads: int):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -515,4 +544,4 @@ def onnx_session(path: str | os.PathLike, *, threads: int = 1):
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(os.fspath(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
