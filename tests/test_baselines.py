@@ -1,11 +1,12 @@
 """The stored baselines: targets met, files intact and small, retraining reproduces them, the script round-trips.
 
 A full retrain of LeNet-5 takes about four minutes and LeNet-300-100 about 15-30 s on two cores, so only the cheapest
-baseline (SmallCNN on digits, about 8 s) is retrained here in full with its stored recipe; the other two are checked
-through their hash and re-measured accuracy. The language model (TinyGPT, minutes of training) is checked through its
-hash, its manifest and its re-measured perplexity; its recipe runs here cut to two steps, which exercises the script's
-write and ``--check`` paths. ``python -m tensorcompress.baselines --check`` retrains all four and compares (run by
-hand; on this project's machine it reproduced the three accuracies exactly).
+baseline (SmallCNN on digits, about 8 s) is retrained here in full with its stored recipe; the other image classifiers
+(the LeNets, ResNet-8 and MobileNetV2-tiny, minutes each) are checked through their hash and re-measured accuracy. The
+language model (TinyGPT, minutes of training) is checked through its hash, its manifest and its re-measured
+perplexity; its recipe runs here cut to two steps, which exercises the script's write and ``--check`` paths.
+``python -m tensorcompress.baselines --check`` retrains all six and compares (run by hand; on this project's machine it
+reproduced the LeNets' and SmallCNN's accuracies exactly).
 
 Green on any machine: what is retrained is compared by test accuracy within ``baselines.ACCURACY_TOLERANCE`` (one
 percentage point), never by weights — another CPU sums in another order and the weights drift apart (0.02 for SmallCNN
@@ -25,8 +26,8 @@ import tensorcompress as tc
 from tensorcompress import baselines
 from tensorcompress.models.pretrained import CHECKPOINT_DIR, sha256_file
 
-TARGETS = {"lenet300100": 0.95, "lenet5": 0.975, "smallcnn": 0.97}
-TEST_SIZES = {"lenet300100": 1000, "lenet5": 1000, "smallcnn": 360}
+TARGETS = {"lenet300100": 0.95, "lenet5": 0.975, "smallcnn": 0.97, "resnet8": 0.98, "mobilenetv2_tiny": 0.98}
+TEST_SIZES = {"lenet300100": 1000, "lenet5": 1000, "smallcnn": 360, "resnet8": 1000, "mobilenetv2_tiny": 1000}
 
 
 @pytest.fixture(scope="module")
@@ -109,8 +110,8 @@ def test_script_check_mode(tmp_path, monkeypatch, capsys):
 
 
 def test_train_baseline_unknown_name():
-    with pytest.raises(ValueError, match=r"name must be one of \['lenet300100', 'lenet5', 'smallcnn', 'tinygpt'\], "
-                                         r"got 'vgg'"):
+    names = r"\['lenet300100', 'lenet5', 'mobilenetv2_tiny', 'resnet8', 'smallcnn', 'tinygpt'\]"
+    with pytest.raises(ValueError, match=rf"name must be one of {names}, got 'vgg'"):
         baselines.train_baseline("vgg")
 
 

@@ -322,8 +322,53 @@ def test_a_new_kind_plugs_in(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------------------------------------- architectures
 
+@pytest.mark.parametrize("arch, kwargs", [
+    ("ResNet8", {"in_channels": 3, "num_classes": 7, "widths": (4, 8, 12)}),
+    ("MobileNetV2Tiny", {"in_channels": 2, "num_classes": 5, "expand": 2}),
+])
+def test_residual_models_rebuild_from_the_header(tmp_path, arch, kwargs):
+    torch.manual_seed(0)
+    model = getattr(tc.models, arch)(**kwargs).eval()
+    for m in model.modules():  # BatchNorm statistics and affine parameters that are not the identity
+        if isinstance(m, nn.BatchNorm2d):
+            for t in (m.weight, m.bias, m.running_mean):
+                nn.init.normal_(t.data, 0.5 if t is m.weight else 0.0, 0.2)
+            nn.init.uniform_(m.running_var, 0.5, 2.0)
+    path = tmp_path / "m.tcdc"
+    save_compressed(model, path)
+    header, _, _ = _split_file(path)
+    assert header["arch"] == {"name": arch, "kwargs": {k: list(v) if isinstance(v, tuple) else v
+                                                       for k, v in kwargs.items()}}
+    back = load_compressed(path)
+    assert type(back) is type(model) and not back.training
+    assert all(getattr(back, k) == v for k, v in kwargs.items())
+    _same_model(model, back, torch.randn(3, kwargs["in_channels"], 28, 28))
+
+
+def test_tinygpt_rebuilds_from_the_header_float_and_weight_only(tmp_path):
+    torch.manual_seed(0)
+    gpt = tc.models.TinyGPT(13, d_model=64, n_layers=2, n_heads=2, context=16).eval()
+    tokens = torch.randint(0, 13, (2, 16))
+    save_compressed(gpt, tmp_path / "float.tcdc")
+    header, _, _ = _split_file(tmp_path / "float.tcdc")
+    assert header["arch"] == {"name": "TinyGPT", "kwargs": {"vocab_size": 13, "d_model": 64, "n_layers": 2,
+                                                            "n_heads": 2, "context": 16}}
+    _same_model(gpt, load_compressed(tmp_path / "float.tcdc"), tokens)
+    w4, _ = tc.quantization.quantize_weights(gpt, bits=4, group_size=32, exclude=["head"])
+    save_compressed(w4, tmp_path / "w4.tcdc")
+    back = load_compressed(tmp_path / "w4.tcdc")  # no skeleton: the registry builds it, the file fills in the layers
+    assert isinstance(back, tc.models.TinyGPT) and not back.training
+    assert isinstance(back.blocks[1].mlp.fc2, tc.quantization.WeightOnlyLinear)
+    assert isinstance(back.head, nn.Linear) and not isinstance(back.head, tc.quantization.WeightOnlyLinear)
+    skeleton = tc.models.TinyGPT(13, d_model=64, n_layers=2, n_heads=2, context=16)
+    with torch.no_grad():
+        assert torch.equal(back(tokens), load_compressed(tmp_path / "w4.tcdc", model=skeleton)(tokens))
+        assert torch.equal(back(tokens), w4(tokens))
+
+
 def test_architecture_registry(tmp_path):
-    assert {"LeNet300100", "LeNet5", "SmallCNN"} <= set(E.registered_architectures())
+    library = {"LeNet300100", "LeNet5", "SmallCNN", "ResNet8", "MobileNetV2Tiny", "TinyGPT"}
+    assert library <= set(E.registered_architectures())
     net = shared_tiny()
     save_compressed(net, tmp_path / "m")
     with pytest.raises(ValueError, match="no registered architecture"):

@@ -53,6 +53,8 @@ def test_models_follow_device_and_dtype(device, dtype):
         (tc.models.LeNet300100(), torch.zeros(2, 1, 28, 28)),
         (tc.models.LeNet5(), torch.zeros(2, 1, 28, 28)),
         (tc.models.SmallCNN(input_size=8), torch.zeros(2, 1, 8, 8)),
+        (tc.models.ResNet8(widths=(4, 8, 8)), torch.zeros(2, 1, 28, 28)),
+        (tc.models.MobileNetV2Tiny(expand=2), torch.zeros(2, 1, 28, 28)),
     ]:
         out = m.to(device=device, dtype=dtype)(x.to(device=device, dtype=dtype))
         assert out.dtype == dtype and out.device.type == torch.device(device).type
@@ -66,6 +68,13 @@ def test_wrong_input_shapes():
         tc.models.LeNet5()(torch.zeros(2, 1, 32, 32))
     with pytest.raises(ValueError, match=r"SmallCNN expects input of shape N x 1 x 8 x 8, got \(2, 3, 8, 8\)"):
         tc.models.SmallCNN(input_size=8)(torch.zeros(2, 3, 8, 8))
+    with pytest.raises(ValueError, match=r"ResNet8 expects input of shape N x 1 x 28 x 28, got \(2, 1, 32, 32\)"):
+        tc.models.ResNet8()(torch.zeros(2, 1, 32, 32))
+    msg = r"MobileNetV2Tiny expects input of shape N x 3 x 28 x 28, got \(2, 1, 28, 28\)"
+    with pytest.raises(ValueError, match=msg):
+        tc.models.MobileNetV2Tiny(in_channels=3)(torch.zeros(2, 1, 28, 28))
+    with pytest.raises(ValueError, match=r"ResNet8 expects input of shape N x 1 x 28 x 28, got \(1, 28, 28\)"):
+        tc.models.ResNet8()(torch.zeros(1, 28, 28))
 
 
 def test_bad_constructor_arguments():
@@ -77,12 +86,102 @@ def test_bad_constructor_arguments():
         tc.models.SmallCNN(in_channels=1.0)
     with pytest.raises(ValueError, match=r"channels must be a pair \(c1, c2\), got \(8,\)"):
         tc.models.SmallCNN(channels=(8,))
+    with pytest.raises(ValueError, match=r"widths must have three entries, got \(8, 16\)"):
+        tc.models.ResNet8(widths=(8, 16))
+    with pytest.raises(TypeError, match=r"widths must be a tuple of three ints, got int \(16\)"):
+        tc.models.ResNet8(widths=16)
+    with pytest.raises(ValueError, match=r"widths\[2\] must be >= 1, got 0"):
+        tc.models.ResNet8(widths=(8, 16, 0))
+    with pytest.raises(ValueError, match="num_classes must be >= 2, got 1"):
+        tc.models.MobileNetV2Tiny(num_classes=1)
+    with pytest.raises(TypeError, match=r"expand must be an int, got float \(4.0\)"):
+        tc.models.MobileNetV2Tiny(expand=4.0)
+
+
+# ---------------------------------------------------------------- residual and depthwise networks
+
+
+def _conv_bn(c_in, c_out, k, groups=1):
+    """Parameters of a bias-free convolution and its BatchNorm (weight and bias)."""
+    return c_in // groups * c_out * k * k + 2 * c_out
+
+
+def test_resnet8_architecture():
+    m = tc.models.ResNet8()
+    stem = _conv_bn(1, 16, 3)
+    blocks = [2 * _conv_bn(16, 16, 3),  # identity shortcut
+              _conv_bn(16, 32, 3) + _conv_bn(32, 32, 3) + _conv_bn(16, 32, 1),  # 1x1 projection shortcut
+              _conv_bn(32, 64, 3) + _conv_bn(64, 64, 3) + _conv_bn(32, 64, 1)]
+    assert _n_params(m) == stem + sum(blocks) + 64 * 10 + 10 == 77_754
+    assert m(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    weighted = [x for x in m.modules() if isinstance(x, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert len(weighted) - 2 == 8  # the two projections are not on the main path
+    # 3x3 convs at 28, 28, 28, 14, 14, 7, 7 (stride 2 counted at the output), 1x1 projections, classifier; 2 per MAC
+    macs = 9 * (28 * 28 * (16 + 16 * 16 * 2) + 14 * 14 * (16 * 32 + 32 * 32) + 7 * 7 * (32 * 64 + 64 * 64))
+    macs += 14 * 14 * 16 * 32 + 7 * 7 * 32 * 64 + 64 * 10
+    assert tc.flops(m, torch.zeros(1, 1, 28, 28)) == 2 * macs == 18_691_840
+    m2 = tc.models.ResNet8(in_channels=3, num_classes=5, widths=(4, 8, 12))
+    assert m2(torch.zeros(1, 3, 28, 28)).shape == (1, 5) and m2.widths == (4, 8, 12)
+    assert isinstance(m2.blocks[0].shortcut, torch.nn.Identity)
+    assert isinstance(tc.models.ResNet8(widths=(8, 8, 8)).blocks[1].shortcut, torch.nn.Sequential)  # stride 2
+
+
+def _inverted(c_in, c_out, t):
+    """Parameters of an inverted residual block: 1x1 expansion, 3x3 depthwise, 1x1 projection, each with BN."""
+    h = t * c_in
+    return _conv_bn(c_in, h, 1) + _conv_bn(h, h, 3, groups=h) + _conv_bn(h, c_out, 1)
+
+
+def test_mobilenetv2_tiny_architecture():
+    m = tc.models.MobileNetV2Tiny()
+    widths = [16, 16, 24, 24, 32, 32]
+    blocks = sum(_inverted(a, b, 4) for a, b in zip(widths, widths[1:], strict=False))
+    assert _n_params(m) == _conv_bn(1, 16, 3) + blocks + _conv_bn(32, 128, 1) + 128 * 10 + 10 == 34_682
+    assert m(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert [b.add is not None for b in m.blocks] == [True, False, True, False, True]  # stride 1 and c_in == c_out
+    assert [b.depthwise[0].stride for b in m.blocks] == [(1, 1), (2, 2), (1, 1), (2, 2), (1, 1)]
+    assert sum(isinstance(x, torch.nn.ReLU6) for x in m.modules()) == 1 + 2 * 5 + 1
+    assert not any(isinstance(x, torch.nn.ReLU) for x in m.modules())
+    assert not any(isinstance(b.project[-1], (torch.nn.ReLU6, torch.nn.ReLU)) for b in m.blocks)  # linear bottleneck
+    m2 = tc.models.MobileNetV2Tiny(in_channels=3, num_classes=4, expand=2)
+    assert m2(torch.zeros(1, 3, 28, 28)).shape == (1, 4) and m2.blocks[4].depthwise[0].groups == 64
+
+
+@pytest.mark.parametrize("make, n_add, n_depthwise", [(tc.models.ResNet8, 3, 0), (tc.models.MobileNetV2Tiny, 3, 5)])
+def test_residual_networks_trace_with_additions_and_depthwise_convs(make, n_add, n_depthwise):
+    m = make().eval()
+    g = tc.surgery.trace(m, torch.zeros(2, 1, 28, 28))
+    adds = [n for n in g.nodes if isinstance(n.target, tc.surgery.Add)]
+    assert len(adds) == n_add == sum(isinstance(x, tc.surgery.Add) for x in m.modules())
+    for n in adds:
+        assert len(n.inputs) == 2 and n.out_shape == g.nodes[n.inputs[0]].out_shape == g.nodes[n.inputs[1]].out_shape
+    assert "add" not in {n.name for n in g.nodes}  # no addition outside the Add modules
+    depthwise = [n for n in g.nodes if isinstance(n.target, torch.nn.Conv2d) and n.target.groups > 1]
+    assert len(depthwise) == n_depthwise
+    for n in depthwise:
+        conv = n.target
+        assert conv.groups == conv.in_channels == conv.out_channels and conv.weight.shape[1:] == (1, 3, 3)
+    # every BatchNorm reads exactly one convolution's output, and only it reads that output (foldable)
+    for n in g.nodes:
+        if isinstance(n.target, torch.nn.BatchNorm2d):
+            (src,) = n.inputs
+            assert isinstance(g.nodes[src].target, torch.nn.Conv2d) and g.nodes[src].consumers == [g.nodes.index(n)]
+    assert torch.equal(g.output, m(torch.zeros(2, 1, 28, 28)))
+
+
+def test_resnet8_additions_join_main_path_and_shortcut():
+    m = tc.models.ResNet8().eval()
+    g = tc.surgery.trace(m, torch.zeros(1, 1, 28, 28))
+    names = {n.module_name: i for i, n in enumerate(g.nodes)}
+    for b, shortcut in [(0, "blocks.0.shortcut"), (1, "blocks.1.shortcut.1"), (2, "blocks.2.shortcut.1")]:
+        add = g.nodes[names[f"blocks.{b}.add"]]
+        assert add.inputs == sorted([names[f"blocks.{b}.bn2"], names[shortcut]])
 
 
 # ---------------------------------------------------------------- pretrained
 
 
-@pytest.mark.parametrize("name", ["lenet300100", "lenet5", "smallcnn"])
+@pytest.mark.parametrize("name", ["lenet300100", "lenet5", "smallcnn", "resnet8", "mobilenetv2_tiny"])
 def test_pretrained_loads_in_eval_mode_with_stored_accuracy(name):
     entry = checkpoint_manifest()[name]
     model = tc.models.pretrained(name)
@@ -91,6 +190,26 @@ def test_pretrained_loads_in_eval_mode_with_stored_accuracy(name):
     _, test = load()
     # Same bytes (the hash is checked on load), but another CPU's summation order may flip one near-tie prediction.
     assert abs(tc.evaluate(model, test).accuracy - entry["test_accuracy"]) <= 1 / len(test) + 1e-12
+
+
+@pytest.mark.parametrize("name, cls", [("resnet8", tc.models.ResNet8), ("mobilenetv2_tiny", tc.models.MobileNetV2Tiny)])
+def test_pretrained_residual_networks(name, cls):
+    entry = checkpoint_manifest()[name]
+    assert entry["bytes"] < 1_000_000 and entry["dataset"] == "mnist_sample" and entry["threads"] == 1
+    model = tc.models.pretrained(name)  # checks the SHA-256
+    assert type(model) is cls and not any(m.training for m in model.modules())
+    assert _n_params(model) == _n_params(cls())
+    splits = tc.data.load_splits("mnist_sample")
+    for part in ("val", "test"):
+        stored = tc.models.baseline(name, part)
+        assert stored.accuracy >= 0.98 and stored.n == 500
+        # eval mode: BatchNorm uses its running statistics, so the score is a function of the stored bytes alone
+        assert tc.evaluate(model, getattr(splits, part)).accuracy == stored.accuracy
+    x = splits.test.tensors[0][:32]
+    with torch.no_grad():  # eval mode: an image's logits do not depend on the rest of its batch
+        assert torch.allclose(model(x)[:4], model(x[:4]), rtol=0, atol=1e-5)
+    for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):  # trained statistics
+        assert bn.num_batches_tracked > 0 and not torch.equal(bn.running_var, torch.ones_like(bn.running_var))
 
 
 def test_pretrained_tinygpt_has_its_stored_perplexity():
@@ -109,8 +228,8 @@ def test_pretrained_device(device):
 
 
 def test_pretrained_unknown_name():
-    with pytest.raises(ValueError, match=r"name must be one of \['lenet300100', 'lenet5', 'smallcnn', 'tinygpt'\], "
-                                         r"got 'resnet'"):
+    names = r"\['lenet300100', 'lenet5', 'mobilenetv2_tiny', 'resnet8', 'smallcnn', 'tinygpt'\]"
+    with pytest.raises(ValueError, match=rf"name must be one of {names}, got 'resnet'"):
         tc.models.pretrained("resnet")
 
 

@@ -226,7 +226,8 @@ def test_checkpoints_are_shipped_once_inside_the_package():
     names = {e["file"] for e in json.loads((CHECKPOINT_DIR / "manifest.json").read_text()).values()}
     assert CHECKPOINT_DIR.parent == ROOT / "tensorcompress" / "models"
     assert names == {p.name for p in CHECKPOINT_DIR.glob("*.pt")} == {"lenet300100.pt", "lenet5.pt", "smallcnn.pt",
-                                                                      "tinygpt.pt"}
+                                                                      "tinygpt.pt", "resnet8.pt",
+                                                                      "mobilenetv2_tiny.pt"}
     # data/ is for data caches only: no second copy of the 3 MB of checkpoints
     assert not list((ROOT / "data").glob("*.pt")) and not (ROOT / "data" / "manifest.json").exists()
 
@@ -240,7 +241,8 @@ def test_wheel_contains_checkpoints_and_manifest(wheel):
             data = zf.read(f"tensorcompress/models/checkpoints/{entry['file']}")
             assert len(data) == entry["bytes"] and data == (CHECKPOINT_DIR / entry["file"]).read_bytes()
     assert shipped == {f"tensorcompress/models/checkpoints/{n}" for n in
-                       ["manifest.json", "lenet300100.pt", "lenet5.pt", "smallcnn.pt", "tinygpt.pt"]}
+                       ["manifest.json", "lenet300100.pt", "lenet5.pt", "smallcnn.pt", "tinygpt.pt", "resnet8.pt",
+                        "mobilenetv2_tiny.pt"]}
     assert manifest == json.loads((CHECKPOINT_DIR / "manifest.json").read_text())
     assert sha256_file(CHECKPOINT_DIR / "lenet5.pt") == manifest["lenet5"]["sha256"]
 

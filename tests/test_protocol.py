@@ -36,7 +36,7 @@ def test_load_splits_rejects_an_unknown_name():
         tc.data.load_splits("cifar10")
 
 
-@pytest.mark.parametrize("name", ["lenet300100", "lenet5", "smallcnn"])
+@pytest.mark.parametrize("name", ["lenet300100", "lenet5", "smallcnn", "resnet8", "mobilenetv2_tiny"])
 def test_stored_baseline_scores_are_the_checkpoints_scores(name):
     dataset = tc.models.manifest()[name]["dataset"]
     splits = tc.data.load_splits(dataset)

@@ -6,7 +6,9 @@ this registry; a name that is not registered is an error, so a file cannot make 
 else. The arguments are checked before the constructor runs: only the constructor's own named parameters, each a
 bool, an int in ``[0, 65536]`` or a list of at most 8 such ints (passed as a tuple). The library's networks
 (:class:`~tensorcompress.models.LeNet300100`, :class:`~tensorcompress.models.LeNet5`,
-:class:`~tensorcompress.models.SmallCNN`) are registered; :func:`register_architecture` adds others.
+:class:`~tensorcompress.models.SmallCNN`, :class:`~tensorcompress.models.ResNet8`,
+:class:`~tensorcompress.models.MobileNetV2Tiny`, :class:`~tensorcompress.models.TinyGPT`) are registered;
+:func:`register_architecture` adds others.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
-from ..models import LeNet5, LeNet300100, SmallCNN
+from ..models import LeNet5, LeNet300100, MobileNetV2Tiny, ResNet8, SmallCNN, TinyGPT
 
 __all__ = ["register_architecture", "registered_architectures"]
 
@@ -137,3 +139,7 @@ register_architecture("LeNet5", LeNet5, arguments=lambda m: {"in_channels": m.in
 register_architecture("SmallCNN", SmallCNN, arguments=lambda m: {
     "in_channels": m.in_channels, "input_size": m.input_size, "num_classes": m.classifier.out_features,
     "channels": [m.features[0][0].out_channels, m.features[1][0].out_channels]})
+# these keep their constructor's arguments as attributes of the same names: the default rule rebuilds them
+register_architecture("ResNet8", ResNet8)
+register_architecture("MobileNetV2Tiny", MobileNetV2Tiny)
+register_architecture("TinyGPT", TinyGPT)

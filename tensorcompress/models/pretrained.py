@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .lenet import LeNet5, LeNet300100
+from .residual import MobileNetV2Tiny, ResNet8
 from .smallcnn import SmallCNN
 from .tinygpt import TinyGPT
 
@@ -31,6 +32,8 @@ ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {
     "lenet300100": lambda: LeNet300100(in_features=784, num_classes=10),
     "lenet5": lambda: LeNet5(in_channels=1, num_classes=10, input_size=28),
     "smallcnn": lambda: SmallCNN(in_channels=1, num_classes=10, input_size=8),
+    "resnet8": lambda: ResNet8(in_channels=1, num_classes=10, widths=(16, 32, 64)),
+    "mobilenetv2_tiny": lambda: MobileNetV2Tiny(in_channels=1, num_classes=10, expand=4),
     # the 103 characters of tensorcompress.data.load_text()'s corpus
     "tinygpt": lambda: TinyGPT(103, d_model=128, n_layers=4, n_heads=4, context=128),
 }
@@ -67,7 +70,8 @@ def baseline(name: str, split: str = "test", *, root: str | Path | None = None) 
     Parameters
     ----------
     name : str
-        A baseline of :func:`pretrained` (``"lenet300100"``, ``"lenet5"``, ``"smallcnn"``).
+        An image classifier of :func:`pretrained` (``"lenet300100"``, ``"lenet5"``, ``"smallcnn"``, ``"resnet8"``,
+        ``"mobilenetv2_tiny"``).
     split : str
         ``"val"`` or ``"test"``: the halves of the held-out images made by
         :func:`tensorcompress.data.load_splits` (500 / 500 MNIST images, 180 / 180 digits).
@@ -91,15 +95,20 @@ def baseline(name: str, split: str = "test", *, root: str | Path | None = None) 
 def pretrained(name: str, *, root: str | Path | None = None, device: torch.device | str = "cpu") -> nn.Module:
     """A trained baseline network, in eval mode.
 
-    ===============  =============================  =========================================
-    name             network                        trained on
-    ===============  =============================  =========================================
-    ``lenet300100``  :class:`LeNet300100`           MNIST sample (:func:`~tensorcompress.data.load_mnist_sample`)
-    ``lenet5``       :class:`LeNet5`                MNIST sample
-    ``smallcnn``     :class:`SmallCNN` (8×8 input)  digits (:func:`~tensorcompress.data.load_digits`)
-    ``tinygpt``      :class:`TinyGPT` (d 128, 4     Python documentation characters
-                     layers, 4 heads, context 128)  (:func:`~tensorcompress.data.load_text`)
-    ===============  =============================  =========================================
+    ====================  =============================  =========================================
+    name                  network                        trained on
+    ====================  =============================  =========================================
+    ``lenet300100``       :class:`LeNet300100`           MNIST sample (:func:`~tensorcompress.data.load_mnist_sample`)
+    ``lenet5``            :class:`LeNet5`                MNIST sample
+    ``smallcnn``          :class:`SmallCNN` (8×8 input)  digits (:func:`~tensorcompress.data.load_digits`)
+    ``resnet8``           :class:`ResNet8` (residual,    MNIST sample
+                          widths 16, 32, 64)
+    ``mobilenetv2_tiny``  :class:`MobileNetV2Tiny`       MNIST sample
+                          (inverted residuals,
+                          depthwise, ReLU6)
+    ``tinygpt``           :class:`TinyGPT` (d 128, 4     Python documentation characters
+                          layers, 4 heads, context 128)  (:func:`~tensorcompress.data.load_text`)
+    ====================  =============================  =========================================
 
     The test accuracy (perplexity for ``tinygpt``), seed and training settings are in ``manifest.json`` next to the
     checkpoints.

@@ -63,7 +63,8 @@ class ResNet8(_Checked):
     """A residual network for 28×28 images: stem, three basic blocks, global average pooling, classifier.
 
     Widths ``(16, 32, 64)`` at resolutions 28, 14 and 7; the second and third blocks halve the resolution and have
-    1×1 projection shortcuts, the first an identity. 77,754 parameters with the defaults.
+    1×1 projection shortcuts, the first an identity. With the defaults: 77,754 parameters and 18.7 M FLOPs
+    (9.3 M multiply–adds) per image, as :func:`tc.flops <tensorcompress.metrics.flops>` counts them.
 
     Parameters
     ----------
@@ -80,11 +81,14 @@ class ResNet8(_Checked):
         super().__init__()
         check_positive_int(in_channels, "in_channels")
         check_positive_int(num_classes, "num_classes", minimum=2)
+        if not isinstance(widths, (tuple, list)):
+            raise TypeError(f"widths must be a tuple of three ints, got {type(widths).__name__} ({widths!r})")
         if len(widths) != 3:
             raise ValueError(f"widths must have three entries, got {widths!r}")
         for i, w in enumerate(widths):
             check_positive_int(w, f"widths[{i}]")
-        self.in_channels = in_channels
+        # the constructor's arguments, kept so that a compressed file can name them (tc.export's registry)
+        self.in_channels, self.num_classes, self.widths = in_channels, num_classes, tuple(widths)
         self.stem = nn.Sequential(*_conv_bn(in_channels, widths[0], 3), nn.ReLU())
         self.blocks = nn.Sequential(
             BasicBlock(widths[0], widths[0]), BasicBlock(widths[0], widths[1], 2), BasicBlock(widths[1], widths[2], 2)
@@ -119,6 +123,8 @@ class MobileNetV2Tiny(_Checked):
     A 3×3 stem to 16 channels, then inverted residual blocks (expansion 4) of outputs 16, 24 (stride 2), 24, 32
     (stride 2), 32 — three of them with a residual addition — a 1×1 conv to 128 channels, global average pooling
     and a classifier. Every activation is ReLU6 (Sandler et al. 2018), whose fixed range suits 8-bit codes.
+    34,682 parameters and 11.5 M FLOPs per image with the defaults: fewer of both than :class:`ResNet8`, but
+    the 64-channel depthwise layer at 28×28 moves many activation bytes per multiply–add.
 
     Parameters
     ----------
@@ -126,6 +132,8 @@ class MobileNetV2Tiny(_Checked):
         Channels of the input images.
     num_classes : int
         Outputs of the classifier, at least 2.
+    expand : int
+        Expansion factor t of every block: its depthwise layer has t·c channels for c input channels.
     """
 
     SETTING = ((16, 1), (24, 2), (24, 1), (32, 2), (32, 1))  # (output channels, stride) per block
@@ -135,7 +143,7 @@ class MobileNetV2Tiny(_Checked):
         check_positive_int(in_channels, "in_channels")
         check_positive_int(num_classes, "num_classes", minimum=2)
         check_positive_int(expand, "expand")
-        self.in_channels = in_channels
+        self.in_channels, self.num_classes, self.expand = in_channels, num_classes, expand  # as ResNet8
         self.stem = nn.Sequential(*_conv_bn(in_channels, 16, 3), nn.ReLU6())
         blocks, c = [], 16
         for c_out, stride in self.SETTING:
