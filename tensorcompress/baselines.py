@@ -22,7 +22,8 @@ MNIST-sample networks train on the 4,000 training images plus their four one-pix
 (:func:`tensorcompress.data.shift_augment`, 20,000 images per epoch); accuracies are on the untouched test split.
 The two BatchNorm networks (``resnet8``, ``mobilenetv2_tiny``) take a larger learning rate, 5e-3, for 4 epochs:
 on the validation split ResNet-8 reached 99.0 % with it against 98.0 % at 2e-3 (4 or 6 epochs) and 98.6 % at
-2e-3 with weight decay 5e-4 (single runs of seed 0; one validation image is 0.2 points).
+2e-3 with weight decay 5e-4, and MobileNetV2-tiny 98.2 % against 97.6 % at 2e-3 (single runs of seed 0; one
+validation image is 0.2 points).
 
 Recipe (``tinygpt``, :class:`LanguageModelConfig`): :class:`~tensorcompress.models.TinyGPT` on the character tokens of
 :func:`tensorcompress.data.load_text`, trained by :func:`~tensorcompress.train.fit` on ``steps_per_epoch ×
@@ -96,7 +97,7 @@ BASELINES: dict[str, BaselineConfig | LanguageModelConfig] = {
     "lenet5": BaselineConfig(dataset="mnist_sample", epochs=8, lr=1e-3, augment=True),
     "smallcnn": BaselineConfig(dataset="digits", epochs=10, lr=1e-3),
     "resnet8": BaselineConfig(dataset="mnist_sample", epochs=4, lr=5e-3, augment=True),
-    "mobilenetv2_tiny": BaselineConfig(dataset="mnist_sample", epochs=4, lr=5e-3, weight_decay=5e-4, augment=True),
+    "mobilenetv2_tiny": BaselineConfig(dataset="mnist_sample", epochs=4, lr=5e-3, augment=True),
     "tinygpt": LanguageModelConfig(epochs=10, steps_per_epoch=150, lr=2e-3),
 }
 
