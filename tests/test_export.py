@@ -509,11 +509,20 @@ def test_bool_bytes_are_checked(tmp_path):
     ({"name": "SmallCNN", "kwargs": {"channels": [8] * 100}}, "channels"),
     ({"name": "LeNet300100", "kwargs": [1, 2]}, "mapping"),
     ({"name": "LeNet5", "kwargs": {"input_size": 3}}, "cannot be built"),
+    ({"name": "TinyGPT", "kwargs": {"vocab_size": 65, "d_model": 64, "n_layers": 65536, "n_heads": 4, "context": 8}},
+     "'n_layers' = 65536 is above its limit 64"),  # refused before 65,536 blocks are built, even on meta
 ])
 def test_architectures_come_from_the_registry_with_bounded_arguments(tmp_path, arch, match):
     net = tc.models.LeNet300100()
     msg = _hostile(tmp_path, lambda h, p: h.update(arch=arch), net=net, model=False)
     assert match in msg
+
+
+def test_architecture_limits_name_a_constructor_argument():
+    with pytest.raises(ValueError, match="limits\\['depth'\\]"):
+        A.register_architecture("TinyGPT", tc.models.TinyGPT, limits={"depth": 4})
+    with pytest.raises(ValueError, match="limits\\['n_layers'\\]"):
+        A.register_architecture("TinyGPT", tc.models.TinyGPT, limits={"n_layers": -1})
 
 
 def test_a_large_architecture_is_refused_before_it_is_built(tmp_path, monkeypatch):

@@ -4,8 +4,11 @@ A file records its model's architecture as a registered *name* and the construct
 (``{"name": "LeNet300100", "kwargs": {"in_features": 784, "num_classes": 10}}``). Loading looks the name up in
 this registry; a name that is not registered is an error, so a file cannot make the loader import or call anything
 else. The arguments are checked before the constructor runs: only the constructor's own named parameters, each a
-bool, an int in ``[0, 65536]`` or a list of at most 8 such ints (passed as a tuple). The library's networks
-(:class:`~tensorcompress.models.LeNet300100`, :class:`~tensorcompress.models.LeNet5`,
+bool, an int in ``[0, 65536]`` or a list of at most 8 such ints (passed as a tuple), and below the architecture's
+own ``limits`` where one is registered: the meta-device model that the loader builds before reading any tensor
+costs memory for its shapes only, but time and Python objects for every submodule, so an argument that repeats a
+block (``TinyGPT``'s ``n_layers``: 2,048 layers take half a minute to build) has a bound of its own. The library's
+networks (:class:`~tensorcompress.models.LeNet300100`, :class:`~tensorcompress.models.LeNet5`,
 :class:`~tensorcompress.models.SmallCNN`, :class:`~tensorcompress.models.ResNet8`,
 :class:`~tensorcompress.models.MobileNetV2Tiny`, :class:`~tensorcompress.models.TinyGPT`) are registered;
 :func:`register_architecture` adds others.
@@ -28,6 +31,7 @@ MAX_TUPLE = 8
 
 Arguments = Callable[[nn.Module], Mapping[str, object]]
 _REGISTRY: dict[str, tuple[type[nn.Module], Arguments | None]] = {}
+_LIMITS: dict[str, dict[str, int]] = {}
 
 
 def _parameters(cls: type) -> dict[str, inspect.Parameter]:
@@ -36,7 +40,8 @@ def _parameters(cls: type) -> dict[str, inspect.Parameter]:
     return {p.name: p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
-def register_architecture(name: str, cls: type[nn.Module], *, arguments: Arguments | None = None) -> None:
+def register_architecture(name: str, cls: type[nn.Module], *, arguments: Arguments | None = None,
+                          limits: Mapping[str, int] | None = None) -> None:
     """Let compressed files name ``cls`` as ``name``.
 
     Parameters
@@ -48,6 +53,9 @@ def register_architecture(name: str, cls: type[nn.Module], *, arguments: Argumen
     arguments : callable, optional
         ``arguments(model) -> dict`` of constructor arguments that rebuild ``model``; by default each constructor
         parameter that ``model`` keeps as an attribute of the same name (bool, int or tuple of ints).
+    limits : mapping of str to int, optional
+        The largest value a file may give each named constructor argument (for an argument that sets how many
+        submodules are built, whose cost the general bound of 65536 does not contain).
     """
     if not isinstance(name, str) or not name:
         raise TypeError(f"name must be a non-empty str, got {name!r}")
@@ -55,9 +63,16 @@ def register_architecture(name: str, cls: type[nn.Module], *, arguments: Argumen
         raise TypeError(f"cls must be a subclass of torch.nn.Module, got {cls!r}")
     if arguments is not None and not callable(arguments):
         raise TypeError(f"arguments must be callable or None, got {type(arguments).__name__}")
+    limits = dict(limits or {})
+    known = _parameters(cls)
+    for key, bound in limits.items():
+        if key not in known or not isinstance(bound, int) or isinstance(bound, bool) or not 0 <= bound <= MAX_ARGUMENT:
+            raise ValueError(f"limits[{key!r}] = {bound!r}: must bound a constructor argument of {cls.__qualname__} "
+                             f"by an int in [0, {MAX_ARGUMENT}]")
     if name in _REGISTRY and _REGISTRY[name][0] is not cls:
         raise ValueError(f"architecture name {name!r} is already registered for {_REGISTRY[name][0].__qualname__}")
     _REGISTRY[name] = (cls, arguments)
+    _LIMITS[name] = limits
 
 
 def registered_architectures() -> dict[str, type[nn.Module]]:
@@ -85,7 +100,12 @@ def _check_kwargs(name: str, cls: type, kwargs: object) -> dict[str, object]:
     if unknown:
         raise ValueError(f"architecture {name!r}: unknown constructor arguments {unknown}; {cls.__qualname__} takes "
                          f"{sorted(known)}")
-    return {k: _check_value(name, k, v) for k, v in kwargs.items()}
+    checked = {k: _check_value(name, k, v) for k, v in kwargs.items()}
+    for key, bound in _LIMITS.get(name, {}).items():
+        value = checked.get(key)
+        if isinstance(value, int) and value > bound:
+            raise ValueError(f"architecture {name!r}: argument {key!r} = {value} is above its limit {bound}")
+    return checked
 
 
 def describe(model: nn.Module) -> dict | None:
@@ -142,4 +162,4 @@ register_architecture("SmallCNN", SmallCNN, arguments=lambda m: {
 # these keep their constructor's arguments as attributes of the same names: the default rule rebuilds them
 register_architecture("ResNet8", ResNet8)
 register_architecture("MobileNetV2Tiny", MobileNetV2Tiny)
-register_architecture("TinyGPT", TinyGPT)
+register_architecture("TinyGPT", TinyGPT, limits={"n_layers": 64})
