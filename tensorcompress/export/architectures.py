@@ -7,7 +7,7 @@ else. The arguments are checked before the constructor runs: only the constructo
 bool, an int in ``[0, 65536]`` or a list of at most 8 such ints (passed as a tuple), and below the architecture's
 own ``limits`` where one is registered: the meta-device model that the loader builds before reading any tensor
 costs memory for its shapes only, but time and Python objects for every submodule, so an argument that repeats a
-block (``TinyGPT``'s ``n_layers``: 2,048 layers take half a minute to build) has a bound of its own. The library's
+block (``TinyGPT``'s ``n_layers``: thousands of blocks take many seconds to build) has a bound of its own. The library's
 networks (:class:`~tensorcompress.models.LeNet300100`, :class:`~tensorcompress.models.LeNet5`,
 :class:`~tensorcompress.models.SmallCNN`, :class:`~tensorcompress.models.ResNet8`,
 :class:`~tensorcompress.models.MobileNetV2Tiny`, :class:`~tensorcompress.models.TinyGPT`) are registered;
