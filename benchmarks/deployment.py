@@ -25,13 +25,12 @@ not quiet and the absolute times are noisy (ratios less so).
 
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
 
 import numpy as np
 import torch
-from floors import CLOCKS, interleaved, load
+from floors import interleaved, load, timing_args, timing_parser
 from torch import nn
 
 import tensorcompress as tc
@@ -100,13 +99,7 @@ def section(name: str, calibration: torch.Tensor, test: torch.Tensor, folder: st
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="3 short repeats (a smoke run, not a measurement)")
-    parser.add_argument("--clock", choices=sorted(CLOCKS), default="cpu",
-                        help="process CPU time (default: robust to a shared machine's load) or wall time")
-    args = parser.parse_args()
-    args.repeats, args.min_run_time = (3, 0.01) if args.quick else (7, 0.2)
-    torch.set_num_threads(1)
+    args = timing_args(timing_parser(__doc__))
     splits = tc.data.load_splits("mnist_sample")
     calibration = torch.stack([splits.train[i][0] for i in range(256)])
     test = torch.stack([splits.test[i][0] for i in range(len(splits.test))])

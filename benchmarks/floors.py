@@ -376,16 +376,28 @@ SECTIONS = {"shared": shared_section, "to_integer": to_integer_section, "kmeans"
             "channels_last": channels_last_section}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def timing_parser(doc: str) -> argparse.ArgumentParser:
+    """The options every speed benchmark shares: ``--quick`` and ``--clock``."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3 short repeats (a smoke run, not a measurement)")
-    parser.add_argument("--only", choices=sorted(SECTIONS), action="append", help="run only these sections")
-    parser.add_argument("--before", metavar="DIR", help="also time the package in DIR/tensorcompress")
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="cpu",
                         help="process CPU time (default: robust to a shared machine's load) or wall time")
+    return parser
+
+
+def timing_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """Parsed options with ``repeats`` and ``min_run_time`` set from ``--quick``; one thread from here on."""
     args = parser.parse_args()
     args.repeats, args.min_run_time = (3, 0.01) if args.quick else (7, 0.2)
     torch.set_num_threads(1)
+    return args
+
+
+def main() -> None:
+    parser = timing_parser(__doc__)
+    parser.add_argument("--only", choices=sorted(SECTIONS), action="append", help="run only these sections")
+    parser.add_argument("--before", metavar="DIR", help="also time the package in DIR/tensorcompress")
+    args = timing_args(parser)
     before = import_before(args.before)
     start = load()
     print(f"torch {torch.__version__}, 1 thread, {args.repeats} repeats, {args.clock} time, 1-minute load average "
