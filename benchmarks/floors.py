@@ -34,8 +34,9 @@ Sections:
   took): 1024 x 1024 at rank 4 and 784 x 300 at rank 8, batch 64, inference mode; every order equal to the dense
   product to 1e-5 relative.
 * ``channels_last`` — LeNet-5 and SmallCNN at batch 256 (forward, inference mode) and a training step (forward,
-  backward, SGD) at batch 64, on images in NCHW memory order (as before, and as ``tc.evaluate`` passes them) and
-  channels-last (as ``tc.fit`` trains on them, ``tc.train.channels_last_images``); logits equal to 1e-5 relative.
+  backward, SGD) at batch 64, on images in NCHW memory order (as ``tc.fit`` and ``tc.evaluate`` pass them) and
+  channels-last (``tc.train.channels_last_images``; not used by ``tc.fit``: see its docstring);
+  logits equal to 1e-5 relative.
 """
 
 from __future__ import annotations

@@ -668,25 +668,3 @@ def test_flatten_after_channels_last_reads_nchw_order():
     # token ids, integer codes, vectors and sequences are passed as they are
     for t in (torch.randint(0, 9, (2, 3, 4, 5)), torch.randn(2, 5), torch.randn(2, 3, 5)):
         assert tc.train.channels_last_images(t) is t
-
-
-def test_training_on_channels_last_images_keeps_the_state_dict():
-    torch.manual_seed(0)
-    model, fresh = tc.models.LeNet5(), tc.models.LeNet5()
-    g = torch.Generator().manual_seed(0)
-    data = TensorDataset(torch.randn(32, 1, 28, 28, generator=g), torch.randint(0, 10, (32,), generator=g))
-    seen = []
-    hook = model.conv1.register_forward_pre_hook(lambda m, args: seen.append(args[0].stride()))
-    tc.fit(model, data, epochs=1, batch_size=16, progress=False)
-    assert seen == [(784, 1, 28, 1)] * 2  # training batches channels-last
-    after, before = model.state_dict(), fresh.state_dict()
-    assert list(after) == list(before)
-    for name, t in after.items():
-        assert t.shape == before[name].shape and t.stride() == before[name].stride() and t.is_contiguous(), name
-    with torch.no_grad():  # evaluate against the plain forward pass
-        logits = model.eval()(data.tensors[0])
-    result = tc.evaluate(model, data)
-    assert seen[2:] == [(784, 784, 28, 1)] * 2  # the plain forward and evaluate, NCHW (integer networks need it)
-    hook.remove()
-    assert result.accuracy == (logits.argmax(1) == data.tensors[1]).float().mean().item()
-    assert math.isclose(result.loss, nn.functional.cross_entropy(logits, data.tensors[1]).item(), rel_tol=1e-5)

@@ -148,15 +148,16 @@ def to_model(x: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch
 
 
 def channels_last_images(x: torch.Tensor) -> torch.Tensor:
-    """A batch of images on the CPU (floating, 4-D) stored channels-last, anything else as it is: the training
-    batches of :func:`fit`.
+    """A batch of images on the CPU (floating, 4-D) stored channels-last, anything else as it is.
 
     The same shape and values, only the memory order differs; convolutions, BatchNorm and max-pooling keep that
     order, and the CPU kernels process it 1.5-2.5x faster than NCHW (LeNet-5 spends half its forward pass in NCHW
     max-pooling); ``flatten`` and ``reshape`` still read the logical NCHW order, so the logits equal NCHW's up to
-    floating-point rounding and ``state_dict`` is untouched. Not in :func:`evaluate`: the integer networks of
-    :func:`tensorcompress.quantization.to_integer` max-pool integer codes, and PyTorch's channels-last max-pooling
-    of integer tensors fails (its size check uses the integer type).
+    floating-point rounding and ``state_dict`` is untouched. Neither :func:`fit` nor :func:`evaluate` applies it:
+    training a shrunk ResNet-8 on channels-last batches crashed PyTorch 2.13's generic CPU kernels
+    (``ATEN_CPU_CAPABILITY=default``) with a segmentation fault, and PyTorch's channels-last max-pooling of
+    integer tensors (the codes of :func:`tensorcompress.quantization.to_integer`) fails its size check.
+    ``benchmarks/floors.py`` measures what it would gain.
 
     Parameters
     ----------
@@ -344,7 +345,7 @@ def _train_step(run: _Run, batch: _Batch) -> tuple[torch.Tensor, int, torch.Tens
     language model), that number and the number of correct predictions (``None`` when the outputs are not class
     scores), all detached."""
     state, opt = run.state, run.state.optimizer
-    x, y = channels_last_images(to_model(batch.inputs, state.device, run.dtype)), batch.targets.to(state.device)
+    x, y = to_model(batch.inputs, state.device, run.dtype), batch.targets.to(state.device)
     state.batch = (x, y)
     run.hooks("on_batch_begin", state)
     opt.zero_grad(set_to_none=True)
