@@ -290,3 +290,81 @@ def test_integer_graph_follows_the_device(converted, mnist, device):
         ref = im(x)
         out = Q.to_integer(qm, x[:2])[0].to(device)(x.to(device))
     assert out.device.type == torch.device(device).type and torch.equal(out.cpu(), ref)
+
+
+class _Block(nn.Module):
+    """conv → Add(conv output, input) → ReLU (module or function), the sum read by the ReLU alone or also by
+    ``tap`` (which the fusion must then leave alone)."""
+
+    def __init__(self, functional: bool = False, tap: bool = False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv0, self.conv1 = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.add, self.relu = tc.surgery.Add(), nn.ReLU()
+        self.functional, self.tap = functional, tap
+        self.fc = nn.Linear(4 * 36, 3)
+
+    def forward(self, x):
+        y = torch.relu(self.conv0(x))
+        s = self.add(self.conv1(y), y)
+        z = torch.relu(s) if self.functional else self.relu(s)
+        return self.fc((z + s if self.tap else z).flatten(1))
+
+
+def test_add_relu_fusion_where_one_relu_alone_reads_the_sum(mnist):
+    x = mnist[1]
+    for name, fused in (("ResNet8", True), ("MobileNetV2Tiny", False)):  # MobileNet's sums are linear
+        net = getattr(tc.models, name)().eval()
+        qm, report = Q.quantize_model(net, x[:2])
+        rows = [r for r in report if isinstance(r, Q.FakeQuantizedAdd)]
+        assert len(rows) == 3 and all(r.relu is fused for r in rows)
+        assert all(m.relu is fused for m in qm.modules() if isinstance(m, Q.QuantizedAdd))
+        qm, report = Q.quantize_model(net)  # no trace without an example input: nothing fused
+        assert all(r.relu is False for r in report if isinstance(r, Q.FakeQuantizedAdd))
+    z = torch.randn(8, 1, 6, 6)
+    for functional, tap, fused in ((False, False, True), (True, False, True), (False, True, False)):
+        qm, report = Q.quantize_model(_Block(functional, tap), z)
+        assert qm.add.relu is fused and [r.relu for r in report if r.name == "add"] == [fused]
+
+
+def test_fused_add_relu_is_the_formula_and_makes_the_next_relu_an_identity():
+    qa, qb, qo = Q.qparams(-1.3, 2.1, bits=8), Q.qparams(0.0, 0.77, bits=8), Q.qparams(0.0, 2.6, bits=8)
+    a, b = torch.randn(4, 50) * 1.5, torch.rand(4, 50) * 0.7
+    add = Q.QuantizedAdd((_frozen(qa), _frozen(qb)), _frozen(qo), relu=True)
+    by_hand = Q.fake_quantize(torch.relu(Q.fake_quantize(a, qa) + Q.fake_quantize(b, qb)), qo)
+    assert torch.equal(add(a, b), by_hand) and bool((by_hand >= 0).all()) and "relu=True" in repr(add)
+    with pytest.raises(TypeError, match="relu must be a bool"):
+        Q.QuantizedAdd((_frozen(qa), _frozen(qb)), _frozen(qo), relu=1)
+    # calibrated after the ReLU: the sum's zero point is 0, so the block's own ReLU changes nothing
+    x = torch.randn(64, 1, 6, 6)
+    qm, _ = Q.quantize_model(_Block(), x[:2])
+    Q.calibrate(qm, x)
+    assert int(qm.add.output_quantizer.zero_point) == 0
+    with torch.no_grad():
+        want = qm(x)
+        qm.relu = nn.Identity()
+        assert torch.equal(qm(x), want)
+
+
+def test_fused_add_relu_in_integers_clamps_at_the_code_of_zero():
+    """A fused sum whose output grid reaches below zero (a zero point above the smallest code, as one set by hand
+    or trained) still returns the ReLU's codes: the integer network clamps at the code of 0."""
+    x = torch.randn(64, 1, 6, 6)
+    qm, _ = Q.quantize_model(_Block(), x[:2])
+    Q.calibrate(qm, x)
+    im, _ = Q.to_integer(qm, x[:2])
+    assert "add_relu" not in dict(im.named_children())  # zero point 0: the addition's clamp at 0 is the ReLU
+    out_q = qm.add.output_quantizer
+    out_q.scale, out_q.zero_point = out_q.scale * 1.25, torch.tensor(40, dtype=torch.int32)
+    im, _ = Q.to_integer(qm, x[:2])
+    clamp = dict(im.named_children())["add_relu"]
+    assert isinstance(clamp, Q.IntegerClamp) and (clamp.lo, clamp.hi) == (40, None)
+    seen = []
+    hook = next(m for m in im.modules() if isinstance(m, Q.IntegerAdd)).register_forward_hook(
+        lambda mod, args, out: seen.append(out))
+    with torch.no_grad():
+        got, want = im(x), qm(x)
+    hook.remove()
+    assert int(seen[0].min()) < 40  # the clamp had work to do
+    assert float((got.argmax(1) == want.argmax(1)).float().mean()) >= 0.95
+    assert float((got - want).abs().max()) <= 0.05 * float(want.abs().max())

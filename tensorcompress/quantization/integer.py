@@ -89,7 +89,7 @@ from torch.nn import functional as F
 from torch.nn.utils import parametrize
 
 from .. import surgery
-from .model import ADDITIONS, ActivationQuantizer, QuantizedAdd, QuantizedLayer, bare_additions
+from .model import ADDITIONS, RELUS, ActivationQuantizer, QuantizedAdd, QuantizedLayer, bare_additions, is_relu
 from .uniform import QParams, integer_dtype, quantize
 
 __all__ = ["quantize_multiplier", "requantize", "float32_is_exact", "IntegerLayer", "IntegerMeanPool", "IntegerClamp",
@@ -578,7 +578,7 @@ def _held(node: surgery.Node) -> nn.Module | None:
     return node.target.layer if isinstance(node.target, _Leaf) else None
 
 
-_RELU = {"relu", "relu_"}
+_RELU = set(RELUS)
 _HARDTANH = {"relu6", "hardtanh", "hardtanh_"}
 _SHAPE = {"flatten", "reshape", "view", "contiguous"}
 
@@ -889,16 +889,19 @@ class _Builder:
                 raise self.refuse(self.graph.nodes[c], _WHERE["codes"])
         return None
 
-    def inner_addition(self, node: surgery.Node) -> tuple[tuple[str, ...], tuple, int] | None:
-        """``(names, quantizers, index of its output quantizer's node)`` when ``node`` is the sum inside a
-        :class:`QuantizedAdd` (reading its two input quantizers, read by its output quantizer only)."""
+    def inner_addition(self, node: surgery.Node) -> tuple[tuple[str, ...], tuple, int, int | None] | None:
+        """``(names, quantizers, index of its output quantizer's node, index of its fused ReLU's node or None)``
+        when ``node`` is the sum inside a :class:`QuantizedAdd` (reading its two input quantizers, read by its
+        output quantizer only, or by a ReLU read by it only)."""
         if isinstance(node.target, nn.Module) or node.name not in ADDITIONS or len(node.inputs) != 2:
             return None
         a, b = (self.adds.get(id(_held(self.graph.nodes[j]))) for j in node.inputs)
         if a is None or b is None or a[1] is not b[1] or (a[2], b[2]) != (0, 1) or len(node.consumers) != 1:
             return None
-        out = node.consumers[0]
-        return (a[0], a[1], out) if _held(self.graph.nodes[out]) is a[1][2] else None
+        out, relu = node.consumers[0], None
+        if is_relu(self.graph.nodes[out]) and len(self.graph.nodes[out].consumers) == 1:
+            relu, out = out, self.graph.nodes[out].consumers[0]
+        return (a[0], a[1], out, relu) if _held(self.graph.nodes[out]) is a[1][2] else None
 
     def folded_batchnorm(self, i: int) -> int | None:
         """The BatchNorm node that alone reads layer node ``i``'s output (and reads nothing else), to fold."""
@@ -997,13 +1000,16 @@ class _Builder:
         slot = self.codes(self.values[node.inputs[0]], q, name)
         self.values[i] = _Value(slot, "codes", q.qparams())
 
-    def addition(self, i: int, node: surgery.Node, names: tuple[str, ...], quantizers: tuple, out: int) -> None:
+    def addition(self, i: int, node: surgery.Node, names: tuple[str, ...], quantizers: tuple, out: int,
+                 relu: int | None) -> None:
         a, b = (self.values[j] for j in node.inputs)
         qp = quantizers[2].qparams()
         step = IntegerAdd(a.qp, b.qp, qp)
         slot = self.emit(names[0], step, a.slot, b.slot)
+        if relu is not None and _code(0.0, qp) > qp.qmin:  # the sum's ReLU: a clamp at the code of 0
+            slot = self.emit(f"{names[0]}.relu", IntegerClamp(_code(0.0, qp), None), slot)
         self.values[i] = self.values[out] = _Value(slot, "codes", qp)
-        self.done.add(out)
+        self.done.update({out} if relu is None else {out, relu})
         self.rows.append(IntegerizedLayer.between(names[0], surgery.footprint(self.model.get_submodule(names[0])),
                                                   surgery.footprint(step), {"output": "codes"}, names[1:]))
 

@@ -14,7 +14,13 @@ with fake-quantized weights and inputs, where a deployed int8 model (Jacob et al
   :class:`QuantizedAdd`, an :class:`ActivationQuantizer` at both inputs and at the sum, since an integer addition
   needs the sum's scale (``torch.ao``'s ``FloatFunctional`` for the same reason). An addition written with ``+`` is
   a torch function, which no module swap reaches: given an ``example_input``, :func:`quantize_model` traces the
-  forward pass and reports each such addition as a skipped row.
+  forward pass and reports each such addition as a skipped row;
+* **add-ReLU fusion** — given an ``example_input``, an addition whose sum is read by a ReLU alone (a ResNet
+  block's ``relu(a + b)``) quantizes *after* that ReLU: :math:`q_o(\operatorname{relu}(q_a(a) + q_b(b)))`, as an
+  int8 add-ReLU kernel does (``torch.ao``'s ``add_relu``). The sum's codes then span only the values the network
+  uses (calibration sees no negatives, so :math:`Z_o = 0` and no code is spent below zero), the model's own ReLU
+  after it changes nothing, and the layers that read the block's output calibrate to the sum's own scale and zero
+  point: a deployed graph needs no requantization between the addition and the next block.
 
 Both live in the model (``state_dict`` included). The workflow:
 
@@ -313,17 +319,34 @@ class QuantizedAdd(nn.Module):
     output's scale and zero point and adds integers (ONNX Runtime's QDQ ``Add``, ``torch.ao``'s ``QFunctional``).
     The fake-quantized sum models it by quantizing both inputs with their own parameters and the sum with the
     output's.
+
+    Parameters
+    ----------
+    input_quantizers : (ActivationQuantizer, ActivationQuantizer)
+        The quantizers of ``a`` and ``b``.
+    output_quantizer : ActivationQuantizer
+        The quantizer of the sum.
+    relu : bool
+        The sum passes a ReLU before its quantizer, ``q_out(relu(q_a(a) + q_b(b)))`` (an add-ReLU kernel; see the
+        module docstring).
     """
 
     def __init__(self, input_quantizers: tuple[ActivationQuantizer, ActivationQuantizer],
-                 output_quantizer: ActivationQuantizer):
+                 output_quantizer: ActivationQuantizer, *, relu: bool = False):
         super().__init__()
+        if not isinstance(relu, bool):
+            raise TypeError(f"relu must be a bool, got {type(relu).__name__}")
         self.input_quantizers = nn.ModuleList(input_quantizers)
         self.output_quantizer = output_quantizer
+        self.relu = relu
+
+    def extra_repr(self) -> str:
+        return "relu=True" if self.relu else ""
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """``q_out(q_a(a) + q_b(b))``."""
-        return self.output_quantizer(self.input_quantizers[0](a) + self.input_quantizers[1](b))
+        """``q_out(q_a(a) + q_b(b))``, or ``q_out(relu(q_a(a) + q_b(b)))`` with ``relu``."""
+        total = self.input_quantizers[0](a) + self.input_quantizers[1](b)
+        return self.output_quantizer(torch.relu(total) if self.relu else total)
 
 
 def _check_optional_bits(bits: object, name: str) -> int | None:
@@ -349,10 +372,32 @@ class FakeQuantizedAdd(surgery.LayerChange):
     method = surgery.Detail(str, "``\"ptq\"`` (fixed steps) or ``\"lsq\"`` (learned steps).")
     skipped = surgery.Detail(str, "Why the addition is left in floating point (``None``: it is quantized).",
                              optional=True)
+    relu = surgery.Detail(bool, "The ReLU that alone reads the sum is fused: the sum is quantized after it.",
+                          optional=True)
 
 
 #: Names under which the tracer records an addition of tensors written with ``+``, ``+=`` or ``torch.add``.
 ADDITIONS = ("add", "add_", "__add__", "__iadd__", "__radd__")
+#: Names under which the tracer records ``F.relu`` / ``torch.relu`` / ``Tensor.relu`` (and their in-place forms).
+RELUS = ("relu", "relu_")
+
+
+def is_relu(node: surgery.Node) -> bool:
+    """A traced ``nn.ReLU`` module or ``relu`` function call."""
+    t = node.target
+    return isinstance(t, nn.ReLU) or (not isinstance(t, nn.Module) and getattr(t, "__name__", None) in RELUS)
+
+
+def relu_fused_additions(graph: surgery.Graph) -> set[str]:
+    """Names of the ``tc.surgery.Add`` modules, called once, whose sum is read by one ReLU alone (and is no output
+    of the model): the additions :func:`quantize_model` fuses with their ReLU."""
+    fused = set()
+    for i, node in enumerate(graph.nodes):
+        if type(node.target) is not surgery.Add or len(graph.calls(node.target)) != 1 or i in graph.outputs:
+            continue
+        if len(node.consumers) == 1 and is_relu(graph.nodes[node.consumers[0]]):
+            fused.add(node.module_name)
+    return fused
 
 
 def bare_additions(graph: surgery.Graph, label: Callable[[surgery.Node], str] | None = None
@@ -371,12 +416,11 @@ def bare_additions(graph: surgery.Graph, label: Callable[[surgery.Node], str] | 
     return found
 
 
-def _skipped_additions(model: nn.Module, example_input: torch.Tensor, detail: dict[str, Any]
-                       ) -> list[FakeQuantizedAdd]:
+def _skipped_additions(graph: surgery.Graph, detail: dict[str, Any]) -> list[FakeQuantizedAdd]:
     reason = ("written with `+`, a torch function that a module swap cannot reach: write it as tc.surgery.Add "
               "to put quantizers at its inputs and output")
     return [FakeQuantizedAdd(name, node.name, node.name, 0, 0, 0, 0, {**detail, "skipped": reason})
-            for node, name in bare_additions(surgery.trace(model, example_input))]
+            for node, name in bare_additions(graph)]
 
 
 def quantize_model(model: nn.Module, example_input: torch.Tensor | None = None, *, weight_bits: int | None = 8,
@@ -391,8 +435,10 @@ def quantize_model(model: nn.Module, example_input: torch.Tensor | None = None, 
     model : nn.Module
         Left untouched.
     example_input : tensor, optional
-        A batch the model accepts. With it the forward pass is traced (:func:`tensorcompress.surgery.trace`) and
-        every addition written with ``+`` (which stays in floating point) gets a skipped report row naming it.
+        A batch the model accepts. With it the forward pass is traced (:func:`tensorcompress.surgery.trace`): every
+        addition written with ``+`` (which stays in floating point) gets a skipped report row naming it, and every
+        ``tc.surgery.Add`` whose sum one ReLU alone reads is fused with it (``QuantizedAdd(relu=True)``; the
+        report's ``relu`` detail). Without it, additions are quantized before their ReLU.
     weight_bits, act_bits : int or None
         Code widths (1 to 16); ``None`` leaves weights or activations in floating point (``act_bits=None`` also
         leaves the additions).
@@ -442,10 +488,14 @@ def quantize_model(model: nn.Module, example_input: torch.Tensor | None = None, 
     def activation_quantizer() -> ActivationQuantizer:
         return ActivationQuantizer(make_observer(observer, bits=act_bits), learnable=learnable)
 
+    graph = None if example_input is None else surgery.trace(model, example_input)
+    fused = set() if graph is None else relu_fused_additions(graph)
+
     def build(sel: surgery.Selected) -> tuple[nn.Module, dict[str, Any]]:
         if isinstance(sel.module, surgery.Add):  # fresh quantizers, like the layers' input quantizers
-            add = QuantizedAdd((activation_quantizer(), activation_quantizer()), activation_quantizer())
-            return add.to(device), dict(add_detail)
+            relu = sel.name in fused
+            add = QuantizedAdd((activation_quantizer(), activation_quantizer()), activation_quantizer(), relu=relu)
+            return add.to(device), {**add_detail, "relu": relu}
         # parametrizing changes the module's class in place: work on a copy so the report names the original type
         layer = copy.deepcopy(sel.module)
         if weight_bits is not None:
@@ -466,8 +516,8 @@ def quantize_model(model: nn.Module, example_input: torch.Tensor | None = None, 
                                   row_type=FakeQuantizedLayer, action="quantize_model")
     rows = [FakeQuantizedAdd(*(getattr(r, f.name) for f in dataclasses.fields(r))) if r.type_after == "QuantizedAdd"
             else r for r in rows]
-    if example_input is not None:
-        rows += _skipped_additions(model, example_input, add_detail)
+    if graph is not None:
+        rows += _skipped_additions(graph, add_detail)
     return new, rows
 
 
