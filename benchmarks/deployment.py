@@ -49,11 +49,11 @@ def baseline(name: str) -> tuple[nn.Module, str]:
 
 
 def quantized(model: nn.Module, calibration: torch.Tensor) -> nn.Module:
-    """fuse_conv_bn (where there is a BatchNorm) → quantize_model (a ``QuantizedAdd`` at each residual addition) →
-    calibrate."""
+    """fuse_conv_bn (where there is a BatchNorm) → quantize_model (a ``QuantizedAdd`` at each residual addition,
+    fused with the ReLU that reads it) → calibrate."""
     if any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
         model, _ = tc.surgery.fuse_conv_bn(model, calibration[:2])
-    qmodel, _ = tc.quantization.quantize_model(model)
+    qmodel, _ = tc.quantization.quantize_model(model, calibration[:2])
     return tc.quantization.calibrate(qmodel, calibration)
 
 
