@@ -398,6 +398,36 @@ def test_a_model_its_class_cannot_rebuild_needs_model(tmp_path):
     assert torch.equal(load_compressed(tmp_path / "m", model=fresh).fc1.weight, net.fc1.weight)
 
 
+
+def test_tt_layers_round_trip_whatever_their_contraction_order(tmp_path):
+    # the order is how a TT layer multiplies, not what it stores: a file written by a layer with any order (files
+    # from before the default was "auto" came from order="left") has the same bytes, carries no order, and loads
+    # into a skeleton with any order, which then computes the product to float rounding
+    torch.manual_seed(0)
+    net, _ = tc.factorize(tc.models.LeNet300100(), method="tt", rank=4)
+    tts = [m for m in net.modules() if isinstance(m, tc.TTLinear)]
+    assert len(tts) == 3 and all(m.order == "auto" for m in tts)
+    old = copy.deepcopy(net)
+    for m in old.modules():
+        if isinstance(m, tc.TTLinear):
+            m.order = "left"
+    save_compressed(net, tmp_path / "auto")
+    save_compressed(old, tmp_path / "left")
+    assert (tmp_path / "auto").read_bytes() == (tmp_path / "left").read_bytes()
+    header, _, _ = _split_file(tmp_path / "auto")
+    assert header["arch"] is None and "order" not in json.dumps(header)
+    x = torch.randn(5, 784)
+    for order in ("auto", "left", "right", "dense"):
+        skeleton, _ = tc.factorize(tc.models.LeNet300100(), method="tt", rank=4)
+        for m in skeleton.modules():
+            if isinstance(m, tc.TTLinear):
+                m.order = order
+        back = load_compressed(tmp_path / "left", model=skeleton)
+        state = net.state_dict()
+        assert all(torch.equal(v, state[k]) for k, v in back.state_dict().items())
+        assert [m.order for m in back.modules() if isinstance(m, tc.TTLinear)] == [order] * 3
+        torch.testing.assert_close(back(x), net(x), rtol=1e-5, atol=1e-5 * net(x).abs().max().item())
+
 # ---------------------------------------------------------------------------------------------- hostile files
 
 def _split_file(path):

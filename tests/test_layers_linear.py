@@ -10,6 +10,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 import tensorcompress as tc
 from tensorcompress.decompositions import tt_matrix
@@ -68,8 +69,9 @@ def test_tt_full_rank_reproduces(device, dtype, in_modes, data):
     assert layer.n_params == closed + (lin.out_features if bias else 0)
 
 
-def test_tt_never_forms_weight_and_batches(monkeypatch):
-    layer = tc.TTLinear((4, 7), (5, 6), 3)
+@pytest.mark.parametrize("order", ["left", "right"])
+def test_tt_core_by_core_orders_never_form_weight_and_batch(monkeypatch, order):
+    layer = tc.TTLinear((4, 7), (5, 6), 3, order=order)
     x = torch.randn(2, 53, 28)
     monkeypatch.setattr(tt_matrix, "_dense", lambda cores: pytest.fail("forward formed the full weight"))
     y = layer(x)
@@ -78,10 +80,11 @@ def test_tt_never_forms_weight_and_batches(monkeypatch):
     torch.testing.assert_close(y, layer.to_dense()(x))
 
 
-def test_tt_order_auto_forms_weight_only_when_cheaper(monkeypatch):
+def test_tt_default_order_forms_weight_only_when_cheaper(monkeypatch):
     # (4, 7) -> (5, 6), rank 3: from the last core 1728 FLOPs a vector, forming W 5040 once then 1680 a vector, so
     # W is formed from a batch of 106 on (a tie at 105 goes to the cores)
-    layer = tc.TTLinear((4, 7), (5, 6), 3, order="auto")
+    layer = tc.TTLinear((4, 7), (5, 6), 3)
+    assert layer.order == "auto" and "order" not in repr(layer)
     assert tc.contraction_flops((5, 6), (4, 7), layer.rank, 1) == {"left": 2100, "right": 1728, "dense": 6720}
     assert tc.contraction_order((5, 6), (4, 7), layer.rank, 105) == "right"
     assert tc.contraction_order((5, 6), (4, 7), layer.rank, 106) == "dense"
@@ -97,15 +100,43 @@ def test_tt_order_auto_forms_weight_only_when_cheaper(monkeypatch):
     torch.testing.assert_close(y, layer.to_dense()(x))
 
 
+@given(pairs=st.lists(st.tuples(st.integers(2, 5), st.integers(2, 5)), min_size=1, max_size=4),
+       rank=st.integers(2, 6), batch=st.integers(1, 300))
+def test_tt_default_order_does_the_fewest_flops(pairs, rank, batch):
+    # torch's FLOP counter (2 per multiply-add of each matrix product dispatched) is the independent count of what
+    # the forward pass did: the least of contraction_flops' three counts, whatever the shape and the batch (sizes
+    # from 2 up: einsum multiplies elementwise, uncounted, when a contracted size is 1)
+    out_modes, in_modes = zip(*pairs, strict=True)
+    layer = tc.TTLinear(in_modes, out_modes, rank, dtype=torch.float64)
+    flops = tc.contraction_flops(out_modes, in_modes, layer.rank, batch)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        layer(torch.randn(batch, layer.in_features, dtype=torch.float64))
+    assert counter.get_total_flops() == min(flops.values())
+    assert flops[tc.contraction_order(out_modes, in_modes, layer.rank, batch)] == min(flops.values())
+
+
+def test_tt_every_build_path_takes_the_default_order():
+    lin = make_linear(24, 12, True, "cpu", torch.float32)
+    assert tc.TTLinear.from_linear(lin, (4, 6), (3, 4), rank=2).order == "auto"
+    assert tc.TTLinear.from_linear(lin, (4, 6), (3, 4), rank=2, order="right").order == "right"
+    new, _ = tc.factorize(nn.Sequential(lin, nn.ReLU(), nn.Linear(12, 4)), method="tt", rank=2)
+    assert [m.order for m in new.modules() if isinstance(m, tc.TTLinear)] == ["auto", "auto"]
+    with pytest.raises(ValueError, match=r"order must be one of \('left', 'right', 'dense', 'auto'\), got 'up'"):
+        tc.TTLinear.from_linear(lin, (4, 6), (3, 4), rank=2, order="up")
+
+
 @pytest.mark.parametrize("order", ["left", "right", "dense", "auto"])
 def test_tt_every_order_equals_the_dense_layer(order, dtype):
+    # every order (a forced one, or the default's choice for this batch) against the dense product through the same
+    # parameters, outputs and gradients to rounding
     torch.manual_seed(0)
     layer = tc.TTLinear((4, 3, 2), (2, 5, 3), [3, 4], order=order, dtype=dtype)
     x = torch.randn(7, 24, dtype=dtype, requires_grad=True)
     ref_layer = copy.deepcopy(layer)
-    ref_layer.order = "left"
+    ref_layer.order = "dense"
     y, ref = layer(x), ref_layer(x)
     torch.testing.assert_close(y, ref, rtol=TOL[dtype], atol=TOL[dtype] * ref.abs().max().item())
+    torch.testing.assert_close(ref, layer.to_dense()(x), rtol=TOL[dtype], atol=TOL[dtype] * ref.abs().max().item())
     grads = torch.autograd.grad(y.square().sum(), [x, *layer.parameters()])
     ref_grads = torch.autograd.grad(ref.square().sum(), [x, *ref_layer.parameters()])
     for a, b in zip(grads, ref_grads, strict=True):
@@ -264,7 +295,7 @@ def test_torchscript_equals_eager():
     lin = nn.Linear(12, 10)
     x = torch.randn(4, 12)
     for layer in (tc.LowRankLinear.from_linear(lin, 3), tc.TTLinear.from_linear(lin, (3, 4), (5, 2), rank=2),
-                  tc.TTLinear((3, 4), (5, 2), 2, bias=False), tc.TTLinear((3, 4), (5, 2), 2, order="auto")):
+                  tc.TTLinear((3, 4), (5, 2), 2, bias=False), tc.TTLinear((3, 4), (5, 2), 2, order="left")):
         scripted = torch.jit.script(layer)
         assert torch.equal(scripted(x), layer(x))
         assert scripted(x[:0]).shape == (0, 10)

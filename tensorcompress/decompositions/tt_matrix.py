@@ -19,9 +19,9 @@ A product :math:`W x` for a batch of :math:`B` vectors has three orders (:func:`
 * ``"dense"``: :math:`W` formed once (:math:`2 \sum_{k\ge2} r_{k-1} r_k \prod_{j\le k} m_j n_j`) and multiplied
   (:math:`2BMN`): the cheapest for a batch large enough, since forming :math:`W` does not grow with :math:`B`.
 
-:func:`tt_matrix_vector_product` takes the order with the fewest FLOPs (the first of these on a tie), a
-:class:`~tensorcompress.TTLinear` layer the one it is given (``order="auto"`` for the fewest); every order computes
-the same product up to floating-point rounding.
+:func:`tt_matrix_vector_product` takes the order with the fewest FLOPs (the first of these on a tie), and so does a
+:class:`~tensorcompress.TTLinear` layer by default (``order="auto"``; another value forces one order); the choice is
+made by counting, never by timing. Every order computes the same product up to floating-point rounding.
 """
 
 from __future__ import annotations

@@ -6,11 +6,22 @@ The weight :math:`W \in \mathbb R^{M \times N}`, :math:`M = \prod_k m_k` (``out_
 .. math:: W[(i_1..i_d), (j_1..j_d)] = G_1[:, i_1, j_1, :] \cdots G_d[:, i_d, j_d, :], \qquad
           G_k \in \mathbb R^{r_{k-1} \times m_k \times n_k \times r_k},\ r_0 = r_d = 1,
 
-with :math:`\sum_k r_{k-1} m_k n_k r_k` parameters. The forward pass :math:`y = W x + b` contracts the cores with the
-input one at a time, from the first to the last (``order="left"``, the default: :math:`2B \sum_k r_{k-1} m_k n_k
-r_k \prod_{j<k} m_j \prod_{j>k} n_j` FLOPs, which can exceed the dense layer's :math:`2BMN`); ``order="auto"``
-takes, for each batch, the order with the fewest FLOPs: from the left, from the right, or :math:`W` formed once
-(:func:`tensorcompress.contraction_flops`, :func:`tensorcompress.tt_matrix_vector_product`).
+with :math:`\sum_k r_{k-1} m_k n_k r_k` parameters. The forward pass :math:`y = W x + b` for a batch of :math:`B`
+inputs has three contraction orders (:func:`tensorcompress.contraction_flops` counts each, 2 FLOPs per
+multiply-add, from the shapes, the ranks and :math:`B` alone):
+
+* ``"left"``: the cores with the input one at a time, from the first to the last,
+  :math:`2B \sum_k r_{k-1} m_k n_k r_k \prod_{j<k} m_j \prod_{j>k} n_j` FLOPs;
+* ``"right"``: from the last to the first, :math:`2B \sum_k r_{k-1} m_k n_k r_k \prod_{j<k} n_j \prod_{j>k} m_j`;
+* ``"dense"``: :math:`W` formed once, :math:`2 \sum_{k \ge 2} r_{k-1} r_k \prod_{j \le k} m_j n_j` FLOPs that do
+  not grow with :math:`B`, then multiplied, :math:`2BMN`.
+
+A core-by-core order can cost more than the dense layer's :math:`2BMN` (a middle core carries a rank on both sides
+and the modes not yet contracted), and forming :math:`W` pays off from a batch large enough. ``order="auto"`` (the
+default) takes, for each batch, the order with the fewest FLOPs by this count — the first of ``left``, ``right``,
+``dense`` on a tie (:func:`tensorcompress.contraction_order`) — decided by counting, never by timing, so the same
+shapes always take the same order; the other values force one. Every order computes the same product up to
+floating-point rounding, and the order is an attribute, not stored with the weights.
 Novikov, Podoprikhin, Osokin & Vetrov (2015), "Tensorizing neural networks", NIPS.
 """
 
@@ -51,6 +62,14 @@ def factor_dimension(n: int, d: int) -> tuple[int, ...]:
     return tuple(sorted(out, reverse=True))
 
 
+def _check_order(order: object) -> str:
+    if not isinstance(order, str):
+        raise TypeError(f"order must be a str, got {type(order).__name__}")
+    if order not in (*ORDERS, "auto"):
+        raise ValueError(f"order must be one of {(*ORDERS, 'auto')}, got {order!r}")
+    return order
+
+
 class TTLinear(nn.Module):
     r"""``y = W x + b`` with :math:`W` in TT-matrix format (see the module docstring).
 
@@ -65,9 +84,10 @@ class TTLinear(nn.Module):
         :func:`tensorcompress.tt_svd`).
     bias : bool
     order : str
-        The contraction order of the forward pass: one of ``"left"`` (default), ``"right"``, ``"dense"`` (see
-        :func:`tensorcompress.contraction_flops`) or ``"auto"``, the one with the fewest FLOPs for each batch. The
-        output is the same up to floating-point rounding; an attribute, not in ``state_dict``.
+        The contraction order of the forward pass: ``"auto"`` (default), the one with the fewest FLOPs for each
+        batch (:func:`tensorcompress.contraction_order`), or one of ``"left"``, ``"right"``, ``"dense"`` forced (see
+        the module docstring). The output is the same up to floating-point rounding; an attribute, not in
+        ``state_dict``.
     device, dtype : optional
 
     Attributes
@@ -87,7 +107,7 @@ class TTLinear(nn.Module):
     __jit_unused_properties__ = ["n_params"]
 
     def __init__(self, in_modes: Sequence[int], out_modes: Sequence[int], rank: int | Sequence[int] | None = None,
-                 bias: bool = True, *, order: str = "left", device=None, dtype=None):
+                 bias: bool = True, *, order: str = "auto", device=None, dtype=None):
         super().__init__()
         in_modes, out_modes = check_dims(in_modes, "in_modes"), check_dims(out_modes, "out_modes")
         if len(in_modes) != len(out_modes):
@@ -95,11 +115,7 @@ class TTLinear(nn.Module):
         d = len(in_modes)
         if rank is None:
             raise TypeError("TTLinear needs rank= (an int or the d - 1 inner TT ranks)")
-        if not isinstance(order, str):
-            raise TypeError(f"order must be a str, got {type(order).__name__}")
-        if order not in (*ORDERS, "auto"):
-            raise ValueError(f"order must be one of {(*ORDERS, 'auto')}, got {order!r}")
-        self.order = order
+        self.order = _check_order(order)
         # the rank rule of the TT functions, on the merged modes (m_k n_k): a sequence above what an unfolding
         # allows is refused, an int is capped there (more could not be reached)
         inner = parse_tt_rank(rank, [m * n for m, n in zip(out_modes, in_modes, strict=True)], strict=True)
@@ -144,7 +160,8 @@ class TTLinear(nn.Module):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, in_modes: Sequence[int], out_modes: Sequence[int],
-                    rank: int | Sequence[int] | None = None, eps: float | None = None) -> TTLinear:
+                    rank: int | Sequence[int] | None = None, eps: float | None = None, *, order: str = "auto"
+                    ) -> TTLinear:
         r"""TT-SVD of ``linear.weight`` (:func:`tensorcompress.tt_matrix_svd`, row modes ``out_modes``, column modes
         ``in_modes``).
 
@@ -156,11 +173,14 @@ class TTLinear(nn.Module):
             Maximum inner TT ranks (capped at what the unfoldings allow).
         eps : float, optional
             Relative accuracy :math:`\|W - \hat W\|_F \le \epsilon \|W\|_F` instead of ``rank``. Neither: exact.
+        order : str
+            The layer's contraction order (as in the constructor; default ``"auto"``).
 
         float16 / bfloat16 weights are decomposed in float32 and the layer is built in the weight's dtype; int,
         bool, complex, empty or non-finite weights are refused.
         """
         check_linear(linear)
+        _check_order(order)
         in_modes, out_modes = check_dims(in_modes, "in_modes"), check_dims(out_modes, "out_modes")
         if math.prod(in_modes) != linear.in_features or math.prod(out_modes) != linear.out_features:
             raise ValueError(f"in_modes {in_modes} and out_modes {out_modes} multiply to ({math.prod(in_modes)}, "
@@ -168,8 +188,8 @@ class TTLinear(nn.Module):
                              f"out_features={linear.out_features}")
         w = weight_to_decompose(linear, "linear")
         tt = tt_matrix_svd(w, out_modes, in_modes, rank, eps=eps)
-        layer = cls(in_modes, out_modes, list(tt.rank), bias=linear.bias is not None, device=w.device,
-                    dtype=linear.weight.dtype)
+        layer = cls(in_modes, out_modes, list(tt.rank), bias=linear.bias is not None, order=order,
+                    device=w.device, dtype=linear.weight.dtype)
         with torch.no_grad():
             for p, c in zip(layer.cores, tt.cores, strict=True):
                 p.copy_(c)
@@ -189,5 +209,5 @@ class TTLinear(nn.Module):
         return dense
 
     def extra_repr(self) -> str:
-        order = "" if self.order == "left" else f", order={self.order!r}"
+        order = "" if self.order == "auto" else f", order={self.order!r}"
         return f"in_modes={self.in_modes}, out_modes={self.out_modes}, rank={self.rank}{order}"
