@@ -192,9 +192,8 @@ def test_pretrained_loads_in_eval_mode_with_stored_accuracy(name):
     assert abs(tc.evaluate(model, test).accuracy - entry["test_accuracy"]) <= 1 / len(test) + 1e-12
 
 
-# the 1,000 held-out images: >= 98 % for both; the 500-image halves: MobileNetV2-tiny has 98.2 % on validation and
-# 97.8 % on test (one image short of 98 %; the split's standard error is 0.6 points)
-SPLIT_TARGETS = {"resnet8": 0.98, "mobilenetv2_tiny": 0.975}
+# >= 98 % on the 1,000 held-out images and on each 500-image half, for both networks
+SPLIT_TARGETS = {"resnet8": 0.98, "mobilenetv2_tiny": 0.98}
 
 
 @pytest.mark.parametrize("name, cls", [("resnet8", tc.models.ResNet8), ("mobilenetv2_tiny", tc.models.MobileNetV2Tiny)])
