@@ -12,7 +12,10 @@ speed does not depend on the weights' values) — at batch 1 and 256, one thread
   Runtime fuses the QDQ groups into int8 kernels (``QLinearConv``, ``QLinearAdd``, ``QGemm``) when it opens the
   session;
 * ``ORT int8 QDQ, pre-processed`` — the same file after ``onnxruntime.quantization.quant_pre_process``
-  (``to_onnx(..., preprocess=True)``).
+  (``to_onnx(..., preprocess=True)``);
+* ``ORT int8 QDQ, first conv in float`` — pre-processed, of a model quantized with its first convolution left in
+  float32: ONNX Runtime's int8 convolution is slow on one input channel (ResNet-8's stem took about 7x its float
+  time in a profile of the runtime, 2026-12-07), and the layer is memory-bound either way.
 
 Before timing, every ONNX float32 graph is checked against eager PyTorch (max |Δ| ≤ 1e-4) and the int8 graphs'
 top-1 agreement with the fake-quantized model is printed. Protocol (that of ``benchmarks/floors.py``, whose timer
@@ -48,12 +51,13 @@ def baseline(name: str) -> tuple[nn.Module, str]:
         return MODELS[name]().eval(), "random"
 
 
-def quantized(model: nn.Module, calibration: torch.Tensor) -> nn.Module:
+def quantized(model: nn.Module, calibration: torch.Tensor, *, first_in_float: bool = False) -> nn.Module:
     """fuse_conv_bn (where there is a BatchNorm) → quantize_model (a ``QuantizedAdd`` at each residual addition,
-    fused with the ReLU that reads it) → calibrate."""
+    fused with the ReLU that reads it; ``first_in_float``: the first convolution left in float32) → calibrate."""
     if any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
         model, _ = tc.surgery.fuse_conv_bn(model, calibration[:2])
-    qmodel, _ = tc.quantization.quantize_model(model, calibration[:2])
+    first = next(name for name, m in model.named_modules() if isinstance(m, nn.Conv2d))
+    qmodel, _ = tc.quantization.quantize_model(model, calibration[:2], exclude=[first] if first_in_float else None)
     return tc.quantization.calibrate(qmodel, calibration)
 
 
@@ -72,26 +76,31 @@ def ort(session, x: torch.Tensor):
 def section(name: str, calibration: torch.Tensor, test: torch.Tensor, folder: str, args) -> None:
     model, weights = baseline(name)
     qmodel = quantized(model, calibration)
+    mixed = quantized(model, calibration, first_in_float=True)
     files = {}
-    for label, m, pre in (("float", model, False), ("int8", qmodel, False), ("int8_pre", qmodel, True)):
+    for label, m, pre in (("float", model, False), ("int8", qmodel, False), ("int8_pre", qmodel, True),
+                          ("int8_first_float", mixed, True)):
         files[label] = os.path.join(folder, f"{name}_{label}.onnx")
         tc.export.to_onnx(m, calibration[:2], files[label], preprocess=pre)
     sessions = {label: tc.export.onnx_session(path) for label, path in files.items()}
     with torch.inference_mode():
-        want, fake = model(test).numpy(), qmodel(test).numpy()
+        want, fake, fake_mixed = model(test).numpy(), qmodel(test).numpy(), mixed(test).numpy()
     err = np.abs(ort(sessions["float"], test)() - want).max()
     if err > 1e-4:
         raise AssertionError(f"{name}: ONNX float32 differs from PyTorch by {err:.2e}")
-    agree = {label: (ort(sessions[label], test)().argmax(1) == fake.argmax(1)).mean() for label in ("int8", "int8_pre")}
+    agree = {label: (ort(sessions[label], test)().argmax(1) == f.argmax(1)).mean()
+             for label, f in (("int8", fake), ("int8_pre", fake), ("int8_first_float", fake_mixed))}
     print(f"\n{name} ({weights} weights): ONNX float32 max |Δ| {err:.1e}; int8 top-1 agreement with fake "
-          f"quantization on {len(test)} test images: {agree['int8']:.1%} (pre-processed {agree['int8_pre']:.1%}); "
+          f"quantization on {len(test)} test images: {agree['int8']:.1%} (pre-processed {agree['int8_pre']:.1%}, "
+          f"first convolution in float {agree['int8_first_float']:.1%}); "
           f"files {', '.join(f'{k} {os.path.getsize(v):,} B' for k, v in files.items())}")
     print(f"  {'batch':>5s} {'comparator':32s} {'median ms':>10s} {'IQR ms':>9s} {'x eager':>8s}")
     for batch in BATCHES:
         x = test[:batch] if batch <= len(test) else test.repeat(batch // len(test) + 1, 1, 1, 1)[:batch]
         cases = {"eager float32": eager(model, x), "ORT float32": ort(sessions["float"], x),
                  "ORT int8 QDQ": ort(sessions["int8"], x),
-                 "ORT int8 QDQ, pre-processed": ort(sessions["int8_pre"], x)}
+                 "ORT int8 QDQ, pre-processed": ort(sessions["int8_pre"], x),
+                 "ORT int8 QDQ, first conv in float": ort(sessions["int8_first_float"], x)}
         times = interleaved(cases, args.repeats, args.min_run_time, args.clock)
         base = times["eager float32"][0]
         for label, (med, iqr) in times.items():
