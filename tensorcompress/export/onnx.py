@@ -334,7 +334,6 @@ def _merge_twin_quantizers(model_proto) -> None:
     dq_of = {n.input[0]: n for n in model_proto.graph.node if n.op_type == "DequantizeLinear"}
     first: dict[tuple, tuple[str, str]] = {}
     renamed: dict[str, str] = {}
-    dropped = set()
     for node in model_proto.graph.node:
         if node.op_type != "QuantizeLinear" or node.output[0] not in dq_of:
             continue
@@ -345,19 +344,12 @@ def _merge_twin_quantizers(model_proto) -> None:
         dq = dq_of[node.output[0]]
         if key in first:
             renamed[dq.output[0]] = first[key][1]
-            dropped.update((node.output[0], dq.output[0]))
         else:
             first[key] = (node.output[0], dq.output[0])
-    keep = [n for n in model_proto.graph.node if n.output[0] not in dropped]
-    for node in keep:
+    for node in model_proto.graph.node:
         for i, name in enumerate(node.input):
             node.input[i] = renamed.get(name, name)
-    del model_proto.graph.node[:]
-    model_proto.graph.node.extend(keep)
-    used = {name for n in keep for name in n.input}
-    kept = [t for t in model_proto.graph.initializer if t.name in used]
-    del model_proto.graph.initializer[:]
-    model_proto.graph.initializer.extend(kept)
+    _drop_dead_nodes(model_proto)  # the twin pairs no node reads any more, and their parameters
 
 
 def _qparams_key(node, init: dict) -> tuple | None:
